@@ -1,0 +1,36 @@
+"""The settings the CLI runs with, shared by every command's flag defaults."""
+
+from __future__ import annotations
+
+import click
+
+from dermground.platform.settings import Settings, SettingsError, load_settings
+
+_current: Settings | None = None
+
+
+def current_settings() -> Settings:
+    """Settings for this CLI invocation (loaded once; invalid settings stop with a clear error)."""
+    global _current
+    if _current is None:
+        try:
+            _current = load_settings()
+        except SettingsError as exc:
+            raise click.ClickException(f"{exc}\nFix the variable(s) above in the environment or .env.") from None
+    return _current
+
+
+def use_settings(settings: Settings) -> None:
+    """Replace the settings (the root `--home` flag does this before subcommands parse)."""
+    global _current
+    _current = settings
+
+
+def from_settings(field: str):  # noqa: ANN201 - click accepts any zero-arg callable
+    """A click default that reads a settings field when the flag is parsed."""
+
+    def default() -> object:
+        value = getattr(current_settings(), field)
+        return value.get_secret_value() if hasattr(value, "get_secret_value") else value
+
+    return default

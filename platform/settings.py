@@ -1,0 +1,104 @@
+"""Settings from the environment (`DERMGROUND_*`) and an optional `.env` file.
+
+Every CLI flag defaults from here, so one place says how a deployment is configured.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "DERMGROUND_"
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message names each offending variable."""
+
+
+class Settings(BaseSettings):
+    """All configuration of a dermground deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- where things live -------------------------------------------------------------
+    home: Path = Field(Path(".dermground"), description="Folder for models, store, catalog")
+    model_dir: Path | None = Field(None, description="Base model checkpoint (default HOME/models/base)")
+    adapter_dir: Path | None = Field(None, description="LoRA adapter directory (optional)")
+
+    # --- model runtime -----------------------------------------------------------------
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    seed: int = 0
+
+    # --- vector store --------------------------------------------------------------------
+    collection: str = Field("lesions", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded engine")
+    qdrant_api_key: SecretStr | None = None
+    qdrant_shards: int = Field(1, ge=1, le=1024)
+    qdrant_replication: int = Field(1, ge=1, le=16)
+    qdrant_on_disk: bool = False
+    qdrant_quantization: Literal["none", "scalar", "binary"] = "none"
+    qdrant_timeout_s: int = Field(60, ge=1)
+
+    # --- Ray -----------------------------------------------------------------------------
+    ray_address: str | None = Field(None, description="Existing Ray cluster; unset = local Ray")
+    ray_num_cpus: int | None = Field(None, ge=1)
+    ray_object_store_mb: int = Field(512, ge=64)
+
+    # --- API -----------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_read_key: SecretStr | None = None
+    api_admin_key: SecretStr | None = None
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1024)
+    max_k: int = Field(100, ge=1)
+    max_b: int = Field(2000, ge=1)
+    sql_max_rows: int = Field(10_000, ge=1)
+    sql_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _home_is_not_a_file(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a folder")
+        return value
+
+    # Derived locations: under the home folder unless configured otherwise.
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @cached_property
+    def base_model_dir(self) -> Path:
+        return self.model_dir if self.model_dir is not None else self.models_dir / "base"
+
+    @cached_property
+    def store_dir(self) -> Path:
+        return self.home / "qdrant"
+
+    @cached_property
+    def catalog_dir(self) -> Path:
+        return self.home / "catalog"
+
+    @cached_property
+    def ray_dir(self) -> Path:
+        return self.home / "ray"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; raise SettingsError naming each bad `DERMGROUND_*` variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
