@@ -1,0 +1,179 @@
+"""Load a Qwen2-VL checkpoint directory (plus an optional LoRA adapter) for inference or training.
+
+Offline only: every `from_pretrained` reads local files. The processor is built from its parts
+(PIL image processor + tokenizer) so that a real Qwen2-VL directory, whose processor_class names
+the video-capable processor, loads the same way as the tiny local model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
+
+from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
+from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
+
+SUPPORTED_MODEL_TYPES = ("qwen2_vl",)
+_INIT_HINT = "build a local model with `dermground model init-tiny --out DIR` or point --model at a Qwen2-VL checkpoint"
+
+
+class BackboneError(RuntimeError):
+    """A model or adapter directory is missing, incomplete or of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A loaded model (eval mode unless loaded for training) with everything needed to run it."""
+
+    model: PreTrainedModel  # Qwen2VLForConditionalGeneration, or a PeftModel wrapping one
+    processor: ImageOnlyQwen2VLProcessor
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    model_dir: Path
+    adapter_dir: Path | None = None
+
+    @property
+    def core(self) -> Qwen2VLForConditionalGeneration:
+        """The Qwen2-VL module itself (LoRA layers, if any, are injected into it in place)."""
+        return unwrap_model(self.model)
+
+    @property
+    def hidden_size(self) -> int:
+        """Embedding dimension d (decoder width)."""
+        return int(self.core.config.text_config.hidden_size)
+
+
+def unwrap_model(model: torch.nn.Module) -> Qwen2VLForConditionalGeneration:
+    """The Qwen2-VL module under a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model  # type: ignore[return-value]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackboneError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """'auto' -> bfloat16 on CUDA, float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise BackboneError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """Fail with a clear BackboneError unless `model_dir` looks like a Qwen2-VL checkpoint."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise BackboneError(f"model directory {path} does not exist; {_INIT_HINT}")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise BackboneError(f"{path} has no config.json, so it is not a Hugging Face checkpoint; {_INIT_HINT}")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"{config_file} is not readable JSON ({exc}); rebuild or re-download the checkpoint") from None
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise BackboneError(f"{path} holds a {model_type!r} model; dermground needs one of {SUPPORTED_MODEL_TYPES}")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise BackboneError(f"{path} has a config but no weights (*.safetensors); the checkpoint is incomplete")
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise BackboneError(f"{path} has no tokenizer files (tokenizer.json); the checkpoint is incomplete")
+    if not (path / "preprocessor_config.json").is_file() and not (path / "processor_config.json").is_file():
+        raise BackboneError(f"{path} has no image processor config (preprocessor_config.json); the checkpoint is incomplete")
+    return path
+
+
+def load_processor(model_dir: str | Path) -> ImageOnlyQwen2VLProcessor:
+    """The image-only processor of a checkpoint directory (left padding, for batched prompts)."""
+    path = check_model_dir(model_dir)
+    try:
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"cannot load the tokenizer/image processor from {path}: {exc}") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = "<|endoftext|>"
+    return ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                     chat_template=tokenizer.chat_template)
+
+
+def load_backbone(
+    model_dir: str | Path,
+    adapter_dir: str | Path | None = None,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    for_training: bool = False,
+) -> Backbone:
+    """Load model + processor (+ LoRA adapter) from local folders.
+
+    for_training=True leaves the model in train mode and a loaded adapter trainable; otherwise the
+    model is in eval mode with gradients off.
+    """
+    path = check_model_dir(model_dir)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    processor = load_processor(path)
+    try:
+        model = Qwen2VLForConditionalGeneration.from_pretrained(
+            path, dtype=torch_dtype, local_files_only=True, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BackboneError(f"cannot load model weights from {path}: {exc}") from None
+    adapter_path = None
+    if adapter_dir is not None:
+        adapter_path = Path(adapter_dir)
+        if not (adapter_path / "adapter_config.json").is_file():
+            raise BackboneError(
+                f"adapter directory {adapter_path} has no adapter_config.json; pass the folder a training run saved "
+                "(or leave --adapter out to use the base model)"
+            )
+        from peft import PeftModel  # imported here: only adapters need it
+
+        try:
+            model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise BackboneError(f"adapter {adapter_path} does not fit model {path}: {exc}") from None
+    model = model.to(torch_device)
+    model.train(for_training)
+    if not for_training:
+        model.requires_grad_(False)
+    return Backbone(
+        model=model,
+        processor=processor,
+        tokenizer=processor.tokenizer,
+        device=torch_device,
+        dtype=torch_dtype,
+        fingerprint=compute_fingerprint(path, adapter_path),
+        model_dir=path,
+        adapter_dir=adapter_path,
+    )
+
+
+def load_backbone_from_settings(settings: object | None = None, **overrides: object) -> Backbone:
+    """load_backbone with model/adapter directories, device and dtype from settings."""
+    from dermground.platform.settings import load_settings
+
+    s = settings if settings is not None else load_settings()
+    kwargs: dict[str, object] = {
+        "model_dir": s.base_model_dir, "adapter_dir": s.adapter_dir, "device": s.device, "dtype": s.dtype,  # type: ignore[attr-defined]
+    }
+    kwargs.update(overrides)
+    return load_backbone(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,31 @@
+"""An image-only Qwen2-VL processor: the stock one insists on a video processor (torchvision).
+
+Importing this module registers the processor with `AutoProcessor`; without that registration
+`AutoProcessor.from_pretrained(dir)` silently returns only the tokenizer (see QWEN2VL_NOTES.md).
+"""
+
+from __future__ import annotations
+
+from transformers import AutoProcessor, Qwen2VLConfig
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
+
+__all__ = ["ImageOnlyQwen2VLProcessor", "Qwen2VLImageProcessorPil", "fixed_size_image_processor"]
+
+
+class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    """`Qwen2VLProcessor` without the video half: images and text only."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: ANN001
+        super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
+
+
+def fixed_size_image_processor(image_size: int) -> Qwen2VLImageProcessorPil:
+    """An image processor that turns every square image into one fixed image_size x image_size grid."""
+    if image_size % 28:
+        raise ValueError(f"image_size must be a multiple of 28 (patch 14 x merge 2), got {image_size}")
+    pixels = image_size * image_size
+    return Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
+
+
+AutoProcessor.register(Qwen2VLConfig, ImageOnlyQwen2VLProcessor, exist_ok=True)
