@@ -1,0 +1,306 @@
+"""EdgeStore: the embedded Qdrant engine (qdrant-edge-py), persistent in a local folder.
+
+Folder layout (one per collection, under settings.store_dir):
+    <root>/shard/            the EdgeShard (segments, WAL; the WAL lock makes it single-owner)
+    <root>/collection.json   CollectionSpec (dim, fingerprint, vector names, schema version)
+    <root>/owner.json        pid + command of the process holding the shard (names it in errors)
+The engine never indexes in the background: search is exact brute force until optimize().
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as qe
+
+from dermground.platform.store.base import (
+    CollectionSpec,
+    Hit,
+    SchemaMismatchError,
+    SearchFilter,
+    StoreError,
+    StoreLockedError,
+    StorePoint,
+    VectorSelection,
+    VectorStore,
+)
+from dermground.platform.store.schema import PAYLOAD_INDEXES
+
+SHARD_DIR = "shard"
+META_FILE = "collection.json"
+OWNER_FILE = "owner.json"
+
+_INDEX_TYPES = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer,
+                "float": qe.PayloadSchemaType.Float}
+# m=0 disables the HNSW graph: only the vectors searched first (image) are worth ~2 min each at 100k.
+_NO_HNSW = qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000)
+
+
+def edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
+    """Translate a SearchFilter into an engine Filter."""
+    if flt is None or flt.is_empty():
+        return None
+    must: list[object] = []
+    for key, value in flt.keyword_equals().items():
+        must.append(qe.FieldCondition(key=key, match=qe.MatchValue(value=value)))
+    for key, values in flt.any_of.items():
+        must.append(qe.FieldCondition(key=key, match=qe.MatchAny(any=list(values))))
+    for key, rng in flt.ranges.items():
+        must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(gte=rng.gte, gt=rng.gt, lte=rng.lte, lt=rng.lt)))
+    must_not: list[object] = []
+    if flt.exclude_patient_ids:
+        must_not.append(qe.FieldCondition(key="patient_id", match=qe.MatchAny(any=list(flt.exclude_patient_ids))))
+    if flt.exclude_ids:
+        must_not.append(qe.HasIdCondition(point_ids=set(flt.exclude_ids)))
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _vectors(raw: object) -> dict[str, np.ndarray] | None:
+    if not raw:
+        return None
+    return {name: np.asarray(v, dtype=np.float32) for name, v in raw.items()}  # type: ignore[union-attr]
+
+
+def _with_vector(selection: VectorSelection) -> bool | list[str]:
+    return selection if isinstance(selection, bool) else list(selection)
+
+
+def _read_owner(root: Path) -> str:
+    try:
+        owner = json.loads((root / OWNER_FILE).read_text())
+        return f"pid {owner['pid']} on {owner.get('host', '?')} ({owner.get('command', '?')}), since {owner.get('since', '?')}"
+    except (OSError, ValueError, KeyError):
+        return "another process (no owner file found)"
+
+
+class EdgeStore(VectorStore):
+    """A collection in the embedded engine; one process owns the folder at a time."""
+
+    def __init__(self, root: Path, collection: str) -> None:
+        self.root = Path(root)
+        self.collection = collection
+        self._shard: qe.EdgeShard | None = None
+        self._spec: CollectionSpec | None = None
+        meta = self.root / META_FILE
+        if meta.exists():
+            self._spec = CollectionSpec.from_dict(json.loads(meta.read_text()))
+        if (self.root / SHARD_DIR / "edge_config.json").exists():
+            self._open(lambda path: qe.EdgeShard.load(path))
+
+    # --- opening and ownership -----------------------------------------------------------
+    def _open(self, opener) -> None:  # noqa: ANN001 - EdgeShard.load or .create
+        try:
+            self._shard = opener(str(self.root / SHARD_DIR))
+        except Exception as exc:  # the engine raises bare Exception
+            if "WouldBlock" in str(exc):
+                raise StoreLockedError(
+                    f"the embedded vector store of collection {self.collection!r} ({self.root}) is in use by "
+                    f"{_read_owner(self.root)}. Stop that process, or run both against a Qdrant server "
+                    "(set DERMGROUND_QDRANT_URL, e.g. from docker/compose.yaml).") from None
+            raise StoreError(f"cannot open the embedded store {self.root}: {exc}") from exc
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
+                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_json(self.root / OWNER_FILE, owner)
+
+    def _require_shard(self) -> qe.EdgeShard:
+        if self._shard is None:
+            raise StoreError(f"collection {self.collection!r} does not exist in {self.root}; "
+                             "run `dermground ingest` first")
+        return self._shard
+
+    def close(self) -> None:
+        if self._shard is None:
+            return
+        shard, self._shard = self._shard, None
+        shard.close()
+        try:
+            owner = json.loads((self.root / OWNER_FILE).read_text())
+            if owner.get("pid") == os.getpid():
+                (self.root / OWNER_FILE).unlink()
+        except (OSError, ValueError):
+            pass
+
+    # --- collection ----------------------------------------------------------------------
+    def describe(self) -> CollectionSpec | None:
+        return self._spec if self._shard is not None else None
+
+    def ensure_collection(self, spec: CollectionSpec) -> CollectionSpec:
+        if self._shard is not None and self._spec is not None:
+            spec.check_compatible(self._spec, self.collection)
+            return self._spec
+        if self._shard is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            config = qe.EdgeConfig(vectors={
+                name: qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine,
+                                          hnsw_config=None if name in spec.hnsw_on else _NO_HNSW)
+                for name in spec.vector_names})
+            self._open(lambda path: qe.EdgeShard.create(path, config))
+        shard = self._require_shard()
+        for field, kind in PAYLOAD_INDEXES.items():
+            shard.update(qe.UpdateOperation.create_field_index(field, _INDEX_TYPES[kind]))
+        # Metadata is written last: a folder without it is an unfinished create, redone here.
+        _write_json(self.root / META_FILE, spec.to_dict())
+        self._spec = spec
+        return spec
+
+    # --- writes --------------------------------------------------------------------------
+    def _update(self, operation: qe.UpdateOperation, what: str) -> None:
+        try:
+            self._require_shard().update(operation)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"collection {self.collection!r}: {what} failed: {exc}") from exc
+
+    def upsert(self, points: Sequence[StorePoint], wait: bool = True) -> None:
+        # `wait` is always honoured: the engine applies the update before returning.
+        spec = self.require_spec()
+        self._check_points(spec, points)
+        if not points:
+            return
+        edge_points = [qe.Point(id=p.id, vector=dict(p.vectors), payload=p.payload) for p in points]
+        self._update(qe.UpdateOperation.upsert_points(edge_points), f"upsert of {len(points)} points")
+
+    def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]], wait: bool = True) -> None:
+        spec = self.require_spec()
+        for pid, named in vectors.items():
+            self._check_vectors(spec, pid, named)
+        if vectors:
+            ops = [qe.PointVectors(id=pid, vector=dict(named)) for pid, named in vectors.items()]
+            self._update(qe.UpdateOperation.update_vectors(ops), "vector update")
+
+    def set_payload(self, ids: Sequence[str], payload: Mapping[str, object], wait: bool = True) -> None:
+        if ids:
+            self._update(qe.UpdateOperation.set_payload(list(ids), dict(payload)), "payload update")
+
+    def delete(self, ids: Sequence[str], wait: bool = True) -> None:
+        if ids:
+            self._update(qe.UpdateOperation.delete_points(list(ids)), "delete")
+
+    # --- reads ---------------------------------------------------------------------------
+    def _hits(self, scored: list[qe.ScoredPoint], with_payload: bool) -> list[Hit]:
+        hits = []
+        for p in scored:
+            payload = dict(p.payload or {})
+            hits.append(Hit(id=str(p.id), isic_id=payload.get("isic_id"), score=float(p.score),  # type: ignore[arg-type]
+                            payload=payload if with_payload else None, vectors=_vectors(p.vector)))
+        return hits
+
+    def _run_query(self, request: qe.QueryRequest, with_payload: bool) -> list[Hit]:
+        try:
+            return self._hits(self._require_shard().query(request), with_payload)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"collection {self.collection!r}: query failed: {exc}") from exc
+
+    def query(self, vector_name: str, vector: np.ndarray, k: int, filter: SearchFilter | None = None,
+              with_payload: bool = True, with_vectors: VectorSelection = False) -> list[Hit]:
+        spec = self.require_spec()
+        self._check_vectors(spec, "query", {vector_name: vector})
+        request = qe.QueryRequest(
+            limit=k, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32), using=vector_name),
+            filter=edge_filter(filter), with_payload=True if with_payload else ["isic_id"],
+            with_vector=_with_vector(with_vectors))
+        return self._run_query(request, with_payload)
+
+    def prefetch_rescore(self, prefetch_name: str, prefetch_vector: np.ndarray, b: int,
+                         rescore_name: str, rescore_vector: np.ndarray, k: int,
+                         filter: SearchFilter | None = None, with_payload: bool = True,
+                         with_vectors: VectorSelection = False) -> list[Hit]:
+        spec = self.require_spec()
+        self._check_vectors(spec, "query", {prefetch_name: prefetch_vector, rescore_name: rescore_vector}
+                            if prefetch_name != rescore_name else {prefetch_name: prefetch_vector})
+        flt = edge_filter(filter)
+        prefetch = qe.Prefetch(limit=b, filter=flt, query=qe.Query.Nearest(
+            np.asarray(prefetch_vector, dtype=np.float32), using=prefetch_name))
+        request = qe.QueryRequest(
+            limit=k, prefetches=[prefetch], filter=flt,
+            query=qe.Query.Nearest(np.asarray(rescore_vector, dtype=np.float32), using=rescore_name),
+            with_payload=True if with_payload else ["isic_id"], with_vector=_with_vector(with_vectors))
+        return self._run_query(request, with_payload)
+
+    def retrieve(self, ids: Sequence[str], with_payload: bool = True,
+                 with_vectors: VectorSelection = False) -> list[StorePoint]:
+        if not ids:
+            return []
+        records = self._require_shard().retrieve(list(ids), with_payload=with_payload,
+                                                 with_vector=_with_vector(with_vectors))
+        found = {str(r.id): StorePoint(str(r.id), _vectors(r.vector) or {}, dict(r.payload or {}))
+                 for r in records}
+        return [found[i] for i in ids if i in found]
+
+    def scroll(self, filter: SearchFilter | None = None, limit: int = 1000, offset: str | None = None,
+               with_payload: bool = True, with_vectors: VectorSelection = False,
+               ) -> tuple[list[StorePoint], str | None]:
+        records, next_offset = self._require_shard().scroll(qe.ScrollRequest(
+            limit=limit, offset=offset, filter=edge_filter(filter), with_payload=with_payload,
+            with_vector=_with_vector(with_vectors)))
+        points = [StorePoint(str(r.id), _vectors(r.vector) or {}, dict(r.payload or {})) for r in records]
+        return points, None if next_offset is None else str(next_offset)
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        return int(self._require_shard().count(qe.CountRequest(exact=True, filter=edge_filter(filter))))
+
+    # --- maintenance ---------------------------------------------------------------------
+    def optimize(self) -> bool:
+        """Build HNSW for spec.hnsw_on (blocking; ~2 min per indexed vector at 100k on 2 cores)."""
+        return bool(self._require_shard().optimize())
+
+    def snapshot(self, dest_dir: Path) -> Path:
+        """Flush, then tar the shard and collection.json into dest_dir (written whole or not at all)."""
+        shard = self._require_shard()
+        shard.flush()
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        target = dest_dir / f"{self.collection}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.tar"
+        tmp = target.with_suffix(".tar.partial")
+        with tarfile.open(tmp, "w") as tar:
+            tar.add(self.root / META_FILE, arcname=META_FILE)
+            # An interrupted optimize() leaves temp_segments behind: never worth backing up.
+            tar.add(self.root / SHARD_DIR, arcname=SHARD_DIR,
+                    filter=lambda info: None if "temp_segments" in Path(info.name).parts else info)
+        os.replace(tmp, target)
+        return target
+
+    def restore(self, snapshot: Path) -> None:
+        """Replace this collection's folder with a snapshot tar (this store stays open on it)."""
+        staging = self.root.parent / f".{self.root.name}.restore-{uuid.uuid4().hex[:8]}"
+        try:
+            with tarfile.open(snapshot) as tar:
+                tar.extractall(staging, filter="data")
+            if not (staging / META_FILE).exists() or not (staging / SHARD_DIR).is_dir():
+                raise StoreError(f"{snapshot} is not an EdgeStore snapshot (no {META_FILE} or {SHARD_DIR}/)")
+        except (OSError, tarfile.TarError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StoreError(f"cannot read snapshot {snapshot}: {exc}") from exc
+        except StoreError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.close()
+        old = self.root.parent / f".{self.root.name}.old-{uuid.uuid4().hex[:8]}"
+        if self.root.exists():
+            os.replace(self.root, old)
+        os.replace(staging, self.root)
+        shutil.rmtree(old, ignore_errors=True)
+        self._spec = CollectionSpec.from_dict(json.loads((self.root / META_FILE).read_text()))
+        self._open(lambda path: qe.EdgeShard.load(path))
+
+
+def _write_json(path: Path, data: Mapping[str, object]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+__all__ = ["EdgeStore", "SchemaMismatchError", "edge_filter"]

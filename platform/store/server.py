@@ -1,0 +1,258 @@
+"""ServerStore: a collection on a Qdrant server through qdrant-client (or its local modes in tests).
+
+Deployment knobs (shards, replication, on-disk vectors, quantization) apply when the collection is
+created. The CollectionSpec (dim, fingerprint, vector names, schema version) lives in the
+collection's own metadata (Qdrant >= 1.16 and qdrant-client local mode keep it), so no reserved
+point or sidecar file can drift away from the collection it describes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from dermground.platform.store.base import (
+    CollectionSpec,
+    Hit,
+    SearchFilter,
+    StoreError,
+    StorePoint,
+    VectorSelection,
+    VectorStore,
+)
+from dermground.platform.store.schema import PAYLOAD_INDEXES
+
+METADATA_KEY = "dermground"
+# Where a Qdrant server (docker image) keeps snapshots; used to restore one by name.
+SERVER_SNAPSHOT_DIR = "/qdrant/snapshots"
+
+_INDEX_TYPES = {"keyword": models.PayloadSchemaType.KEYWORD, "integer": models.PayloadSchemaType.INTEGER,
+                "float": models.PayloadSchemaType.FLOAT}
+Quantization = Literal["none", "scalar", "binary"]
+
+
+def server_filter(flt: SearchFilter | None) -> models.Filter | None:
+    """Translate a SearchFilter into a qdrant-client Filter."""
+    if flt is None or flt.is_empty():
+        return None
+    must: list[models.Condition] = []
+    for key, value in flt.keyword_equals().items():
+        must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+    for key, values in flt.any_of.items():
+        must.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(values))))
+    for key, rng in flt.ranges.items():
+        must.append(models.FieldCondition(key=key, range=models.Range(gte=rng.gte, gt=rng.gt, lte=rng.lte, lt=rng.lt)))
+    must_not: list[models.Condition] = []
+    if flt.exclude_patient_ids:
+        must_not.append(models.FieldCondition(key="patient_id", match=models.MatchAny(any=list(flt.exclude_patient_ids))))
+    if flt.exclude_ids:
+        must_not.append(models.HasIdCondition(has_id=list(flt.exclude_ids)))
+    return models.Filter(must=must or None, must_not=must_not or None)
+
+
+def _vectors(raw: object) -> dict[str, np.ndarray] | None:
+    if not raw:
+        return None
+    return {name: np.asarray(v, dtype=np.float32) for name, v in raw.items()}  # type: ignore[union-attr]
+
+
+def _with_vectors(selection: VectorSelection) -> bool | list[str]:
+    return selection if isinstance(selection, bool) else list(selection)
+
+
+class ServerStore(VectorStore):
+    """A collection on a Qdrant server (url), in memory (":memory:") or in a local folder (path)."""
+
+    def __init__(self, collection: str, location: str | None = None, *, path: Path | None = None,
+                 api_key: str | None = None, timeout_s: int = 60, shards: int = 1, replication: int = 1,
+                 on_disk: bool = False, quantization: Quantization = "none") -> None:
+        if (location is None) == (path is None):
+            raise ValueError("give exactly one of location (url or ':memory:') and path")
+        self.collection = collection
+        self._local = path is not None or location == ":memory:"
+        self._create_options = {"shards": shards, "replication": replication, "on_disk": on_disk,
+                                "quantization": quantization}
+        try:
+            if path is not None:
+                self._client = QdrantClient(path=str(path))
+            elif location == ":memory:":
+                self._client = QdrantClient(location=":memory:")
+            else:
+                self._client = QdrantClient(url=location, api_key=api_key, timeout=timeout_s)
+        except Exception as exc:  # qdrant-client raises many types (RuntimeError for a held path)
+            raise StoreError(f"cannot open Qdrant at {location or path}: {exc}") from exc
+        self._spec: CollectionSpec | None = None
+        # Quantized vectors are approximate: rescore the oversampled candidates with full vectors.
+        self._search_params = (models.SearchParams(quantization=models.QuantizationSearchParams(
+            rescore=True, oversampling=2.0)) if quantization != "none" else None)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- collection ----------------------------------------------------------------------
+    def describe(self) -> CollectionSpec | None:
+        if self._spec is not None:
+            return self._spec
+        if not self._client.collection_exists(self.collection):
+            return None
+        metadata = self._client.get_collection(self.collection).config.metadata or {}
+        if METADATA_KEY not in metadata:
+            raise StoreError(
+                f"collection {self.collection!r} on this Qdrant has no {METADATA_KEY!r} metadata: it was not "
+                "created by dermground (or the server is older than 1.16). Use another collection name.")
+        self._spec = CollectionSpec.from_dict(metadata[METADATA_KEY])
+        return self._spec
+
+    def ensure_collection(self, spec: CollectionSpec) -> CollectionSpec:
+        stored = self.describe()
+        if stored is not None:
+            spec.check_compatible(stored, self.collection)
+            return stored
+        options = self._create_options
+        no_hnsw = models.HnswConfigDiff(m=0)
+        vectors = {name: models.VectorParams(size=spec.dim, distance=models.Distance.COSINE,
+                                             on_disk=options["on_disk"] or None,
+                                             hnsw_config=None if name in spec.hnsw_on else no_hnsw)
+                   for name in spec.vector_names}
+        quantization: models.QuantizationConfig | None = None
+        if options["quantization"] == "scalar":
+            quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+        elif options["quantization"] == "binary":
+            quantization = models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+        self._client.create_collection(
+            self.collection, vectors_config=vectors, shard_number=options["shards"],
+            replication_factor=options["replication"], quantization_config=quantization,
+            metadata={METADATA_KEY: spec.to_dict()})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # local mode warns that indexes have no effect there
+            for field, kind in PAYLOAD_INDEXES.items():
+                self._client.create_payload_index(self.collection, field, _INDEX_TYPES[kind], wait=True)
+        self._spec = spec
+        return spec
+
+    # --- writes --------------------------------------------------------------------------
+    def upsert(self, points: Sequence[StorePoint], wait: bool = True) -> None:
+        spec = self.require_spec()
+        self._check_points(spec, points)
+        if not points:
+            return
+        structs = [models.PointStruct(id=p.id, vector={n: np.asarray(v, dtype=np.float32).tolist()
+                                                       for n, v in p.vectors.items()}, payload=p.payload)
+                   for p in points]
+        self._client.upsert(self.collection, points=structs, wait=wait)
+
+    def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]], wait: bool = True) -> None:
+        spec = self.require_spec()
+        for pid, named in vectors.items():
+            self._check_vectors(spec, pid, named)
+        if not vectors:
+            return
+        missing = set(vectors) - {p.id for p in self.retrieve(list(vectors), with_payload=False)}
+        if missing:  # the server would silently skip them; the edge engine refuses: be strict on both
+            raise StoreError(f"collection {self.collection!r}: no point with id(s) {sorted(missing)[:5]}")
+        ops = [models.PointVectors(id=pid, vector={n: np.asarray(v, dtype=np.float32).tolist()
+                                                   for n, v in named.items()})
+               for pid, named in vectors.items()]
+        self._client.update_vectors(self.collection, points=ops, wait=wait)
+
+    def set_payload(self, ids: Sequence[str], payload: Mapping[str, object], wait: bool = True) -> None:
+        if ids:
+            self._client.set_payload(self.collection, payload=dict(payload), points=list(ids), wait=wait)
+
+    def delete(self, ids: Sequence[str], wait: bool = True) -> None:
+        if ids:
+            self._client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=wait)
+
+    # --- reads ---------------------------------------------------------------------------
+    def _hits(self, scored: list[models.ScoredPoint], with_payload: bool) -> list[Hit]:
+        hits = []
+        for p in scored:
+            payload = dict(p.payload or {})
+            hits.append(Hit(id=str(p.id), isic_id=payload.get("isic_id"), score=float(p.score),  # type: ignore[arg-type]
+                            payload=payload if with_payload else None, vectors=_vectors(p.vector)))
+        return hits
+
+    def query(self, vector_name: str, vector: np.ndarray, k: int, filter: SearchFilter | None = None,
+              with_payload: bool = True, with_vectors: VectorSelection = False) -> list[Hit]:
+        spec = self.require_spec()
+        self._check_vectors(spec, "query", {vector_name: vector})
+        response = self._client.query_points(
+            self.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=vector_name,
+            query_filter=server_filter(filter), search_params=self._search_params, limit=k,
+            with_payload=True if with_payload else ["isic_id"], with_vectors=_with_vectors(with_vectors))
+        return self._hits(response.points, with_payload)
+
+    def prefetch_rescore(self, prefetch_name: str, prefetch_vector: np.ndarray, b: int,
+                         rescore_name: str, rescore_vector: np.ndarray, k: int,
+                         filter: SearchFilter | None = None, with_payload: bool = True,
+                         with_vectors: VectorSelection = False) -> list[Hit]:
+        spec = self.require_spec()
+        self._check_vectors(spec, "query", {prefetch_name: prefetch_vector})
+        self._check_vectors(spec, "query", {rescore_name: rescore_vector})
+        flt = server_filter(filter)
+        prefetch = models.Prefetch(query=np.asarray(prefetch_vector, dtype=np.float32).tolist(),
+                                   using=prefetch_name, filter=flt, limit=b, params=self._search_params)
+        response = self._client.query_points(
+            self.collection, prefetch=prefetch, query=np.asarray(rescore_vector, dtype=np.float32).tolist(),
+            using=rescore_name, query_filter=flt, search_params=self._search_params, limit=k,
+            with_payload=True if with_payload else ["isic_id"], with_vectors=_with_vectors(with_vectors))
+        return self._hits(response.points, with_payload)
+
+    def retrieve(self, ids: Sequence[str], with_payload: bool = True,
+                 with_vectors: VectorSelection = False) -> list[StorePoint]:
+        if not ids:
+            return []
+        records = self._client.retrieve(self.collection, ids=list(ids), with_payload=with_payload,
+                                        with_vectors=_with_vectors(with_vectors))
+        found = {str(r.id): StorePoint(str(r.id), _vectors(r.vector) or {}, dict(r.payload or {}))
+                 for r in records}
+        return [found[i] for i in ids if i in found]
+
+    def scroll(self, filter: SearchFilter | None = None, limit: int = 1000, offset: str | None = None,
+               with_payload: bool = True, with_vectors: VectorSelection = False,
+               ) -> tuple[list[StorePoint], str | None]:
+        records, next_offset = self._client.scroll(
+            self.collection, scroll_filter=server_filter(filter), limit=limit, offset=offset,
+            with_payload=with_payload, with_vectors=_with_vectors(with_vectors))
+        points = [StorePoint(str(r.id), _vectors(r.vector) or {}, dict(r.payload or {})) for r in records]
+        return points, None if next_offset is None else str(next_offset)
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        return int(self._client.count(self.collection, count_filter=server_filter(filter), exact=True).count)
+
+    # --- maintenance ---------------------------------------------------------------------
+    def optimize(self) -> bool:
+        """A Qdrant server builds its indexes in the background: nothing to do here."""
+        return False
+
+    def list_snapshots(self) -> list[str]:
+        """Names of the server-side snapshots of this collection."""
+        return [s.name for s in self._client.list_snapshots(self.collection)]
+
+    def snapshot(self, dest_dir: Path) -> Path:
+        """Create a server-side snapshot; returns its name (it stays on the server's snapshot folder).
+
+        `dest_dir` is unused: a remote server writes snapshots on its own disk.
+        """
+        if self._local:
+            raise StoreError("snapshots need a Qdrant server; qdrant-client local mode has none. "
+                             "Stop the process and copy its folder, or use the embedded store's snapshot.")
+        description = self._client.create_snapshot(self.collection, wait=True)
+        if description is None:
+            raise StoreError(f"the server did not create a snapshot of {self.collection!r}")
+        return Path(description.name)
+
+    def restore(self, snapshot: Path) -> None:
+        """Recover from a snapshot: a name from `snapshot()`/`list_snapshots()`, or a URL/file:// location."""
+        if self._local:
+            raise StoreError("snapshots need a Qdrant server; qdrant-client local mode cannot restore one.")
+        text = str(snapshot)
+        location = text if "://" in text else f"file://{SERVER_SNAPSHOT_DIR}/{self.collection}/{text}"
+        self._client.recover_snapshot(self.collection, location=location, wait=True)
+        self._spec = None
