@@ -1,0 +1,152 @@
+"""Run [system, user, image] once per image and continue many question suffixes from its KV cache.
+
+Qwen2-VL gives image tokens 3-D rotary positions (time, row, column), so the text after an image
+does not continue at "number of tokens so far": it continues at (largest prefix position + 1),
+i.e. the sequence length plus the model's rope delta. Suffixes therefore get explicit 3-D
+position ids; the implicit path depends on mutable model state and breaks with attention masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from transformers import DynamicCache, Qwen2VLForConditionalGeneration
+
+from dermground.platform.model.loading import Backbone
+from dermground.platform.model.prompts import image_prefix, question_suffix
+
+
+@dataclass
+class PrefixState:
+    """The result of one batched prefix pass (rows = images, left padded)."""
+
+    hidden: torch.Tensor  # [b, L, d] last-layer states after the final norm
+    attention_mask: torch.Tensor  # [b, L]
+    image_mask: torch.Tensor  # [b, L] True at image-token positions
+    next_position: torch.Tensor  # [b] rotary position of the first suffix token
+    cache: DynamicCache
+
+
+def prepare_images(images: Sequence[Image.Image]) -> list[Image.Image]:
+    """RGB copies of the inputs (the processor rejects palette/alpha modes inconsistently)."""
+    return [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+
+
+def encode_prefix(backbone: Backbone, images: Sequence[Image.Image], *, use_cache: bool = True,
+                  apply_rope_delta: bool = True) -> PrefixState:
+    """One forward pass over [system, user, image] for a batch of images.
+
+    apply_rope_delta=False continues suffixes at the plain token count: wrong for Qwen2-VL; it
+    exists only as a negative control for tests.
+    """
+    core = backbone.core
+    inputs = backbone.processor(
+        text=[image_prefix()] * len(images), images=prepare_images(images), padding=True, return_tensors="pt"
+    ).to(backbone.device)
+    mask = inputs["attention_mask"]
+    positions, _ = core.model.get_rope_index(
+        inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"], attention_mask=mask
+    )
+    out = core.model(
+        input_ids=inputs["input_ids"],
+        attention_mask=mask,
+        position_ids=positions,
+        pixel_values=inputs["pixel_values"].to(backbone.dtype),
+        image_grid_thw=inputs["image_grid_thw"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        use_cache=use_cache,
+    )
+    if apply_rope_delta:
+        next_position = positions.masked_fill(~mask.bool()[None], -1).amax(dim=(0, 2)) + 1
+    else:
+        next_position = mask.sum(dim=1)
+    return PrefixState(
+        hidden=out.last_hidden_state,
+        attention_mask=mask,
+        image_mask=inputs["input_ids"] == core.config.image_token_id,
+        next_position=next_position,
+        cache=_output_cache(out),
+    )
+
+
+def mean_image_states(state: PrefixState) -> torch.Tensor:
+    """h_im: mean of the last-layer states over each row's image-token positions, float32 [b, d]."""
+    weights = state.image_mask.to(torch.float32).unsqueeze(-1)
+    return (state.hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def tokenize_suffixes(backbone: Backbone, questions: Sequence[str]) -> list[list[int]]:
+    """Token ids of each question suffix (no special tokens added: the prompt text carries them)."""
+    encoded = backbone.tokenizer([question_suffix(q) for q in questions], add_special_tokens=False)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+@dataclass
+class SuffixState:
+    """Rows continuing a prefix: which image each row extends, its tokens, mask and positions so far."""
+
+    cache: DynamicCache
+    attention_mask: torch.Tensor  # [r, prefix + tokens so far]
+    last_position: torch.Tensor  # [r] rotary position of each row's last real token
+
+
+def run_suffixes(
+    backbone: Backbone, state: PrefixState, image_rows: Sequence[int], suffixes: Sequence[Sequence[int]]
+) -> tuple[torch.Tensor, SuffixState]:
+    """Continue prefix rows `image_rows[i]` with token lists `suffixes[i]` in one batched pass.
+
+    Suffixes are right padded; returns the last-layer state of each row's last real token [r, d]
+    and the state needed to keep decoding from there (greedy generation).
+    """
+    device = backbone.device
+    rows = torch.tensor(list(image_rows), device=device)
+    lengths = torch.tensor([len(s) for s in suffixes], device=device)
+    width = int(lengths.max())
+    pad_id = backbone.tokenizer.pad_token_id
+    ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long, device=device)
+    for i, suffix in enumerate(suffixes):
+        ids[i, : len(suffix)] = torch.tensor(suffix, device=device)
+    suffix_mask = (torch.arange(width, device=device)[None] < lengths[:, None]).to(state.attention_mask.dtype)
+    attention_mask = torch.cat([state.attention_mask[rows], suffix_mask], dim=1)
+    start = state.next_position[rows]
+    positions = (start[:, None] + torch.arange(width, device=device)[None]).unsqueeze(0).expand(3, -1, -1)
+    cache = DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in state.cache])
+    hidden = _decode(backbone.core, ids, attention_mask, positions, cache)
+    last = hidden[torch.arange(len(suffixes), device=device), lengths - 1]
+    return last, SuffixState(cache=cache, attention_mask=attention_mask, last_position=start + lengths - 1)
+
+
+def step(backbone: Backbone, suffix: SuffixState, tokens: torch.Tensor) -> torch.Tensor:
+    """Feed one more token per row (greedy decoding); returns the new last-layer states [r, d]."""
+    suffix.attention_mask = torch.cat([suffix.attention_mask, torch.ones_like(suffix.attention_mask[:, :1])], dim=1)
+    suffix.last_position = suffix.last_position + 1
+    positions = suffix.last_position[None, :, None].expand(3, -1, 1)
+    hidden = _decode(backbone.core, tokens[:, None], suffix.attention_mask, positions, suffix.cache)
+    return hidden[:, -1]
+
+
+def _decode(core: Qwen2VLForConditionalGeneration, ids: torch.Tensor, attention_mask: torch.Tensor,
+            positions: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    out = core.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
+                     use_cache=True, **{_CACHE_KWARG: cache})
+    return out.last_hidden_state
+
+
+def _output_cache(out: object) -> DynamicCache:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values")
+
+
+def _cache_kwarg() -> str:
+    # transformers 5.24 renamed `past_key_values` to `cache` (the old name still works, with a warning).
+    import inspect
+
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+
+    return "cache" if "cache" in inspect.signature(Qwen2VLModel.forward).parameters else "past_key_values"
+
+
+_CACHE_KWARG = _cache_kwarg()
