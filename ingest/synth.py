@@ -119,9 +119,9 @@ def render_lesion(rng: np.random.Generator, skin_lab: tuple[float, float, float]
     irregular = float(rng.uniform(0, 1)) ** 1.3
     jagged = float(rng.uniform(0, 1)) ** 2
     ks = np.arange(2, 21)
-    amps = np.where(ks <= 8, 0.22 * irregular * ks**-0.7, 0.08 * jagged * ks**-0.5)
+    amps = np.where(ks <= 8, 0.5 * irregular * ks**-0.7, 0.12 * jagged * ks**-0.5)
     amps = amps * rng.uniform(0.3, 1.0, size=ks.size)
-    amps *= min(1.0, 0.55 / amps.sum())  # keep the radius positive everywhere
+    amps *= min(1.0, 0.75 / amps.sum())  # keep the radius positive everywhere
     phases = rng.uniform(0, 2 * math.pi, size=ks.size)
     table_theta = np.linspace(-math.pi, math.pi, _THETA_BINS, endpoint=False)
     profile = 1.0 + (amps[:, None] * np.cos(ks[:, None] * table_theta + phases[:, None])).sum(0)

@@ -1,0 +1,265 @@
+"""Streaming reader of the ISIC 2024 / SLICE-3D format (HDF5 or JPEG-folder layout).
+
+`read_records` walks `train-metadata.csv` row by row and yields a `LesionRecord` per good row and
+a `RejectedRecord` (id, field, reason) per bad one; it never holds more than one image in memory.
+Images are referenced, not loaded: `load_image_bytes(record.image_ref)` fetches them on demand,
+`decode_image` turns bytes into a checked RGB PIL image.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from dermground.ingest import isic_format as fmt
+from dermground.ingest.split import DEFAULT_TEST_FRACTION, assign_split
+
+DEFAULT_MAX_PIXELS = 40_000_000  # the settings' max_image_pixels default
+_HDF5_PREFIX = "hdf5:"
+
+
+class MissingColumnsError(ValueError):
+    """The metadata CSV lacks columns the reader needs."""
+
+    def __init__(self, path: Path, missing: list[str]) -> None:
+        self.missing = missing
+        super().__init__(f"{path} lacks required column(s): {', '.join(missing)}; "
+                         "it must follow the ISIC 2024 train-metadata.csv format")
+
+
+class ImageDecodeError(ValueError):
+    """Image bytes that are empty, not an image, truncated or too large."""
+
+
+@dataclass(frozen=True)
+class LesionRecord:
+    """One lesion: ids, split, the 16 attributes (registry names), metadata, image reference."""
+
+    isic_id: str
+    patient_id: str
+    split: str  # "train" | "test"
+    attributes: dict[str, float]
+    metadata: dict[str, str | int | float | None]
+    image_ref: str  # "hdf5:<abs path>#<isic_id>" or an absolute .jpg path
+
+    def image_bytes(self) -> bytes:
+        """The encoded image (JPEG) bytes."""
+        return load_image_bytes(self.image_ref)
+
+    def load_image(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """The decoded RGB image (raises ImageDecodeError when it cannot be decoded)."""
+        return decode_image(self.image_bytes(), max_pixels=max_pixels)
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A row that cannot be used, with the field at fault and why."""
+
+    isic_id: str
+    field: str
+    reason: str
+
+
+def detect_layout(data_dir: Path) -> str:
+    """"hdf5" when `train-image.hdf5` exists, else "folder" when `train-image/image/` does."""
+    data_dir = Path(data_dir)
+    if (data_dir / fmt.HDF5_FILE).is_file():
+        return "hdf5"
+    if (data_dir / fmt.IMAGE_FOLDER).is_dir():
+        return "folder"
+    raise FileNotFoundError(f"{data_dir} has neither {fmt.HDF5_FILE} nor {fmt.IMAGE_FOLDER}/; "
+                            "point at an ISIC 2024 data folder or run `dermground synth`")
+
+
+def _csv_path(data_dir: Path) -> Path:
+    path = Path(data_dir) / fmt.METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; point at an ISIC 2024 data folder or run `dermground synth`")
+    return path
+
+
+def check_columns(header: Iterable[str], path: Path = Path(fmt.METADATA_FILE)) -> None:
+    """Raise MissingColumnsError naming every required column absent from `header`."""
+    present = set(header)
+    missing = [c for c in fmt.REQUIRED_COLUMNS if c not in present]
+    if missing:
+        raise MissingColumnsError(path, missing)
+
+
+def _metadata_value(column: str, text: str | None) -> str | int | float | None:
+    if text is None or text.strip() == "":
+        return None
+    if column in fmt.INTEGER_METADATA:
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return int(number) if number.is_integer() else number
+    return text
+
+
+def _parse_attributes(row: dict[str, str]) -> tuple[dict[str, float], RejectedRecord | None]:
+    values: dict[str, float] = {}
+    for column, name in fmt.ATTRIBUTE_COLUMNS.items():
+        text = (row.get(column) or "").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            reason = "missing value" if not text else f"not a number: {text[:40]!r}"
+            return values, RejectedRecord(row.get("isic_id", ""), column, reason)
+        if not math.isfinite(value):
+            return values, RejectedRecord(row.get("isic_id", ""), column, f"not finite: {text!r}")
+        values[name] = value
+    return values, None
+
+
+def read_records(data_dir: Path, split: str | None = None,
+                 test_fraction: float = DEFAULT_TEST_FRACTION, check_images: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[LesionRecord | RejectedRecord]:
+    """Stream the data set's rows as records or rejections, optionally of one split only.
+
+    Image presence is always checked; `check_images=True` also decodes each image (slower).
+    Rejected rows are yielded whatever `split` is when their split cannot be known.
+    """
+    if split not in (None, "train", "test"):
+        raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+    data_dir = Path(data_dir).resolve()
+    csv_path = _csv_path(data_dir)
+    layout = detect_layout(data_dir)
+    h5 = _open_hdf5(data_dir / fmt.HDF5_FILE) if layout == "hdf5" else None
+    image_dir = data_dir / fmt.IMAGE_FOLDER
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        check_columns(reader.fieldnames or [], csv_path)
+        for line, row in enumerate(reader, start=2):
+            isic_id = (row.get("isic_id") or "").strip()
+            if not isic_id:
+                yield RejectedRecord("", "isic_id", f"missing isic_id on CSV line {line}")
+                continue
+            patient_id = (row.get("patient_id") or "").strip()
+            if not patient_id:
+                yield RejectedRecord(isic_id, "patient_id", "missing patient_id")
+                continue
+            side = assign_split(patient_id, test_fraction)
+            if split is not None and side != split:
+                continue
+            attributes, rejected = _parse_attributes(row)
+            if rejected is not None:
+                yield rejected
+                continue
+            if h5 is not None:
+                if isic_id not in h5:
+                    yield RejectedRecord(isic_id, "image", f"no image {isic_id!r} in {fmt.HDF5_FILE}")
+                    continue
+                image_ref = f"{_HDF5_PREFIX}{data_dir / fmt.HDF5_FILE}#{isic_id}"
+            else:
+                path = image_dir / f"{isic_id}.jpg"
+                if not path.is_file():
+                    yield RejectedRecord(isic_id, "image", f"no image file {path}")
+                    continue
+                image_ref = str(path)
+            if check_images:
+                try:
+                    decode_image(load_image_bytes(image_ref), max_pixels=max_pixels)
+                except (ImageDecodeError, OSError, KeyError) as exc:
+                    yield RejectedRecord(isic_id, "image", str(exc))
+                    continue
+            metadata = {c: _metadata_value(c, row.get(c)) for c in fmt.KEPT_METADATA}
+            yield LesionRecord(isic_id, patient_id, side, attributes, metadata, image_ref)
+
+
+def iter_batches(records: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Group any stream into lists of at most `n` items."""
+    if n < 1:
+        raise ValueError(f"batch size must be at least 1, got {n}")
+    batch: list[Any] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def count_records(data_dir: Path) -> int:
+    """Number of data rows in the metadata CSV (cheap: no parsing of values, no images)."""
+    with open(_csv_path(data_dir), newline="", encoding="utf-8") as handle:
+        return max(0, sum(1 for _ in csv.reader(handle)) - 1)
+
+
+# --- images -------------------------------------------------------------------------------
+# Open HDF5 files are cached per process: opening one per image costs far more than reading it.
+# The pid check drops handles inherited through fork, which HDF5 does not support sharing.
+_open_files: dict[str, Any] = {}
+_open_pid: int | None = None
+
+
+def _open_hdf5(path: Path) -> Any:
+    global _open_pid
+    import h5py
+
+    if _open_pid != os.getpid():
+        _open_files.clear()
+        _open_pid = os.getpid()
+    # Keyed by inode and mtime too: a data set regenerated at the same path must not be served
+    # from the stale handle of the old file.
+    stat = path.stat()
+    key = f"{path}|{stat.st_ino}|{stat.st_mtime_ns}"
+    if key not in _open_files:
+        for stale in [k for k in _open_files if k.startswith(f"{path}|")]:
+            _open_files.pop(stale).close()
+        _open_files[key] = h5py.File(path, "r")
+    return _open_files[key]
+
+
+def close_image_files() -> None:
+    """Close the HDF5 files this process opened for reading images."""
+    for handle in _open_files.values():
+        handle.close()
+    _open_files.clear()
+
+
+def load_image_bytes(image_ref: str) -> bytes:
+    """The encoded bytes an image reference points at (HDF5 dataset or JPEG file)."""
+    if image_ref.startswith(_HDF5_PREFIX):
+        path, _, isic_id = image_ref[len(_HDF5_PREFIX):].rpartition("#")
+        h5 = _open_hdf5(Path(path))
+        if isic_id not in h5:
+            raise KeyError(f"no image {isic_id!r} in {path}")
+        value = h5[isic_id][()]
+        # Real files store scalar bytes strings; ours store opaque (np.void); some use uint8 arrays.
+        if isinstance(value, bytes):
+            return value
+        return value.tobytes()
+    return Path(image_ref).read_bytes()
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A checked RGB image: raises ImageDecodeError if empty, not an image, truncated or too large."""
+    if not data:
+        raise ImageDecodeError("empty image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size  # read from the header, before any pixel is decoded
+            if width * height > max_pixels:
+                raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
+            image.load()
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not a recognised image ({len(data)} bytes)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"undecodable image: {exc}") from None
+    return image.convert("RGB")
