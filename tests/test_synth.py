@@ -1,0 +1,104 @@
+"""The synthetic generator: determinism, read-back, ranges, split, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dermground.ingest import isic_format as fmt
+from dermground.ingest.reader import LesionRecord, RejectedRecord, read_records
+from dermground.ingest.split import assign_split
+from dermground.ingest.synth import generate_dataset
+from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.cli import cli
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    summary = generate_dataset(out, patients=30, images=300, seed=11, progress=False, workers=2)
+    assert summary.images == 300 and summary.patients == 30
+    assert sum(summary.split_counts.values()) == 300
+    return out
+
+
+def test_same_seed_gives_byte_identical_files_whatever_the_workers(dataset: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    generate_dataset(again, patients=30, images=300, seed=11, progress=False, workers=1)
+    assert _digest(again) == _digest(dataset)
+    other = tmp_path / "other"
+    generate_dataset(other, patients=30, images=300, seed=12, progress=False, workers=1)
+    assert _digest(other)[fmt.METADATA_FILE] != _digest(dataset)[fmt.METADATA_FILE]
+
+
+def test_folder_layout_is_deterministic_and_matches_hdf5_bytes(dataset: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        generate_dataset(out, patients=5, images=40, seed=11, layout="folder", progress=False, workers=1)
+    assert _digest(first) == _digest(second)
+    assert len(list((first / fmt.IMAGE_FOLDER).glob("*.jpg"))) == 40
+
+
+def test_read_back_with_no_rejects_and_plausible_values(dataset: Path) -> None:
+    records = list(read_records(dataset, check_images=True))
+    rejected = [r for r in records if isinstance(r, RejectedRecord)]
+    assert rejected == []
+    assert len(records) == 300
+    lesions = [r for r in records if isinstance(r, LesionRecord)]
+    for attribute in ATTRIBUTES:
+        values = np.array([r.attributes[attribute.name] for r in lesions])
+        assert values.min() >= attribute.low and values.max() <= attribute.high, attribute.name
+        assert values.std() > 0, f"{attribute.name} does not vary"
+    assert lesions[0].load_image().size == (128, 128)
+    assert {r.metadata["anatom_site_general"] for r in lesions} <= set(fmt.ANATOM_SITES)
+    assert all(r.metadata["age_approx"] % 5 == 0 for r in lesions)
+
+
+def test_generative_factors_vary_independently(dataset: Path) -> None:
+    lesions = [r for r in read_records(dataset) if isinstance(r, LesionRecord)]
+    table = {name: np.array([r.attributes[name] for r in lesions])
+             for name in ("areaMM2", "norm_border", "deltaL", "Bext", "stdLExt", "norm_color")}
+    names = list(table)
+    corr = np.corrcoef(np.stack([table[n] for n in names]))
+    off_diagonal = np.abs(corr[~np.eye(len(names), dtype=bool)])
+    assert off_diagonal.max() < 0.5, dict(zip(names, corr.round(2).tolist()))
+
+
+def test_no_patient_on_both_sides(dataset: Path) -> None:
+    sides: dict[str, set[str]] = {}
+    for r in read_records(dataset):
+        assert isinstance(r, LesionRecord)
+        sides.setdefault(r.patient_id, set()).add(r.split)
+    assert all(len(s) == 1 for s in sides.values())
+    assert {"train", "test"} <= set().union(*sides.values())
+    train = list(read_records(dataset, split="train"))
+    assert train and all(r.split == "train" for r in train)
+
+
+def test_split_is_stable_and_follows_the_fraction() -> None:
+    ids = [f"IP_{i:07d}" for i in range(4000)]
+    assert [assign_split(i) for i in ids] == [assign_split(i) for i in ids]
+    share = sum(assign_split(i, 0.3) == "test" for i in ids) / len(ids)
+    assert 0.27 < share < 0.33
+    assert all(assign_split(i, 0.0) == "train" for i in ids[:50])
+
+
+def test_cli_writes_a_data_set_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    args = ["synth", "--out", str(out), "--patients", "4", "--images", "20", "--seed", "3", "--workers", "1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "20 images of 4 patients" in result.output and "areaMM2" in result.output
+    assert (out / fmt.HDF5_FILE).is_file()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert CliRunner().invoke(cli, [*args, "--overwrite"]).exit_code == 0
