@@ -18,6 +18,7 @@ from dermground.platform.settings import SettingsError, load_settings
 # command name -> "module:attribute" (module under dermground.platform.commands)
 LAZY_COMMANDS: dict[str, str] = {
     "attributes": "attributes:attributes",
+    "sql": "sql:sql",
     "model": "model:model",
     "synth": "synth:synth",
     "demo": "demo:demo",

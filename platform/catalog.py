@@ -1,0 +1,217 @@
+"""The catalog: a folder of immutable Parquet files, queried with DuckDB.
+
+Writers never hold a database lock: each append is one new Parquet file written under a temporary
+name and renamed into place (it appears whole or not at all), so ingest, the API and analysts
+can work at the same time. DuckDB is only the query engine, over views:
+
+    lesions            latest row per (collection, isic_id)   (lesions_history: every row)
+    predictions        model-predicted attribute values
+    ingest_runs        latest row per run_id                  (ingest_runs_history: every row)
+    ingest_partitions  the ledger: one row per committed partition
+    quarantine         rejected records with the field and reason
+    evaluations        metrics of evaluation runs
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dermground.platform.attributes import ATTRIBUTE_NAMES
+
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(name, dtype) for name, dtype in fields])
+
+
+TABLES: dict[str, pa.Schema] = {
+    "lesions": _schema(
+        ("isic_id", pa.string()), ("patient_id", pa.string()), ("split", pa.string()),
+        ("image_ref", pa.string()), *((name, pa.float64()) for name in ATTRIBUTE_NAMES),
+        ("age_approx", pa.float64()), ("sex", pa.string()), ("anatom_site_general", pa.string()),
+        ("tbp_tile_type", pa.string()), ("target", pa.int64()), ("collection", pa.string()),
+        ("fingerprint", pa.string()), ("run_id", pa.string()), ("written_at", _TS)),
+    "predictions": _schema(
+        ("run_id", pa.string()), ("collection", pa.string()), ("isic_id", pa.string()),
+        ("split", pa.string()), ("model_fingerprint", pa.string()), ("adapter", pa.string()),
+        ("attribute", pa.string()), ("value", pa.float64()), ("raw", pa.string()), ("ok", pa.bool_()),
+        ("written_at", _TS)),
+    "ingest_runs": _schema(
+        ("run_id", pa.string()), ("collection", pa.string()), ("fingerprint", pa.string()),
+        ("source", pa.string()), ("split", pa.string()), ("status", pa.string()),
+        ("started_at", _TS), ("finished_at", _TS), ("n_ingested", pa.int64()), ("n_skipped", pa.int64()),
+        ("n_quarantined", pa.int64()), ("options", pa.string()), ("written_at", _TS)),
+    "ingest_partitions": _schema(
+        ("run_id", pa.string()), ("collection", pa.string()), ("partition_id", pa.string()),
+        ("n_points", pa.int64()), ("ids_hash", pa.string()), ("committed_at", _TS)),
+    "quarantine": _schema(
+        ("collection", pa.string()), ("run_id", pa.string()), ("isic_id", pa.string()),
+        ("field", pa.string()), ("reason", pa.string()), ("at", _TS)),
+    "evaluations": _schema(
+        ("run_id", pa.string()), ("kind", pa.string()), ("method", pa.string()), ("attribute", pa.string()),
+        ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()), ("details", pa.string()),
+        ("written_at", _TS)),
+}
+# The timestamp column filled with "now" when a writer leaves it out.
+_STAMP = {"lesions": "written_at", "predictions": "written_at", "ingest_runs": "written_at",
+          "ingest_partitions": "committed_at", "quarantine": "at", "evaluations": "written_at"}
+# Tables whose view keeps only the latest row per key (the full history stays readable).
+_LATEST_BY = {"lesions": ("collection", "isic_id"), "ingest_runs": ("run_id",)}
+
+
+class CatalogError(ValueError):
+    """Rows that do not fit a catalog table (names the table and the column)."""
+
+
+class SqlRejected(ValueError):
+    """An analyst query that the read-only SQL endpoint refuses, with the reason."""
+
+
+class SqlResult(NamedTuple):
+    columns: list[str]
+    rows: list[tuple]
+    truncated: bool  # more rows existed than max_rows
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _duck_type(dtype: pa.DataType) -> str:
+    return {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
+            _TS: "TIMESTAMPTZ"}[dtype]
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
+    for table, schema in TABLES.items():
+        folder = catalog_dir / table
+        columns = ", ".join(f'"{f.name}"' for f in schema)
+        if folder.is_dir() and any(folder.glob("*.parquet")):
+            glob = _sql_literal(str(folder / "*.parquet"))
+            # Cast to the declared types: an old file missing a new column still reads (NULL).
+            source = f"SELECT {columns} FROM read_parquet({glob}, union_by_name=true)"
+        else:  # an empty typed view, so queries work before anything was written
+            nulls = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
+            source = f"SELECT {nulls} WHERE false"
+        if table in _LATEST_BY:
+            keys = ", ".join(_LATEST_BY[table])
+            stamp = _STAMP[table]
+            con.execute(f"CREATE VIEW {table}_history AS {source}")
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {table}_history "
+                        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {stamp} DESC) = 1")
+        else:
+            con.execute(f"CREATE VIEW {table} AS {source}")
+
+
+class Catalog:
+    """Append rows as immutable Parquet files; query them through DuckDB views."""
+
+    def __init__(self, catalog_dir: Path) -> None:
+        self.dir = Path(catalog_dir)
+
+    def append(self, table: str, rows: Sequence[Mapping[str, object]], name: str | None = None) -> Path:
+        """Write rows as one new Parquet file of `table`; returns its path.
+
+        `name` (optional, no extension) makes the file deterministic, so a retried write of the same
+        batch replaces its own file instead of adding a duplicate.
+        """
+        if table not in TABLES:
+            raise CatalogError(f"unknown catalog table {table!r}; known: {', '.join(TABLES)}")
+        schema = TABLES[table]
+        known = set(schema.names)
+        now = datetime.now(UTC)
+        filled = []
+        for i, row in enumerate(rows):
+            unknown = set(row) - known
+            if unknown:
+                raise CatalogError(f"{table} row {i}: unknown column(s) {sorted(unknown)}; known: {schema.names}")
+            filled.append({**row, _STAMP[table]: row.get(_STAMP[table]) or now})
+        try:
+            data = pa.Table.from_pylist(filled, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise CatalogError(f"{table}: rows do not fit the table's columns: {exc}") from exc
+        folder = self.dir / table
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = name or f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:12]}"
+        if "/" in stem or stem.startswith("."):
+            raise CatalogError(f"bad file name {stem!r} for table {table}")
+        target = folder / f"{stem}.parquet"
+        tmp = folder / f".{stem}.{os.getpid()}.tmp"  # the view's *.parquet glob never sees it
+        pq.write_table(data, tmp)
+        os.replace(tmp, target)
+        return target
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with the catalog views (full access: for our own code only)."""
+        con = duckdb.connect(":memory:")
+        _create_views(con, self.dir)
+        return con
+
+    def query(self, sql: str, params: Sequence[object] | Mapping[str, object] | None = None) -> list[dict]:
+        """Run SQL over the views; rows as dicts."""
+        con = self.connect()
+        try:
+            cursor = con.execute(sql, params) if params is not None else con.execute(sql)
+            columns = [d[0] for d in cursor.description or []]
+            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+        finally:
+            con.close()
+
+
+def _check_single_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise SqlRejected(f"cannot parse the query: {exc}") from None
+    if len(statements) != 1:
+        raise SqlRejected(f"exactly one statement is allowed, got {len(statements)}")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise SqlRejected(f"only SELECT queries are allowed, this is a {kind.name} statement; the catalog is read-only")
+
+
+def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeout_s: float = 10.0) -> SqlResult:
+    """Run one analyst SELECT over the catalog views: no writes, no files outside the catalog,
+    at most max_rows rows, interrupted after timeout_s. Raises SqlRejected with the reason."""
+    catalog_dir = Path(catalog_dir).resolve()
+    con = duckdb.connect(":memory:")
+    try:
+        _create_views(con, catalog_dir)
+        # Order matters: restrict first, then turn external access off, then freeze the settings.
+        con.execute(f"SET allowed_directories=[{_sql_literal(str(catalog_dir))}]")
+        con.execute("SET enable_external_access=false")
+        con.execute("SET memory_limit='2GB'")
+        con.execute("SET lock_configuration=true")
+        # The settings above still allow COPY ... TO inside the folder: only a SELECT may run.
+        _check_single_select(con, sql)
+        timer = threading.Timer(timeout_s, con.interrupt)
+        timer.start()
+        try:
+            cursor = con.execute(sql)
+            columns = [d[0] for d in cursor.description or []]
+            rows = cursor.fetchmany(max_rows + 1)
+        except duckdb.InterruptException:
+            raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+        except duckdb.Error as exc:
+            if not timer.is_alive():
+                raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+            if isinstance(exc, duckdb.PermissionException):
+                raise SqlRejected("the query tried to use a file outside the catalog folder; only the catalog "
+                                  f"views (and files under {catalog_dir}) can be read: {exc}") from None
+            raise SqlRejected(f"query failed: {exc}") from None
+        finally:
+            timer.cancel()
+        return SqlResult(columns, [tuple(r) for r in rows[:max_rows]], len(rows) > max_rows)
+    finally:
+        con.close()
