@@ -68,8 +68,10 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """CIE LAB (D65) of an sRGB image: uint8 (..., 3) or float in [0, 1] -> float64 (..., 3)."""
     rgb = np.asarray(rgb)
     linear = _LINEAR_LUT[rgb] if rgb.dtype == np.uint8 else _srgb_to_linear(rgb.astype(np.float64))
-    xyz = (linear @ _RGB_TO_XYZ.T) / _WHITE_D65
-    f = np.where(xyz > _EPSILON, np.cbrt(xyz), (_KAPPA * xyz + 16.0) / 116.0)
+    xyz = linear @ (_RGB_TO_XYZ.T / _WHITE_D65)
+    f = np.cbrt(xyz)
+    low = xyz <= _EPSILON
+    f[low] = (_KAPPA * xyz[low] + 16.0) / 116.0
     lab = np.empty_like(f)
     lab[..., 0] = 116.0 * f[..., 1] - 16.0
     lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
@@ -85,6 +87,26 @@ def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
     xyz = np.where(f**3 > _EPSILON, f**3, (116.0 * f - 16.0) / _KAPPA) * _WHITE_D65
     linear = np.clip(xyz @ np.linalg.inv(_RGB_TO_XYZ).T, 0.0, 1.0)
     return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
+# Linear light quantised to 16 bits -> 8-bit sRGB: a lookup instead of a power per pixel.
+_ENCODE_LUT = np.round(
+    np.where((q := np.linspace(0.0, 1.0, 65536)) <= 0.0031308, 12.92 * q, 1.055 * q ** (1 / 2.4) - 0.055) * 255
+).astype(np.uint8)
+_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
+
+
+def lab_to_srgb8(lab: np.ndarray) -> np.ndarray:
+    """8-bit sRGB of CIE LAB (D65) values (..., 3), fast (float32 and a lookup table)."""
+    lab = np.asarray(lab, dtype=np.float32)
+    fy = (lab[..., 0] + 16.0) / 116.0
+    f = np.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
+    cube = f * f * f
+    low = cube <= _EPSILON
+    cube[low] = (116.0 * f[low] - 16.0) / _KAPPA
+    matrix = (_XYZ_TO_RGB * _WHITE_D65).T.astype(np.float32)
+    linear = np.clip(cube @ matrix, 0.0, 1.0)
+    return _ENCODE_LUT[(linear * 65535.0 + 0.5).astype(np.int32)]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from dermground.ingest import isic_format as fmt
-from dermground.ingest.measure import lab_to_srgb, measure
+from dermground.ingest.measure import lab_to_srgb8, measure
 from dermground.ingest.split import DEFAULT_TEST_FRACTION, assign_split
 from dermground.platform.attributes import ATTRIBUTES
 
@@ -109,7 +109,7 @@ def render_lesion(rng: np.random.Generator, skin_lab: tuple[float, float, float]
                   size: int) -> tuple[np.ndarray, np.ndarray]:
     """One crop: sRGB uint8 (size, size, 3) and the boolean lesion mask."""
     mm = fmt.FIELD_OF_VIEW_MM / size
-    coords = (np.arange(size) + 0.5) * mm - fmt.FIELD_OF_VIEW_MM / 2
+    coords = ((np.arange(size) + 0.5) * mm - fmt.FIELD_OF_VIEW_MM / 2).astype(np.float32)
     x, y = np.meshgrid(coords, coords)
 
     # --- shape: ellipse x Fourier radial profile, area-preserving elongation, rotation
@@ -129,7 +129,7 @@ def render_lesion(rng: np.random.Generator, skin_lab: tuple[float, float, float]
     # Keep the lesion inside the field of view with a margin of skin around it.
     scale = min(1.0, 6.6 / (semi_major * profile.max()))
     shift = min(1.2, max(0.0, 6.6 - scale * semi_major * profile.max()))
-    cx, cy = rng.uniform(-shift, shift, size=2)
+    cx, cy = (float(c) for c in rng.uniform(-shift, shift, size=2))
     a_axis = diameter / 2 * math.sqrt(aspect) * scale
     b_axis = diameter / 2 / math.sqrt(aspect) * scale
     cos_r, sin_r = math.cos(rotation), math.sin(rotation)
@@ -137,7 +137,7 @@ def render_lesion(rng: np.random.Generator, skin_lab: tuple[float, float, float]
     v = (-(x - cx) * sin_r + (y - cy) * cos_r) / b_axis
     rho = np.hypot(u, v)
     theta_idx = ((np.arctan2(v, u) + math.pi) * (_THETA_BINS / (2 * math.pi))).astype(np.int64)
-    radius = profile[np.minimum(theta_idx, _THETA_BINS - 1)]
+    radius = profile.astype(np.float32)[np.minimum(theta_idx, _THETA_BINS - 1)]
     rel = rho / radius  # < 1 inside the lesion, 0 at its centre
     mask = rel < 1.0
     if np.count_nonzero(mask) < 4:  # a tiny lesion that fell between pixel centres
@@ -145,12 +145,12 @@ def render_lesion(rng: np.random.Generator, skin_lab: tuple[float, float, float]
 
     # --- skin: the patient's tone, site jitter, lighting gradient, texture, fine grain
     lab = np.empty((size, size, 3), dtype=np.float32)
-    skin = np.asarray(skin_lab) + rng.normal(0, [2.0, 1.0, 1.0])
+    skin = (np.asarray(skin_lab) + rng.normal(0, [2.0, 1.0, 1.0])).astype(np.float32)
     texture = float(rng.uniform(0.3, 5.0))
-    lighting = rng.normal(0, 1.5, size=2)
+    lighting = [float(v) / 7.5 for v in rng.normal(0, 1.5, size=2)]
     lab[...] = skin
-    lab[..., 0] += texture * _smooth_noise(rng, size, 10) + lighting[0] * x / 7.5 + lighting[1] * y / 7.5
-    lab[..., 0] += rng.normal(0, 0.2 + 0.25 * texture, size=(size, size))
+    lab[..., 0] += texture * _smooth_noise(rng, size, 10) + lighting[0] * x + lighting[1] * y
+    lab[..., 0] += rng.normal(0, 0.2 + 0.25 * texture, size=(size, size)).astype(np.float32)
     lab[..., 1] += 0.4 * texture * _smooth_noise(rng, size, 6)
 
     # --- lesion colour: darkness and hue independent of skin; gradient and blotches inside
@@ -166,10 +166,10 @@ def render_lesion(rng: np.random.Generator, skin_lab: tuple[float, float, float]
         bx = cx + dist * (a_axis * math.cos(angle) * cos_r - b_axis * math.sin(angle) * sin_r)
         by = cy + dist * (a_axis * math.cos(angle) * sin_r + b_axis * math.sin(angle) * cos_r)
         sigma = rng.uniform(0.15, 0.45) * b_axis * 1.5
-        weight = np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * sigma**2))
+        weight = np.exp(((x - bx) ** 2 + (y - by) ** 2) * np.float32(-0.5 / sigma**2))
         direction = rng.normal(0, 1, size=3) * [1.0, 0.6, 0.6]
         direction /= max(1e-6, float(np.linalg.norm(direction)))
-        lesion_lab += (weight[..., None] * (blotch_strength * direction)).astype(np.float32)
+        lesion_lab += weight[..., None] * (blotch_strength * direction).astype(np.float32)
     edge_mm = float(rng.uniform(0.03, 0.3))  # soft border width
     alpha = np.clip((1.0 - rel) * (a_axis + b_axis) / 2 / edge_mm + 0.5, 0.0, 1.0)[..., None]
     lab = lab * (1 - alpha) + (lesion_lab + (lab - skin)) * alpha  # keep skin texture on top
@@ -181,9 +181,9 @@ def render_lesion(rng: np.random.Generator, skin_lab: tuple[float, float, float]
         distance = np.abs((x - px) * math.sin(angle) - (y - py) * math.cos(angle))
         width = rng.uniform(0.06, 0.14)
         strand = np.clip(1.0 - distance / width, 0.0, 1.0)[..., None]
-        lab = lab * (1 - strand) + np.array([18.0, 4.0, 8.0]) * strand
+        lab = lab * (1 - strand) + np.array([18.0, 4.0, 8.0], dtype=np.float32) * strand
 
-    rgb = np.round(lab_to_srgb(lab) * 255.0).astype(np.uint8)
+    rgb = lab_to_srgb8(lab)
     return rgb, mask
 
 
