@@ -333,3 +333,17 @@ def test_server_local_mode_refuses_snapshots_clearly(tmp_path: Path) -> None:
         s.ensure_collection(SPEC)
         with pytest.raises(StoreError, match="need a Qdrant server"):
             s.snapshot(tmp_path)
+
+
+def test_both_backends_give_identical_results(tmp_path: Path) -> None:
+    with _open("edge", tmp_path) as edge, _open("server", tmp_path) as server:
+        for s in (edge, server):
+            s.ensure_collection(SPEC)
+            s.upsert(_points())
+        for flt in [None, *FILTERS.values()]:
+            a, b = edge.query("q_norm_color", QUERIES[5], 10, flt), server.query("q_norm_color", QUERIES[5], 10, flt)
+            _assert_same(a, [(h.id, h.score) for h in b])
+            a = edge.prefetch_rescore("image", QUERIES[0], 30, "q_A", QUERIES[1], 5, flt)
+            b = server.prefetch_rescore("image", QUERIES[0], 30, "q_A", QUERIES[1], 5, flt)
+            _assert_same(a, [(h.id, h.score) for h in b])
+            assert edge.count(flt) == server.count(flt)
