@@ -20,3 +20,26 @@ def tiny_backbone(tiny_model_dir):
     from dermground.platform.model.loading import load_backbone
 
     return load_backbone(tiny_model_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def make_tiny_adapter():
+    """Factory: make_tiny_adapter(model_dir, out_dir, seed=0) saves a LoRA adapter with random
+    (non-zero) B matrices, so that, unlike a freshly initialised one, it changes the outputs."""
+
+    def make(model_dir, out_dir, seed: int = 0):
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import Qwen2VLForConditionalGeneration
+
+        torch.manual_seed(seed)
+        base = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, local_files_only=True)
+        config = LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False,
+            target_modules=r".*(visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
+                           r"|language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj))",
+        )
+        get_peft_model(base, config).save_pretrained(out_dir)
+        return out_dir
+
+    return make

@@ -24,21 +24,6 @@ from dermground.platform.model.prompts import (
 from dermground.platform.model.tiny import save_tiny_model
 
 
-def make_adapter(model_dir, out_dir, seed: int = 0):
-    """A LoRA adapter with random (non-zero) B matrices, so it changes the model's outputs."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    base = Qwen2VLForConditionalGeneration.from_pretrained(model_dir)
-    config = LoraConfig(
-        r=4, lora_alpha=8, init_lora_weights=False,
-        target_modules=r".*(visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
-                       r"|language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj))",
-    )
-    get_peft_model(base, config).save_pretrained(out_dir)
-    return out_dir
-
-
 def test_tiny_model_loads_through_the_normal_path(tiny_backbone, tiny_model_dir):
     assert isinstance(tiny_backbone.model, Qwen2VLForConditionalGeneration)
     assert not tiny_backbone.model.training
@@ -111,9 +96,9 @@ def test_prompt_equals_the_chat_template_and_splits_at_the_image(tiny_backbone):
     assert tokenizer.tokenize("12.34") == ["1", "2", ".", "3", "4"]
 
 
-def test_fingerprint_changes_with_adapter_and_prompt_version(tmp_path, tiny_model_dir):
-    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
-    other_adapter = make_adapter(tiny_model_dir, tmp_path / "adapter2", seed=1)
+def test_fingerprint_changes_with_adapter_and_prompt_version(tmp_path, tiny_model_dir, make_tiny_adapter):
+    adapter = make_tiny_adapter(tiny_model_dir, tmp_path / "adapter")
+    other_adapter = make_tiny_adapter(tiny_model_dir, tmp_path / "adapter2", seed=1)
     base = fingerprint(tiny_model_dir)
     assert base == fingerprint(tiny_model_dir)  # stable
     assert fingerprint(tiny_model_dir, adapter) != base
@@ -124,8 +109,8 @@ def test_fingerprint_changes_with_adapter_and_prompt_version(tmp_path, tiny_mode
     assert backbone.adapter_dir == adapter
 
 
-def test_for_training_leaves_the_adapter_trainable(tmp_path, tiny_model_dir):
-    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+def test_for_training_leaves_the_adapter_trainable(tmp_path, tiny_model_dir, make_tiny_adapter):
+    adapter = make_tiny_adapter(tiny_model_dir, tmp_path / "adapter")
     backbone = load_backbone(tiny_model_dir, adapter_dir=adapter, device="cpu", for_training=True)
     assert backbone.model.training
     trainable = [n for n, p in backbone.model.named_parameters() if p.requires_grad]
