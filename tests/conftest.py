@@ -43,3 +43,21 @@ def make_tiny_adapter():
         return out_dir
 
     return make
+
+
+# --- one local Ray session for the whole test run (start-up costs 5-8 s and ~700 MB) ---------
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory: pytest.TempPathFactory):
+    """A local Ray (2 CPUs, 512 MB object store, no dashboard) shared by every test that needs it."""
+    import tempfile
+    from pathlib import Path
+
+    from dermground.platform.ray_runtime import ensure_ray
+
+    # Ray's unix socket paths must stay short: use a short folder, not pytest's deep tmp path.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))
+    ensure_ray(num_cpus=2, object_store_mb=512, temp_dir=temp_dir)
+    import ray
+
+    yield ray
+    ray.shutdown()
