@@ -27,7 +27,7 @@ class PrefixState:
     attention_mask: torch.Tensor  # [b, L]
     image_mask: torch.Tensor  # [b, L] True at image-token positions
     next_position: torch.Tensor  # [b] rotary position of the first suffix token
-    cache: DynamicCache
+    cache: DynamicCache | None  # None when the pass ran without use_cache
 
 
 def prepare_images(images: Sequence[Image.Image]) -> list[Image.Image]:
@@ -135,9 +135,11 @@ def _decode(core: Qwen2VLForConditionalGeneration, ids: torch.Tensor, attention_
     return out.last_hidden_state
 
 
-def _output_cache(out: object) -> DynamicCache:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values")
+def _output_cache(out: object) -> DynamicCache | None:
+    try:
+        return out.cache  # type: ignore[attr-defined]
+    except AttributeError:  # transformers < 5.24 names it past_key_values
+        return out.past_key_values  # type: ignore[attr-defined]
 
 
 def _cache_kwarg() -> str:
