@@ -22,6 +22,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "model": "model:model",
     "synth": "synth:synth",
     "demo": "demo:demo",
+    "snapshot": "snapshot:snapshot",
 }
 
 

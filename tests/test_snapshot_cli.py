@@ -1,0 +1,64 @@
+"""`dermground snapshot create|list|restore` on the embedded store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.cli import cli
+from dermground.platform.commands import context
+from dermground.platform.settings import load_settings
+from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, open_store, point_id
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(context, "_current", None)
+    yield
+    monkeypatch.setattr(context, "_current", None)
+
+
+def _fill(home: Path, n: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    ids = []
+    with open_store(load_settings(home=home), "snap") as store:
+        store.ensure_collection(CollectionSpec(dim=8, fingerprint="fp-snap"))
+        points = []
+        for i in range(n):
+            record = {"isic_id": f"ISIC_{i:07d}", "patient_id": f"IP_{i % 3}", "split": "train",
+                      "image_ref": f"/nowhere/{i}.jpg", **{a.name: float(a.low + 1) for a in ATTRIBUTES}}
+            vectors = {name: rng.normal(size=8).astype(np.float32) for name in DEFAULT_VECTOR_NAMES}
+            points.append(StorePoint(point_id(record["isic_id"]), vectors, build_payload(record, "fp-snap")))
+            ids.append(point_id(record["isic_id"]))
+        store.upsert(points)
+    return ids
+
+
+def test_create_list_restore_roundtrip(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ids = _fill(home, 12)
+    runner = CliRunner()
+    assert "no snapshots" in runner.invoke(cli, ["--home", str(home), "snapshot", "list", "--collection", "snap"]).output
+    created = runner.invoke(cli, ["--home", str(home), "snapshot", "create", "--collection", "snap"])
+    assert created.exit_code == 0, created.output
+    listed = runner.invoke(cli, ["--home", str(home), "snapshot", "list", "--collection", "snap"])
+    (tar,) = [line for line in listed.output.splitlines() if line.endswith(".tar")]
+
+    with open_store(load_settings(home=home), "snap") as store:
+        store.delete(ids[:5])
+        assert store.count() == 7
+
+    restored = runner.invoke(cli, ["--home", str(home), "snapshot", "restore", tar, "--collection", "snap", "--yes"])
+    assert restored.exit_code == 0, restored.output
+    assert "12 points" in restored.output
+    with open_store(load_settings(home=home), "snap") as store:
+        assert sorted(store.all_ids()) == sorted(ids)
+
+
+def test_restore_of_a_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "snapshot", "restore", str(tmp_path / "x.tar"), "--yes"])
+    assert result.exit_code != 0 and "snapshot list" in result.output
