@@ -61,3 +61,45 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
 
     yield ray
     ray.shutdown()
+
+
+# --- a small searchable collection (search, API, viewer and load tests) ----------------------
+@pytest.fixture(scope="session")
+def search_collection(tmp_path_factory: pytest.TempPathFactory, tiny_backbone):
+    """A synthetic data set (40 images at 112 px, 6 patients) embedded with the tiny model into an
+    embedded-engine collection, closed again so that a test or an app can open it.
+
+    Returns a dict: data_dir, store_root (folder of the full collection: image + all 16 q_<a>),
+    image_only_root (same points, `image` vectors only), records, embeddings (EmbeddingBatch in
+    record order), fingerprint, collection.
+    """
+    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.ingest.synth import generate_dataset
+    from dermground.platform.embed import Embedder
+    from dermground.platform.store import DEFAULT_VECTOR_NAMES, IMAGE_VECTOR, CollectionSpec, StorePoint, build_payload, point_id
+    from dermground.platform.store.edge import EdgeStore
+
+    base = tmp_path_factory.mktemp("search_collection")
+    data_dir = base / "data"
+    generate_dataset(data_dir, patients=6, images=40, seed=3, size=112, progress=False, workers=1)
+    records = [r for r in read_records(data_dir) if isinstance(r, LesionRecord)]
+    images = [r.load_image() for r in records]
+    embeddings = Embedder(tiny_backbone).embed(images)
+    fingerprint = tiny_backbone.fingerprint
+    spec = CollectionSpec(dim=tiny_backbone.hidden_size, fingerprint=fingerprint, vector_names=DEFAULT_VECTOR_NAMES)
+    roots = {"full": base / "qdrant" / "lesions", "image_only": base / "image_only" / "lesions"}
+    for kind, root in roots.items():
+        with EdgeStore(root, "lesions") as store:
+            store.ensure_collection(spec)
+            points = []
+            for i, record in enumerate(records):
+                row = {"isic_id": record.isic_id, "patient_id": record.patient_id, "split": record.split,
+                       "image_ref": record.image_ref, **record.attributes, **record.metadata}
+                vectors = {IMAGE_VECTOR: embeddings.h_im[i]}
+                if kind == "full":
+                    vectors |= {f"q_{name}": m[i] for name, m in embeddings.h_im_a.items()}
+                points.append(StorePoint(point_id(record.isic_id), vectors, build_payload(row, fingerprint)))
+            store.upsert(points)
+    return {"data_dir": data_dir, "store_root": roots["full"], "image_only_root": roots["image_only"],
+            "records": records, "embeddings": embeddings, "fingerprint": fingerprint, "collection": "lesions",
+            "home": base}
