@@ -22,6 +22,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "model": "model:model",
     "synth": "synth:synth",
     "demo": "demo:demo",
+    "ingest": "ingest:ingest",
+    "check": "check:check",
     "snapshot": "snapshot:snapshot",
 }
 

@@ -1,0 +1,136 @@
+"""`check_collection`: prove that a collection in the vector store and the catalog agree.
+
+Findings (any one means the two disagree and `dermground check` exits non-zero):
+- catalog ids missing from the store, store points absent from the catalog (phantoms);
+- a point whose id is not uuid5 of its isic_id, two points with one isic_id, duplicate catalog
+  rows or ledger partitions;
+- a point missing a named vector or a payload key, or stamped with another model's fingerprint;
+- a ledger partition whose catalog file is missing or holds other ids than the ledger recorded,
+  catalog rows no committed partition accounts for (an interrupted run: rerun the ingest).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow.parquet as pq
+
+from dermground.ingest.partitions import ids_hash
+from dermground.ingest.writer import catalog_file_name
+from dermground.platform.attributes import ATTRIBUTE_NAMES
+from dermground.platform.catalog import Catalog
+from dermground.platform.settings import Settings
+from dermground.platform.store import open_store, point_id
+
+REQUIRED_PAYLOAD_KEYS: tuple[str, ...] = (
+    "isic_id", "patient_id", "split", "image_ref", "fingerprint", *ATTRIBUTE_NAMES,
+    "age_approx", "sex", "anatom_site_general", "tbp_tile_type", "target",
+)
+_MAX_LISTED = 5  # ids named per finding; the count says how many there are
+
+
+@dataclass
+class CheckReport:
+    """Counts on both sides and every disagreement found."""
+
+    collection: str
+    store_points: int = 0
+    catalog_rows: int = 0
+    ledger_partitions: int = 0
+    ledger_points: int = 0
+    findings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def add(self, what: str, ids: list[str] | set[str]) -> None:
+        if ids:
+            listed = sorted(ids)
+            more = f" (+{len(listed) - _MAX_LISTED} more)" if len(listed) > _MAX_LISTED else ""
+            self.findings.append(f"{what}: {len(listed)}: {', '.join(listed[:_MAX_LISTED])}{more}")
+
+
+def check_collection(settings: Settings, collection: str) -> CheckReport:
+    """Compare the store's collection with the catalog's lesions rows and ingest ledger."""
+    report = CheckReport(collection)
+    store_ids = _check_store(settings, collection, report)
+    catalog = Catalog(settings.catalog_dir)
+    rows = catalog.query("SELECT isic_id FROM lesions WHERE collection = ?", [collection])
+    catalog_ids = [str(r["isic_id"]) for r in rows]
+    report.catalog_rows = len(catalog_ids)
+    report.add("duplicate isic_ids in the catalog's lesions view", _repeated(catalog_ids))
+    catalog_set = set(catalog_ids)
+    report.add("in the catalog but missing from the store", catalog_set - store_ids)
+    report.add("in the store but not in the catalog (phantom points)", store_ids - catalog_set)
+    ledger_ids = _check_ledger(catalog, collection, report)
+    report.add("catalog rows of no committed partition (an interrupted ingest: rerun it)", catalog_set - ledger_ids)
+    report.add("committed by the ledger but missing from the store", ledger_ids - store_ids)
+    if report.store_points != report.catalog_rows:
+        report.findings.append(f"counts differ: store {report.store_points} points, catalog {report.catalog_rows} rows")
+    return report
+
+
+def _check_store(settings: Settings, collection: str, report: CheckReport) -> set[str]:
+    isic_ids: list[str] = []
+    bad_id: list[str] = []
+    missing_vectors: dict[str, list[str]] = {}
+    missing_keys: dict[str, list[str]] = {}
+    other_model: list[str] = []
+    with open_store(settings, collection) as store:
+        spec = store.describe()
+        if spec is None:
+            report.findings.append(f"collection {collection!r} does not exist in the store")
+            return set()
+        report.store_points = store.count()
+        for point in store.iter_points(page_size=256, with_payload=True, with_vectors=True):
+            payload = point.payload or {}
+            isic_id = str(payload.get("isic_id", f"<no isic_id: point {point.id}>"))
+            isic_ids.append(isic_id)
+            if "isic_id" not in payload or point.id != point_id(isic_id):
+                bad_id.append(isic_id)
+            for name in set(spec.vector_names) - set(point.vectors or {}):
+                missing_vectors.setdefault(name, []).append(isic_id)
+            for key in REQUIRED_PAYLOAD_KEYS:
+                if key not in payload:
+                    missing_keys.setdefault(key, []).append(isic_id)
+            if payload.get("fingerprint") != spec.fingerprint:
+                other_model.append(isic_id)
+    if len(isic_ids) != report.store_points:
+        report.findings.append(f"the store counts {report.store_points} points but scrolls {len(isic_ids)}")
+    report.add("points whose id is not uuid5 of their isic_id", bad_id)
+    report.add("isic_ids held by more than one point", _repeated(isic_ids))
+    for name, ids in sorted(missing_vectors.items()):
+        report.add(f"points missing the named vector {name!r}", ids)
+    for key, ids in sorted(missing_keys.items()):
+        report.add(f"points missing the payload key {key!r}", ids)
+    report.add(f"points not stamped with the collection's model fingerprint {spec.fingerprint}", other_model)
+    return set(isic_ids)
+
+
+def _check_ledger(catalog: Catalog, collection: str, report: CheckReport) -> set[str]:
+    """Every committed partition's lesions file must exist and hold the ids the ledger hashed."""
+    rows = catalog.query("SELECT partition_id, n_points, ids_hash FROM ingest_partitions WHERE collection = ?",
+                         [collection])
+    report.ledger_partitions = len(rows)
+    report.add("partitions committed more than once in the ledger", _repeated([str(r["partition_id"]) for r in rows]))
+    ids: set[str] = set()
+    broken: list[str] = []
+    for row in rows:
+        report.ledger_points += int(row["n_points"])
+        path = catalog.dir / "lesions" / f"{catalog_file_name(collection, str(row['partition_id']))}.parquet"
+        if not path.exists():
+            if row["n_points"]:
+                broken.append(f"{row['partition_id']} (no lesions file)")
+            continue
+        part_ids = [str(x) for x in pq.read_table(path, columns=["isic_id"]).column("isic_id").to_pylist()]
+        if len(part_ids) != row["n_points"] or ids_hash(part_ids) != row["ids_hash"]:
+            broken.append(f"{row['partition_id']} (lesions file differs from the ledger)")
+        ids.update(part_ids)
+    report.add("ledger partitions without their catalog rows", broken)
+    return ids
+
+
+def _repeated(values: list[str]) -> set[str]:
+    return {value for value, n in Counter(values).items() if n > 1}

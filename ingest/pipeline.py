@@ -1,0 +1,276 @@
+"""The ingest pipeline: reader -> partitions -> Ray Data embedding actors -> driver writer.
+
+    summary = ingest_dataset(Path("data"), "lesions", load_settings(), model_dir=Path("models/base"))
+
+The driver reads metadata, builds payloads (bad rows are quarantined before any embedding),
+skips partitions the ledger says are committed, streams the rest through an actor pool that
+loads the model once per actor, and commits each partition as soon as all its rows are back.
+Only the driver writes: the embedded store is single-process. Actors read images by their
+reference, so on a cluster every node must see the data folder and the model at the same paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from dermground.ingest.embedding_actor import VECTOR_NAMES, EmbeddingActor
+from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
+from dermground.ingest.reader import LesionRecord, RejectedRecord, read_records
+from dermground.ingest.writer import (
+    PartitionWriter,
+    ReadyRecord,
+    Rejection,
+    committed_partitions,
+    record_payload,
+)
+from dermground.platform.catalog import Catalog
+from dermground.platform.settings import Settings
+from dermground.platform.store import CollectionSpec, PayloadError, open_store
+
+Split = Literal["train", "test", "all"]
+# Images per Ray Data execution: bounds the driver's memory (records and vectors of a wave) while
+# keeping the actors' one-off model load negligible.
+WAVE_IMAGES = 20_000
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How the pipeline runs (saved with the run in the catalog's ingest_runs)."""
+
+    split: Split = "train"
+    partition_size: int = DEFAULT_PARTITION_SIZE
+    batch_size: int = 8
+    actors: int = 1
+    cpus_per_actor: float | None = None  # None: the cluster's CPUs shared evenly by the actors
+    gpus_per_actor: float = 0.0
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dataclass
+class IngestSummary:
+    """What a run did: points written, records skipped as already committed, rows quarantined."""
+
+    run_id: str
+    collection: str
+    ingested: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    partitions: int = 0
+    partitions_skipped: int = 0
+    seconds: float = 0.0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.ingested / self.seconds if self.seconds > 0 else 0.0
+
+
+def model_identity(model_dir: Path, adapter_dir: Path | None) -> tuple[int, str]:
+    """(embedding dimension, fingerprint) of a model without loading its weights."""
+    from dermground.platform.model.fingerprint import fingerprint
+    from dermground.platform.model.loading import check_model_dir
+
+    path = check_model_dir(model_dir)
+    config = json.loads((path / "config.json").read_text())
+    dim = int(config.get("text_config", {}).get("hidden_size") or config["hidden_size"])
+    return dim, fingerprint(path, adapter_dir)
+
+
+def _unique(stream: Iterable[LesionRecord | RejectedRecord]) -> Iterator[LesionRecord | RejectedRecord]:
+    """Turn a repeated isic_id into a rejection: one id, one point, one catalog row."""
+    seen: set[str] = set()
+    for item in stream:
+        if isinstance(item, LesionRecord):
+            if item.isic_id in seen:
+                yield RejectedRecord(item.isic_id, "isic_id", "duplicate isic_id: an earlier row has the same id")
+                continue
+            seen.add(item.isic_id)
+        yield item
+
+
+def _prepare(partition: Partition, fingerprint: str) -> tuple[list[ReadyRecord], list[Rejection]]:
+    ready: list[ReadyRecord] = []
+    rejections = [Rejection(r.isic_id, r.field, r.reason) for r in partition.rejected]
+    for record in partition.records:
+        try:
+            ready.append(ReadyRecord(record, record_payload(record, fingerprint)))
+        except PayloadError as exc:
+            rejections.append(Rejection(exc.isic_id, exc.field, exc.reason))
+    return ready, rejections
+
+
+def _waves(partitions: Iterable[Partition], limit: int) -> Iterator[list[Partition]]:
+    wave: list[Partition] = []
+    size = 0
+    for partition in partitions:
+        wave.append(partition)
+        size += len(partition)
+        if size >= limit:
+            yield wave
+            wave, size = [], 0
+    if wave:
+        yield wave
+
+
+def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model_dir: Path | None = None,
+                   adapter_dir: Path | None = None, split: Split = "train",
+                   partition_size: int = DEFAULT_PARTITION_SIZE, batch_size: int = 8, actors: int = 1,
+                   cpus_per_actor: float | None = None, gpus_per_actor: float = 0.0,
+                   ray_address: str | None = None, progress: bool = True) -> IngestSummary:
+    """Embed and store every record of `data_dir` (one split or all) into `collection`; resumable.
+
+    Raises SchemaMismatchError when the collection holds another model's vectors and
+    StoreLockedError when another process holds the embedded store.
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if actors < 1 or batch_size < 1:
+        raise ValueError("actors and batch_size must be at least 1")
+    options = IngestOptions(split, partition_size, batch_size, actors, cpus_per_actor, gpus_per_actor,
+                            settings.device, settings.dtype)
+    model_dir = Path(model_dir or settings.base_model_dir)
+    adapter_dir = adapter_dir if adapter_dir is not None else settings.adapter_dir
+    dim, fingerprint = model_identity(model_dir, adapter_dir)
+    started = time.perf_counter()
+    run_id = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    summary = IngestSummary(run_id, collection)
+    catalog = Catalog(settings.catalog_dir)
+    store = open_store(settings, collection)
+    try:
+        store.ensure_collection(CollectionSpec(dim=dim, fingerprint=fingerprint))
+        writer = PartitionWriter(store, catalog, collection, fingerprint, run_id)
+        run_row = {"run_id": run_id, "collection": collection, "fingerprint": fingerprint,
+                   "source": str(Path(data_dir).resolve()), "split": split,
+                   "started_at": datetime.now(UTC), "options": json.dumps(asdict(options))}
+        catalog.append("ingest_runs", [{**run_row, "status": "running"}])
+        status = "failed"
+        try:
+            _run(Path(data_dir), options, model_dir, adapter_dir, fingerprint, settings, ray_address,
+                 writer, catalog, summary, progress)
+            status = "done"
+        finally:
+            summary.seconds = time.perf_counter() - started
+            catalog.append("ingest_runs", [{**run_row, "status": status, "finished_at": datetime.now(UTC),
+                                            "n_ingested": summary.ingested, "n_skipped": summary.skipped,
+                                            "n_quarantined": summary.quarantined}])
+    finally:
+        store.close()
+    return summary
+
+
+def _run(data_dir: Path, options: IngestOptions, model_dir: Path, adapter_dir: Path | None, fingerprint: str,
+         settings: Settings, ray_address: str | None, writer: PartitionWriter, catalog: Catalog,
+         summary: IngestSummary, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    committed = committed_partitions(catalog, writer.collection)
+    reader_split = None if options.split == "all" else options.split
+    stream = _unique(read_records(data_dir, split=reader_split, max_pixels=settings.max_image_pixels))
+    total = None
+    if options.split == "all":
+        from dermground.ingest.reader import count_records
+
+        total = count_records(data_dir)
+    bar = tqdm(total=total, unit="img", desc=f"ingest {writer.collection}", disable=not progress, smoothing=0.1)
+    pending = _skip_committed(partition_records(stream, options.partition_size), committed, summary, bar)
+    try:
+        for wave in _waves(pending, WAVE_IMAGES):
+            _run_wave(wave, options, model_dir, adapter_dir, fingerprint, settings, ray_address, writer,
+                      summary, bar)
+            bar.set_postfix(skipped=summary.skipped, quarantined=summary.quarantined)
+    finally:
+        bar.close()
+
+
+def _skip_committed(partitions: Iterable[Partition], committed: dict[str, int], summary: IngestSummary,
+                    bar: object) -> Iterator[Partition]:
+    for partition in partitions:
+        if partition.partition_id in committed:
+            summary.skipped += committed[partition.partition_id]
+            summary.partitions_skipped += 1
+            bar.update(len(partition))  # type: ignore[attr-defined]
+            continue
+        yield partition
+
+
+def _run_wave(wave: list[Partition], options: IngestOptions, model_dir: Path, adapter_dir: Path | None,
+              fingerprint: str, settings: Settings, ray_address: str | None, writer: PartitionWriter,
+              summary: IngestSummary, bar: object) -> None:
+    prepared = {p.index: (p, *_prepare(p, fingerprint)) for p in wave}
+
+    def commit(index: int, vectors: dict[str, np.ndarray], errors: dict[str, str]) -> None:
+        partition, ready, rejections = prepared.pop(index)
+        result = writer.write(partition, ready, rejections, vectors, errors, VECTOR_NAMES)
+        summary.ingested += result.n_points
+        summary.quarantined += result.n_quarantined
+        summary.partitions += 1
+        for r in rejections:
+            summary.quarantine_reasons[r.field] = summary.quarantine_reasons.get(r.field, 0) + 1
+        for reason in errors.values():
+            if reason:
+                summary.quarantine_reasons["image"] = summary.quarantine_reasons.get("image", 0) + 1
+        bar.update(len(partition))  # type: ignore[attr-defined]
+
+    for index in [i for i, (_, ready, _) in prepared.items() if not ready]:
+        commit(index, {}, {})  # nothing to embed: commit its rejections right away
+    items = [{"isic_id": item.record.isic_id, "image_ref": item.record.image_ref, "part": index}
+             for index, (_, ready, _) in prepared.items() for item in ready]
+    if not items:
+        return
+    expected = {index: len(ready) for index, (_, ready, _) in prepared.items()}
+    received: dict[int, tuple[dict[str, np.ndarray], dict[str, str]]] = {i: ({}, {}) for i in expected}
+    for batch in _embed_items(items, len(expected), options, model_dir, adapter_dir, fingerprint, settings,
+                              ray_address):
+        for isic_id, part, error, vectors in zip(batch["isic_id"], batch["part"], batch["error"], batch["vectors"],
+                                                 strict=True):
+            index = int(part)
+            got_vectors, got_errors = received[index]
+            got_errors[str(isic_id)] = str(error)
+            if not error:
+                got_vectors[str(isic_id)] = np.asarray(vectors, dtype=np.float32)
+            if len(got_errors) == expected[index]:
+                commit(index, *received.pop(index))
+    if received:
+        raise RuntimeError(f"the embedding pipeline returned no rows for partitions {sorted(received)}")
+
+
+def _embed_items(items: list[dict[str, object]], n_partitions: int, options: IngestOptions, model_dir: Path,
+                 adapter_dir: Path | None, fingerprint: str, settings: Settings,
+                 ray_address: str | None) -> Iterator[dict[str, np.ndarray]]:
+    import ray
+    import ray.data
+
+    from dermground.platform.ray_runtime import ensure_ray
+
+    ensure_ray(ray_address or settings.ray_address, num_cpus=settings.ray_num_cpus,
+               object_store_mb=settings.ray_object_store_mb)
+    cpus = options.cpus_per_actor
+    if cpus is None:
+        cpus = max(1.0, math.floor(ray.cluster_resources().get("CPU", 1.0) / options.actors))
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # partitions complete in reader order
+    context.enable_progress_bars = False  # the CLI shows its own bar
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), n_partitions)))
+    embedded = dataset.map_batches(
+        EmbeddingActor,
+        fn_constructor_kwargs={
+            "model_dir": str(model_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None,
+            "expected_fingerprint": fingerprint, "device": options.device, "dtype": options.dtype,
+            "batch_size": options.batch_size, "num_threads": max(1, int(cpus)),
+            "max_pixels": settings.max_image_pixels},
+        batch_size=options.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        num_cpus=cpus, num_gpus=options.gpus_per_actor or None,
+    )
+    yield from embedded.iter_batches(batch_size=None, batch_format="numpy")

@@ -1,0 +1,36 @@
+"""`dermground check`: prove the vector store and the catalog agree about a collection."""
+
+from __future__ import annotations
+
+import click
+
+from dermground.platform.commands.context import current_settings, from_settings
+
+
+@click.command("check")
+@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+              help="Collection to check.")
+@click.option("--qdrant-url", default=None,
+              help="Qdrant server URL [default: DERMGROUND_QDRANT_URL, else the embedded store under HOME].")
+def check(collection: str, qdrant_url: str | None) -> None:
+    """Compare store and catalog: missing, phantom or duplicate ids, points missing a named
+    vector or payload key, ledger partitions, counts. Exits 1 on any finding."""
+    from dermground.ingest.consistency import check_collection
+    from dermground.platform.store import StoreError
+
+    settings = current_settings()
+    if qdrant_url:
+        settings = settings.model_copy(update={"qdrant_url": qdrant_url})
+    try:
+        report = check_collection(settings, collection)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"collection {collection}: store {report.store_points} points, catalog {report.catalog_rows} rows, "
+               f"ledger {report.ledger_partitions} partitions / {report.ledger_points} points")
+    for finding in report.findings:
+        click.echo(f"FINDING {finding}")
+    if not report.ok:
+        click.echo(f"{len(report.findings)} finding(s). If an ingest was interrupted, rerun it to resume; "
+                   "then check again.", err=True)
+        raise SystemExit(1)
+    click.echo("ok: store and catalog agree")

@@ -1,0 +1,73 @@
+"""`dermground ingest`: embed a data set and store it in a collection (resumable, poison-proof)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from dermground.platform.commands.context import current_settings, from_settings
+
+
+@click.command("ingest")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="ISIC 2024 / SLICE-3D folder (train-metadata.csv + train-image.hdf5 or train-image/image/).")
+@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+              help="Collection to ingest into (one collection per data set and model).")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Qwen2-VL checkpoint folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
+@click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="LoRA adapter folder [default: DERMGROUND_ADAPTER_DIR, else none].")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
+              help="Which patient split to ingest (search collections hold the train split).")
+@click.option("--qdrant-url", default=None,
+              help="Qdrant server URL [default: DERMGROUND_QDRANT_URL, else the embedded store under HOME].")
+@click.option("--ray-address", default=None,
+              help="Existing Ray cluster (host:port or auto) [default: DERMGROUND_RAY_ADDRESS, else local Ray].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images per embedding batch.")
+@click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Embedding actors (model copies); each gets the cluster's CPUs / actors.")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs per embedding actor (0 = CPU).")
+@click.option("--partition-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Rows per committed partition (keep it fixed between a run and its resumptions).")
+def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir: Path | None, split: str,
+           qdrant_url: str | None, ray_address: str | None, batch_size: int, actors: int, gpus_per_actor: float,
+           partition_size: int) -> None:
+    """Embed every image (h_im + the 16 h_im_a) and store points, catalog rows and the ledger.
+
+    A rerun skips committed partitions; a killed run resumes with nothing lost or doubled. Bad
+    images and rows are quarantined with a reason (see `dermground sql "SELECT * FROM quarantine"`).
+    """
+    from dermground.ingest.pipeline import ingest_dataset
+    from dermground.platform.model.loading import BackboneError
+    from dermground.platform.store import SchemaMismatchError, StoreError, StoreLockedError
+
+    settings = current_settings()
+    if qdrant_url:
+        settings = settings.model_copy(update={"qdrant_url": qdrant_url})
+    import ray.data  # noqa: F401 - configures its logger on import; quiet it after
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar replaces Ray Data's chatter
+    try:
+        summary = ingest_dataset(data_dir, collection, settings, model_dir=model_dir, adapter_dir=adapter_dir,
+                                 split=split, partition_size=partition_size, batch_size=batch_size,  # type: ignore[arg-type]
+                                 actors=actors, gpus_per_actor=gpus_per_actor, ray_address=ray_address,
+                                 progress=True)
+    except StoreLockedError as exc:
+        raise click.ClickException(f"{exc}\nNothing was ingested; rerun when the store is free.") from None
+    except SchemaMismatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    except BackboneError as exc:
+        raise click.ClickException(f"{exc}\nPass --model DIR (and --adapter DIR) or set DERMGROUND_MODEL_DIR.") from None
+    except (StoreError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"{exc}\nCommitted partitions are kept: fix the cause and rerun to resume.") from None
+    click.echo(f"ingested {summary.ingested}, skipped {summary.skipped} (already present), "
+               f"quarantined {summary.quarantined} in {summary.seconds:.1f} s "
+               f"({summary.partitions} partition(s) committed, {summary.partitions_skipped} skipped; run {summary.run_id})")
+    if summary.quarantine_reasons:
+        reasons = ", ".join(f"{field}: {n}" for field, n in sorted(summary.quarantine_reasons.items()))
+        click.echo(f"quarantined by field: {reasons} "
+                   f"(details: dermground sql \"SELECT * FROM quarantine WHERE run_id = '{summary.run_id}'\")")
