@@ -55,3 +55,34 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+# --- multi-attribute questions (paper's future work; used by training behind a flag and by search) ---
+MULTI_ANSWER_SEPARATOR = "; "
+
+
+def multi_attribute_question(names: list[str] | tuple[str, ...]) -> str:
+    """One question about several attributes, asking for a fixed `name=value; name=value` answer."""
+    from dermground.platform.attributes import get_attribute
+
+    questions = " ".join(get_attribute(n).question for n in names)
+    return f"{questions} Answer as {MULTI_ANSWER_SEPARATOR.join(f'{n}=value' for n in names)}."
+
+
+def format_multi_answer(values: dict[str, float]) -> str:
+    """The answer to multi_attribute_question, in the question's order: "areaMM2=12.3; norm_border=4.56"."""
+    from dermground.platform.attributes import get_attribute
+
+    return MULTI_ANSWER_SEPARATOR.join(f"{n}={get_attribute(n).format_value(v)}" for n, v in values.items())
+
+
+def parse_multi_answer(text: str, names: list[str] | tuple[str, ...]) -> dict[str, float | None]:
+    """Values of a multi-attribute answer by name (None where a part is missing or not a valid number)."""
+    from dermground.platform.attributes import get_attribute
+
+    found: dict[str, str] = {}
+    for part in text.split(MULTI_ANSWER_SEPARATOR.strip()):
+        key, sep, value = part.strip().partition("=")
+        if sep:
+            found[key.strip()] = value
+    return {n: (get_attribute(n).parse_value(found[n]) if n in found else None) for n in names}

@@ -1,0 +1,48 @@
+"""`dermground pretrain`: generic image-statistics pre-training of the tiny model (demo/tests only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dermground.platform.commands.context import current_settings, from_settings
+
+
+@click.command("pretrain")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="ISIC-format data folder; the pixels of its train-split images are used.")
+@click.option("--base", "base_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Random tiny model folder (`dermground model init-tiny`) [default: the settings' base model dir].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the pre-trained model (a new base model; use it as --base / --model later).")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Passes over the questions.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Global batch size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Peak learning rate (AdamW, warm-up then cosine).")
+@click.option("--questions-per-image", type=click.IntRange(min=1, max=10), default=10, show_default=True,
+              help="Image-statistics questions asked per image.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Ray Train workers.")
+@click.option("--seed", type=int, default=from_settings("seed"), show_default="DERMGROUND_SEED", help="Seed.")
+@click.option("--ray-address", default=from_settings("ray_address"), show_default="DERMGROUND_RAY_ADDRESS",
+              help="Existing Ray cluster to run on [default: a local Ray].")
+def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, epochs: int, batch_size: int, lr: float,
+             questions_per_image: int, max_steps: int | None, workers: int, seed: int, ray_address: str | None) -> None:
+    """Teach the random tiny model generic image-statistics answers (not the 16 attributes)."""
+    from dermground.platform.model.loading import BackboneError
+    from dermground.train.pretrain import pretrain_base
+
+    base = base_dir or current_settings().base_model_dir
+    try:
+        meta = pretrain_base(data_dir, base, out_dir, epochs=epochs, batch_size=batch_size, lr=lr,
+                             questions_per_image=questions_per_image, seed=seed, max_steps=max_steps,
+                             workers=workers, ray_address=ray_address, progress=True)
+    except BackboneError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"{exc}\nCheck --data / --base / --out.") from None
+    curve = meta["loss_curve"]
+    click.echo(f"pre-trained {meta['steps']} steps on {meta['n_tuples']} questions in {meta['seconds']:.1f} s; "
+               f"final loss {curve[-1][1]:.4f}" if curve else "no steps run")
+    click.echo(f"model written to {out_dir} (fingerprint {meta['fingerprint']})")

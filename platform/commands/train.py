@@ -1,0 +1,73 @@
+"""`dermground train`: LoRA-tune the backbone on D_tr through Ray Train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dermground.platform.commands.context import current_settings, from_settings
+
+
+@click.command("train")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="ISIC-format data folder (train-metadata.csv + images); its train split is used.")
+@click.option("--base", "base_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Base Qwen2-VL checkpoint folder [default: the settings' base model dir].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Adapter folder to write (re-running the same command resumes from its checkpoints).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray Train workers (DDP when more than one).")
+@click.option("--gpu", is_flag=True, help="One GPU per worker.")
+@click.option("--cpus-per-worker", type=click.IntRange(min=1), default=None,
+              help="CPU cores per worker (also torch's thread count) [default: all cores / workers].")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Passes over D_tr.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Global batch size.")
+@click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
+              help="Per-worker micro batch (gradient accumulation) [default: the worker's whole share].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Peak learning rate (AdamW, cosine decay).")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True, help="Linear warm-up steps.")
+@click.option("--rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
+@click.option("--alpha", type=click.IntRange(min=1), default=16, show_default=True, help="LoRA alpha.")
+@click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.05, show_default=True,
+              help="LoRA dropout.")
+@click.option("--train-lm-head", is_flag=True,
+              help="Also train the output layer fully (peft modules_to_save); helps small models.")
+@click.option("--w", "w", type=click.IntRange(min=1, max=16), default=5, show_default=True,
+              help="Attributes sampled per training image (W).")
+@click.option("--seed", type=int, default=from_settings("seed"), show_default="DERMGROUND_SEED",
+              help="Seed of the attribute sampling, data order and initialisation.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimiser steps.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Checkpoint every N steps (0: only at the end).")
+@click.option("--multi-attribute", is_flag=True, help="Also train one 2-3 attribute question per image.")
+@click.option("--ray-address", default=from_settings("ray_address"), show_default="DERMGROUND_RAY_ADDRESS",
+              help="Existing Ray cluster to run on [default: a local Ray].")
+def train(data_dir: Path, base_dir: Path | None, out_dir: Path, workers: int, gpu: bool, cpus_per_worker: int | None,
+          epochs: int, batch_size: int, micro_batch_size: int | None, lr: float, warmup_steps: int, rank: int,
+          alpha: int, dropout: float, train_lm_head: bool, w: int, seed: int, max_steps: int | None,
+          checkpoint_every: int, multi_attribute: bool, ray_address: str | None) -> None:
+    """Fine-tune the vision encoder and decoder with LoRA to answer the 16 attribute questions."""
+    from dermground.platform.model.loading import BackboneError
+    from dermground.train.ray_train import METADATA_FILE, train_adapter
+
+    base = base_dir or current_settings().base_model_dir
+    try:
+        result = train_adapter(
+            data_dir, base, out_dir, workers=workers, use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs,
+            batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, rank=rank,
+            alpha=alpha, dropout=dropout, modules_to_save=["lm_head"] if train_lm_head else None, w=w, seed=seed,
+            max_steps=max_steps, checkpoint_every=checkpoint_every, multi_attribute=multi_attribute,
+            ray_address=ray_address, progress=True)
+    except BackboneError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"{exc}\nCheck --data (make one with `dermground synth`) and the flags.") from None
+    if result.resumed_from_step is not None:
+        click.echo(f"resumed from step {result.resumed_from_step}")
+    for step, loss in result.loss_curve[-5:]:
+        click.echo(f"step {step:>6}  loss {loss:.4f}")
+    click.echo(f"trained {result.steps} steps on {result.n_tuples} tuples in {result.seconds:.1f} s; "
+               f"final loss {result.final_loss:.4f}")
+    click.echo(f"adapter written to {out_dir} (metadata: {METADATA_FILE}, data fingerprint {result.data_fingerprint})")

@@ -1,0 +1,202 @@
+"""The per-worker training function Ray Train runs (one copy per worker).
+
+Each worker loads the base model, wraps it with LoRA (mode "lora") or trains every weight (mode
+"full", the tiny-model pre-training), and walks the same globally shuffled order of tuples,
+taking its own share of each global batch. Optimiser: AdamW; schedule: linear warm-up then
+cosine decay to zero over the run. Rank 0 writes a checkpoint every `checkpoint_every` steps and
+at the end (trainable weights, optimiser, scheduler, step, RNG states, loss curve); a re-run of
+the same configuration picks up the latest one and continues from its step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+FINAL_DIR = "final"  # inside the last checkpoint: the adapter (lora) or the whole model (full)
+
+
+def schedule_lambda(total_steps: int, warmup_steps: int):  # noqa: ANN201
+    """Multiplier of the peak lr at a step: linear warm-up, then cosine decay to 0 at total_steps."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The global order of tuple indices in one epoch (identical on every worker)."""
+    order = list(range(n))
+    random.Random(f"{seed}:epoch:{epoch}").shuffle(order)
+    return order
+
+
+def total_steps(n_tuples: int, batch_size: int, epochs: int, max_steps: int | None) -> int:
+    per_epoch = math.ceil(n_tuples / batch_size)
+    return per_epoch * epochs if max_steps is None else min(max_steps, per_epoch * epochs)
+
+
+class _ImageCache:
+    """Decoded training images by reference (a demo data set fits in memory many times over)."""
+
+    def __init__(self) -> None:
+        self._images: dict[str, Any] = {}
+
+    def get(self, image_ref: str):  # noqa: ANN201 - PIL image
+        if image_ref not in self._images:
+            from dermground.ingest.reader import decode_image, load_image_bytes
+
+            self._images[image_ref] = decode_image(load_image_bytes(image_ref))
+        return self._images[image_ref]
+
+
+def _build_model(config: dict) -> tuple[torch.nn.Module, Any]:
+    from dermground.platform.model.loading import load_backbone
+
+    backbone = load_backbone(config["base_dir"], device="cpu", dtype="float32", for_training=True)
+    model = backbone.core
+    if config["mode"] == "lora":
+        from dermground.train.lora import apply_lora
+
+        model = apply_lora(model, config["rank"], config["alpha"], config["dropout"], config.get("modules_to_save"))
+    else:
+        model.requires_grad_(True)
+    model.train()
+    return model, backbone.processor
+
+
+def _trainable_state(model: torch.nn.Module, mode: str) -> dict[str, torch.Tensor]:
+    if mode == "lora":
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _load_trainable_state(model: torch.nn.Module, mode: str, state: dict[str, torch.Tensor]) -> None:
+    if mode == "lora":
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, state)
+        unexpected = list(getattr(result, "unexpected_keys", []))
+        if unexpected:
+            raise RuntimeError(f"checkpoint has weights the model does not: {unexpected[:5]}")
+    else:
+        model.load_state_dict(state)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point; `config` is built by dermground.train.ray_train."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    from dermground.train.collator import AnswerOnlyCollator
+    from dermground.train.dataset import rows_to_tuples
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    threads = int(config.get("threads") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.manual_seed(config["seed"])
+    random.seed(config["seed"])
+
+    model, processor = _build_model(config)
+    mode = config["mode"]
+    device = torch.device("cpu")
+    if world > 1 or config.get("use_gpu"):
+        import ray.train.torch as rtt
+
+        device = rtt.get_device()
+        model = rtt.prepare_model(model)  # DDP when world > 1; moves to the worker's device
+    core = model.module if hasattr(model, "module") and world > 1 else model
+    collate = AnswerOnlyCollator(processor)
+    tuples = rows_to_tuples(config["rows"])
+    batch_size, epochs = config["batch_size"], config["epochs"]
+    per_epoch = math.ceil(len(tuples) / batch_size)
+    steps = total_steps(len(tuples), batch_size, epochs, config.get("max_steps"))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config.get("weight_decay", 0.0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_lambda(steps, config.get("warmup_steps", 0)))
+    step, loss_curve, resumed_from = 0, [], None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+        _load_trainable_state(core, mode, state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        # The schedule follows this run's length (a re-run may ask for more steps).
+        scheduler.lr_lambdas[0] = schedule_lambda(steps, config.get("warmup_steps", 0))
+        step, loss_curve, resumed_from = state["step"], state["loss_curve"], state["step"]
+        torch.set_rng_state(state["torch_rng"])
+
+    images = _ImageCache()
+    queue = config.get("progress_queue")
+    micro = config.get("micro_batch_size") or batch_size
+    checkpoint_every = config.get("checkpoint_every") or 0
+    report_every = max(1, config.get("report_every", 10))
+    window: list[float] = []
+    started = time.perf_counter()
+    first_step = step
+
+    def save(final: bool) -> None:
+        metrics = {"step": step, "loss": loss_curve[-1][1] if loss_curve else float("nan"),
+                   "resumed_from": resumed_from if resumed_from is not None else -1}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"trainable": _trainable_state(core, mode), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "step": step, "loss_curve": loss_curve,
+                        "torch_rng": torch.get_rng_state(), "resumed_from": resumed_from},
+                       Path(folder) / STATE_FILE)
+            if final:
+                core.save_pretrained(Path(folder) / FINAL_DIR)
+                if mode == "full":
+                    processor.save_pretrained(Path(folder) / FINAL_DIR)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+    while step < steps:
+        epoch, in_epoch = divmod(step, per_epoch)
+        order = epoch_order(len(tuples), config["seed"], epoch)
+        global_batch = order[in_epoch * batch_size:(in_epoch + 1) * batch_size]
+        mine = global_batch[rank::world]
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss = 0.0
+        for start in range(0, len(mine), micro):
+            chunk = [tuples[i] for i in mine[start:start + micro]]
+            batch = collate([(images.get(t.image_ref), t.question, t.answer) for t in chunk])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss * (len(chunk) / len(mine))
+            loss.backward()
+            batch_loss += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, config.get("max_grad_norm", 1.0))
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window.append(batch_loss)
+        if step % report_every == 0 or step == steps:
+            mean_loss = sum(window) / len(window)
+            loss_curve.append((step, mean_loss))
+            window = []
+        if rank == 0 and queue is not None:
+            rate = (step - first_step) / max(1e-9, time.perf_counter() - started)
+            queue.put({"step": step, "total": steps, "loss": batch_loss, "steps_per_s": rate})
+        if step < steps and checkpoint_every and step % checkpoint_every == 0:
+            save(final=False)
+    save(final=True)
+    if rank == 0 and queue is not None:
+        queue.put({"done": True, "step": step, "total": steps})

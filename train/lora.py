@@ -1,0 +1,43 @@
+"""LoRA on the vision encoder g and the decoder F together (paper §3.2), with peft.
+
+Targets are regexes over module names: a plain name list ("proj", "fc1", ...) would also catch
+the vision patch embedding (a Conv3d), see QWEN2VL_NOTES.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# The linear layers of every vision block and of the vision->text merger.
+VISION_TARGETS = r"visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))|merger\.mlp\.(0|2))"
+# The attention and MLP projections of every decoder layer.
+DECODER_TARGETS = r"language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+TARGET_MODULES = rf".*\.({VISION_TARGETS}|{DECODER_TARGETS})"
+
+
+def lora_config(rank: int = 8, alpha: int = 16, dropout: float = 0.05,
+                modules_to_save: Sequence[str] | None = None):  # noqa: ANN201 - peft.LoraConfig
+    """A peft LoraConfig over the vision blocks and decoder layers."""
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=TARGET_MODULES,
+                      modules_to_save=list(modules_to_save) if modules_to_save else None, bias="none")
+
+
+def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
+               modules_to_save: Sequence[str] | None = None) -> torch.nn.Module:
+    """Wrap a Qwen2-VL model with fresh LoRA layers; only they (and modules_to_save) are trainable."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(rank, alpha, dropout, modules_to_save))
+
+
+def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters that receive gradients."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]

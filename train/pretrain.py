@@ -1,0 +1,154 @@
+"""Generic pre-training of the tiny random model (tests and the demo only; never a real checkpoint).
+
+A real Qwen2-VL arrives instruction-tuned: it can look at an image and answer with a number. The
+tiny local model is random, so "untuned" would mean "knows nothing". This module gives it generic
+visual/number skills first, on questions that are NOT the 16 lesion attributes: statistics of the
+image's pixels (computed here with numpy from the decoded RGB image; grey = ITU-R 601 luma, 0-100):
+
+    mean brightness, mean red / green / blue, brightness spread, mean brightness of the centre,
+    centre-vs-border darkness, centre-vs-border redness, brightness spread along the border,
+    percentage of pixels much darker than the border.
+
+"Centre" = the disc of radius 1/4 of the side around the image centre; "border" = the outer 1/8
+frame. These are full-parameter updates of every weight (vision encoder, decoder, lm_head),
+through the same Ray Train loop as LoRA, and the result is saved as a new base model folder
+(weights + tokenizer + image processor) that `load_backbone` loads like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PRETRAIN_METADATA_FILE = "dermground_pretrain.json"
+
+
+@dataclass(frozen=True)
+class ImageStatistic:
+    """A generic question about an image and how to compute its answer from the pixels."""
+
+    key: str
+    question: str
+    decimals: int
+    compute: Callable[[dict[str, np.ndarray]], float]
+
+
+def _regions(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    rgb = rgb.astype(np.float64)
+    grey = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]) / 255.0 * 100.0
+    h, w = grey.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    radius = np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2)
+    centre = radius <= min(h, w) / 4
+    frame = max(1, min(h, w) // 8)
+    border = np.zeros_like(centre)
+    border[:frame], border[-frame:], border[:, :frame], border[:, -frame:] = True, True, True, True
+    return {"rgb": rgb, "grey": grey, "centre": centre, "border": border}
+
+
+def _redness(r: dict[str, np.ndarray], mask: np.ndarray) -> float:
+    return float((r["rgb"][..., 0][mask] - r["rgb"][..., 1][mask]).mean())
+
+
+STATISTICS: tuple[ImageStatistic, ...] = (
+    ImageStatistic("mean_brightness", "What is the mean brightness of the image, from 0 to 100?", 1,
+                   lambda r: float(r["grey"].mean())),
+    ImageStatistic("mean_red", "What is the mean red value of the image?", 1, lambda r: float(r["rgb"][..., 0].mean())),
+    ImageStatistic("mean_green", "What is the mean green value of the image?", 1,
+                   lambda r: float(r["rgb"][..., 1].mean())),
+    ImageStatistic("mean_blue", "What is the mean blue value of the image?", 1, lambda r: float(r["rgb"][..., 2].mean())),
+    ImageStatistic("brightness_spread", "How much does the brightness vary across the image?", 2,
+                   lambda r: float(r["grey"].std())),
+    ImageStatistic("centre_brightness", "What is the mean brightness of the centre of the image?", 1,
+                   lambda r: float(r["grey"][r["centre"]].mean())),
+    ImageStatistic("centre_darkness", "How much darker is the centre of the image than its border?", 2,
+                   lambda r: float(r["grey"][r["border"]].mean() - r["grey"][r["centre"]].mean())),
+    ImageStatistic("centre_redness", "How much redder is the centre of the image than its border?", 2,
+                   lambda r: _redness(r, r["centre"]) - _redness(r, r["border"])),
+    ImageStatistic("border_spread", "How much does the brightness vary along the border of the image?", 2,
+                   lambda r: float(r["grey"][r["border"]].std())),
+    ImageStatistic("dark_percentage", "What percentage of the image is much darker than its border?", 1,
+                   lambda r: float((r["grey"] < r["grey"][r["border"]].mean() - 10.0).mean() * 100.0)),
+)
+
+
+def image_statistics(rgb: np.ndarray) -> dict[str, float]:
+    """Every statistic of an RGB uint8 image [h, w, 3], by key."""
+    regions = _regions(rgb)
+    return {s.key: s.compute(regions) for s in STATISTICS}
+
+
+def _format(value: float, decimals: int) -> str:
+    text = f"{value:.{decimals}f}"
+    return "0" + text[2:] if text.startswith("-0") and float(text) == 0 else text
+
+
+def build_pretraining_rows(data_dir: str | Path, questions_per_image: int = len(STATISTICS), seed: int = 0,
+                           max_images: int | None = None) -> list[dict]:
+    """Tuples (as rows) of image-statistics questions for the training-split images of `data_dir`."""
+    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.train.dataset import TrainingTuple, tuples_to_rows
+
+    if not 1 <= questions_per_image <= len(STATISTICS):
+        raise ValueError(f"questions_per_image must be between 1 and {len(STATISTICS)}")
+    tuples: list[TrainingTuple] = []
+    n = 0
+    for record in read_records(Path(data_dir), split="train"):
+        if not isinstance(record, LesionRecord):
+            continue
+        values = image_statistics(np.asarray(record.load_image()))
+        chosen = random.Random(f"{seed}:{record.isic_id}:pretrain").sample(STATISTICS, questions_per_image)
+        for stat in chosen:
+            tuples.append(TrainingTuple(record.isic_id, record.image_ref, (stat.key,), stat.question,
+                                        _format(values[stat.key], stat.decimals)))
+        n += 1
+        if max_images is not None and n >= max_images:
+            break
+    if not tuples:
+        raise ValueError(f"{data_dir} has no usable training-split images")
+    return tuples_to_rows(tuples)
+
+
+def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Path, *, epochs: int = 1,
+                  batch_size: int = 16, lr: float = 1e-3, warmup_steps: int = 50, questions_per_image: int = 10,
+                  seed: int = 0, max_steps: int | None = None, max_images: int | None = None,
+                  checkpoint_every: int = 200, workers: int = 1, cpus_per_worker: int | None = None,
+                  use_gpu: bool = False, ray_address: str | None = None, progress: bool = True) -> dict:
+    """Full-parameter training of `base_dir` on image-statistics questions; writes a new base model to `out_dir`."""
+    from dermground.platform.model.fingerprint import fingerprint
+    from dermground.platform.model.loading import check_model_dir
+    from dermground.train.dataset import data_fingerprint, rows_to_tuples
+    from dermground.train.ray_train import CHECKPOINT_FOLDER, fit
+
+    base = check_model_dir(base_dir)
+    out = Path(out_dir)
+    if out.resolve() == base.resolve():
+        raise ValueError("--out must differ from --base: pre-training writes a new model folder")
+    rows = build_pretraining_rows(data_dir, questions_per_image, seed, max_images)
+    hyper = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "seed": seed,
+             "max_steps": max_steps, "checkpoint_every": checkpoint_every, "weight_decay": 0.0}
+    started = time.perf_counter()
+    work = out.parent / f".{out.name}.pretrain"
+    state, final = fit(rows, base, work / CHECKPOINT_FOLDER, hyper, mode="full", workers=workers, use_gpu=use_gpu,
+                       cpus_per_worker=cpus_per_worker, ray_address=ray_address, progress=progress, desc="pretrain")
+    out.mkdir(parents=True, exist_ok=True)
+    for item in final.iterdir():
+        shutil.copy2(item, out / item.name)
+    shutil.rmtree(final)
+    metadata = {
+        "what": "generic image-statistics pre-training of the tiny model (not the 16 attributes)",
+        "questions": {s.key: s.question for s in STATISTICS}, "hyperparameters": hyper,
+        "questions_per_image": questions_per_image, "n_tuples": len(rows),
+        "data_fingerprint": data_fingerprint(rows_to_tuples(rows)), "from_base": str(base.resolve()),
+        "from_fingerprint": fingerprint(base), "fingerprint": fingerprint(out), "steps": int(state["step"]),
+        "loss_curve": state["loss_curve"], "seconds": round(time.perf_counter() - started, 2),
+    }
+    (out / PRETRAIN_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return metadata

@@ -1,0 +1,198 @@
+"""Train a LoRA adapter (or pre-train the tiny base) through Ray Train's TorchTrainer.
+
+The run's folder name is a hash of everything that defines the run except its length, so a
+re-run of an interrupted command finds its checkpoints and continues; a different configuration
+starts fresh. Ray sets OMP_NUM_THREADS of each worker to its CPU count, so workers ask for the
+cores they should use (`cpus_per_worker`) and set torch's thread count to match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dermground.platform.model.prompts import PROMPT_VERSION
+
+METADATA_FILE = "dermground_adapter.json"
+CHECKPOINT_FOLDER = "checkpoints"  # inside the output folder: Ray Train's storage for this run
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    out_dir: Path
+    steps: int
+    resumed_from_step: int | None
+    final_loss: float
+    loss_curve: list[tuple[int, float]]
+    seconds: float
+    data_fingerprint: str
+    base_fingerprint: str
+    n_tuples: int
+    hyperparameters: dict = field(default_factory=dict)
+
+
+def default_cpus_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def run_name(identity: dict) -> str:
+    """A stable run name for a configuration (same config -> same folder -> resume)."""
+    return "run-" + hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def fit(rows: list[dict], base_dir: Path, storage: Path, hyper: dict, *, mode: str, workers: int, use_gpu: bool,
+        cpus_per_worker: int | None, ray_address: str | None, progress: bool, desc: str) -> tuple[dict, Path]:
+    """Run train_loop_per_worker under a TorchTrainer; returns (final state, folder of the final weights).
+
+    The returned folder is a local copy (under `storage`/_final) of the last checkpoint's weights.
+    """
+    import torch
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    from dermground.platform.ray_runtime import ensure_ray
+    from dermground.train.loop import FINAL_DIR, STATE_FILE, train_loop_per_worker
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    cpus = cpus_per_worker or default_cpus_per_worker(workers)
+    ensure_ray(ray_address)
+    queue = Queue(actor_options={"num_cpus": 0})
+    config = {**hyper, "mode": mode, "base_dir": str(Path(base_dir).resolve()), "rows": rows,
+              "threads": cpus, "use_gpu": use_gpu, "progress_queue": queue}
+    identity = {k: v for k, v in config.items() if k not in ("max_steps", "progress_queue", "rows", "threads",
+                                                               "use_gpu", "checkpoint_every", "report_every")}
+    identity["rows"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    storage = Path(storage).resolve()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(name=run_name(identity), storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    from tqdm import tqdm
+
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread.start()
+    bar = tqdm(desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    while thread.is_alive() or not queue.empty():
+        try:
+            item = queue.get(timeout=0.5)
+        except Empty:
+            continue
+        bar.total = item["total"]
+        if "loss" in item:
+            bar.n = item["step"]
+            bar.set_postfix(loss=f"{item['loss']:.4f}", refresh=False)
+            bar.refresh()
+    bar.close()
+    thread.join()
+    queue.shutdown()
+    if "error" in outcome:
+        raise outcome["error"]
+    checkpoint = outcome["result"].checkpoint
+    if checkpoint is None:
+        raise RuntimeError("the training run finished without a checkpoint")
+    final_copy = storage / "_final"
+    if final_copy.exists():
+        shutil.rmtree(final_copy)
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+        shutil.copytree(Path(folder) / FINAL_DIR, final_copy)
+    return state, final_copy
+
+
+def train_adapter(
+    data_dir: str | Path,
+    base_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    workers: int = 1,
+    use_gpu: bool = False,
+    cpus_per_worker: int | None = None,
+    epochs: int = 1,
+    batch_size: int = 16,
+    micro_batch_size: int | None = None,
+    lr: float = 1e-4,
+    warmup_steps: int = 0,
+    rank: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    modules_to_save: Sequence[str] | None = None,
+    w: int = 5,
+    seed: int = 0,
+    max_steps: int | None = None,
+    checkpoint_every: int = 100,
+    multi_attribute: bool = False,
+    max_images: int | None = None,
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """LoRA-tune a Qwen2-VL checkpoint on D_tr of `data_dir`; writes the adapter and its metadata to `out_dir`."""
+    from dermground.platform.model.fingerprint import fingerprint
+    from dermground.platform.model.loading import check_model_dir
+    from dermground.train.dataset import build_training_set, tuples_to_rows
+
+    base = check_model_dir(base_dir)
+    if batch_size < 1 or epochs < 1:
+        raise ValueError("batch_size and epochs must be >= 1")
+    if batch_size % workers:
+        raise ValueError(f"batch size {batch_size} must be a multiple of the worker count {workers}")
+    training_set = build_training_set(data_dir, w=w, seed=seed, multi_attribute=multi_attribute, max_images=max_images)
+    hyper = {"epochs": epochs, "batch_size": batch_size, "micro_batch_size": micro_batch_size, "lr": lr,
+             "warmup_steps": warmup_steps, "rank": rank, "alpha": alpha, "dropout": dropout,
+             "modules_to_save": list(modules_to_save) if modules_to_save else None, "w": w, "seed": seed,
+             "max_steps": max_steps, "checkpoint_every": checkpoint_every, "multi_attribute": multi_attribute,
+             "workers": workers, "use_gpu": use_gpu}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    loop_hyper = {k: v for k, v in hyper.items() if k not in ("w", "multi_attribute", "workers", "use_gpu")}
+    state, final = fit(tuples_to_rows(training_set.tuples), base, out / CHECKPOINT_FOLDER, loop_hyper, mode="lora",
+                       workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+                       ray_address=ray_address, progress=progress, desc="train")
+    for item in final.iterdir():
+        shutil.copy2(item, out / item.name)
+    shutil.rmtree(final)
+    loss_curve = [(int(s), float(v)) for s, v in state["loss_curve"]]
+    result = TrainResult(
+        out_dir=out, steps=int(state["step"]), resumed_from_step=state.get("resumed_from"),
+        final_loss=loss_curve[-1][1] if loss_curve else float("nan"), loss_curve=loss_curve,
+        seconds=time.perf_counter() - started, data_fingerprint=training_set.fingerprint,
+        base_fingerprint=fingerprint(base), n_tuples=len(training_set), hyperparameters=hyper,
+    )
+    metadata = {
+        "hyperparameters": hyper, "base_model_dir": str(base.resolve()), "base_fingerprint": result.base_fingerprint,
+        "adapter_fingerprint": fingerprint(base, out), "data_dir": str(Path(data_dir).resolve()),
+        "data_fingerprint": training_set.fingerprint, "n_images": training_set.n_images, "n_tuples": len(training_set),
+        "prompt_version": PROMPT_VERSION, "steps": result.steps, "resumed_from_step": result.resumed_from_step,
+        "seconds": round(result.seconds, 2), "loss_curve": loss_curve,
+    }
+    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return result
+
+
+def result_summary(result: TrainResult) -> dict:
+    """A JSON-friendly summary (CLI output)."""
+    data = asdict(result)
+    data["out_dir"] = str(result.out_dir)
+    return data
