@@ -1,0 +1,141 @@
+"""D_tr sampling, the answer-only collator on real tokens, LoRA targets, pre-training statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
+from dermground.platform.model.prompts import (
+    END_OF_TURN,
+    format_multi_answer,
+    multi_attribute_question,
+    parse_multi_answer,
+)
+from dermground.train.collator import IGNORE_INDEX, AnswerOnlyCollator
+from dermground.train.dataset import data_fingerprint, sample_attributes, tuples_for_image
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    from dermground.ingest.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("train_data") / "data"
+    generate_dataset(out, patients=6, images=20, seed=5, size=64, progress=False, workers=1)
+    return out
+
+
+def _values(offset: float = 0.0) -> dict[str, float]:
+    return {name: 1.5 + i + offset for i, name in enumerate(ATTRIBUTE_NAMES)}
+
+
+def test_sampling_is_distinct_seeded_and_order_free():
+    draws = {isic: sample_attributes(isic, 5, seed=0) for isic in ("ISIC_1", "ISIC_2", "ISIC_3")}
+    for names in draws.values():
+        assert len(names) == 5 and len(set(names)) == 5
+        assert set(names) <= set(ATTRIBUTE_NAMES)
+    assert sample_attributes("ISIC_2", 5, seed=0) == draws["ISIC_2"]  # same seed, same draw
+    assert any(sample_attributes(i, 5, seed=1) != d for i, d in draws.items())  # another seed, other draws
+    with pytest.raises(ValueError, match="W must be"):
+        sample_attributes("ISIC_1", 17, seed=0)
+
+
+def test_sampling_is_roughly_uniform():
+    counts = dict.fromkeys(ATTRIBUTE_NAMES, 0)
+    for i in range(800):
+        for name in sample_attributes(f"ISIC_{i}", 5, seed=0):
+            counts[name] += 1
+    expected = 800 * 5 / 16
+    assert all(abs(c - expected) < 0.25 * expected for c in counts.values()), counts
+
+
+def test_tuples_carry_question_and_formatted_answer():
+    tuples = tuples_for_image("ISIC_9", "ref", _values(), w=3, seed=0)
+    assert len(tuples) == 3
+    for t in tuples:
+        (name,) = t.attributes
+        attribute = get_attribute(name)
+        assert t.question == attribute.question
+        assert t.answer == attribute.format_value(_values()[name])
+
+
+def test_training_set_size_and_fingerprint(synth_data):
+    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.train.dataset import build_training_set
+
+    n_train = sum(isinstance(r, LesionRecord) for r in read_records(synth_data, split="train"))
+    assert n_train > 0
+    full = build_training_set(synth_data, w=5, seed=0)
+    assert len(full) == n_train * 5 and full.n_images == n_train
+    assert {t.isic_id for t in full.tuples} == {r.isic_id for r in read_records(synth_data, split="train")}
+    assert build_training_set(synth_data, w=5, seed=0).fingerprint == full.fingerprint
+    assert build_training_set(synth_data, w=5, seed=1).fingerprint != full.fingerprint
+    multi = build_training_set(synth_data, w=5, seed=0, multi_attribute=True)
+    assert len(multi) == n_train * 6
+    assert all(2 <= len(t.attributes) <= 3 for t in multi.tuples if len(t.attributes) > 1)
+    assert data_fingerprint(multi.tuples) == multi.fingerprint != full.fingerprint
+
+
+def test_multi_attribute_answer_round_trip():
+    names = ["areaMM2", "norm_border", "deltaB"]
+    question = multi_attribute_question(names)
+    assert get_attribute("areaMM2").question in question and "areaMM2=value; norm_border=value" in question
+    answer = format_multi_answer({"areaMM2": 12.34, "norm_border": 4.561, "deltaB": -3.0})
+    assert answer == "areaMM2=12.3; norm_border=4.56; deltaB=-3.00"
+    assert parse_multi_answer(answer, names) == {"areaMM2": 12.3, "norm_border": 4.56, "deltaB": -3.0}
+    assert parse_multi_answer("areaMM2=junk; deltaB=1.5", names) == {"areaMM2": None, "norm_border": None, "deltaB": 1.5}
+
+
+def test_collator_labels_only_the_answer_and_end_token(tiny_backbone):
+    collate = AnswerOnlyCollator(tiny_backbone.processor)
+    image = Image.new("RGB", (112, 112), (180, 120, 100))
+    examples = [(image, get_attribute("areaMM2").question, "123.4"),
+                (image, get_attribute("deltaB").question, "-7.25")]  # different lengths: padding in play
+    batch = collate(examples)
+    tokenizer = tiny_backbone.tokenizer
+    for row, (_, _, answer) in enumerate(examples):
+        labelled = batch["labels"][row] != IGNORE_INDEX
+        assert tokenizer.decode(batch["input_ids"][row][labelled]) == answer + END_OF_TURN
+        assert (batch["labels"][row][labelled] == batch["input_ids"][row][labelled]).all()
+        assert not batch["mm_token_type_ids"][row][labelled].any()  # answer tokens are text
+        assert batch["attention_mask"][row][labelled].all()
+    # the loss runs and is finite on the real model
+    loss = tiny_backbone.core(**batch).loss
+    assert np.isfinite(float(loss))
+
+
+def test_lora_trains_vision_and_decoder(tiny_model_dir):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from dermground.train.lora import apply_lora, trainable_parameter_names
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, local_files_only=True)
+    peft_model = apply_lora(model, rank=8, alpha=16, dropout=0.05)
+    names = trainable_parameter_names(peft_model)
+    assert names and all("lora_" in n for n in names)
+    vision = [n for n in names if ".visual.blocks." in n]
+    decoder = [n for n in names if ".language_model.layers." in n]
+    assert {"qkv", "proj", "fc1", "fc2"} <= {n.split(".lora_")[0].rsplit(".", 1)[1] for n in vision}
+    assert {"q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"} <= {n.split(".lora_")[0].rsplit(".", 1)[1] for n in decoder}
+    assert not any("patch_embed" in n for n in names)  # the Conv3d stays frozen
+    with_head = trainable_parameter_names(apply_lora(
+        Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, local_files_only=True), modules_to_save=["lm_head"]))
+    assert any("lm_head" in n for n in with_head)
+
+
+def test_image_statistics_follow_the_pixels():
+    from dermground.train.pretrain import STATISTICS, image_statistics
+
+    flat = np.full((64, 64, 3), 200, dtype=np.uint8)
+    stats = image_statistics(flat)
+    assert stats["brightness_spread"] == pytest.approx(0.0) and stats["centre_darkness"] == pytest.approx(0.0)
+    assert stats["mean_red"] == pytest.approx(200.0) and stats["dark_percentage"] == 0.0
+    spot = flat.copy()
+    yy, xx = np.mgrid[0:64, 0:64]
+    spot[np.hypot(yy - 31.5, xx - 31.5) < 10] = (60, 30, 20)
+    dark = image_statistics(spot)
+    assert dark["centre_darkness"] > 20 and 5 < dark["dark_percentage"] < 10
+    assert dark["mean_brightness"] < stats["mean_brightness"]
+    # none of the pre-training questions is one of the 16 attribute questions
+    assert not {s.question for s in STATISTICS} & {get_attribute(n).question for n in ATTRIBUTE_NAMES}
