@@ -1,0 +1,139 @@
+"""Short Ray Train runs on the tiny model: adapter + metadata, resume, pre-training, eval predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from dermground.platform.attributes import ATTRIBUTE_NAMES
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.ingest.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("ray_train") / "data"
+    generate_dataset(out, patients=8, images=16, seed=11, size=64, progress=False, workers=1)
+    splits = [r.split for r in read_records(out) if isinstance(r, LesionRecord)]
+    assert "train" in splits and "test" in splits  # the tests below need both sides
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, small_data, tiny_model_dir, tmp_path_factory):
+    """Two runs of the same configuration: 2 steps, then (re-run) up to 4 steps."""
+    from dermground.train.ray_train import train_adapter
+
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    kwargs = dict(batch_size=4, lr=5e-3, checkpoint_every=1, seed=0, progress=False, cpus_per_worker=2)
+    first = train_adapter(small_data, tiny_model_dir, out, max_steps=2, **kwargs)
+    second = train_adapter(small_data, tiny_model_dir, out, max_steps=4, **kwargs)
+    return out, first, second
+
+
+def test_run_saves_adapter_with_metadata(trained, tiny_model_dir):
+    from dermground.platform.model.fingerprint import fingerprint
+
+    out, first, _ = trained
+    assert first.steps == 2 and first.resumed_from_step is None
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    meta = json.loads((out / "dermground_adapter.json").read_text())
+    assert meta["base_fingerprint"] == fingerprint(tiny_model_dir)
+    assert meta["data_fingerprint"] == first.data_fingerprint and len(meta["data_fingerprint"]) == 16
+    assert meta["hyperparameters"]["lr"] == 5e-3 and meta["hyperparameters"]["rank"] == 8
+    assert meta["prompt_version"] and meta["n_tuples"] == first.n_tuples
+    assert meta["loss_curve"] and all(loss > 0 for _, loss in meta["loss_curve"])
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 8 and "visual" in adapter_config["target_modules"]
+
+
+def test_rerun_resumes_from_the_checkpoint_step(trained):
+    out, first, second = trained
+    assert second.resumed_from_step == 2  # continued from the first run's last checkpoint, not from 0
+    assert second.steps == 4
+    assert second.data_fingerprint == first.data_fingerprint
+    assert [step for step, _ in second.loss_curve] == [2, 4]  # the first run's history is kept
+    assert json.loads((out / "dermground_adapter.json").read_text())["resumed_from_step"] == 2
+
+
+def test_trained_adapter_changes_the_outputs(trained, tiny_model_dir, tiny_backbone):
+    from dermground.platform.model.loading import load_backbone
+    from dermground.platform.model.prompts import build_prompt
+
+    out, _, _ = trained
+    tuned = load_backbone(tiny_model_dir, out, device="cpu", dtype="float32")
+    assert tuned.fingerprint != tiny_backbone.fingerprint
+    image = Image.new("RGB", (112, 112), (170, 110, 90))
+    inputs = tiny_backbone.processor(text=[build_prompt("What is the area of the lesion in mm²?")], images=[image],
+                                     return_tensors="pt")
+    with torch.inference_mode():
+        base_logits = tiny_backbone.model(**inputs).logits[0, -1]
+        tuned_logits = tuned.model(**inputs).logits[0, -1]
+    assert (base_logits - tuned_logits).abs().max() > 1e-3
+
+
+def test_pretraining_writes_a_loadable_base_model(ray_session, small_data, tiny_model_dir, tmp_path):
+    from dermground.platform.model.loading import load_backbone
+    from dermground.train.pretrain import PRETRAIN_METADATA_FILE, pretrain_base
+
+    out = tmp_path / "pretrained"
+    meta = pretrain_base(small_data, tiny_model_dir, out, max_steps=2, batch_size=4, progress=False, cpus_per_worker=2)
+    assert meta["steps"] == 2 and (out / PRETRAIN_METADATA_FILE).is_file()
+    backbone = load_backbone(out, device="cpu", dtype="float32")
+    assert backbone.fingerprint != load_backbone(tiny_model_dir, device="cpu", dtype="float32").fingerprint
+    from safetensors.torch import load_file
+
+    old, new = load_file(next(tiny_model_dir.glob("*.safetensors"))), load_file(next(out.glob("*.safetensors")))
+    assert set(old) == set(new)
+    assert any(not torch.equal(old[k], new[k]) for k in old if "visual.blocks" in k)  # full-parameter: vision too
+    with pytest.raises(ValueError, match="must differ"):
+        pretrain_base(small_data, tiny_model_dir, tiny_model_dir, max_steps=1, progress=False)
+
+
+def test_eval_predict_cli_writes_json_figure_and_catalog(trained, small_data, tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.catalog import Catalog
+    from dermground.platform.cli import cli
+    from dermground.platform.commands.context import use_settings
+
+    out_adapter, _, _ = trained
+    home, out = tmp_path / "home", tmp_path / "eval"
+    n_test = sum(isinstance(r, LesionRecord) for r in read_records(small_data, split="test"))
+    try:
+        result = CliRunner().invoke(cli, ["--home", str(home), "eval", "predict", "--data", str(small_data),
+                                          "--model", str(tiny_model_dir), "--adapter", str(out_adapter),
+                                          "--out", str(out)])
+    finally:
+        use_settings(None)  # do not leak this test's home into other tests
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "prediction.json").read_text())
+    assert list(report) == list(ATTRIBUTE_NAMES)
+    assert all(row["n"] == n_test and 0.0 <= row["parse_rate"] <= 1.0 for row in report.values())
+    assert (out / "prediction_r2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    catalog = Catalog(home / "catalog")
+    (count,) = catalog.connect().execute("SELECT count(*) FROM predictions").fetchone()
+    assert count == n_test * 16
+    rows = catalog.connect().execute(
+        "SELECT attribute, metric, value FROM evaluations WHERE kind = 'attribute_prediction'").fetchall()
+    assert len(rows) == 32 and {r[1] for r in rows} == {"r2", "parse_rate"}
+
+
+def test_eval_predict_on_missing_data_is_a_clear_error(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+    from dermground.platform.commands.context import use_settings
+
+    try:
+        result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "eval", "predict", "--data",
+                                          str(tmp_path / "nothing"), "--model", str(tiny_model_dir), "--out",
+                                          str(tmp_path / "out")])
+    finally:
+        use_settings(None)
+    assert result.exit_code != 0 and "dermground synth" in result.output and "Traceback" not in result.output
