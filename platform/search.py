@@ -74,7 +74,7 @@ class SearchRequest:
     image: Image.Image | None = None
     isic_id: str | None = None
     k: int = 10
-    b: int = DEFAULT_B
+    b: int | None = None  # None: DEFAULT_B, capped at settings.max_b
     filter: SearchFilter = field(default_factory=SearchFilter)
     exclude_query_patient: bool = False
     query_patient_id: str | None = None
@@ -142,9 +142,13 @@ class EmbedderProvider:
         return self.embedder().backbone.fingerprint
 
     def embed(self, images: Sequence[Image.Image], attributes: Sequence[str], include_image: bool):  # noqa: ANN201
+        return self.run(lambda embedder: embedder.embed(images, attributes, include_image=include_image))
+
+    def run(self, work: Callable[[object], object]) -> object:
+        """work(embedder) with the model to itself (e.g. attribute prediction on its backbone)."""
         embedder = self.embedder()
         with self._lock:
-            return embedder.embed(images, attributes, include_image=include_image)
+            return work(embedder)
 
 
 def _unit(matrix: np.ndarray) -> np.ndarray:
@@ -158,8 +162,7 @@ def _validate(request: SearchRequest, settings: Settings) -> tuple[str, ...]:
         raise SearchError("give exactly one query: an image or an isic_id")
     if not 1 <= request.k <= settings.max_k:
         raise SearchError(f"k must be between 1 and {settings.max_k} (DERMGROUND_MAX_K), got {request.k}")
-    if request.mode in (SearchMode.hierarchical, SearchMode.prefetch, SearchMode.image_text) and \
-            not 1 <= request.b <= settings.max_b:
+    if request.b is not None and not 1 <= request.b <= settings.max_b:
         raise SearchError(f"b must be between 1 and {settings.max_b} (DERMGROUND_MAX_B), got {request.b}")
     names: list[str] = []
     for name in request.attributes:
@@ -368,6 +371,8 @@ def search(request: SearchRequest, *, store: VectorStore, embedder: EmbedderProv
     """Run one search in any mode; raises SearchError (or a subclass) for requests it cannot serve."""
     started = time.perf_counter()
     attributes = _validate(request, settings)
+    # b below k would return fewer than k hits: the candidate pool is never smaller than k.
+    request = replace(request, b=max(request.k, min(DEFAULT_B, settings.max_b) if request.b is None else request.b))
     store.require_spec()
     query = _query_vectors(request, attributes, store, embedder, settings)
     flt = _effective_filter(request, query)

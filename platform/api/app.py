@@ -1,0 +1,109 @@
+"""The FastAPI application: `create_app(settings)`.
+
+The store is opened once for the process (the embedded engine is single-process) and the model is
+loaded on first use. Errors come back as JSON with a reason and never with a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dermground.platform.api.images import ThumbnailCache
+from dermground.platform.api.limits import BodySizeLimit
+from dermground.platform.search import EmbedderProvider, ModelUnavailableError
+from dermground.platform.settings import Settings
+from dermground.platform.store import StoreLockedError, VectorStore, open_store
+
+log = logging.getLogger("dermground.api")
+STATIC_DIR = Path(__file__).parent / "static"
+# A base64 image is 4/3 of its bytes; the rest of a JSON body is small.
+_BODY_OVERHEAD = 64 * 1024
+
+
+def body_limit(settings: Settings) -> int:
+    """The largest request body accepted: one upload of max_upload_bytes as base64, plus the fields."""
+    return (settings.max_upload_bytes + 2) // 3 * 4 + _BODY_OVERHEAD
+
+
+def _model_loader(settings: Settings):  # noqa: ANN202
+    def load():  # noqa: ANN202
+        from dermground.platform.embed import Embedder
+        from dermground.platform.model.loading import BackboneError, load_backbone_from_settings
+
+        try:
+            return Embedder(load_backbone_from_settings(settings))
+        except BackboneError as exc:
+            raise ModelUnavailableError(f"the model could not be loaded: {exc}") from None
+
+    return load
+
+
+def create_app(settings: Settings, *, store: VectorStore | None = None, backbone: object | None = None) -> FastAPI:
+    """The API. `store` (already open) and `backbone` (already loaded) are used instead of opening
+    the store from settings at startup and loading the model on first use; the caller owns them."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = None
+        if app.state.store is None:
+            try:
+                owned = app.state.store = open_store(settings)
+            except StoreLockedError as exc:
+                log.error("cannot start: %s", exc)
+                raise RuntimeError(f"cannot start the API: {exc}") from None
+        try:
+            yield
+        finally:
+            if owned is not None:
+                owned.close()
+
+    app = FastAPI(title="dermground", version="0.1.0", lifespan=lifespan,
+                  description="Attribute-grounded retrieval of skin-lesion images. Send the API key in the "
+                              "X-API-Key header (read key: search, predict, images; admin key: sql).")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.thumbnails = ThumbnailCache()
+    if backbone is not None:
+        from dermground.platform.embed import Embedder
+
+        app.state.embedder = EmbedderProvider.of(Embedder(backbone))  # type: ignore[arg-type]
+    else:
+        app.state.embedder = EmbedderProvider(_model_loader(settings))
+    app.add_middleware(BodySizeLimit, max_bytes=body_limit(settings))
+    _install_error_handlers(app)
+
+    from dermground.platform.api.routes import router
+
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only where and what: never echo the input back (it may be a 10 MB base64 string).
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("unhandled error %s on %s %s", error_id, request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error (id {error_id}); the server log has the details"},
+                            status_code=500)

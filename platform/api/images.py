@@ -1,0 +1,106 @@
+"""Uploaded and stored images: checked decoding, re-encoding without metadata, thumbnails.
+
+An upload is checked for size (bytes, then pixels from the header, before any pixel is decoded),
+decoded by Pillow under its decompression-bomb guard, turned upright by its EXIF orientation and
+rebuilt from raw pixels, so nothing of the uploaded file (EXIF, ICC, comments) travels further.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections import OrderedDict
+from collections.abc import Mapping
+from threading import Lock
+
+from PIL import Image, ImageOps
+
+THUMB_PX = 160
+
+
+class UploadError(ValueError):
+    """An upload that is not a usable image (422)."""
+
+
+class UploadTooLargeError(UploadError):
+    """An upload over the byte or pixel limit (413)."""
+
+
+def decode_base64(text: str, max_bytes: int) -> bytes:
+    """Strict base64 (a data: URL prefix is accepted); UploadError when malformed or too large."""
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    # 4 base64 characters carry 3 bytes: refuse before decoding anything bigger than the cap.
+    if len(text) > (max_bytes + 2) // 3 * 4 + 4:
+        raise UploadTooLargeError(f"the image is larger than the limit of {max_bytes} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadError("image_base64 is not valid base64") from None
+    if not data:
+        raise UploadError("image_base64 is empty")
+    return data
+
+
+def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """A clean RGB image from uploaded bytes; UploadTooLargeError / UploadError otherwise."""
+    if len(data) > max_bytes:
+        raise UploadTooLargeError(f"the image has {len(data)} bytes, over the limit of {max_bytes}")
+    if not data:
+        raise UploadError("the upload is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            width, height = opened.size  # from the header: nothing decoded yet
+            if width * height > max_pixels:
+                raise UploadTooLargeError(f"the image has {width}x{height} pixels, over the limit of {max_pixels}")
+            opened.load()
+            upright = ImageOps.exif_transpose(opened)
+            rgb = upright.convert("RGB")
+    except UploadError:
+        raise
+    except Image.DecompressionBombError:
+        raise UploadTooLargeError("the image is a decompression bomb (far more pixels than its size suggests)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise UploadError(f"not a readable image: {type(exc).__name__}") from None
+    # Rebuilt from raw pixels: no EXIF, ICC profile or other chunk of the upload survives.
+    return Image.frombytes("RGB", rgb.size, rgb.tobytes())
+
+
+def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+class ThumbnailCache:
+    """A small LRU of encoded thumbnails/full images of stored lesions (they never change)."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        self._items: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._capacity = capacity
+        self._lock = Lock()
+
+    def get(self, isic_id: str, size: str, payload: Mapping[str, object], max_pixels: int) -> bytes:
+        key = (isic_id, size)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        data = render_stored_image(payload, size, max_pixels)
+        if size == "thumb":  # full images are not cached: they are large and rarely repeated
+            with self._lock:
+                self._items[key] = data
+                while len(self._items) > self._capacity:
+                    self._items.popitem(last=False)
+        return data
+
+
+def render_stored_image(payload: Mapping[str, object], size: str, max_pixels: int) -> bytes:
+    """JPEG bytes of a stored lesion's image (thumbnail or full), read through its image_ref."""
+    from dermground.ingest.reader import decode_image, load_image_bytes
+
+    image = decode_image(load_image_bytes(str(payload["image_ref"])), max_pixels=max_pixels)
+    if size == "thumb":
+        image.thumbnail((THUMB_PX, THUMB_PX))
+    return encode_jpeg(image)

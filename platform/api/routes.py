@@ -1,0 +1,239 @@
+"""The API's endpoints. Handlers are plain functions: FastAPI runs them in its thread pool, the
+store is thread-safe and the model is serialised by EmbedderProvider."""
+
+from __future__ import annotations
+
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from PIL import Image
+from pydantic import ValidationError
+
+from dermground.platform.api import schemas
+from dermground.platform.api.images import (
+    UploadError,
+    UploadTooLargeError,
+    decode_base64,
+    decode_upload,
+)
+from dermground.platform.api.security import auth_mode, require_admin, require_read
+from dermground.platform.attributes import ATTRIBUTES, get_attribute
+from dermground.platform.search import (
+    ModelUnavailableError,
+    QueryNotFoundError,
+    SearchError,
+    SearchRequest,
+    SearchResponse,
+    search,
+)
+from dermground.platform.settings import Settings
+from dermground.platform.store import Range, SearchFilter, StoreError, VectorStore, point_id
+
+router = APIRouter()
+read = [Depends(require_read)]
+_HIDDEN_PAYLOAD = {"image_ref"}  # server file paths stay on the server
+IsicId = Annotated[str, Path(pattern=schemas.ISIC_ID_PATTERN)]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _store(request: Request) -> VectorStore:
+    store = request.app.state.store
+    if store is None:
+        raise HTTPException(503, detail="the vector store is not open")
+    return store
+
+
+def _thumb_url(isic_id: str) -> str:
+    return f"/images/{isic_id}?size=thumb"
+
+
+# --- public --------------------------------------------------------------------------------------
+@router.get("/", include_in_schema=False)
+def viewer() -> FileResponse:
+    from dermground.platform.api.app import STATIC_DIR
+
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/health", response_model=schemas.Health, tags=["meta"])
+def health(request: Request) -> schemas.Health:
+    """Liveness and what is served (no key needed)."""
+    store = request.app.state.store
+    points = None
+    if store is not None and store.describe() is not None:
+        points = store.count()
+    settings = _settings(request)
+    return schemas.Health(status="ok", collection=settings.collection, points=points,
+                          model_loaded=request.app.state.embedder._embedder is not None, auth=auth_mode(settings))
+
+
+@router.get("/attributes", response_model=list[schemas.AttributeInfo], tags=["meta"])
+def attributes() -> list[schemas.AttributeInfo]:
+    """The 16 attributes: names, labels, units, questions, plausible ranges."""
+    return [schemas.AttributeInfo(**a.to_dict()) for a in ATTRIBUTES]
+
+
+# --- read key ------------------------------------------------------------------------------------
+@router.get("/examples", response_model=list[schemas.Example], dependencies=read, tags=["search"])
+def examples(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 12,
+             split: Literal["train", "test"] | None = None) -> list[schemas.Example]:
+    """A few stored lesions to query by isic_id (the viewer's picker)."""
+    store = _store(request)
+    if store.describe() is None:
+        return []
+    points, _ = store.scroll(SearchFilter(split=split), limit=n)
+    return [schemas.Example(isic_id=str(p.payload.get("isic_id")), patient_id=p.payload.get("patient_id"),  # type: ignore[arg-type]
+                            split=p.payload.get("split"), thumbnail_url=_thumb_url(str(p.payload.get("isic_id"))),  # type: ignore[arg-type]
+                            attributes={a.name: p.payload.get(a.name) for a in ATTRIBUTES})  # type: ignore[misc]
+            for p in points]
+
+
+@router.post("/search", response_model=schemas.SearchResult, dependencies=read, tags=["search"])
+def search_json(request: Request, body: schemas.SearchBody) -> schemas.SearchResult:
+    """Search by an existing isic_id or a base64-encoded image (JSON body)."""
+    settings = _settings(request)
+    image = None
+    if body.image_base64 is not None:
+        image = _decode(lambda: decode_upload(decode_base64(body.image_base64 or "", settings.max_upload_bytes),
+                                              settings.max_upload_bytes, settings.max_image_pixels))
+    return _run_search(request, body, image)
+
+
+@router.post("/search/upload", response_model=schemas.SearchResult, dependencies=read, tags=["search"])
+def search_upload(request: Request, file: Annotated[UploadFile, File(description="the query image")],
+                  params: Annotated[str, Form(alias="request", max_length=100_000,
+                                              description="SearchParams as JSON")] = "{}") -> schemas.SearchResult:
+    """Search by an uploaded image (multipart: `file`, and the parameters as JSON in `request`)."""
+    try:
+        parsed = schemas.SearchParams.model_validate_json(params)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", "request", *e["loc"])} for e in exc.errors()]) from None
+    if parsed.isic_id is not None:
+        raise HTTPException(422, detail="an upload searches by the uploaded image: leave isic_id out")
+    image = _read_upload(request, file)
+    return _run_search(request, parsed, image)
+
+
+@router.get("/images/{isic_id}", dependencies=read, tags=["images"],
+            responses={200: {"content": {"image/jpeg": {}}}})
+def image(request: Request, isic_id: IsicId, size: Literal["thumb", "full"] = "thumb") -> Response:
+    """A stored lesion's image as JPEG (thumbnail: longest side 160 px)."""
+    store = _store(request)
+    if store.describe() is None:
+        raise HTTPException(404, detail=f"no lesion {isic_id!r}: the collection is empty")
+    found = store.retrieve([point_id(isic_id)], with_payload=True)
+    if not found:
+        raise HTTPException(404, detail=f"no lesion {isic_id!r} in collection {store.collection!r}")
+    try:
+        data = request.app.state.thumbnails.get(isic_id, size, found[0].payload, _settings(request).max_image_pixels)
+    except (OSError, KeyError, ValueError) as exc:
+        raise HTTPException(404, detail=f"the image of {isic_id!r} cannot be read on the server ({type(exc).__name__})") from None
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post("/predict", response_model=schemas.PredictResult, dependencies=read, tags=["predict"])
+def predict(request: Request, file: Annotated[UploadFile, File(description="the lesion image")]) -> schemas.PredictResult:
+    """The model's answer to each of the 16 questions for an uploaded image."""
+    from dermground.platform.predict import predict_attributes
+
+    image = _read_upload(request, file)
+    started = time.perf_counter()
+    try:
+        answers = request.app.state.embedder.run(lambda embedder: predict_attributes(embedder.backbone, [image])[0])
+    except ModelUnavailableError as exc:
+        raise HTTPException(503, detail=str(exc)) from None
+    return schemas.PredictResult(
+        answers=[schemas.Answer(name=name, label=get_attribute(name).label, unit=get_attribute(name).unit,
+                                value=p.value, raw=p.raw, ok=p.ok) for name, p in answers.items()],
+        seconds=time.perf_counter() - started)
+
+
+# --- admin key -----------------------------------------------------------------------------------
+@router.post("/sql", response_model=schemas.SqlResult, dependencies=[Depends(require_admin)], tags=["analysts"])
+def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
+    """One read-only SELECT over the catalog views (the same guard as `dermground sql`)."""
+    from dermground.platform.catalog import SqlRejected, run_readonly_sql
+
+    settings = _settings(request)
+    max_rows = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
+    try:
+        result = run_readonly_sql(settings.catalog_dir, body.query, max_rows=max_rows, timeout_s=settings.sql_timeout_s)
+    except SqlRejected as exc:
+        raise HTTPException(400, detail=str(exc)) from None
+    return schemas.SqlResult(columns=result.columns, rows=[[_json_cell(v) for v in row] for row in result.rows],
+                             truncated=result.truncated)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _json_cell(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _decode(work) -> Image.Image:  # noqa: ANN001
+    try:
+        return work()
+    except UploadTooLargeError as exc:
+        raise HTTPException(413, detail=str(exc)) from None
+    except UploadError as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+
+
+def _read_upload(request: Request, file: UploadFile) -> Image.Image:
+    settings = _settings(request)
+    data = file.file.read(settings.max_upload_bytes + 1)
+    return _decode(lambda: decode_upload(data, settings.max_upload_bytes, settings.max_image_pixels))
+
+
+def _search_filter(filters: schemas.SearchFilters) -> SearchFilter:
+    any_of = {key: values for key in ("sex", "anatom_site_general", "tbp_tile_type", "patient_id")
+              if (values := getattr(filters, key))}
+    equals: dict[str, str | int] = {} if filters.target is None else {"target": filters.target}
+    ranges = {field.value: Range(gte=r.gte, lte=r.lte) for field, r in filters.ranges.items()}
+    return SearchFilter(equals=equals, any_of=any_of, ranges=ranges, split=filters.split)
+
+
+def _run_search(request: Request, params: schemas.SearchParams, image: Image.Image | None) -> schemas.SearchResult:
+    search_request = SearchRequest(
+        mode=params.mode, attributes=tuple(a.value for a in params.attributes), image=image,
+        isic_id=params.isic_id if image is None else None, k=params.k, b=params.b,
+        filter=_search_filter(params.filters), exclude_query_patient=params.exclude_query_patient,
+        query_patient_id=params.query_patient_id, exclude_query_image=params.exclude_query_image,
+        cache_vectors=params.cache_vectors)
+    try:
+        response = search(search_request, store=_store(request), embedder=request.app.state.embedder,
+                          settings=_settings(request))
+    except QueryNotFoundError as exc:
+        raise HTTPException(404, detail=str(exc)) from None
+    except ModelUnavailableError as exc:
+        raise HTTPException(503, detail=str(exc)) from None
+    except SearchError as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    except StoreError as exc:
+        raise HTTPException(503, detail=str(exc)) from None
+    return _result(response)
+
+
+def _result(response: SearchResponse) -> schemas.SearchResult:
+    hits = [schemas.Hit(isic_id=h.isic_id, score=h.score, attributes=h.attributes, attribute_scores=h.attribute_scores,
+                        payload={k: v for k, v in h.payload.items() if k not in _HIDDEN_PAYLOAD},
+                        thumbnail_url=_thumb_url(h.isic_id)) for h in response.hits]
+    return schemas.SearchResult(
+        mode=response.mode, attributes=list(response.attributes), query_isic_id=response.query_isic_id,
+        query_patient_id=response.query_patient_id, query_attributes=response.query_attributes, hits=hits,
+        model_ran=response.model_ran, candidates=response.candidates, reembedded=response.reembedded,
+        cached=response.cached, seconds=response.seconds)
+

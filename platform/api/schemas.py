@@ -1,0 +1,166 @@
+"""Request and response models of the HTTP API: every field typed and bounded (422 otherwise)."""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dermground.platform.attributes import ATTRIBUTE_NAMES
+from dermground.platform.search import DEFAULT_B, SearchMode
+from dermground.platform.store.schema import NUMERIC_FIELDS
+
+# Enums built from the registry: an unknown attribute is a 422 naming the allowed values.
+AttributeName = enum.Enum("AttributeName", {name: name for name in ATTRIBUTE_NAMES}, type=str)
+RangeField = enum.Enum("RangeField", {name: name for name in NUMERIC_FIELDS}, type=str)
+
+ISIC_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+# Hard ceilings; the configured settings.max_k / max_b (smaller) are checked per request.
+K_CEILING = 10_000
+B_CEILING = 1_000_000
+_TEXT = Field(min_length=1, max_length=128)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NumericRange(_Strict):
+    """Inclusive bounds; either may be left out."""
+
+    gte: float | None = None
+    lte: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NumericRange:
+        if self.gte is None and self.lte is None:
+            raise ValueError("give gte, lte or both")
+        for bound in (self.gte, self.lte):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError("bounds must be finite numbers")
+        return self
+
+
+class SearchFilters(_Strict):
+    """Payload filters (all ANDed). Lists mean 'any of'."""
+
+    split: Literal["train", "test"] | None = None
+    sex: list[str] | None = Field(None, min_length=1, max_length=16)
+    anatom_site_general: list[str] | None = Field(None, min_length=1, max_length=32)
+    tbp_tile_type: list[str] | None = Field(None, min_length=1, max_length=16)
+    patient_id: list[str] | None = Field(None, min_length=1, max_length=256)
+    target: Literal[0, 1] | None = None
+    ranges: dict[RangeField, NumericRange] = Field(default_factory=dict)  # type: ignore[valid-type]
+
+    @field_validator("sex", "anatom_site_general", "tbp_tile_type", "patient_id")
+    @classmethod
+    def _short_values(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None and any(not v or len(v) > 128 for v in values):
+            raise ValueError("each value must be 1 to 128 characters")
+        return values
+
+
+class SearchParams(_Strict):
+    """Everything about a search except the uploaded image (multipart form field `request`)."""
+
+    mode: SearchMode = SearchMode.image
+    attributes: list[AttributeName] = Field(default_factory=list, max_length=len(ATTRIBUTE_NAMES))  # type: ignore[valid-type]
+    isic_id: str | None = Field(None, pattern=ISIC_ID_PATTERN)
+    k: int = Field(10, ge=1, le=K_CEILING)
+    b: int | None = Field(None, ge=1, le=B_CEILING, description=f"candidates for hierarchical/prefetch/multi-attribute (default {DEFAULT_B}, capped at DERMGROUND_MAX_B)")
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    exclude_query_patient: bool = False
+    query_patient_id: str | None = Field(None, min_length=1, max_length=128)
+    exclude_query_image: bool = True
+    cache_vectors: bool = False
+
+
+class SearchBody(SearchParams):
+    """POST /search: an isic_id, or a base64-encoded image (JPEG/PNG/...)."""
+
+    image_base64: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchBody:
+        if (self.image_base64 is None) == (self.isic_id is None):
+            raise ValueError("give exactly one of image_base64 and isic_id")
+        return self
+
+
+class Hit(BaseModel):
+    isic_id: str
+    score: float
+    attributes: dict[str, float | None]
+    attribute_scores: dict[str, float]
+    payload: dict[str, object]
+    thumbnail_url: str
+
+
+class SearchResult(BaseModel):
+    mode: SearchMode
+    attributes: list[str]
+    query_isic_id: str | None
+    query_patient_id: str | None
+    query_attributes: dict[str, float | None]
+    hits: list[Hit]
+    model_ran: bool
+    candidates: int
+    reembedded: int
+    cached: int
+    seconds: float
+
+
+class AttributeInfo(BaseModel):
+    name: str
+    isic_column: str
+    label: str
+    unit: str
+    definition: str
+    question: str
+    decimals: int
+    low: float
+    high: float
+    vector_name: str
+
+
+class Answer(BaseModel):
+    name: str
+    label: str
+    unit: str
+    value: float | None
+    raw: str
+    ok: bool
+
+
+class PredictResult(BaseModel):
+    answers: list[Answer]
+    seconds: float
+
+
+class SqlBody(_Strict):
+    query: str = Field(min_length=1, max_length=20_000)
+    max_rows: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class SqlResult(BaseModel):
+    columns: list[str]
+    rows: list[list[object]]
+    truncated: bool
+
+
+class Example(BaseModel):
+    isic_id: str
+    patient_id: str | None
+    split: str | None
+    thumbnail_url: str
+    attributes: dict[str, float | None]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    collection: str
+    points: int | None
+    model_loaded: bool
+    auth: Literal["keys", "open (loopback only)"]
