@@ -1,0 +1,176 @@
+"""The ingest pipeline end to end: tiny model, embedded store, catalog, the shared local Ray."""
+
+from __future__ import annotations
+
+import csv
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dermground.ingest.consistency import check_collection
+from dermground.ingest.pipeline import ingest_dataset
+from dermground.ingest.reader import LesionRecord, read_records
+from dermground.ingest.synth import generate_dataset
+from dermground.platform.catalog import Catalog
+from dermground.platform.settings import load_settings
+from dermground.platform.store import DEFAULT_VECTOR_NAMES, SchemaMismatchError, open_store, point_id
+
+N_IMAGES = 32
+PARTITION = 8
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ingest_data") / "data"
+    generate_dataset(out, patients=8, images=N_IMAGES, seed=3, size=112, progress=False, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ingested_home(dataset, tiny_model_dir, ray_session, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A home folder after one full ingest of `dataset` (tests copy it before changing anything)."""
+    home = tmp_path_factory.mktemp("ingested") / "home"
+    return home, _ingest(dataset, home, tiny_model_dir)
+
+
+def _copy_of(ingested_home, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(ingested_home[0], tmp_path / "home"))
+
+
+def _settings(home: Path):
+    return load_settings(home=home)
+
+
+def _ingest(data: Path, home: Path, model_dir: Path, collection: str = "lesions", **kwargs):
+    return ingest_dataset(data, collection, _settings(home), model_dir=model_dir, split="all",
+                          partition_size=PARTITION, batch_size=4, progress=False, **kwargs)
+
+
+def test_full_ingest_stores_every_image_with_all_vectors_then_a_rerun_skips_everything(
+        dataset, ingested_home, tiny_model_dir, tiny_backbone, tmp_path):
+    summary = ingested_home[1]
+    tmp_path = _copy_of(ingested_home, tmp_path)
+    assert (summary.ingested, summary.skipped, summary.quarantined) == (N_IMAGES, 0, 0)
+    assert summary.partitions == N_IMAGES // PARTITION
+    report = check_collection(_settings(tmp_path), "lesions")
+    assert report.ok, report.findings
+    assert report.store_points == report.catalog_rows == report.ledger_points == N_IMAGES
+
+    # The stored vectors are the model's embeddings, each under its own name.
+    from dermground.platform.embed import Embedder
+
+    record = next(r for r in read_records(dataset) if isinstance(r, LesionRecord))
+    direct = Embedder(tiny_backbone).embed([record.load_image()])
+    with open_store(_settings(tmp_path), "lesions") as store:
+        assert store.count() == N_IMAGES
+        (point,) = store.retrieve([point_id(record.isic_id)], with_vectors=True)
+        assert set(point.vectors) == set(DEFAULT_VECTOR_NAMES)
+        assert point.payload["image_ref"] == record.image_ref
+        for name, expected in [("image", direct.h_im[0]), ("q_areaMM2", direct.h_im_a["areaMM2"][0]),
+                               ("q_Bext", direct.h_im_a["Bext"][0])]:
+            cosine = float(point.vectors[name] @ expected / np.linalg.norm(expected))
+            assert cosine > 0.9999, name
+        assert float(point.vectors["q_areaMM2"] @ point.vectors["q_Bext"]) < 0.9999
+
+    ledger_files = sorted((tmp_path / "catalog" / "ingest_partitions").glob("*.parquet"))
+    lesion_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "catalog" / "lesions").glob("*.parquet")}
+    again = _ingest(dataset, tmp_path, tiny_model_dir)
+    assert (again.ingested, again.skipped, again.quarantined, again.partitions) == (0, N_IMAGES, 0, 0)
+    assert sorted((tmp_path / "catalog" / "ingest_partitions").glob("*.parquet")) == ledger_files
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "catalog" / "lesions").glob("*.parquet")} == lesion_files
+    assert check_collection(_settings(tmp_path), "lesions").ok
+    runs = Catalog(tmp_path / "catalog").query("SELECT status, n_ingested, n_skipped FROM ingest_runs ORDER BY started_at")
+    assert [(r["status"], r["n_ingested"], r["n_skipped"]) for r in runs] == [("done", N_IMAGES, 0), ("done", 0, N_IMAGES)]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (a decompression bomb's signature)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    idat = b"IDAT" + zlib.compress(b"\0" * 16)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat)))
+
+
+def test_poison_images_and_bad_rows_are_quarantined_with_a_reason_and_the_rest_ingests(
+        tiny_model_dir, ray_session, tmp_path):
+    data = tmp_path / "data"
+    generate_dataset(data, patients=6, images=24, seed=5, size=112, layout="folder", progress=False, workers=1)
+    images = data / "train-image" / "image"
+    with open(data / "train-metadata.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    ids = [r["isic_id"] for r in rows]
+    poison = {ids[1]: "truncated", ids[4]: "empty", ids[7]: "random", ids[10]: "huge",
+              ids[13]: "nan_attribute", ids[16]: "bad_target", ids[19]: "no_file"}
+    good_jpeg = (images / f"{ids[1]}.jpg").read_bytes()
+    (images / f"{ids[1]}.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
+    (images / f"{ids[4]}.jpg").write_bytes(b"")
+    (images / f"{ids[7]}.jpg").write_bytes(np.random.default_rng(0).bytes(3000))
+    (images / f"{ids[10]}.jpg").write_bytes(_png_header_only(60_000, 60_000))
+    (images / f"{ids[19]}.jpg").unlink()
+    rows[13]["tbp_lv_areaMM2"] = "nan"
+    rows[16]["target"] = "7"
+    with open(data / "train-metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    summary = _ingest(data, tmp_path / "home", tiny_model_dir)
+    assert (summary.ingested, summary.quarantined) == (24 - len(poison), len(poison))
+    quarantine = Catalog(tmp_path / "home" / "catalog").query("SELECT isic_id, field, reason FROM quarantine")
+    by_id = {r["isic_id"]: (r["field"], r["reason"]) for r in quarantine}
+    assert set(by_id) == set(poison)
+    assert by_id[ids[1]][0] == "image" and "truncated" in by_id[ids[1]][1]
+    assert by_id[ids[4]] == ("image", "empty image bytes")
+    assert "not a recognised image" in by_id[ids[7]][1]
+    assert "exceeds" in by_id[ids[10]][1] and "pixels" in by_id[ids[10]][1]
+    assert by_id[ids[13]][0] == "tbp_lv_areaMM2" and "not finite" in by_id[ids[13]][1]
+    assert by_id[ids[16]][0] == "target" and "must be 0 or 1" in by_id[ids[16]][1]
+    assert by_id[ids[19]][0] == "image" and "no image file" in by_id[ids[19]][1]
+    report = check_collection(_settings(tmp_path / "home"), "lesions")
+    assert report.ok, report.findings
+    assert report.store_points == 24 - len(poison)
+    # A rerun neither re-embeds nor quarantines twice.
+    again = _ingest(data, tmp_path / "home", tiny_model_dir)
+    assert (again.ingested, again.skipped, again.quarantined) == (0, 24 - len(poison), 0)
+    assert len(Catalog(tmp_path / "home" / "catalog").query("SELECT * FROM quarantine")) == len(poison)
+
+
+def test_a_collection_refuses_another_models_vectors_with_a_clear_cli_error(
+        dataset, tiny_model_dir, ray_session, tmp_path):
+    from dermground.platform.cli import cli
+    from dermground.platform.store import CollectionSpec
+
+    with open_store(_settings(tmp_path), "lesions") as store:  # a collection made for another model
+        store.ensure_collection(CollectionSpec(dim=64, fingerprint="0123456789abcdef"))
+    with pytest.raises(SchemaMismatchError, match="model fingerprint"):
+        _ingest(dataset, tmp_path, tiny_model_dir)
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "ingest", "--data", str(dataset),
+                                      "--collection", "lesions", "--model", str(tiny_model_dir), "--split", "all"])
+    assert result.exit_code == 1
+    assert "was created for other vectors" in result.output and "--collection" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_finds_a_deleted_point_and_a_point_missing_a_vector(dataset, ingested_home, tmp_path):
+    from dermground.platform.cli import cli
+
+    tmp_path = _copy_of(ingested_home, tmp_path)
+    records = [r for r in read_records(dataset) if isinstance(r, LesionRecord)]
+    with open_store(_settings(tmp_path), "lesions") as store:
+        store.delete([point_id(records[0].isic_id)])
+        (point,) = store.retrieve([point_id(records[1].isic_id)], with_vectors=True)
+        del point.vectors["q_deltaB"]
+        store.upsert([point])  # a whole-point upsert without one vector drops it
+    report = check_collection(_settings(tmp_path), "lesions")
+    text = "\n".join(report.findings)
+    assert f"in the catalog but missing from the store: 1: {records[0].isic_id}" in text
+    assert f"points missing the named vector 'q_deltaB': 1: {records[1].isic_id}" in text
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "check", "--collection", "lesions"])
+    assert result.exit_code == 1 and "FINDING" in result.output
