@@ -52,3 +52,38 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
                f"min R2 {min(r2) if r2 else float('nan'):.3f}, "
                f"parse rate {statistics.mean(row['parse_rate'] for row in report.values()):.3f}")
     click.echo(f"wrote {out_dir / PREDICTION_FILE} and {out_dir / FIGURE_FILE}")
+
+
+@evaluate.command("retrieval")
+@click.option("--collection", default=None, help="Tuned collection (train+test ingested) [default: DERMGROUND_COLLECTION].")
+@click.option("--untuned-collection", default=None,
+              help="Collection ingested with the base model alone, for method image_untuned (d).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for retrieval.json, the boxplots PNG and the medians table.")
+@click.option("--methods", default=None,
+              help="Comma-separated subset of image_text,hierarchical,image,image_untuned,baseline,random "
+                   "[default: all that apply].")
+@click.option("--attribute", "attributes", multiple=True, help="Only these attributes (repeatable) [default: all 16].")
+@click.option("--queries", type=click.IntRange(min=1), default=None, help="Use N test queries (seeded sample).")
+@click.option("--b", type=click.IntRange(min=1), default=200, show_default=True, help="Candidates for hierarchical.")
+@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="Hits per query.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the query sample and random method.")
+def retrieval(collection: str | None, untuned_collection: str | None, out_dir: Path, methods: str | None,
+              attributes: tuple[str, ...], queries: int | None, b: int, k: int, seed: int) -> None:
+    """Figure 4: percentile of |Δattribute|² of the top-k among all train images, per method."""
+    from dermground.platform.search import SearchError
+    from dermground.platform.store import StoreError
+    from dermground.train.retrieval_eval import FIGURE_FILE, METHODS, RESULT_FILE, TABLE_FILE, evaluate_retrieval
+
+    settings = current_settings()
+    chosen = [m.strip() for m in methods.split(",")] if methods else [
+        m for m in METHODS if m != "image_untuned" or untuned_collection]
+    try:
+        evaluate_retrieval(settings, collection or settings.collection, out_dir,
+                                     untuned_collection=untuned_collection, methods=chosen,
+                                     attributes=attributes or None, queries=queries, b=b, k=k, seed=seed,
+                                     catalog_dir=settings.catalog_dir)
+    except (ValueError, KeyError, StoreError, SearchError) as exc:
+        raise click.ClickException(f"{exc}") from None
+    click.echo((out_dir / TABLE_FILE).read_text())
+    click.echo(f"wrote {out_dir / RESULT_FILE}, {out_dir / FIGURE_FILE}, {out_dir / TABLE_FILE}")

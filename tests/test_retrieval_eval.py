@@ -1,0 +1,74 @@
+"""`dermground eval retrieval` on a small real collection (tiny model, embedded engine)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dermground.platform.cli import cli
+from dermground.platform.commands import context
+from dermground.platform.settings import load_settings
+from dermground.train.retrieval_eval import FIGURE_FILE, RESULT_FILE, TABLE_FILE, evaluate_retrieval
+from dermground.train.retrieval_metrics import box_stats, percentile_ranks
+
+
+@pytest.fixture()
+def eval_home(tmp_path: Path, search_collection) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(search_collection["store_root"], home / "qdrant" / "lesions")
+    shutil.copytree(search_collection["image_only_root"], home / "qdrant" / "untuned")
+    return home
+
+
+def test_all_methods_write_json_figure_table_and_catalog_rows(eval_home: Path, search_collection) -> None:
+    settings = load_settings(home=eval_home)
+    out = eval_home / "eval"
+    summary = evaluate_retrieval(settings, "lesions", out, untuned_collection="untuned", b=200, k=3,
+                                 catalog_dir=settings.catalog_dir, progress=False)
+    assert set(summary) == {"image_text", "hierarchical", "image", "image_untuned", "baseline", "random"}
+    assert all(len(per_attr) == 16 for per_attr in summary.values())
+    assert json.loads((out / RESULT_FILE).read_text()) == json.loads(json.dumps(summary))
+    assert (out / FIGURE_FILE).read_bytes()[:4] == b"\x89PNG"
+    assert "| areaMM2 |" in (out / TABLE_FILE).read_text()
+    # b above the train size: hierarchical ranks exactly like image_text (the paper's claim, made exact).
+    assert summary["hierarchical"] == summary["image_text"]
+    # The untuned collection here holds the same image vectors, so (c) and (d) agree too.
+    assert summary["image_untuned"] == summary["image"]
+
+    # Method (c) recomputed by hand: cosine top-3 over train h_im, then the percentile metric.
+    records, emb = search_collection["records"], search_collection["embeddings"]
+    train = [i for i, r in enumerate(records) if r.split == "train"]
+    test = [i for i, r in enumerate(records) if r.split == "test"]
+    unit = emb.h_im / np.linalg.norm(emb.h_im, axis=1, keepdims=True)
+    top = np.argsort(-(unit[test] @ unit[train].T), axis=1)[:, :3]
+    values = np.array([r.attributes["areaMM2"] for r in records])
+    want = box_stats(percentile_ranks(values[test], values[np.array(train)][top], values[train]))
+    assert summary["image"]["areaMM2"]["median"] == pytest.approx(want.median)
+
+    from dermground.platform.catalog import Catalog
+
+    rows = Catalog(settings.catalog_dir).query(
+        "SELECT count(*) AS n FROM evaluations WHERE kind = 'retrieval' AND metric = 'median'")
+    assert rows[0]["n"] == 6 * 16
+
+
+def test_cli_subset_and_clear_errors(eval_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(context, "_current", None)
+    runner = CliRunner()
+    out = eval_home / "cli"
+    ok = runner.invoke(cli, ["--home", str(eval_home), "eval", "retrieval", "--collection", "lesions",
+                             "--out", str(out), "--methods", "image,random", "--attribute", "areaMM2", "--k", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert set(json.loads((out / RESULT_FILE).read_text())) == {"image", "random"}
+    bad = runner.invoke(cli, ["--home", str(eval_home), "eval", "retrieval", "--collection", "lesions",
+                              "--out", str(out), "--methods", "image,clip"])
+    assert bad.exit_code != 0 and "unknown method" in bad.output
+    needs = runner.invoke(cli, ["--home", str(eval_home), "eval", "retrieval", "--collection", "lesions",
+                                "--out", str(out), "--methods", "image_untuned"])
+    assert needs.exit_code != 0 and "--untuned-collection" in needs.output
+    monkeypatch.setattr(context, "_current", None)

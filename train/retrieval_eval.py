@@ -1,0 +1,158 @@
+"""Retrieval evaluation (paper §4.2, Figure 4): every method through the real search service.
+
+For each test-split query and method, the top-k from the train split; each hit scores the
+percentile rank of its squared attribute difference to the query among the differences to all
+train images (train/retrieval_metrics.py). Methods:
+  image_text (a), hierarchical (b), image (c) on the tuned collection; image_untuned (d) on a
+  collection ingested with the base model alone; baseline (e) a non-learned LAB histogram +
+  thumbnail embedding (train/baseline_embedding.py); random, the floor (≈ 50).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dermground.platform.attributes import ATTRIBUTE_NAMES, resolve_attributes
+from dermground.platform.search import SearchMode, SearchRequest, search
+from dermground.platform.settings import Settings
+from dermground.platform.store import SearchFilter, VectorStore, open_store
+from dermground.train.retrieval_metrics import percentile_ranks
+from dermground.train.retrieval_report import medians_table, plot_boxplots, summarize, write_summary
+
+METHODS = ("image_text", "hierarchical", "image", "image_untuned", "baseline", "random")
+RESULT_FILE, FIGURE_FILE, TABLE_FILE = "retrieval.json", "retrieval_boxplots.png", "retrieval_medians.md"
+TRAIN_ONLY = SearchFilter(split="train")
+
+
+@dataclass(frozen=True)
+class _Population:
+    """The collection's points split into train (searched) and test (queries)."""
+
+    train_ids: list[str]
+    train_values: dict[str, np.ndarray]  # attribute -> (n_train,)
+    query_ids: list[str]
+    query_values: dict[str, np.ndarray]  # attribute -> (n_queries,)
+    image_refs: dict[str, str]
+
+
+def _population(store: VectorStore, queries: int | None, seed: int) -> _Population:
+    train, test, refs = [], [], {}
+    for point in store.iter_points(with_payload=True):
+        payload = point.payload or {}
+        refs[str(payload["isic_id"])] = str(payload.get("image_ref"))
+        (train if payload.get("split") == "train" else test if payload.get("split") == "test" else []).append(payload)
+    if not train or not test:
+        raise ValueError(f"the collection needs train and test points (has {len(train)} train, {len(test)} test); "
+                         "ingest it with `--split all`")
+    if queries is not None and queries < len(test):
+        order = np.random.default_rng(seed).permutation(len(test))[:queries]
+        test = [test[i] for i in sorted(order)]
+
+    def values(rows: Sequence[dict]) -> dict[str, np.ndarray]:
+        return {a: np.array([float(r[a]) for r in rows]) for a in ATTRIBUTE_NAMES}
+
+    return _Population([str(r["isic_id"]) for r in train], values(train),
+                       [str(r["isic_id"]) for r in test], values(test), refs)
+
+
+def _hit_ids(store: VectorStore, settings: Settings, mode: SearchMode, query_id: str,
+             attributes: tuple[str, ...], k: int, b: int) -> list[str]:
+    request = SearchRequest(mode=mode, attributes=attributes, isic_id=query_id, k=k, b=b, filter=TRAIN_ONLY)
+    return [hit.isic_id for hit in search(request, store=store, embedder=None, settings=settings).hits]
+
+
+def _values_of(ids: list[list[str]], population: _Population, attribute: str) -> np.ndarray:
+    index = {isic_id: i for i, isic_id in enumerate(population.train_ids)}
+    column = population.train_values[attribute]
+    return np.array([[column[index[i]] for i in row] for row in ids])
+
+
+def _baseline_hits(population: _Population, k: int, progress: bool) -> list[list[str]]:
+    from tqdm import tqdm
+
+    from dermground.ingest.reader import decode_image, load_image_bytes
+    from dermground.train.baseline_embedding import baseline_embedding
+
+    def embed(ids: list[str], label: str) -> np.ndarray:
+        return np.stack([baseline_embedding(decode_image(load_image_bytes(population.image_refs[i])))
+                         for i in tqdm(ids, desc=f"baseline {label}", disable=not progress, leave=False)])
+
+    train, query = embed(population.train_ids, "train"), embed(population.query_ids, "queries")
+    top = np.argsort(-(query @ train.T), axis=1)[:, :k]
+    return [[population.train_ids[j] for j in row] for row in top]
+
+
+def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
+                       untuned_collection: str | None = None, methods: Sequence[str] = METHODS,
+                       attributes: Sequence[str] | None = None, queries: int | None = None,
+                       b: int = 200, k: int = 5, seed: int = 0, catalog_dir: Path | None = None,
+                       progress: bool = True) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Run the retrieval evaluation; write retrieval.json, the boxplots and the medians table."""
+    from tqdm import tqdm
+
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if "image_untuned" in methods and not untuned_collection:
+        raise ValueError("method image_untuned needs --untuned-collection (the base model's collection)")
+    names = tuple(a.name for a in resolve_attributes(list(attributes) if attributes else None))
+    ranks: dict[str, dict[str, np.ndarray]] = {}
+    with open_store(settings, collection) as store:
+        population = _population(store, queries, seed)
+
+        def ranks_of(hit_ids: list[list[str]], attribute: str) -> np.ndarray:
+            return percentile_ranks(population.query_values[attribute],
+                                    _values_of(hit_ids, population, attribute),
+                                    population.train_values[attribute])
+
+        def per_query(mode: SearchMode, label: str, attrs: tuple[str, ...], on: VectorStore) -> list[list[str]]:
+            return [_hit_ids(on, settings, mode, q, attrs, k, b)
+                    for q in tqdm(population.query_ids, desc=label, disable=not progress, leave=False)]
+
+        for method, mode in (("image_text", SearchMode.image_text), ("hierarchical", SearchMode.hierarchical)):
+            if method in methods:
+                ranks[method] = {a: ranks_of(per_query(mode, f"{method} {a}", (a,), store), a) for a in names}
+        if "image" in methods:
+            hits = per_query(SearchMode.image, "image", (), store)
+            ranks["image"] = {a: ranks_of(hits, a) for a in names}
+    if "image_untuned" in methods:
+        with open_store(settings, untuned_collection) as untuned:
+            hits = per_query(SearchMode.image, "image untuned", (), untuned)
+        ranks["image_untuned"] = {a: ranks_of(hits, a) for a in names}
+    if "baseline" in methods:
+        hits = _baseline_hits(population, k, progress)
+        ranks["baseline"] = {a: ranks_of(hits, a) for a in names}
+    if "random" in methods:
+        rng = np.random.default_rng(seed)
+        picks = [[population.train_ids[j] for j in rng.choice(len(population.train_ids), k, replace=False)]
+                 for _ in population.query_ids]
+        ranks["random"] = {a: ranks_of(picks, a) for a in names}
+
+    summary = summarize(ranks)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_summary(summary, out_dir / RESULT_FILE)
+    plot_boxplots(ranks, out_dir / FIGURE_FILE,
+                  title=f"{collection}: {len(population.query_ids)} test queries, top-{k} of "
+                        f"{len(population.train_ids)} train images")
+    (out_dir / TABLE_FILE).write_text(medians_table(summary))
+    if catalog_dir is not None:
+        _record(catalog_dir, collection, summary, k=k, b=b)
+    return summary
+
+
+def _record(catalog_dir: Path, collection: str, summary: dict, *, k: int, b: int) -> None:
+    from dermground.platform.catalog import Catalog
+
+    run_id = f"retrieval-{uuid.uuid4().hex[:12]}"
+    details = json.dumps({"collection": collection, "k": k, "b": b})
+    rows = [{"run_id": run_id, "kind": "retrieval", "method": method, "attribute": attribute,
+             "metric": metric, "value": float(stats[metric]), "n": int(stats["n"]), "details": details}
+            for method, per_attr in summary.items() for attribute, stats in per_attr.items()
+            for metric in ("median", "q1", "q3")]
+    Catalog(catalog_dir).append("evaluations", rows)
