@@ -1,0 +1,100 @@
+"""SIGKILL the ingest CLI at chosen points, resume, and get exactly the right collection.
+
+The killed run is a real `dermground ingest` subprocess (joined to the test session's Ray so it
+does not start its own); the crash windows between the three commit steps of a partition are hit
+deterministically through the writer's DERMGROUND_TEST_CRASH_AT hook, and one run is killed from
+outside at whatever it is doing once its first partition is committed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dermground.ingest.consistency import check_collection
+from dermground.ingest.pipeline import ingest_dataset
+from dermground.ingest.synth import generate_dataset
+from dermground.ingest.writer import CRASH_ENV
+from dermground.platform.settings import load_settings
+from dermground.platform.store import open_store
+
+N_IMAGES = 32
+PARTITION = 8
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("crash_data") / "data"
+    generate_dataset(out, patients=8, images=N_IMAGES, seed=11, size=112, progress=False, workers=1)
+    return out
+
+
+def _start_cli(home: Path, data: Path, model_dir: Path, ray_address: str, crash_at: str | None) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0", "DERMGROUND_HOME": str(home)}
+    env.pop(CRASH_ENV, None)
+    if crash_at:
+        env[CRASH_ENV] = crash_at
+    command = [sys.executable, "-m", "dermground", "ingest", "--data", str(data), "--collection", "lesions",
+               "--model", str(model_dir), "--split", "all", "--partition-size", str(PARTITION),
+               "--batch-size", "4", "--ray-address", ray_address]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _resume_and_verify(data: Path, home: Path, model_dir: Path, committed_before: int) -> None:
+    settings = load_settings(home=home)
+    summary = ingest_dataset(data, "lesions", settings, model_dir=model_dir, split="all",
+                             partition_size=PARTITION, batch_size=4, progress=False)
+    assert summary.skipped == committed_before * PARTITION
+    assert summary.ingested + summary.skipped == N_IMAGES
+    report = check_collection(settings, "lesions")
+    assert report.ok, report.findings  # no missing, phantom or doubled id; every point has all 17 vectors
+    assert report.store_points == report.catalog_rows == report.ledger_points == N_IMAGES
+    assert report.ledger_partitions == N_IMAGES // PARTITION
+    with open_store(settings, "lesions") as store:
+        assert store.count() == N_IMAGES
+
+
+def _ledger_files(home: Path) -> list[Path]:
+    return sorted((home / "catalog" / "ingest_partitions").glob("*.parquet"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("crash_at", "finding"), [
+    ("after_upsert:2", "in the store but not in the catalog (phantom points): 8"),
+    ("after_catalog:2", "catalog rows of no committed partition (an interrupted ingest: rerun it): 8"),
+])
+def test_a_kill_between_commit_steps_resumes_to_exactly_the_right_collection(
+        dataset, tiny_model_dir, ray_session, tmp_path, crash_at, finding):
+    home = tmp_path / "home"
+    address = ray_session.get_runtime_context().gcs_address
+    process = _start_cli(home, dataset, tiny_model_dir, address, crash_at)
+    output = process.communicate(timeout=None)[0].decode(errors="replace")
+    assert process.returncode == -signal.SIGKILL, output
+    assert len(_ledger_files(home)) == 1  # partition 1 committed, partition 2 half-way
+    before = check_collection(load_settings(home=home), "lesions")
+    assert any(f.startswith(finding) for f in before.findings), before.findings
+    _resume_and_verify(dataset, home, tiny_model_dir, committed_before=1)
+
+
+@pytest.mark.slow
+def test_a_kill_from_outside_after_the_first_commit_resumes_to_exactly_the_right_collection(
+        dataset, tiny_model_dir, ray_session, tmp_path):
+    import time
+
+    home = tmp_path / "home"
+    address = ray_session.get_runtime_context().gcs_address
+    process = _start_cli(home, dataset, tiny_model_dir, address, None)
+    while not _ledger_files(home) and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate()[0].decode(errors="replace")
+    assert process.returncode == -signal.SIGKILL, output
+    committed = len(_ledger_files(home))
+    assert 1 <= committed < N_IMAGES // PARTITION
+    _resume_and_verify(dataset, home, tiny_model_dir, committed_before=committed)
