@@ -19,6 +19,8 @@ from dermground.platform.settings import SettingsError, load_settings
 LAZY_COMMANDS: dict[str, str] = {
     "attributes": "attributes:attributes",
     "sql": "sql:sql",
+    "serve": "serve:serve",
+    "search": "search:search",
     "model": "model:model",
     "synth": "synth:synth",
     "demo": "demo:demo",

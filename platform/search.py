@@ -189,6 +189,7 @@ class _Query:
     patient_id: str | None = None
     truth: dict[str, float | None] = field(default_factory=dict)
     model_ran: bool = False
+    cached: int = 0
 
 
 def _needed_vectors(mode: SearchMode, attributes: Sequence[str]) -> list[str]:
@@ -260,6 +261,9 @@ def _query_vectors(request: SearchRequest, attributes: tuple[str, ...], store: V
         fresh = _embed_to_vectors(model, [image], wanted, include_image=IMAGE_VECTOR in missing)[0]
         query.vectors.update(fresh)
         query.model_ran = True
+        if request.cache_vectors:
+            store.update_vectors({point.id: fresh})
+            query.cached = 1
     return query
 
 
@@ -389,7 +393,7 @@ def search(request: SearchRequest, *, store: VectorStore, embedder: EmbedderProv
         mode=request.mode, attributes=attributes, hits=ranked.hits, query_isic_id=query.isic_id,
         query_patient_id=query.patient_id, query_attributes=query.truth,
         model_ran=query.model_ran or ranked.model_ran, candidates=ranked.candidates,
-        reembedded=ranked.reembedded, cached=ranked.cached, seconds=time.perf_counter() - started)
+        reembedded=ranked.reembedded, cached=ranked.cached + query.cached, seconds=time.perf_counter() - started)
 
 
 __all__ = [

@@ -138,6 +138,13 @@ def test_cached_hierarchical_writes_vectors_and_keeps_the_ranking(search_collect
         assert all(f"q_{AREA}" in p.vectors for p in stored)
         # Candidates outside the top-b were never embedded, so nothing was written for them.
         assert image_only.count() == len(data["ids"])
+        # By isic_id on an image-only collection the query's own vectors are embedded once, then cached too.
+        by_id = SearchRequest(SearchMode.hierarchical, attributes=(AREA,), isic_id=data["ids"][5], k=5, b=12,
+                              cache_vectors=True)
+        first = search(by_id, store=image_only, embedder=provider, settings=settings)
+        again = search(by_id, store=image_only, embedder=provider, settings=settings)
+        assert first.model_ran and first.cached >= 1
+        assert not again.model_ran and again.cached == 0 and _ids(again) == _ids(first)
 
 
 def test_hierarchical_on_image_only_collection_without_model_says_so(search_collection, tmp_path, settings,

@@ -1,0 +1,80 @@
+"""`dermground serve`: the search API and the web viewer (uvicorn)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import click
+
+from dermground.platform.commands.context import current_settings, from_settings
+
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (nothing else can reach the server)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command("serve")
+@click.option("--host", default=from_settings("api_host"), show_default="DERMGROUND_API_HOST",
+              help="Address to bind; without DERMGROUND_API_READ_KEY only loopback is allowed.")
+@click.option("--port", type=click.IntRange(1, 65535), default=from_settings("api_port"),
+              show_default="DERMGROUND_API_PORT", help="Port to listen on.")
+@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+              help="Collection to search.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Base model folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
+@click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="LoRA adapter folder the collection was ingested with [default: DERMGROUND_ADAPTER_DIR].")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True, help="uvicorn log level.")
+def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter_dir: Path | None,
+          log_level: str) -> None:
+    """Serve the search API (OpenAPI docs at /docs) and the viewer at /.
+
+    Clients send the read key (DERMGROUND_API_READ_KEY) as the X-API-Key header; /sql needs
+    DERMGROUND_API_ADMIN_KEY. The model loads on the first request that needs it. The embedded
+    store belongs to one process: stop a running ingest first, or use a Qdrant server
+    (DERMGROUND_QDRANT_URL) to serve and ingest at once.
+    """
+    import uvicorn
+
+    from dermground.platform.api import create_app
+    from dermground.platform.store import StoreError, StoreLockedError, open_store
+
+    overrides: dict[str, object] = {"collection": collection}
+    if model_dir is not None:
+        overrides["model_dir"] = model_dir
+    if adapter_dir is not None:
+        overrides["adapter_dir"] = adapter_dir
+    settings = current_settings().model_copy(update=overrides)
+    if settings.api_read_key is None or not settings.api_read_key.get_secret_value():
+        if not is_loopback(host):
+            click.echo(f"No API key is set (DERMGROUND_API_READ_KEY), so the API binds to {LOOPBACK} instead of "
+                       f"{host}: only this machine can reach it. Set DERMGROUND_API_READ_KEY (and "
+                       "DERMGROUND_API_ADMIN_KEY for /sql) to serve other machines.", err=True)
+            host = LOOPBACK
+        else:
+            click.echo("No API key is set: the read endpoints are open to this machine only.", err=True)
+    try:
+        store = open_store(settings)  # opened here, so a held store stops us with a clear message
+    except StoreLockedError as exc:
+        raise click.ClickException(f"{exc}\n(`dermground serve` and `dermground ingest` cannot share an embedded store.)") from None
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        if store.describe() is None:
+            click.echo(f"Collection {collection!r} does not exist yet: searches will fail until "
+                       "`dermground ingest` fills it.", err=True)
+        click.echo(f"Serving collection {collection!r} on http://{host}:{port}/ (API docs: /docs)", err=True)
+        uvicorn.run(create_app(settings, store=store), host=host, port=port, log_level=log_level,
+                    limit_concurrency=256, timeout_keep_alive=5)
+    finally:
+        store.close()

@@ -1,0 +1,65 @@
+"""`dermground search` and `dermground serve` (their checks; the server itself is driven in test_viewer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from dermground.platform.cli import cli
+from dermground.platform.commands.serve import is_loopback
+
+
+@pytest.fixture(scope="module")
+def run(search_collection, tiny_model_dir):
+    home = search_collection["home"]
+
+    def invoke(*args: str):
+        env = {"DERMGROUND_MODEL_DIR": str(tiny_model_dir), "DERMGROUND_HOME": str(home)}
+        return CliRunner().invoke(cli, ["--home", str(home), *args], env=env)
+
+    return invoke
+
+
+def test_search_by_id_as_json_respects_filters(run, search_collection) -> None:
+    records = {r.isic_id: r for r in search_collection["records"]}
+    query = search_collection["records"][4]
+    result = run("search", "--id", query.isic_id, "--mode", "prefetch", "--attribute", "areaMM2",
+                 "--attribute", "deltaL", "--k", "6", "--split", "train", "--range", "areaMM2=1:",
+                 "--exclude-patient", "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["query_isic_id"] == query.isic_id and len(body["hits"]) >= 1
+    for hit in body["hits"]:
+        record = records[hit["isic_id"]]
+        assert record.split == "train" and record.patient_id != query.patient_id
+        assert record.attributes["areaMM2"] >= 1
+
+
+def test_search_by_image_file_prints_a_table(run, search_collection, tmp_path) -> None:
+    image = tmp_path / "query.jpg"
+    image.write_bytes(search_collection["records"][0].image_bytes())
+    result = run("search", "--image", str(image), "--mode", "image_text", "--attribute", "areaMM2", "--k", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("rank"))  # stderr (model loading) is mixed in
+    assert lines[header].split()[:3] == ["rank", "isic_id", "score"]
+    assert lines[header + 1].split()[1] == search_collection["records"][0].isic_id
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--k", "3"], "exactly one of --image and --id"),
+    (["--id", "ISIC_0000001", "--attribute", "nope"], "unknown attribute"),
+    (["--id", "ISIC_0000001", "--mode", "image", "--k", "100000"], "k must be between"),
+    (["--id", "ISIC_0000001", "--mode", "image", "--filter", "color=red"], "cannot filter"),
+    (["--id", "ISIC_0000001", "--mode", "image", "--range", "areaMM2=a:b"], "--range"),
+])
+def test_search_errors_are_messages_not_tracebacks(run, args, message) -> None:
+    result = run("search", *args)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_loopback_detection() -> None:
+    assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "127.0.0.2"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.4", "::", "example.com"))
