@@ -1,0 +1,92 @@
+"""Ingest pipeline efficiency: images/s of the whole pipeline vs the bare batched embedding loop.
+
+Same images (a synthetic data set at 112 px), same tiny model, same torch threads, in one run:
+- bare: one process reads and decodes each image and calls `Embedder.embed` in batches (model
+  already loaded, Ray not involved, nothing written) - the ceiling for this machine;
+- pipeline: `ingest_dataset` end to end (reader, partitions, Ray Data actor pool including its
+  start-up and model load, store upserts, catalog and ledger files) into a fresh embedded store.
+The bare loop runs before and after the pipeline (other jobs share the machine); efficiency is
+measured against the faster bare round. Ray's own start-up is excluded (a cluster is already up).
+Last line: `ingest efficiency=<x> pipeline_images_per_s=<p> bare_images_per_s=<b> images=<n>`.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ingest.py [--images 2000] [--batch-size 8] [--actors 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def bare_loop(data: Path, model_dir: Path, batch_size: int, threads: int) -> tuple[int, float]:
+    """(images, seconds) of read + decode + Embedder.embed over the data set, batched."""
+    import torch
+
+    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.embed import Embedder
+    from dermground.platform.model.loading import load_backbone
+
+    torch.set_num_threads(threads)
+    embedder = Embedder(load_backbone(model_dir), batch_size=batch_size)
+    records = [r for r in read_records(data) if isinstance(r, LesionRecord)]
+    embedder.embed([records[0].load_image()])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(records), batch_size):
+        embedder.embed([r.load_image() for r in records[i : i + batch_size]])
+    return len(records), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--partition-size", type=int, default=256)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray CPUs (and bare-loop threads)")
+    args = parser.parse_args()
+
+    from dermground.ingest.pipeline import ingest_dataset
+    from dermground.ingest.synth import generate_dataset
+    from dermground.platform.model.tiny import save_tiny_model
+    from dermground.platform.ray_runtime import ensure_ray
+    from dermground.platform.settings import load_settings
+
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        root = Path(tmp)
+        model_dir = save_tiny_model(root / "model", seed=0, preset="tiny", image_size=args.size)
+        data = root / "data"
+        generate_dataset(data, patients=max(1, args.images // 20), images=args.images, seed=0, size=args.size,
+                         progress=False)
+        threads = max(1, args.cpus // args.actors)
+        print(f"{args.images} images at {args.size} px, tiny model, batch {args.batch_size}, "
+              f"{args.actors} actor(s) x {threads} CPU(s), partitions of {args.partition_size}, cpus {args.cpus}")
+        n, bare_1 = bare_loop(data, model_dir, args.batch_size, threads)
+        print(f"bare loop round 1: {n} images in {bare_1:.2f} s ({n / bare_1:.1f} images/s)")
+
+        started = time.perf_counter()
+        ensure_ray(num_cpus=args.cpus, object_store_mb=512, temp_dir=Path(tempfile.mkdtemp(prefix="rayb", dir="/tmp")))
+        print(f"ray start-up (excluded): {time.perf_counter() - started:.2f} s")
+        settings = load_settings(home=root / "home")
+        summary = ingest_dataset(data, "bench", settings, model_dir=model_dir, split="all",
+                                 partition_size=args.partition_size, batch_size=args.batch_size,
+                                 actors=args.actors, progress=False)
+        assert summary.ingested == n, summary
+        pipeline_rate = summary.ingested / summary.seconds
+        print(f"pipeline: {summary.ingested} images in {summary.seconds:.2f} s ({pipeline_rate:.1f} images/s), "
+              f"{summary.partitions} partitions committed")
+
+        _, bare_2 = bare_loop(data, model_dir, args.batch_size, threads)
+        print(f"bare loop round 2: {n} images in {bare_2:.2f} s ({n / bare_2:.1f} images/s)")
+        bare_rate = n / min(bare_1, bare_2)
+        print(f"ingest efficiency={pipeline_rate / bare_rate:.3f} pipeline_images_per_s={pipeline_rate:.1f} "
+              f"bare_images_per_s={bare_rate:.1f} images={n}")
+
+
+if __name__ == "__main__":
+    main()
