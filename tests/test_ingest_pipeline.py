@@ -174,3 +174,19 @@ def test_check_finds_a_deleted_point_and_a_point_missing_a_vector(dataset, inges
     assert f"points missing the named vector 'q_deltaB': 1: {records[1].isic_id}" in text
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "check", "--collection", "lesions"])
     assert result.exit_code == 1 and "FINDING" in result.output
+
+
+def test_a_busy_embedded_store_gives_a_clear_error_naming_its_holder(dataset, tiny_model_dir, tmp_path):
+    import os
+
+    from dermground.platform.cli import cli
+    from dermground.platform.store import CollectionSpec
+
+    with open_store(_settings(tmp_path), "lesions") as holder:  # e.g. `dermground serve` on the same store
+        holder.ensure_collection(CollectionSpec(dim=64, fingerprint="0123456789abcdef"))
+        for command in (["ingest", "--data", str(dataset), "--model", str(tiny_model_dir)], ["check"]):
+            result = CliRunner().invoke(cli, ["--home", str(tmp_path), *command, "--collection", "lesions"])
+            assert result.exit_code == 1, result.output
+            assert f"is in use by pid {os.getpid()}" in result.output
+            assert "DERMGROUND_QDRANT_URL" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "catalog" / "ingest_runs").exists()  # nothing was started
