@@ -23,6 +23,7 @@ reused; the model runs only for vectors the collection does not hold).
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ from dermground.platform.settings import Settings
 from dermground.platform.store import IMAGE_VECTOR, SearchFilter, StoreError, VectorStore, point_id
 
 DEFAULT_B = 200
+log = logging.getLogger("dermground.search")
 
 
 class SearchMode(str, enum.Enum):
@@ -355,19 +357,28 @@ def _search_hierarchical(store: VectorStore, request: SearchRequest, attributes:
     hits = store.query(IMAGE_VECTOR, query.vectors[IMAGE_VECTOR], request.b, flt, with_vectors=vector_names)
     vectors: list[dict[str, np.ndarray]] = [dict(h.vectors or {}) for h in hits]
     stale = [i for i, v in enumerate(vectors) if not all(n in v for n in vector_names)]
-    cached = 0
+    cached = reembedded = 0
     if stale:
         model = _require_model(provider, store, f"hierarchical search ({len(stale)} candidates without stored "
                                                 "attribute vectors)")
-        images = [_load_point_image(hits[i].payload or {}, settings.max_image_pixels) for i in stale]
-        fresh = _embed_to_vectors(model, images, attributes, include_image=False)
-        for i, new in zip(stale, fresh, strict=True):
+        images, readable = [], []
+        for i in stale:
+            try:
+                images.append(_load_point_image(hits[i].payload or {}, settings.max_image_pixels))
+                readable.append(i)
+            except SearchError as exc:  # one unreadable image must not fail every query near it
+                log.warning("hierarchical search skips a candidate: %s", exc)
+        fresh = _embed_to_vectors(model, images, attributes, include_image=False) if images else []
+        reembedded = len(fresh)
+        for i, new in zip(readable, fresh, strict=True):
             vectors[i].update(new)
-        if request.cache_vectors:
-            store.update_vectors({hits[i].id: new for i, new in zip(stale, fresh, strict=True)})
-            cached = len(stale)
+        if request.cache_vectors and fresh:
+            store.update_vectors({hits[i].id: new for i, new in zip(readable, fresh, strict=True)})
+            cached = len(fresh)
+        keep = [i for i in range(len(hits)) if all(n in vectors[i] for n in vector_names)]
+        hits, vectors = [hits[i] for i in keep], [vectors[i] for i in keep]
     ranked = _fused([(h.id, h.payload or {}) for h in hits], vectors, query, attributes, request.k)
-    return _Ranked(ranked, len(hits), reembedded=len(stale), cached=cached, model_ran=bool(stale))
+    return _Ranked(ranked, len(hits), reembedded=reembedded, cached=cached, model_ran=bool(stale))
 
 
 def search(request: SearchRequest, *, store: VectorStore, embedder: EmbedderProvider | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -116,10 +117,8 @@ def test_search_by_base64_and_by_multipart_upload_agree(client, jpeg, ids) -> No
     params = {"mode": "hierarchical", "attributes": ["areaMM2", "deltaL"], "k": 4, "b": 20}
     by_json = client.post("/search", headers=R, json={**params, "image_base64": base64.b64encode(jpeg).decode()})
     assert by_json.status_code == 200, by_json.text
-    import json as _json
-
     by_form = client.post("/search/upload", headers=R, files={"file": ("q.jpg", jpeg, "image/jpeg")},
-                          data={"request": _json.dumps(params)})
+                          data={"request": json.dumps(params)})
     assert by_form.status_code == 200, by_form.text
     assert [h["isic_id"] for h in by_json.json()["hits"]] == [h["isic_id"] for h in by_form.json()["hits"]]
     assert by_json.json()["hits"][0]["isic_id"] == ids[0]  # the query image is in the collection

@@ -247,3 +247,13 @@ def test_bad_requests_are_refused_with_a_reason(store, settings, data, request_k
 def test_unknown_isic_id_is_not_found(store, settings) -> None:
     with pytest.raises(QueryNotFoundError, match="ISIC_9999999"):
         search(SearchRequest(SearchMode.image, isic_id="ISIC_9999999"), store=store, embedder=None, settings=settings)
+
+
+def test_hierarchical_skips_a_candidate_whose_image_is_gone(search_collection, tmp_path, provider, settings,
+                                                            data) -> None:
+    with EdgeStore(_copy(search_collection["image_only_root"], tmp_path), "lesions") as image_only:
+        lost = data["ids"][1]
+        image_only.set_payload([point_id(lost)], {"image_ref": str(tmp_path / "missing.jpg")})
+        response = search(SearchRequest(SearchMode.hierarchical, attributes=(AREA,), image=data["query_image"],
+                                        k=40, b=40), store=image_only, embedder=provider, settings=settings)
+    assert lost not in _ids(response) and len(response.hits) == len(data["ids"]) - 1
