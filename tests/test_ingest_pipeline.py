@@ -47,9 +47,9 @@ def _settings(home: Path):
     return load_settings(home=home)
 
 
-def _ingest(data: Path, home: Path, model_dir: Path, collection: str = "lesions", **kwargs):
+def _ingest(data: Path, home: Path, model_dir: Path, collection: str = "lesions", partition_size: int = PARTITION):
     return ingest_dataset(data, collection, _settings(home), model_dir=model_dir, split="all",
-                          partition_size=PARTITION, batch_size=4, progress=False, **kwargs)
+                          partition_size=partition_size, batch_size=4, progress=False)
 
 
 def test_full_ingest_stores_every_image_with_all_vectors_then_a_rerun_skips_everything(
@@ -121,8 +121,9 @@ def test_poison_images_and_bad_rows_are_quarantined_with_a_reason_and_the_rest_i
         writer.writeheader()
         writer.writerows(rows)
 
-    summary = _ingest(data, tmp_path / "home", tiny_model_dir)
-    assert (summary.ingested, summary.quarantined) == (24 - len(poison), len(poison))
+    # One row per partition: a partition whose only row is rejected before embedding commits too.
+    summary = _ingest(data, tmp_path / "home", tiny_model_dir, partition_size=1)
+    assert (summary.ingested, summary.quarantined, summary.partitions) == (24 - len(poison), len(poison), 24)
     quarantine = Catalog(tmp_path / "home" / "catalog").query("SELECT isic_id, field, reason FROM quarantine")
     by_id = {r["isic_id"]: (r["field"], r["reason"]) for r in quarantine}
     assert set(by_id) == set(poison)
@@ -137,7 +138,7 @@ def test_poison_images_and_bad_rows_are_quarantined_with_a_reason_and_the_rest_i
     assert report.ok, report.findings
     assert report.store_points == 24 - len(poison)
     # A rerun neither re-embeds nor quarantines twice.
-    again = _ingest(data, tmp_path / "home", tiny_model_dir)
+    again = _ingest(data, tmp_path / "home", tiny_model_dir, partition_size=1)
     assert (again.ingested, again.skipped, again.quarantined) == (0, 24 - len(poison), 0)
     assert len(Catalog(tmp_path / "home" / "catalog").query("SELECT * FROM quarantine")) == len(poison)
 

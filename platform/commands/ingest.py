@@ -29,13 +29,15 @@ from dermground.platform.commands.context import current_settings, from_settings
               help="Images per embedding batch.")
 @click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True,
               help="Embedding actors (model copies); each gets the cluster's CPUs / actors.")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0.5), default=None,
+              help="CPUs (and torch threads) per actor [default: the cluster's CPUs / --actors].")
 @click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="GPUs per embedding actor (0 = CPU).")
 @click.option("--partition-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Rows per committed partition (keep it fixed between a run and its resumptions).")
 def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir: Path | None, split: str,
-           qdrant_url: str | None, ray_address: str | None, batch_size: int, actors: int, gpus_per_actor: float,
-           partition_size: int) -> None:
+           qdrant_url: str | None, ray_address: str | None, batch_size: int, actors: int,
+           cpus_per_actor: float | None, gpus_per_actor: float, partition_size: int) -> None:
     """Embed every image (h_im + the 16 h_im_a) and store points, catalog rows and the ledger.
 
     A rerun skips committed partitions; a killed run resumes with nothing lost or doubled. Bad
@@ -54,8 +56,8 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     try:
         summary = ingest_dataset(data_dir, collection, settings, model_dir=model_dir, adapter_dir=adapter_dir,
                                  split=split, partition_size=partition_size, batch_size=batch_size,  # type: ignore[arg-type]
-                                 actors=actors, gpus_per_actor=gpus_per_actor, ray_address=ray_address,
-                                 progress=True)
+                                 actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                                 ray_address=ray_address, progress=True)
     except StoreLockedError as exc:
         raise click.ClickException(f"{exc}\nNothing was ingested; rerun when the store is free.") from None
     except SchemaMismatchError as exc:
