@@ -8,6 +8,7 @@ process, which keeps each stage's Ray session and store lock to itself.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -22,12 +23,20 @@ class DemoSize:
 
     patients: int
     images: int
-    image_px: int
+    image_px: int  # size of the synthetic JPEGs
+    model_px: int  # the tiny model's fixed input size
+    pretrain_args: tuple[str, ...]
+    train_args: tuple[str, ...]
     seed: int = 7
 
 
-FULL = DemoSize(patients=120, images=2400, image_px=128)
-SMALL = DemoSize(patients=24, images=240, image_px=128)
+FULL = DemoSize(patients=120, images=2400, image_px=128, model_px=112,
+                pretrain_args=("--epochs", "2"),
+                train_args=("--epochs", "3", "--lr", "1e-3", "--train-lm-head"))
+SMALL = DemoSize(patients=24, images=240, image_px=128, model_px=112,
+                 pretrain_args=("--epochs", "1"),
+                 train_args=("--epochs", "1", "--lr", "1e-3", "--train-lm-head"))
+TUNED, UNTUNED = "demo_tuned", "demo_untuned"
 
 
 @dataclass(frozen=True)
@@ -37,16 +46,50 @@ class Stage:
     name: str
     args: list[str]
     outputs: list[Path] = field(default_factory=list)
+    # Removed before the stage runs again because an earlier stage changed (not on a resume).
+    stale_when_upstream_changes: list[Path] = field(default_factory=list)
 
 
 def plan_stages(home: Path, size: DemoSize) -> list[Stage]:
-    """The demo's stages in order."""
-    data = home / "demo" / "data"
+    """The demo's stages in order (the last one, serve, is run by the caller)."""
+    demo = home / "demo"
+    data, models, evals = demo / "data", home / "models", demo / "eval"
+    random_base, base, adapter = models / "tiny-random", models / "base", models / "adapter"
+    seed = str(size.seed)
     return [
+        Stage("init-model", ["model", "init-tiny", "--out", str(random_base), "--preset", "tiny",
+                             "--image-size", str(size.model_px), "--seed", seed, "--force"],
+              [random_base / "config.json"]),
         Stage("synth", ["synth", "--out", str(data), "--patients", str(size.patients),
-                        "--images", str(size.images), "--seed", str(size.seed),
-                        "--size", str(size.image_px)], [data / "train-metadata.csv"]),
+                        "--images", str(size.images), "--seed", seed, "--size", str(size.image_px),
+                        "--overwrite"], [data / "train-metadata.csv"]),
+        Stage("pretrain", ["pretrain", "--data", str(data), "--base", str(random_base), "--out", str(base),
+                           *size.pretrain_args, "--seed", seed], [base / "config.json"],
+              stale_when_upstream_changes=[base]),
+        Stage("train", ["train", "--data", str(data), "--base", str(base), "--out", str(adapter),
+                        *size.train_args, "--seed", seed], [adapter / "adapter_config.json"],
+              stale_when_upstream_changes=[adapter]),
+        Stage("eval-predict", ["eval", "predict", "--data", str(data), "--model", str(base),
+                               "--adapter", str(adapter), "--out", str(evals / "predict")],
+              [evals / "predict" / "prediction.json"]),
+        Stage("ingest-tuned", ["ingest", "--data", str(data), "--collection", TUNED, "--model", str(base),
+                               "--adapter", str(adapter), "--split", "all"],
+              stale_when_upstream_changes=[home / "qdrant" / TUNED]),
+        Stage("ingest-untuned", ["ingest", "--data", str(data), "--collection", UNTUNED, "--model", str(base),
+                                 "--split", "all"], stale_when_upstream_changes=[home / "qdrant" / UNTUNED]),
+        Stage("check", ["check", "--collection", TUNED]),
+        Stage("eval-retrieval", ["eval", "retrieval", "--collection", TUNED, "--untuned-collection", UNTUNED,
+                                 "--out", str(evals / "retrieval"), "--b", "200", "--k", "5"],
+              [evals / "retrieval" / "retrieval.json"]),
     ]
+
+
+def serve_command(home: Path, size: DemoSize, port: int) -> list[str]:
+    """The final step: serve the tuned collection with its model on loopback."""
+    models = home / "models"
+    return [sys.executable, "-m", "dermground", "--home", str(home), "serve", "--host", "127.0.0.1",
+            "--port", str(port), "--collection", TUNED, "--model", str(models / "base"),
+            "--adapter", str(models / "adapter")]
 
 
 def _marker(home: Path, stage: Stage) -> Path:
@@ -55,13 +98,20 @@ def _marker(home: Path, stage: Stage) -> Path:
 
 def run_stages(home: Path, stages: list[Stage], echo: Callable[[str], None] = print,
                force: bool = False) -> list[str]:
-    """Run unfinished stages in order; return the names of the ones that ran."""
-    ran = []
+    """Run unfinished stages in order; return the names of the ones that ran.
+
+    Once a stage runs, every later stage runs too: its inputs may have changed.
+    """
+    ran: list[str] = []
     for stage in stages:
         marker = _marker(home, stage)
-        if marker.exists() and not force and all(p.exists() for p in stage.outputs):
+        if marker.exists() and not force and not ran and all(p.exists() for p in stage.outputs):
             echo(f"[demo] {stage.name}: done earlier, reusing ({marker})")
             continue
+        if ran or force or marker.exists():  # not a resume: earlier results are stale
+            for stale in stage.stale_when_upstream_changes:
+                shutil.rmtree(stale, ignore_errors=True)
+            marker.unlink(missing_ok=True)
         command = [sys.executable, "-m", "dermground", "--home", str(home), *stage.args]
         echo(f"[demo] {stage.name}: {' '.join(command[2:])}")
         started = time.perf_counter()
