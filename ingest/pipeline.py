@@ -41,7 +41,7 @@ Split = Literal["train", "test", "all"]
 # Images per Ray Data execution: bounds the driver's memory (records and vectors of a wave) while
 # keeping the actors' one-off model load negligible.
 WAVE_IMAGES = 20_000
-BATCHES_PER_BLOCK = 4
+BATCHES_PER_BLOCK = 16
 
 
 @dataclass(frozen=True)
