@@ -179,7 +179,7 @@ def _run(data_dir: Path, options: IngestOptions, model_dir: Path, adapter_dir: P
          summary: IngestSummary, progress: bool, started: float) -> None:
     from tqdm.auto import tqdm
 
-    committed = committed_partitions(catalog, writer.collection)
+    committed = committed_partitions(catalog, writer.collection, fingerprint)
     reader_split = None if options.split == "all" else options.split
     stream = _unique(read_records(data_dir, split=reader_split, max_pixels=settings.max_image_pixels))
     total = None

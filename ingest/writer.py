@@ -127,8 +127,14 @@ def _parse_crash_hook(value: str) -> tuple[str, int] | None:
     return point, int(nth)
 
 
-def committed_partitions(catalog: Catalog, collection: str) -> dict[str, int]:
-    """The ledger of a collection: partition_id -> number of points it committed."""
-    rows = catalog.query("SELECT partition_id, max(n_points) AS n FROM ingest_partitions "
-                         "WHERE collection = ? GROUP BY partition_id", [collection])
+def committed_partitions(catalog: Catalog, collection: str, fingerprint: str) -> dict[str, int]:
+    """The ledger of a collection for one model: partition_id -> number of points it committed.
+
+    Only runs with the same model fingerprint count: a collection dropped and re-created for
+    another model must re-embed everything, whatever an older run's ledger says.
+    """
+    rows = catalog.query("SELECT p.partition_id, max(p.n_points) AS n FROM ingest_partitions p "
+                         "JOIN ingest_runs_history r ON p.run_id = r.run_id "
+                         "WHERE p.collection = ? AND r.fingerprint = ? GROUP BY p.partition_id",
+                         [collection, fingerprint])
     return {str(r["partition_id"]): int(r["n"]) for r in rows}

@@ -159,6 +159,21 @@ def test_a_collection_refuses_another_models_vectors_with_a_clear_cli_error(
     assert "Traceback" not in result.output
 
 
+def test_a_recreated_collection_for_another_model_ignores_the_old_ledger(
+        dataset, ingested_home, tiny_model_dir, make_tiny_adapter, tmp_path):
+    import shutil
+
+    home = _copy_of(ingested_home, tmp_path)
+    shutil.rmtree(_settings(home).store_dir / "lesions")  # dropped; the catalog keeps its history
+    adapter = make_tiny_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
+    summary = ingest_dataset(dataset, "lesions", _settings(home), model_dir=tiny_model_dir, adapter_dir=adapter,
+                             split="all", partition_size=PARTITION, batch_size=4, progress=False)
+    assert (summary.ingested, summary.skipped) == (N_IMAGES, 0), "the old model's ledger must not count"
+    report = check_collection(_settings(home), "lesions")
+    assert report.ok, report.findings
+    assert report.store_points == N_IMAGES
+
+
 def test_check_finds_a_deleted_point_and_a_point_missing_a_vector(dataset, ingested_home, tmp_path):
     from dermground.platform.cli import cli
 
