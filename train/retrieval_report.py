@@ -84,7 +84,7 @@ def plot_boxplots(ranks: Ranks, path: Path, title: str = "") -> Path:
     legend = [f"{chr(ord('a') + i)}: {METHOD_LABELS.get(m, m)}" for i, m in enumerate(methods)]
     fig.suptitle((title + "\n" if title else "") + "percentile of |Δattribute|² among all train images "
                  "(lower is better)   " + "; ".join(legend), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # leave room for the two-line title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
