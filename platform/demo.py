@@ -31,11 +31,14 @@ class DemoSize:
 
 
 FULL = DemoSize(patients=120, images=2400, image_px=128, model_px=112,
-                pretrain_args=("--epochs", "2"),
-                train_args=("--epochs", "3", "--lr", "1e-3", "--train-lm-head"))
+                pretrain_args=("--epochs", "2", "--max-steps", "700", "--lr", "1e-3"),
+                train_args=("--epochs", "6", "--lr", "1e-3", "--warmup-steps", "30", "--train-lm-head"))
 SMALL = DemoSize(patients=24, images=240, image_px=128, model_px=112,
-                 pretrain_args=("--epochs", "1"),
-                 train_args=("--epochs", "1", "--lr", "1e-3", "--train-lm-head"))
+                 pretrain_args=("--epochs", "2", "--max-steps", "150", "--lr", "1e-3"),
+                 train_args=("--epochs", "3", "--lr", "1e-3", "--warmup-steps", "10", "--train-lm-head"))
+# One embedding actor on one thread: on 2 shared cores, 2 torch threads for the tiny model were
+# measured up to 20x slower under load (docs/BENCHMARKS.md, ingest pipeline).
+INGEST_ARGS = ("--actors", "1", "--cpus-per-actor", "1")
 TUNED, UNTUNED = "demo_tuned", "demo_untuned"
 
 
@@ -73,10 +76,10 @@ def plan_stages(home: Path, size: DemoSize) -> list[Stage]:
                                "--adapter", str(adapter), "--out", str(evals / "predict")],
               [evals / "predict" / "prediction.json"]),
         Stage("ingest-tuned", ["ingest", "--data", str(data), "--collection", TUNED, "--model", str(base),
-                               "--adapter", str(adapter), "--split", "all"],
+                               "--adapter", str(adapter), "--split", "all", *INGEST_ARGS],
               stale_when_upstream_changes=[home / "qdrant" / TUNED]),
         Stage("ingest-untuned", ["ingest", "--data", str(data), "--collection", UNTUNED, "--model", str(base),
-                                 "--split", "all"], stale_when_upstream_changes=[home / "qdrant" / UNTUNED]),
+                                 "--split", "all", *INGEST_ARGS], stale_when_upstream_changes=[home / "qdrant" / UNTUNED]),
         Stage("check", ["check", "--collection", TUNED]),
         Stage("eval-retrieval", ["eval", "retrieval", "--collection", TUNED, "--untuned-collection", UNTUNED,
                                  "--out", str(evals / "retrieval"), "--b", "200", "--k", "5"],
