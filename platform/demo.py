@@ -31,8 +31,8 @@ class DemoSize:
 
 
 FULL = DemoSize(patients=120, images=2400, image_px=128, model_px=112,
-                pretrain_args=("--epochs", "2", "--max-steps", "700", "--lr", "1e-3"),
-                train_args=("--epochs", "6", "--lr", "1e-3", "--warmup-steps", "30", "--train-lm-head"))
+                pretrain_args=("--epochs", "2", "--max-steps", "1400", "--lr", "1e-3"),
+                train_args=("--epochs", "10", "--lr", "1e-3", "--warmup-steps", "30", "--train-lm-head"))
 SMALL = DemoSize(patients=24, images=240, image_px=128, model_px=112,
                  pretrain_args=("--epochs", "2", "--max-steps", "150", "--lr", "1e-3"),
                  train_args=("--epochs", "3", "--lr", "1e-3", "--warmup-steps", "10", "--train-lm-head"))
