@@ -1,0 +1,58 @@
+"""Server-side Qdrant settings reach the collection: shards, replication, on-disk, quantization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.settings import load_settings
+from dermground.platform.store import CollectionSpec, StorePoint, build_payload, open_store, point_id
+
+DIM = 16
+
+
+def _points(n: int) -> tuple[list[StorePoint], np.ndarray]:
+    rng = np.random.default_rng(5)
+    images = rng.normal(size=(n, DIM)).astype(np.float32)
+    points = []
+    for i in range(n):
+        record = {"isic_id": f"ISIC_{i:07d}", "patient_id": f"IP_{i % 4}", "split": "train",
+                  "image_ref": f"/x/{i}.jpg", **{a.name: float(a.low) for a in ATTRIBUTES}}
+        vectors = {"image": images[i], **{a.vector_name: rng.normal(size=DIM).astype(np.float32) for a in ATTRIBUTES}}
+        points.append(StorePoint(point_id(record["isic_id"]), vectors, build_payload(record, "fp-cfg")))
+    return points, images
+
+
+@pytest.mark.parametrize("quantization", ["scalar", "binary"])
+def test_settings_shape_the_created_collection(monkeypatch: pytest.MonkeyPatch, tmp_path, quantization: str) -> None:
+    for name, value in {"QDRANT_URL": ":memory:", "QDRANT_SHARDS": "3", "QDRANT_REPLICATION": "2",
+                        "QDRANT_ON_DISK": "true", "QDRANT_QUANTIZATION": quantization}.items():
+        monkeypatch.setenv(f"DERMGROUND_{name}", value)
+    store = open_store(load_settings(home=tmp_path), "cfg")
+    # qdrant-client's local mode accepts but does not keep cluster settings (shards, replication):
+    # record what a real server would receive, then let the real call go through.
+    sent: dict[str, object] = {}
+    real_create = store._client.create_collection  # noqa: SLF001
+
+    def recording_create(*args: object, **kwargs: object) -> object:
+        sent.update(kwargs)
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(store._client, "create_collection", recording_create)  # noqa: SLF001
+    store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-cfg"))
+    assert sent["shard_number"] == 3 and sent["replication_factor"] == 2
+    vectors = sent["vectors_config"]
+    assert vectors["image"].on_disk is True and vectors["image"].hnsw_config is None
+    assert vectors["q_areaMM2"].hnsw_config.m == 0, "only `image` gets an HNSW graph"
+    config = sent["quantization_config"]
+    assert (config.scalar if quantization == "scalar" else config.binary) is not None
+    stored = store._client.get_collection("cfg").config.params  # noqa: SLF001
+    assert stored.vectors["image"].on_disk is True
+
+    # Quantized search still returns the exact nearest neighbour (rescored with full vectors).
+    points, images = _points(50)
+    store.upsert(points)
+    hits = store.query("image", images[7], k=1)
+    assert hits[0].isic_id == "ISIC_0000007"
+    store.close()
