@@ -168,6 +168,18 @@ class SearchFilter:
 VectorSelection = bool | Sequence[str]
 
 
+def float32_vectors(raw: object) -> dict[str, np.ndarray] | None:
+    """Named vectors as returned by a Qdrant engine, as float32 arrays (None when there are none)."""
+    if not raw:
+        return None
+    return {name: np.asarray(v, dtype=np.float32) for name, v in raw.items()}  # type: ignore[union-attr]
+
+
+def vector_selection(selection: VectorSelection) -> bool | list[str]:
+    """The with_vector(s) argument both engines accept: a flag or a list of names."""
+    return selection if isinstance(selection, bool) else list(selection)
+
+
 class VectorStore(abc.ABC):
     """A collection of lesion points with named vectors. Use as a context manager."""
 

@@ -33,6 +33,8 @@ from dermground.platform.store.base import (
     StorePoint,
     VectorSelection,
     VectorStore,
+    float32_vectors,
+    vector_selection,
 )
 from dermground.platform.store.schema import PAYLOAD_INDEXES
 
@@ -65,14 +67,6 @@ def edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
-def _vectors(raw: object) -> dict[str, np.ndarray] | None:
-    if not raw:
-        return None
-    return {name: np.asarray(v, dtype=np.float32) for name, v in raw.items()}  # type: ignore[union-attr]
-
-
-def _with_vector(selection: VectorSelection) -> bool | list[str]:
-    return selection if isinstance(selection, bool) else list(selection)
 
 
 def _read_owner(root: Path) -> str:
@@ -193,7 +187,7 @@ class EdgeStore(VectorStore):
         for p in scored:
             payload = dict(p.payload or {})
             hits.append(Hit(id=str(p.id), isic_id=payload.get("isic_id"), score=float(p.score),  # type: ignore[arg-type]
-                            payload=payload if with_payload else None, vectors=_vectors(p.vector)))
+                            payload=payload if with_payload else None, vectors=float32_vectors(p.vector)))
         return hits
 
     def _run_query(self, request: qe.QueryRequest, with_payload: bool) -> list[Hit]:
@@ -211,7 +205,7 @@ class EdgeStore(VectorStore):
         request = qe.QueryRequest(
             limit=k, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32), using=vector_name),
             filter=edge_filter(filter), with_payload=True if with_payload else ["isic_id"],
-            with_vector=_with_vector(with_vectors))
+            with_vector=vector_selection(with_vectors))
         return self._run_query(request, with_payload)
 
     def prefetch_rescore(self, prefetch_name: str, prefetch_vector: np.ndarray, b: int,
@@ -227,7 +221,7 @@ class EdgeStore(VectorStore):
         request = qe.QueryRequest(
             limit=k, prefetches=[prefetch], filter=flt,
             query=qe.Query.Nearest(np.asarray(rescore_vector, dtype=np.float32), using=rescore_name),
-            with_payload=True if with_payload else ["isic_id"], with_vector=_with_vector(with_vectors))
+            with_payload=True if with_payload else ["isic_id"], with_vector=vector_selection(with_vectors))
         return self._run_query(request, with_payload)
 
     def retrieve(self, ids: Sequence[str], with_payload: bool = True,
@@ -235,8 +229,8 @@ class EdgeStore(VectorStore):
         if not ids:
             return []
         records = self._require_shard().retrieve(list(ids), with_payload=with_payload,
-                                                 with_vector=_with_vector(with_vectors))
-        found = {str(r.id): StorePoint(str(r.id), _vectors(r.vector) or {}, dict(r.payload or {}))
+                                                 with_vector=vector_selection(with_vectors))
+        found = {str(r.id): StorePoint(str(r.id), float32_vectors(r.vector) or {}, dict(r.payload or {}))
                  for r in records}
         return [found[i] for i in ids if i in found]
 
@@ -245,8 +239,8 @@ class EdgeStore(VectorStore):
                ) -> tuple[list[StorePoint], str | None]:
         records, next_offset = self._require_shard().scroll(qe.ScrollRequest(
             limit=limit, offset=offset, filter=edge_filter(filter), with_payload=with_payload,
-            with_vector=_with_vector(with_vectors)))
-        points = [StorePoint(str(r.id), _vectors(r.vector) or {}, dict(r.payload or {})) for r in records]
+            with_vector=vector_selection(with_vectors)))
+        points = [StorePoint(str(r.id), float32_vectors(r.vector) or {}, dict(r.payload or {})) for r in records]
         return points, None if next_offset is None else str(next_offset)
 
     def count(self, filter: SearchFilter | None = None) -> int:

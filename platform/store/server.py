@@ -24,6 +24,8 @@ from dermground.platform.store.base import (
     StorePoint,
     VectorSelection,
     VectorStore,
+    float32_vectors,
+    vector_selection,
 )
 from dermground.platform.store.schema import PAYLOAD_INDEXES
 
@@ -55,14 +57,6 @@ def server_filter(flt: SearchFilter | None) -> models.Filter | None:
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
-def _vectors(raw: object) -> dict[str, np.ndarray] | None:
-    if not raw:
-        return None
-    return {name: np.asarray(v, dtype=np.float32) for name, v in raw.items()}  # type: ignore[union-attr]
-
-
-def _with_vectors(selection: VectorSelection) -> bool | list[str]:
-    return selection if isinstance(selection, bool) else list(selection)
 
 
 class ServerStore(VectorStore):
@@ -175,7 +169,7 @@ class ServerStore(VectorStore):
         for p in scored:
             payload = dict(p.payload or {})
             hits.append(Hit(id=str(p.id), isic_id=payload.get("isic_id"), score=float(p.score),  # type: ignore[arg-type]
-                            payload=payload if with_payload else None, vectors=_vectors(p.vector)))
+                            payload=payload if with_payload else None, vectors=float32_vectors(p.vector)))
         return hits
 
     def query(self, vector_name: str, vector: np.ndarray, k: int, filter: SearchFilter | None = None,
@@ -185,7 +179,7 @@ class ServerStore(VectorStore):
         response = self._client.query_points(
             self.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=vector_name,
             query_filter=server_filter(filter), search_params=self._search_params, limit=k,
-            with_payload=True if with_payload else ["isic_id"], with_vectors=_with_vectors(with_vectors))
+            with_payload=True if with_payload else ["isic_id"], with_vectors=vector_selection(with_vectors))
         return self._hits(response.points, with_payload)
 
     def prefetch_rescore(self, prefetch_name: str, prefetch_vector: np.ndarray, b: int,
@@ -201,7 +195,7 @@ class ServerStore(VectorStore):
         response = self._client.query_points(
             self.collection, prefetch=prefetch, query=np.asarray(rescore_vector, dtype=np.float32).tolist(),
             using=rescore_name, query_filter=flt, search_params=self._search_params, limit=k,
-            with_payload=True if with_payload else ["isic_id"], with_vectors=_with_vectors(with_vectors))
+            with_payload=True if with_payload else ["isic_id"], with_vectors=vector_selection(with_vectors))
         return self._hits(response.points, with_payload)
 
     def retrieve(self, ids: Sequence[str], with_payload: bool = True,
@@ -209,8 +203,8 @@ class ServerStore(VectorStore):
         if not ids:
             return []
         records = self._client.retrieve(self.collection, ids=list(ids), with_payload=with_payload,
-                                        with_vectors=_with_vectors(with_vectors))
-        found = {str(r.id): StorePoint(str(r.id), _vectors(r.vector) or {}, dict(r.payload or {}))
+                                        with_vectors=vector_selection(with_vectors))
+        found = {str(r.id): StorePoint(str(r.id), float32_vectors(r.vector) or {}, dict(r.payload or {}))
                  for r in records}
         return [found[i] for i in ids if i in found]
 
@@ -219,8 +213,8 @@ class ServerStore(VectorStore):
                ) -> tuple[list[StorePoint], str | None]:
         records, next_offset = self._client.scroll(
             self.collection, scroll_filter=server_filter(filter), limit=limit, offset=offset,
-            with_payload=with_payload, with_vectors=_with_vectors(with_vectors))
-        points = [StorePoint(str(r.id), _vectors(r.vector) or {}, dict(r.payload or {})) for r in records]
+            with_payload=with_payload, with_vectors=vector_selection(with_vectors))
+        points = [StorePoint(str(r.id), float32_vectors(r.vector) or {}, dict(r.payload or {})) for r in records]
         return points, None if next_offset is None else str(next_offset)
 
     def count(self, filter: SearchFilter | None = None) -> int:
