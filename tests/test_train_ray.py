@@ -137,3 +137,16 @@ def test_eval_predict_on_missing_data_is_a_clear_error(tiny_model_dir, tmp_path)
     finally:
         use_settings(None)
     assert result.exit_code != 0 and "dermground synth" in result.output and "Traceback" not in result.output
+
+
+def test_two_workers_train_with_ddp(ray_session, small_data, tiny_model_dir, tmp_path):
+    """More than one worker: DDP over Ray Train's process group; each worker gets 1 of the 2 CPUs."""
+    from dermground.train.ray_train import train_adapter
+
+    out = tmp_path / "adapter_ddp"
+    result = train_adapter(small_data, tiny_model_dir, out, workers=2, cpus_per_worker=1, batch_size=4,
+                           lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, progress=False)
+    assert result.steps == 2
+    assert (out / "adapter_model.safetensors").is_file()
+    meta = json.loads((out / "dermground_adapter.json").read_text())
+    assert meta["hyperparameters"]["workers"] == 2
