@@ -180,6 +180,30 @@ def vector_selection(selection: VectorSelection) -> bool | list[str]:
     return selection if isinstance(selection, bool) else list(selection)
 
 
+# Both engines return records and scored points with .id, .payload, .vector (and .score).
+def store_point(record: object) -> StorePoint:
+    """An engine record as a StorePoint."""
+    return StorePoint(str(record.id), float32_vectors(record.vector) or {},  # type: ignore[attr-defined]
+                      dict(record.payload or {}))  # type: ignore[attr-defined]
+
+
+def in_requested_order(records: Sequence[object], ids: Sequence[str]) -> list[StorePoint]:
+    """Records as StorePoints in the order of `ids`; ids the engine did not return are skipped."""
+    found = {point.id: point for point in map(store_point, records)}
+    return [found[i] for i in ids if i in found]
+
+
+def scored_hits(scored: Sequence[object], with_payload: bool) -> list[Hit]:
+    """Engine scored points as Hits (isic_id always filled, payload only when asked for)."""
+    hits = []
+    for p in scored:
+        payload = dict(p.payload or {})  # type: ignore[attr-defined]
+        hits.append(Hit(id=str(p.id), isic_id=payload.get("isic_id"), score=float(p.score),  # type: ignore[attr-defined]
+                        payload=payload if with_payload else None,
+                        vectors=float32_vectors(p.vector)))  # type: ignore[attr-defined]
+    return hits
+
+
 class VectorStore(abc.ABC):
     """A collection of lesion points with named vectors. Use as a context manager."""
 

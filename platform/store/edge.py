@@ -33,7 +33,9 @@ from dermground.platform.store.base import (
     StorePoint,
     VectorSelection,
     VectorStore,
-    float32_vectors,
+    in_requested_order,
+    scored_hits,
+    store_point,
     vector_selection,
 )
 from dermground.platform.store.schema import PAYLOAD_INDEXES
@@ -182,17 +184,9 @@ class EdgeStore(VectorStore):
             self._update(qe.UpdateOperation.delete_points(list(ids)), "delete")
 
     # --- reads ---------------------------------------------------------------------------
-    def _hits(self, scored: list[qe.ScoredPoint], with_payload: bool) -> list[Hit]:
-        hits = []
-        for p in scored:
-            payload = dict(p.payload or {})
-            hits.append(Hit(id=str(p.id), isic_id=payload.get("isic_id"), score=float(p.score),  # type: ignore[arg-type]
-                            payload=payload if with_payload else None, vectors=float32_vectors(p.vector)))
-        return hits
-
     def _run_query(self, request: qe.QueryRequest, with_payload: bool) -> list[Hit]:
         try:
-            return self._hits(self._require_shard().query(request), with_payload)
+            return scored_hits(self._require_shard().query(request), with_payload)
         except StoreError:
             raise
         except Exception as exc:
@@ -230,9 +224,7 @@ class EdgeStore(VectorStore):
             return []
         records = self._require_shard().retrieve(list(ids), with_payload=with_payload,
                                                  with_vector=vector_selection(with_vectors))
-        found = {str(r.id): StorePoint(str(r.id), float32_vectors(r.vector) or {}, dict(r.payload or {}))
-                 for r in records}
-        return [found[i] for i in ids if i in found]
+        return in_requested_order(records, ids)
 
     def scroll(self, filter: SearchFilter | None = None, limit: int = 1000, offset: str | None = None,
                with_payload: bool = True, with_vectors: VectorSelection = False,
@@ -240,7 +232,7 @@ class EdgeStore(VectorStore):
         records, next_offset = self._require_shard().scroll(qe.ScrollRequest(
             limit=limit, offset=offset, filter=edge_filter(filter), with_payload=with_payload,
             with_vector=vector_selection(with_vectors)))
-        points = [StorePoint(str(r.id), float32_vectors(r.vector) or {}, dict(r.payload or {})) for r in records]
+        points = [store_point(r) for r in records]
         return points, None if next_offset is None else str(next_offset)
 
     def count(self, filter: SearchFilter | None = None) -> int:

@@ -24,7 +24,9 @@ from dermground.platform.store.base import (
     StorePoint,
     VectorSelection,
     VectorStore,
-    float32_vectors,
+    in_requested_order,
+    scored_hits,
+    store_point,
     vector_selection,
 )
 from dermground.platform.store.schema import PAYLOAD_INDEXES
@@ -164,14 +166,6 @@ class ServerStore(VectorStore):
             self._client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=wait)
 
     # --- reads ---------------------------------------------------------------------------
-    def _hits(self, scored: list[models.ScoredPoint], with_payload: bool) -> list[Hit]:
-        hits = []
-        for p in scored:
-            payload = dict(p.payload or {})
-            hits.append(Hit(id=str(p.id), isic_id=payload.get("isic_id"), score=float(p.score),  # type: ignore[arg-type]
-                            payload=payload if with_payload else None, vectors=float32_vectors(p.vector)))
-        return hits
-
     def query(self, vector_name: str, vector: np.ndarray, k: int, filter: SearchFilter | None = None,
               with_payload: bool = True, with_vectors: VectorSelection = False) -> list[Hit]:
         spec = self.require_spec()
@@ -180,7 +174,7 @@ class ServerStore(VectorStore):
             self.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=vector_name,
             query_filter=server_filter(filter), search_params=self._search_params, limit=k,
             with_payload=True if with_payload else ["isic_id"], with_vectors=vector_selection(with_vectors))
-        return self._hits(response.points, with_payload)
+        return scored_hits(response.points, with_payload)
 
     def prefetch_rescore(self, prefetch_name: str, prefetch_vector: np.ndarray, b: int,
                          rescore_name: str, rescore_vector: np.ndarray, k: int,
@@ -196,7 +190,7 @@ class ServerStore(VectorStore):
             self.collection, prefetch=prefetch, query=np.asarray(rescore_vector, dtype=np.float32).tolist(),
             using=rescore_name, query_filter=flt, search_params=self._search_params, limit=k,
             with_payload=True if with_payload else ["isic_id"], with_vectors=vector_selection(with_vectors))
-        return self._hits(response.points, with_payload)
+        return scored_hits(response.points, with_payload)
 
     def retrieve(self, ids: Sequence[str], with_payload: bool = True,
                  with_vectors: VectorSelection = False) -> list[StorePoint]:
@@ -204,9 +198,7 @@ class ServerStore(VectorStore):
             return []
         records = self._client.retrieve(self.collection, ids=list(ids), with_payload=with_payload,
                                         with_vectors=vector_selection(with_vectors))
-        found = {str(r.id): StorePoint(str(r.id), float32_vectors(r.vector) or {}, dict(r.payload or {}))
-                 for r in records}
-        return [found[i] for i in ids if i in found]
+        return in_requested_order(records, ids)
 
     def scroll(self, filter: SearchFilter | None = None, limit: int = 1000, offset: str | None = None,
                with_payload: bool = True, with_vectors: VectorSelection = False,
@@ -214,7 +206,7 @@ class ServerStore(VectorStore):
         records, next_offset = self._client.scroll(
             self.collection, scroll_filter=server_filter(filter), limit=limit, offset=offset,
             with_payload=with_payload, with_vectors=vector_selection(with_vectors))
-        points = [StorePoint(str(r.id), float32_vectors(r.vector) or {}, dict(r.payload or {})) for r in records]
+        points = [store_point(r) for r in records]
         return points, None if next_offset is None else str(next_offset)
 
     def count(self, filter: SearchFilter | None = None) -> int:
