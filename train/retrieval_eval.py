@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,11 @@ class _Population:
     query_ids: list[str]
     query_values: dict[str, np.ndarray]  # attribute -> (n_queries,)
     image_refs: dict[str, str]
+
+    @cached_property
+    def train_row(self) -> dict[str, int]:
+        """isic_id -> its row in train_ids / train_values (built once, used for every method)."""
+        return {isic_id: i for i, isic_id in enumerate(self.train_ids)}
 
 
 def _population(store: VectorStore, queries: int | None, seed: int) -> _Population:
@@ -68,9 +74,8 @@ def _hit_ids(store: VectorStore, settings: Settings, mode: SearchMode, query_id:
 
 
 def _values_of(ids: list[list[str]], population: _Population, attribute: str) -> np.ndarray:
-    index = {isic_id: i for i, isic_id in enumerate(population.train_ids)}
-    column = population.train_values[attribute]
-    return np.array([[column[index[i]] for i in row] for row in ids])
+    rows = np.array([[population.train_row[i] for i in row] for row in ids])
+    return population.train_values[attribute][rows]
 
 
 def _baseline_hits(population: _Population, k: int, progress: bool) -> list[list[str]]:
