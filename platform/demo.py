@@ -87,12 +87,16 @@ def plan_stages(home: Path, size: DemoSize) -> list[Stage]:
     ]
 
 
-def serve_command(home: Path, size: DemoSize, port: int) -> list[str]:
+def cli_command(home: Path, args: list[str]) -> list[str]:
+    """`dermground --home HOME ARGS...` in a child process of this interpreter."""
+    return [sys.executable, "-m", "dermground", "--home", str(home), *args]
+
+
+def serve_command(home: Path, port: int) -> list[str]:
     """The final step: serve the tuned collection with its model on loopback."""
     models = home / "models"
-    return [sys.executable, "-m", "dermground", "--home", str(home), "serve", "--host", "127.0.0.1",
-            "--port", str(port), "--collection", TUNED, "--model", str(models / "base"),
-            "--adapter", str(models / "adapter")]
+    return cli_command(home, ["serve", "--host", "127.0.0.1", "--port", str(port), "--collection", TUNED,
+                              "--model", str(models / "base"), "--adapter", str(models / "adapter")])
 
 
 def _marker(home: Path, stage: Stage) -> Path:
@@ -115,7 +119,7 @@ def run_stages(home: Path, stages: list[Stage], echo: Callable[[str], None] = pr
             for stale in stage.stale_when_upstream_changes:
                 shutil.rmtree(stale, ignore_errors=True)
             marker.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "dermground", "--home", str(home), *stage.args]
+        command = cli_command(home, stage.args)
         echo(f"[demo] {stage.name}: {' '.join(command[2:])}")
         started = time.perf_counter()
         result = subprocess.run(command)

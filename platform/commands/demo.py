@@ -36,6 +36,6 @@ def demo(small: bool, force: bool, serve: bool, port: int) -> None:
     if serve:
         click.echo(f"[demo] serving the viewer at http://127.0.0.1:{port}/ (API docs at /docs); Ctrl-C stops it")
         try:
-            subprocess.run(serve_command(home, size, port))
+            subprocess.run(serve_command(home, port))
         except KeyboardInterrupt:
             pass
