@@ -35,7 +35,7 @@ from dermground.ingest.writer import (
 )
 from dermground.platform.catalog import Catalog
 from dermground.platform.settings import Settings
-from dermground.platform.store import CollectionSpec, PayloadError, open_store
+from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, open_store, point_id
 
 Split = Literal["train", "test", "all"]
 # Images per Ray Data execution: bounds the driver's memory (records and vectors of a wave) while
@@ -188,7 +188,8 @@ def _run(data_dir: Path, options: IngestOptions, model_dir: Path, adapter_dir: P
 
         total = count_records(data_dir)
     bar = tqdm(total=total, unit="img", desc=f"ingest {writer.collection}", disable=not progress, smoothing=0.1)
-    pending = _skip_committed(partition_records(stream, options.partition_size), committed, summary, bar)
+    pending = _skip_committed(partition_records(stream, options.partition_size), committed, writer.store, summary,
+                              bar)
     try:
         for wave in _waves(pending, WAVE_IMAGES):
             _run_wave(wave, options, model_dir, adapter_dir, fingerprint, settings, ray_address, writer,
@@ -198,15 +199,25 @@ def _run(data_dir: Path, options: IngestOptions, model_dir: Path, adapter_dir: P
         bar.close()
 
 
-def _skip_committed(partitions: Iterable[Partition], committed: dict[str, int], summary: IngestSummary,
-                    bar: object) -> Iterator[Partition]:
+def _skip_committed(partitions: Iterable[Partition], committed: dict[str, int], store: VectorStore,
+                    summary: IngestSummary, bar: object) -> Iterator[Partition]:
     for partition in partitions:
-        if partition.partition_id in committed:
+        if partition.partition_id in committed and _store_holds(store, partition, committed[partition.partition_id]):
             summary.skipped += committed[partition.partition_id]
             summary.partitions_skipped += 1
             bar.update(len(partition))  # type: ignore[attr-defined]
             continue
         yield partition
+
+
+def _store_holds(store: VectorStore, partition: Partition, n_points: int) -> bool:
+    """Whether the store still has the points the ledger says this partition committed.
+
+    The ledger lives in the catalog and the points in the store: a collection folder deleted or
+    restored from an older snapshot behind the catalog's back must be re-ingested, not skipped.
+    """
+    ids = [point_id(r.isic_id) for r in partition.records]
+    return len(store.retrieve(ids, with_payload=False)) >= n_points
 
 
 def _run_wave(wave: list[Partition], options: IngestOptions, model_dir: Path, adapter_dir: Path | None,

@@ -37,31 +37,49 @@ def predict_attributes(
     suffix_batch: int = 64,
 ) -> list[dict[str, Prediction]]:
     """For each image, {attribute name: Prediction}; all 16 attributes when None."""
+    attrs = selected_attributes(attributes)
+    answers = answer_questions(backbone, images, [a.question for a in attrs], max_new_tokens, batch_size, suffix_batch)
+    results: list[dict[str, Prediction]] = []
+    for row in answers:
+        parsed = {}
+        for a, raw in zip(attrs, row):
+            value = a.parse_value(raw)
+            parsed[a.name] = Prediction(value=value, raw=raw, ok=value is not None)
+        results.append(parsed)
+    return results
+
+
+def answer_questions(
+    backbone: Backbone,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 4,
+    suffix_batch: int = 64,
+) -> list[list[str]]:
+    """Greedy answer text of every image to every question, [image][question], unparsed."""
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
-    attrs = selected_attributes(attributes)
-    suffixes = dict(zip((a.name for a in attrs), tokenize_suffixes(backbone, [a.question for a in attrs])))
+    suffixes = tokenize_suffixes(backbone, list(questions))
     stop_ids = _stop_token_ids(backbone)
-    results: list[dict[str, Prediction]] = [{} for _ in images]
+    results: list[list[str]] = [[""] * len(questions) for _ in images]
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             state = encode_prefix(backbone, chunk)
-            pairs = [(i, a) for i in range(len(chunk)) for a in attrs]
+            pairs = [(i, q) for i in range(len(chunk)) for q in range(len(questions))]
             for row_start in range(0, len(pairs), suffix_batch):
                 rows = pairs[row_start : row_start + suffix_batch]
                 generated = _greedy(backbone, state, rows, suffixes, stop_ids, max_new_tokens)
-                for (i, a), tokens in zip(rows, generated):
-                    raw = backbone.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                    value = a.parse_value(raw)
-                    results[start + i][a.name] = Prediction(value=value, raw=raw, ok=value is not None)
+                for (i, q), tokens in zip(rows, generated):
+                    results[start + i][q] = backbone.tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return results
 
 
 def _greedy(backbone: Backbone, state, rows, suffixes, stop_ids: set[int], max_new_tokens: int) -> list[list[int]]:  # noqa: ANN001
-    """Greedy tokens per row, up to (not including) the first stop token."""
+    """Greedy tokens per (image, question index) row, up to (not including) the first stop token."""
     lm_head = backbone.core.lm_head
-    hidden, suffix_state = run_suffixes(backbone, state, [i for i, _ in rows], [suffixes[a.name] for _, a in rows])
+    hidden, suffix_state = run_suffixes(backbone, state, [i for i, _ in rows], [suffixes[q] for _, q in rows])
     tokens: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
     for step_index in range(max_new_tokens):

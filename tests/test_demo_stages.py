@@ -12,7 +12,9 @@ from dermground.platform.demo import SMALL, Stage, plan_stages, run_stages
 def test_plan_covers_the_whole_pipeline(tmp_path: Path) -> None:
     names = [s.name for s in plan_stages(tmp_path, SMALL)]
     assert names == ["init-model", "synth", "pretrain", "train", "eval-predict", "ingest-tuned",
-                     "ingest-untuned", "check", "eval-retrieval"]
+                     "ingest-untuned", "check", "check-untuned", "eval-retrieval"]
+    assert {s.name for s in plan_stages(tmp_path, SMALL) if s.idempotent} == {
+        "ingest-tuned", "ingest-untuned", "check", "check-untuned"}
 
 
 def test_second_run_reuses_and_upstream_change_reruns_downstream(tmp_path: Path) -> None:
@@ -29,7 +31,34 @@ def test_second_run_reuses_and_upstream_change_reruns_downstream(tmp_path: Path)
     assert not stale.exists(), "a stage rerun after an upstream change starts from scratch"
 
 
+def test_a_changed_command_reruns_the_stage_and_everything_after(tmp_path: Path) -> None:
+    stale = tmp_path / "stale-folder"
+    first = Stage("first", ["attributes"], [])
+    second = Stage("second", ["attributes", "--json"], [], stale_when_upstream_changes=[stale])
+    assert run_stages(tmp_path, [first, second], echo=lambda _: None) == ["first", "second"]
+    stale.mkdir()
+    changed = Stage("first", ["attributes", "--json"], [])  # a new demo setting for the first stage
+    assert run_stages(tmp_path, [changed, second], echo=lambda _: None) == ["first", "second"]
+    assert not stale.exists()
+    (tmp_path / "demo" / "stages" / "first.json").write_text("not json")  # a torn marker is not trusted
+    assert run_stages(tmp_path, [changed, second], echo=lambda _: None) == ["first", "second"]
+
+
 def test_a_failing_stage_says_how_to_resume(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="run `make demo` again"):
         run_stages(tmp_path, [Stage("bad", ["synth", "--out", str(tmp_path / "d"), "--images", "0"])],
                    echo=lambda _: None)
+
+
+def test_an_idempotent_stage_runs_every_time_without_making_later_stages_stale(tmp_path: Path) -> None:
+    stale = tmp_path / "stale-folder"
+    stages = [Stage("first", ["attributes"], []),
+              Stage("repairable", ["attributes", "--json"], [], idempotent=True),
+              Stage("last", ["attributes"], [], stale_when_upstream_changes=[stale])]
+    assert run_stages(tmp_path, stages, echo=lambda _: None) == ["first", "repairable", "last"]
+    stale.mkdir()
+    assert run_stages(tmp_path, stages, echo=lambda _: None) == ["repairable"]
+    assert stale.exists()
+    (tmp_path / "demo" / "stages" / "repairable.json").unlink()  # it failed half-way last time
+    assert run_stages(tmp_path, stages, echo=lambda _: None) == ["repairable", "last"]
+    assert not stale.exists(), "after a repairable stage that had not finished, later results are stale"

@@ -174,6 +174,21 @@ def test_a_recreated_collection_for_another_model_ignores_the_old_ledger(
     assert report.store_points == N_IMAGES
 
 
+def test_a_collection_deleted_behind_the_catalog_is_ingested_again_not_skipped(
+        dataset, ingested_home, tiny_model_dir, tmp_path):
+    import shutil
+
+    home = _copy_of(ingested_home, tmp_path)
+    shutil.rmtree(_settings(home).store_dir / "lesions")  # same model; the ledger still says "committed"
+    summary = ingest_dataset(dataset, "lesions", _settings(home), model_dir=tiny_model_dir, split="all",
+                             partition_size=PARTITION, batch_size=4, progress=False)
+    assert (summary.ingested, summary.skipped) == (N_IMAGES, 0), "a ledger without its points must not count"
+    assert check_collection(_settings(home), "lesions").ok
+    again = ingest_dataset(dataset, "lesions", _settings(home), model_dir=tiny_model_dir, split="all",
+                           partition_size=PARTITION, batch_size=4, progress=False)
+    assert (again.ingested, again.skipped) == (0, N_IMAGES), "an intact collection is still skipped"
+
+
 def test_check_finds_a_deleted_point_and_a_point_missing_a_vector(dataset, ingested_home, tmp_path):
     from dermground.platform.cli import cli
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
 from dermground.platform.model.prompts import build_prompt
-from dermground.platform.predict import Prediction, predict_attributes
+from dermground.platform.predict import Prediction, answer_questions, predict_attributes
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,15 @@ def test_new_tokens_are_bounded(tiny_backbone, images):
     assert short == tiny_backbone.tokenizer.decode(output[:2], skip_special_tokens=True).strip()
     with pytest.raises(ValueError):
         predict_attributes(tiny_backbone, images[:1], max_new_tokens=0)
+
+
+def test_free_questions_answer_like_generate_in_image_then_question_order(tiny_backbone, images):
+    questions = ["What is the mean brightness of the image?", get_attribute("A").question]
+    answers = answer_questions(tiny_backbone, images[:2], questions, max_new_tokens=5, batch_size=1, suffix_batch=3)
+    assert len(answers) == 2 and all(len(row) == 2 for row in answers)
+    for i, image in enumerate(images[:2]):
+        for j, question in enumerate(questions):
+            inputs = tiny_backbone.processor(text=[build_prompt(question)], images=[image], return_tensors="pt")
+            output = tiny_backbone.model.generate(**inputs, max_new_tokens=5, do_sample=False)
+            assert answers[i][j] == tiny_backbone.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:],
+                                                                   skip_special_tokens=True).strip(), (i, j)
