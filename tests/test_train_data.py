@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
@@ -103,6 +104,66 @@ def test_collator_labels_only_the_answer_and_end_token(tiny_backbone):
     # the loss runs and is finite on the real model
     loss = tiny_backbone.core(**batch).loss
     assert np.isfinite(float(loss))
+
+
+def test_collator_batch_is_exactly_the_processors_batch(tiny_backbone):
+    # encode-then-pad (what the training loop caches) must give what the processor gives for the
+    # whole batch at once, padding included
+    from dermground.platform.model.prompts import build_training_text
+
+    collate = AnswerOnlyCollator(tiny_backbone.processor)
+    images = [Image.new("RGB", (112, 112), (180, 120, 100)), Image.new("RGB", (96, 96), (20, 60, 200))]
+    examples = [(images[0], get_attribute("areaMM2").question, "123.4"),
+                (images[1], get_attribute("norm_border").question, "-7.25"),
+                (images[0], get_attribute("A").question, "1.5")]
+    batch = collate(examples)
+    reference = tiny_backbone.processor(text=[build_training_text(q, a) for _, q, a in examples],
+                                        images=[im for im, _, _ in examples], padding=True, return_tensors="pt")
+    assert set(reference) <= set(batch)
+    for name in reference:
+        assert torch.equal(batch[name], reference[name]), name
+    assert (batch["attention_mask"] == 0).any()  # rows of different lengths: padding was exercised
+
+
+def test_answer_window_keeps_the_loss_and_drops_the_prompt_logits(tiny_backbone):
+    from dermground.train.collator import answer_window
+
+    collate = AnswerOnlyCollator(tiny_backbone.processor)
+    image = Image.new("RGB", (112, 112), (150, 90, 60))
+    batch = collate([(image, get_attribute("areaMM2").question, "12.3"),
+                     (image, get_attribute("deltaB").question, "-17.25")])
+    windowed = answer_window(batch)
+    longest = int((batch["labels"] != IGNORE_INDEX).sum(dim=1).max())
+    assert windowed["logits_to_keep"] == longest + 1
+    assert windowed["labels"].shape[1] == longest + 1 < batch["labels"].shape[1]
+    with torch.no_grad():
+        full = tiny_backbone.core(**batch)
+        kept = tiny_backbone.core(**windowed)
+    assert kept.logits.shape[1] == longest + 1
+    assert float(kept.loss) == pytest.approx(float(full.loss), rel=1e-5)
+    with pytest.raises(ValueError, match="no labelled tokens"):
+        answer_window({**batch, "labels": torch.full_like(batch["labels"], IGNORE_INDEX)})
+
+
+def test_example_cache_shares_patches_and_keeps_to_its_budget(tiny_backbone, synth_data):
+    from dermground.train.dataset import build_training_set
+    from dermground.train.loop import ExampleCache
+
+    collate = AnswerOnlyCollator(tiny_backbone.processor)
+    tuples = list(build_training_set(synth_data, w=5, seed=0).tuples)
+    same_image = [i for i, t in enumerate(tuples) if t.image_ref == tuples[0].image_ref]
+    assert len(same_image) == 5
+    cache = ExampleCache(collate, budget_bytes=2**30)
+    first, second = (cache.get(i, tuples[i]) for i in same_image[:2])
+    assert first.pixel_values is second.pixel_values  # one copy of the image's patches
+    assert cache.get(same_image[0], tuples[same_image[0]]) is first  # a hit, not a re-encode
+    one_example = first.nbytes
+    small = ExampleCache(collate, budget_bytes=one_example)
+    kept = small.get(0, tuples[0])
+    later = small.get(5, tuples[5])  # another image: over the budget, encoded but not kept
+    assert small.used_bytes <= one_example
+    assert small.get(5, tuples[5]) is not later and small.get(0, tuples[0]) is kept
+    assert torch.equal(small.get(5, tuples[5]).labels, later.labels)
 
 
 def test_lora_trains_vision_and_decoder(tiny_model_dir):
