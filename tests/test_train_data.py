@@ -200,3 +200,16 @@ def test_image_statistics_follow_the_pixels():
     assert dark["mean_brightness"] < stats["mean_brightness"]
     # none of the pre-training questions is one of the 16 attribute questions
     assert not {s.question for s in STATISTICS} & {get_attribute(n).question for n in ATTRIBUTE_NAMES}
+
+
+def test_r2_chart_marks_cut_bars(tmp_path):
+    from dermground.train.evaluate import AttributeScore, plot_r2
+
+    def red_pixels(r2_values: list[float]) -> int:
+        scores = {name: AttributeScore(r2=v, parse_rate=1.0, n=10) for name, v in zip(ATTRIBUTE_NAMES, r2_values)}
+        path = plot_r2(scores, tmp_path / f"chart{len(list(tmp_path.iterdir()))}.png", "test")
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int((np.abs(pixels - (0xC4, 0x4E, 0x52)).sum(axis=2) < 30).sum())
+
+    assert red_pixels([0.5] * 16) == 0
+    assert red_pixels([0.5] * 15 + [-0.98]) > 50  # the cut bar (and its legend patch) are drawn red

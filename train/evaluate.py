@@ -18,6 +18,7 @@ from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
 
 PREDICTION_FILE = "prediction.json"
 FIGURE_FILE = "prediction_r2.png"
+CLIP_R2 = -0.1  # the bar chart's floor
 
 
 @dataclass(frozen=True)
@@ -58,16 +59,27 @@ def plot_r2(scores: dict[str, AttributeScore], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(scores)
-    values = [max(scores[n].r2, -0.1) if np.isfinite(scores[n].r2) else 0.0 for n in names]
+    # Bars stop at CLIP_R2 so one -5 does not squash the chart; those bars are hatched, and every
+    # label prints the true value.
+    values = [max(scores[n].r2, CLIP_R2) if np.isfinite(scores[n].r2) else 0.0 for n in names]
+    clipped = [np.isfinite(scores[n].r2) and scores[n].r2 < CLIP_R2 for n in names]
     fig, ax = plt.subplots(figsize=(10, 4.2), dpi=120)
-    bars = ax.bar(range(len(names)), values, color="#4C72B0")
+    bars = ax.bar(range(len(names)), values, color=["#C44E52" if c else "#4C72B0" for c in clipped])
+    for bar, cut in zip(bars, clipped):
+        if cut:
+            bar.set_hatch("//")
+    if any(clipped):
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(facecolor="#C44E52", hatch="//", label=f"R² below {CLIP_R2} (bar cut; label = value)")],
+                  fontsize=7, loc="upper right", framealpha=1.0)
     for bar, name in zip(bars, names):
         r2 = scores[name].r2
         ax.text(bar.get_x() + bar.get_width() / 2, max(bar.get_height(), 0) + 0.01,
                 "n/a" if not np.isfinite(r2) else f"{r2:.2f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("R² (test split)")
-    ax.set_ylim(min(0.0, min(values)) - 0.02, 1.05)
+    ax.set_ylim(min(0.0, min(values)) - 0.02, 1.22 if any(clipped) else 1.05)  # room for the legend above 1
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
