@@ -164,6 +164,11 @@ def test_example_cache_shares_patches_and_keeps_to_its_budget(tiny_backbone, syn
     assert small.used_bytes <= one_example
     assert small.get(5, tuples[5]) is not later and small.get(0, tuples[0]) is kept
     assert torch.equal(small.get(5, tuples[5]).labels, later.labels)
+    # the CLI's --cache-mb default is the loop's (the CLI keeps torch out of `--help`, so it repeats it)
+    from dermground.platform.commands.train import train
+    from dermground.train.loop import DEFAULT_CACHE_MB
+
+    assert next(p for p in train.params if p.name == "cache_mb").default == DEFAULT_CACHE_MB
 
 
 def test_lora_trains_vision_and_decoder(tiny_model_dir):

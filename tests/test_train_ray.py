@@ -25,13 +25,17 @@ def small_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(ray_session, small_data, tiny_model_dir, tmp_path_factory):
-    """Two runs of the same configuration: 2 steps, then (re-run) up to 4 steps."""
+    """Two runs of the same configuration: 2 steps, then (re-run) up to 4 steps.
+
+    The re-run keeps no encoded examples (cache_mb=0): the cache is speed only, so it must still
+    resume the same run, on the path that re-encodes every step.
+    """
     from dermground.train.ray_train import train_adapter
 
     out = tmp_path_factory.mktemp("adapter") / "adapter"
     kwargs = dict(batch_size=4, lr=5e-3, checkpoint_every=1, seed=0, progress=False, cpus_per_worker=2)
     first = train_adapter(small_data, tiny_model_dir, out, max_steps=2, **kwargs)
-    second = train_adapter(small_data, tiny_model_dir, out, max_steps=4, **kwargs)
+    second = train_adapter(small_data, tiny_model_dir, out, max_steps=4, cache_mb=0, **kwargs)
     return out, first, second
 
 

@@ -50,10 +50,14 @@ def run_name(identity: dict) -> str:
 
 
 def fit(rows: list[dict], base_dir: Path, storage: Path, hyper: dict, *, mode: str, workers: int, use_gpu: bool,
-        cpus_per_worker: int | None, ray_address: str | None, progress: bool, desc: str) -> tuple[dict, Path]:
+        cpus_per_worker: int | None, ray_address: str | None, progress: bool, desc: str,
+        cache_mb: int | None = None) -> tuple[dict, Path]:
     """Run train_loop_per_worker under a TorchTrainer; returns (final state, folder of the final weights).
 
     The returned folder is a local copy (under `storage`/_final) of the last checkpoint's weights.
+    `cache_mb` bounds each worker's cache of encoded examples (train.loop.ExampleCache; default
+    DEFAULT_CACHE_MB); it changes speed and memory, not the result, so it is not part of the run's
+    identity and a resumed run may use another value.
     """
     import torch
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -61,7 +65,7 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, hyper: dict, *, mode: s
     from ray.util.queue import Empty, Queue
 
     from dermground.platform.ray_runtime import ensure_ray
-    from dermground.train.loop import FINAL_DIR, STATE_FILE, train_loop_per_worker
+    from dermground.train.loop import DEFAULT_CACHE_MB, FINAL_DIR, STATE_FILE, train_loop_per_worker
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -69,9 +73,11 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, hyper: dict, *, mode: s
     ensure_ray(ray_address)
     queue = Queue(actor_options={"num_cpus": 0})
     config = {**hyper, "mode": mode, "base_dir": str(Path(base_dir).resolve()), "rows": rows,
-              "threads": cpus, "use_gpu": use_gpu, "progress_queue": queue}
+              "threads": cpus, "use_gpu": use_gpu, "progress_queue": queue,
+              "cache_mb": DEFAULT_CACHE_MB if cache_mb is None else cache_mb}
     identity = {k: v for k, v in config.items() if k not in ("max_steps", "progress_queue", "rows", "threads",
-                                                               "use_gpu", "checkpoint_every", "report_every")}
+                                                               "use_gpu", "checkpoint_every", "report_every",
+                                                               "cache_mb")}
     identity["rows"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     storage = Path(storage).resolve()
     trainer = TorchTrainer(
@@ -146,6 +152,7 @@ def train_adapter(
     max_images: int | None = None,
     ray_address: str | None = None,
     progress: bool = True,
+    cache_mb: int | None = None,
 ) -> TrainResult:
     """LoRA-tune a Qwen2-VL checkpoint on D_tr of `data_dir`; writes the adapter and its metadata to `out_dir`."""
     from dermground.platform.model.fingerprint import fingerprint
@@ -169,7 +176,7 @@ def train_adapter(
     loop_hyper = {k: v for k, v in hyper.items() if k not in ("w", "multi_attribute", "workers", "use_gpu")}
     state, final = fit(tuples_to_rows(training_set.tuples), base, out / CHECKPOINT_FOLDER, loop_hyper, mode="lora",
                        workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
-                       ray_address=ray_address, progress=progress, desc="train")
+                       ray_address=ray_address, progress=progress, desc="train", cache_mb=cache_mb)
     for item in final.iterdir():
         shutil.copy2(item, out / item.name)
     shutil.rmtree(final)

@@ -78,6 +78,12 @@ def _values_of(ids: list[list[str]], population: _Population, attribute: str) ->
     return population.train_values[attribute][rows]
 
 
+def _bars_off(progress: bool) -> bool | None:
+    """tqdm's `disable`: off when asked, and (None) off when stderr is not a terminal: ~100 short
+    bars, one per method and attribute, would otherwise fill a log with carriage returns."""
+    return True if not progress else None
+
+
 def _baseline_hits(population: _Population, k: int, progress: bool) -> list[list[str]]:
     from tqdm import tqdm
 
@@ -86,7 +92,7 @@ def _baseline_hits(population: _Population, k: int, progress: bool) -> list[list
 
     def embed(ids: list[str], label: str) -> np.ndarray:
         return np.stack([baseline_embedding(decode_image(load_image_bytes(population.image_refs[i])))
-                         for i in tqdm(ids, desc=f"baseline {label}", disable=not progress, leave=False)])
+                         for i in tqdm(ids, desc=f"baseline {label}", disable=_bars_off(progress), leave=False)])
 
     train, query = embed(population.train_ids, "train"), embed(population.query_ids, "queries")
     top = np.argsort(-(query @ train.T), axis=1)[:, :k]
@@ -118,7 +124,7 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
 
         def per_query(mode: SearchMode, label: str, attrs: tuple[str, ...], on: VectorStore) -> list[list[str]]:
             return [_hit_ids(on, settings, mode, q, attrs, k, b)
-                    for q in tqdm(population.query_ids, desc=label, disable=not progress, leave=False)]
+                    for q in tqdm(population.query_ids, desc=label, disable=_bars_off(progress), leave=False)]
 
         for method, mode in (("image_text", SearchMode.image_text), ("hierarchical", SearchMode.hierarchical)):
             if method in methods:
