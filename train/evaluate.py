@@ -130,7 +130,8 @@ def evaluate_predictions(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / PREDICTION_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    label = "base model" if adapter_dir is None else f"adapter {Path(adapter_dir).name}"
+    # parent/name: demo adapters are all called "adapter"; the folder above tells them apart
+    label = "base model" if adapter_dir is None else f"adapter {Path(adapter_dir).parent.name}/{Path(adapter_dir).name}"
     finite = [s.r2 for s in scores.values() if np.isfinite(s.r2)]
     plot_r2(scores, out / FIGURE_FILE,
             f"Test-split R² per attribute ({label}, {len(records)} images, median "
