@@ -125,6 +125,20 @@ def test_collator_batch_is_exactly_the_processors_batch(tiny_backbone):
     assert (batch["attention_mask"] == 0).any()  # rows of different lengths: padding was exercised
 
 
+def test_encoding_with_known_patches_equals_the_processor_path(tiny_backbone):
+    # the W questions of one image reuse its patches and only tokenise: the rows must not differ
+    collate = AnswerOnlyCollator(tiny_backbone.processor)
+    image = Image.new("RGB", (128, 128), (170, 110, 90))
+    first = collate.encode(image, get_attribute("areaMM2").question, "12.3")
+    for name, answer in (("deltaB", "-7.25"), ("norm_border", "4.56")):
+        slow = collate.encode(image, get_attribute(name).question, answer)
+        fast = collate.encode_text(get_attribute(name).question, answer, first.pixel_values, first.image_grid_thw)
+        assert fast.tokens.keys() == slow.tokens.keys()
+        for key in slow.tokens:
+            assert fast.tokens[key].dtype == slow.tokens[key].dtype and torch.equal(fast.tokens[key], slow.tokens[key]), key
+        assert torch.equal(fast.labels, slow.labels) and fast.pixel_values is first.pixel_values
+
+
 def test_answer_window_keeps_the_loss_and_drops_the_prompt_logits(tiny_backbone):
     from dermground.train.collator import answer_window
 
@@ -156,6 +170,8 @@ def test_example_cache_shares_patches_and_keeps_to_its_budget(tiny_backbone, syn
     cache = ExampleCache(collate, budget_bytes=2**30)
     first, second = (cache.get(i, tuples[i]) for i in same_image[:2])
     assert first.pixel_values is second.pixel_values  # one copy of the image's patches
+    reference = collate.encode(*_tuple_inputs(tuples[same_image[1]]))
+    assert torch.equal(second.tokens["input_ids"], reference.tokens["input_ids"])  # the tokenise-only path
     assert cache.get(same_image[0], tuples[same_image[0]]) is first  # a hit, not a re-encode
     one_example = first.nbytes
     small = ExampleCache(collate, budget_bytes=one_example)
@@ -218,3 +234,9 @@ def test_r2_chart_marks_cut_bars(tmp_path):
 
     assert red_pixels([0.5] * 16) == 0
     assert red_pixels([0.5] * 15 + [-0.98]) > 50  # the cut bar (and its legend patch) are drawn red
+
+
+def _tuple_inputs(item):
+    from dermground.ingest.reader import decode_image, load_image_bytes
+
+    return decode_image(load_image_bytes(item.image_ref)), item.question, item.answer

@@ -61,21 +61,43 @@ class AnswerOnlyCollator:
         """Run the processor on one example and mask its labels (the cacheable half of a batch)."""
         image = image if image.mode == "RGB" else image.convert("RGB")
         out = self.processor(text=[build_training_text(question, answer)], images=[image], return_tensors="pt")
-        input_ids = out["input_ids"][0]
         ids = self.answer_ids(answer)
-        if input_ids[-len(ids):].tolist() != ids:
+        tokens = {name: out[name][0] for name in _TOKEN_FIELDS if name in out}
+        return self._with_labels(tokens, ids, out["pixel_values"], out["image_grid_thw"][0])
+
+    def encode_text(self, question: str, answer: str, pixel_values: torch.Tensor,
+                    image_grid_thw: torch.Tensor) -> EncodedExample:
+        """`encode` for an image whose patches are already known: tokenisation only, no image work.
+
+        The W questions of one image share its patches; redoing the processor for each cost ~1.6 ms
+        an example in the first epoch. The result equals `encode`'s (tested): the image token is
+        expanded to the grid's merged-patch count, as the processor does, and typed 1.
+        """
+        merge = getattr(self.processor.image_processor, "merge_size", 2)
+        count = int(image_grid_thw.prod()) // merge**2
+        token = self.processor.image_token
+        text = build_training_text(question, answer).replace(token, token * count)
+        input_ids = self.tokenizer(text, return_tensors="pt")["input_ids"][0]
+        tokens = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        if "mm_token_type_ids" in self.processor.model_input_names:
+            tokens["mm_token_type_ids"] = (input_ids == self.processor.image_token_id).to(input_ids.dtype)
+        return self._with_labels(tokens, self.answer_ids(answer), pixel_values, image_grid_thw)
+
+    def _with_labels(self, tokens: dict[str, torch.Tensor], answer_ids: list[int], pixel_values: torch.Tensor,
+                     image_grid_thw: torch.Tensor) -> EncodedExample:
+        input_ids = tokens["input_ids"]
+        if input_ids[-len(answer_ids):].tolist() != answer_ids:
             # The prompt/answer boundary tokenised differently from the answer alone: refuse
             # rather than train on a shifted mask.
-            raise ValueError(f"answer {answer!r} does not tokenise the same inside the prompt "
-                             f"({input_ids[-len(ids):].tolist()} vs {ids}); check the tokenizer's pre-tokenizer")
+            raise ValueError(f"the answer does not tokenise the same inside the prompt "
+                             f"({input_ids[-len(answer_ids):].tolist()} vs {answer_ids}); "
+                             "check the tokenizer's pre-tokenizer")
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        labels[-len(ids):] = input_ids[-len(ids):]
-        tokens = {name: out[name][0] for name in _TOKEN_FIELDS if name in out}
+        labels[-len(answer_ids):] = input_ids[-len(answer_ids):]
         if "mm_token_type_ids" in tokens:
             # Answer tokens are text (type 0); the processor already sets this, asserted for safety.
             assert not tokens["mm_token_type_ids"][labels != IGNORE_INDEX].any()
-        return EncodedExample(tokens=tokens, labels=labels, pixel_values=out["pixel_values"],
-                              image_grid_thw=out["image_grid_thw"][0])
+        return EncodedExample(tokens=tokens, labels=labels, pixel_values=pixel_values, image_grid_thw=image_grid_thw)
 
     def pad(self, rows: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
         """Left-pad encoded rows into one batch (pad id, attention 0, token type 0, label -100)."""

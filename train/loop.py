@@ -14,7 +14,6 @@ import math
 import random
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,23 +62,24 @@ class ExampleCache:
         self._collate = collate
         self._budget = budget_bytes
         self._examples: dict[int, Any] = {}
-        self._pixels: dict[str, torch.Tensor] = {}
+        self._pixels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # image_ref -> (patches, grid)
         self.used_bytes = 0
 
     def get(self, index: int, item) -> Any:  # noqa: ANN001 - a TrainingTuple; returns an EncodedExample
         cached = self._examples.get(index)
         if cached is not None:
             return cached
-        from dermground.ingest.reader import decode_image, load_image_bytes
-
-        encoded = self._collate.encode(decode_image(load_image_bytes(item.image_ref)), item.question, item.answer)
         shared = self._pixels.get(item.image_ref)
-        if shared is not None and shared.shape == encoded.pixel_values.shape:
-            encoded = replace(encoded, pixel_values=shared)
+        if shared is not None:  # another question of a kept image: tokenise only
+            encoded = self._collate.encode_text(item.question, item.answer, *shared)
+        else:
+            from dermground.ingest.reader import decode_image, load_image_bytes
+
+            encoded = self._collate.encode(decode_image(load_image_bytes(item.image_ref)), item.question, item.answer)
         size = encoded.nbytes - (encoded.pixel_values.nbytes if shared is not None else 0)
         if self.used_bytes + size <= self._budget:
             self._examples[index] = encoded
-            self._pixels.setdefault(item.image_ref, encoded.pixel_values)
+            self._pixels.setdefault(item.image_ref, (encoded.pixel_values, encoded.image_grid_thw))
             self.used_bytes += size
         return encoded
 
