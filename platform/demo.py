@@ -33,8 +33,8 @@ class DemoSize:
 FULL = DemoSize(patients=120, images=2400, image_px=128, model_px=112,
                 pretrain_args=("--epochs", "2", "--max-steps", "1400", "--lr", "1e-3"),
                 # rank 32 / alpha 64: median R² 0.42 vs 0.35 at rank 8 on the same base; no LoRA dropout
-                # (the model underfits: train-split R² = test-split R²) and 22 epochs, which the
-                # cached training loop fits in the 20 training minutes (docs/EVALUATION.md).
+                # (its masks cost 17% of a step) and 22 epochs, which the cached training loop fits in
+                # the 20 training minutes; 14 -> 22 epochs: R² 0.57 -> 0.65 (docs/EVALUATION.md).
                 train_args=("--epochs", "22", "--lr", "1e-3", "--warmup-steps", "30", "--train-lm-head",
                             "--rank", "32", "--alpha", "64", "--dropout", "0"))
 SMALL = DemoSize(patients=24, images=240, image_px=128, model_px=112,
