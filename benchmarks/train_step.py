@@ -50,9 +50,8 @@ def main() -> None:
     from dermground.ingest.reader import decode_image, load_image_bytes
 
     warmup = 10
-    batches = [list(range(s * args.batch_size % (len(tuples) - args.batch_size),
-                          s * args.batch_size % (len(tuples) - args.batch_size) + args.batch_size))
-               for s in range(warmup + args.steps)]
+    offsets = [s * args.batch_size % (len(tuples) - args.batch_size) for s in range(warmup + args.steps)]
+    batches = [list(range(offset, offset + args.batch_size)) for offset in offsets]
 
     # Both sides start warm: the old loop kept decoded images, the new one keeps encoded examples.
     used = sorted({i for indices in batches for i in indices})

@@ -53,7 +53,7 @@ class ExampleCache:
     """Encoded training examples by tuple index, up to a memory budget.
 
     The processor's work on an example (decode, resize, normalise, patchify, tokenise) is the
-    same in every epoch: ~13 of a ~100 ms tiny-model step when redone each time. Patches are
+    same in every epoch: ~27 of a ~100 ms tiny-model step when redone each time (2 threads). Patches are
     shared by the W examples of one image. Past the budget new examples are encoded on every use
     instead of kept (a real data set does not fit in memory; the demo's takes ~0.6 GB).
     """
