@@ -46,7 +46,8 @@ TABLES: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("collection", pa.string()), ("isic_id", pa.string()),
         ("split", pa.string()), ("model_fingerprint", pa.string()), ("adapter", pa.string()),
         ("attribute", pa.string()), ("value", pa.float64()), ("raw", pa.string()), ("ok", pa.bool_()),
-        ("written_at", _TS)),
+        # spread / samples: std and count of the parsed sampled answers (NULL / 0 for greedy runs)
+        ("spread", pa.float64()), ("samples", pa.int64()), ("written_at", _TS)),
     "ingest_runs": _schema(
         ("run_id", pa.string()), ("collection", pa.string()), ("fingerprint", pa.string()),
         ("source", pa.string()), ("split", pa.string()), ("status", pa.string()),

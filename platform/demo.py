@@ -81,7 +81,7 @@ def plan_stages(home: Path, size: DemoSize) -> list[Stage]:
                         *size.train_args, "--seed", seed], [adapter / "adapter_config.json"],
               stale_when_upstream_changes=[adapter]),
         Stage("eval-predict", ["eval", "predict", "--data", str(data), "--model", str(base),
-                               "--adapter", str(adapter), "--out", str(evals / "predict")],
+                               "--adapter", str(adapter), "--out", str(evals / "predict"), "--samples", "16"],
               [evals / "predict" / "prediction.json"]),
         Stage("ingest-tuned", ["ingest", "--data", str(data), "--collection", TUNED, "--model", str(base),
                                "--adapter", str(adapter), "--split", "all", *INGEST_ARGS],

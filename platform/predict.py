@@ -1,31 +1,52 @@
 """Attribute prediction: the model's answer to each question, parsed strictly into a number.
 
-Greedy decoding continues from the shared image prefix (the image is encoded once for all
-questions), with a bound on new tokens. Junk answers come back as missing with their raw text.
+Decoding continues from the shared image prefix (the image is encoded once for all questions),
+with a bound on new tokens. Junk answers come back as missing with their raw text.
+
+Two estimates of the number (the paper does not say how it decodes):
+- greedy (`samples=0`): the most likely token at each step. For a number written digit by digit
+  this is not the most likely *value*: an uncertain model commits to one leading digit and the
+  answer jumps between images, which costs far more squared error than the uncertainty itself.
+- sampled mean (`samples=K`): K answers sampled from the model's own distribution, parsed, and
+  averaged: the model's expected value, the estimate with the least squared error when the model
+  is calibrated. The spread of the K answers is reported as an uncertainty. Sampling uses noise
+  keyed by (seed, question, sample, step), never by batch position, so an image gets the same
+  answer whatever batch it is in and whichever other questions are asked with it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from dermground.platform.attributes import Attribute
 from dermground.platform.embed import selected_attributes
 from dermground.platform.model.loading import Backbone
 from dermground.platform.model.shared_prefix import encode_prefix, run_suffixes, step, tokenize_suffixes
 
 DEFAULT_MAX_NEW_TOKENS = 10  # the longest answer, "-40.00", is 6 digit/sign tokens + <|im_end|>
+MAX_SAMPLES = 256  # the predict_samples setting's default, 16, is measured in docs/EVALUATION.md
+SAMPLING_TOP_K = 64  # tokens considered per sampling step: digits, sign, point and end all fit
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One answer: the parsed value (None when unparseable or out of range), the raw text, ok flag."""
+    """One answer: the parsed value (None when unparseable or out of range), the raw text, ok flag.
+
+    `raw` is always the greedy answer. With sampling, `value` is the mean of the `samples` sampled
+    answers that parsed (None when fewer than half did) and `spread` their standard deviation.
+    """
 
     value: float | None
     raw: str
     ok: bool
+    spread: float | None = None
+    samples: int = 0
 
 
 def predict_attributes(
@@ -35,18 +56,46 @@ def predict_attributes(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 4,
     suffix_batch: int = 64,
+    samples: int = 0,
+    seed: int = 0,
+    temperature: float = 1.0,
 ) -> list[dict[str, Prediction]]:
-    """For each image, {attribute name: Prediction}; all 16 attributes when None."""
+    """For each image, {attribute name: Prediction}; all 16 attributes when None.
+
+    `samples=0` gives the greedy answer's value; `samples=K` the mean of K sampled answers (see
+    the module docstring), with the greedy answer kept as `raw`.
+    """
     attrs = selected_attributes(attributes)
-    answers = answer_questions(backbone, images, [a.question for a in attrs], max_new_tokens, batch_size, suffix_batch)
+    questions = [a.question for a in attrs]
+    answers = answer_questions(backbone, images, questions, max_new_tokens, batch_size, suffix_batch)
+    drawn = (sample_answers(backbone, images, questions, samples, seed=seed, temperature=temperature,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size, suffix_batch=suffix_batch)
+             if samples else None)
     results: list[dict[str, Prediction]] = []
-    for row in answers:
+    for i, row in enumerate(answers):
         parsed = {}
-        for a, raw in zip(attrs, row):
-            value = a.parse_value(raw)
-            parsed[a.name] = Prediction(value=value, raw=raw, ok=value is not None)
+        for q, (a, raw) in enumerate(zip(attrs, row)):
+            if drawn is None:
+                value = a.parse_value(raw)
+                parsed[a.name] = Prediction(value=value, raw=raw, ok=value is not None)
+                continue
+            parsed[a.name] = summarise_samples(a, raw, drawn[i][q])
         results.append(parsed)
     return results
+
+
+def summarise_samples(attribute: Attribute, raw: str, texts: Sequence[str]) -> Prediction:
+    """The Prediction from sampled answer texts: mean and spread of those that parse.
+
+    Most samples must parse (at least half): a mean of the few numbers among junk would hide a
+    confused model, so that counts as unparsed (value None) like a junk greedy answer.
+    """
+    values = [v for v in (attribute.parse_value(text) for text in texts) if v is not None]
+    if not values or 2 * len(values) < len(texts):
+        return Prediction(value=None, raw=raw, ok=False, spread=None, samples=len(values))
+    mean = math.fsum(values) / len(values)
+    spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+    return Prediction(value=mean, raw=raw, ok=True, spread=spread, samples=len(values))
 
 
 def answer_questions(
@@ -74,6 +123,80 @@ def answer_questions(
                 for (i, q), tokens in zip(rows, generated):
                     results[start + i][q] = backbone.tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return results
+
+
+def sample_answers(
+    backbone: Backbone,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    samples: int,
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 4,
+    suffix_batch: int = 64,
+) -> list[list[list[str]]]:
+    """`samples` sampled answer texts of every image to every question, [image][question][sample].
+
+    Tokens are drawn from the model's distribution (softmax of logits / temperature, restricted to
+    the SAMPLING_TOP_K most likely tokens) by the Gumbel-max trick with noise that depends only on
+    (seed, question text, sample, step): reproducible, and independent of batching.
+    """
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise ValueError(f"samples must be between 1 and {MAX_SAMPLES}, got {samples}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    suffixes = tokenize_suffixes(backbone, list(questions))
+    stop_ids = _stop_token_ids(backbone)
+    top_k = min(SAMPLING_TOP_K, backbone.core.lm_head.out_features)
+    noise = torch.stack([_gumbel_noise(seed, q, samples, max_new_tokens, top_k) for q in questions])
+    results: list[list[list[str]]] = [[[""] * samples for _ in questions] for _ in images]
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            state = encode_prefix(backbone, chunk)
+            rows = [(i, q, k) for i in range(len(chunk)) for q in range(len(questions)) for k in range(samples)]
+            for row_start in range(0, len(rows), suffix_batch):
+                part = rows[row_start : row_start + suffix_batch]
+                row_noise = noise[[q for _, q, _ in part], [k for _, _, k in part]].to(backbone.device)  # [r, steps, top_k]
+                generated = _sampled(backbone, state, part, suffixes, stop_ids, max_new_tokens, row_noise, temperature)
+                for (i, q, k), tokens in zip(part, generated):
+                    results[start + i][q][k] = backbone.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return results
+
+
+def _gumbel_noise(seed: int, question: str, samples: int, steps: int, top_k: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise [samples, steps, top_k] for one question, from a generator keyed by its text."""
+    key = int.from_bytes(hashlib.sha256(f"{seed}\0{question}".encode()).digest()[:8], "little")
+    uniform = torch.rand((samples, steps, top_k), generator=torch.Generator().manual_seed(key), dtype=torch.float64)
+    return -torch.log(-torch.log(uniform.clamp(1e-12, 1.0 - 1e-12))).float()
+
+
+def _sampled(backbone: Backbone, state, rows, suffixes, stop_ids: set[int], max_new_tokens: int,  # noqa: ANN001
+             noise: torch.Tensor, temperature: float) -> list[list[int]]:
+    """Sampled tokens per (image, question, sample) row, up to the first stop token; noise [r, steps, k]."""
+    lm_head = backbone.core.lm_head
+    hidden, suffix_state = run_suffixes(backbone, state, [i for i, _, _ in rows], [suffixes[q] for _, q, _ in rows])
+    tokens: list[list[int]] = [[] for _ in rows]
+    done = [False] * len(rows)
+    for step_index in range(max_new_tokens):
+        logits, candidates = lm_head(hidden).float().topk(noise.shape[-1], dim=-1)  # sorted, most likely first
+        choice = (logits / temperature + noise[:, step_index]).argmax(dim=-1, keepdim=True)
+        next_tokens = candidates.gather(1, choice).squeeze(1)
+        for r, token in enumerate(next_tokens.tolist()):
+            if done[r]:
+                continue
+            if token in stop_ids:
+                done[r] = True
+            else:
+                tokens[r].append(token)
+        if all(done) or step_index == max_new_tokens - 1:
+            break
+        hidden = step(backbone, suffix_state, next_tokens)
+    return tokens
 
 
 def _greedy(backbone: Backbone, state, rows, suffixes, stop_ids: set[int], max_new_tokens: int) -> list[list[int]]:  # noqa: ANN001

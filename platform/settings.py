@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_b: int = Field(2000, ge=1)
     sql_max_rows: int = Field(10_000, ge=1)
     sql_timeout_s: float = Field(10.0, gt=0)
+    # Sampled answers per question behind a numeric prediction (API and `eval predict`); the value
+    # is their mean (platform/predict.py). 0: the greedy answer, one decoding pass instead of 1 + K.
+    predict_samples: int = Field(16, ge=0, le=256)
 
     @field_validator("home", mode="after")
     @classmethod

@@ -1,14 +1,22 @@
-"""Attribute prediction: greedy answers from the shared prefix, parsed strictly, never a crash."""
+"""Attribute prediction: greedy and sampled answers from the shared prefix, parsed strictly, never a crash."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
 from dermground.platform.model.prompts import build_prompt
-from dermground.platform.predict import Prediction, answer_questions, predict_attributes
+from dermground.platform.predict import (
+    SAMPLING_TOP_K,
+    Prediction,
+    answer_questions,
+    predict_attributes,
+    sample_answers,
+    summarise_samples,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +74,70 @@ def test_free_questions_answer_like_generate_in_image_then_question_order(tiny_b
             output = tiny_backbone.model.generate(**inputs, max_new_tokens=5, do_sample=False)
             assert answers[i][j] == tiny_backbone.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:],
                                                                    skip_special_tokens=True).strip(), (i, j)
+
+
+# --- sampled-mean decoding -------------------------------------------------------------------------
+def test_sampled_answers_do_not_depend_on_batching_or_the_other_questions(tiny_backbone, images):
+    questions = [get_attribute(n).question for n in ("areaMM2", "B", "norm_border")]
+    together = sample_answers(tiny_backbone, images, questions, 6, seed=3, max_new_tokens=4, batch_size=3,
+                              suffix_batch=64)
+    apart = sample_answers(tiny_backbone, images[2:], questions[1:2], 6, seed=3, max_new_tokens=4, batch_size=1,
+                           suffix_batch=5)
+    assert apart[0][0] == together[2][1]
+    again = sample_answers(tiny_backbone, images, questions, 6, seed=3, max_new_tokens=4, batch_size=2)
+    assert again == together
+    other_seed = sample_answers(tiny_backbone, images, questions, 6, seed=4, max_new_tokens=4, batch_size=3)
+    assert other_seed != together
+    # samples differ from one another (it is sampling, not greedy repeated)
+    assert any(len(set(per_question)) > 1 for row in together for per_question in row)
+
+
+def test_sampling_follows_the_models_first_token_distribution(tiny_backbone, images):
+    question = get_attribute("A").question
+    inputs = tiny_backbone.processor(text=[build_prompt(question)], images=images[:1], return_tensors="pt")
+    with torch.inference_mode():
+        logits = tiny_backbone.model(**inputs).logits[0, -1].float()
+    # sampling draws from the softmax renormalised over the SAMPLING_TOP_K most likely tokens
+    values, candidates = logits.topk(SAMPLING_TOP_K)
+    probs = torch.softmax(values, dim=-1)
+    n = 256
+    drawn = sample_answers(tiny_backbone, images[:1], [question], n, seed=0, max_new_tokens=1)[0][0]
+    texts = [tiny_backbone.tokenizer.decode([int(t)], skip_special_tokens=True).strip() for t in candidates]
+    assert set(drawn) <= set(texts)
+    top = texts[0]
+    p = float(probs[[i for i, t in enumerate(texts) if t == top]].sum())
+    assert 0.05 < p < 0.95, p  # a random model: the check below is not trivially 0 or n
+    hits = sum(text == top for text in drawn)
+    assert abs(hits - n * p) <= 4 * (n * p * (1 - p)) ** 0.5, (hits, n * p)
+    # a near-zero temperature is greedy
+    cold = sample_answers(tiny_backbone, images[:1], [question], 4, temperature=1e-4, max_new_tokens=5)[0][0]
+    greedy = answer_questions(tiny_backbone, images[:1], [question], max_new_tokens=5)[0][0]
+    assert cold == [greedy] * 4
+
+
+def test_sampled_prediction_is_the_mean_of_its_parsed_samples(tiny_backbone, images):
+    names = ["areaMM2", "deltaB"]
+    predictions = predict_attributes(tiny_backbone, images[:2], attributes=names, max_new_tokens=6, samples=8, seed=1)
+    drawn = sample_answers(tiny_backbone, images[:2], [get_attribute(n).question for n in names], 8, seed=1,
+                           max_new_tokens=6)
+    greedy = answer_questions(tiny_backbone, images[:2], [get_attribute(n).question for n in names], max_new_tokens=6)
+    for i in range(2):
+        for q, name in enumerate(names):
+            assert predictions[i][name] == summarise_samples(get_attribute(name), greedy[i][q], drawn[i][q])
+
+
+def test_summarise_samples_mean_spread_and_the_majority_rule():
+    area = get_attribute("areaMM2")
+    p = summarise_samples(area, "12.0", ["10.0", "14.0", "junk", "12.0"])
+    assert p.ok and p.value == pytest.approx(12.0) and p.samples == 3
+    assert p.spread == pytest.approx((8 / 3) ** 0.5)
+    assert p.raw == "12.0"  # the greedy text is kept for display
+    few = summarise_samples(area, "12.0", ["10.0", "junk", "junk", "?"])
+    assert not few.ok and few.value is None and few.samples == 1
+    assert not summarise_samples(area, "", []).ok
+
+
+def test_sampling_rejects_bad_settings(tiny_backbone, images):
+    for kwargs in ({"samples": 0}, {"samples": 10_000}, {"samples": 2, "temperature": 0.0}):
+        with pytest.raises(ValueError):
+            sample_answers(tiny_backbone, images[:1], ["q"], **kwargs)

@@ -126,6 +126,23 @@ def test_eval_predict_cli_writes_json_figure_and_catalog(trained, small_data, ti
     rows = catalog.connect().execute(
         "SELECT attribute, metric, value FROM evaluations WHERE kind = 'attribute_prediction'").fetchall()
     assert len(rows) == 32 and {r[1] for r in rows} == {"r2", "parse_rate"}
+    # the default decoding: the mean of 16 sampled answers, with the greedy answers scored beside it
+    greedy = json.loads((out / "prediction_greedy.json").read_text())
+    assert list(greedy) == list(ATTRIBUTE_NAMES) and all(row["n"] == n_test for row in greedy.values())
+    (most, unparsed_with_value) = catalog.connect().execute(
+        "SELECT max(samples), count(*) FILTER (WHERE NOT ok AND value IS NOT NULL) FROM predictions").fetchone()
+    assert most <= 16 and unparsed_with_value == 0
+    (details,) = catalog.connect().execute("SELECT any_value(details) FROM evaluations").fetchone()
+    assert json.loads(details)["decoding"] == "mean of 16 samples"
+    try:  # a greedy run into the same folder drops the sampled run's greedy sidecar
+        result = CliRunner().invoke(cli, ["--home", str(home), "eval", "predict", "--data", str(small_data),
+                                          "--model", str(tiny_model_dir), "--adapter", str(out_adapter),
+                                          "--out", str(out), "--samples", "0", "--max-images", "2", "--no-catalog"])
+    finally:
+        use_settings(None)
+    assert result.exit_code == 0, result.output
+    assert not (out / "prediction_greedy.json").exists()
+    assert all(row["n"] == 2 for row in json.loads((out / "prediction.json").read_text()).values())
 
 
 def test_eval_predict_on_missing_data_is_a_clear_error(tiny_model_dir, tmp_path):

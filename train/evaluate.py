@@ -1,7 +1,11 @@
 """Attribute prediction on the test split (paper §4.2, Figure 2): R² per attribute and a bar chart.
 
-Every test-split image gets all 16 questions (greedy answers, strictly parsed). R² is computed
-on the parsed answers; an unparsed answer counts against the parse rate, not the R².
+Every test-split image gets all 16 questions (answers strictly parsed). The prediction is the
+mean of K sampled answers (`samples`, default 16; the model's expected value, see
+platform/predict.py) or, with samples=0, the greedy answer. R² is computed on the parsed
+answers; an unparsed answer counts against the parse rate, not the R². With sampling the greedy
+answers are scored too (`prediction_greedy.json`, same format): the paper does not say how it
+decodes, and the two differ most where the model is unsure.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
 
 PREDICTION_FILE = "prediction.json"
+GREEDY_PREDICTION_FILE = "prediction_greedy.json"
 FIGURE_FILE = "prediction_r2.png"
 CLIP_R2 = -0.1  # the bar chart's floor
 
@@ -99,6 +104,8 @@ def evaluate_predictions(
     attributes: Sequence[str] | None = None,
     max_images: int | None = None,
     batch_size: int = 8,
+    samples: int = 16,
+    seed: int = 0,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
@@ -107,7 +114,7 @@ def evaluate_predictions(
 
     from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.model.loading import load_backbone
-    from dermground.platform.predict import predict_attributes
+    from dermground.platform.predict import Prediction, predict_attributes
 
     names = list(attributes or ATTRIBUTE_NAMES)
     for name in names:
@@ -122,29 +129,43 @@ def evaluate_predictions(
     with tqdm(total=len(records), unit="img", desc="predict", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
-            predictions += predict_attributes(backbone, [r.load_image() for r in chunk], names, batch_size=batch_size)
+            predictions += predict_attributes(backbone, [r.load_image() for r in chunk], names, batch_size=batch_size,
+                                              suffix_batch=256, samples=samples, seed=seed)
             bar.update(len(chunk))
-    scores = score_predictions([r.attributes for r in records], predictions, names)
-    report = {n: {"r2": s.r2, "parse_rate": s.parse_rate, "n": s.n} for n, s in scores.items()}
+    truth = [r.attributes for r in records]
+    scores = score_predictions(truth, predictions, names)
+    report = _report(scores)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / PREDICTION_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    if samples:
+        greedy = [{n: Prediction(value=(v := get_attribute(n).parse_value(p[n].raw)), raw=p[n].raw, ok=v is not None)
+                   for n in names} for p in predictions]
+        (out / GREEDY_PREDICTION_FILE).write_text(json.dumps(_report(score_predictions(truth, greedy, names)),
+                                                             indent=2) + "\n")
+    elif (out / GREEDY_PREDICTION_FILE).exists():  # a greedy run: a sidecar from an earlier sampled run would mislead
+        (out / GREEDY_PREDICTION_FILE).unlink()
     # parent/name: demo adapters are all called "adapter"; the folder above tells them apart
     label = "base model" if adapter_dir is None else f"adapter {Path(adapter_dir).parent.name}/{Path(adapter_dir).name}"
+    decoding = f"mean of {samples} samples" if samples else "greedy"
     finite = [s.r2 for s in scores.values() if np.isfinite(s.r2)]
     plot_r2(scores, out / FIGURE_FILE,
-            f"Test-split R² per attribute ({label}, {len(records)} images, median "
+            f"Test-split R² per attribute ({label}, {decoding}, {len(records)} images, median "
             f"{np.median(finite) if finite else float('nan'):.2f})")
 
     if catalog_dir is not None:
         _write_catalog(Path(catalog_dir), records, predictions, scores, names, backbone.fingerprint,
-                       str(adapter_dir) if adapter_dir is not None else "", collection, label)
+                       str(adapter_dir) if adapter_dir is not None else "", collection, label, decoding)
     return report
 
 
+def _report(scores: dict[str, AttributeScore]) -> dict[str, dict[str, float]]:
+    return {n: {"r2": s.r2, "parse_rate": s.parse_rate, "n": s.n} for n, s in scores.items()}
+
+
 def _write_catalog(catalog_dir: Path, records, predictions, scores, names, fingerprint: str, adapter: str,  # noqa: ANN001
-                   collection: str, label: str) -> str:
+                   collection: str, label: str, decoding: str) -> str:
     from dermground.platform.catalog import Catalog
 
     run_id = f"eval-predict-{uuid.uuid4().hex[:12]}"
@@ -152,11 +173,12 @@ def _write_catalog(catalog_dir: Path, records, predictions, scores, names, finge
     rows = [
         {"run_id": run_id, "collection": collection, "isic_id": r.isic_id, "split": r.split,
          "model_fingerprint": fingerprint, "adapter": adapter, "attribute": name,
-         "value": p[name].value, "raw": p[name].raw, "ok": p[name].ok}
+         "value": p[name].value, "raw": p[name].raw, "ok": p[name].ok, "spread": p[name].spread,
+         "samples": p[name].samples}
         for r, p in zip(records, predictions) for name in names
     ]
     catalog.append("predictions", rows)
-    details = json.dumps({"fingerprint": fingerprint, "adapter": adapter, "model": label})
+    details = json.dumps({"fingerprint": fingerprint, "adapter": adapter, "model": label, "decoding": decoding})
     summary = [
         {"run_id": run_id, "kind": "attribute_prediction", "method": label, "attribute": name, "metric": metric,
          "value": getattr(scores[name], metric), "n": scores[name].n, "details": details}

@@ -147,12 +147,15 @@ def predict(request: Request, file: Annotated[UploadFile, File(description="the 
     image = _read_upload(request, file)
     started = time.perf_counter()
     try:
-        answers = request.app.state.embedder.run(lambda embedder: predict_attributes(embedder.backbone, [image])[0])
+        samples = _settings(request).predict_samples
+        answers = request.app.state.embedder.run(
+            lambda embedder: predict_attributes(embedder.backbone, [image], samples=samples, seed=_settings(request).seed)[0])
     except ModelUnavailableError as exc:
         raise HTTPException(503, detail=str(exc)) from None
     return schemas.PredictResult(
         answers=[schemas.Answer(name=name, label=get_attribute(name).label, unit=get_attribute(name).unit,
-                                value=p.value, raw=p.raw, ok=p.ok) for name, p in answers.items()],
+                                value=p.value, raw=p.raw, ok=p.ok, spread=p.spread, samples=p.samples)
+                 for name, p in answers.items()],
         seconds=time.perf_counter() - started)
 
 

@@ -129,9 +129,11 @@ class Answer(BaseModel):
     name: str
     label: str
     unit: str
-    value: float | None
-    raw: str
+    value: float | None  # the mean of the sampled answers (or the greedy answer's value)
+    raw: str  # the greedy answer's text
     ok: bool
+    spread: float | None = None  # standard deviation of the sampled answers: the model's uncertainty
+    samples: int = 0  # sampled answers that parsed
 
 
 class PredictResult(BaseModel):

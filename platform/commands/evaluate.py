@@ -25,9 +25,14 @@ def evaluate() -> None:
               help="Folder for prediction.json and the R² bar chart.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N test images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
+@click.option("--samples", type=click.IntRange(min=0, max=256), default=None,
+              help="Sampled answers per question; the prediction is their mean (the model's expected value). "
+                   "0: the greedy answer. With samples, prediction_greedy.json scores the greedy answers too. "
+                   "[default: the predict_samples setting, 16]")
+@click.option("--seed", type=int, default=None, help="Seed of the sampling noise [default: the seed setting].")
 @click.option("--no-catalog", is_flag=True, help="Do not write predictions/evaluations into the catalog.")
 def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, out_dir: Path, max_images: int | None,
-            batch_size: int, no_catalog: bool) -> None:
+            batch_size: int, samples: int | None, seed: int | None, no_catalog: bool) -> None:
     """Predict all 16 attributes for every test image; R² per attribute, parse rate, bar chart."""
     import statistics
 
@@ -39,7 +44,9 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
         report = evaluate_predictions(
             data_dir, model_dir or settings.base_model_dir, adapter_dir, out_dir,
             catalog_dir=None if no_catalog else settings.catalog_dir, collection=settings.collection,
-            max_images=max_images, batch_size=batch_size, device=settings.device, progress=True)
+            max_images=max_images, batch_size=batch_size, samples=settings.predict_samples if samples is None else samples,
+            seed=settings.seed if seed is None else seed, device=settings.device,
+            progress=True)
     except BackboneError as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
