@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -179,34 +179,32 @@ def _sampled(backbone: Backbone, state, rows, suffixes, stop_ids: set[int], max_
              noise: torch.Tensor, temperature: float) -> list[list[int]]:
     """Sampled tokens per (image, question, sample) row, up to the first stop token; noise [r, steps, k]."""
     lm_head = backbone.core.lm_head
-    hidden, suffix_state = run_suffixes(backbone, state, [i for i, _, _ in rows], [suffixes[q] for _, q, _ in rows])
-    tokens: list[list[int]] = [[] for _ in rows]
-    done = [False] * len(rows)
-    for step_index in range(max_new_tokens):
+
+    def choose(hidden: torch.Tensor, step_index: int) -> torch.Tensor:
         logits, candidates = lm_head(hidden).float().topk(noise.shape[-1], dim=-1)  # sorted, most likely first
         choice = (logits / temperature + noise[:, step_index]).argmax(dim=-1, keepdim=True)
-        next_tokens = candidates.gather(1, choice).squeeze(1)
-        for r, token in enumerate(next_tokens.tolist()):
-            if done[r]:
-                continue
-            if token in stop_ids:
-                done[r] = True
-            else:
-                tokens[r].append(token)
-        if all(done) or step_index == max_new_tokens - 1:
-            break
-        hidden = step(backbone, suffix_state, next_tokens)
-    return tokens
+        return candidates.gather(1, choice).squeeze(1)
+
+    return _decode(backbone, state, [i for i, _, _ in rows], [suffixes[q] for _, q, _ in rows], stop_ids,
+                   max_new_tokens, choose)
 
 
 def _greedy(backbone: Backbone, state, rows, suffixes, stop_ids: set[int], max_new_tokens: int) -> list[list[int]]:  # noqa: ANN001
     """Greedy tokens per (image, question index) row, up to (not including) the first stop token."""
     lm_head = backbone.core.lm_head
-    hidden, suffix_state = run_suffixes(backbone, state, [i for i, _ in rows], [suffixes[q] for _, q in rows])
-    tokens: list[list[int]] = [[] for _ in rows]
-    done = [False] * len(rows)
+    return _decode(backbone, state, [i for i, _ in rows], [suffixes[q] for _, q in rows], stop_ids, max_new_tokens,
+                   lambda hidden, _step: lm_head(hidden).argmax(dim=-1))
+
+
+def _decode(backbone: Backbone, state, image_rows: list[int], row_suffixes: list[list[int]],  # noqa: ANN001
+            stop_ids: set[int], max_new_tokens: int,
+            choose: Callable[[torch.Tensor, int], torch.Tensor]) -> list[list[int]]:
+    """Decode every row from its prefix + suffix; `choose(hidden, step)` picks each row's next token."""
+    hidden, suffix_state = run_suffixes(backbone, state, image_rows, row_suffixes)
+    tokens: list[list[int]] = [[] for _ in image_rows]
+    done = [False] * len(image_rows)
     for step_index in range(max_new_tokens):
-        next_tokens = lm_head(hidden).argmax(dim=-1)
+        next_tokens = choose(hidden, step_index)
         for r, token in enumerate(next_tokens.tolist()):
             if done[r]:
                 continue
