@@ -3,6 +3,8 @@ upload a query image, search, see the top-k with attribute values; a screenshot 
 
 from __future__ import annotations
 
+import re
+
 import socket
 import threading
 import time
@@ -93,6 +95,11 @@ def test_upload_search_shows_the_top_k_with_values(page, server, search_collecti
     assert f"{query.attributes['areaMM2']:.1f}" in first  # the hit's own area value is shown
     assert "results" in page.inner_text("#status")
     assert page.outside_requests == []  # type: ignore[attr-defined]
+    # an uploaded query has no stored values: the model's prediction is shown, with its spread
+    # (the random tiny model may not produce a number, which the viewer says instead)
+    shown = page.inner_text("#query")
+    assert "uploaded image" in shown
+    assert "no numeric answer from the model" in shown or re.search(r"± [0-9.]+ \(predicted\)", shown), shown
 
     shot = tmp_path / "viewer.png"
     page.screenshot(path=str(shot), full_page=True)
