@@ -28,9 +28,9 @@ from dermground.platform.attributes import Attribute
 from dermground.platform.embed import selected_attributes
 from dermground.platform.model.loading import Backbone
 from dermground.platform.model.shared_prefix import encode_prefix, run_suffixes, step, tokenize_suffixes
+from dermground.platform.settings import MAX_PREDICT_SAMPLES
 
 DEFAULT_MAX_NEW_TOKENS = 10  # the longest answer, "-40.00", is 6 digit/sign tokens + <|im_end|>
-MAX_SAMPLES = 256  # the predict_samples setting's default, 16, is measured in docs/EVALUATION.md
 SAMPLING_TOP_K = 64  # tokens considered per sampling step: digits, sign, point and end all fit
 
 
@@ -143,8 +143,8 @@ def sample_answers(
     the SAMPLING_TOP_K most likely tokens) by the Gumbel-max trick with noise that depends only on
     (seed, question text, sample, step): reproducible, and independent of batching.
     """
-    if not 1 <= samples <= MAX_SAMPLES:
-        raise ValueError(f"samples must be between 1 and {MAX_SAMPLES}, got {samples}")
+    if not 1 <= samples <= MAX_PREDICT_SAMPLES:
+        raise ValueError(f"samples must be between 1 and {MAX_PREDICT_SAMPLES}, got {samples}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if max_new_tokens < 1:

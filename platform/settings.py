@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "DERMGROUND_"
+MAX_PREDICT_SAMPLES = 256  # sampled answers per question (platform/predict.py): bounds a request's cost
 
 
 class SettingsError(ValueError):
@@ -64,7 +65,7 @@ class Settings(BaseSettings):
     sql_timeout_s: float = Field(10.0, gt=0)
     # Sampled answers per question behind a numeric prediction (API and `eval predict`); the value
     # is their mean (platform/predict.py). 0: the greedy answer, one decoding pass instead of 1 + K.
-    predict_samples: int = Field(16, ge=0, le=256)
+    predict_samples: int = Field(16, ge=0, le=MAX_PREDICT_SAMPLES)
 
     @field_validator("home", mode="after")
     @classmethod

@@ -38,7 +38,8 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("DERMGROUND_API_PORT", "not-a-port"), ("DERMGROUND_DEVICE", "tpu"),
-     ("DERMGROUND_COLLECTION", "no spaces allowed"), ("DERMGROUND_QDRANT_SHARDS", "0")],
+     ("DERMGROUND_COLLECTION", "no spaces allowed"), ("DERMGROUND_QDRANT_SHARDS", "0"),
+     ("DERMGROUND_PREDICT_SAMPLES", "-1"), ("DERMGROUND_PREDICT_SAMPLES", "100000")],
 )
 def test_invalid_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import current_settings
+from dermground.platform.settings import MAX_PREDICT_SAMPLES
 
 
 @click.group("eval")
@@ -25,7 +26,7 @@ def evaluate() -> None:
               help="Folder for prediction.json and the R² bar chart.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N test images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
-@click.option("--samples", type=click.IntRange(min=0, max=256), default=None,
+@click.option("--samples", type=click.IntRange(min=0, max=MAX_PREDICT_SAMPLES), default=None,
               help="Sampled answers per question; the prediction is their mean (the model's expected value). "
                    "0: the greedy answer. With samples, prediction_greedy.json scores the greedy answers too. "
                    "[default: the predict_samples setting, 16]")
