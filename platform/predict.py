@@ -66,22 +66,18 @@ def predict_attributes(
     the module docstring), with the greedy answer kept as `raw`.
     """
     attrs = selected_attributes(attributes)
-    questions = [a.question for a in attrs]
-    answers = answer_questions(backbone, images, questions, max_new_tokens, batch_size, suffix_batch)
-    drawn = (sample_answers(backbone, images, questions, samples, seed=seed, temperature=temperature,
-                            max_new_tokens=max_new_tokens, batch_size=batch_size, suffix_batch=suffix_batch)
-             if samples else None)
-    results: list[dict[str, Prediction]] = []
-    for i, row in enumerate(answers):
-        parsed = {}
-        for q, (a, raw) in enumerate(zip(attrs, row)):
-            if drawn is None:
-                value = a.parse_value(raw)
-                parsed[a.name] = Prediction(value=value, raw=raw, ok=value is not None)
-                continue
-            parsed[a.name] = summarise_samples(a, raw, drawn[i][q])
-        results.append(parsed)
-    return results
+    answers, drawn = _generate(backbone, images, [a.question for a in attrs], greedy=True, samples=samples, seed=seed,
+                               temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               suffix_batch=suffix_batch)
+    return [{a.name: summarise_samples(a, raw, drawn[i][q]) if samples else greedy_prediction(a, raw)
+             for q, (a, raw) in enumerate(zip(attrs, row))}
+            for i, row in enumerate(answers)]
+
+
+def greedy_prediction(attribute: Attribute, raw: str) -> Prediction:
+    """The Prediction of a greedy answer text: its strictly parsed value, or missing."""
+    value = attribute.parse_value(raw)
+    return Prediction(value=value, raw=raw, ok=value is not None)
 
 
 def summarise_samples(attribute: Attribute, raw: str, texts: Sequence[str]) -> Prediction:
@@ -107,22 +103,9 @@ def answer_questions(
     suffix_batch: int = 64,
 ) -> list[list[str]]:
     """Greedy answer text of every image to every question, [image][question], unparsed."""
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
-    suffixes = tokenize_suffixes(backbone, list(questions))
-    stop_ids = _stop_token_ids(backbone)
-    results: list[list[str]] = [[""] * len(questions) for _ in images]
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            state = encode_prefix(backbone, chunk)
-            pairs = [(i, q) for i in range(len(chunk)) for q in range(len(questions))]
-            for row_start in range(0, len(pairs), suffix_batch):
-                rows = pairs[row_start : row_start + suffix_batch]
-                generated = _greedy(backbone, state, rows, suffixes, stop_ids, max_new_tokens)
-                for (i, q), tokens in zip(rows, generated):
-                    results[start + i][q] = backbone.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    return results
+    answers, _ = _generate(backbone, images, questions, greedy=True, samples=0, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, suffix_batch=suffix_batch)
+    return answers
 
 
 def sample_answers(
@@ -143,29 +126,67 @@ def sample_answers(
     the SAMPLING_TOP_K most likely tokens) by the Gumbel-max trick with noise that depends only on
     (seed, question text, sample, step): reproducible, and independent of batching.
     """
-    if not 1 <= samples <= MAX_PREDICT_SAMPLES:
+    if samples < 1:
         raise ValueError(f"samples must be between 1 and {MAX_PREDICT_SAMPLES}, got {samples}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _, drawn = _generate(backbone, images, questions, greedy=False, samples=samples, seed=seed, temperature=temperature,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, suffix_batch=suffix_batch)
+    return drawn
+
+
+def _generate(
+    backbone: Backbone,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    *,
+    greedy: bool,
+    samples: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    max_new_tokens: int,
+    batch_size: int,
+    suffix_batch: int,
+) -> tuple[list[list[str]], list[list[list[str]]]]:
+    """Greedy texts [image][question] (if `greedy`) and `samples` sampled texts [image][question][k].
+
+    Each image chunk's prefix is encoded once and serves both the greedy and the sampled rows.
+    """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
+    if not 0 <= samples <= MAX_PREDICT_SAMPLES:
+        raise ValueError(f"samples must be between 0 (greedy only) and {MAX_PREDICT_SAMPLES}, got {samples}")
+    if samples and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     suffixes = tokenize_suffixes(backbone, list(questions))
     stop_ids = _stop_token_ids(backbone)
-    top_k = min(SAMPLING_TOP_K, backbone.core.lm_head.out_features)
-    noise = torch.stack([_gumbel_noise(seed, q, samples, max_new_tokens, top_k) for q in questions])
-    results: list[list[list[str]]] = [[[""] * samples for _ in questions] for _ in images]
+    if samples:
+        top_k = min(SAMPLING_TOP_K, backbone.core.lm_head.out_features)
+        noise = torch.stack([_gumbel_noise(seed, q, samples, max_new_tokens, top_k) for q in questions])
+    answers: list[list[str]] = [[""] * len(questions) for _ in images] if greedy else []
+    drawn: list[list[list[str]]] = [[[""] * samples for _ in questions] for _ in images] if samples else []
+
+    def text(tokens: list[int]) -> str:
+        return backbone.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             state = encode_prefix(backbone, chunk)
-            rows = [(i, q, k) for i in range(len(chunk)) for q in range(len(questions)) for k in range(samples)]
-            for row_start in range(0, len(rows), suffix_batch):
-                part = rows[row_start : row_start + suffix_batch]
-                row_noise = noise[[q for _, q, _ in part], [k for _, _, k in part]].to(backbone.device)  # [r, steps, top_k]
-                generated = _sampled(backbone, state, part, suffixes, stop_ids, max_new_tokens, row_noise, temperature)
-                for (i, q, k), tokens in zip(part, generated):
-                    results[start + i][q][k] = backbone.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    return results
+            pairs = [(i, q) for i in range(len(chunk)) for q in range(len(questions))]
+            for rows in _parts(pairs if greedy else [], suffix_batch):
+                generated = _greedy(backbone, state, rows, suffixes, stop_ids, max_new_tokens)
+                for (i, q), tokens in zip(rows, generated):
+                    answers[start + i][q] = text(tokens)
+            triples = [(i, q, k) for i, q in pairs for k in range(samples)]
+            for rows in _parts(triples, suffix_batch):
+                row_noise = noise[[q for _, q, _ in rows], [k for _, _, k in rows]].to(backbone.device)  # [r, steps, top_k]
+                generated = _sampled(backbone, state, rows, suffixes, stop_ids, max_new_tokens, row_noise, temperature)
+                for (i, q, k), tokens in zip(rows, generated):
+                    drawn[start + i][q][k] = text(tokens)
+    return answers, drawn
+
+
+def _parts(rows: list, size: int) -> list[list]:
+    return [rows[at : at + size] for at in range(0, len(rows), size)]
 
 
 def _gumbel_noise(seed: int, question: str, samples: int, steps: int, top_k: int) -> torch.Tensor:

@@ -114,7 +114,7 @@ def evaluate_predictions(
 
     from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.model.loading import load_backbone
-    from dermground.platform.predict import Prediction, predict_attributes
+    from dermground.platform.predict import greedy_prediction, predict_attributes
 
     names = list(attributes or ATTRIBUTE_NAMES)
     for name in names:
@@ -140,8 +140,7 @@ def evaluate_predictions(
     out.mkdir(parents=True, exist_ok=True)
     (out / PREDICTION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     if samples:
-        greedy = [{n: Prediction(value=(v := get_attribute(n).parse_value(p[n].raw)), raw=p[n].raw, ok=v is not None)
-                   for n in names} for p in predictions]
+        greedy = [{n: greedy_prediction(get_attribute(n), p[n].raw) for n in names} for p in predictions]
         (out / GREEDY_PREDICTION_FILE).write_text(json.dumps(_report(score_predictions(truth, greedy, names)),
                                                              indent=2) + "\n")
     elif (out / GREEDY_PREDICTION_FILE).exists():  # a greedy run: a sidecar from an earlier sampled run would mislead

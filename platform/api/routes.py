@@ -147,9 +147,9 @@ def predict(request: Request, file: Annotated[UploadFile, File(description="the 
     image = _read_upload(request, file)
     started = time.perf_counter()
     try:
-        samples = _settings(request).predict_samples
-        answers = request.app.state.embedder.run(
-            lambda embedder: predict_attributes(embedder.backbone, [image], samples=samples, seed=_settings(request).seed)[0])
+        settings = _settings(request)
+        answers = request.app.state.embedder.run(lambda embedder: predict_attributes(
+            embedder.backbone, [image], samples=settings.predict_samples, seed=settings.seed)[0])
     except ModelUnavailableError as exc:
         raise HTTPException(503, detail=str(exc)) from None
     return schemas.PredictResult(
