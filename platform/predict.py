@@ -12,6 +12,13 @@ Two estimates of the number (the paper does not say how it decodes):
   is calibrated. The spread of the K answers is reported as an uncertainty. Sampling uses noise
   keyed by (seed, question, sample, step), never by batch position, so an image gets the same
   answer whatever batch it is in and whichever other questions are asked with it.
+
+Views (`views=V`): every attribute is a property of the lesion, not of how the crop is turned, so
+it is the same in the eight turns and mirror images of the square crop (platform/model/views.py).
+The model is not invariant: its answers differ between views, partly at
+random. With V > 1 the image is asked in its first V dihedral views (1, 2, 4 and 8 are groups)
+and the answers of all views are pooled: K samples per view, or each view's greedy answer when
+K = 0. The raw text stays the greedy answer to the image as given.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dermground.platform.attributes import Attribute
 from dermground.platform.embed import selected_attributes
 from dermground.platform.model.loading import Backbone
 from dermground.platform.model.shared_prefix import encode_prefix, run_suffixes, step, tokenize_suffixes
+from dermground.platform.model.views import MAX_VIEWS, dihedral_view
 from dermground.platform.settings import MAX_PREDICT_SAMPLES
 
 DEFAULT_MAX_NEW_TOKENS = 10  # the longest answer, "-40.00", is 6 digit/sign tokens + <|im_end|>
@@ -38,8 +46,9 @@ SAMPLING_TOP_K = 64  # tokens considered per sampling step: digits, sign, point 
 class Prediction:
     """One answer: the parsed value (None when unparseable or out of range), the raw text, ok flag.
 
-    `raw` is always the greedy answer. With sampling, `value` is the mean of the `samples` sampled
-    answers that parsed (None when fewer than half did) and `spread` their standard deviation.
+    `raw` is always the greedy answer to the image as given. With sampling or several views,
+    `value` is the mean of the `samples` pooled answers that parsed (None when fewer than half
+    did) and `spread` their standard deviation.
     """
 
     value: float | None
@@ -59,17 +68,20 @@ def predict_attributes(
     samples: int = 0,
     seed: int = 0,
     temperature: float = 1.0,
+    views: int = 1,
 ) -> list[dict[str, Prediction]]:
     """For each image, {attribute name: Prediction}; all 16 attributes when None.
 
-    `samples=0` gives the greedy answer's value; `samples=K` the mean of K sampled answers (see
-    the module docstring), with the greedy answer kept as `raw`.
+    `samples=0, views=1` gives the greedy answer's value; otherwise the mean of the answers pooled
+    over `views` dihedral views, K = `samples` sampled answers per view or, with `samples=0`, each
+    view's greedy answer (see the module docstring). The greedy answer to the image is kept as `raw`.
     """
     attrs = selected_attributes(attributes)
     answers, drawn = _generate(backbone, images, [a.question for a in attrs], greedy=True, samples=samples, seed=seed,
                                temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               suffix_batch=suffix_batch)
-    return [{a.name: summarise_samples(a, raw, drawn[i][q]) if samples else greedy_prediction(a, raw)
+                               suffix_batch=suffix_batch, views=views)
+    pooled = samples or views > 1
+    return [{a.name: summarise_samples(a, raw, drawn[i][q]) if pooled else greedy_prediction(a, raw)
              for q, (a, raw) in enumerate(zip(attrs, row))}
             for i, row in enumerate(answers)]
 
@@ -119,17 +131,19 @@ def sample_answers(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 4,
     suffix_batch: int = 64,
+    views: int = 1,
 ) -> list[list[list[str]]]:
-    """`samples` sampled answer texts of every image to every question, [image][question][sample].
+    """Sampled answer texts of every image to every question, [image][question][view * samples + k].
 
     Tokens are drawn from the model's distribution (softmax of logits / temperature, restricted to
     the SAMPLING_TOP_K most likely tokens) by the Gumbel-max trick with noise that depends only on
-    (seed, question text, sample, step): reproducible, and independent of batching.
+    (seed, question text, view, sample, step): reproducible, and independent of batching. Each of
+    the first `views` dihedral views gets `samples` answers, view 0 (the image as given) first.
     """
     if samples < 1:
         raise ValueError(f"samples must be between 1 and {MAX_PREDICT_SAMPLES}, got {samples}")
     _, drawn = _generate(backbone, images, questions, greedy=False, samples=samples, seed=seed, temperature=temperature,
-                         max_new_tokens=max_new_tokens, batch_size=batch_size, suffix_batch=suffix_batch)
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, suffix_batch=suffix_batch, views=views)
     return drawn
 
 
@@ -145,43 +159,60 @@ def _generate(
     max_new_tokens: int,
     batch_size: int,
     suffix_batch: int,
+    views: int = 1,
 ) -> tuple[list[list[str]], list[list[list[str]]]]:
-    """Greedy texts [image][question] (if `greedy`) and `samples` sampled texts [image][question][k].
+    """Greedy texts [image][question] of view 0 (if `greedy`) and the answers pooled over views.
 
-    Each image chunk's prefix is encoded once and serves both the greedy and the sampled rows.
+    The pool is [image][question][view * samples + k]: `samples` sampled texts per view or, with
+    `samples=0` and several views, each view's greedy text. Each chunk of (image, view) prefixes is
+    encoded once and serves both the greedy and the sampled rows.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     if not 0 <= samples <= MAX_PREDICT_SAMPLES:
         raise ValueError(f"samples must be between 0 (greedy only) and {MAX_PREDICT_SAMPLES}, got {samples}")
+    if not 1 <= views <= MAX_VIEWS:
+        raise ValueError(f"views must be between 1 (the image as given) and {MAX_VIEWS}, got {views}")
     if samples and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     suffixes = tokenize_suffixes(backbone, list(questions))
     stop_ids = _stop_token_ids(backbone)
     if samples:
         top_k = min(SAMPLING_TOP_K, backbone.core.lm_head.out_features)
-        noise = torch.stack([_gumbel_noise(seed, q, samples, max_new_tokens, top_k) for q in questions])
+        noise = torch.stack([torch.stack([_gumbel_noise(seed, q, samples, max_new_tokens, top_k, view=v)
+                                          for q in questions]) for v in range(views)])  # [view, question, ...]
+    per_image = views * samples if samples else (views if views > 1 else 0)
     answers: list[list[str]] = [[""] * len(questions) for _ in images] if greedy else []
-    drawn: list[list[list[str]]] = [[[""] * samples for _ in questions] for _ in images] if samples else []
+    drawn: list[list[list[str]]] = [[[""] * per_image for _ in questions] for _ in images] if per_image else []
+    # Virtual images: (image, view) pairs, view-minor, so a chunk holds whole images' views.
+    virtual = [(i, v) for i in range(len(images)) for v in range(views)]
 
     def text(tokens: list[int]) -> str:
         return backbone.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            state = encode_prefix(backbone, chunk)
-            pairs = [(i, q) for i in range(len(chunk)) for q in range(len(questions))]
-            for rows in _parts(pairs if greedy else [], suffix_batch):
+        for start in range(0, len(virtual), batch_size):
+            chunk = virtual[start : start + batch_size]
+            state = encode_prefix(backbone, [dihedral_view(images[i], v) for i, v in chunk])
+            pairs = [(j, q) for j in range(len(chunk)) for q in range(len(questions))]
+            # Greedy rows: view 0 for `raw`, and every view when the pool is made of greedy answers.
+            wanted = [(j, q) for j, q in pairs if (greedy and chunk[j][1] == 0) or (not samples and views > 1)]
+            for rows in _parts(wanted, suffix_batch):
                 generated = _greedy(backbone, state, rows, suffixes, stop_ids, max_new_tokens)
-                for (i, q), tokens in zip(rows, generated):
-                    answers[start + i][q] = text(tokens)
-            triples = [(i, q, k) for i, q in pairs for k in range(samples)]
+                for (j, q), tokens in zip(rows, generated):
+                    i, v = chunk[j]
+                    if greedy and v == 0:
+                        answers[i][q] = text(tokens)
+                    if not samples and views > 1:
+                        drawn[i][q][v] = text(tokens)
+            triples = [(j, q, k) for j, q in pairs for k in range(samples)]
             for rows in _parts(triples, suffix_batch):
-                row_noise = noise[[q for _, q, _ in rows], [k for _, _, k in rows]].to(backbone.device)  # [r, steps, top_k]
+                row_noise = noise[[chunk[j][1] for j, _, _ in rows], [q for _, q, _ in rows],
+                                  [k for _, _, k in rows]].to(backbone.device)  # [r, steps, top_k]
                 generated = _sampled(backbone, state, rows, suffixes, stop_ids, max_new_tokens, row_noise, temperature)
-                for (i, q, k), tokens in zip(rows, generated):
-                    drawn[start + i][q][k] = text(tokens)
+                for (j, q, k), tokens in zip(rows, generated):
+                    i, v = chunk[j]
+                    drawn[i][q][v * samples + k] = text(tokens)
     return answers, drawn
 
 
@@ -189,9 +220,11 @@ def _parts(rows: list, size: int) -> list[list]:
     return [rows[at : at + size] for at in range(0, len(rows), size)]
 
 
-def _gumbel_noise(seed: int, question: str, samples: int, steps: int, top_k: int) -> torch.Tensor:
-    """Gumbel(0, 1) noise [samples, steps, top_k] for one question, from a generator keyed by its text."""
-    key = int.from_bytes(hashlib.sha256(f"{seed}\0{question}".encode()).digest()[:8], "little")
+def _gumbel_noise(seed: int, question: str, samples: int, steps: int, top_k: int, view: int = 0) -> torch.Tensor:
+    """Gumbel(0, 1) noise [samples, steps, top_k] for one question and view, keyed by the question text."""
+    # View 0 keeps the key it had before views existed, so a one-view run is unchanged.
+    name = f"{seed}\0{question}" if view == 0 else f"{seed}\0{question}\0view {view}"
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
     uniform = torch.rand((samples, steps, top_k), generator=torch.Generator().manual_seed(key), dtype=torch.float64)
     return -torch.log(-torch.log(uniform.clamp(1e-12, 1.0 - 1e-12))).float()
 

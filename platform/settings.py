@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "DERMGROUND_"
 MAX_PREDICT_SAMPLES = 256  # sampled answers per question (platform/predict.py): bounds a request's cost
+MAX_VIEWS = 8  # turns and mirror images of a square crop (the dihedral group has 8; platform/model/views.py)
 
 
 class SettingsError(ValueError):
@@ -63,9 +64,11 @@ class Settings(BaseSettings):
     max_b: int = Field(2000, ge=1)
     sql_max_rows: int = Field(10_000, ge=1)
     sql_timeout_s: float = Field(10.0, gt=0)
-    # Sampled answers per question behind a numeric prediction (API and `eval predict`); the value
-    # is their mean (platform/predict.py). 0: the greedy answer, one decoding pass instead of 1 + K.
-    predict_samples: int = Field(16, ge=0, le=MAX_PREDICT_SAMPLES)
+    # A numeric prediction (API and `eval predict`) is the mean of the answers to the image in
+    # `predict_views` of its 8 turns and mirror images, `predict_samples` sampled answers per view
+    # (platform/predict.py). Samples 0: each view's greedy answer; views 1: the image as given.
+    predict_samples: int = Field(4, ge=0, le=MAX_PREDICT_SAMPLES)
+    predict_views: int = Field(8, ge=1, le=MAX_VIEWS)
 
     @field_validator("home", mode="after")
     @classmethod

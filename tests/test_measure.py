@@ -129,3 +129,25 @@ def test_bad_masks_are_rejected() -> None:
         measure(_flat((1, 2, 3)), np.ones((SIZE, SIZE), bool), 0.1)
     with pytest.raises(ValueError, match="do not match"):
         measure(_flat((1, 2, 3)), np.ones((10, 10), bool), 0.1)
+
+
+_DIHEDRAL = (
+    lambda a: a, np.fliplr, np.flipud, lambda a: np.rot90(a, 2), np.rot90, lambda a: np.rot90(a, 3),
+    lambda a: np.swapaxes(a, 0, 1), lambda a: np.rot90(np.swapaxes(a, 0, 1), 2),
+)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_every_attribute_is_the_same_in_all_eight_turns_and_mirror_images(seed: int) -> None:
+    """Why prediction may pool the answers of the eight dihedral views of a crop (platform/predict.py)."""
+    from dermground.ingest.synth import render_lesion
+
+    rgb, mask = render_lesion(np.random.default_rng(seed), (60.0, 10.0, 15.0), hair=1.0, size=128)
+    pixel_mm = 15.0 / 128
+    reference = measure(rgb, mask, pixel_mm).attributes
+    views = [measure(np.ascontiguousarray(t(rgb)), np.ascontiguousarray(t(mask)), pixel_mm).attributes
+             for t in _DIHEDRAL]
+    assert len({t(rgb).tobytes() for t in _DIHEDRAL}) == 8  # the views really differ
+    for name in ATTRIBUTE_NAMES:
+        for view in views:
+            assert view[name] == pytest.approx(reference[name], rel=1e-6, abs=1e-9), name

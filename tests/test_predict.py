@@ -1,4 +1,4 @@
-"""Attribute prediction: greedy and sampled answers from the shared prefix, parsed strictly, never a crash."""
+"""Attribute prediction: greedy, sampled and multi-view answers from the shared prefix, parsed strictly, never a crash."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from PIL import Image
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
 from dermground.platform.model.prompts import build_prompt
+from dermground.platform.model.views import MAX_VIEWS, dihedral_view
 from dermground.platform.predict import (
     SAMPLING_TOP_K,
     Prediction,
@@ -141,3 +142,41 @@ def test_sampling_rejects_bad_settings(tiny_backbone, images):
     for kwargs in ({"samples": 0}, {"samples": 10_000}, {"samples": 2, "temperature": 0.0}):
         with pytest.raises(ValueError):
             sample_answers(tiny_backbone, images[:1], ["q"], **kwargs)
+
+    with pytest.raises(ValueError, match="views"):
+        sample_answers(tiny_backbone, images[:1], ["q"], 2, views=MAX_VIEWS + 1)
+    with pytest.raises(ValueError, match="views"):
+        predict_attributes(tiny_backbone, images[:1], ["A"], views=0)
+
+
+# --- dihedral views ----------------------------------------------------------------------------------
+def test_greedy_views_pool_the_greedy_answers_of_each_turned_image(tiny_backbone, images):
+    names = ["areaMM2", "B"]
+    questions = [get_attribute(n).question for n in names]
+    pooled = predict_attributes(tiny_backbone, images[:2], attributes=names, max_new_tokens=5, views=4)
+    per_view = [answer_questions(tiny_backbone, [dihedral_view(im, v) for im in images[:2]], questions,
+                                 max_new_tokens=5) for v in range(4)]
+    for i in range(2):
+        for q, name in enumerate(names):
+            texts = [per_view[v][i][q] for v in range(4)]
+            assert pooled[i][name] == summarise_samples(get_attribute(name), texts[0], texts), (i, name)
+    assert len({per_view[v][0][0] for v in range(4)} | {per_view[v][1][1] for v in range(4)}) > 1  # views differ
+
+
+def test_sampled_views_extend_the_one_view_samples_and_do_not_depend_on_batching(tiny_backbone, images):
+    questions = [get_attribute(n).question for n in ("deltaB", "stdLExt")]
+    one_view = sample_answers(tiny_backbone, images, questions, 3, seed=5, max_new_tokens=4, batch_size=3)
+    views = sample_answers(tiny_backbone, images, questions, 3, seed=5, max_new_tokens=4, batch_size=3, views=4)
+    # batch_size counts (image, view) prefixes: 5 splits images' views across chunks
+    split = sample_answers(tiny_backbone, images, questions, 3, seed=5, max_new_tokens=4, batch_size=5, views=4)
+    assert views == split
+    for i in range(len(images)):
+        for q in range(len(questions)):
+            assert len(views[i][q]) == 12
+            assert views[i][q][:3] == one_view[i][q]  # view 0 is the image as given, with its old noise
+    # each later view is the same question asked of the turned image, with its own noise
+    assert any(views[i][q][3:] != views[i][q][:3] * 3 for i in range(len(images)) for q in range(2))
+    predictions = predict_attributes(tiny_backbone, images[:1], ["deltaB"], max_new_tokens=4, samples=3, seed=5,
+                                     views=4)[0]["deltaB"]
+    greedy = answer_questions(tiny_backbone, images[:1], questions[:1], max_new_tokens=4)[0][0]
+    assert predictions == summarise_samples(get_attribute("deltaB"), greedy, views[0][0])

@@ -126,18 +126,19 @@ def test_eval_predict_cli_writes_json_figure_and_catalog(trained, small_data, ti
     rows = catalog.connect().execute(
         "SELECT attribute, metric, value FROM evaluations WHERE kind = 'attribute_prediction'").fetchall()
     assert len(rows) == 32 and {r[1] for r in rows} == {"r2", "parse_rate"}
-    # the default decoding: the mean of 16 sampled answers, with the greedy answers scored beside it
+    # the default decoding: the mean of 4 sampled answers in each of 8 views, greedy answers scored beside it
     greedy = json.loads((out / "prediction_greedy.json").read_text())
     assert list(greedy) == list(ATTRIBUTE_NAMES) and all(row["n"] == n_test for row in greedy.values())
     (most, unparsed_with_value) = catalog.connect().execute(
         "SELECT max(samples), count(*) FILTER (WHERE NOT ok AND value IS NOT NULL) FROM predictions").fetchone()
-    assert most <= 16 and unparsed_with_value == 0
+    assert most <= 32 and unparsed_with_value == 0
     (details,) = catalog.connect().execute("SELECT any_value(details) FROM evaluations").fetchone()
-    assert json.loads(details)["decoding"] == "mean of 16 samples"
-    try:  # a greedy run into the same folder drops the sampled run's greedy sidecar
+    assert json.loads(details)["decoding"] == "mean of 4 samples x 8 views"
+    try:  # a plain greedy run into the same folder drops the sampled run's greedy sidecar
         result = CliRunner().invoke(cli, ["--home", str(home), "eval", "predict", "--data", str(small_data),
                                           "--model", str(tiny_model_dir), "--adapter", str(out_adapter),
-                                          "--out", str(out), "--samples", "0", "--max-images", "2", "--no-catalog"])
+                                          "--out", str(out), "--samples", "0", "--views", "1", "--max-images", "2",
+                                          "--no-catalog"])
     finally:
         use_settings(None)
     assert result.exit_code == 0, result.output
@@ -161,13 +162,25 @@ def test_eval_predict_on_missing_data_is_a_clear_error(tiny_model_dir, tmp_path)
 
 
 def test_two_workers_train_with_ddp(ray_session, small_data, tiny_model_dir, tmp_path):
-    """More than one worker: DDP over Ray Train's process group; each worker gets 1 of the 2 CPUs."""
+    """More than one worker: DDP over Ray Train's process group; each worker gets 1 of the 2 CPUs.
+
+    With view augmentation: both workers draw the same views (a shared seed), images turned as patches.
+    """
     from dermground.train.ray_train import train_adapter
 
     out = tmp_path / "adapter_ddp"
     result = train_adapter(small_data, tiny_model_dir, out, workers=2, cpus_per_worker=1, batch_size=4,
-                           lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, progress=False)
+                           lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, progress=False, augment_views=8)
     assert result.steps == 2
     assert (out / "adapter_model.safetensors").is_file()
     meta = json.loads((out / "dermground_adapter.json").read_text())
-    assert meta["hyperparameters"]["workers"] == 2
+    assert meta["hyperparameters"]["workers"] == 2 and meta["hyperparameters"]["augment_views"] == 8
+
+
+def test_view_augmentation_outside_the_dihedral_group_is_refused(small_data, tiny_model_dir, tmp_path):
+    from dermground.train.ray_train import train_adapter
+
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match="augment_views"):
+            train_adapter(small_data, tiny_model_dir, tmp_path / "never", augment_views=bad, progress=False)
+    assert not (tmp_path / "never").exists()

@@ -1,11 +1,12 @@
 """Attribute prediction on the test split (paper §4.2, Figure 2): R² per attribute and a bar chart.
 
 Every test-split image gets all 16 questions (answers strictly parsed). The prediction is the
-mean of K sampled answers (`samples`, default 16; the model's expected value, see
-platform/predict.py) or, with samples=0, the greedy answer. R² is computed on the parsed
-answers; an unparsed answer counts against the parse rate, not the R². With sampling the greedy
-answers are scored too (`prediction_greedy.json`, same format): the paper does not say how it
-decodes, and the two differ most where the model is unsure.
+mean of the answers pooled over V of the image's 8 turns and mirror images (`views`), K sampled
+answers per view (`samples`): the model's expected value over what it is unsure of and over how
+the crop happens to be turned (platform/predict.py); samples=0, views=1 gives the greedy answer.
+R² is computed on the parsed answers; an unparsed answer counts against the parse rate, not the
+R². The greedy answers to the image as given are scored too (`prediction_greedy.json`, same
+format): the paper does not say how it decodes, and the two differ most where the model is unsure.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def evaluate_predictions(
     max_images: int | None = None,
     batch_size: int = 8,
     samples: int = 16,
+    views: int = 1,
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
@@ -130,7 +132,8 @@ def evaluate_predictions(
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             predictions += predict_attributes(backbone, [r.load_image() for r in chunk], names, batch_size=batch_size,
-                                              suffix_batch=256, samples=samples, seed=seed)
+                                              suffix_batch=256, samples=samples, seed=seed,
+                                              views=views)
             bar.update(len(chunk))
     truth = [r.attributes for r in records]
     scores = score_predictions(truth, predictions, names)
@@ -139,15 +142,15 @@ def evaluate_predictions(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / PREDICTION_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    if samples:
+    if samples or views > 1:
         greedy = [{n: greedy_prediction(get_attribute(n), p[n].raw) for n in names} for p in predictions]
         (out / GREEDY_PREDICTION_FILE).write_text(json.dumps(_report(score_predictions(truth, greedy, names)),
                                                              indent=2) + "\n")
-    elif (out / GREEDY_PREDICTION_FILE).exists():  # a greedy run: a sidecar from an earlier sampled run would mislead
+    elif (out / GREEDY_PREDICTION_FILE).exists():  # a plain greedy run: a sidecar from an earlier sampled run would mislead
         (out / GREEDY_PREDICTION_FILE).unlink()
     # parent/name: demo adapters are all called "adapter"; the folder above tells them apart
     label = "base model" if adapter_dir is None else f"adapter {Path(adapter_dir).parent.name}/{Path(adapter_dir).name}"
-    decoding = f"mean of {samples} samples" if samples else "greedy"
+    decoding = decoding_label(samples, views)
     finite = [s.r2 for s in scores.values() if np.isfinite(s.r2)]
     plot_r2(scores, out / FIGURE_FILE,
             f"Test-split R² per attribute ({label}, {decoding}, {len(records)} images, median "
@@ -157,6 +160,12 @@ def evaluate_predictions(
         _write_catalog(Path(catalog_dir), records, predictions, scores, names, backbone.fingerprint,
                        str(adapter_dir) if adapter_dir is not None else "", collection, label, decoding)
     return report
+
+
+def decoding_label(samples: int, views: int) -> str:
+    """How a prediction was read, in words: "greedy", "mean of 16 samples", "mean of 2 samples x 8 views"."""
+    what = f"mean of {samples} samples" if samples else ("greedy" if views == 1 else "mean of greedy answers")
+    return what if views == 1 else f"{what} x {views} views"
 
 
 def _report(scores: dict[str, AttributeScore]) -> dict[str, dict[str, float]]:

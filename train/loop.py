@@ -5,11 +5,15 @@ Each worker loads the base model, wraps it with LoRA (mode "lora") or trains eve
 taking its own share of each global batch. Optimiser: AdamW; schedule: linear warm-up then
 cosine decay to zero over the run. Rank 0 writes a checkpoint every `checkpoint_every` steps and
 at the end (trainable weights, optimiser, scheduler, step, RNG states, loss curve); a re-run of
-the same configuration picks up the latest one and continues from its step.
+the same configuration picks up the latest one and continues from its step. With
+`augment_views` V > 1 each use of a tuple shows its image in one of its first V turns and mirror
+images (platform/model/views.py), drawn per (seed, epoch, tuple): the attributes do not change
+with the view, so the model sees up to V different pictures of each lesion with the same answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import tempfile
@@ -42,6 +46,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     order = list(range(n))
     random.Random(f"{seed}:epoch:{epoch}").shuffle(order)
     return order
+
+
+def epoch_views(n: int, seed: int, epoch: int, views: int) -> list[int]:
+    """The dihedral view each tuple's image is shown in during one epoch (all 0 when views is 1)."""
+    if views <= 1:
+        return [0] * n
+    draw = random.Random(f"{seed}:views:{epoch}")
+    return [draw.randrange(views) for _ in range(n)]
 
 
 def total_steps(n_tuples: int, batch_size: int, epochs: int, max_steps: int | None) -> int:
@@ -124,6 +136,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
+    from dermground.platform.model.views import turn_patches
     from dermground.train.collator import AnswerOnlyCollator, answer_window
     from dermground.train.dataset import rows_to_tuples
 
@@ -174,7 +187,17 @@ def train_loop_per_worker(config: dict) -> None:
     window: list[float] = []
     started = time.perf_counter()
     first_step = step
-    order_epoch, order = -1, []
+    order_epoch, order, views = -1, [], []
+    augment = int(config.get("augment_views") or 1)
+    merge, temporal = processor.image_processor.merge_size, processor.image_processor.temporal_patch_size
+
+    def shown(index: int):  # noqa: ANN202 - the tuple's EncodedExample in this epoch's view of its image
+        example = examples.get(index, tuples[index])
+        if not views[index]:
+            return example
+        pixels, grid = turn_patches(example.pixel_values, example.image_grid_thw, views[index], merge_size=merge,
+                                    temporal_patch_size=temporal)
+        return dataclasses.replace(example, pixel_values=pixels, image_grid_thw=grid)
     last_progress = 0.0
 
     def save(final: bool) -> None:
@@ -198,13 +221,14 @@ def train_loop_per_worker(config: dict) -> None:
         epoch, in_epoch = divmod(step, per_epoch)
         if epoch != order_epoch:  # shuffling every step cost ~5 ms of a ~90 ms tiny-model step
             order_epoch, order = epoch, epoch_order(len(tuples), config["seed"], epoch)
+            views = epoch_views(len(tuples), config["seed"], epoch, augment)
         global_batch = order[in_epoch * batch_size:(in_epoch + 1) * batch_size]
         mine = global_batch[rank::world]
         optimizer.zero_grad(set_to_none=True)
         batch_loss = 0.0
         for start in range(0, len(mine), micro):
             chunk = mine[start:start + micro]
-            batch = answer_window(collate.pad([examples.get(i, tuples[i]) for i in chunk]))
+            batch = answer_window(collate.pad([shown(i) for i in chunk]))
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             loss = model(**batch).loss * (len(chunk) / len(mine))
             loss.backward()

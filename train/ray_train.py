@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dermground.platform.model.prompts import PROMPT_VERSION
+from dermground.platform.settings import MAX_VIEWS
 
 METADATA_FILE = "dermground_adapter.json"
 CHECKPOINT_FOLDER = "checkpoints"  # inside the output folder: Ray Train's storage for this run
@@ -149,6 +150,7 @@ def train_adapter(
     max_steps: int | None = None,
     checkpoint_every: int = 100,
     multi_attribute: bool = False,
+    augment_views: int = 1,
     max_images: int | None = None,
     ray_address: str | None = None,
     progress: bool = True,
@@ -162,6 +164,8 @@ def train_adapter(
     base = check_model_dir(base_dir)
     if batch_size < 1 or epochs < 1:
         raise ValueError("batch_size and epochs must be >= 1")
+    if not 1 <= augment_views <= MAX_VIEWS:
+        raise ValueError(f"augment_views must be between 1 (the images as given) and {MAX_VIEWS}, got {augment_views}")
     if batch_size % workers:
         raise ValueError(f"batch size {batch_size} must be a multiple of the worker count {workers}")
     training_set = build_training_set(data_dir, w=w, seed=seed, multi_attribute=multi_attribute, max_images=max_images)
@@ -169,7 +173,7 @@ def train_adapter(
              "warmup_steps": warmup_steps, "rank": rank, "alpha": alpha, "dropout": dropout,
              "modules_to_save": list(modules_to_save) if modules_to_save else None, "w": w, "seed": seed,
              "max_steps": max_steps, "checkpoint_every": checkpoint_every, "multi_attribute": multi_attribute,
-             "workers": workers, "use_gpu": use_gpu}
+             "augment_views": augment_views, "workers": workers, "use_gpu": use_gpu}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

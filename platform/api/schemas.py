@@ -129,11 +129,11 @@ class Answer(BaseModel):
     name: str
     label: str
     unit: str
-    value: float | None  # the mean of the sampled answers (or the greedy answer's value)
-    raw: str  # the greedy answer's text
+    value: float | None  # the mean of the pooled answers (or the greedy answer's value)
+    raw: str  # the greedy answer's text (the image as given)
     ok: bool
-    spread: float | None = None  # standard deviation of the sampled answers: the model's uncertainty
-    samples: int = 0  # sampled answers that parsed
+    spread: float | None = None  # standard deviation of the pooled answers: the model's uncertainty
+    samples: int = 0  # pooled answers (samples x views) that parsed
 
 
 class PredictResult(BaseModel):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import current_settings
-from dermground.platform.settings import MAX_PREDICT_SAMPLES
+from dermground.platform.settings import MAX_PREDICT_SAMPLES, MAX_VIEWS
 
 
 @click.group("eval")
@@ -27,13 +27,17 @@ def evaluate() -> None:
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N test images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
 @click.option("--samples", type=click.IntRange(min=0, max=MAX_PREDICT_SAMPLES), default=None,
-              help="Sampled answers per question; the prediction is their mean (the model's expected value). "
-                   "0: the greedy answer. With samples, prediction_greedy.json scores the greedy answers too. "
-                   "[default: the predict_samples setting, 16]")
+              help="Sampled answers per question and view; the prediction is their mean (the model's expected "
+                   "value). 0: the greedy answer. With samples, prediction_greedy.json scores the greedy answers too. "
+                   "[default: the predict_samples setting, 4]")
+@click.option("--views", type=click.IntRange(min=1, max=MAX_VIEWS), default=None,
+              help="Ask each image in this many of its 8 turns and mirror images (1, 2, 4 or 8 are whole groups) "
+                   "and pool the answers of all views; --samples is per view. 1: the image as given. "
+                   "[default: the predict_views setting, 8]")
 @click.option("--seed", type=int, default=None, help="Seed of the sampling noise [default: the seed setting].")
 @click.option("--no-catalog", is_flag=True, help="Do not write predictions/evaluations into the catalog.")
 def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, out_dir: Path, max_images: int | None,
-            batch_size: int, samples: int | None, seed: int | None, no_catalog: bool) -> None:
+            batch_size: int, samples: int | None, views: int | None, seed: int | None, no_catalog: bool) -> None:
     """Predict all 16 attributes for every test image; R² per attribute, parse rate, bar chart."""
     import statistics
 
@@ -46,6 +50,7 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
             data_dir, model_dir or settings.base_model_dir, adapter_dir, out_dir,
             catalog_dir=None if no_catalog else settings.catalog_dir, collection=settings.collection,
             max_images=max_images, batch_size=batch_size, samples=settings.predict_samples if samples is None else samples,
+            views=settings.predict_views if views is None else views,
             seed=settings.seed if seed is None else seed, device=settings.device,
             progress=True)
     except BackboneError as exc:
