@@ -28,7 +28,8 @@ def evaluate() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
 @click.option("--samples", type=click.IntRange(min=0, max=MAX_PREDICT_SAMPLES), default=None,
               help="Sampled answers per question and view; the prediction is their mean (the model's expected "
-                   "value). 0: the greedy answer. With samples, prediction_greedy.json scores the greedy answers too. "
+                   "value). 0: the greedy answer. Unless that is one view's greedy answer, prediction_greedy.json "
+                   "scores the greedy answers to the images as given too. "
                    "[default: the predict_samples setting, 4]")
 @click.option("--views", type=click.IntRange(min=1, max=MAX_VIEWS), default=None,
               help="Ask each image in this many of its 8 turns and mirror images (1, 2, 4 or 8 are whole groups) "
