@@ -16,7 +16,6 @@ import argparse
 
 
 def main() -> None:
-    import dataclasses
     import time
     from pathlib import Path
 
@@ -62,11 +61,7 @@ def main() -> None:
             cache.get(i, tuples[i])
 
     def shown(i: int, augment: bool):  # noqa: ANN202 - as train.loop shows a tuple
-        example = cache.get(i, tuples[i])
-        if not augment or not views[i]:
-            return example
-        turned, turned_grid = turn_patches(example.pixel_values, example.image_grid_thw, views[i])
-        return dataclasses.replace(example, pixel_values=turned, image_grid_thw=turned_grid)
+        return cache.get(i, tuples[i]).in_view(views[i] if augment else 0)
 
     def block(augment: bool) -> tuple[float, float]:
         building = 0.0

@@ -181,7 +181,8 @@ def _generate(
         top_k = min(SAMPLING_TOP_K, backbone.core.lm_head.out_features)
         noise = torch.stack([torch.stack([_gumbel_noise(seed, q, samples, max_new_tokens, top_k, view=v)
                                           for q in questions]) for v in range(views)])  # [view, question, ...]
-    per_image = views * samples if samples else (views if views > 1 else 0)
+    greedy_pool = not samples and views > 1  # the pool is every view's greedy answer
+    per_image = views * samples if samples else (views if greedy_pool else 0)
     answers: list[list[str]] = [[""] * len(questions) for _ in images] if greedy else []
     drawn: list[list[list[str]]] = [[[""] * per_image for _ in questions] for _ in images] if per_image else []
     # Virtual images: (image, view) pairs, view-minor, so a chunk holds whole images' views.
@@ -196,14 +197,14 @@ def _generate(
             state = encode_prefix(backbone, [dihedral_view(images[i], v) for i, v in chunk])
             pairs = [(j, q) for j in range(len(chunk)) for q in range(len(questions))]
             # Greedy rows: view 0 for `raw`, and every view when the pool is made of greedy answers.
-            wanted = [(j, q) for j, q in pairs if (greedy and chunk[j][1] == 0) or (not samples and views > 1)]
+            wanted = [(j, q) for j, q in pairs if (greedy and chunk[j][1] == 0) or greedy_pool]
             for rows in _parts(wanted, suffix_batch):
                 generated = _greedy(backbone, state, rows, suffixes, stop_ids, max_new_tokens)
                 for (j, q), tokens in zip(rows, generated):
                     i, v = chunk[j]
                     if greedy and v == 0:
                         answers[i][q] = text(tokens)
-                    if not samples and views > 1:
+                    if greedy_pool:
                         drawn[i][q][v] = text(tokens)
             triples = [(j, q, k) for j, q in pairs for k in range(samples)]
             for rows in _parts(triples, suffix_batch):

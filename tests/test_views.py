@@ -56,3 +56,14 @@ def test_epoch_views_are_reproducible_in_range_and_change_between_epochs():
     assert set(first) == set(range(8))  # every view is used
     assert first != epoch_views(400, seed=1, epoch=1, views=8) != epoch_views(400, seed=2, epoch=1, views=8)
     assert set(epoch_views(400, seed=1, epoch=0, views=2)) == {0, 1}
+
+
+def test_an_encoded_training_example_in_a_view_keeps_its_text_and_turns_its_patches(tiny_backbone, image):
+    from dermground.train.collator import AnswerOnlyCollator
+
+    example = AnswerOnlyCollator(tiny_backbone.processor).encode(image, "What is the area of the lesion in mm²?", "12.3")
+    assert example.in_view(0) is example
+    turned = example.in_view(4)
+    expected, grid = turn_patches(example.pixel_values, example.image_grid_thw, 4)
+    assert torch.equal(turned.pixel_values, expected) and torch.equal(turned.image_grid_thw, grid)
+    assert turned.tokens is example.tokens and turned.labels is example.labels

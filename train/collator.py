@@ -13,12 +13,13 @@ the tiny model) and `pad` left-pads already encoded rows into a batch. `collate(
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
 
 from dermground.platform.model.prompts import END_OF_TURN, build_training_text
+from dermground.platform.model.views import turn_patches
 
 IGNORE_INDEX = -100
 _TOKEN_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -32,6 +33,14 @@ class EncodedExample:
     labels: torch.Tensor  # 1-D, IGNORE_INDEX except the answer and end tokens
     pixel_values: torch.Tensor  # (patches, channels * temporal * patch * patch)
     image_grid_thw: torch.Tensor  # (3,)
+
+    def in_view(self, view: int, merge_size: int = 2, temporal_patch_size: int = 2) -> EncodedExample:
+        """This example with its image in dihedral view `view` (platform/model/views.py); itself for view 0."""
+        if not view:
+            return self
+        pixels, grid = turn_patches(self.pixel_values, self.image_grid_thw, view, merge_size=merge_size,
+                                    temporal_patch_size=temporal_patch_size)
+        return replace(self, pixel_values=pixels, image_grid_thw=grid)
 
     @property
     def nbytes(self) -> int:

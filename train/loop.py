@@ -13,7 +13,6 @@ with the view, so the model sees up to V different pictures of each lesion with 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import tempfile
@@ -136,7 +135,6 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from dermground.platform.model.views import turn_patches
     from dermground.train.collator import AnswerOnlyCollator, answer_window
     from dermground.train.dataset import rows_to_tuples
 
@@ -192,12 +190,7 @@ def train_loop_per_worker(config: dict) -> None:
     merge, temporal = processor.image_processor.merge_size, processor.image_processor.temporal_patch_size
 
     def shown(index: int):  # noqa: ANN202 - the tuple's EncodedExample in this epoch's view of its image
-        example = examples.get(index, tuples[index])
-        if not views[index]:
-            return example
-        pixels, grid = turn_patches(example.pixel_values, example.image_grid_thw, views[index], merge_size=merge,
-                                    temporal_patch_size=temporal)
-        return dataclasses.replace(example, pixel_values=pixels, image_grid_thw=grid)
+        return examples.get(index, tuples[index]).in_view(views[index], merge, temporal)
     last_progress = 0.0
 
     def save(final: bool) -> None:

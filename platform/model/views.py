@@ -23,14 +23,14 @@ DIHEDRAL_VIEWS: tuple[Transpose | None, ...] = (
 assert len(DIHEDRAL_VIEWS) == MAX_VIEWS
 
 
-def check_view(view: int) -> None:
+def _check_view(view: int) -> None:
     if not 0 <= view < MAX_VIEWS:
         raise ValueError(f"view must be between 0 and {MAX_VIEWS - 1}, got {view}")
 
 
 def dihedral_view(image: Image.Image, view: int) -> Image.Image:
     """View number `view` (0-7) of an image: turned and/or mirrored as DIHEDRAL_VIEWS lists."""
-    check_view(view)
+    _check_view(view)
     transform = DIHEDRAL_VIEWS[view]
     return image if transform is None else image.transpose(transform)
 
@@ -61,7 +61,7 @@ def turn_patches(pixel_values: torch.Tensor, grid_thw: torch.Tensor, view: int, 
     patches again (~0.1 ms for a 112 px image, benchmarks/views.py). Normalisation is per channel,
     so it commutes with turning.
     """
-    check_view(view)
+    _check_view(view)
     if view == 0:
         return pixel_values, grid_thw
     if grid_thw.numel() != 3:
