@@ -184,3 +184,65 @@ def test_view_augmentation_outside_the_dihedral_group_is_refused(small_data, tin
         with pytest.raises(ValueError, match="augment_views"):
             train_adapter(small_data, tiny_model_dir, tmp_path / "never", augment_views=bad, progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def _adapter_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_bf16_training_keeps_the_trained_weights_float32(ray_session, small_data, tiny_model_dir, tmp_path):
+    """--precision bf16: bfloat16 base and autocast; LoRA and the trained lm_head stay float32."""
+    from dermground.train.ray_train import train_adapter
+
+    out = tmp_path / "adapter_bf16"
+    result = train_adapter(small_data, tiny_model_dir, out, batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0,
+                           seed=0, progress=False, cpus_per_worker=2, modules_to_save=["lm_head"], precision="bf16")
+    assert result.steps == 2 and all(torch.isfinite(torch.tensor(loss)) for _, loss in result.loss_curve)
+    meta = json.loads((out / "dermground_adapter.json").read_text())
+    assert meta["hyperparameters"]["precision"] == "bf16"
+    weights = _adapter_weights(out)
+    assert any("lm_head" in name for name in weights) and any("lora_B" in name for name in weights)
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+    assert any(w.abs().max() > 0 for name, w in weights.items() if "lora_B" in name)  # B starts at 0: it was trained
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(ray_session, small_data, tiny_model_dir, tmp_path):
+    """Recomputing activations in backward changes memory and time, not the weights."""
+    from dermground.train.ray_train import train_adapter
+
+    kwargs = dict(batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, progress=False, cpus_per_worker=2,
+                  dropout=0.0)
+    train_adapter(small_data, tiny_model_dir, tmp_path / "plain", **kwargs)
+    train_adapter(small_data, tiny_model_dir, tmp_path / "recomputed", gradient_checkpointing=True, **kwargs)
+    plain, recomputed = _adapter_weights(tmp_path / "plain"), _adapter_weights(tmp_path / "recomputed")
+    assert plain.keys() == recomputed.keys()
+    assert any(w.abs().max() > 0 for name, w in plain.items() if "lora_B" in name)
+    assert max(float((plain[k] - recomputed[k]).abs().max()) for k in plain) < 1e-5
+    meta = json.loads((tmp_path / "recomputed" / "dermground_adapter.json").read_text())
+    assert meta["hyperparameters"]["gradient_checkpointing"] is True
+
+
+def test_unknown_precision_is_refused(small_data, tiny_model_dir, tmp_path):
+    from dermground.train.ray_train import train_adapter
+
+    with pytest.raises(ValueError, match="precision"):
+        train_adapter(small_data, tiny_model_dir, tmp_path / "never", precision="fp16", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_worker_model_with_bf16_and_checkpointing(tiny_model_dir):
+    """What a worker builds: bfloat16 frozen base, float32 trained weights, recomputation in every block."""
+    from dermground.train.loop import _build_model
+
+    model, _ = _build_model({"base_dir": str(tiny_model_dir), "mode": "lora", "rank": 8, "alpha": 16, "dropout": 0.0,
+                             "modules_to_save": ["lm_head"], "precision": "bf16", "gradient_checkpointing": True})
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    recomputed = {name for name, module in model.get_base_model().named_modules()
+                  if getattr(module, "gradient_checkpointing", False)}
+    assert {"model.visual.blocks.0", "model.language_model.layers.0"} <= recomputed
+    plain, _ = _build_model({"base_dir": str(tiny_model_dir), "mode": "lora", "rank": 8, "alpha": 16, "dropout": 0.0})
+    assert {p.dtype for p in plain.parameters()} == {torch.float32}
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in plain.modules())

@@ -9,6 +9,9 @@ the same configuration picks up the latest one and continues from its step. With
 `augment_views` V > 1 each use of a tuple shows its image in one of its first V turns and mirror
 images (platform/model/views.py), drawn per (seed, epoch, tuple): the attributes do not change
 with the view, so the model sees up to V different pictures of each lesion with the same answer.
+`precision` "bf16" runs the forward pass under bfloat16 autocast (a LoRA base is stored in
+bfloat16, trained weights stay float32); `gradient_checkpointing` recomputes each block's
+activations in the backward pass (memory for time, same maths).
 """
 
 from __future__ import annotations
@@ -98,14 +101,24 @@ class ExampleCache:
 def _build_model(config: dict) -> tuple[torch.nn.Module, Any]:
     from dermground.platform.model.loading import load_backbone
 
-    backbone = load_backbone(config["base_dir"], device="cpu", dtype="float32", for_training=True)
+    # bf16 LoRA keeps the frozen base in bfloat16 (half the memory, no cast per step); full-parameter
+    # training keeps float32 weights, and whatever is trained is float32 either way (below).
+    bf16_base = config.get("precision", "fp32") == "bf16" and config["mode"] == "lora"
+    backbone = load_backbone(config["base_dir"], device="cpu", dtype="bfloat16" if bf16_base else "float32",
+                             for_training=True)
     model = backbone.core
+    if config.get("gradient_checkpointing"):
+        # Non-reentrant: works with a frozen embedding layer (no input that needs a gradient).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config["mode"] == "lora":
         from dermground.train.lora import apply_lora
 
         model = apply_lora(model, config["rank"], config["alpha"], config["dropout"], config.get("modules_to_save"))
     else:
         model.requires_grad_(True)
+    from dermground.train.lora import float32_trainable
+
+    float32_trainable(model)
     model.train()
     return model, backbone.processor
 
@@ -187,6 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
     first_step = step
     order_epoch, order, views = -1, [], []
     augment = int(config.get("augment_views") or 1)
+    bf16 = config.get("precision", "fp32") == "bf16"
     merge, temporal = processor.image_processor.merge_size, processor.image_processor.temporal_patch_size
 
     def shown(index: int):  # noqa: ANN202 - the tuple's EncodedExample in this epoch's view of its image
@@ -223,7 +237,8 @@ def train_loop_per_worker(config: dict) -> None:
             chunk = mine[start:start + micro]
             batch = answer_window(collate.pad([shown(i) for i in chunk]))
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            loss = model(**batch).loss * (len(chunk) / len(mine))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**batch, use_cache=False).loss * (len(chunk) / len(mine))
             loss.backward()
             batch_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, config.get("max_grad_norm", 1.0))

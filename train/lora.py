@@ -38,6 +38,18 @@ def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: int = 16, dropout: 
     return get_peft_model(model, lora_config(rank, alpha, dropout, modules_to_save))
 
 
+def float32_trainable(model: torch.nn.Module) -> torch.nn.Module:
+    """Cast every trainable weight to float32, in place; returns the model.
+
+    peft upcasts LoRA weights of a bfloat16 base itself but copies modules_to_save (lm_head) in the
+    base's dtype, and AdamW on bfloat16 weights loses updates smaller than their last bit.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
 def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
     """Names of the parameters that receive gradients."""
     return [name for name, p in model.named_parameters() if p.requires_grad]

@@ -23,6 +23,9 @@ from dermground.platform.settings import MAX_VIEWS
 
 METADATA_FILE = "dermground_adapter.json"
 CHECKPOINT_FOLDER = "checkpoints"  # inside the output folder: Ray Train's storage for this run
+# fp32: float32 throughout (the default; fastest on CPUs). bf16: bfloat16 autocast, LoRA's frozen base
+# stored in bfloat16 (1.5-3.3x faster steps on an H100 at Qwen2-VL-2B shapes, docs/BENCHMARKS.md).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,9 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, hyper: dict, *, mode: s
               "cache_mb": DEFAULT_CACHE_MB if cache_mb is None else cache_mb}
     identity = {k: v for k, v in config.items() if k not in ("max_steps", "progress_queue", "rows", "threads",
                                                                "use_gpu", "checkpoint_every", "report_every",
-                                                               "cache_mb")}
+                                                               "cache_mb", "gradient_checkpointing")}
+    if identity.get("precision") == "fp32":
+        del identity["precision"]  # the default: runs named before the flag existed keep their names (and resume)
     identity["rows"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     storage = Path(storage).resolve()
     trainer = TorchTrainer(
@@ -151,6 +156,8 @@ def train_adapter(
     checkpoint_every: int = 100,
     multi_attribute: bool = False,
     augment_views: int = 1,
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
     max_images: int | None = None,
     ray_address: str | None = None,
     progress: bool = True,
@@ -166,6 +173,8 @@ def train_adapter(
         raise ValueError("batch_size and epochs must be >= 1")
     if not 1 <= augment_views <= MAX_VIEWS:
         raise ValueError(f"augment_views must be between 1 (the images as given) and {MAX_VIEWS}, got {augment_views}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if batch_size % workers:
         raise ValueError(f"batch size {batch_size} must be a multiple of the worker count {workers}")
     training_set = build_training_set(data_dir, w=w, seed=seed, multi_attribute=multi_attribute, max_images=max_images)
@@ -173,7 +182,8 @@ def train_adapter(
              "warmup_steps": warmup_steps, "rank": rank, "alpha": alpha, "dropout": dropout,
              "modules_to_save": list(modules_to_save) if modules_to_save else None, "w": w, "seed": seed,
              "max_steps": max_steps, "checkpoint_every": checkpoint_every, "multi_attribute": multi_attribute,
-             "augment_views": augment_views, "workers": workers, "use_gpu": use_gpu}
+             "augment_views": augment_views, "precision": precision, "gradient_checkpointing": gradient_checkpointing,
+             "workers": workers, "use_gpu": use_gpu}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
