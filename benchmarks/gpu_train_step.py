@@ -89,26 +89,35 @@ def real_config(shape: str, tokenizer, max_layers: int | None):  # noqa: ANN001,
     )
 
 
+def construct(config, dtype, device):  # noqa: ANN001, ANN201
+    """A random-weight Qwen2VLForConditionalGeneration made directly in `dtype` on `device` (seed 0).
+
+    Built in place: a 7B float32 copy on the host first would cost 33 GB and minutes.
+    """
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        torch.manual_seed(0)
+        with torch.device(device):
+            return Qwen2VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_model(shape: str, precision: str, device, max_layers: int | None,  # noqa: ANN001, ANN201
                 checkpointing: bool = False):
     """The LoRA-wrapped model on `device` and the tokenizer its batches use."""
     import torch
-    from transformers import Qwen2VLForConditionalGeneration
 
     from dermground.platform.model.tiny import PRESETS, build_config, build_tokenizer
     from dermground.train.lora import apply_lora, float32_trainable
 
     tokenizer = build_tokenizer(0)
     config = real_config(shape, tokenizer, max_layers) if shape in REAL_SHAPES else build_config(PRESETS[shape], tokenizer)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in its dtype on the device: a 7B float32 copy would not be needed
-    try:
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = Qwen2VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = construct(config, torch.bfloat16 if precision == "bf16" else torch.float32, device)
     total = sum(p.numel() for p in model.parameters())
     if checkpointing:  # recompute each block's activations in backward: memory for time
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
