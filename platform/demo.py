@@ -30,15 +30,18 @@ class DemoSize:
     seed: int = 7
 
 
-FULL = DemoSize(patients=120, images=2400, image_px=128, model_px=112,
+# model_px 140 (25 image tokens instead of 16; a step costs 1.2x): median R² 0.73 -> 0.78 at 17
+# epochs, mostly the colour contrasts (deltaB 0.28 -> 0.59); 19 epochs on the same base scored 0.74
+# (run-to-run noise of this size), 168 px was slower and worse (session 6, docs/EVALUATION.md).
+FULL = DemoSize(patients=120, images=2400, image_px=128, model_px=140,
                 pretrain_args=("--epochs", "2", "--max-steps", "1400", "--lr", "1e-3"),
                 # rank 32 / alpha 64: median R² 0.42 vs 0.35 at rank 8 on the same base; no LoRA dropout
                 # (its masks cost 17% of a step) and 22 epochs, which the cached training loop fits in
                 # the 20 training minutes; 14 -> 22 epochs: R² 0.57 -> 0.65 (docs/EVALUATION.md).
                 # --augment-views 8: each image shown in a random turn / mirror image each time it is
                 # used (session 5: median R² 0.66 -> 0.71 on the same base, docs/EVALUATION.md); it
-                # costs 1-4% of a step and the machine drifts, so 20 epochs keep the 20 minutes.
-                train_args=("--epochs", "20", "--lr", "1e-3", "--warmup-steps", "30", "--train-lm-head",
+                # costs 1-4% of a step; at 140 px 17 epochs take ~16 of the 20 minutes.
+                train_args=("--epochs", "17", "--lr", "1e-3", "--warmup-steps", "30", "--train-lm-head",
                             "--rank", "32", "--alpha", "64", "--dropout", "0", "--augment-views", "8"))
 SMALL = DemoSize(patients=24, images=240, image_px=128, model_px=112,
                  pretrain_args=("--epochs", "2", "--max-steps", "150", "--lr", "1e-3"),

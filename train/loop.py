@@ -100,6 +100,7 @@ class ExampleCache:
 
 def _build_model(config: dict) -> tuple[torch.nn.Module, Any]:
     from dermground.platform.model.loading import load_backbone
+    from dermground.train.lora import apply_lora, float32_trainable
 
     # bf16 LoRA keeps the frozen base in bfloat16 (half the memory, no cast per step); full-parameter
     # training keeps float32 weights, and whatever is trained is float32 either way (below).
@@ -111,13 +112,9 @@ def _build_model(config: dict) -> tuple[torch.nn.Module, Any]:
         # Non-reentrant: works with a frozen embedding layer (no input that needs a gradient).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config["mode"] == "lora":
-        from dermground.train.lora import apply_lora
-
         model = apply_lora(model, config["rank"], config["alpha"], config["dropout"], config.get("modules_to_save"))
     else:
         model.requires_grad_(True)
-    from dermground.train.lora import float32_trainable
-
     float32_trainable(model)
     model.train()
     return model, backbone.processor
