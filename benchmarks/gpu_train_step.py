@@ -9,7 +9,8 @@ backward, clip, AdamW. The tokenizer is the locally built one (Qwen2's digit-per
 1,024-token BPE), so prompts are a few tokens shorter than with Qwen's own; the embedding and
 output layers have the real 151,936 / 152,064 rows.
 
-Precisions (the two settings of `dermground train --precision`, built the same way as train/loop.py):
+Precisions (the two settings of `dermground train --precision`; the model is prepared by
+train/loop.py's own `training_dtype` and `prepare_for_training`):
   fp32  float32 weights and arithmetic (the default)
   bf16  the frozen base in bfloat16, trained weights in float32, bfloat16 autocast
 `--checkpointing` is `train --gradient-checkpointing`.
@@ -44,7 +45,9 @@ REAL_SHAPES = {
                     "num_attention_heads": 28, "num_key_value_heads": 4},
            "vision_depth": 32, "tie_word_embeddings": False},
 }
-PRESET_SIZES = {"tiny": 112, "small": 448}  # the demo trains the tiny preset at 112 px
+PRESET_SHAPES = ("tiny", "small")  # platform/model/tiny.py PRESETS
+PAPER_LORA = {"rank": 8, "alpha": 16, "dropout": 0.05}
+DEMO_LORA = {"rank": 32, "alpha": 64, "dropout": 0.0, "modules_to_save": ["lm_head"]}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ class Run:
     @classmethod
     def parse(cls, text: str) -> Run:
         shape, size, batch, precision = text.split(":")
-        if shape not in (*REAL_SHAPES, *PRESET_SIZES) or precision not in ("fp32", "bf16"):
+        from dermground.train.ray_train import PRECISIONS
+
+        if shape not in (*REAL_SHAPES, *PRESET_SHAPES) or precision not in PRECISIONS:
             raise SystemExit(f"bad run {text!r}: SHAPE:PX:BATCH:PRECISION with SHAPE in 2b, 7b, tiny, small "
                              "and PRECISION fp32 or bf16")
         return cls(shape, int(size), int(batch), precision)
@@ -109,25 +114,17 @@ def construct(config, dtype, device):  # noqa: ANN001, ANN201
 
 def build_model(shape: str, precision: str, device, max_layers: int | None,  # noqa: ANN001, ANN201
                 checkpointing: bool = False):
-    """The LoRA-wrapped model on `device` and the tokenizer its batches use."""
-    import torch
-
+    """The model on `device`, prepared as a training worker prepares it, and the tokenizer its batches use."""
     from dermground.platform.model.tiny import PRESETS, build_config, build_tokenizer
-    from dermground.train.lora import apply_lora, float32_trainable
+    from dermground.train.loop import prepare_for_training, training_dtype
 
     tokenizer = build_tokenizer(0)
     config = real_config(shape, tokenizer, max_layers) if shape in REAL_SHAPES else build_config(PRESETS[shape], tokenizer)
-    model = construct(config, torch.bfloat16 if precision == "bf16" else torch.float32, device)
+    lora = PAPER_LORA if shape in REAL_SHAPES else DEMO_LORA
+    run_config = {"mode": "lora", "precision": precision, "gradient_checkpointing": checkpointing, **lora}
+    model = construct(config, training_dtype(run_config), device)
     total = sum(p.numel() for p in model.parameters())
-    if checkpointing:  # recompute each block's activations in backward: memory for time
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if shape in REAL_SHAPES:
-        model = apply_lora(model, rank=8, alpha=16, dropout=0.05)
-    else:
-        model = apply_lora(model, rank=32, alpha=64, dropout=0.0, modules_to_save=["lm_head"])
-    float32_trainable(model)  # as train/loop.py does: trained weights are float32 masters
-    model.train()
-    return model, tokenizer, total
+    return prepare_for_training(model, run_config), tokenizer, total
 
 
 def encoded_examples(tokenizer, image_size: int, count: int):  # noqa: ANN001, ANN201

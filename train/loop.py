@@ -98,16 +98,20 @@ class ExampleCache:
         return encoded
 
 
-def _build_model(config: dict) -> tuple[torch.nn.Module, Any]:
-    from dermground.platform.model.loading import load_backbone
+def training_dtype(config: dict) -> torch.dtype:
+    """The dtype the base weights are loaded in for a run with this config.
+
+    bf16 LoRA keeps the frozen base in bfloat16 (half the memory, no cast per step); full-parameter
+    training keeps float32 weights; whatever is trained is float32 either way (prepare_for_training).
+    """
+    bf16_base = config.get("precision", "fp32") == "bf16" and config["mode"] == "lora"
+    return torch.bfloat16 if bf16_base else torch.float32
+
+
+def prepare_for_training(model: torch.nn.Module, config: dict) -> torch.nn.Module:
+    """A loaded Qwen2-VL made ready to train as `config` says: recomputation, LoRA or full, float32 trainables."""
     from dermground.train.lora import apply_lora, float32_trainable
 
-    # bf16 LoRA keeps the frozen base in bfloat16 (half the memory, no cast per step); full-parameter
-    # training keeps float32 weights, and whatever is trained is float32 either way (below).
-    bf16_base = config.get("precision", "fp32") == "bf16" and config["mode"] == "lora"
-    backbone = load_backbone(config["base_dir"], device="cpu", dtype="bfloat16" if bf16_base else "float32",
-                             for_training=True)
-    model = backbone.core
     if config.get("gradient_checkpointing"):
         # Non-reentrant: works with a frozen embedding layer (no input that needs a gradient).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -117,7 +121,14 @@ def _build_model(config: dict) -> tuple[torch.nn.Module, Any]:
         model.requires_grad_(True)
     float32_trainable(model)
     model.train()
-    return model, backbone.processor
+    return model
+
+
+def _build_model(config: dict) -> tuple[torch.nn.Module, Any]:
+    from dermground.platform.model.loading import load_backbone
+
+    backbone = load_backbone(config["base_dir"], device="cpu", dtype=training_dtype(config), for_training=True)
+    return prepare_for_training(backbone.core, config), backbone.processor
 
 
 def _trainable_state(model: torch.nn.Module, mode: str) -> dict[str, torch.Tensor]:
