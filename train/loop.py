@@ -11,7 +11,8 @@ images (platform/model/views.py), drawn per (seed, epoch, tuple): the attributes
 with the view, so the model sees up to V different pictures of each lesion with the same answer.
 `precision` "bf16" runs the forward pass under bfloat16 autocast (a LoRA base is stored in
 bfloat16, trained weights stay float32); `gradient_checkpointing` recomputes each block's
-activations in the backward pass (memory for time, same maths).
+activations in the backward pass (memory for time, same maths). `number_loss` w > 0 adds w x the
+number token loss on the answers' digits (train/number_loss.py) to the cross-entropy.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from dermground.train.collator import AnswerOnlyCollator, answer_window
     from dermground.train.dataset import rows_to_tuples
+    from dermground.train.number_loss import digit_token_ids, number_token_loss
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -209,6 +211,8 @@ def train_loop_per_worker(config: dict) -> None:
     order_epoch, order, views = -1, [], []
     augment = int(config.get("augment_views") or 1)
     bf16 = config.get("precision", "fp32") == "bf16"
+    number_weight = float(config.get("number_loss") or 0.0)
+    digit_ids = digit_token_ids(processor.tokenizer) if number_weight else None
     merge, temporal = processor.image_processor.merge_size, processor.image_processor.temporal_patch_size
 
     def shown(index: int):  # noqa: ANN202 - the tuple's EncodedExample in this epoch's view of its image
@@ -246,7 +250,11 @@ def train_loop_per_worker(config: dict) -> None:
             batch = answer_window(collate.pad([shown(i) for i in chunk]))
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = model(**batch, use_cache=False).loss * (len(chunk) / len(mine))
+                output = model(**batch, use_cache=False)
+            loss = output.loss
+            if number_weight:
+                loss = loss + number_weight * number_token_loss(output.logits, batch["labels"], digit_ids)
+            loss = loss * (len(chunk) / len(mine))
             loss.backward()
             batch_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, config.get("max_grad_norm", 1.0))

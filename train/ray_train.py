@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import threading
@@ -82,8 +83,11 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, hyper: dict, *, mode: s
     identity = {k: v for k, v in config.items() if k not in ("max_steps", "progress_queue", "rows", "threads",
                                                                "use_gpu", "checkpoint_every", "report_every",
                                                                "cache_mb", "gradient_checkpointing")}
+    # Defaults of flags added later are left out, so runs named before those flags existed keep their names (and resume).
     if identity.get("precision") == "fp32":
-        del identity["precision"]  # the default: runs named before the flag existed keep their names (and resume)
+        del identity["precision"]
+    if not identity.get("number_loss", 0):
+        identity.pop("number_loss", None)
     identity["rows"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     storage = Path(storage).resolve()
     trainer = TorchTrainer(
@@ -158,6 +162,7 @@ def train_adapter(
     augment_views: int = 1,
     precision: str = "fp32",
     gradient_checkpointing: bool = False,
+    number_loss: float = 0.0,
     max_images: int | None = None,
     ray_address: str | None = None,
     progress: bool = True,
@@ -175,6 +180,8 @@ def train_adapter(
         raise ValueError(f"augment_views must be between 1 (the images as given) and {MAX_VIEWS}, got {augment_views}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not (number_loss >= 0 and math.isfinite(number_loss)):
+        raise ValueError(f"number_loss must be a finite weight >= 0 (0: cross-entropy only), got {number_loss}")
     if batch_size % workers:
         raise ValueError(f"batch size {batch_size} must be a multiple of the worker count {workers}")
     training_set = build_training_set(data_dir, w=w, seed=seed, multi_attribute=multi_attribute, max_images=max_images)
@@ -183,7 +190,7 @@ def train_adapter(
              "modules_to_save": list(modules_to_save) if modules_to_save else None, "w": w, "seed": seed,
              "max_steps": max_steps, "checkpoint_every": checkpoint_every, "multi_attribute": multi_attribute,
              "augment_views": augment_views, "precision": precision, "gradient_checkpointing": gradient_checkpointing,
-             "workers": workers, "use_gpu": use_gpu}
+             "number_loss": number_loss, "workers": workers, "use_gpu": use_gpu}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -53,6 +53,10 @@ from dermground.platform.settings import MAX_VIEWS
 @click.option("--gradient-checkpointing", is_flag=True,
               help="Recompute activations in the backward pass: ~7x less GPU memory at Qwen2-VL-2B shapes "
                    "(batch 16, 448 px: 57.8 -> 7.9 GiB), ~1.6x slower steps; same result.")
+@click.option("--number-loss", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of a regression-like loss on the answers' digits added to the cross-entropy "
+                   "(NTL-WAS: expected distance of the predicted digit from the true one; 0.3 is its authors' "
+                   "choice). 0: cross-entropy only (the paper). The logged loss includes it.")
 @click.option("--ray-address", default=from_settings("ray_address"), show_default="DERMGROUND_RAY_ADDRESS",
               help="Existing Ray cluster to run on [default: a local Ray].")
 @click.option("--cache-mb", type=click.IntRange(min=0), default=2048, show_default=True,
@@ -62,7 +66,7 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, workers: int, gp
           epochs: int, batch_size: int, micro_batch_size: int | None, lr: float, warmup_steps: int, rank: int,
           alpha: int, dropout: float, train_lm_head: bool, w: int, seed: int, max_steps: int | None,
           checkpoint_every: int, multi_attribute: bool, augment_views: int, precision: str, gradient_checkpointing: bool,
-          ray_address: str | None, cache_mb: int) -> None:
+          number_loss: float, ray_address: str | None, cache_mb: int) -> None:
     """Fine-tune the vision encoder and decoder with LoRA to answer the 16 attribute questions."""
     from dermground.platform.model.loading import BackboneError
     from dermground.train.ray_train import METADATA_FILE, train_adapter
@@ -75,7 +79,7 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, workers: int, gp
             alpha=alpha, dropout=dropout, modules_to_save=["lm_head"] if train_lm_head else None, w=w, seed=seed,
             max_steps=max_steps, checkpoint_every=checkpoint_every, multi_attribute=multi_attribute,
             augment_views=augment_views, precision=precision, gradient_checkpointing=gradient_checkpointing,
-            ray_address=ray_address, progress=True, cache_mb=cache_mb)
+            number_loss=number_loss, ray_address=ray_address, progress=True, cache_mb=cache_mb)
     except BackboneError as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
