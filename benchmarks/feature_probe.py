@@ -54,20 +54,20 @@ def main() -> None:
 
     backbone = load_backbone(args.model, args.adapter, device="cpu", dtype="float32")
     embedder = Embedder(backbone, batch_size=8)
-    visual_tower = backbone.core.model.visual
+    # The vision tower's output is captured while the embedder runs it (one pass per image, not two).
+    captured: list[torch.Tensor] = []
+    backbone.core.model.visual.register_forward_hook(
+        lambda _module, _inputs, out: captured.append(getattr(out, "pooler_output", out).detach()))
 
     def features(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         records = [r for r in read_records(args.data, split=split) if isinstance(r, LesionRecord)]
         visual, embedded = [], []
         for start in tqdm(range(0, len(records), 32), desc=split, unit="batch"):
             images = [r.load_image() for r in records[start:start + 32]]
-            inputs = backbone.processor(text=["<|vision_start|><|image_pad|><|vision_end|>"] * len(images),
-                                        images=images, return_tensors="pt")
-            with torch.inference_mode():
-                out = visual_tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
-            tokens = getattr(out, "pooler_output", out)
-            visual.append(tokens.reshape(len(images), -1).float().numpy())
+            captured.clear()
             batch = embedder.embed(images)
+            # image-major merged tokens of every prefix pass of this chunk -> one row per image
+            visual.append(torch.cat(captured).reshape(len(images), -1).float().numpy())
             embedded.append(np.concatenate([batch.h_im] + [batch.h_im_a[n] for n in ATTRIBUTE_NAMES], axis=1))
         truth = np.array([[r.attributes[n] for n in ATTRIBUTE_NAMES] for r in records])
         return np.concatenate(visual), np.concatenate(embedded), truth
