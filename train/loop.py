@@ -120,6 +120,8 @@ def prepare_for_training(model: torch.nn.Module, config: dict) -> torch.nn.Modul
         model = apply_lora(model, config["rank"], config["alpha"], config["dropout"], config.get("modules_to_save"))
     else:
         model.requires_grad_(True)
+        if config.get("freeze_vision"):  # full-parameter training of everything but the vision tower
+            model.model.visual.requires_grad_(False)
     float32_trainable(model)
     model.train()
     return model

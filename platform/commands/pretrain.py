@@ -23,12 +23,16 @@ from dermground.platform.commands.context import current_settings, from_settings
 @click.option("--questions-per-image", type=click.IntRange(min=1, max=10), default=10, show_default=True,
               help="Image-statistics questions asked per image.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option("--tower-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="First train the vision tower alone for this many steps on local colour and texture statistics "
+                   "of each image token (train/tower_pretrain.py); 0 skips that stage.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Ray Train workers.")
 @click.option("--seed", type=int, default=from_settings("seed"), show_default="DERMGROUND_SEED", help="Seed.")
 @click.option("--ray-address", default=from_settings("ray_address"), show_default="DERMGROUND_RAY_ADDRESS",
               help="Existing Ray cluster to run on [default: a local Ray].")
 def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, epochs: int, batch_size: int, lr: float,
-             questions_per_image: int, max_steps: int | None, workers: int, seed: int, ray_address: str | None) -> None:
+             questions_per_image: int, max_steps: int | None, tower_steps: int, workers: int, seed: int,
+             ray_address: str | None) -> None:
     """Teach the random tiny model generic image-statistics answers (not the 16 attributes)."""
     from dermground.platform.model.loading import BackboneError
     from dermground.train.pretrain import pretrain_base
@@ -37,12 +41,15 @@ def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, epochs: int, 
     try:
         meta = pretrain_base(data_dir, base, out_dir, epochs=epochs, batch_size=batch_size, lr=lr,
                              questions_per_image=questions_per_image, seed=seed, max_steps=max_steps,
-                             workers=workers, ray_address=ray_address, progress=True)
+                             workers=workers, ray_address=ray_address, progress=True, tower_steps=tower_steps)
     except BackboneError as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nCheck --data / --base / --out.") from None
     curve = meta["loss_curve"]
+    if meta["tower"]:
+        click.echo(f"vision tower: {meta['tower']['hyperparameters']['steps']} steps on {meta['tower']['n_images']} "
+                   f"images, final loss {meta['tower']['final_loss']:.4f} (1 = predicting the mean)")
     click.echo(f"pre-trained {meta['steps']} steps on {meta['n_tuples']} questions in {meta['seconds']:.1f} s; "
                f"final loss {curve[-1][1]:.4f}" if curve else "no steps run")
     click.echo(f"model written to {out_dir} (fingerprint {meta['fingerprint']})")
