@@ -15,6 +15,8 @@ head regresses statistics of the pixels under that token's 28 x 28 px region of 
 one-cycle schedule). No lesion mask and no attribute is used: the targets are the same for any
 image. Only the vision tower (patch embedding, blocks, merger) is trained; the head is thrown
 away and the result is saved as a new model folder that `load_backbone` loads like any checkpoint.
+It runs in the calling process on the CPU (a few minutes at most for the tiny model); the
+question stage that follows runs on Ray Train.
 """
 
 from __future__ import annotations
@@ -156,8 +158,9 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
     metadata = {
         "what": "vision-tower pre-training on local image statistics of the tiny model (not the 16 attributes)",
         "statistics": list(STATISTIC_NAMES), "token_pixels": TOKEN_PIXELS,
-        "hyperparameters": {"steps": steps, "batch_size": batch, "lr": lr, "seed": seed, "schedule": "one-cycle",
+        "hyperparameters": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "schedule": "one-cycle",
                             "max_images": max_images},
+        "effective_batch_size": batch,
         "n_images": len(ids), "from_base": str(base.resolve()), "from_fingerprint": fingerprint(base),
         "fingerprint": fingerprint(out), "loss_curve": curve, "final_loss": curve[-1][1],
         "seconds": round(time.perf_counter() - started, 2),
