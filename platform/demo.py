@@ -34,7 +34,10 @@ class DemoSize:
 # epochs, mostly the colour contrasts (deltaB 0.28 -> 0.59); 19 epochs on the same base scored 0.74
 # (run-to-run noise of this size), 168 px was slower and worse (session 6, docs/EVALUATION.md).
 FULL = DemoSize(patients=120, images=2400, image_px=128, model_px=140,
-                pretrain_args=("--epochs", "2", "--max-steps", "1400", "--lr", "1e-3"),
+                # --tower-steps 2000: the vision tower first learns local colour and texture statistics
+                # (~2 minutes; session 8, same LoRA command, seeds 7/8/9: median R² 0.78/0.85/0.78 ->
+                # 0.91/0.90/0.90, stdLExt -0.15 -> 0.86, deltaB 0.59 -> 0.91 at seed 7; docs/EVALUATION.md).
+                pretrain_args=("--epochs", "2", "--max-steps", "1400", "--lr", "1e-3", "--tower-steps", "2000"),
                 # rank 32 / alpha 64: median R² 0.42 vs 0.35 at rank 8 on the same base; no LoRA dropout
                 # (its masks cost 17% of a step) and 22 epochs, which the cached training loop fits in
                 # the 20 training minutes; 14 -> 22 epochs: R² 0.57 -> 0.65 (docs/EVALUATION.md).
@@ -44,7 +47,7 @@ FULL = DemoSize(patients=120, images=2400, image_px=128, model_px=140,
                 train_args=("--epochs", "17", "--lr", "1e-3", "--warmup-steps", "30", "--train-lm-head",
                             "--rank", "32", "--alpha", "64", "--dropout", "0", "--augment-views", "8"))
 SMALL = DemoSize(patients=24, images=240, image_px=128, model_px=112,
-                 pretrain_args=("--epochs", "2", "--max-steps", "150", "--lr", "1e-3"),
+                 pretrain_args=("--epochs", "2", "--max-steps", "150", "--lr", "1e-3", "--tower-steps", "200"),
                  train_args=("--epochs", "3", "--lr", "1e-3", "--warmup-steps", "10", "--train-lm-head",
                              "--augment-views", "8"))
 # One embedding actor on one thread: on 2 shared cores, 2 torch threads for the tiny model were
