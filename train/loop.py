@@ -214,7 +214,7 @@ def train_loop_per_worker(config: dict) -> None:
     augment = int(config.get("augment_views") or 1)
     bf16 = config.get("precision", "fp32") == "bf16"
     number_weight = float(config.get("number_loss") or 0.0)
-    digit_ids = digit_token_ids(processor.tokenizer) if number_weight else None
+    digit_ids = digit_token_ids(processor.tokenizer).to(device) if number_weight else None  # moved once, not per step
     merge, temporal = processor.image_processor.merge_size, processor.image_processor.temporal_patch_size
 
     def shown(index: int):  # noqa: ANN202 - the tuple's EncodedExample in this epoch's view of its image

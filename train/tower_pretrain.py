@@ -97,7 +97,7 @@ def _encode_images(data_dir: Path, processor, max_images: int | None, progress: 
         patches.append(encoded["pixel_values"].to(torch.float16))
         grids.append(grid)
         targets.append(region_statistics(_model_input_rgb(image, grid, patch_size)))
-    return patches, torch.stack(grids), np.stack(targets), [r.isic_id for r in records]
+    return patches, torch.stack(grids), np.stack(targets)
 
 
 def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Path, *, steps: int,
@@ -125,7 +125,7 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
     model.requires_grad_(False)
     tower.requires_grad_(True)
     tower.train()
-    patches, grids, raw_targets, ids = _encode_images(Path(data_dir), backbone.processor, max_images, progress)
+    patches, grids, raw_targets = _encode_images(Path(data_dir), backbone.processor, max_images, progress)
     flat = raw_targets.reshape(-1, raw_targets.shape[-1])
     mean, scale = flat.mean(axis=0), flat.std(axis=0) + 1e-6
     targets = torch.from_numpy((raw_targets - mean) / scale)
@@ -161,7 +161,7 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
         "hyperparameters": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "schedule": "one-cycle",
                             "max_images": max_images},
         "effective_batch_size": batch,
-        "n_images": len(ids), "from_base": str(base.resolve()), "from_fingerprint": fingerprint(base),
+        "n_images": len(patches), "from_base": str(base.resolve()), "from_fingerprint": fingerprint(base),
         "fingerprint": fingerprint(out), "loss_curve": curve, "final_loss": curve[-1][1],
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -25,7 +25,8 @@ from dermground.platform.commands.context import current_settings, from_settings
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option("--tower-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="First train the vision tower alone for this many steps on local colour and texture statistics "
-                   "of each image token (train/tower_pretrain.py); 0 skips that stage.")
+                   "of each image token (train/tower_pretrain.py), with the same --batch-size, --lr and --seed; "
+                   "0 skips that stage.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Ray Train workers.")
 @click.option("--seed", type=int, default=from_settings("seed"), show_default="DERMGROUND_SEED", help="Seed.")
 @click.option("--ray-address", default=from_settings("ray_address"), show_default="DERMGROUND_RAY_ADDRESS",
