@@ -19,12 +19,18 @@ The model is not invariant: its answers differ between views, partly at
 random. With V > 1 the image is asked in its first V dihedral views (1, 2, 4 and 8 are groups)
 and the answers of all views are pooled: K samples per view, or each view's greedy answer when
 K = 0. The raw text stays the greedy answer to the image as given.
+
+Pool (`pool`): how the pooled answers become one number. "mean" is the expected value; "median"
+ignores the few answers with a slipped decimal point ("23.40" for 2.34) that can drag a mean of
+32 answers far off. Which one the product uses was chosen on training-split images
+(docs/EVALUATION.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +43,7 @@ from dermground.platform.model.loading import Backbone
 from dermground.platform.model.shared_prefix import encode_prefix, run_suffixes, step, tokenize_suffixes
 from dermground.platform.model.views import MAX_VIEWS, dihedral_view
 from dermground.platform.settings import MAX_PREDICT_SAMPLES
+from dermground.platform.settings import PREDICT_POOLS as POOLS  # noqa: N811 - the module's own name for them
 
 DEFAULT_MAX_NEW_TOKENS = 10  # the longest answer, "-40.00", is 6 digit/sign tokens + <|im_end|>
 SAMPLING_TOP_K = 64  # tokens considered per sampling step: digits, sign, point and end all fit
@@ -47,8 +54,8 @@ class Prediction:
     """One answer: the parsed value (None when unparseable or out of range), the raw text, ok flag.
 
     `raw` is always the greedy answer to the image as given. With sampling or several views,
-    `value` is the mean of the `samples` pooled answers that parsed (None when fewer than half
-    did) and `spread` their standard deviation.
+    `value` is the mean or median (the pool) of the `samples` pooled answers that parsed (None
+    when fewer than half did) and `spread` their standard deviation.
     """
 
     value: float | None
@@ -69,19 +76,22 @@ def predict_attributes(
     seed: int = 0,
     temperature: float = 1.0,
     views: int = 1,
+    pool: str = "mean",
 ) -> list[dict[str, Prediction]]:
     """For each image, {attribute name: Prediction}; all 16 attributes when None.
 
-    `samples=0, views=1` gives the greedy answer's value; otherwise the mean of the answers pooled
-    over `views` dihedral views, K = `samples` sampled answers per view or, with `samples=0`, each
-    view's greedy answer (see the module docstring). The greedy answer to the image is kept as `raw`.
+    `samples=0, views=1` gives the greedy answer's value; otherwise the `pool` ("mean" or
+    "median") of the answers pooled over `views` dihedral views, K = `samples` sampled answers per
+    view or, with `samples=0`, each view's greedy answer (see the module docstring). The greedy
+    answer to the image is kept as `raw`.
     """
+    check_pool(pool)
     attrs = selected_attributes(attributes)
     answers, drawn = _generate(backbone, images, [a.question for a in attrs], greedy=True, samples=samples, seed=seed,
                                temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                suffix_batch=suffix_batch, views=views)
     pooled = samples or views > 1
-    return [{a.name: summarise_samples(a, raw, drawn[i][q]) if pooled else greedy_prediction(a, raw)
+    return [{a.name: summarise_samples(a, raw, drawn[i][q], pool) if pooled else greedy_prediction(a, raw)
              for q, (a, raw) in enumerate(zip(attrs, row))}
             for i, row in enumerate(answers)]
 
@@ -92,18 +102,28 @@ def greedy_prediction(attribute: Attribute, raw: str) -> Prediction:
     return Prediction(value=value, raw=raw, ok=value is not None)
 
 
-def summarise_samples(attribute: Attribute, raw: str, texts: Sequence[str]) -> Prediction:
-    """The Prediction from sampled answer texts: mean and spread of those that parse.
+def check_pool(pool: str) -> str:
+    """`pool` if it is one of POOLS, else ValueError naming the choices."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    return pool
 
-    Most samples must parse (at least half): a mean of the few numbers among junk would hide a
-    confused model, so that counts as unparsed (value None) like a junk greedy answer.
+
+def summarise_samples(attribute: Attribute, raw: str, texts: Sequence[str], pool: str = "mean") -> Prediction:
+    """The Prediction from sampled answer texts: their `pool` (mean or median) and spread of those that parse.
+
+    Most samples must parse (at least half): a value from the few numbers among junk would hide a
+    confused model, so that counts as unparsed (value None) like a junk greedy answer. The spread
+    is the answers' standard deviation whichever the pool.
     """
+    check_pool(pool)
     values = [v for v in (attribute.parse_value(text) for text in texts) if v is not None]
     if not values or 2 * len(values) < len(texts):
         return Prediction(value=None, raw=raw, ok=False, spread=None, samples=len(values))
     mean = math.fsum(values) / len(values)
     spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
-    return Prediction(value=mean, raw=raw, ok=True, spread=spread, samples=len(values))
+    value = mean if pool == "mean" else statistics.median(values)
+    return Prediction(value=value, raw=raw, ok=True, spread=spread, samples=len(values))
 
 
 def answer_questions(

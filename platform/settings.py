@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "DERMGROUND_"
 MAX_PREDICT_SAMPLES = 256  # sampled answers per question (platform/predict.py): bounds a request's cost
 MAX_VIEWS = 8  # turns and mirror images of a square crop (the dihedral group has 8; platform/model/views.py)
+PredictPool = Literal["mean", "median"]  # how pooled answers become one value (platform/predict.py)
+PREDICT_POOLS: tuple[str, ...] = PredictPool.__args__
 
 
 class SettingsError(ValueError):
@@ -69,6 +71,8 @@ class Settings(BaseSettings):
     # (platform/predict.py). Samples 0: each view's greedy answer; views 1: the image as given.
     predict_samples: int = Field(4, ge=0, le=MAX_PREDICT_SAMPLES)
     predict_views: int = Field(8, ge=1, le=MAX_VIEWS)
+    # How those answers become one value: their mean or their median (platform/predict.py).
+    predict_pool: PredictPool = "mean"
 
     @field_validator("home", mode="after")
     @classmethod

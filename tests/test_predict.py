@@ -116,15 +116,17 @@ def test_sampling_follows_the_models_first_token_distribution(tiny_backbone, ima
     assert cold == [greedy] * 4
 
 
-def test_sampled_prediction_is_the_mean_of_its_parsed_samples(tiny_backbone, images):
+@pytest.mark.parametrize("pool", ["mean", "median"])
+def test_sampled_prediction_is_the_pool_of_its_parsed_samples(tiny_backbone, images, pool):
     names = ["areaMM2", "deltaB"]
-    predictions = predict_attributes(tiny_backbone, images[:2], attributes=names, max_new_tokens=6, samples=8, seed=1)
+    predictions = predict_attributes(tiny_backbone, images[:2], attributes=names, max_new_tokens=6, samples=8, seed=1,
+                                     pool=pool)
     drawn = sample_answers(tiny_backbone, images[:2], [get_attribute(n).question for n in names], 8, seed=1,
                            max_new_tokens=6)
     greedy = answer_questions(tiny_backbone, images[:2], [get_attribute(n).question for n in names], max_new_tokens=6)
     for i in range(2):
         for q, name in enumerate(names):
-            assert predictions[i][name] == summarise_samples(get_attribute(name), greedy[i][q], drawn[i][q])
+            assert predictions[i][name] == summarise_samples(get_attribute(name), greedy[i][q], drawn[i][q], pool)
 
 
 def test_summarise_samples_mean_spread_and_the_majority_rule():
@@ -136,6 +138,17 @@ def test_summarise_samples_mean_spread_and_the_majority_rule():
     few = summarise_samples(area, "12.0", ["10.0", "junk", "junk", "?"])
     assert not few.ok and few.value is None and few.samples == 1
     assert not summarise_samples(area, "", []).ok
+
+
+def test_median_pool_ignores_a_slipped_decimal_point_and_unknown_pools_are_refused():
+    minor = get_attribute("minorAxisMM")
+    texts = ["2.30", "2.40", "23.40", "2.35", "2.50"]
+    mean, median = (summarise_samples(minor, "2.30", texts, pool) for pool in ("mean", "median"))
+    assert mean.value == pytest.approx(6.59) and median.value == pytest.approx(2.40)
+    assert median.spread == mean.spread and median.samples == 5  # the spread describes the answers, not the pool
+    assert not summarise_samples(minor, "", ["2.3", "junk", "?"], "median").ok  # the majority rule holds too
+    with pytest.raises(ValueError, match="mean, median"):
+        summarise_samples(minor, "2.30", texts, "mode")
 
 
 def test_sampling_rejects_bad_settings(tiny_backbone, images):

@@ -40,7 +40,7 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     [("DERMGROUND_API_PORT", "not-a-port"), ("DERMGROUND_DEVICE", "tpu"),
      ("DERMGROUND_COLLECTION", "no spaces allowed"), ("DERMGROUND_QDRANT_SHARDS", "0"),
      ("DERMGROUND_PREDICT_SAMPLES", "-1"), ("DERMGROUND_PREDICT_SAMPLES", "100000"),
-     ("DERMGROUND_PREDICT_VIEWS", "0"), ("DERMGROUND_PREDICT_VIEWS", "9")],
+     ("DERMGROUND_PREDICT_VIEWS", "0"), ("DERMGROUND_PREDICT_VIEWS", "9"), ("DERMGROUND_PREDICT_POOL", "mode")],
 )
 def test_invalid_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)

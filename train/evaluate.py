@@ -107,6 +107,7 @@ def evaluate_predictions(
     batch_size: int = 8,
     samples: int = 16,
     views: int = 1,
+    pool: str = "mean",
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
@@ -133,7 +134,7 @@ def evaluate_predictions(
             chunk = records[start:start + batch_size]
             predictions += predict_attributes(backbone, [r.load_image() for r in chunk], names, batch_size=batch_size,
                                               suffix_batch=256, samples=samples, seed=seed,
-                                              views=views)
+                                              views=views, pool=pool)
             bar.update(len(chunk))
     truth = [r.attributes for r in records]
     scores = score_predictions(truth, predictions, names)
@@ -150,7 +151,7 @@ def evaluate_predictions(
         (out / GREEDY_PREDICTION_FILE).unlink()
     # parent/name: demo adapters are all called "adapter"; the folder above tells them apart
     label = "base model" if adapter_dir is None else f"adapter {Path(adapter_dir).parent.name}/{Path(adapter_dir).name}"
-    decoding = decoding_label(samples, views)
+    decoding = decoding_label(samples, views, pool)
     finite = [s.r2 for s in scores.values() if np.isfinite(s.r2)]
     plot_r2(scores, out / FIGURE_FILE,
             f"Test-split R² per attribute ({label}, {decoding}, {len(records)} images, median "
@@ -162,9 +163,9 @@ def evaluate_predictions(
     return report
 
 
-def decoding_label(samples: int, views: int) -> str:
-    """How a prediction was read, in words: "greedy", "mean of 16 samples", "mean of 2 samples x 8 views"."""
-    what = f"mean of {samples} samples" if samples else ("greedy" if views == 1 else "mean of greedy answers")
+def decoding_label(samples: int, views: int, pool: str = "mean") -> str:
+    """How a prediction was read, in words: "greedy", "mean of 16 samples", "median of 2 samples x 8 views"."""
+    what = f"{pool} of {samples} samples" if samples else ("greedy" if views == 1 else f"{pool} of greedy answers")
     return what if views == 1 else f"{what} x {views} views"
 
 

@@ -176,7 +176,7 @@ def _tower_stage(data_dir: str | Path, base: Path, tower_dir: Path, steps: int, 
                  seed: int, max_images: int | None, progress: bool) -> dict | None:
     """Run (or, after an interruption, reuse) the vision-tower stage; its metadata, or None when skipped."""
     from dermground.platform.model.fingerprint import fingerprint
-    from dermground.train.tower_pretrain import TOWER_METADATA_FILE, pretrain_tower
+    from dermground.train.tower_pretrain import STATISTIC_NAMES, TOWER_METADATA_FILE, pretrain_tower
 
     if steps == 0:
         return None
@@ -184,7 +184,9 @@ def _tower_stage(data_dir: str | Path, base: Path, tower_dir: Path, steps: int, 
     wanted = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "max_images": max_images}
     if marker.is_file():  # written last, so its presence means the stage finished
         done = json.loads(marker.read_text())
-        same = {k: done["hyperparameters"].get(k) for k in wanted} == wanted
+        # A tower trained on another set of statistics (an older version of the stage) is not reused.
+        same = ({k: done["hyperparameters"].get(k) for k in wanted} == wanted
+                and done.get("statistics") == list(STATISTIC_NAMES))
         if same and done["from_fingerprint"] == fingerprint(base) and done["fingerprint"] == fingerprint(tower_dir):
             return done
         shutil.rmtree(tower_dir)

@@ -150,7 +150,7 @@ def predict(request: Request, file: Annotated[UploadFile, File(description="the 
         settings = _settings(request)
         answers = request.app.state.embedder.run(lambda embedder: predict_attributes(
             embedder.backbone, [image], samples=settings.predict_samples, seed=settings.seed,
-            views=settings.predict_views)[0])
+            views=settings.predict_views, pool=settings.predict_pool)[0])
     except ModelUnavailableError as exc:
         raise HTTPException(503, detail=str(exc)) from None
     return schemas.PredictResult(

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import current_settings
-from dermground.platform.settings import MAX_PREDICT_SAMPLES, MAX_VIEWS
+from dermground.platform.settings import MAX_PREDICT_SAMPLES, MAX_VIEWS, PREDICT_POOLS
 
 
 @click.group("eval")
@@ -35,10 +35,14 @@ def evaluate() -> None:
               help="Ask each image in this many of its 8 turns and mirror images (1, 2, 4 or 8 are whole groups) "
                    "and pool the answers of all views; --samples is per view. 1: the image as given. "
                    "[default: the predict_views setting, 8]")
+@click.option("--pool", type=click.Choice(PREDICT_POOLS), default=None,
+              help="How the pooled answers become one value: their mean (the expected value) or their median "
+                   "(robust to a few answers with a slipped decimal point). [default: the predict_pool setting]")
 @click.option("--seed", type=int, default=None, help="Seed of the sampling noise [default: the seed setting].")
 @click.option("--no-catalog", is_flag=True, help="Do not write predictions/evaluations into the catalog.")
 def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, out_dir: Path, max_images: int | None,
-            batch_size: int, samples: int | None, views: int | None, seed: int | None, no_catalog: bool) -> None:
+            batch_size: int, samples: int | None, views: int | None, pool: str | None, seed: int | None,
+            no_catalog: bool) -> None:
     """Predict all 16 attributes for every test image; R² per attribute, parse rate, bar chart."""
     import statistics
 
@@ -52,7 +56,7 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
             catalog_dir=None if no_catalog else settings.catalog_dir, collection=settings.collection,
             max_images=max_images, batch_size=batch_size, samples=settings.predict_samples if samples is None else samples,
             views=settings.predict_views if views is None else views,
-            seed=settings.seed if seed is None else seed, device=settings.device,
+            pool=pool or settings.predict_pool, seed=settings.seed if seed is None else seed, device=settings.device,
             progress=True)
     except BackboneError as exc:
         raise click.ClickException(str(exc)) from None
