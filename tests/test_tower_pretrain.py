@@ -10,13 +10,7 @@ import torch
 from PIL import Image
 
 from dermground.ingest.measure import srgb_to_lab
-from dermground.train.tower_pretrain import (
-    STATISTIC_NAMES,
-    TOKEN_PIXELS,
-    TOWER_METADATA_FILE,
-    otsu_threshold,
-    region_statistics,
-)
+from dermground.train.tower_pretrain import STATISTIC_NAMES, TOKEN_PIXELS, TOWER_METADATA_FILE, region_statistics
 
 
 def _column(name: str) -> int:
@@ -43,33 +37,6 @@ def test_region_statistics_of_flat_and_split_regions_in_token_order():
     # the brightness gradient is zero inside flat regions and large at the step inside token 3
     assert stats[flat][:, _column("grad_L_q0")].max() < stats[3, _column("grad_L_q1")]
     assert stats[4, _column("grad_L_q1")] == pytest.approx(0.0, abs=1e-3)  # no edge in or next to it
-
-
-def test_dark_statistics_follow_a_dark_blob_and_its_contour():
-    """The dark class (Otsu on smoothed L*) of a two-tone image is the dark square; its contour crosses tokens."""
-    rgb = np.full((2 * TOKEN_PIXELS, 2 * TOKEN_PIXELS, 3), (210, 160, 130), dtype=np.uint8)
-    half = TOKEN_PIXELS // 2
-    rgb[half:TOKEN_PIXELS + half, half:TOKEN_PIXELS + half] = (70, 40, 30)  # centred: a quarter of each token
-    rgb[half + 4:half + 8, half + 4:half + 8] = (120, 60, 40)  # a lighter spot inside the lesion, in token 0
-    stats = region_statistics(rgb)
-    dark = stats[:, [_column(f"dark_q{q}") for q in range(4)]]
-    # each token's inner quarter (q3, q1, q2, q0 for tokens 0..3) is dark, its outer quarter light
-    for token, inner, outer in ((0, 3, 0), (1, 2, 1), (2, 1, 2), (3, 0, 3)):
-        assert dark[token, inner] > 0.9 and dark[token, outer] == pytest.approx(0.0)
-        assert stats[token, _column(f"contour_q{inner}")] > 0  # the square's edge runs through the inner quarter
-        assert stats[token, _column(f"contour_q{outer}")] == pytest.approx(0.0)
-    lesion = srgb_to_lab(np.array([[70, 40, 30]], np.uint8))[0]
-    # the dark pixels' colour is the lesion's, not the token's skin-and-lesion mixture
-    np.testing.assert_allclose(stats[3, [_column(f"dark_mean_{c}") for c in "Lab"]], lesion, atol=0.05)
-    assert stats[3, _column("mean_L")] > lesion[0] + 10
-    assert stats[3, _column("dark_std_L")] == pytest.approx(0.0, abs=1e-3)  # flat lesion colour in token 3
-    assert stats[0, _column("dark_std_L")] > 1.0  # the lighter spot varies the lesion's colour in token 0
-
-
-def test_otsu_threshold_splits_two_levels_and_tolerates_a_flat_image():
-    values = np.concatenate([np.full(900, 20.0), np.full(100, 70.0)])
-    assert 20.0 <= otsu_threshold(values) < 70.0
-    assert otsu_threshold(np.full(10, 5.0)) == 5.0
 
 
 def test_region_statistics_refuses_sizes_off_the_token_grid():

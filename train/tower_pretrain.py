@@ -8,16 +8,12 @@ features (docs/EVALUATION.md, "Why the weak attributes stay weak"). This stage g
 those generic skills directly: from every merged image token (what the decoder sees), a linear
 head regresses statistics of the pixels under that token's 28 x 28 px region of the model input:
 
-    mean and standard deviation of L*, a* and b* (CIE LAB, D65); the mean L*, b* and
-    brightness-gradient magnitude (|grad L*|) of each of the region's 2 x 2 quarters; and, with
-    "dark" the darker of the image's two Otsu classes of smoothed L* (a generic figure/ground
-    split, not the lesion mask), each quarter's dark fraction and dark/light contour density and
-    the mean and standard deviation of L*, a*, b* over the region's dark pixels
+    mean and standard deviation of L*, a* and b* (CIE LAB, D65), and the mean L*, b* and
+    brightness-gradient magnitude (|grad L*|) of each of the region's 2 x 2 quarters
 
-(32 numbers per token, standardised over the training images; mean squared error; AdamW with a
+(18 numbers per token, standardised over the training images; mean squared error; AdamW with a
 one-cycle schedule). No lesion mask and no attribute is used: the targets are the same for any
-image. The dark-pixel statistics (session 9) separate the colour of what stands out from its
-surround inside a region that holds both. Only the vision tower (patch embedding, blocks, merger) is trained; the head is thrown
+image. Only the vision tower (patch embedding, blocks, merger) is trained; the head is thrown
 away and the result is saved as a new model folder that `load_backbone` loads like any checkpoint.
 It runs in the calling process on the CPU (a few minutes at most for the tiny model); the
 question stage that follows runs on Ray Train.
@@ -39,60 +35,23 @@ TOKEN_PIXELS = 28  # a merged token covers merge_size (2) x patch_size (14) pixe
 QUARTERS = 2  # sub-regions per token side for the quarter statistics
 STATISTIC_NAMES = (
     [f"mean_{c}" for c in "Lab"] + [f"std_{c}" for c in "Lab"]
-    + [f"{stat}_q{q}" for stat in ("mean_L", "mean_b", "grad_L", "dark", "contour")
-       for q in range(QUARTERS * QUARTERS)]
-    + [f"dark_{stat}_{c}" for stat in ("mean", "std") for c in "Lab"]
+    + [f"{stat}_q{q}" for stat in ("mean_L", "mean_b", "grad_L") for q in range(QUARTERS * QUARTERS)]
 )
-HISTOGRAM_BINS = 256  # for the image's Otsu threshold on L*
-
-
-def otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold: the cut that maximises the between-class variance of a 1-D sample."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    low, high = float(values.min()), float(values.max())
-    if high - low < 1e-9:
-        return high
-    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(low, high))
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(counts)[:-1]
-    weight_high = counts.sum() - weight_low
-    sum_low = np.cumsum(counts * centres)[:-1]
-    mean_low = sum_low / np.maximum(weight_low, 1)
-    mean_high = (float((counts * centres).sum()) - sum_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(edges[1:-1][int(np.argmax(between))])
-
-
-def dark_mask(lightness: np.ndarray) -> np.ndarray:
-    """The darker of the image's two Otsu classes of 3 x 3-smoothed L*: a generic figure/ground split."""
-    padded = np.pad(lightness, 1, mode="edge")
-    height, width = lightness.shape
-    smooth = sum(padded[i:i + height, j:j + width] for i in range(3) for j in range(3)) / 9.0
-    return smooth <= otsu_threshold(smooth)
 
 
 def region_statistics(rgb: np.ndarray) -> np.ndarray:
     """Statistics of each token region of an RGB uint8 image whose sides are multiples of 28 px.
 
-    Returns float32 (tokens, len(STATISTIC_NAMES)), tokens in the merger's row-major order:
-    per token the mean and std of L*, a*, b*; per quarter the mean L*, mean b*, mean |grad L*|, the
-    dark fraction and the dark contour density (dark/light changes between neighbouring pixels per
-    pixel); per token the mean and std of L*, a*, b* over its dark pixels (the token's overall mean
-    and 0 where it has fewer than two).
+    Returns float32 (tokens, len(STATISTIC_NAMES)), tokens in the merger's row-major order.
     """
     from dermground.ingest.measure import srgb_to_lab
 
     height, width = rgb.shape[:2]
     if rgb.ndim != 3 or rgb.shape[2] != 3 or height % TOKEN_PIXELS or width % TOKEN_PIXELS:
         raise ValueError(f"need an RGB image with sides that are multiples of {TOKEN_PIXELS} px, got {rgb.shape}")
-    lab = srgb_to_lab(rgb).astype(np.float64)
+    lab = srgb_to_lab(rgb)
     grad_y, grad_x = np.gradient(lab[..., 0])
     gradient = np.hypot(grad_x, grad_y)
-    dark = dark_mask(lab[..., 0])
-    # A change between a pixel and its right / lower neighbour counts at that pixel.
-    contour = np.zeros(dark.shape)
-    contour[:, :-1] += dark[:, :-1] != dark[:, 1:]
-    contour[:-1, :] += dark[:-1, :] != dark[1:, :]
     rows, cols = height // TOKEN_PIXELS, width // TOKEN_PIXELS
 
     def block_means(plane: np.ndarray, per_side: int) -> np.ndarray:
@@ -103,18 +62,8 @@ def region_statistics(rgb: np.ndarray) -> np.ndarray:
 
     means = [block_means(lab[..., c], 1) for c in range(3)]
     stds = [np.sqrt(np.maximum(block_means(lab[..., c] ** 2, 1) - m**2, 0.0)) for c, m in enumerate(means)]
-    quarters = [block_means(plane, QUARTERS)
-                for plane in (lab[..., 0], lab[..., 2], gradient, dark.astype(np.float64), contour)]
-    dark_share = block_means(dark.astype(np.float64), 1)
-    enough = dark_share * TOKEN_PIXELS**2 >= 2
-    share = np.maximum(dark_share, 1.0 / TOKEN_PIXELS**2)
-    dark_means, dark_stds = [], []
-    for c, overall in enumerate(means):
-        first = block_means(lab[..., c] * dark, 1) / share
-        second = block_means(lab[..., c] ** 2 * dark, 1) / share
-        dark_means.append(np.where(enough, first, overall))
-        dark_stds.append(np.where(enough, np.sqrt(np.maximum(second - first**2, 0.0)), 0.0))
-    return np.concatenate(means + stds + quarters + dark_means + dark_stds, axis=1).astype(np.float32)
+    quarters = [block_means(plane, QUARTERS) for plane in (lab[..., 0], lab[..., 2], gradient)]
+    return np.concatenate(means + stds + quarters, axis=1).astype(np.float32)
 
 
 def _model_input_rgb(image, grid_thw: torch.Tensor, patch_size: int) -> np.ndarray:  # noqa: ANN001 - a PIL image
