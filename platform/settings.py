@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,7 +16,7 @@ ENV_PREFIX = "DERMGROUND_"
 MAX_PREDICT_SAMPLES = 256  # sampled answers per question (platform/predict.py): bounds a request's cost
 MAX_VIEWS = 8  # turns and mirror images of a square crop (the dihedral group has 8; platform/model/views.py)
 PredictPool = Literal["mean", "median"]  # how pooled answers become one value (platform/predict.py)
-PREDICT_POOLS: tuple[str, ...] = PredictPool.__args__
+PREDICT_POOLS: tuple[str, ...] = get_args(PredictPool)
 
 
 class SettingsError(ValueError):
