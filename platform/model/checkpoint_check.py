@@ -1,0 +1,265 @@
+"""Validate a checkpoint folder before a long job: every problem names the file and the fix.
+
+Three levels, cheapest first: the files (config, weights and their shard index, tokenizer,
+preprocessor), the tokenizer against the config (the vision and chat special tokens exist, are one
+token each and have the ids the config expects; digits are single tokens), and the image settings
+against the data's crops (how many image tokens a crop becomes). `dermground model check` runs them
+all; `train`, `ingest` and `serve` run them at start; loading runs the file level.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dermground.platform.model.families import FAMILIES, REFUSED_FAMILIES
+
+INIT_HINT = "build a local model with `dermground model init-tiny --out DIR` or point --model at a Qwen2-VL checkpoint"
+REDOWNLOAD = "download the checkpoint again (e.g. `huggingface-cli download Qwen/Qwen2-VL-2B-Instruct --local-dir DIR`)"
+# Tokens the prompt is written with (platform/model/prompts.py); each must be one token.
+PROMPT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+PAD_TOKEN = "<|endoftext|>"
+# config attribute -> the token it must name
+CONFIG_TOKEN_IDS = {"image_token_id": "<|image_pad|>", "vision_start_token_id": "<|vision_start|>",
+                    "vision_end_token_id": "<|vision_end|>"}
+MIN_IMAGE_TOKENS = 4  # fewer merged patches than this and a crop is a few coloured squares
+MAX_IMAGE_TOKENS = 16384  # beyond this one crop's prefix alone needs gigabytes of attention memory
+
+
+@dataclass(frozen=True)
+class CheckpointProblem:
+    """One thing wrong with a checkpoint folder."""
+
+    file: str  # file name inside the folder ("" for the folder itself)
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"{where}{self.message}; {self.fix}"
+
+
+@dataclass
+class CheckReport:
+    """What `check_checkpoint` found: problems (empty = usable) and facts worth printing."""
+
+    path: Path
+    problems: list[CheckpointProblem] = field(default_factory=list)
+    facts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        """All problems, one per line, under a line naming the folder."""
+        lines = [f"checkpoint {self.path} cannot be used ({len(self.problems)} problem(s)):"]
+        return "\n".join(lines + [f"  - {p}" for p in self.problems])
+
+
+def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
+    """Problems visible from the file listing and config.json alone (no tokenizer or weights loaded).
+
+    The first problem that makes the rest meaningless (no folder, no config) stops the listing.
+    """
+    path = Path(model_dir)
+    if not path.is_dir():
+        return [CheckpointProblem("", f"model directory {path} does not exist", INIT_HINT)]
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return [CheckpointProblem("config.json", f"{path} has no config.json, so it is not a Hugging Face checkpoint",
+                                  INIT_HINT)]
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        return [CheckpointProblem("config.json", f"not readable JSON ({exc})", "rebuild or " + REDOWNLOAD)]
+    model_type = config.get("model_type")
+    if model_type in REFUSED_FAMILIES:
+        return [CheckpointProblem("config.json", f"{path} holds a {model_type!r} model. {REFUSED_FAMILIES[model_type]}",
+                                  "point --model at a supported checkpoint")]
+    if model_type not in FAMILIES:
+        return [CheckpointProblem("config.json", f"{path} holds a {model_type!r} model; dermground needs one of "
+                                  f"{tuple(FAMILIES)}", "point --model at a Qwen2-VL or Qwen2.5-VL checkpoint")]
+    problems = _weight_problems(path)
+    if not (path / "tokenizer.json").is_file() and not (
+            (path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
+        problems.append(CheckpointProblem("tokenizer.json", "no tokenizer files (tokenizer.json, or vocab.json + "
+                                          "merges.txt); the checkpoint is incomplete",
+                                          "copy tokenizer.json and tokenizer_config.json from the model's hub page "
+                                          "or " + REDOWNLOAD))
+    if not (path / "preprocessor_config.json").is_file() and not (path / "processor_config.json").is_file():
+        problems.append(CheckpointProblem("preprocessor_config.json", "no image processor config "
+                                          "(preprocessor_config.json); the checkpoint is incomplete",
+                                          "copy preprocessor_config.json from the model's hub page or " + REDOWNLOAD))
+    return problems
+
+
+def _weight_problems(path: Path) -> list[CheckpointProblem]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            return [CheckpointProblem(index.name, f"not a readable shard index ({exc})", REDOWNLOAD)]
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            return [CheckpointProblem(missing[0], f"{index.name} lists {len(shards)} weight shard(s) and "
+                                      f"{len(missing)} are missing ({', '.join(missing)}); the download is incomplete",
+                                      REDOWNLOAD)]
+        return []
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        return [CheckpointProblem("model.safetensors", f"{path} has a config but no weights (*.safetensors); "
+                                  "the checkpoint is incomplete", REDOWNLOAD)]
+    return []
+
+
+def tokenizer_problems(tokenizer, config) -> list[CheckpointProblem]:  # noqa: ANN001 - HF tokenizer and config
+    """The tokenizer can write dermground's prompts and numbers, with the ids the model was built for."""
+    problems: list[CheckpointProblem] = []
+    vocab_size = int(getattr(getattr(config, "text_config", config), "vocab_size", 0) or 0)
+    for token in (*PROMPT_TOKENS, PAD_TOKEN):
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            problems.append(CheckpointProblem(
+                "tokenizer.json", f"{token} is not a token of this tokenizer (it splits into {len(ids)} pieces)",
+                "use the tokenizer files that came with the Qwen2-VL/Qwen2.5-VL checkpoint"))
+        elif vocab_size and ids[0] >= vocab_size:
+            problems.append(CheckpointProblem(
+                "config.json", f"{token} has id {ids[0]}, beyond the model's vocabulary of {vocab_size}",
+                "the tokenizer belongs to another model: use the checkpoint's own tokenizer files"))
+    for attribute, token in CONFIG_TOKEN_IDS.items():
+        expected = getattr(config, attribute, None)
+        actual = tokenizer.convert_tokens_to_ids(token)
+        if expected is not None and actual != expected:
+            problems.append(CheckpointProblem(
+                "config.json", f"{attribute} is {expected} but the tokenizer gives {token} the id {actual}",
+                "tokenizer and weights come from different models: use the checkpoint's own tokenizer files"))
+    split_digits = [d for d in "0123456789" if len(tokenizer.encode(d, add_special_tokens=False)) != 1]
+    merged = tokenizer.encode("12", add_special_tokens=False)
+    if split_digits or len(merged) != 2:
+        problems.append(CheckpointProblem(
+            "tokenizer.json", "numbers are not written one digit per token (number parsing, sampled decoding and the "
+            "number loss rely on it)", "use Qwen's own tokenizer files"))
+    return problems
+
+
+def image_problems(image_processor, vision_config,  # noqa: ANN001 - HF image processor and vision config
+                   crop_sizes: Iterable[tuple[int, int]] = ()) -> tuple[list[CheckpointProblem], dict[str, str]]:
+    """The pixel settings fit the vision tower and turn the data's crops into a workable token count."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    name = "preprocessor_config.json"
+    problems: list[CheckpointProblem] = []
+    facts: dict[str, str] = {}
+    min_pixels, max_pixels = int(image_processor.size.shortest_edge), int(image_processor.size.longest_edge)
+    patch, merge = int(image_processor.patch_size), int(image_processor.merge_size)
+    for key, ours, theirs in (("patch_size", patch, vision_config.patch_size),
+                              ("merge_size", merge, vision_config.spatial_merge_size),
+                              ("temporal_patch_size", image_processor.temporal_patch_size,
+                               vision_config.temporal_patch_size)):
+        if int(ours) != int(theirs):
+            problems.append(CheckpointProblem(name, f"{key} is {ours} but the vision tower was built for {theirs}",
+                                              f"set {key} to {theirs} (the checkpoint's published value)"))
+    unit = (patch * merge) ** 2
+    if max_pixels < unit * MIN_IMAGE_TOKENS:
+        problems.append(CheckpointProblem(name, f"max_pixels {max_pixels} is below {unit * MIN_IMAGE_TOKENS} "
+                                          f"({MIN_IMAGE_TOKENS} image tokens of {patch * merge}x{patch * merge} px)",
+                                          "raise max_pixels (Qwen2-VL publishes 12845056)"))
+    if min_pixels > max_pixels:
+        problems.append(CheckpointProblem(name, f"min_pixels {min_pixels} is above max_pixels {max_pixels}",
+                                          "make min_pixels <= max_pixels (Qwen2-VL publishes 3136 and 12845056)"))
+    facts["image pixels"] = f"{min_pixels}..{max_pixels} (patch {patch}, merge {merge})"
+    if problems:
+        return problems, facts
+    seen: dict[tuple[int, int], int] = {}
+    for width, height in crop_sizes:
+        if (width, height) in seen:
+            continue
+        try:
+            new_h, new_w = smart_resize(height, width, factor=patch * merge, min_pixels=min_pixels,
+                                        max_pixels=max_pixels)
+        except ValueError as exc:  # e.g. an aspect ratio above 200
+            problems.append(CheckpointProblem(name, f"a {width}x{height} px crop of the data cannot be read ({exc})",
+                                              "crop the data's images closer to square"))
+            continue
+        seen[(width, height)] = tokens = (new_h // (patch * merge)) * (new_w // (patch * merge))
+        if tokens < MIN_IMAGE_TOKENS:
+            problems.append(CheckpointProblem(name, f"max_pixels {max_pixels} shrinks the data's {width}x{height} px "
+                                              f"crops to {tokens} image token(s)", "raise max_pixels"))
+        elif tokens > MAX_IMAGE_TOKENS:
+            problems.append(CheckpointProblem(name, f"min_pixels {min_pixels} blows the data's {width}x{height} px "
+                                              f"crops up to {tokens} image tokens", "lower min_pixels"))
+    if seen:
+        facts["data crops"] = ", ".join(f"{w}x{h} px -> {n} image tokens" for (w, h), n in sorted(seen.items()))
+    return problems, facts
+
+
+def sample_crop_sizes(data_dir: str | Path, limit: int = 8) -> list[tuple[int, int]]:
+    """(width, height) of the first `limit` readable images of an ISIC-format data folder."""
+    from dermground.ingest.reader import LesionRecord, read_records
+
+    sizes: list[tuple[int, int]] = []
+    for record in read_records(Path(data_dir)):
+        if not isinstance(record, LesionRecord):
+            continue
+        try:
+            sizes.append(record.load_image().size)
+        except Exception:  # noqa: BLE001 - a bad image is ingest's business (quarantine), not the check's
+            continue
+        if len(sizes) >= limit:
+            break
+    return sizes
+
+
+def check_checkpoint(model_dir: str | Path, crop_sizes: Sequence[tuple[int, int]] = ()) -> CheckReport:
+    """Every check, without loading the weights: files, tokenizer against config, pixels against crops."""
+    from transformers import AutoTokenizer
+
+    from dermground.platform.model.processor import Qwen2VLImageProcessorPil
+
+    path = Path(model_dir)
+    report = CheckReport(path, file_problems(path))
+    if report.problems:
+        return report
+    family = FAMILIES[json.loads((path / "config.json").read_text())["model_type"]]
+    report.facts["family"] = family.label
+    try:
+        config = family.config_class.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        report.problems.append(CheckpointProblem("config.json", f"transformers cannot read it ({exc})",
+                                                 "rebuild or " + REDOWNLOAD))
+        return report
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        report.problems.append(CheckpointProblem("tokenizer_config.json", f"the tokenizer does not load ({exc})",
+                                                 "copy tokenizer.json and tokenizer_config.json from the model's hub page"))
+    else:
+        report.problems += tokenizer_problems(tokenizer, config)
+        report.facts["tokenizer"] = f"{type(tokenizer).__name__}, {len(tokenizer):,} tokens"
+    try:
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        report.problems.append(CheckpointProblem("preprocessor_config.json", f"the image processor does not load ({exc})",
+                                                 "copy preprocessor_config.json from the model's hub page"))
+    else:
+        problems, facts = image_problems(image_processor, config.vision_config, crop_sizes)
+        report.problems += problems
+        report.facts.update(facts)
+    text = getattr(config, "text_config", config)
+    report.facts["decoder"] = (f"hidden {text.hidden_size}, layers {text.num_hidden_layers}, "
+                               f"vocabulary {text.vocab_size:,}")
+    return report
+
+
+def require_usable_checkpoint(model_dir: str | Path, data_dir: str | Path | None = None) -> CheckReport:
+    """check_checkpoint (with the data's crop sizes when given); BackboneError listing every problem."""
+    from dermground.platform.model.loading import BackboneError
+
+    crops = sample_crop_sizes(data_dir) if data_dir is not None and Path(data_dir).is_dir() else []
+    report = check_checkpoint(model_dir, crops)
+    if not report.ok:
+        raise BackboneError(report.summary())
+    return report
