@@ -44,6 +44,7 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     images and rows are quarantined with a reason (see `dermground sql "SELECT * FROM quarantine"`).
     """
     from dermground.ingest.pipeline import ingest_dataset
+    from dermground.platform.model.checkpoint_check import require_usable_checkpoint
     from dermground.platform.model.loading import BackboneError
     from dermground.platform.store import SchemaMismatchError, StoreError, StoreLockedError
 
@@ -54,6 +55,7 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar replaces Ray Data's chatter
     try:
+        require_usable_checkpoint(model_dir or settings.base_model_dir, data_dir)  # before Ray and the store
         summary = ingest_dataset(data_dir, collection, settings, model_dir=model_dir, adapter_dir=adapter_dir,
                                  split=split, partition_size=partition_size, batch_size=batch_size,  # type: ignore[arg-type]
                                  actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,

@@ -63,6 +63,18 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
             host = LOOPBACK
         else:
             click.echo("No API key is set: the read endpoints are open to this machine only.", err=True)
+    from dermground.platform.model.checkpoint_check import require_usable_checkpoint
+    from dermground.platform.model.loading import BackboneError
+
+    try:  # the model loads on the first request; a bad folder should stop us now, not then
+        if settings.base_model_dir.exists():
+            require_usable_checkpoint(settings.base_model_dir)
+        else:  # a deployment may mount the model later; id searches and /sql work without it
+            click.echo(f"No model at {settings.base_model_dir} yet: image searches and /predict will fail until one "
+                       "is there (`dermground model check DIR` checks a folder).", err=True)
+    except BackboneError as exc:
+        raise click.ClickException(f"{exc}\nPass --model DIR or set DERMGROUND_MODEL_DIR "
+                                   "(`dermground model check DIR` checks a folder).") from None
     try:
         store = open_store(settings)  # opened here, so a held store stops us with a clear message
     except StoreLockedError as exc:

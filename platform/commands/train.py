@@ -68,11 +68,13 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, workers: int, gp
           checkpoint_every: int, multi_attribute: bool, augment_views: int, precision: str, gradient_checkpointing: bool,
           number_loss: float, ray_address: str | None, cache_mb: int) -> None:
     """Fine-tune the vision encoder and decoder with LoRA to answer the 16 attribute questions."""
+    from dermground.platform.model.checkpoint_check import require_usable_checkpoint
     from dermground.platform.model.loading import BackboneError
     from dermground.train.ray_train import METADATA_FILE, train_adapter
 
     base = base_dir or current_settings().base_model_dir
     try:
+        require_usable_checkpoint(base, data_dir)  # before Ray starts: a bad folder fails in seconds
         result = train_adapter(
             data_dir, base, out_dir, workers=workers, use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs,
             batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, rank=rank,
