@@ -45,10 +45,11 @@ DEFAULT_FAMILY = "qwen2_vl"
 
 # Families transformers knows but dermground refuses, with the reason a user sees.
 REFUSED_FAMILIES: dict[str, str] = {
-    "qwen3_vl": "Qwen3-VL is not supported yet: its decoder reads the vision tower's intermediate layers "
-                "(DeepStack), its vision positions are interleaved differently and its tokenizer answers with "
-                "<think> blocks, none of which dermground's shared-prefix embedder, LoRA targets or answer parser "
-                "handle (docs/DEPLOY.md, 'Qwen3-VL'). Use a Qwen2-VL or Qwen2.5-VL checkpoint",
+    "qwen3_vl": "Qwen3-VL is not supported yet: its vision tower uses 16 px patches and other layer names "
+                "(linear_fc1/linear_fc2), and its decoder adds vision features from intermediate vision layers "
+                "(DeepStack) into its first layers; dermground's LoRA targets, image checks and shared-prefix "
+                "equality are neither made nor verified for it (docs/DEPLOY.md, 'Qwen3-VL'). Use a Qwen2-VL or "
+                "Qwen2.5-VL checkpoint",
     "qwen3_vl_moe": "Qwen3-VL-MoE is not supported (see qwen3_vl); use a Qwen2-VL or Qwen2.5-VL checkpoint",
 }
 
