@@ -252,3 +252,13 @@ def test_export_merge_writes_a_checkpoint_plain_transformers_loads(hub_dir, tmp_
     merged = torch.load(tmp_path / "logits.pt")
     assert torch.allclose(merged, expected, atol=1e-4)
     assert not torch.allclose(unadapted, expected, atol=1e-2)
+
+
+def test_init_tiny_writes_the_same_hub_folder_from_the_command_line(hub_dir, qwen_tokenizer_dir, tmp_path):
+    out = tmp_path / "cli_hub"
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "init-tiny", "--family", "qwen2_vl",
+                                      "--qwen-tokenizer", str(qwen_tokenizer_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in hub_dir.iterdir())
+    for path in hub_dir.iterdir():  # same seed, same bytes
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name

@@ -121,7 +121,11 @@ def check(model_dir: Path | None, data_dir: Path | None) -> None:
 @click.option("--force", is_flag=True, help="Replace a non-empty --out (after the new export is verified).")
 def export(model_dir: Path | None, adapter_dir: Path | None, merge: bool, out_dir: Path, dtype: str,
            force: bool) -> None:
-    """Save base + adapter as one plain Hugging Face checkpoint that transformers loads without dermground."""
+    """Save base + adapter as one plain Hugging Face checkpoint that transformers loads without dermground.
+
+    Runs on the CPU: the base is loaded in float32 to merge (a 7B: ~31 GiB of RAM), and the saved
+    copy is reloaded in the saved dtype and compared tensor by tensor before it replaces anything.
+    """
     from dermground.platform.model.export import export_merged
     from dermground.platform.model.loading import BackboneError
 
