@@ -117,3 +117,13 @@ def test_lora_targets_the_vision_blocks_and_decoder_and_trains(family, family_di
     with torch.no_grad():
         expected = model(**batch).logits
         assert torch.allclose(tuned.model(**batch).logits, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_model_check_accepts_the_tiny_model_of_each_family(family, family_dirs, tmp_path):
+    try:
+        result = CliRunner().invoke(cli, ["--home", str(tmp_path), "model", "check", str(family_dirs[family])])
+    finally:
+        use_settings(None)
+    assert result.exit_code == 0, result.output
+    assert FAMILIES[family].label in result.output and "can be used" in result.output
