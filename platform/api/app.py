@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dermground.platform.api.errors import document_errors, error_content
 from dermground.platform.api.images import ThumbnailCache
 from dermground.platform.api.limits import BodySizeLimit
 from dermground.platform.search import EmbedderProvider, ModelUnavailableError
@@ -81,6 +82,7 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
         app.state.embedder = EmbedderProvider(_model_loader(settings))
     app.add_middleware(BodySizeLimit, max_bytes=body_limit(settings))
     _install_error_handlers(app)
+    document_errors(app)
 
     from dermground.platform.api.routes import router
 
@@ -99,7 +101,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error_content(exc), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -15,6 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from dermground.platform.api import schemas
+from dermground.platform.api.errors import RefusedError
 from dermground.platform.api.images import (
     UploadError,
     UploadTooLargeError,
@@ -191,9 +192,9 @@ def _decode(work) -> Image.Image:  # noqa: ANN001
     try:
         return work()
     except UploadTooLargeError as exc:
-        raise HTTPException(413, detail=str(exc)) from None
+        raise RefusedError(413, str(exc), rule=exc.rule) from None
     except UploadError as exc:
-        raise HTTPException(422, detail=str(exc)) from None
+        raise RefusedError(422, str(exc), rule=exc.rule) from None
 
 
 def _read_upload(request: Request, file: UploadFile) -> Image.Image:
