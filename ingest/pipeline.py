@@ -34,6 +34,7 @@ from dermground.ingest.writer import (
     record_payload,
 )
 from dermground.platform.catalog import Catalog
+from dermground.platform.names import check_collection_name
 from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, open_store, point_id
 
@@ -138,6 +139,7 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
     Raises SchemaMismatchError when the collection holds another model's vectors and
     StoreLockedError when another process holds the embedded store.
     """
+    check_collection_name(collection)  # before anything is written under HOME
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if actors < 1 or batch_size < 1:

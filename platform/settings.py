@@ -12,6 +12,8 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dermground.platform.names import COLLECTION_PATTERN
+
 ENV_PREFIX = "DERMGROUND_"
 MAX_PREDICT_SAMPLES = 256  # sampled answers per question (platform/predict.py): bounds a request's cost
 MAX_VIEWS = 8  # turns and mirror images of a square crop (the dihedral group has 8; platform/model/views.py)
@@ -41,7 +43,7 @@ class Settings(BaseSettings):
     seed: int = 0
 
     # --- vector store --------------------------------------------------------------------
-    collection: str = Field("lesions", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    collection: str = Field("lesions", pattern=COLLECTION_PATTERN)
     qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded engine")
     qdrant_api_key: SecretStr | None = None
     qdrant_shards: int = Field(1, ge=1, le=1024)

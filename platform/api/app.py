@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dermground.platform.api.errors import document_errors, error_content
 from dermground.platform.api.images import ThumbnailCache
 from dermground.platform.api.limits import BodySizeLimit
+from dermground.platform.names import check_collection_name
 from dermground.platform.search import EmbedderProvider, ModelUnavailableError
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, VectorStore, open_store
@@ -68,6 +69,7 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
             if owned is not None:
                 owned.close()
 
+    check_collection_name(settings.collection)  # settings copied with model_copy skip their validators
     app = FastAPI(title="dermground", version="0.1.0", lifespan=lifespan,
                   description="Attribute-grounded retrieval of skin-lesion images. Send the API key in the "
                               "X-API-Key header (read key: search, predict, images; admin key: sql).")
