@@ -35,7 +35,7 @@ def open_store(settings: Settings, collection: str | None = None) -> VectorStore
     for tests), else the embedded engine in settings.store_dir/<collection>. InvalidNameError
     (a ValueError) for a name that is not a collection name."""
     # The name becomes a folder (embedded) or a URL segment (server): never `../x` or `/abs`.
-    name = check_collection_name(collection or settings.collection)
+    name = check_collection_name(settings.collection if collection is None else collection)
     if settings.qdrant_url:
         from dermground.platform.store.server import ServerStore
 
