@@ -16,8 +16,11 @@ sides) and never bigger than the file's own pixel buffer once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -40,6 +43,10 @@ MIN_REDUCED_SIDE = 64
 # Modes Pillow's Image.reduce works on; anything else is converted before reducing.
 _REDUCIBLE = {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"}
 _ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels show as on a white page
+# Full-size decodes (large non-JPEG images) running at once in this process: each holds up to
+# max_pixels x 4 bytes (160 MB at 40 MP) for about a second.
+FULL_SIZE_DECODES = 2
+_full_size_decodes = threading.BoundedSemaphore(FULL_SIZE_DECODES)
 
 # Rule names: what a refusal says it broke (the API's `rule`, ingest's quarantine reason prefix).
 RULE_EMPTY = "empty"
@@ -114,20 +121,9 @@ def decode_checked(data: bytes, *, max_pixels: int, max_bytes: int | None = None
         with warnings.catch_warnings():
             # Pillow's own bomb guard as an error: our max_pixels is the real limit, checked first.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as opened:
-                width, height = opened.size  # from the header: nothing decoded yet
-                if width * height > max_pixels:
-                    raise ImageRejected(RULE_PIXELS, f"the image has {width}x{height} pixels, over the limit of "
-                                                     f"{max_pixels}; send a smaller image")
-                processor_size(width, height)
-                factor = reduction_factor(width, height, keep_pixels)
-                if factor > 1 and opened.format == "JPEG":
-                    # The JPEG decoder scales by 1/2, 1/4 or 1/8 while decoding: the full size is never held.
-                    opened.draft(opened.mode, (math.ceil(width / factor), math.ceil(height / factor)))
-                opened.load()
-                reduced = _reduce(opened, reduction_factor(*opened.size, keep_pixels))
-                upright = ImageOps.exif_transpose(reduced)
-                rgb = to_rgb(upright)
+            image = _decode_reduced(data, max_pixels, keep_pixels)
+            ImageOps.exif_transpose(image, in_place=True)
+            rgb = to_rgb(image)
     except ImageRejected:
         raise
     except UnidentifiedImageError:
@@ -143,6 +139,40 @@ def decode_checked(data: bytes, *, max_pixels: int, max_bytes: int | None = None
     return Image.frombytes("RGB", rgb.size, rgb.tobytes())
 
 
+def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Image:
+    """Open, check the header, decode (reduced when large) and let go of the full-size pixels."""
+    opened = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    width, height = opened.size  # from the header: nothing decoded yet
+    if width * height > max_pixels:
+        raise ImageRejected(RULE_PIXELS, f"the image has {width}x{height} pixels, over the limit of "
+                                         f"{max_pixels}; send a smaller image")
+    processor_size(width, height)
+    factor = reduction_factor(width, height, keep_pixels)
+    if factor == 1:
+        opened.load()
+        return opened
+    if opened.format == "JPEG":
+        # The JPEG decoder scales by 1/2, 1/4 or 1/8 while decoding: the full size is never held.
+        opened.draft(opened.mode, (math.ceil(width / factor), math.ceil(height / factor)))
+        opened.load()
+        return _reduce_and_release(opened, reduction_factor(*opened.size, keep_pixels))
+    # Other formats decode at full size: a bounded number at a time, so that many concurrent large
+    # uploads hold at most _FULL_SIZE_DECODES full-size images, and the memory goes back afterwards.
+    with _full_size_decodes:
+        try:
+            opened.load()
+            return _reduce_and_release(opened, factor)
+        finally:
+            _return_freed_memory()
+
+
+def _reduce_and_release(image: Image.Image, factor: int) -> Image.Image:
+    reduced = _reduce(image, factor)
+    if reduced is not image:
+        image.close()  # destroys the full-size pixels now, not when the caller's frame ends
+    return reduced
+
+
 def check_decoded(image: Image.Image, *, max_pixels: int) -> Image.Image:
     """The gate for an image already in memory (a caller's PIL image): the same checks and RGB."""
     width, height = image.size
@@ -151,6 +181,24 @@ def check_decoded(image: Image.Image, *, max_pixels: int) -> Image.Image:
     processor_size(width, height)
     rgb = to_rgb(image)
     return rgb if rgb is not image else rgb.copy()
+
+
+def _load_malloc_trim():  # noqa: ANN202 - a ctypes function or None
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps large freed blocks in its arenas, so the
+    server's memory would stay at its peak after a burst of large uploads)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _reduce(image: Image.Image, factor: int) -> Image.Image:
