@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     predict_views: int = Field(8, ge=1, le=MAX_VIEWS)
     # How those answers become one value: their mean or their median (platform/predict.py).
     predict_pool: PredictPool = "mean"
+    # Hostile clients (platform/api/limits.py, platform/api/throttle.py): a request body must arrive
+    # within api_body_timeout_s (else 408); at most api_max_unfinished_bodies bodies may be arriving
+    # at once (else 503); one client (API key, or address without keys) may have at most
+    # api_model_work_per_client uploads decoding or in the model at once (else 429 + Retry-After).
+    api_body_timeout_s: float = Field(30.0, gt=0)
+    api_max_unfinished_bodies: int = Field(64, ge=1)
+    api_model_work_per_client: int = Field(2, ge=1)
 
     @field_validator("home", mode="after")
     @classmethod

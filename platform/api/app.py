@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dermground.platform.api.errors import document_errors, error_content
 from dermground.platform.api.images import ThumbnailCache
-from dermground.platform.api.limits import BodySizeLimit
+from dermground.platform.api.limits import BodyReadLimits, BodySizeLimit
+from dermground.platform.api.throttle import ClientWorkLimiter
 from dermground.platform.names import check_collection_name
 from dermground.platform.search import EmbedderProvider, ModelUnavailableError
 from dermground.platform.settings import Settings
@@ -83,6 +84,9 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
     else:
         app.state.embedder = EmbedderProvider(_model_loader(settings))
     app.add_middleware(BodySizeLimit, max_bytes=body_limit(settings))
+    app.add_middleware(BodyReadLimits, timeout_s=settings.api_body_timeout_s,
+                       max_unfinished=settings.api_max_unfinished_bodies)
+    app.state.model_work = ClientWorkLimiter(settings.api_model_work_per_client)
     _install_error_handlers(app)
     document_errors(app)
 
