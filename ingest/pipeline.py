@@ -26,6 +26,7 @@ import numpy as np
 from dermground.ingest.embedding_actor import VECTOR_NAMES, EmbeddingActor
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
 from dermground.ingest.reader import LesionRecord, RejectedRecord, read_records
+from dermground.ingest.run_locks import hold_run_lock, note_ray_session, reap_dead_runs
 from dermground.ingest.writer import (
     PartitionWriter,
     ReadyRecord,
@@ -76,6 +77,7 @@ class IngestSummary:
     first_batch_seconds: float | None = None
     first_batch_rows: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    died_runs: list[str] = field(default_factory=list)  # earlier runs found dead and marked so
 
     @property
     def images_per_second(self) -> float:
@@ -154,7 +156,9 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
     summary = IngestSummary(run_id, collection)
     catalog = Catalog(settings.catalog_dir)
     store = open_store(settings, collection)
+    run_lock = hold_run_lock(settings.home, run_id)
     try:
+        summary.died_runs = [r.run_id for r in reap_dead_runs(catalog, settings.home)]
         store.ensure_collection(CollectionSpec(dim=dim, fingerprint=fingerprint))
         writer = PartitionWriter(store, catalog, collection, fingerprint, run_id)
         run_row = {"run_id": run_id, "collection": collection, "fingerprint": fingerprint,
@@ -172,6 +176,7 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
                                             "n_ingested": summary.ingested, "n_skipped": summary.skipped,
                                             "n_quarantined": summary.quarantined}])
     finally:
+        run_lock.release()
         store.close()
     return summary
 
@@ -274,8 +279,10 @@ def _embed_items(items: list[dict[str, object]], n_partitions: int, options: Ing
 
     from dermground.platform.ray_runtime import ensure_ray
 
-    ensure_ray(ray_address or settings.ray_address, num_cpus=settings.ray_num_cpus,
-               object_store_mb=settings.ray_object_store_mb)
+    session = ensure_ray(ray_address or settings.ray_address, num_cpus=settings.ray_num_cpus,
+                         object_store_mb=settings.ray_object_store_mb)
+    if session:
+        note_ray_session(session)  # stopped by the next start if this run dies
     cpus = options.cpus_per_actor
     if cpus is None:
         cpus = max(1.0, math.floor(ray.cluster_resources().get("CPU", 1.0) / options.actors))

@@ -66,6 +66,8 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
         raise click.ClickException(f"{exc}\nPass --model DIR (and --adapter DIR) or set DERMGROUND_MODEL_DIR.") from None
     except (StoreError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nCommitted partitions are kept: fix the cause and rerun to resume.") from None
+    if summary.died_runs:
+        click.echo(f"earlier ingest run(s) that died were marked 'died': {', '.join(summary.died_runs)}")
     click.echo(f"ingested {summary.ingested}, skipped {summary.skipped} (already present), "
                f"quarantined {summary.quarantined} in {summary.seconds:.1f} s "
                f"({summary.partitions} partition(s) committed, {summary.partitions_skipped} skipped; run {summary.run_id})")
