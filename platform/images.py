@@ -129,8 +129,9 @@ def decode_checked(data: bytes, *, max_pixels: int, max_bytes: int | None = None
     except UnidentifiedImageError:
         raise ImageRejected(RULE_FORMAT, f"not an image in an accepted format ({', '.join(ALLOWED_FORMATS)}); "
                                          f"{len(data)} bytes") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected(RULE_PIXELS, "the image declares far more pixels than allowed") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses while opening, before our own check: it says how many pixels were declared.
+        raise ImageRejected(RULE_PIXELS, f"the image declares far more pixels than allowed ({exc})") from None
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, EOFError, MemoryError) as exc:
         # Truncated or corrupt data surfaces as any of these, depending on the format plugin.
         raise ImageRejected(RULE_DECODE, f"the image cannot be decoded ({type(exc).__name__}: {exc})") from None
