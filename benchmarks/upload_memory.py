@@ -71,7 +71,8 @@ def serve_rounds(home: Path, png: bytes, rounds: list[int]) -> list[dict[str, fl
     import httpx
 
     port = _free_port()
-    env = {**os.environ, "DERMGROUND_HOME": str(home)}
+    # The uploads stand for different clients: one client alone would get 429 beyond 2 in flight.
+    env = {**os.environ, "DERMGROUND_HOME": str(home), "DERMGROUND_API_MODEL_WORK_PER_CLIENT": "64"}
     server = subprocess.Popen([sys.executable, "-m", "dermground", "serve", "--host", "127.0.0.1", "--port", str(port),
                                "--collection", "lesions"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
