@@ -26,8 +26,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Formats decoded at all. EPS (Ghostscript), PDF, PSD and friends are never opened.
+# Formats decoded at all. EPS (Ghostscript), PDF, PSD and friends are never opened. The JPEG opener
+# also opens MPO, the JPEG many phone cameras write (the image then says format "MPO").
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+_JPEG_FAMILY = ("JPEG", "MPO")
 # The Qwen2-VL processor (transformers' smart_resize): sides become multiples of FACTOR and it
 # raises on an aspect ratio of more than MAX_ASPECT_RATIO; its default pixel range.
 FACTOR = 28
@@ -152,7 +154,7 @@ def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Ima
     if factor == 1:
         opened.load()
         return opened
-    if opened.format == "JPEG":
+    if opened.format in _JPEG_FAMILY:
         # The JPEG decoder scales by 1/2, 1/4 or 1/8 while decoding: the full size is never held.
         opened.draft(opened.mode, (math.ceil(width / factor), math.ceil(height / factor)))
         opened.load()
@@ -180,8 +182,7 @@ def check_decoded(image: Image.Image, *, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise ImageRejected(RULE_PIXELS, f"the image has {width}x{height} pixels, over the limit of {max_pixels}")
     processor_size(width, height)
-    rgb = to_rgb(image)
-    return rgb if rgb is not image else rgb.copy()
+    return to_rgb(image)
 
 
 def _load_malloc_trim():  # noqa: ANN202 - a ctypes function or None

@@ -155,3 +155,28 @@ def test_check_decoded_gates_an_image_in_memory() -> None:
         check_decoded(Image.new("RGB", (500, 2)), max_pixels=MAX_PIXELS)
     out = check_decoded(Image.new("LA", (30, 30)), max_pixels=MAX_PIXELS)
     assert out.mode == "RGB"
+
+
+def test_a_search_by_pixels_passes_the_gate_too(search_collection, tiny_backbone) -> None:
+    from dermground.platform.search import EmbedderProvider, SearchError, SearchRequest, search
+    from dermground.platform.settings import Settings
+    from dermground.platform.store.edge import EdgeStore
+    from dermground.platform.embed import Embedder
+
+    provider = EmbedderProvider.of(Embedder(tiny_backbone))
+    settings = Settings(home=search_collection["home"])
+    with EdgeStore(search_collection["store_root"], "lesions") as store:
+        with pytest.raises(SearchError, match="aspect_ratio"):
+            search(SearchRequest(image=Image.new("RGB", (600, 2)), k=3), store=store, embedder=provider,
+                   settings=settings)
+        found = search(SearchRequest(image=Image.new("LA", (90, 90)), k=3), store=store, embedder=provider,
+                       settings=settings)
+        assert len(found.hits) == 3
+
+
+def test_phone_camera_jpegs_are_accepted() -> None:
+    image = Image.new("RGB", (64, 48), (120, 90, 60))
+    buffer = io.BytesIO()
+    image.save(buffer, format="MPO", save_all=True, append_images=[image.copy()])  # two pictures, as cameras write
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    assert decode_checked(buffer.getvalue(), max_pixels=MAX_PIXELS).size == (64, 48)
