@@ -85,7 +85,8 @@ def serve_rounds(home: Path, png: bytes, rounds: list[int]) -> list[dict[str, fl
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"the server did not start: {server.stderr.read().decode()[-2000:] if server.stderr else ''}")
+                log = server.stderr.read().decode()[-2000:] if server.stderr else ""
+                raise RuntimeError(f"the server did not start: {log}")
             time.sleep(0.3)
         small = large_png(200)
         for _ in range(2):  # warm: model loaded, imports and the first allocations done
@@ -175,7 +176,8 @@ def main() -> None:
     for row in serve_rounds(args.home, png, args.concurrency):
         print(f"server, {row['concurrency']} concurrent upload(s): statuses {row['statuses']}, "
               f"peak growth {row['peak_growth_mb']:.0f} MB = {row['per_upload_mb']:.0f} MB per upload "
-              f"(target <= 150), RSS afterwards +{row['rss_after_growth_mb']:.0f} MB, slowest {row['max_seconds']:.1f} s")
+              f"(target <= 150), RSS afterwards +{row['rss_after_growth_mb']:.0f} MB, "
+              f"slowest {row['max_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -100,8 +100,8 @@ def processor_size(width: int, height: int, factor: int = FACTOR, min_pixels: in
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     if min(h_bar, w_bar) < factor:
-        raise ImageRejected(RULE_MIN_SIDE, f"the image is {width}x{height} pixels; resized for the model its "
-                                           f"smallest side would be {min(h_bar, w_bar)} px, under one patch of {factor}")
+        raise ImageRejected(RULE_MIN_SIDE, f"the image is {width}x{height} pixels; resized for the model its smallest "
+                                           f"side would be {min(h_bar, w_bar)} px, under one patch of {factor}")
     return w_bar, h_bar
 
 

@@ -11,7 +11,6 @@ import time
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from PIL import Image
 from starlette.requests import Request
 
 from dermground.platform.api import create_app

@@ -8,7 +8,8 @@ from dermground.platform.commands.context import collection_name, current_settin
 
 
 @click.command("check")
-@click.option("--collection", callback=collection_name, default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+@click.option("--collection", callback=collection_name,
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
               help="Collection to check.")
 @click.option("--qdrant-url", default=None,
               help="Qdrant server URL [default: DERMGROUND_QDRANT_URL, else the embedded store under HOME].")

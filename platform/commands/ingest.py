@@ -13,7 +13,8 @@ from dermground.platform.commands.context import collection_name, current_settin
 @click.command("ingest")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="ISIC 2024 / SLICE-3D folder (train-metadata.csv + train-image.hdf5 or train-image/image/).")
-@click.option("--collection", callback=collection_name, default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+@click.option("--collection", callback=collection_name,
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
               help="Collection to ingest into (one collection per data set and model).")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Qwen2-VL checkpoint folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
