@@ -155,6 +155,11 @@ def read_records(data_dir: Path, split: str | None = None,
             if not isic_id:
                 yield RejectedRecord("", "isic_id", f"missing isic_id on CSV line {line}")
                 continue
+            try:  # an id names a file (folder layout) or a dataset (HDF5, where "/" would walk groups)
+                check_plain_file_name(isic_id, "isic_id")
+            except InvalidNameError as exc:
+                yield RejectedRecord(isic_id, "isic_id", str(exc))
+                continue
             patient_id = (row.get("patient_id") or "").strip()
             if not patient_id:
                 yield RejectedRecord(isic_id, "patient_id", "missing patient_id")
@@ -192,9 +197,8 @@ def read_records(data_dir: Path, split: str | None = None,
 
 
 def _folder_image(image_dir: Path, isic_id: str) -> Path:
-    """The image file of an id in the folder layout; InvalidNameError for an id that is not a plain
-    file name, or whose file (through a link) lies outside the image folder."""
-    check_plain_file_name(isic_id, "isic_id")
+    """The image file of a plain-file-name id in the folder layout; InvalidNameError when that file
+    (through a link) lies outside the image folder."""
     path = image_dir / f"{isic_id}.jpg"
     if path.exists() and not path.resolve().is_relative_to(image_dir.resolve()):
         raise InvalidNameError(f"isic_id {isic_id!r}: its image {path} links outside the image folder {image_dir}")

@@ -261,3 +261,15 @@ def test_the_servers_own_error_bodies_match_the_documented_shape(client) -> None
     _assert_error_body(client.post("/search", headers=READ, json={"isic_id": "ISIC_9999999"}), 404)
     _assert_error_body(client.post("/search", headers={**READ, "Content-Length": "nope"}, content=b"{}"), 400)
     _assert_error_body(client.post("/sql", headers={"X-API-Key": "admin-24"}, json={"query": "DROP TABLE x"}), 400)
+
+
+def test_hdf5_layout_ids_that_walk_groups_are_quarantined(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    generate_dataset(data, patients=3, images=4, seed=12, layout="hdf5", progress=False, workers=1)
+    rows = _rows(data)
+    rows[0]["isic_id"], rows[1]["isic_id"] = "/", "../x"
+    _write_rows(data, rows)
+    records = list(read_records(data, check_images=True))
+    rejected = {r.isic_id: r.field for r in records if isinstance(r, RejectedRecord)}
+    assert rejected == {"/": "isic_id", "../x": "isic_id"}
+    assert sum(isinstance(r, LesionRecord) for r in records) == 2
