@@ -160,7 +160,7 @@ def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Ima
         opened.load()
         return _reduce_and_release(opened, reduction_factor(*opened.size, keep_pixels))
     # Other formats decode at full size: a bounded number at a time, so that many concurrent large
-    # uploads hold at most _FULL_SIZE_DECODES full-size images, and the memory goes back afterwards.
+    # uploads hold at most FULL_SIZE_DECODES full-size images, and the memory goes back afterwards.
     with _full_size_decodes:
         try:
             opened.load()
