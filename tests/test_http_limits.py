@@ -89,7 +89,7 @@ def test_a_body_that_never_finishes_gets_408_and_the_server_stays_up(server: int
     with _stalled(server) as sock:
         status, _, body = _response(sock)
     assert status == 408
-    assert "did not arrive" in ErrorBody.model_validate(body).detail
+    assert "did not arrive" in ErrorBody.model_validate(body).detail and body["rule"] == "body_timeout"
     assert _health(server) == 200
 
 
@@ -103,7 +103,7 @@ def test_too_many_unfinished_bodies_get_503_with_retry_after(server: int) -> Non
             if status == 503 or time.monotonic() > deadline:
                 break
         assert status == 503 and headers.get("retry-after") == "1"
-        assert "still arriving" in ErrorBody.model_validate(body).detail
+        assert "still arriving" in ErrorBody.model_validate(body).detail and body["rule"] == "unfinished_bodies"
         assert [_response(sock)[0] for sock in held] == [408, 408]
     finally:
         for sock in held:

@@ -29,7 +29,8 @@ class ErrorBody(BaseModel):
     detail: str | list[ValidationIssue] = Field(description="what was wrong and what to do")
     rule: str | None = Field(None, description="the named check that refused the input, when one did "
                                                "(image gate: empty, byte_limit, format, pixel_limit, decode, "
-                                               "aspect_ratio, min_side; rate_limit)")
+                                               "aspect_ratio, min_side; base64; rate_limit; body_limit, "
+                                               "body_timeout, unfinished_bodies, content_length)")
 
 
 class RefusedError(HTTPException):

@@ -12,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyTooLargeError(HTTPException):
+    rule = "body_limit"  # the error body's `rule` (platform/api/errors.py)
+
     def __init__(self, limit: int) -> None:
         super().__init__(413, detail=f"request body over the limit of {limit} bytes")
 
@@ -33,10 +35,10 @@ class BodySizeLimit:
             try:
                 too_large = int(declared) > self.max_bytes
             except ValueError:
-                await _reply(send, 400, "invalid Content-Length header")
+                await _reply(send, 400, "invalid Content-Length header", rule="content_length")
                 return
             if too_large:
-                await _reply(send, 413, f"request body over the limit of {self.max_bytes} bytes")
+                await _reply(send, 413, f"request body over the limit of {self.max_bytes} bytes", rule="body_limit")
                 return
         received = 0
         started = False
@@ -59,11 +61,12 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLargeError:
             if not started:
-                await _reply(send, 413, f"request body over the limit of {self.max_bytes} bytes")
+                await _reply(send, 413, f"request body over the limit of {self.max_bytes} bytes", rule="body_limit")
 
 
-async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None, *,
+                 rule: str) -> None:
+    body = json.dumps({"detail": detail, "rule": rule}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close"), *(headers or [])]})
@@ -71,6 +74,8 @@ async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes
 
 
 class BodyTimeoutError(HTTPException):
+    rule = "body_timeout"
+
     def __init__(self, timeout_s: float) -> None:
         super().__init__(408, detail=f"the request body did not arrive within {timeout_s:g} s")
 
@@ -96,7 +101,7 @@ class BodyReadLimits:
             return
         if self.unfinished >= self.max_unfinished:
             await _reply(send, 503, f"{self.max_unfinished} request bodies are still arriving: retry shortly",
-                         [(b"retry-after", b"1")])
+                         [(b"retry-after", b"1")], rule="unfinished_bodies")
             return
         self.unfinished += 1
         loop = asyncio.get_running_loop()
@@ -131,6 +136,7 @@ class BodyReadLimits:
             await self.app(scope, timed_receive, tracking_send)
         except BodyTimeoutError:
             if not started:
-                await _reply(send, 408, f"the request body did not arrive within {self.timeout_s:g} s")
+                await _reply(send, 408, f"the request body did not arrive within {self.timeout_s:g} s",
+                             rule="body_timeout")
         finally:
             finish()
