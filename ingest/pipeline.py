@@ -156,8 +156,9 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
     summary = IngestSummary(run_id, collection)
     catalog = Catalog(settings.catalog_dir)
     store = open_store(settings, collection)
-    run_lock = hold_run_lock(settings.home, run_id)
+    run_lock = None
     try:
+        run_lock = hold_run_lock(settings.home, run_id)
         summary.died_runs = [r.run_id for r in reap_dead_runs(catalog, settings.home)]
         store.ensure_collection(CollectionSpec(dim=dim, fingerprint=fingerprint))
         writer = PartitionWriter(store, catalog, collection, fingerprint, run_id)
@@ -176,7 +177,8 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
                                             "n_ingested": summary.ingested, "n_skipped": summary.skipped,
                                             "n_quarantined": summary.quarantined}])
     finally:
-        run_lock.release()
+        if run_lock is not None:
+            run_lock.release()
         store.close()
     return summary
 
