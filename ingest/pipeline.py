@@ -26,6 +26,7 @@ import numpy as np
 from dermground.ingest.embedding_actor import VECTOR_NAMES, EmbeddingActor
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
 from dermground.ingest.reader import LesionRecord, RejectedRecord, read_records
+from dermground.ingest.run_locks import hold_run_lock, note_ray_session, reap_dead_runs
 from dermground.ingest.writer import (
     PartitionWriter,
     ReadyRecord,
@@ -34,6 +35,7 @@ from dermground.ingest.writer import (
     record_payload,
 )
 from dermground.platform.catalog import Catalog
+from dermground.platform.names import check_collection_name
 from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, open_store, point_id
 
@@ -75,6 +77,7 @@ class IngestSummary:
     first_batch_seconds: float | None = None
     first_batch_rows: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    died_runs: list[str] = field(default_factory=list)  # earlier runs found dead and marked so
 
     @property
     def images_per_second(self) -> float:
@@ -138,6 +141,7 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
     Raises SchemaMismatchError when the collection holds another model's vectors and
     StoreLockedError when another process holds the embedded store.
     """
+    check_collection_name(collection)  # before anything is written under HOME
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if actors < 1 or batch_size < 1:
@@ -152,7 +156,10 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
     summary = IngestSummary(run_id, collection)
     catalog = Catalog(settings.catalog_dir)
     store = open_store(settings, collection)
+    run_lock = None
     try:
+        run_lock = hold_run_lock(settings.home, run_id)
+        summary.died_runs = [r.run_id for r in reap_dead_runs(catalog, settings.home)]
         store.ensure_collection(CollectionSpec(dim=dim, fingerprint=fingerprint))
         writer = PartitionWriter(store, catalog, collection, fingerprint, run_id)
         run_row = {"run_id": run_id, "collection": collection, "fingerprint": fingerprint,
@@ -170,6 +177,8 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
                                             "n_ingested": summary.ingested, "n_skipped": summary.skipped,
                                             "n_quarantined": summary.quarantined}])
     finally:
+        if run_lock is not None:
+            run_lock.release()
         store.close()
     return summary
 
@@ -272,8 +281,10 @@ def _embed_items(items: list[dict[str, object]], n_partitions: int, options: Ing
 
     from dermground.platform.ray_runtime import ensure_ray
 
-    ensure_ray(ray_address or settings.ray_address, num_cpus=settings.ray_num_cpus,
-               object_store_mb=settings.ray_object_store_mb)
+    session = ensure_ray(ray_address or settings.ray_address, num_cpus=settings.ray_num_cpus,
+                         object_store_mb=settings.ray_object_store_mb)
+    if session:
+        note_ray_session(session)  # stopped by the next start if this run dies
     cpus = options.cpus_per_actor
     if cpus is None:
         cpus = max(1.0, math.floor(ray.cluster_resources().get("CPU", 1.0) / options.actors))

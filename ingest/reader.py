@@ -3,25 +3,28 @@
 `read_records` walks `train-metadata.csv` row by row and yields a `LesionRecord` per good row and
 a `RejectedRecord` (id, field, reason) per bad one; it never holds more than one image in memory.
 Images are referenced, not loaded: `load_image_bytes(record.image_ref)` fetches them on demand,
-`decode_image` turns bytes into a checked RGB PIL image.
+`decode_image` turns bytes into a checked RGB PIL image through the image gate
+(dermground.platform.images). In the folder layout an isic_id must be a plain file name whose
+image lies inside the image folder: nothing outside the data folder is read.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dermground.ingest import isic_format as fmt
 from dermground.ingest.split import DEFAULT_TEST_FRACTION, assign_split
+from dermground.platform.attributes import get_attribute
+from dermground.platform.images import ImageRejected, decode_checked
+from dermground.platform.names import InvalidNameError, check_plain_file_name
 
 DEFAULT_MAX_PIXELS = 40_000_000  # the settings' max_image_pixels default
 _HDF5_PREFIX = "hdf5:"
@@ -36,8 +39,9 @@ class MissingColumnsError(ValueError):
                          "it must follow the ISIC 2024 train-metadata.csv format")
 
 
-class ImageDecodeError(ValueError):
-    """Image bytes that are empty, not an image, truncated or too large."""
+# Image bytes the gate refuses (empty, not an image, truncated, too large, a shape the model cannot
+# take); `.rule` names the check. The old name stays for the callers that catch it.
+ImageDecodeError = ImageRejected
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,12 @@ def _parse_attributes(row: dict[str, str]) -> tuple[dict[str, float], RejectedRe
             return values, RejectedRecord(row.get("isic_id", ""), column, reason)
         if not math.isfinite(value):
             return values, RejectedRecord(row.get("isic_id", ""), column, f"not finite: {text!r}")
+        attribute = get_attribute(name)
+        if not attribute.low <= value <= attribute.high:
+            # A value no lesion can have (a negative area) is an error in the data, not a truth to learn.
+            return values, RejectedRecord(row.get("isic_id", ""), column,
+                                          f"out of range: {value:g} is outside the plausible range "
+                                          f"[{attribute.low:g}, {attribute.high:g}] of {name}")
         values[name] = value
     return values, None
 
@@ -145,6 +155,11 @@ def read_records(data_dir: Path, split: str | None = None,
             if not isic_id:
                 yield RejectedRecord("", "isic_id", f"missing isic_id on CSV line {line}")
                 continue
+            try:  # an id names a file (folder layout) or a dataset (HDF5, where "/" would walk groups)
+                check_plain_file_name(isic_id, "isic_id")
+            except InvalidNameError as exc:
+                yield RejectedRecord(isic_id, "isic_id", str(exc))
+                continue
             patient_id = (row.get("patient_id") or "").strip()
             if not patient_id:
                 yield RejectedRecord(isic_id, "patient_id", "missing patient_id")
@@ -162,7 +177,11 @@ def read_records(data_dir: Path, split: str | None = None,
                     continue
                 image_ref = f"{_HDF5_PREFIX}{data_dir / fmt.HDF5_FILE}#{isic_id}"
             else:
-                path = image_dir / f"{isic_id}.jpg"
+                try:
+                    path = _folder_image(image_dir, isic_id)
+                except InvalidNameError as exc:
+                    yield RejectedRecord(isic_id, "isic_id", str(exc))
+                    continue
                 if not path.is_file():
                     yield RejectedRecord(isic_id, "image", f"no image file {path}")
                     continue
@@ -175,6 +194,15 @@ def read_records(data_dir: Path, split: str | None = None,
                     continue
             metadata = {c: _metadata_value(c, row.get(c)) for c in fmt.KEPT_METADATA}
             yield LesionRecord(isic_id, patient_id, side, attributes, metadata, image_ref)
+
+
+def _folder_image(image_dir: Path, isic_id: str) -> Path:
+    """The image file of a plain-file-name id in the folder layout; InvalidNameError when that file
+    (through a link) lies outside the image folder."""
+    path = image_dir / f"{isic_id}.jpg"
+    if path.exists() and not path.resolve().is_relative_to(image_dir.resolve()):
+        raise InvalidNameError(f"isic_id {isic_id!r}: its image {path} links outside the image folder {image_dir}")
+    return path
 
 
 def iter_batches(records: Iterable[Any], n: int) -> Iterator[list[Any]]:
@@ -245,21 +273,5 @@ def load_image_bytes(image_ref: str) -> bytes:
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A checked RGB image: raises ImageDecodeError if empty, not an image, truncated or too large."""
-    if not data:
-        raise ImageDecodeError("empty image bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size  # read from the header, before any pixel is decoded
-            if width * height > max_pixels:
-                raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
-            image.load()
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"not a recognised image ({len(data)} bytes)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"undecodable image: {exc}") from None
-    return image.convert("RGB")
+    """A checked RGB image (the image gate); raises ImageDecodeError naming the rule it broke."""
+    return decode_checked(data, max_pixels=max_pixels)

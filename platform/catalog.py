@@ -190,6 +190,9 @@ def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeou
     try:
         _create_views(con, catalog_dir)
         # Order matters: restrict first, then turn external access off, then freeze the settings.
+        # DuckDB adds its temporary (spill) directory, <cwd>/.tmp by default, to the allowed ones:
+        # no spilling, so that no folder but the catalog's can be read.
+        con.execute("SET temp_directory=''")
         con.execute(f"SET allowed_directories=[{_sql_literal(str(catalog_dir))}]")
         con.execute("SET enable_external_access=false")
         con.execute("SET memory_limit='2GB'")

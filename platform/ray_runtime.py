@@ -19,17 +19,20 @@ RAY_ENV = {
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None,
-               object_store_mb: int = 512, temp_dir: Path | None = None) -> None:
-    """Connect to Ray once per process: join `address`, or start a small local session."""
+               object_store_mb: int = 512, temp_dir: Path | None = None) -> str | None:
+    """Connect to Ray once per process: join `address`, or start a small local session.
+
+    Returns the session folder when this call started a local session (its processes belong to
+    this process: see ingest/run_locks.py), else None."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     if address:
         ray.init(address=address, log_to_driver=False)
-        return
+        return None
     kwargs: dict[str, object] = {
         "num_cpus": num_cpus or os.cpu_count() or 1,
         "include_dashboard": False,
@@ -40,4 +43,5 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
         # Ray's socket paths must stay short (AF_UNIX limit 107 bytes).
         temp_dir.mkdir(parents=True, exist_ok=True)
         kwargs["_temp_dir"] = str(temp_dir.resolve())
-    ray.init(**kwargs)
+    context = ray.init(**kwargs)
+    return str(context.address_info.get("session_dir") or "") or None

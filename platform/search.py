@@ -239,12 +239,23 @@ def _load_point_image(payload: Mapping[str, object], max_pixels: int) -> Image.I
         raise SearchError(f"cannot read the image of {who!r} ({ref}): {exc}") from None
 
 
+def _gated(image: Image.Image, max_pixels: int) -> Image.Image:
+    """The image gate for a query image handed in as pixels (uploads were gated when decoded)."""
+    from dermground.platform.images import ImageRejected, check_decoded
+
+    try:
+        return check_decoded(image, max_pixels=max_pixels)
+    except ImageRejected as exc:
+        raise SearchError(f"the query image is refused: {exc}") from None
+
+
 def _query_vectors(request: SearchRequest, attributes: tuple[str, ...], store: VectorStore,
                    provider: EmbedderProvider | None, settings: Settings) -> _Query:
     needed = _needed_vectors(request.mode, attributes)
     if request.image is not None:
+        image = _gated(request.image, settings.max_image_pixels)
         model = _require_model(provider, store, "searching by an uploaded image")
-        vectors = _embed_to_vectors(model, [request.image], attributes if request.mode is not SearchMode.image else (),
+        vectors = _embed_to_vectors(model, [image], attributes if request.mode is not SearchMode.image else (),
                                     include_image=IMAGE_VECTOR in needed)[0]
         return _Query(vectors, patient_id=request.query_patient_id, model_ran=True)
     assert request.isic_id is not None

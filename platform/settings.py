@@ -12,6 +12,8 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dermground.platform.names import COLLECTION_PATTERN
+
 ENV_PREFIX = "DERMGROUND_"
 MAX_PREDICT_SAMPLES = 256  # sampled answers per question (platform/predict.py): bounds a request's cost
 MAX_VIEWS = 8  # turns and mirror images of a square crop (the dihedral group has 8; platform/model/views.py)
@@ -41,7 +43,7 @@ class Settings(BaseSettings):
     seed: int = 0
 
     # --- vector store --------------------------------------------------------------------
-    collection: str = Field("lesions", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    collection: str = Field("lesions", pattern=COLLECTION_PATTERN)
     qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded engine")
     qdrant_api_key: SecretStr | None = None
     qdrant_shards: int = Field(1, ge=1, le=1024)
@@ -73,6 +75,13 @@ class Settings(BaseSettings):
     predict_views: int = Field(8, ge=1, le=MAX_VIEWS)
     # How those answers become one value: their mean or their median (platform/predict.py).
     predict_pool: PredictPool = "mean"
+    # Hostile clients (platform/api/limits.py, platform/api/throttle.py): a request body must arrive
+    # within api_body_timeout_s (else 408); at most api_max_unfinished_bodies bodies may be arriving
+    # at once (else 503); one client (API key, or address without keys) may have at most
+    # api_model_work_per_client uploads decoding or in the model at once (else 429 + Retry-After).
+    api_body_timeout_s: float = Field(30.0, gt=0)
+    api_max_unfinished_bodies: int = Field(64, ge=1)
+    api_model_work_per_client: int = Field(2, ge=1)
 
     @field_validator("home", mode="after")
     @classmethod

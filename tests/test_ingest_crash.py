@@ -20,6 +20,7 @@ from dermground.ingest.consistency import check_collection
 from dermground.ingest.pipeline import ingest_dataset
 from dermground.ingest.synth import generate_dataset
 from dermground.ingest.writer import CRASH_ENV
+from dermground.platform.catalog import Catalog
 from dermground.platform.settings import load_settings
 from dermground.platform.store import open_store
 
@@ -50,6 +51,9 @@ def _resume_and_verify(data: Path, home: Path, model_dir: Path, committed_before
     settings = load_settings(home=home)
     summary = ingest_dataset(data, "lesions", settings, model_dir=model_dir, split="all",
                              partition_size=PARTITION, batch_size=4, progress=False)
+    assert len(summary.died_runs) == 1  # the killed run: marked at this start, not left `running`
+    statuses = [r["status"] for r in Catalog(settings.catalog_dir).query("SELECT status FROM ingest_runs")]
+    assert sorted(statuses) == ["died", "done"]
     assert summary.skipped == committed_before * PARTITION
     assert summary.ingested + summary.skipped == N_IMAGES
     report = check_collection(settings, "lesions")

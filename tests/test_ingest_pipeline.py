@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from click.testing import CliRunner
 
 from dermground.ingest.consistency import check_collection
@@ -107,13 +109,18 @@ def test_poison_images_and_bad_rows_are_quarantined_with_a_reason_and_the_rest_i
         rows = list(csv.DictReader(handle))
     ids = [r["isic_id"] for r in rows]
     poison = {ids[1]: "truncated", ids[4]: "empty", ids[7]: "random", ids[10]: "huge",
-              ids[13]: "nan_attribute", ids[16]: "bad_target", ids[19]: "no_file"}
+              ids[13]: "nan_attribute", ids[16]: "bad_target", ids[19]: "no_file", ids[22]: "odd_shape",
+              ids[2]: "out_of_range"}
     good_jpeg = (images / f"{ids[1]}.jpg").read_bytes()
     (images / f"{ids[1]}.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
     (images / f"{ids[4]}.jpg").write_bytes(b"")
     (images / f"{ids[7]}.jpg").write_bytes(np.random.default_rng(0).bytes(3000))
     (images / f"{ids[10]}.jpg").write_bytes(_png_header_only(60_000, 60_000))
     (images / f"{ids[19]}.jpg").unlink()
+    odd = io.BytesIO()
+    Image.new("RGB", (201, 1)).save(odd, format="PNG")  # the processor refuses an aspect ratio over 200
+    (images / f"{ids[22]}.jpg").write_bytes(odd.getvalue())
+    rows[2]["tbp_lv_areaMM2"] = "-5"
     rows[13]["tbp_lv_areaMM2"] = "nan"
     rows[16]["target"] = "7"
     with open(data / "train-metadata.csv", "w", newline="") as handle:
@@ -127,10 +134,12 @@ def test_poison_images_and_bad_rows_are_quarantined_with_a_reason_and_the_rest_i
     quarantine = Catalog(tmp_path / "home" / "catalog").query("SELECT isic_id, field, reason FROM quarantine")
     by_id = {r["isic_id"]: (r["field"], r["reason"]) for r in quarantine}
     assert set(by_id) == set(poison)
-    assert by_id[ids[1]][0] == "image" and "truncated" in by_id[ids[1]][1]
-    assert by_id[ids[4]] == ("image", "empty image bytes")
-    assert "not a recognised image" in by_id[ids[7]][1]
-    assert "exceeds" in by_id[ids[10]][1] and "pixels" in by_id[ids[10]][1]
+    assert by_id[ids[1]][0] == "image" and by_id[ids[1]][1].startswith("decode: ")
+    assert by_id[ids[4]] == ("image", "empty: the image has no bytes")
+    assert by_id[ids[7]][1].startswith("format: ")
+    assert by_id[ids[10]][1].startswith("pixel_limit: ") and "3600000000 pixels" in by_id[ids[10]][1]
+    assert by_id[ids[22]][0] == "image" and by_id[ids[22]][1].startswith("aspect_ratio: ")
+    assert by_id[ids[2]][0] == "tbp_lv_areaMM2" and "out of range" in by_id[ids[2]][1]
     assert by_id[ids[13]][0] == "tbp_lv_areaMM2" and "not finite" in by_id[ids[13]][1]
     assert by_id[ids[16]][0] == "target" and "must be 0 or 1" in by_id[ids[16]][1]
     assert by_id[ids[19]][0] == "image" and "no image file" in by_id[ids[19]][1]

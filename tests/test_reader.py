@@ -112,13 +112,13 @@ def test_decode_image_guards() -> None:
     Image.new("RGB", (300, 200), (10, 20, 30)).save(buffer, format="PNG")
     data = buffer.getvalue()
     assert decode_image(data).size == (300, 200)
-    with pytest.raises(ImageDecodeError, match="exceeds"):
+    with pytest.raises(ImageDecodeError, match="^pixel_limit: "):
         decode_image(data, max_pixels=300 * 200 - 1)
-    with pytest.raises(ImageDecodeError, match="empty"):
+    with pytest.raises(ImageDecodeError, match="^empty: "):
         decode_image(b"")
-    with pytest.raises(ImageDecodeError, match="not a recognised image"):
+    with pytest.raises(ImageDecodeError, match="^format: "):
         decode_image(b"\x00" * 64)
-    with pytest.raises(ImageDecodeError, match="undecodable"):
+    with pytest.raises(ImageDecodeError, match="^decode: "):
         decode_image(data[: len(data) // 2])
 
 

@@ -18,8 +18,11 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dermground.platform.api.errors import document_errors, error_content
 from dermground.platform.api.images import ThumbnailCache
-from dermground.platform.api.limits import BodySizeLimit
+from dermground.platform.api.limits import BodyReadLimits, BodySizeLimit
+from dermground.platform.api.throttle import ClientWorkLimiter
+from dermground.platform.names import check_collection_name
 from dermground.platform.search import EmbedderProvider, ModelUnavailableError
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, VectorStore, open_store
@@ -67,6 +70,7 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
             if owned is not None:
                 owned.close()
 
+    check_collection_name(settings.collection)  # settings copied with model_copy skip their validators
     app = FastAPI(title="dermground", version="0.1.0", lifespan=lifespan,
                   description="Attribute-grounded retrieval of skin-lesion images. Send the API key in the "
                               "X-API-Key header (read key: search, predict, images; admin key: sql).")
@@ -80,7 +84,11 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
     else:
         app.state.embedder = EmbedderProvider(_model_loader(settings))
     app.add_middleware(BodySizeLimit, max_bytes=body_limit(settings))
+    app.add_middleware(BodyReadLimits, timeout_s=settings.api_body_timeout_s,
+                       max_unfinished=settings.api_max_unfinished_bodies)
+    app.state.model_work = ClientWorkLimiter(settings.api_model_work_per_client)
     _install_error_handlers(app)
+    document_errors(app)
 
     from dermground.platform.api.routes import router
 
@@ -99,7 +107,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error_content(exc), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,8 +1,9 @@
 """Uploaded and stored images: checked decoding, re-encoding without metadata, thumbnails.
 
-An upload is checked for size (bytes, then pixels from the header, before any pixel is decoded),
-decoded by Pillow under its decompression-bomb guard, turned upright by its EXIF orientation and
-rebuilt from raw pixels, so nothing of the uploaded file (EXIF, ICC, comments) travels further.
+An upload goes through the image gate (dermground.platform.images): size in bytes, then pixels and
+shape from the header before any pixel is decoded, decoding at a reduced size when large, EXIF
+orientation, any colour mode to RGB, rebuilt from raw pixels so nothing of the uploaded file
+(EXIF, ICC, comments) travels further. A refusal carries the gate's `rule`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from threading import Lock
 
-from PIL import Image, ImageOps
+from PIL import Image
+
+from dermground.platform.images import ImageRejected, decode_checked
 
 THUMB_PX = 160
 
 
 class UploadError(ValueError):
-    """An upload that is not a usable image (422)."""
+    """An upload that is not a usable image (422); `rule` names the check it failed."""
+
+    def __init__(self, detail: str, rule: str = "upload") -> None:
+        self.rule = rule
+        super().__init__(detail)
 
 
 class UploadTooLargeError(UploadError):
@@ -33,38 +40,24 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
         _, _, text = text.partition(",")
     # 4 base64 characters carry 3 bytes: refuse before decoding anything bigger than the cap.
     if len(text) > (max_bytes + 2) // 3 * 4 + 4:
-        raise UploadTooLargeError(f"the image is larger than the limit of {max_bytes} bytes")
+        raise UploadTooLargeError(f"the image is larger than the limit of {max_bytes} bytes", "byte_limit")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise UploadError("image_base64 is not valid base64") from None
+        raise UploadError("image_base64 is not valid base64", "base64") from None
     if not data:
-        raise UploadError("image_base64 is empty")
+        raise UploadError("image_base64 is empty", "empty")
     return data
 
 
 def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """A clean RGB image from uploaded bytes; UploadTooLargeError / UploadError otherwise."""
-    if len(data) > max_bytes:
-        raise UploadTooLargeError(f"the image has {len(data)} bytes, over the limit of {max_bytes}")
-    if not data:
-        raise UploadError("the upload is empty")
+    """A clean RGB image from uploaded bytes (the image gate); UploadTooLargeError / UploadError
+    carrying the gate's rule otherwise."""
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            width, height = opened.size  # from the header: nothing decoded yet
-            if width * height > max_pixels:
-                raise UploadTooLargeError(f"the image has {width}x{height} pixels, over the limit of {max_pixels}")
-            opened.load()
-            upright = ImageOps.exif_transpose(opened)
-            rgb = upright.convert("RGB")
-    except UploadError:
-        raise
-    except Image.DecompressionBombError:
-        raise UploadTooLargeError("the image is a decompression bomb (far more pixels than its size suggests)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
-        raise UploadError(f"not a readable image: {type(exc).__name__}") from None
-    # Rebuilt from raw pixels: no EXIF, ICC profile or other chunk of the upload survives.
-    return Image.frombytes("RGB", rgb.size, rgb.tobytes())
+        return decode_checked(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    except ImageRejected as exc:
+        error = UploadTooLargeError if exc.too_large else UploadError
+        raise error(str(exc), exc.rule) from None
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:

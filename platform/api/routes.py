@@ -15,6 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from dermground.platform.api import schemas
+from dermground.platform.api.errors import RefusedError
 from dermground.platform.api.images import (
     UploadError,
     UploadTooLargeError,
@@ -22,6 +23,7 @@ from dermground.platform.api.images import (
     decode_upload,
 )
 from dermground.platform.api.security import auth_mode, require_admin, require_read
+from dermground.platform.api.throttle import client_key
 from dermground.platform.attributes import ATTRIBUTES, get_attribute
 from dermground.platform.search import (
     ModelUnavailableError,
@@ -100,11 +102,12 @@ def examples(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 12,
 def search_json(request: Request, body: schemas.SearchBody) -> schemas.SearchResult:
     """Search by an existing isic_id or a base64-encoded image (JSON body)."""
     settings = _settings(request)
-    image = None
-    if body.image_base64 is not None:
+    if body.image_base64 is None:
+        return _run_search(request, body, None)
+    with _model_work(request):
         image = _decode(lambda: decode_upload(decode_base64(body.image_base64 or "", settings.max_upload_bytes),
                                               settings.max_upload_bytes, settings.max_image_pixels))
-    return _run_search(request, body, image)
+        return _run_search(request, body, image)
 
 
 @router.post("/search/upload", response_model=schemas.SearchResult, dependencies=read, tags=["search"])
@@ -118,8 +121,9 @@ def search_upload(request: Request, file: Annotated[UploadFile, File(description
         raise RequestValidationError([{**e, "loc": ("body", "request", *e["loc"])} for e in exc.errors()]) from None
     if parsed.isic_id is not None:
         raise HTTPException(422, detail="an upload searches by the uploaded image: leave isic_id out")
-    image = _read_upload(request, file)
-    return _run_search(request, parsed, image)
+    with _model_work(request):
+        image = _read_upload(request, file)
+        return _run_search(request, parsed, image)
 
 
 @router.get("/images/{isic_id}", dependencies=read, tags=["images"],
@@ -144,15 +148,16 @@ def predict(request: Request, file: Annotated[UploadFile, File(description="the 
     """The model's answer to each of the 16 questions for an uploaded image."""
     from dermground.platform.predict import predict_attributes
 
-    image = _read_upload(request, file)
-    started = time.perf_counter()
-    try:
-        settings = _settings(request)
-        answers = request.app.state.embedder.run(lambda embedder: predict_attributes(
-            embedder.backbone, [image], samples=settings.predict_samples, seed=settings.seed,
-            views=settings.predict_views, pool=settings.predict_pool)[0])
-    except ModelUnavailableError as exc:
-        raise HTTPException(503, detail=str(exc)) from None
+    with _model_work(request):
+        image = _read_upload(request, file)
+        started = time.perf_counter()
+        try:
+            settings = _settings(request)
+            answers = request.app.state.embedder.run(lambda embedder: predict_attributes(
+                embedder.backbone, [image], samples=settings.predict_samples, seed=settings.seed,
+                views=settings.predict_views, pool=settings.predict_pool)[0])
+        except ModelUnavailableError as exc:
+            raise HTTPException(503, detail=str(exc)) from None
     return schemas.PredictResult(
         answers=[schemas.Answer(name=name, label=get_attribute(name).label, unit=get_attribute(name).unit,
                                 value=p.value, raw=p.raw, ok=p.ok, spread=p.spread, samples=p.samples)
@@ -191,9 +196,15 @@ def _decode(work) -> Image.Image:  # noqa: ANN001
     try:
         return work()
     except UploadTooLargeError as exc:
-        raise HTTPException(413, detail=str(exc)) from None
+        raise RefusedError(413, str(exc), rule=exc.rule) from None
     except UploadError as exc:
-        raise HTTPException(422, detail=str(exc)) from None
+        raise RefusedError(422, str(exc), rule=exc.rule) from None
+
+
+def _model_work(request: Request):  # noqa: ANN202 - a context manager
+    """One of this client's slots of model work (decoding included); 429 when it has none left."""
+    keyed = auth_mode(_settings(request)) == "keys"
+    return request.app.state.model_work.slot(client_key(request, keyed))
 
 
 def _read_upload(request: Request, file: UploadFile) -> Image.Image:

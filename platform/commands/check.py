@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from dermground.platform.commands.context import current_settings, from_settings
+from dermground.platform.commands.context import collection_name, current_settings, from_settings
 
 
 @click.command("check")
-@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+@click.option("--collection", callback=collection_name,
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
               help="Collection to check.")
 @click.option("--qdrant-url", default=None,
               help="Qdrant server URL [default: DERMGROUND_QDRANT_URL, else the embedded store under HOME].")

@@ -34,3 +34,15 @@ def from_settings(field: str):  # noqa: ANN201 - click accepts any zero-arg call
         return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
     return default
+
+
+def collection_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for --collection flags: the collection name rule (it becomes a folder under HOME)."""
+    from dermground.platform.names import InvalidNameError, check_collection_name
+
+    if value is None:
+        return None
+    try:
+        return check_collection_name(value)
+    except InvalidNameError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dermground.platform.commands.context import current_settings
+from dermground.platform.commands.context import collection_name, current_settings
 from dermground.platform.settings import MAX_PREDICT_SAMPLES, MAX_VIEWS, PREDICT_POOLS
 
 
@@ -73,8 +73,10 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
 
 
 @evaluate.command("retrieval")
-@click.option("--collection", default=None, help="Tuned collection (train+test ingested) [default: DERMGROUND_COLLECTION].")
-@click.option("--untuned-collection", default=None,
+@click.option("--collection", callback=collection_name,
+              default=None, help="Tuned collection (train+test ingested) [default: DERMGROUND_COLLECTION].")
+@click.option("--untuned-collection", callback=collection_name,
+              default=None,
               help="Collection ingested with the base model alone, for method image_untuned (d).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for retrieval.json, the boxplots PNG and the medians table.")

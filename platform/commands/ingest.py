@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
-from dermground.platform.commands.context import current_settings, from_settings
+from dermground.platform.commands.context import collection_name, current_settings, from_settings
 
 
 @click.command("ingest")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="ISIC 2024 / SLICE-3D folder (train-metadata.csv + train-image.hdf5 or train-image/image/).")
-@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+@click.option("--collection", callback=collection_name,
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
               help="Collection to ingest into (one collection per data set and model).")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Qwen2-VL checkpoint folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
@@ -68,6 +69,8 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
         raise click.ClickException(f"{exc}\nPass --model DIR (and --adapter DIR) or set DERMGROUND_MODEL_DIR.") from None
     except (StoreError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nCommitted partitions are kept: fix the cause and rerun to resume.") from None
+    if summary.died_runs:
+        click.echo(f"earlier ingest run(s) that died were marked 'died': {', '.join(summary.died_runs)}")
     click.echo(f"ingested {summary.ingested}, skipped {summary.skipped} (already present), "
                f"quarantined {summary.quarantined} in {summary.seconds:.1f} s "
                f"({summary.partitions} partition(s) committed, {summary.partitions_skipped} skipped; run {summary.run_id})")

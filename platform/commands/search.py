@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dermground.platform.commands.context import current_settings, from_settings
+from dermground.platform.commands.context import collection_name, current_settings, from_settings
 
 MODES = ["image", "image_text", "hierarchical", "prefetch"]
 
@@ -62,7 +62,8 @@ def _parse_filters(filters: tuple[str, ...], ranges: tuple[str, ...], split: str
 @click.option("--exclude-patient", is_flag=True, help="Leave out the query's patient (needs --id or --patient).")
 @click.option("--patient", "patient_id", help="The uploaded image's patient_id (for --exclude-patient).")
 @click.option("--cache-vectors", is_flag=True, help="hierarchical: store re-embedded vectors for next time.")
-@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+@click.option("--collection", callback=collection_name,
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
               help="Collection to search.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def search(image_path: Path | None, isic_id: str | None, mode: str, attributes: tuple[str, ...], k: int,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dermground.platform.commands.context import current_settings, from_settings
+from dermground.platform.commands.context import collection_name, current_settings, from_settings
 
 LOOPBACK = "127.0.0.1"
 
@@ -27,7 +27,8 @@ def is_loopback(host: str) -> bool:
               help="Address to bind; without DERMGROUND_API_READ_KEY only loopback is allowed.")
 @click.option("--port", type=click.IntRange(1, 65535), default=from_settings("api_port"),
               show_default="DERMGROUND_API_PORT", help="Port to listen on.")
-@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+@click.option("--collection", callback=collection_name,
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
               help="Collection to search.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Base model folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")

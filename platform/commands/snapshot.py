@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
-from dermground.platform.commands.context import current_settings, from_settings
+from dermground.platform.commands.context import collection_name, current_settings, from_settings
 
 
 def _snapshot_dir(collection: str) -> Path:
-    return current_settings().home / "snapshots" / collection
+    from dermground.platform.names import check_collection_name
+
+    return current_settings().home / "snapshots" / check_collection_name(collection)
 
 
 def _open(collection: str):  # noqa: ANN202 - VectorStore, imported lazily
@@ -30,7 +32,8 @@ def snapshot() -> None:
 
 
 @snapshot.command("create")
-@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
+@click.option("--collection", callback=collection_name,
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
 def create(collection: str) -> None:
     """Write a snapshot of the collection and print where it is."""
     from dermground.platform.store import StoreError
@@ -44,7 +47,8 @@ def create(collection: str) -> None:
 
 
 @snapshot.command("list")
-@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
+@click.option("--collection", callback=collection_name,
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
 def list_(collection: str) -> None:
     """List the collection's snapshots, newest last."""
     if current_settings().qdrant_url:
@@ -61,7 +65,8 @@ def list_(collection: str) -> None:
 
 @snapshot.command("restore")
 @click.argument("snapshot_ref")
-@click.option("--collection", default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
+@click.option("--collection", callback=collection_name,
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def restore(snapshot_ref: str, collection: str, yes: bool) -> None:
     """Replace the collection's contents with SNAPSHOT_REF (a path, or a server snapshot name)."""

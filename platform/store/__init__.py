@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from dermground.platform.names import check_collection_name
 from dermground.platform.settings import Settings
 from dermground.platform.store.base import (
     CollectionSpec,
@@ -31,8 +32,10 @@ from dermground.platform.store.schema import (
 
 def open_store(settings: Settings, collection: str | None = None) -> VectorStore:
     """The store for a collection: a Qdrant server when settings.qdrant_url is set (":memory:"
-    for tests), else the embedded engine in settings.store_dir/<collection>."""
-    name = collection or settings.collection
+    for tests), else the embedded engine in settings.store_dir/<collection>. InvalidNameError
+    (a ValueError) for a name that is not a collection name."""
+    # The name becomes a folder (embedded) or a URL segment (server): never `../x` or `/abs`.
+    name = check_collection_name(settings.collection if collection is None else collection)
     if settings.qdrant_url:
         from dermground.platform.store.server import ServerStore
 

@@ -1,0 +1,110 @@
+"""One error body for every refusal, and an OpenAPI document that lists every status it can take.
+
+Every 4xx/5xx answer of the API is `ErrorBody`: `detail` (a sentence, or for a request that fails
+validation a list of {loc, msg, type}) and, when a named check refused the input, `rule` (the
+image gate's rule, `rate_limit`, ...). `document_errors(app)` makes the OpenAPI document say so,
+per operation, for each status that operation can answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field
+
+
+class ValidationIssue(BaseModel):
+    """One reason a request failed validation: where (loc) and what (msg, type)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    detail: str | list[ValidationIssue] = Field(description="what was wrong and what to do")
+    rule: str | None = Field(None, description="the named check that refused the input, when one did "
+                                               "(image gate: empty, byte_limit, format, pixel_limit, decode, "
+                                               "aspect_ratio, min_side; base64; rate_limit; body_limit, "
+                                               "body_timeout, unfinished_bodies, content_length)")
+
+
+class RefusedError(HTTPException):
+    """An HTTPException whose body also names the rule that refused the request."""
+
+    def __init__(self, status_code: int, detail: str, *, rule: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code, detail=detail, headers=headers)
+        self.rule = rule
+
+
+def error_content(exc: HTTPException) -> dict[str, object]:
+    """The ErrorBody of an HTTPException (with its rule when it is a RefusedError)."""
+    body: dict[str, object] = {"detail": exc.detail}
+    rule = getattr(exc, "rule", None)
+    if rule is not None:
+        body["rule"] = rule
+    return body
+
+
+_REASONS = {
+    400: "Bad request: a malformed header or body, or an SQL query the guard refuses",
+    401: "Missing or wrong API key (X-API-Key)",
+    403: "The endpoint is disabled on this server (no admin key configured)",
+    404: "Not found: no such lesion, or its image cannot be read",
+    408: "The request body did not arrive in time",
+    413: "The request body or the image is over the size limit",
+    422: "The request or the image fails validation (the body names the field or the rule)",
+    429: "Too much model work in flight for this client: retry after Retry-After seconds",
+    500: "Internal error (the body carries an id for the server log)",
+    503: "The vector store or the model is not available, or the server is at its connection limit",
+}
+# Statuses every operation can answer: the body-size and body-time limits act before routing.
+_COMMON = (400, 408, 413, 422, 500)
+# What each operation adds (by method and path template).
+_EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
+    ("get", "/health"): (),
+    ("get", "/attributes"): (),
+    ("get", "/examples"): (503,),
+    ("post", "/search"): (404, 429, 503),
+    ("post", "/search/upload"): (404, 429, 503),
+    ("get", "/images/{isic_id}"): (404, 503),
+    ("post", "/predict"): (429, 503),
+    ("post", "/sql"): (403,),
+}
+_PROTECTED_EXTRA = (401,)
+
+
+def operation_statuses(method: str, path: str, protected: bool) -> tuple[int, ...]:
+    """Every error status an operation can answer, sorted."""
+    extra = _EXTRA.get((method, path), (404, 503))  # an operation not in the table: assume the most
+    return tuple(sorted({*_COMMON, *extra, *(_PROTECTED_EXTRA if protected else ())}))
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make app.openapi() list, per operation, every error status with ErrorBody as its body."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        defs = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(defs.pop("$defs", {}))
+        components["ErrorBody"] = defs
+        ref = {"$ref": "#/components/schemas/ErrorBody"}
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                responses = operation.setdefault("responses", {})
+                for status in operation_statuses(method, path, protected="security" in operation):
+                    responses[str(status)] = {"description": _REASONS[status],
+                                              "content": {"application/json": {"schema": ref}}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
