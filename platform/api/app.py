@@ -22,7 +22,7 @@ from dermground.platform.api.images import ThumbnailCache
 from dermground.platform.api.limits import BodySizeLimit
 from dermground.platform.search import EmbedderProvider, ModelUnavailableError
 from dermground.platform.settings import Settings
-from dermground.platform.store import StoreLockedError, VectorStore, open_store
+from dermground.platform.store import StoreLockedError, VectorStore, open_live_store
 
 log = logging.getLogger("dermground.api")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -57,7 +57,7 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
         owned = None
         if app.state.store is None:
             try:
-                owned = app.state.store = open_store(settings)
+                owned = app.state.store = open_live_store(settings)  # follows `collections switch`
             except StoreLockedError as exc:
                 log.error("cannot start: %s", exc)
                 raise RuntimeError(f"cannot start the API: {exc}") from None

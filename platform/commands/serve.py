@@ -47,7 +47,7 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
     import uvicorn
 
     from dermground.platform.api import create_app
-    from dermground.platform.store import StoreError, StoreLockedError, open_store
+    from dermground.platform.store import StoreError, StoreLockedError, open_live_store
 
     overrides: dict[str, object] = {"collection": collection}
     if model_dir is not None:
@@ -64,7 +64,8 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
         else:
             click.echo("No API key is set: the read endpoints are open to this machine only.", err=True)
     try:
-        store = open_store(settings)  # opened here, so a held store stops us with a clear message
+        # Opened here, so a held store stops us with a clear message; it follows `collections switch`.
+        store = open_live_store(settings)
     except StoreLockedError as exc:
         raise click.ClickException(f"{exc}\n(`dermground serve` and `dermground ingest` cannot share an embedded store.)") from None
     except StoreError as exc:
