@@ -186,6 +186,8 @@ class EdgeCollections(Collections):
 
     def write_meta(self, name: str, version: str, meta: VersionMeta) -> None:
         self.require_version(name, version)
+        if meta.created_at is None:  # the creation time stays what create_version recorded
+            meta = replace(meta, created_at=self.read_meta(name, version).created_at or _now())
         durable_write_json(self._folder(name, version) / VERSION_FILE, meta.to_dict())
 
     def _spec(self, name: str, version: str) -> CollectionSpec | None:

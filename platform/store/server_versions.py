@@ -8,6 +8,8 @@ version's meta lives in the collection's metadata next to the CollectionSpec.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
 
 from qdrant_client import QdrantClient, models
 
@@ -68,7 +70,7 @@ class ServerCollections(Collections):
         numbers += [version_number(v) for (n, v) in self._pending if n == name]
         version = f"v{max(numbers, default=0) + 1}"
         # The collection appears with its spec (ensure_collection); the meta goes on it then.
-        self._pending[(name, version)] = meta
+        self._pending[(name, version)] = meta if meta.created_at else replace(meta, created_at=_now())
         return version
 
     def open_version(self, name: str, version: str) -> VectorStore:
@@ -84,6 +86,8 @@ class ServerCollections(Collections):
 
     def write_meta(self, name: str, version: str, meta: VersionMeta) -> None:
         physical = self.require_version(name, version)
+        if meta.created_at is None:  # the creation time stays what create_version recorded
+            meta = replace(meta, created_at=self.read_meta(name, version).created_at or _now())
         self._client.update_collection(physical, metadata={VERSION_METADATA_KEY: meta.to_dict()})
         self._pending.pop((name, version), None)
 
@@ -127,6 +131,10 @@ class ServerCollections(Collections):
             note = str(exc)
         return VersionInfo(name=name, version=version, physical=physical, live=self.live_version(name) == version,
                            meta=self.read_meta(name, version), spec=spec, points=points, size_bytes=None, note=note)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 __all__ = ["ServerCollections", "VERSION_METADATA_KEY"]
