@@ -156,14 +156,15 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
     run_id = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     summary = IngestSummary(run_id, collection)
     catalog = Catalog(settings.catalog_dir)
+    spec = CollectionSpec(dim=dim, fingerprint=fingerprint)
     target = open_target(settings, collection, catalog, source=str(Path(data_dir).resolve()),
-                         adapter=str(adapter_dir) if adapter_dir else None, new_version=new_version,
+                         adapter=str(adapter_dir) if adapter_dir else None, spec=spec, new_version=new_version,
                          version=version, notify=notify)
     store = target.store
     summary.version = target.version
     status = "failed"
     try:
-        store.ensure_collection(CollectionSpec(dim=dim, fingerprint=fingerprint))
+        store.ensure_collection(spec)
         target.started()
         # The catalog names the physical version: `check` compares a version with its own rows.
         writer = PartitionWriter(store, catalog, target.physical, fingerprint, run_id)

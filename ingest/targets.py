@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_copy import copy_collection_rows
-from dermground.platform.store import StoreLockedError, VectorStore, open_collections
+from dermground.platform.store import CollectionSpec, StoreLockedError, VectorStore, open_collections
 from dermground.platform.store.versions import BUILDING, READY, Collections, VersionMeta, physical_name
 from dermground.platform.settings import Settings
 
@@ -57,19 +57,23 @@ class IngestTarget:
 
 
 def open_target(settings: Settings, name: str, catalog: Catalog, *, source: str, adapter: str | None,
-                new_version: bool = False, version: str | None = None,
+                spec: CollectionSpec | None = None, new_version: bool = False, version: str | None = None,
                 notify: Callable[[str], None] = lambda _: None) -> IngestTarget:
-    """Choose and open the version to write (raises StoreLockedError when it is held elsewhere)."""
+    """Choose and open the version to write (raises StoreLockedError when it is held elsewhere).
+
+    `spec`: what the run will write; a held live version of another model is refused before
+    anything is copied (SchemaMismatchError)."""
     collections = open_collections(settings)
     try:
-        return _open(collections, name, catalog, source, adapter, new_version, version, notify)
+        return _open(collections, name, catalog, source, adapter, spec, new_version, version, notify)
     except BaseException:
         collections.close()
         raise
 
 
 def _open(collections: Collections, name: str, catalog: Catalog, source: str, adapter: str | None,
-          new_version: bool, version: str | None, notify: Callable[[str], None]) -> IngestTarget:
+          spec: CollectionSpec | None, new_version: bool, version: str | None,
+          notify: Callable[[str], None]) -> IngestTarget:
     live = collections.live_version(name)
     building = VersionMeta(source=f"ingest {source}", adapter=adapter, state=BUILDING)
     if version is not None:
@@ -89,9 +93,12 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
     try:
         return IngestTarget(collections, name, live, collections.open_version(name, live))
     except StoreLockedError as exc:
-        held = str(exc).split(". Stop", 1)[0]
+        notify(str(exc).split(". Stop", 1)[0] + ".")
+        live_spec = collections.info(name, live, count=False).spec
+        if spec is not None and live_spec is not None:
+            spec.check_compatible(live_spec, name)  # another model: --new-version, nothing copied
         created = collections.create_version(name, replace(building, source=f"{live} + ingest {source}"))
-        notify(f"{held}.\nIngesting into a new version {created} seeded with a copy of {live}; {name!r} switches "
+        notify(f"Ingesting into a new version {created} seeded with a copy of {live}; {name!r} switches "
                f"to it when the ingest completes (the server follows; {live} stays until "
                f"`dermground collections drop {name} {live}`).")
         try:

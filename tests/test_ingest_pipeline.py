@@ -215,9 +215,17 @@ def test_a_busy_embedded_store_gives_a_clear_error_naming_its_holder(dataset, ti
 
     with open_store(_settings(tmp_path), "lesions") as holder:  # e.g. `dermground serve` on the same store
         holder.ensure_collection(CollectionSpec(dim=64, fingerprint="0123456789abcdef"))
-        for command in (["ingest", "--data", str(dataset), "--model", str(tiny_model_dir)], ["check"]):
-            result = CliRunner().invoke(cli, ["--home", str(tmp_path), *command, "--collection", "lesions"])
-            assert result.exit_code == 1, result.output
-            assert f"is in use by pid {os.getpid()}" in result.output
-            assert "DERMGROUND_QDRANT_URL" in result.output and "Traceback" not in result.output
+        # A held store no longer stops an ingest (it writes a new version seeded with the live one),
+        # but a held store of another model is refused before anything is copied or embedded.
+        ingest = CliRunner().invoke(cli, ["--home", str(tmp_path), "ingest", "--data", str(dataset), "--model",
+                                          str(tiny_model_dir), "--collection", "lesions"])
+        assert ingest.exit_code == 1, ingest.output
+        assert f"is in use by pid {os.getpid()}" in ingest.output and "--new-version" in ingest.output
+        check = CliRunner().invoke(cli, ["--home", str(tmp_path), "check", "--collection", "lesions"])
+        assert check.exit_code == 1, check.output
+        assert f"is in use by pid {os.getpid()}" in check.output and "DERMGROUND_QDRANT_URL" in check.output
+        assert "Traceback" not in ingest.output + check.output
     assert not (tmp_path / "catalog" / "ingest_runs").exists()  # nothing was started
+    from dermground.platform.store.edge_versions import EdgeCollections
+
+    assert EdgeCollections(tmp_path / "qdrant").versions("lesions") == ["v0"]  # nothing was copied

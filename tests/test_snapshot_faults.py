@@ -174,6 +174,13 @@ def test_a_good_restore_goes_into_a_new_version_with_its_catalog_rows(golden: tu
     listed = _cli(home, "collections", "list", NAME, "--json")
     versions = {v["version"]: v for v in json.loads(listed.output)}
     assert versions["v1"]["live"] and versions["v1"]["points"] == N and versions["v0"]["points"] == 7
+    assert versions["v1"]["source"].startswith("restore ") and versions["v1"]["state"] == "ready"
+    refused = _cli(home, "collections", "drop", NAME, "v1", "--yes")
+    assert refused.exit_code == 1 and "live version" in refused.output and "collections switch" in refused.output
+    info = json.loads(_cli(home, "collections", "info", NAME).output)
+    assert (info["version"], info["points"], info["fingerprint"]) == ("v1", N, FP)
+    assert _cli(home, "collections", "drop", NAME, "v0", "--yes").exit_code == 0
+    assert EdgeCollections(home / "qdrant").versions(NAME) == ["v1"] and _live_points(home) == N
 
 
 KILL_AT = ("restore_loaded", "alias_written")  # restore_catalogued: same window, one more kill

@@ -28,6 +28,7 @@ from dermground.platform.store.versions import (
     READY,
     Collections,
     VersionError,
+    check_name,
     VersionInfo,
     VersionMeta,
     physical_name,
@@ -152,6 +153,7 @@ class EdgeCollections(Collections):
 
     # --- versions ------------------------------------------------------------------------
     def create_version(self, name: str, meta: VersionMeta) -> str:
+        check_name(name)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         numbers = [version_number(v) for v in self.versions(name)]
         aliased = self._read_alias(name)

@@ -19,6 +19,7 @@ from dermground.platform.store.versions import (
     LEGACY_VERSION,
     Collections,
     VersionError,
+    check_name,
     VersionInfo,
     VersionMeta,
     physical_name,
@@ -66,6 +67,7 @@ class ServerCollections(Collections):
 
     # --- versions ------------------------------------------------------------------------
     def create_version(self, name: str, meta: VersionMeta) -> str:
+        check_name(name)
         numbers = [version_number(v) for v in self.versions(name)]
         numbers += [version_number(v) for (n, v) in self._pending if n == name]
         version = f"v{max(numbers, default=0) + 1}"

@@ -54,6 +54,14 @@ def split_physical(physical: str) -> tuple[str, str]:
     return physical, LEGACY_VERSION
 
 
+def check_name(name: str) -> str:
+    """A collection name that versions can be made of (`x__v3` would read as version 3 of `x`)."""
+    if split_physical(name)[1] != LEGACY_VERSION:
+        raise VersionError(f"collection name {name!r} ends like a version (__v<N>), which is reserved for the "
+                           "versions of a collection; choose another name")
+    return name
+
+
 @dataclass(frozen=True)
 class VersionMeta:
     """What a version was built from; kept with the version (a file or the collection metadata)."""
@@ -217,5 +225,5 @@ class Collections(abc.ABC):
         self.close()
 
 
-__all__ = ["BUILDING", "Collections", "LEGACY_VERSION", "READY", "VersionError", "VersionInfo", "VersionMeta",
+__all__ = ["BUILDING", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionMeta", "check_name",
            "physical_name", "split_physical", "version_number"]
