@@ -16,7 +16,7 @@ from dermground.platform.catalog import Catalog
 from dermground.platform.crash_points import maybe_crash
 from dermground.platform.catalog_copy import collection_files, install_files, read_files, write_files
 from dermground.platform.settings import Settings
-from dermground.platform.store import open_collections
+from dermground.platform.store import StoreLockedError, open_collections
 from dermground.platform.store.snapshots import VerifiedSnapshot, load_snapshot, open_snapshot, write_snapshot
 from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionInfo, VersionMeta
 
@@ -38,12 +38,25 @@ def create_snapshot(settings: Settings, name: str, version: str | None = None,
         physical = collections.require_version(name, version)
         meta = collections.read_meta(name, version)
         catalog = Catalog(settings.catalog_dir)
-        with tempfile.TemporaryDirectory(prefix=".snapshot-rows-") as tmp, \
-                collections.open_version(name, version) as store:
+        with tempfile.TemporaryDirectory(prefix=".snapshot-rows-") as tmp:
             attachments = write_files(Path(tmp), collection_files(catalog, physical))
-            return write_snapshot(store, snapshot_dir(settings, name), f"{name}-{version}", progress=progress,
-                                  attachments=attachments,
-                                  meta={"name": name, "version": version, **meta.to_dict()})
+            label, info = f"{name}-{version}", {"name": name, "version": version, **meta.to_dict()}
+            try:
+                with collections.open_version(name, version) as store:
+                    return write_snapshot(store, snapshot_dir(settings, name), label, progress=progress,
+                                          attachments=attachments, meta=info)
+            except StoreLockedError:
+                pass  # served: export a copy of it instead (below)
+            # The embedded engine has one opener: copy the held version (cheap: sparse files stay
+            # sparse), export the copy, drop it.
+            scratch = collections.create_version(name, VersionMeta(source=f"snapshot of {version}", state=BUILDING))
+            try:
+                collections.copy_points(name, version, scratch)
+                with collections.open_version(name, scratch) as store:
+                    return write_snapshot(store, snapshot_dir(settings, name), label, progress=progress,
+                                          attachments=attachments, meta=info)
+            finally:
+                collections.drop(name, scratch)
 
 
 @dataclass

@@ -120,6 +120,17 @@ def test_snapshot_restores_into_a_new_version_with_the_same_results(cols: Collec
     snapshot.cleanup()
 
 
+def test_a_live_store_follows_the_alias_on_both_backends(cols: Collections) -> None:
+    build_version(cols, "c", 5, seed=7)
+    build_version(cols, "c", 7, seed=8)
+    cols.switch("c", "v1")
+    live = LiveStore(cols, "c", refresh_s=0.0)
+    assert live.count() == 5 and live.physical == "c__v1"
+    cols.switch("c", "v2")
+    assert live.count() == 7 and live.physical == "c__v2" and set(live.held()) == {"c__v2"}
+    live.close()
+
+
 def test_copy_points_seeds_a_version(cols: Collections) -> None:
     build_version(cols, "c", 12, seed=4)
     target = cols.create_version("c", VersionMeta(state=BUILDING))

@@ -219,3 +219,33 @@ def test_snapshot_is_sized_by_its_data(golden: tuple[Path, Path]) -> None:
     vectors = N * len(DEFAULT_VECTOR_NAMES) * DIM * 4
     assert tar.stat().st_size < vectors + 100_000  # points, payloads and catalog rows; no engine files
     assert tar.stat().st_size <= 2 * disk_usage(home / "qdrant" / NAME)  # the issue's bound, with room to spare
+
+
+HOLDER = """
+import sys
+from dermground.platform.store.edge import EdgeStore
+store = EdgeStore(sys.argv[1], "snap")
+print("ready", flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+
+def test_a_served_collection_can_be_snapshotted(home: Path, tmp_path: Path) -> None:
+    from dermground.platform.store.snapshots import open_snapshot
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "qdrant" / NAME)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert holder.stdout.readline().strip() == "ready"  # `serve` holds the live version
+        created = _cli(home, "snapshot", "create", "--collection", NAME)
+        assert created.exit_code == 0, created.output
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+    newest = max((home / "snapshots" / NAME).glob("*.tar"), key=lambda p: p.stat().st_mtime)
+    snapshot = open_snapshot(newest, tmp_path / "staging")
+    assert snapshot.points == N and len(snapshot.attachments) == 3  # lesions, ledger, runs
+    snapshot.cleanup()
+    assert EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]  # the scratch copy is gone

@@ -19,12 +19,6 @@ from dermground.platform.store.base import (
     StorePoint,
     VectorStore,
 )
-from dermground.platform.store.versions import (
-    Collections,
-    VersionError,
-    VersionInfo,
-    VersionMeta,
-)
 from dermground.platform.store.schema import (
     DEFAULT_VECTOR_NAMES,
     IMAGE_VECTOR,
@@ -32,6 +26,12 @@ from dermground.platform.store.schema import (
     PayloadError,
     build_payload,
     point_id,
+)
+from dermground.platform.store.versions import (
+    Collections,
+    VersionError,
+    VersionInfo,
+    VersionMeta,
 )
 
 
