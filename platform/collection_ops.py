@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dermground.platform.catalog import Catalog
-from dermground.platform.crash_points import maybe_crash
 from dermground.platform.catalog_copy import collection_files, install_files, read_files, write_files
+from dermground.platform.crash_points import maybe_crash
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, open_collections
 from dermground.platform.store.snapshots import VerifiedSnapshot, load_snapshot, open_snapshot, write_snapshot

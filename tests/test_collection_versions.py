@@ -131,6 +131,17 @@ def test_a_live_store_follows_the_alias_on_both_backends(cols: Collections) -> N
     live.close()
 
 
+def test_a_live_store_started_before_its_collection_exists_finds_it(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    live = LiveStore(EdgeCollections(settings.store_dir), "later", refresh_s=0.0)
+    assert live.describe() is None
+    with open_store(settings, "later") as store:  # e.g. the first ingest, while the API runs
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(3, "fp-1", 0))
+    assert live.count() == 3
+    live.close()
+
+
 def test_copy_points_seeds_a_version(cols: Collections) -> None:
     build_version(cols, "c", 12, seed=4)
     target = cols.create_version("c", VersionMeta(state=BUILDING))

@@ -81,8 +81,8 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     if summary.switched_from:
         click.echo(f"{collection} now points at {summary.version} (was {summary.switched_from}; drop it with "
                    f"`dermground collections drop {collection} {summary.switched_from}`)")
-    elif new_version:
-        click.echo(f"version {summary.version} is ready; make it live with "
+    elif new_version or version:
+        click.echo(f"version {summary.version} is ready; make it live (if it is not) with "
                    f"`dermground collections switch {collection} {summary.version}`")
     if summary.quarantine_reasons:
         reasons = ", ".join(f"{field}: {n}" for field, n in sorted(summary.quarantine_reasons.items()))

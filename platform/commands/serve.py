@@ -40,9 +40,9 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
     """Serve the search API (OpenAPI docs at /docs) and the viewer at /.
 
     Clients send the read key (DERMGROUND_API_READ_KEY) as the X-API-Key header; /sql needs
-    DERMGROUND_API_ADMIN_KEY. The model loads on the first request that needs it. The embedded
-    store belongs to one process: stop a running ingest first, or use a Qdrant server
-    (DERMGROUND_QDRANT_URL) to serve and ingest at once.
+    DERMGROUND_API_ADMIN_KEY. The model loads on the first request that needs it. The API follows
+    `dermground collections switch` (and an ingest or restore that switches) without a restart;
+    an ingest while it serves the embedded store writes a new version and switches to it.
     """
     import uvicorn
 

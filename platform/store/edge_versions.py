@@ -25,7 +25,6 @@ from dermground.platform.crash_points import maybe_crash
 from dermground.platform.store.base import CollectionSpec, StoreError, StoreLockedError, VectorStore
 from dermground.platform.store.versions import (
     LEGACY_VERSION,
-    READY,
     Collections,
     VersionError,
     check_name,

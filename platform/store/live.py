@@ -5,7 +5,8 @@ server: at most once per `refresh_s`). When it points at another version, that v
 and takes the next requests; requests already running finish on the version they started on, and
 the old version is closed when the last of them returns (so `collections drop` can have it).
 If the new version cannot be opened (held by another process), the old one keeps serving and the
-switch is retried on a later request: a switch never fails a request.
+switch is retried on a later request: a switch never fails a request. A collection that did not
+exist yet is looked for again every `refresh_s`, so an API started first serves it once ingested.
 """
 
 from __future__ import annotations
@@ -71,18 +72,20 @@ class LiveStore(VectorStore):
 
     def _refresh(self, force: bool = False) -> None:
         now = time.monotonic()
-        cheap = self._collections.stamp_is_cheap
-        if not force and not cheap and now - self._checked_at < self._refresh_s:
+        # A collection that did not exist when opened is looked for again (an ingest may create it).
+        empty = self._held is not None and self._held.store.describe() is None
+        due = force or now - self._checked_at >= self._refresh_s
+        if not due and (empty or not self._collections.stamp_is_cheap):
             return
         if not self._refreshing.acquire(blocking=force):
             return  # another request is switching; this one uses the current version
         try:
             self._checked_at = now
             stamp = self._collections.alias_stamp(self.collection)
-            if stamp == self._stamp and self._held is not None:
+            if stamp == self._stamp and self._held is not None and not empty:
                 return
             physical = self._collections.resolve(self.collection)
-            if self._held is not None and physical == self._held.physical:
+            if self._held is not None and physical == self._held.physical and not empty:
                 self._stamp = stamp
                 return
             try:
