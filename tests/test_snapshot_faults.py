@@ -249,3 +249,25 @@ def test_a_served_collection_can_be_snapshotted(home: Path, tmp_path: Path) -> N
     assert snapshot.points == N and len(snapshot.attachments) == 3  # lesions, ledger, runs
     snapshot.cleanup()
     assert EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]  # the scratch copy is gone
+
+
+def test_an_older_releases_engine_folder_snapshot_is_verified_and_restored(home: Path, tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy.tar"
+    with tarfile.open(legacy, "w") as tar:  # what `snapshot create` wrote before versions
+        tar.add(home / "qdrant" / NAME / "collection.json", arcname="collection.json")
+        tar.add(home / "qdrant" / NAME / "shard", arcname="shard")
+    broken = tmp_path / "legacy-broken.tar"  # the case: an invalid collection.json
+    with tarfile.open(broken, "w") as tar:
+        info = tarfile.TarInfo("collection.json")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"{"))
+        tar.add(home / "qdrant" / NAME / "shard", arcname="shard")
+    with open_store(load_settings(home=home), NAME) as store:
+        store.delete([point_id(i) for i in ISIC_IDS[:5]])
+    refused = _cli(home, "snapshot", "restore", str(broken), "--collection", NAME, "--yes")
+    assert refused.exit_code == 1 and "refused" in refused.output and "cannot be read" in refused.output
+    assert _live_points(home) == 7 and EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]
+    result = _cli(home, "snapshot", "restore", str(legacy), "--collection", NAME, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "holds 12 points of model fp-snap" in result.output and "version v1 is live" in result.output
+    assert _live_points(home) == N

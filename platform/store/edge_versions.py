@@ -182,7 +182,8 @@ class EdgeCollections(Collections):
         except (OSError, ValueError):
             created = None
             if (folder / _META_FILE).exists():
-                created = datetime.fromtimestamp((folder / _META_FILE).stat().st_mtime, UTC).isoformat()
+                created = datetime.fromtimestamp((folder / _META_FILE).stat().st_mtime, UTC).isoformat(
+                    timespec="seconds")
             return VersionMeta(created_at=created)
 
     def write_meta(self, name: str, version: str, meta: VersionMeta) -> None:

@@ -139,13 +139,45 @@ def _refuse(archive: Path, why: str) -> SnapshotError:
     return SnapshotError(f"snapshot {archive} refused: {why}. Nothing was changed; the live collection is as it was.")
 
 
+def _convert_engine_folder(archive: Path, folder: Path) -> None:
+    """An older release's snapshot (the embedded engine's folder: collection.json + shard/): export
+    its points into this format in place, so that they are verified like any other snapshot's."""
+    from dermground.platform.store.edge import EdgeStore
+
+    engine = folder / ".engine"
+    engine.mkdir()
+    for name in ("collection.json", "shard"):
+        (folder / name).rename(engine / name)
+    try:
+        spec = CollectionSpec.from_dict(json.loads((engine / "collection.json").read_text()))
+        with EdgeStore(engine, "snapshot") as store:
+            if store.describe() is None:
+                raise _refuse(archive, "its engine folder holds no collection")
+            (folder / "points").mkdir()
+            files: list[dict[str, object]] = []
+            points = list(store.iter_points(page_size=500, with_payload=True, with_vectors=True))
+            for start in range(0, len(points), POINTS_PER_FILE):
+                batch = points[start:start + POINTS_PER_FILE]
+                path = folder / "points" / f"part-{len(files):05d}.parquet"
+                pq.write_table(_points_table(batch, spec), path)
+                files.append({"name": f"points/{path.name}", "rows": len(batch), "sha256": _sha256(path)})
+    except SnapshotError:
+        raise
+    except (StoreError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise _refuse(archive, f"its engine folder (an older release's snapshot) cannot be read: {exc}") from None
+    finally:
+        shutil.rmtree(engine, ignore_errors=True)
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_at": None, "collection": None,
+                "spec": spec.to_dict(), "points": len(points), "point_files": files, "attachments": [],
+                "meta": {"source": "engine-folder snapshot of an older release"}}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
 def _manifest(archive: Path, folder: Path) -> dict[str, object]:
     path = folder / MANIFEST
+    if not path.is_file() and (folder / "collection.json").is_file() and (folder / "shard").is_dir():
+        _convert_engine_folder(archive, folder)
     if not path.is_file():
-        if (folder / "collection.json").exists() and (folder / "shard").is_dir():
-            raise _refuse(archive, "it is an engine-folder snapshot of an older dermground (collection.json + "
-                                   "shard/), which cannot be verified point by point; restore it with the "
-                                   "release that wrote it, then take a new snapshot")
         raise _refuse(archive, f"no {MANIFEST}: not a dermground snapshot")
     try:
         manifest = json.loads(path.read_text())
@@ -255,7 +287,8 @@ def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
             with tarfile.open(archive) as tar:
                 tar.extractall(folder, filter="data")
         except tarfile.ReadError as exc:
-            raise _refuse(archive, f"not a readable tar archive, or a truncated one ({exc})") from None
+            reason = str(exc).strip().splitlines()[-1].strip("-) ")  # tarfile lists every method it tried
+            raise _refuse(archive, f"not a readable tar archive, or a truncated one ({reason})") from None
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise _refuse(archive, f"the archive cannot be unpacked ({type(exc).__name__}: {exc})") from None
         manifest = _manifest(archive, folder)
