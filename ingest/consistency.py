@@ -21,7 +21,7 @@ from dermground.ingest.writer import catalog_file_name
 from dermground.platform.attributes import ATTRIBUTE_NAMES
 from dermground.platform.catalog import Catalog
 from dermground.platform.settings import Settings
-from dermground.platform.store import open_store, point_id
+from dermground.platform.store import open_collections, open_store, point_id
 
 REQUIRED_PAYLOAD_KEYS: tuple[str, ...] = (
     "isic_id", "patient_id", "split", "image_ref", "fingerprint", *ATTRIBUTE_NAMES,
@@ -55,6 +55,8 @@ class CheckReport:
 def check_collection(settings: Settings, collection: str) -> CheckReport:
     """Compare the store's collection with the catalog's lesions rows and ingest ledger."""
     report = CheckReport(collection)
+    with open_collections(settings) as collections:
+        collection = collections.resolve(collection)  # the live version: the catalog names it so
     store_ids = _check_store(settings, collection, report)
     catalog = Catalog(settings.catalog_dir)
     rows = catalog.query("SELECT isic_id FROM lesions WHERE collection = ?", [collection])

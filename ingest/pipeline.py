@@ -15,7 +15,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from dermground.ingest.embedding_actor import VECTOR_NAMES, EmbeddingActor
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
 from dermground.ingest.reader import LesionRecord, RejectedRecord, read_records
 from dermground.ingest.run_locks import hold_run_lock, note_ray_session, reap_dead_runs
+from dermground.ingest.targets import open_target
 from dermground.ingest.writer import (
     PartitionWriter,
     ReadyRecord,
@@ -37,7 +38,7 @@ from dermground.ingest.writer import (
 from dermground.platform.catalog import Catalog
 from dermground.platform.names import check_collection_name
 from dermground.platform.settings import Settings
-from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, open_store, point_id
+from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, point_id
 
 Split = Literal["train", "test", "all"]
 # Images per Ray Data execution: bounds the driver's memory (records and vectors of a wave) while
@@ -78,6 +79,8 @@ class IngestSummary:
     first_batch_rows: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     died_runs: list[str] = field(default_factory=list)  # earlier runs found dead and marked so
+    version: str | None = None  # the version written (ingest/targets.py)
+    switched_from: str | None = None  # the version it replaced as live, when the run switched
 
     @property
     def images_per_second(self) -> float:
@@ -135,11 +138,13 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
                    adapter_dir: Path | None = None, split: Split = "train",
                    partition_size: int = DEFAULT_PARTITION_SIZE, batch_size: int = 8, actors: int = 1,
                    cpus_per_actor: float | None = None, gpus_per_actor: float = 0.0,
-                   ray_address: str | None = None, progress: bool = True) -> IngestSummary:
+                   ray_address: str | None = None, progress: bool = True, new_version: bool = False,
+                   version: str | None = None, notify: Callable[[str], None] = lambda _: None) -> IngestSummary:
     """Embed and store every record of `data_dir` (one split or all) into `collection`; resumable.
 
-    Raises SchemaMismatchError when the collection holds another model's vectors and
-    StoreLockedError when another process holds the embedded store.
+    new_version / version: which version to write (ingest/targets.py); the store is opened before
+    any embedding. Raises SchemaMismatchError when the version holds another model's vectors and
+    StoreLockedError when another process holds the version written.
     """
     check_collection_name(collection)  # before anything is written under HOME
     if split not in ("train", "test", "all"):
@@ -155,18 +160,25 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
     run_id = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     summary = IngestSummary(run_id, collection)
     catalog = Catalog(settings.catalog_dir)
-    store = open_store(settings, collection)
+    spec = CollectionSpec(dim=dim, fingerprint=fingerprint)
+    target = open_target(settings, collection, catalog, source=str(Path(data_dir).resolve()),
+                         adapter=str(adapter_dir) if adapter_dir else None, spec=spec, new_version=new_version,
+                         version=version, notify=notify)
+    store = target.store
+    summary.version = target.version
+    status = "failed"
     run_lock = None
     try:
         run_lock = hold_run_lock(settings.home, run_id)
         summary.died_runs = [r.run_id for r in reap_dead_runs(catalog, settings.home)]
-        store.ensure_collection(CollectionSpec(dim=dim, fingerprint=fingerprint))
-        writer = PartitionWriter(store, catalog, collection, fingerprint, run_id)
-        run_row = {"run_id": run_id, "collection": collection, "fingerprint": fingerprint,
+        store.ensure_collection(spec)
+        target.started()
+        # The catalog names the physical version: `check` compares a version with its own rows.
+        writer = PartitionWriter(store, catalog, target.physical, fingerprint, run_id)
+        run_row = {"run_id": run_id, "collection": target.physical, "fingerprint": fingerprint,
                    "source": str(Path(data_dir).resolve()), "split": split,
                    "started_at": datetime.now(UTC), "options": json.dumps(asdict(options))}
         catalog.append("ingest_runs", [{**run_row, "status": "running"}])
-        status = "failed"
         try:
             _run(Path(data_dir), options, model_dir, adapter_dir, fingerprint, settings, ray_address,
                  writer, catalog, summary, progress, started)
@@ -176,10 +188,17 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
             catalog.append("ingest_runs", [{**run_row, "status": status, "finished_at": datetime.now(UTC),
                                             "n_ingested": summary.ingested, "n_skipped": summary.skipped,
                                             "n_quarantined": summary.quarantined}])
+        points = store.count()
     finally:
         if run_lock is not None:
             run_lock.release()
         store.close()
+        if status != "done":
+            target.close()
+    try:
+        summary.switched_from = target.finished(points)
+    finally:
+        target.close()
     return summary
 
 

@@ -224,9 +224,59 @@ def test_a_busy_embedded_store_gives_a_clear_error_naming_its_holder(dataset, ti
 
     with open_store(_settings(tmp_path), "lesions") as holder:  # e.g. `dermground serve` on the same store
         holder.ensure_collection(CollectionSpec(dim=64, fingerprint="0123456789abcdef"))
-        for command in (["ingest", "--data", str(dataset), "--model", str(tiny_model_dir)], ["check"]):
-            result = CliRunner().invoke(cli, ["--home", str(tmp_path), *command, "--collection", "lesions"])
-            assert result.exit_code == 1, result.output
-            assert f"is in use by pid {os.getpid()}" in result.output
-            assert "DERMGROUND_QDRANT_URL" in result.output and "Traceback" not in result.output
+        # A held store no longer stops an ingest (it writes a new version seeded with the live one),
+        # but a held store of another model is refused before anything is copied or embedded.
+        ingest = CliRunner().invoke(cli, ["--home", str(tmp_path), "ingest", "--data", str(dataset), "--model",
+                                          str(tiny_model_dir), "--collection", "lesions"])
+        assert ingest.exit_code == 1, ingest.output
+        assert f"is in use by pid {os.getpid()}" in ingest.output and "--new-version" in ingest.output
+        check = CliRunner().invoke(cli, ["--home", str(tmp_path), "check", "--collection", "lesions"])
+        assert check.exit_code == 1, check.output
+        assert f"is in use by pid {os.getpid()}" in check.output and "DERMGROUND_QDRANT_URL" in check.output
+        assert "Traceback" not in ingest.output + check.output
     assert not (tmp_path / "catalog" / "ingest_runs").exists()  # nothing was started
+    from dermground.platform.store.edge_versions import EdgeCollections
+
+    assert EdgeCollections(tmp_path / "qdrant").versions("lesions") == ["v0"]  # nothing was copied
+
+
+HOLDER = """
+import sys
+from dermground.platform.store.edge import EdgeStore
+store = EdgeStore(sys.argv[1], "lesions")
+print("ready", flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+
+def test_an_ingest_while_the_store_is_served_writes_a_new_version_and_switches(
+        dataset, ingested_home, tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from dermground.platform.store.edge_versions import EdgeCollections
+
+    home = _copy_of(ingested_home, tmp_path)
+    records = [r for r in read_records(dataset) if isinstance(r, LesionRecord)]
+    with open_store(_settings(home), "lesions") as store:  # one partition's images are "new"
+        store.delete([point_id(r.isic_id) for r in records[:PARTITION]])
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "qdrant" / "lesions")],  # `serve`
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    notes: list[str] = []
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        summary = ingest_dataset(dataset, "lesions", _settings(home), model_dir=tiny_model_dir, split="all",
+                                 partition_size=PARTITION, batch_size=4, progress=False, notify=notes.append)
+        assert (summary.version, summary.switched_from) == ("v1", "v0")
+        assert (summary.ingested, summary.skipped) == (PARTITION, N_IMAGES - PARTITION)  # only the new are embedded
+        assert any(f"in use by pid {holder.pid}" in n for n in notes)
+        assert holder.poll() is None  # the server was never stopped
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+    report = check_collection(_settings(home), "lesions")  # the live version v1 and its own catalog rows
+    assert report.ok and report.store_points == N_IMAGES, report.findings
+    assert EdgeCollections(home / "qdrant").live_version("lesions") == "v1"

@@ -310,31 +310,6 @@ def test_edge_second_process_gets_locked_error_naming_holder(tmp_path: Path) -> 
         assert s.describe() == SPEC
 
 
-def test_edge_snapshot_restore_roundtrip(tmp_path: Path) -> None:
-    with _open("edge", tmp_path) as s:
-        s.ensure_collection(SPEC)
-        s.upsert(_points())
-        before = s.query("image", QUERIES[4], 10)
-        tar = s.snapshot(tmp_path / "backups")
-        assert tar.exists() and tar.suffix == ".tar"
-        s.delete(IDS[:100])
-        s.upsert([StorePoint(point_id("ISIC_late"), {"image": QUERIES[4]}, {"isic_id": "ISIC_late"})])
-        assert s.count() == N - 99
-        s.restore(tar)
-        assert s.count() == N
-        assert s.describe() == SPEC
-        _assert_same(s.query("image", QUERIES[4], 10), [(h.id, h.score) for h in before])
-    with _open("edge", tmp_path) as s:  # the restored folder is the store now
-        assert s.count() == N
-
-
-def test_server_local_mode_refuses_snapshots_clearly(tmp_path: Path) -> None:
-    with _open("server", tmp_path) as s:
-        s.ensure_collection(SPEC)
-        with pytest.raises(StoreError, match="need a Qdrant server"):
-            s.snapshot(tmp_path)
-
-
 def test_both_backends_give_identical_results(tmp_path: Path) -> None:
     with _open("edge", tmp_path) as edge, _open("server", tmp_path) as server:
         for s in (edge, server):

@@ -25,7 +25,7 @@ from dermground.platform.api.throttle import ClientWorkLimiter
 from dermground.platform.names import check_collection_name
 from dermground.platform.search import EmbedderProvider, ModelUnavailableError
 from dermground.platform.settings import Settings
-from dermground.platform.store import StoreLockedError, VectorStore, open_store
+from dermground.platform.store import StoreLockedError, VectorStore, open_live_store
 
 log = logging.getLogger("dermground.api")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
         owned = None
         if app.state.store is None:
             try:
-                owned = app.state.store = open_store(settings)
+                owned = app.state.store = open_live_store(settings)  # follows `collections switch`
             except StoreLockedError as exc:
                 log.error("cannot start: %s", exc)
                 raise RuntimeError(f"cannot start the API: {exc}") from None

@@ -252,3 +252,19 @@ def _result(response: SearchResponse) -> schemas.SearchResult:
         model_ran=response.model_ran, candidates=response.candidates, reembedded=response.reembedded,
         cached=response.cached, seconds=response.seconds)
 
+
+
+@router.get("/collections", response_model=list[schemas.CollectionVersion], dependencies=read, tags=["meta"])
+def collections(request: Request) -> list[schemas.CollectionVersion]:
+    """Every collection version: alias target (live), points, model fingerprint and adapter, creation
+    time, size on disk. Versions this server does not have open show the count recorded when built."""
+    from dermground.platform.store import open_collections
+
+    store = request.app.state.store
+    held = store.held() if hasattr(store, "held") else ({store.collection: store} if store is not None else {})
+    try:
+        with open_collections(_settings(request)) as versions:
+            infos = versions.list(held=held, count=False)
+    except StoreError as exc:
+        raise HTTPException(503, detail=str(exc)) from None
+    return [schemas.CollectionVersion(**info.to_dict()) for info in infos]

@@ -166,3 +166,21 @@ class Health(BaseModel):
     points: int | None
     model_loaded: bool
     auth: Literal["keys", "open (loopback only)"]
+
+
+class CollectionVersion(BaseModel):
+    """One physical version behind a collection name (GET /collections)."""
+
+    name: str
+    version: str
+    physical: str
+    live: bool
+    state: str
+    created_at: str | None
+    source: str | None
+    adapter: str | None
+    fingerprint: str | None
+    dim: int | None
+    points: int | None
+    size_bytes: int | None
+    note: str | None

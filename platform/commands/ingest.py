@@ -36,13 +36,21 @@ from dermground.platform.commands.context import collection_name, current_settin
               help="GPUs per embedding actor (0 = CPU).")
 @click.option("--partition-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Rows per committed partition (keep it fixed between a run and its resumptions).")
+@click.option("--new-version", is_flag=True,
+              help="Build a new version beside the live one (e.g. after training a new adapter); switch to it "
+                   "with `dermground collections switch`.")
+@click.option("--version", "version", default=None,
+              help="Write into this existing version (v2, ...), e.g. to resume an interrupted --new-version.")
 def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir: Path | None, split: str,
            qdrant_url: str | None, ray_address: str | None, batch_size: int, actors: int,
-           cpus_per_actor: float | None, gpus_per_actor: float, partition_size: int) -> None:
+           cpus_per_actor: float | None, gpus_per_actor: float, partition_size: int, new_version: bool,
+           version: str | None) -> None:
     """Embed every image (h_im + the 16 h_im_a) and store points, catalog rows and the ledger.
 
     A rerun skips committed partitions; a killed run resumes with nothing lost or doubled. Bad
     images and rows are quarantined with a reason (see `dermground sql "SELECT * FROM quarantine"`).
+    While `dermground serve` holds the embedded store, the ingest writes a new version seeded with
+    the live points and switches to it when done: the API follows without a restart.
     """
     from dermground.ingest.pipeline import ingest_dataset
     from dermground.platform.model.checkpoint_check import require_usable_checkpoint
@@ -60,11 +68,12 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
         summary = ingest_dataset(data_dir, collection, settings, model_dir=model_dir, adapter_dir=adapter_dir,
                                  split=split, partition_size=partition_size, batch_size=batch_size,  # type: ignore[arg-type]
                                  actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                                 ray_address=ray_address, progress=True)
+                                 ray_address=ray_address, progress=True, new_version=new_version,
+                                 version=version, notify=lambda text: click.echo(text, err=True))
     except StoreLockedError as exc:
         raise click.ClickException(f"{exc}\nNothing was ingested; rerun when the store is free.") from None
     except SchemaMismatchError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc}\nA new model's vectors go into a new version: add --new-version.") from None
     except BackboneError as exc:
         raise click.ClickException(f"{exc}\nPass --model DIR (and --adapter DIR) or set DERMGROUND_MODEL_DIR.") from None
     except (StoreError, FileNotFoundError, ValueError) as exc:
@@ -74,6 +83,12 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     click.echo(f"ingested {summary.ingested}, skipped {summary.skipped} (already present), "
                f"quarantined {summary.quarantined} in {summary.seconds:.1f} s "
                f"({summary.partitions} partition(s) committed, {summary.partitions_skipped} skipped; run {summary.run_id})")
+    if summary.switched_from:
+        click.echo(f"{collection} now points at {summary.version} (was {summary.switched_from}; drop it with "
+                   f"`dermground collections drop {collection} {summary.switched_from}`)")
+    elif new_version or version:
+        click.echo(f"version {summary.version} is ready; make it live (if it is not) with "
+                   f"`dermground collections switch {collection} {summary.version}`")
     if summary.quarantine_reasons:
         reasons = ", ".join(f"{field}: {n}" for field, n in sorted(summary.quarantine_reasons.items()))
         click.echo(f"quarantined by field: {reasons} "

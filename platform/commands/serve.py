@@ -41,14 +41,14 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
     """Serve the search API (OpenAPI docs at /docs) and the viewer at /.
 
     Clients send the read key (DERMGROUND_API_READ_KEY) as the X-API-Key header; /sql needs
-    DERMGROUND_API_ADMIN_KEY. The model loads on the first request that needs it. The embedded
-    store belongs to one process: stop a running ingest first, or use a Qdrant server
-    (DERMGROUND_QDRANT_URL) to serve and ingest at once.
+    DERMGROUND_API_ADMIN_KEY. The model loads on the first request that needs it. The API follows
+    `dermground collections switch` (and an ingest or restore that switches) without a restart;
+    an ingest while it serves the embedded store writes a new version and switches to it.
     """
     import uvicorn
 
     from dermground.platform.api import create_app
-    from dermground.platform.store import StoreError, StoreLockedError, open_store
+    from dermground.platform.store import StoreError, StoreLockedError, open_live_store
 
     overrides: dict[str, object] = {"collection": collection}
     if model_dir is not None:
@@ -77,7 +77,8 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
         raise click.ClickException(f"{exc}\nPass --model DIR or set DERMGROUND_MODEL_DIR "
                                    "(`dermground model check DIR` checks a folder).") from None
     try:
-        store = open_store(settings)  # opened here, so a held store stops us with a clear message
+        # Opened here, so a held store stops us with a clear message; it follows `collections switch`.
+        store = open_live_store(settings)
     except StoreLockedError as exc:
         raise click.ClickException(f"{exc}\n(`dermground serve` and `dermground ingest` cannot share an embedded store.)") from None
     except StoreError as exc:

@@ -1,4 +1,9 @@
-"""`dermground snapshot create|list|restore`: back up and restore a collection."""
+"""`dermground snapshot create|list|restore`: back up a collection version and restore it safely.
+
+The same on every backend: a snapshot is a tar of the version's points and catalog rows under
+HOME/snapshots/<name>/ (platform/store/snapshots.py). A restore is verified in full, loaded into a
+new version and switched to; the replaced version stays until `dermground collections drop`.
+"""
 
 from __future__ import annotations
 
@@ -9,77 +14,73 @@ import click
 from dermground.platform.commands.context import collection_name, current_settings, from_settings
 
 
-def _snapshot_dir(collection: str) -> Path:
-    from dermground.platform.names import check_collection_name
-
-    return current_settings().home / "snapshots" / check_collection_name(collection)
-
-
-def _open(collection: str):  # noqa: ANN202 - VectorStore, imported lazily
-    from dermground.platform.store import StoreError, StoreLockedError, open_store
-
-    try:
-        return open_store(current_settings(), collection)
-    except StoreLockedError as exc:
-        raise click.ClickException(str(exc)) from None
-    except StoreError as exc:
-        raise click.ClickException(f"{exc}\nCheck the collection name with `dermground check`.") from None
-
-
 @click.group("snapshot")
 def snapshot() -> None:
-    """Back up and restore a collection (embedded: a tar under HOME/snapshots; server: native)."""
+    """Back up and restore a collection (a portable tar under HOME/snapshots/NAME)."""
 
 
 @snapshot.command("create")
 @click.option("--collection", callback=collection_name,
               default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
-def create(collection: str) -> None:
-    """Write a snapshot of the collection and print where it is."""
+@click.option("--version", default=None, help="Version to back up (v1, v2, ...) [default: the live one].")
+def create(collection: str, version: str | None) -> None:
+    """Write a snapshot of the collection's points and catalog rows and print where it is."""
+    from dermground.platform.collection_ops import create_snapshot
     from dermground.platform.store import StoreError
+    from dermground.platform.store.snapshots import human_bytes
 
-    with _open(collection) as store:
-        try:
-            where = store.snapshot(_snapshot_dir(collection))
-        except StoreError as exc:
-            raise click.ClickException(str(exc)) from None
-    click.echo(f"snapshot of {collection!r}: {where}")
+    try:
+        where = create_snapshot(current_settings(), collection, version,
+                                progress=lambda n: click.echo(f"  {n} points exported", err=True))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"snapshot of {collection!r}: {where} ({human_bytes(where.stat().st_size)})")
 
 
 @snapshot.command("list")
 @click.option("--collection", callback=collection_name,
               default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
 def list_(collection: str) -> None:
-    """List the collection's snapshots, newest last."""
-    if current_settings().qdrant_url:
-        with _open(collection) as store:
-            names = store.list_snapshots()  # type: ignore[attr-defined]
-    else:
-        folder = _snapshot_dir(collection)
-        names = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else []
+    """List the collection's snapshots, oldest first."""
+    from dermground.platform.collection_ops import snapshot_dir
+
+    folder = snapshot_dir(current_settings(), collection)
+    names = sorted((p for p in folder.glob("*.tar")), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     if not names:
         click.echo(f"no snapshots of {collection!r}; make one with `dermground snapshot create`")
-    for name in names:
-        click.echo(name)
+    for path in names:
+        click.echo(str(path))
 
 
 @snapshot.command("restore")
-@click.argument("snapshot_ref")
+@click.argument("snapshot_file", type=click.Path(path_type=Path))
 @click.option("--collection", callback=collection_name,
               default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def restore(snapshot_ref: str, collection: str, yes: bool) -> None:
-    """Replace the collection's contents with SNAPSHOT_REF (a path, or a server snapshot name)."""
+def restore(snapshot_file: Path, collection: str, yes: bool) -> None:
+    """Restore SNAPSHOT_FILE into a new version of the collection and switch to it.
+
+    The snapshot is verified in full first; a damaged one is refused and nothing changes.
+    """
+    from dermground.platform.collection_ops import plan_restore, restore_snapshot
     from dermground.platform.store import StoreError
 
-    if not current_settings().qdrant_url and not Path(snapshot_ref).is_file():
-        raise click.ClickException(f"no snapshot file {snapshot_ref}; see `dermground snapshot list`")
-    if not yes:
-        click.confirm(f"Replace every point of {collection!r} with {snapshot_ref}?", abort=True)
-    with _open(collection) as store:
-        try:
-            store.restore(Path(snapshot_ref))
-            count = store.count()
-        except StoreError as exc:
-            raise click.ClickException(str(exc)) from None
-    click.echo(f"restored {collection!r} from {snapshot_ref}: {count} points")
+    settings = current_settings()
+    if not snapshot_file.is_file():
+        raise click.ClickException(f"no snapshot file {snapshot_file}; see `dermground snapshot list`")
+    try:
+        plan = plan_restore(settings, collection, snapshot_file)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(plan.describe())
+    if not yes and not click.confirm("Restore it into a new version and switch to it?"):
+        plan.snapshot.cleanup()
+        raise click.Abort()
+    try:
+        result = restore_snapshot(settings, plan, progress=lambda n: click.echo(f"  {n} points loaded", err=True))
+    except StoreError as exc:
+        raise click.ClickException(f"{exc}\nThe live version was not switched.") from None
+    replaced = (f"; {result.replaced} stays until `dermground collections drop {collection} {result.replaced}`"
+                if result.replaced else "")
+    click.echo(f"restored {collection!r} from {snapshot_file}: {result.points} points, {result.catalog_rows} catalog "
+               f"rows, version {result.version} is live{replaced}")

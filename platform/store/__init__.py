@@ -28,28 +28,68 @@ from dermground.platform.store.schema import (
     build_payload,
     point_id,
 )
+from dermground.platform.store.versions import (
+    Collections,
+    VersionError,
+    VersionInfo,
+    VersionMeta,
+)
 
 
 def open_store(settings: Settings, collection: str | None = None) -> VectorStore:
-    """The store for a collection: a Qdrant server when settings.qdrant_url is set (":memory:"
-    for tests), else the embedded engine in settings.store_dir/<collection>. InvalidNameError
-    (a ValueError) for a name that is not a collection name."""
+    """The store of a collection's live version: a Qdrant server when settings.qdrant_url is set
+    (":memory:" for tests), else the embedded engine under settings.store_dir. A name that is an
+    alias (store/versions.py) opens the version it points at now; use LiveStore to follow switches."""
     # The name becomes a folder (embedded) or a URL segment (server): never `../x` or `/abs`.
     name = check_collection_name(settings.collection if collection is None else collection)
     if settings.qdrant_url:
         from dermground.platform.store.server import ServerStore
+        from dermground.platform.store.server_versions import ServerCollections
 
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        return ServerStore(name, settings.qdrant_url, api_key=api_key, timeout_s=settings.qdrant_timeout_s,
-                           shards=settings.qdrant_shards, replication=settings.qdrant_replication,
-                           on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization)
+        store = ServerStore(name, settings.qdrant_url, api_key=api_key, timeout_s=settings.qdrant_timeout_s,
+                            shards=settings.qdrant_shards, replication=settings.qdrant_replication,
+                            on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization)
+        # Resolved here, on the store's own client (":memory:" is one database per client).
+        store.collection = ServerCollections(store._client, owns_client=False).resolve(name)
+        return store
     from dermground.platform.store.edge import EdgeStore
+    from dermground.platform.store.edge_versions import EdgeCollections
 
-    return EdgeStore(settings.store_dir / name, name)
+    physical = EdgeCollections(settings.store_dir).resolve(name)
+    return EdgeStore(settings.store_dir / physical, physical)
+
+
+def open_collections(settings: Settings) -> Collections:
+    """The versions and aliases of the configured store (the same backend choice as open_store)."""
+    if settings.qdrant_url:
+        from qdrant_client import QdrantClient
+
+        from dermground.platform.store.server_versions import ServerCollections
+
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        try:
+            client = (QdrantClient(location=":memory:") if settings.qdrant_url == ":memory:" else
+                      QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=settings.qdrant_timeout_s))
+        except Exception as exc:  # qdrant-client raises many types
+            raise StoreError(f"cannot open Qdrant at {settings.qdrant_url}: {exc}") from exc
+        return ServerCollections(client, shards=settings.qdrant_shards, replication=settings.qdrant_replication,
+                                 on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization)
+    from dermground.platform.store.edge_versions import EdgeCollections
+
+    return EdgeCollections(settings.store_dir)
+
+
+def open_live_store(settings: Settings, collection: str | None = None) -> VectorStore:
+    """A store that follows the collection's alias across switches (for the API)."""
+    from dermground.platform.store.live import LiveStore
+
+    return LiveStore(open_collections(settings), collection or settings.collection)
 
 
 __all__ = [
     "CollectionSpec", "DEFAULT_VECTOR_NAMES", "Hit", "IMAGE_VECTOR", "PAYLOAD_INDEXES", "PayloadError",
     "Range", "SchemaMismatchError", "SearchFilter", "StoreError", "StoreLockedError", "StorePoint",
     "VectorStore", "build_payload", "open_store", "point_id",
+    "Collections", "VersionError", "VersionInfo", "VersionMeta", "open_collections", "open_live_store",
 ]

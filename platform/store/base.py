@@ -10,7 +10,6 @@ import abc
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 
 import numpy as np
@@ -288,13 +287,7 @@ class VectorStore(abc.ABC):
     def optimize(self) -> bool:
         """Build indexes (HNSW on spec.hnsw_on only); True when work was done."""
 
-    @abc.abstractmethod
-    def snapshot(self, dest_dir: Path) -> Path:
-        """Write a snapshot/backup of the collection; returns where it is."""
-
-    @abc.abstractmethod
-    def restore(self, snapshot: Path) -> None:
-        """Replace the collection's contents with a snapshot written by `snapshot`."""
+    # Snapshots and restores work on versions, the same way for every backend: store/snapshots.py.
 
     @abc.abstractmethod
     def close(self) -> None:

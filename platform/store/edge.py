@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import sys
-import tarfile
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -242,45 +239,6 @@ class EdgeStore(VectorStore):
     def optimize(self) -> bool:
         """Build HNSW for spec.hnsw_on (blocking; ~2 min per indexed vector at 100k on 2 cores)."""
         return bool(self._require_shard().optimize())
-
-    def snapshot(self, dest_dir: Path) -> Path:
-        """Flush, then tar the shard and collection.json into dest_dir (written whole or not at all)."""
-        shard = self._require_shard()
-        shard.flush()
-        dest_dir = Path(dest_dir)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        target = dest_dir / f"{self.collection}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.tar"
-        tmp = target.with_suffix(".tar.partial")
-        with tarfile.open(tmp, "w") as tar:
-            tar.add(self.root / META_FILE, arcname=META_FILE)
-            # An interrupted optimize() leaves temp_segments behind: never worth backing up.
-            tar.add(self.root / SHARD_DIR, arcname=SHARD_DIR,
-                    filter=lambda info: None if "temp_segments" in Path(info.name).parts else info)
-        os.replace(tmp, target)
-        return target
-
-    def restore(self, snapshot: Path) -> None:
-        """Replace this collection's folder with a snapshot tar (this store stays open on it)."""
-        staging = self.root.parent / f".{self.root.name}.restore-{uuid.uuid4().hex[:8]}"
-        try:
-            with tarfile.open(snapshot) as tar:
-                tar.extractall(staging, filter="data")
-            if not (staging / META_FILE).exists() or not (staging / SHARD_DIR).is_dir():
-                raise StoreError(f"{snapshot} is not an EdgeStore snapshot (no {META_FILE} or {SHARD_DIR}/)")
-        except (OSError, tarfile.TarError) as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise StoreError(f"cannot read snapshot {snapshot}: {exc}") from exc
-        except StoreError:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        self.close()
-        old = self.root.parent / f".{self.root.name}.old-{uuid.uuid4().hex[:8]}"
-        if self.root.exists():
-            os.replace(self.root, old)
-        os.replace(staging, self.root)
-        shutil.rmtree(old, ignore_errors=True)
-        self._spec = CollectionSpec.from_dict(json.loads((self.root / META_FILE).read_text()))
-        self._open(lambda path: qe.EdgeShard.load(path))
 
 
 def _write_json(path: Path, data: Mapping[str, object]) -> None:

@@ -32,8 +32,6 @@ from dermground.platform.store.base import (
 from dermground.platform.store.schema import PAYLOAD_INDEXES
 
 METADATA_KEY = "dermground"
-# Where a Qdrant server (docker image) keeps snapshots; used to restore one by name.
-SERVER_SNAPSHOT_DIR = "/qdrant/snapshots"
 
 _INDEX_TYPES = {"keyword": models.PayloadSchemaType.KEYWORD, "integer": models.PayloadSchemaType.INTEGER,
                 "float": models.PayloadSchemaType.FLOAT}
@@ -66,15 +64,20 @@ class ServerStore(VectorStore):
 
     def __init__(self, collection: str, location: str | None = None, *, path: Path | None = None,
                  api_key: str | None = None, timeout_s: int = 60, shards: int = 1, replication: int = 1,
-                 on_disk: bool = False, quantization: Quantization = "none") -> None:
-        if (location is None) == (path is None):
+                 on_disk: bool = False, quantization: Quantization = "none",
+                 client: QdrantClient | None = None) -> None:
+        if client is None and (location is None) == (path is None):
             raise ValueError("give exactly one of location (url or ':memory:') and path")
         self.collection = collection
         self._local = path is not None or location == ":memory:"
         self._create_options = {"shards": shards, "replication": replication, "on_disk": on_disk,
                                 "quantization": quantization}
+        # A shared client (store/server_versions.py hands one to every version) is closed by its owner.
+        self._owns_client = client is None
         try:
-            if path is not None:
+            if client is not None:
+                self._client = client
+            elif path is not None:
                 self._client = QdrantClient(path=str(path))
             elif location == ":memory:":
                 self._client = QdrantClient(location=":memory:")
@@ -88,7 +91,8 @@ class ServerStore(VectorStore):
             rescore=True, oversampling=2.0)) if quantization != "none" else None)
 
     def close(self) -> None:
-        self._client.close()
+        if self._owns_client:
+            self._client.close()
 
     # --- collection ----------------------------------------------------------------------
     def describe(self) -> CollectionSpec | None:
@@ -216,29 +220,3 @@ class ServerStore(VectorStore):
     def optimize(self) -> bool:
         """A Qdrant server builds its indexes in the background: nothing to do here."""
         return False
-
-    def list_snapshots(self) -> list[str]:
-        """Names of the server-side snapshots of this collection."""
-        return [s.name for s in self._client.list_snapshots(self.collection)]
-
-    def snapshot(self, dest_dir: Path) -> Path:
-        """Create a server-side snapshot; returns its name (it stays on the server's snapshot folder).
-
-        `dest_dir` is unused: a remote server writes snapshots on its own disk.
-        """
-        if self._local:
-            raise StoreError("snapshots need a Qdrant server; qdrant-client local mode has none. "
-                             "Stop the process and copy its folder, or use the embedded store's snapshot.")
-        description = self._client.create_snapshot(self.collection, wait=True)
-        if description is None:
-            raise StoreError(f"the server did not create a snapshot of {self.collection!r}")
-        return Path(description.name)
-
-    def restore(self, snapshot: Path) -> None:
-        """Recover from a snapshot: a name from `snapshot()`/`list_snapshots()`, or a URL/file:// location."""
-        if self._local:
-            raise StoreError("snapshots need a Qdrant server; qdrant-client local mode cannot restore one.")
-        text = str(snapshot)
-        location = text if "://" in text else f"file://{SERVER_SNAPSHOT_DIR}/{self.collection}/{text}"
-        self._client.recover_snapshot(self.collection, location=location, wait=True)
-        self._spec = None

@@ -1,0 +1,116 @@
+"""Which physical version an ingest writes, opened before any image is embedded.
+
+- a new collection: its first version (v0 under the bare name on the embedded store, v1 behind
+  an alias on a server), live at once;
+- `--new-version`: a new version beside the live one, left for `collections switch` (the usual path
+  after training a new adapter); live at the end only when nothing else is;
+- `--version vN`: that version (to resume an interrupted `--new-version`);
+- otherwise the live version, in place. When another process holds it (`serve` on the embedded
+  store), the ingest writes a new version seeded with a copy of the live one's points and catalog
+  rows, adds the new images (the copied partitions are skipped by the ledger), and switches to it
+  when complete: the running API follows the alias, nobody has to stop it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from dermground.platform.catalog import Catalog
+from dermground.platform.catalog_copy import copy_collection_rows
+from dermground.platform.store import CollectionSpec, StoreLockedError, VectorStore, open_collections
+from dermground.platform.store.versions import BUILDING, READY, Collections, VersionMeta, physical_name
+from dermground.platform.settings import Settings
+
+
+@dataclass
+class IngestTarget:
+    """The open store of the version being written and what to do with the alias afterwards."""
+
+    collections: Collections
+    name: str
+    version: str
+    store: VectorStore
+    switch_before: bool = False  # a new collection: live from the start
+    switch_after: bool = False  # live once the run completes
+    seeded_from: str | None = None
+
+    @property
+    def physical(self) -> str:
+        return physical_name(self.name, self.version)
+
+    def started(self) -> None:
+        """Called once the collection exists in the version (ensure_collection)."""
+        if self.switch_before:
+            self.collections.switch(self.name, self.version)
+
+    def finished(self, points: int) -> str | None:
+        """The run completed: mark the version ready, switch when planned; returns the version replaced."""
+        meta = self.collections.read_meta(self.name, self.version)
+        self.collections.write_meta(self.name, self.version, replace(meta, state=READY, points=points))
+        if self.switch_after and self.collections.live_version(self.name) != self.version:
+            return self.collections.switch(self.name, self.version)
+        return None
+
+    def close(self) -> None:
+        self.collections.close()
+
+
+def open_target(settings: Settings, name: str, catalog: Catalog, *, source: str, adapter: str | None,
+                spec: CollectionSpec | None = None, new_version: bool = False, version: str | None = None,
+                notify: Callable[[str], None] = lambda _: None) -> IngestTarget:
+    """Choose and open the version to write (raises StoreLockedError when it is held elsewhere).
+
+    `spec`: what the run will write; a held live version of another model is refused before
+    anything is copied (SchemaMismatchError)."""
+    collections = open_collections(settings)
+    try:
+        return _open(collections, name, catalog, source, adapter, spec, new_version, version, notify)
+    except BaseException:
+        collections.close()
+        raise
+
+
+def _open(collections: Collections, name: str, catalog: Catalog, source: str, adapter: str | None,
+          spec: CollectionSpec | None, new_version: bool, version: str | None,
+          notify: Callable[[str], None]) -> IngestTarget:
+    live = collections.live_version(name)
+    building = VersionMeta(source=f"ingest {source}", adapter=adapter, state=BUILDING)
+    if version is not None:
+        collections.require_version(name, version)
+        return IngestTarget(collections, name, version, collections.open_version(name, version),
+                            switch_after=live is None)
+    if new_version:
+        created = collections.create_version(name, building)
+        notify(f"building version {created} of {name!r} beside the live version {live or '(none)'}")
+        return IngestTarget(collections, name, created, collections.open_version(name, created),
+                            switch_after=live is None)
+    if live is None:
+        first = "v0" if collections.fresh_version_is_bare else collections.create_version(
+            name, replace(building, state=READY))
+        return IngestTarget(collections, name, first, collections.open_version(name, first),
+                            switch_before=first != "v0")
+    try:
+        return IngestTarget(collections, name, live, collections.open_version(name, live))
+    except StoreLockedError as exc:
+        notify(str(exc).split(". Stop", 1)[0] + ".")
+        live_spec = collections.info(name, live, count=False).spec
+        if spec is not None and live_spec is not None:
+            spec.check_compatible(live_spec, name)  # another model: --new-version, nothing copied
+        created = collections.create_version(name, replace(building, source=f"{live} + ingest {source}"))
+        notify(f"Ingesting into a new version {created} seeded with a copy of {live}; {name!r} switches "
+               f"to it when the ingest completes (the server follows; {live} stays until "
+               f"`dermground collections drop {name} {live}`).")
+        try:
+            copied = collections.copy_points(name, live, created)
+            copy_collection_rows(catalog, physical_name(name, live), physical_name(name, created))
+            notify(f"copied {copied} points of {live} into {created}")
+            return IngestTarget(collections, name, created, collections.open_version(name, created),
+                                switch_after=True, seeded_from=live)
+        except BaseException:
+            notify(f"seeding {created} failed; it is left unswitched (drop it with "
+                   f"`dermground collections drop {name} {created}`)")
+            raise
+
+
+__all__ = ["IngestTarget", "open_target"]

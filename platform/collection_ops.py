@@ -1,0 +1,132 @@
+"""Snapshot and restore of a versioned collection: its points (store) and its rows (catalog).
+
+A restore never touches the live version: the snapshot is unpacked and verified in full, loaded
+into a new version, checked again there, given the snapshot's catalog rows, marked ready, and only
+then does one alias switch make it live. The replaced version stays until `collections drop`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dermground.platform.catalog import Catalog
+from dermground.platform.catalog_copy import collection_files, install_files, read_files, write_files
+from dermground.platform.crash_points import maybe_crash
+from dermground.platform.settings import Settings
+from dermground.platform.store import StoreLockedError, open_collections
+from dermground.platform.store.snapshots import VerifiedSnapshot, load_snapshot, open_snapshot, write_snapshot
+from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionInfo, VersionMeta
+
+Progress = Callable[[int], None]
+
+
+def snapshot_dir(settings: Settings, name: str) -> Path:
+    """Where snapshots of a collection are written and listed."""
+    return settings.home / "snapshots" / name
+
+
+def create_snapshot(settings: Settings, name: str, version: str | None = None,
+                    progress: Progress | None = None) -> Path:
+    """Export a version (default: the live one) with its catalog rows; returns the tar."""
+    with open_collections(settings) as collections:
+        version = version or collections.live_version(name)
+        if version is None:
+            raise VersionError(f"collection {name!r} does not exist; see `dermground collections list`")
+        physical = collections.require_version(name, version)
+        meta = collections.read_meta(name, version)
+        catalog = Catalog(settings.catalog_dir)
+        with tempfile.TemporaryDirectory(prefix=".snapshot-rows-") as tmp:
+            attachments = write_files(Path(tmp), collection_files(catalog, physical))
+            label, info = f"{name}-{version}", {"name": name, "version": version, **meta.to_dict()}
+            try:
+                with collections.open_version(name, version) as store:
+                    return write_snapshot(store, snapshot_dir(settings, name), label, progress=progress,
+                                          attachments=attachments, meta=info)
+            except StoreLockedError:
+                pass  # served: export a copy of it instead (below)
+            # The embedded engine has one opener: copy the held version (cheap: sparse files stay
+            # sparse), export the copy, drop it.
+            scratch = collections.create_version(name, VersionMeta(source=f"snapshot of {version}", state=BUILDING))
+            try:
+                collections.copy_points(name, version, scratch)
+                with collections.open_version(name, scratch) as store:
+                    return write_snapshot(store, snapshot_dir(settings, name), label, progress=progress,
+                                          attachments=attachments, meta=info)
+            finally:
+                collections.drop(name, scratch)
+
+
+@dataclass
+class RestorePlan:
+    """A verified snapshot and the live version it would replace (for the confirmation)."""
+
+    name: str
+    snapshot: VerifiedSnapshot
+    live: VersionInfo | None
+
+    def describe(self) -> str:
+        snap = self.snapshot
+        meta = snap.manifest.get("meta") or {}
+        holds = (f"{snap.archive.name} holds {snap.points} points of model {snap.spec.fingerprint} "
+                 f"(adapter {meta.get('adapter') or 'none'}; version {meta.get('version', '?')} of "
+                 f"{meta.get('name', snap.manifest.get('collection'))!r}, taken {snap.manifest.get('created_at')})")
+        if self.live is None:
+            return f"{holds}. {self.name!r} does not exist yet: the restore creates it."
+        live = self.live
+        points = "an unknown number of" if live.points is None else live.points
+        return (f"{holds}.\nIt replaces the live version {live.version} of {self.name!r}: {points} points of model "
+                f"{live.spec.fingerprint if live.spec else '?'} (adapter {live.meta.adapter or 'none'}). "
+                f"{live.version} is kept until `dermground collections drop {self.name} {live.version}`.")
+
+
+def plan_restore(settings: Settings, name: str, archive: Path) -> RestorePlan:
+    """Unpack and verify the snapshot (SnapshotError when it does not verify); nothing is changed."""
+    snapshot = open_snapshot(Path(archive), settings.home / "snapshots" / ".staging")
+    try:
+        with open_collections(settings) as collections:
+            live = collections.live_version(name)
+            info = collections.info(name, live) if live is not None else None
+        return RestorePlan(name, snapshot, info)
+    except BaseException:
+        snapshot.cleanup()
+        raise
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    version: str
+    points: int
+    catalog_rows: int
+    replaced: str | None
+
+
+def restore_snapshot(settings: Settings, plan: RestorePlan, progress: Progress | None = None) -> RestoreResult:
+    """Load a verified snapshot into a new version, give it the snapshot's catalog rows, switch."""
+    snap = plan.snapshot
+    meta = snap.manifest.get("meta") or {}
+    try:
+        with open_collections(settings) as collections:
+            version = collections.create_version(plan.name, VersionMeta(
+                source=f"restore {snap.archive}", adapter=meta.get("adapter"), state=BUILDING))  # type: ignore[arg-type]
+            with collections.open_version(plan.name, version) as store:
+                store.ensure_collection(snap.spec)
+                physical = store.collection
+                # On a server the version's meta can only be written once the collection exists.
+                collections.write_meta(plan.name, version, collections.read_meta(plan.name, version))
+                points = load_snapshot(snap, store, progress)
+            maybe_crash("restore_loaded")
+            rows = install_files(Catalog(settings.catalog_dir), physical, read_files(snap.attachments))
+            maybe_crash("restore_catalogued")
+            built = collections.read_meta(plan.name, version)
+            collections.write_meta(plan.name, version, VersionMeta(built.created_at, built.source, built.adapter,
+                                                                   READY, points))
+            replaced = collections.switch(plan.name, version)
+        return RestoreResult(version, points, rows, replaced)
+    finally:
+        snap.cleanup()
+
+
+__all__ = ["RestorePlan", "RestoreResult", "create_snapshot", "plan_restore", "restore_snapshot", "snapshot_dir"]

@@ -1,0 +1,110 @@
+"""`dermground collections list|info|switch|drop`: the versions behind each collection name."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from dermground.platform.commands.context import collection_name, current_settings
+
+
+def _open():  # noqa: ANN202 - Collections, imported lazily
+    from dermground.platform.store import StoreError, open_collections
+
+    try:
+        return open_collections(current_settings())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _line(info) -> str:  # noqa: ANN001 - VersionInfo
+    from dermground.platform.store.snapshots import human_bytes
+
+    points = "?" if info.points is None else str(info.points)
+    size = "" if info.size_bytes is None else f", {human_bytes(info.size_bytes)} on disk"
+    model = info.spec.fingerprint if info.spec else "no collection yet"
+    note = f" [{info.note}]" if info.note else ""
+    return (f"{'*' if info.live else ' '} {info.name} {info.version} ({info.physical}): {points} points, "
+            f"{info.meta.state}, model {model}, adapter {info.meta.adapter or 'none'}, "
+            f"created {info.meta.created_at or '?'}{size}{note}")
+
+
+@click.group("collections")
+def collections() -> None:
+    """Versions of each collection: a name points at one live version (marked *)."""
+
+
+@collections.command("list")
+@click.argument("name", required=False, callback=collection_name)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(name: str | None, as_json: bool) -> None:
+    """Every version of every collection (or of NAME)."""
+    from dermground.platform.store import StoreError
+
+    with _open() as cols:
+        try:
+            infos = cols.list(name)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
+        return
+    if not infos:
+        click.echo("no collections yet; create one with `dermground ingest`")
+    for info in infos:
+        click.echo(_line(info))
+
+
+@collections.command("info")
+@click.argument("name", callback=collection_name)
+@click.argument("version", required=False)
+def info(name: str, version: str | None) -> None:
+    """One version of NAME in detail [default: the live one]."""
+    from dermground.platform.store import StoreError
+
+    with _open() as cols:
+        try:
+            version = version or cols.live_version(name)
+            if version is None:
+                raise click.ClickException(f"no collection {name!r}; see `dermground collections list`")
+            click.echo(json.dumps(cols.info(name, version).to_dict(), indent=2))
+        except (StoreError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@collections.command("switch")
+@click.argument("name", callback=collection_name)
+@click.argument("version")
+def switch(name: str, version: str) -> None:
+    """Point NAME at VERSION in one atomic step (a running API follows without a restart)."""
+    from dermground.platform.store import StoreError
+
+    with _open() as cols:
+        try:
+            before = cols.switch(name, version)
+        except (StoreError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    kept = f"; {before} is kept until `dermground collections drop {name} {before}`" if before and before != version else ""
+    click.echo(f"{name} -> {version} (was {before or 'nothing'}){kept}")
+
+
+@collections.command("drop")
+@click.argument("name", callback=collection_name)
+@click.argument("version")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def drop(name: str, version: str, yes: bool) -> None:
+    """Delete VERSION of NAME for good (never the live one)."""
+    from dermground.platform.store import StoreError
+
+    with _open() as cols:
+        try:
+            found = cols.info(name, version)
+            if found.live:
+                cols.drop(name, version)  # refuses with the next step
+            if not yes:
+                click.confirm(f"Delete {_line(found).strip()}?", abort=True)
+            cols.drop(name, version)
+        except (StoreError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"dropped {name} {version}")

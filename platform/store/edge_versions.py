@@ -1,0 +1,267 @@
+"""EdgeCollections: versions and aliases of the embedded store (one folder per physical version).
+
+    <store_dir>/<name>/            v0: a collection under its bare name
+    <store_dir>/<name>__v3/        version 3 (an EdgeStore folder, plus version.json)
+    <store_dir>/.aliases/<name>.json   {"version": "v3", ...}: which version <name> means
+
+The alias record is the only thing a switch writes: a temporary file, fsync, os.replace, fsync of
+the folder. A reader sees the old record or the new one, never a torn one, and a process killed
+mid-switch leaves one of the two live.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dermground.platform.crash_points import maybe_crash
+from dermground.platform.names import check_collection_name
+from dermground.platform.store.base import CollectionSpec, StoreError, StoreLockedError, VectorStore
+from dermground.platform.store.versions import (
+    LEGACY_VERSION,
+    Collections,
+    VersionError,
+    check_name,
+    VersionInfo,
+    VersionMeta,
+    physical_name,
+    split_physical,
+    version_number,
+)
+
+ALIAS_DIR = ".aliases"
+VERSION_FILE = "version.json"
+_META_FILE = "collection.json"  # written by EdgeStore.ensure_collection
+_SHARD_DIR = "shard"
+# Copied when a version is seeded from another; owner.json names a process that does not hold the copy.
+_SKIP_ON_COPY = {"owner.json", VERSION_FILE, "temp_segments"}
+
+
+def durable_write_json(path: Path, data: Mapping[str, object], crash_point: str | None = None) -> None:
+    """Replace `path` with `data` atomically and durably (temp file, fsync, rename, fsync folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    if crash_point:
+        maybe_crash(crash_point)  # test hook: a kill between the new file and the rename
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes a folder really takes on disk (allocated blocks: sparse files count what they hold)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass  # a file removed while we walk
+    return total
+
+
+def copy_sparse(src: Path, dst: Path) -> None:
+    """Copy a file or folder keeping sparse files sparse (the engine's WAL and chunks are mostly holes)."""
+    if shutil.which("cp"):
+        subprocess.run(["cp", "-a", "--sparse=always", str(src), str(dst)], check=True, capture_output=True)
+    elif src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+class EdgeCollections(Collections):
+    """Versions and aliases of the embedded stores under one folder."""
+
+    stamp_is_cheap = True
+
+    def __init__(self, store_dir: Path) -> None:
+        self.store_dir = Path(store_dir)
+
+    # --- naming --------------------------------------------------------------------------
+    def _alias_path(self, name: str) -> Path:
+        return self.store_dir / ALIAS_DIR / f"{check_collection_name(name)}.json"
+
+    def _folder(self, name: str, version: str) -> Path:
+        return self.store_dir / physical_name(name, version)
+
+    def _read_alias(self, name: str) -> str | None:
+        try:
+            record = json.loads(self._alias_path(name).read_text())
+            version = str(record["version"])
+            version_number(version)
+            return version
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"the alias record {self._alias_path(name)} is unreadable ({exc}); "
+                             "point it at a version again with `dermground collections switch`") from None
+
+    def alias_stamp(self, name: str) -> tuple[int, int] | None:
+        """A cheap token that changes whenever the alias record is replaced (inode, mtime)."""
+        try:
+            stat = self._alias_path(name).stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def _is_collection_folder(self, folder: Path) -> bool:
+        return folder.is_dir() and ((folder / _META_FILE).exists() or (folder / _SHARD_DIR).is_dir()
+                                    or (folder / VERSION_FILE).exists())
+
+    def names(self) -> list[str]:
+        found: set[str] = set()
+        alias_dir = self.store_dir / ALIAS_DIR
+        if alias_dir.is_dir():
+            found.update(p.stem for p in alias_dir.glob("*.json") if not p.name.startswith("."))
+        if self.store_dir.is_dir():
+            for folder in self.store_dir.iterdir():
+                if not folder.name.startswith(".") and self._is_collection_folder(folder):
+                    found.add(split_physical(folder.name)[0])
+        return sorted(found)
+
+    def versions(self, name: str) -> list[str]:
+        found = []
+        if self._is_collection_folder(self.store_dir / name) and split_physical(name) == (name, LEGACY_VERSION):
+            found.append(LEGACY_VERSION)
+        if self.store_dir.is_dir():
+            for folder in self.store_dir.glob(f"{name}__v*"):
+                head, version = split_physical(folder.name)
+                if head == name and version != LEGACY_VERSION and self._is_collection_folder(folder):
+                    found.append(version)
+        return sorted(found, key=version_number)
+
+    def live_version(self, name: str) -> str | None:
+        aliased = self._read_alias(name)
+        if aliased is not None:
+            return aliased
+        return LEGACY_VERSION if LEGACY_VERSION in self.versions(name) else None
+
+    # --- versions ------------------------------------------------------------------------
+    def create_version(self, name: str, meta: VersionMeta) -> str:
+        check_name(name)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        numbers = [version_number(v) for v in self.versions(name)]
+        aliased = self._read_alias(name)
+        if aliased is not None:
+            numbers.append(version_number(aliased))
+        number = max(numbers, default=0) + 1
+        while True:  # mkdir is the reservation: two creators never get the same version
+            version = f"v{number}"
+            try:
+                self._folder(name, version).mkdir()
+                break
+            except FileExistsError:
+                number += 1
+        stamped = meta if meta.created_at else replace(meta, created_at=_now())
+        durable_write_json(self._folder(name, version) / VERSION_FILE, stamped.to_dict())
+        return version
+
+    def open_version(self, name: str, version: str) -> VectorStore:
+        from dermground.platform.store.edge import EdgeStore
+
+        return EdgeStore(self._folder(name, version), physical_name(name, version))
+
+    def read_meta(self, name: str, version: str) -> VersionMeta:
+        folder = self._folder(name, version)
+        try:
+            return VersionMeta.from_dict(json.loads((folder / VERSION_FILE).read_text()))
+        except (OSError, ValueError):
+            created = None
+            if (folder / _META_FILE).exists():
+                created = datetime.fromtimestamp((folder / _META_FILE).stat().st_mtime, UTC).isoformat(
+                    timespec="seconds")
+            return VersionMeta(created_at=created)
+
+    def write_meta(self, name: str, version: str, meta: VersionMeta) -> None:
+        self.require_version(name, version)
+        if meta.created_at is None:  # the creation time stays what create_version recorded
+            meta = replace(meta, created_at=self.read_meta(name, version).created_at or _now())
+        durable_write_json(self._folder(name, version) / VERSION_FILE, meta.to_dict())
+
+    def _spec(self, name: str, version: str) -> CollectionSpec | None:
+        path = self._folder(name, version) / _META_FILE
+        try:
+            return CollectionSpec.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{path} is unreadable ({exc})") from None
+
+    def switch(self, name: str, version: str) -> str | None:
+        self.check_switchable(name, version)
+        before = self.live_version(name)
+        durable_write_json(self._alias_path(name), {"name": name, "version": version,
+                                                    "physical": physical_name(name, version),
+                                                    "switched_at": _now(), "previous": before},
+                           crash_point="alias_written")
+        return before
+
+    def drop(self, name: str, version: str) -> None:
+        self.require_version(name, version)
+        if self.live_version(name) == version:
+            raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
+                               "version first (`dermground collections switch`)")
+        folder = self._folder(name, version)
+        with self.open_version(name, version):
+            pass  # raises StoreLockedError when a process still holds this version
+        trash = self.store_dir / f".dropped-{folder.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(folder, trash)  # gone from listings at once; the delete below may take a while
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def info(self, name: str, version: str, held: Mapping[str, VectorStore] | None = None,
+             count: bool = True) -> VersionInfo:
+        physical = self.require_version(name, version)
+        folder = self._folder(name, version)
+        spec = self._spec(name, version)
+        meta = self.read_meta(name, version)
+        points, note = meta.points, None
+        if held and physical in held:
+            points = held[physical].count() if held[physical].describe() is not None else 0
+        elif spec is None:
+            points = 0
+        elif count:
+            try:
+                with self.open_version(name, version) as store:
+                    points = store.count() if store.describe() is not None else 0
+            except StoreLockedError as exc:
+                note = "in use by " + str(exc).split(" is in use by ", 1)[-1].split(". Stop", 1)[0]
+        return VersionInfo(name=name, version=version, physical=physical, live=self.live_version(name) == version,
+                           meta=meta, spec=spec, points=points, size_bytes=disk_usage(folder), note=note)
+
+    def copy_points(self, name: str, source: str, target: str, page_size: int = 512) -> int:
+        """Seed version `target` (created, still empty) with a copy of `source`'s folder.
+
+        Works while another process (`serve`) holds `source`: the engine's files are read through
+        the page cache, its write-ahead log replays on open. Returns the points copied.
+        """
+        src, dst = self._folder(name, source), self._folder(name, target)
+        if (dst / _SHARD_DIR).exists():
+            raise VersionError(f"version {target} of {name!r} already holds data; seed only a new version")
+        for item in sorted(src.iterdir()):
+            if item.name not in _SKIP_ON_COPY:
+                copy_sparse(item, dst / item.name)
+        shutil.rmtree(dst / _SHARD_DIR / "temp_segments", ignore_errors=True)
+        with self.open_version(name, target) as store:
+            return store.count() if store.describe() is not None else 0
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+__all__ = ["ALIAS_DIR", "EdgeCollections", "copy_sparse", "disk_usage", "durable_write_json"]

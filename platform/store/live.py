@@ -1,0 +1,195 @@
+"""LiveStore: a store that follows a collection's alias, for a long-running reader (the API).
+
+Each operation first checks the alias (the embedded backend: one stat of the alias record; a
+server: at most once per `refresh_s`). When it points at another version, that version is opened
+and takes the next requests; requests already running finish on the version they started on, and
+the old version is closed when the last of them returns (so `collections drop` can have it).
+If the new version cannot be opened (held by another process), the old one keeps serving and the
+switch is retried on a later request: a switch never fails a request. A collection that did not
+exist yet is looked for again every `refresh_s`, so an API started first serves it once ingested.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from dermground.platform.store.base import (
+    CollectionSpec,
+    Hit,
+    SearchFilter,
+    StoreError,
+    StorePoint,
+    VectorSelection,
+    VectorStore,
+)
+from dermground.platform.store.versions import Collections, split_physical
+
+log = logging.getLogger("dermground.store")
+
+
+@dataclass
+class _Held:
+    physical: str
+    store: VectorStore
+    users: int = 0
+    retired: bool = False
+
+
+class LiveStore(VectorStore):
+    """The live version of `name`, re-resolved before each operation; thread-safe."""
+
+    def __init__(self, collections: Collections, name: str, refresh_s: float = 1.0) -> None:
+        self.collection = name
+        self._collections = collections
+        self._refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
+        self._stamp: object = object()  # never equal to a real stamp: the first call resolves
+        self._checked_at = 0.0
+        self._held: _Held | None = None
+        self._refresh(force=True)
+        if self._held is None:  # the first open must succeed: there is nothing else to serve
+            raise StoreError(f"cannot open collection {name!r}")
+
+    # --- following the alias -------------------------------------------------------------
+    @property
+    def physical(self) -> str:
+        """The physical collection serving new requests now."""
+        assert self._held is not None
+        return self._held.physical
+
+    def held(self) -> dict[str, VectorStore]:
+        """The open store by physical name (for counting without a second opener)."""
+        held = self._held
+        return {held.physical: held.store} if held is not None else {}
+
+    def _refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        # A collection that did not exist when opened is looked for again (an ingest may create it).
+        empty = self._held is not None and self._held.store.describe() is None
+        due = force or now - self._checked_at >= self._refresh_s
+        if not due and (empty or not self._collections.stamp_is_cheap):
+            return
+        if not self._refreshing.acquire(blocking=force):
+            return  # another request is switching; this one uses the current version
+        try:
+            self._checked_at = now
+            stamp = self._collections.alias_stamp(self.collection)
+            if stamp == self._stamp and self._held is not None and not empty:
+                return
+            physical = self._collections.resolve(self.collection)
+            if self._held is not None and physical == self._held.physical and not empty:
+                self._stamp = stamp
+                return
+            try:
+                name, version = split_physical(physical)
+                store = self._collections.open_version(name, version)
+            except StoreError as exc:
+                if self._held is None:
+                    raise
+                log.warning("collection %r now points at %s, which cannot be opened yet (%s); still serving %s",
+                            self.collection, physical, exc, self._held.physical)
+                return
+            with self._lock:
+                old, self._held = self._held, _Held(physical, store)
+                self._stamp = stamp
+                close_old = old is not None and old.users == 0
+                if old is not None:
+                    old.retired = True
+            if old is not None:
+                log.info("collection %r switched from %s to %s", self.collection, old.physical, physical)
+            if close_old and old is not None:
+                old.store.close()
+        finally:
+            self._refreshing.release()
+
+    @contextmanager
+    def _use(self) -> Iterator[VectorStore]:
+        self._refresh()
+        with self._lock:
+            held = self._held
+            if held is None:
+                raise StoreError(f"collection {self.collection!r} is closed")
+            held.users += 1
+        try:
+            yield held.store
+        finally:
+            with self._lock:
+                held.users -= 1
+                close_now = held.retired and held.users == 0
+            if close_now:
+                held.store.close()
+
+    def close(self) -> None:
+        with self._lock:
+            held, self._held = self._held, None
+        if held is not None:
+            held.store.close()
+
+    # --- the store interface, delegated ---------------------------------------------------
+    def describe(self) -> CollectionSpec | None:
+        with self._use() as store:
+            return store.describe()
+
+    def ensure_collection(self, spec: CollectionSpec) -> CollectionSpec:
+        with self._use() as store:
+            return store.ensure_collection(spec)
+
+    def upsert(self, points: Sequence[StorePoint], wait: bool = True) -> None:
+        with self._use() as store:
+            store.upsert(points, wait)
+
+    def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]], wait: bool = True) -> None:
+        with self._use() as store:
+            store.update_vectors(vectors, wait)
+
+    def set_payload(self, ids: Sequence[str], payload: Mapping[str, object], wait: bool = True) -> None:
+        with self._use() as store:
+            store.set_payload(ids, payload, wait)
+
+    def delete(self, ids: Sequence[str], wait: bool = True) -> None:
+        with self._use() as store:
+            store.delete(ids, wait)
+
+    def query(self, vector_name: str, vector: np.ndarray, k: int, filter: SearchFilter | None = None,
+              with_payload: bool = True, with_vectors: VectorSelection = False) -> list[Hit]:
+        with self._use() as store:
+            return store.query(vector_name, vector, k, filter, with_payload, with_vectors)
+
+    def prefetch_rescore(self, prefetch_name: str, prefetch_vector: np.ndarray, b: int,
+                         rescore_name: str, rescore_vector: np.ndarray, k: int,
+                         filter: SearchFilter | None = None, with_payload: bool = True,
+                         with_vectors: VectorSelection = False) -> list[Hit]:
+        with self._use() as store:
+            return store.prefetch_rescore(prefetch_name, prefetch_vector, b, rescore_name, rescore_vector, k,
+                                          filter, with_payload, with_vectors)
+
+    def retrieve(self, ids: Sequence[str], with_payload: bool = True,
+                 with_vectors: VectorSelection = False) -> list[StorePoint]:
+        with self._use() as store:
+            return store.retrieve(ids, with_payload, with_vectors)
+
+    def scroll(self, filter: SearchFilter | None = None, limit: int = 1000, offset: str | None = None,
+               with_payload: bool = True, with_vectors: VectorSelection = False,
+               ) -> tuple[list[StorePoint], str | None]:
+        with self._use() as store:
+            return store.scroll(filter, limit, offset, with_payload, with_vectors)
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        with self._use() as store:
+            return store.count(filter)
+
+    def optimize(self) -> bool:
+        with self._use() as store:
+            return store.optimize()
+
+
+
+__all__ = ["LiveStore"]

@@ -1,0 +1,142 @@
+"""ServerCollections: versions and aliases on a Qdrant server (or qdrant-client's local modes).
+
+A version is a collection `<name>__vN`; the name is a Qdrant alias, switched with one
+`update_collection_aliases` call (delete + create in one request: atomic on the server). The
+version's meta lives in the collection's metadata next to the CollectionSpec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from qdrant_client import QdrantClient, models
+
+from dermground.platform.store.base import StoreError, VectorStore
+from dermground.platform.store.server import ServerStore
+from dermground.platform.store.versions import (
+    LEGACY_VERSION,
+    Collections,
+    VersionError,
+    check_name,
+    VersionInfo,
+    VersionMeta,
+    physical_name,
+    split_physical,
+    version_number,
+)
+
+VERSION_METADATA_KEY = "dermground_version"
+
+
+class ServerCollections(Collections):
+    """Versions and aliases of every collection on one Qdrant (all stores share this client)."""
+
+    fresh_version_is_bare = False
+
+    def __init__(self, client: QdrantClient, *, owns_client: bool = True, **create_options: object) -> None:
+        self._client = client
+        self._owns_client = owns_client
+        self._create_options = create_options  # shards, replication, on_disk, quantization
+        self._pending: dict[tuple[str, str], VersionMeta] = {}  # created, not yet on the server
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    # --- naming --------------------------------------------------------------------------
+    def _aliases(self) -> dict[str, str]:
+        return {a.alias_name: a.collection_name for a in self._client.get_aliases().aliases}
+
+    def _collections(self) -> list[str]:
+        return [c.name for c in self._client.get_collections().collections]
+
+    def names(self) -> list[str]:
+        return sorted(set(self._aliases()) | {split_physical(c)[0] for c in self._collections()})
+
+    def versions(self, name: str) -> list[str]:
+        found = [split_physical(c)[1] for c in self._collections() if split_physical(c)[0] == name]
+        return sorted(found, key=version_number)
+
+    def live_version(self, name: str) -> str | None:
+        target = self._aliases().get(name)
+        if target is not None:
+            return split_physical(target)[1]
+        return LEGACY_VERSION if self._client.collection_exists(name) else None
+
+    # --- versions ------------------------------------------------------------------------
+    def create_version(self, name: str, meta: VersionMeta) -> str:
+        check_name(name)
+        numbers = [version_number(v) for v in self.versions(name)]
+        numbers += [version_number(v) for (n, v) in self._pending if n == name]
+        version = f"v{max(numbers, default=0) + 1}"
+        # The collection appears with its spec (ensure_collection); the meta goes on it then.
+        self._pending[(name, version)] = meta if meta.created_at else replace(meta, created_at=_now())
+        return version
+
+    def open_version(self, name: str, version: str) -> VectorStore:
+        return ServerStore(physical_name(name, version), client=self._client, **self._create_options)  # type: ignore[arg-type]
+
+    def read_meta(self, name: str, version: str) -> VersionMeta:
+        physical = physical_name(name, version)
+        if self._client.collection_exists(physical):
+            metadata = self._client.get_collection(physical).config.metadata or {}
+            if VERSION_METADATA_KEY in metadata:
+                return VersionMeta.from_dict(metadata[VERSION_METADATA_KEY])
+        return self._pending.get((name, version), VersionMeta())
+
+    def write_meta(self, name: str, version: str, meta: VersionMeta) -> None:
+        physical = self.require_version(name, version)
+        if meta.created_at is None:  # the creation time stays what create_version recorded
+            meta = replace(meta, created_at=self.read_meta(name, version).created_at or _now())
+        self._client.update_collection(physical, metadata={VERSION_METADATA_KEY: meta.to_dict()})
+        self._pending.pop((name, version), None)
+
+    def switch(self, name: str, version: str) -> str | None:
+        self.check_switchable(name, version)
+        before = self.live_version(name)
+        if before == LEGACY_VERSION and version != LEGACY_VERSION:
+            raise VersionError(
+                f"{name!r} is a plain collection on this Qdrant (v0), and a Qdrant alias cannot share a collection's "
+                f"name. Snapshot it (`dermground snapshot create --collection {name}`), drop it with Qdrant's own "
+                f"tools, then switch: `dermground collections switch {name} {version}`.")
+        operations: list[models.AliasOperations] = []
+        if name in self._aliases():
+            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name)))
+        operations.append(models.CreateAliasOperation(create_alias=models.CreateAlias(
+            collection_name=physical_name(name, version), alias_name=name)))
+        self._client.update_collection_aliases(operations)  # one request: the server applies it atomically
+        return before
+
+    def drop(self, name: str, version: str) -> None:
+        physical = self.require_version(name, version)
+        if self.live_version(name) == version:
+            raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
+                               "version first (`dermground collections switch`)")
+        self._client.delete_collection(physical)
+
+    def info(self, name: str, version: str, held: Mapping[str, VectorStore] | None = None,
+             count: bool = True) -> VersionInfo:
+        physical = self.require_version(name, version)
+        spec, points, note = None, None, None
+        store = held.get(physical) if held else None
+        try:
+            if store is not None:
+                spec = store.describe()
+                points = store.count() if spec is not None else 0
+            else:
+                with self.open_version(name, version) as opened:
+                    spec = opened.describe()
+                    points = opened.count() if spec is not None else 0  # a server counts without locking
+        except StoreError as exc:
+            note = str(exc)
+        return VersionInfo(name=name, version=version, physical=physical, live=self.live_version(name) == version,
+                           meta=self.read_meta(name, version), spec=spec, points=points, size_bytes=None, note=note)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+__all__ = ["ServerCollections", "VERSION_METADATA_KEY"]

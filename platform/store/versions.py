@@ -1,0 +1,231 @@
+"""Versioned collections: a collection name is an alias of one physical version.
+
+Clients (search, the API, `check`) address the name; a re-index or a restore writes a new physical
+version beside the live one, and one atomic alias operation switches every reader over. An old
+version stays until `dermground collections drop` removes it. Physical names are
+`<name>__v<N>`; `v0` is a collection stored under the bare name (created before versions existed,
+or by code that opens a store directly), which a switch can leave like any other version.
+
+Backends: store/edge_versions.py (an alias record file the embedded backend resolves) and
+store/server_versions.py (Qdrant's own aliases). Both follow this interface and one contract suite
+(tests/test_collection_versions.py).
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from types import TracebackType
+
+from dermground.platform.names import check_collection_name
+from dermground.platform.store.base import CollectionSpec, StoreError, VectorStore
+
+VERSION_SEPARATOR = "__"
+LEGACY_VERSION = "v0"
+_VERSION = re.compile(r"^v(\d{1,9})$")
+
+# Version states: an ingest or restore "building" it, or "ready" (complete and verified).
+BUILDING, READY = "building", "ready"
+
+
+class VersionError(StoreError):
+    """A version operation cannot be done (unknown version, the live one, not ready, ...)."""
+
+
+def version_number(version: str) -> int:
+    """The N of "vN" (ValueError for anything else)."""
+    match = _VERSION.match(version)
+    if not match:
+        raise ValueError(f"a version is v<number> (v1, v2, ...), got {version!r}")
+    return int(match.group(1))
+
+
+def physical_name(name: str, version: str) -> str:
+    """The physical collection of a version: `<name>__vN`, or the bare name for v0."""
+    check_collection_name(name)  # the result becomes a folder or a URL segment
+    return name if version_number(version) == 0 else f"{name}{VERSION_SEPARATOR}{version}"
+
+
+def split_physical(physical: str) -> tuple[str, str]:
+    """(name, version) of a physical collection name; a bare name is (name, "v0")."""
+    head, sep, tail = physical.rpartition(VERSION_SEPARATOR)
+    if sep and head and _VERSION.match(tail) and version_number(tail) > 0:
+        return head, tail
+    return physical, LEGACY_VERSION
+
+
+def check_name(name: str) -> str:
+    """A collection name that versions can be made of (`x__v3` would read as version 3 of `x`)."""
+    if split_physical(name)[1] != LEGACY_VERSION:
+        raise VersionError(f"collection name {name!r} ends like a version (__v<N>), which is reserved for the "
+                           "versions of a collection; choose another name")
+    return name
+
+
+@dataclass(frozen=True)
+class VersionMeta:
+    """What a version was built from; kept with the version (a file or the collection metadata)."""
+
+    created_at: str | None = None  # ISO-8601 UTC
+    source: str | None = None  # "ingest <data folder>", "restore <snapshot>", "copy of v2 + ingest ..."
+    adapter: str | None = None  # the LoRA adapter folder of the model, None for the base model
+    state: str = READY
+    points: int | None = None  # counted when the version was marked ready
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> VersionMeta:
+        known = {k: data[k] for k in ("created_at", "source", "adapter", "state", "points") if k in data}
+        return cls(**known)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One physical version of a collection, as `collections list|info` and GET /collections show it."""
+
+    name: str
+    version: str
+    physical: str
+    live: bool
+    meta: VersionMeta
+    spec: CollectionSpec | None = None
+    points: int | None = None  # None when it cannot be counted now (see `note`)
+    size_bytes: int | None = None  # bytes on disk (embedded store); None on a server
+    note: str | None = None  # e.g. "held by pid 123 (dermground serve)"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "version": self.version, "physical": self.physical, "live": self.live,
+                "state": self.meta.state, "created_at": self.meta.created_at, "source": self.meta.source,
+                "adapter": self.meta.adapter, "fingerprint": self.spec.fingerprint if self.spec else None,
+                "dim": self.spec.dim if self.spec else None, "points": self.points,
+                "size_bytes": self.size_bytes, "note": self.note}
+
+
+class Collections(abc.ABC):
+    """The versions and aliases of every collection in one store. Use as a context manager."""
+
+    # Whether alias_stamp costs next to nothing (a stat), so a reader may check it on every request.
+    stamp_is_cheap: bool = False
+    # Whether a brand-new collection is made under its bare name (v0). The embedded store can: its
+    # alias record overrides a bare folder. A Qdrant alias cannot share a collection's name, so a
+    # server starts every collection at v1 behind an alias.
+    fresh_version_is_bare: bool = True
+
+    def alias_stamp(self, name: str) -> object:
+        """A token that changes when `name` is switched (compare, never interpret)."""
+        return self.live_version(name)
+
+    # --- naming --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """Every collection name (an alias, or a bare v0 collection), sorted."""
+
+    @abc.abstractmethod
+    def versions(self, name: str) -> list[str]:
+        """The versions of `name` that exist, oldest first ("v0", "v1", ...)."""
+
+    @abc.abstractmethod
+    def live_version(self, name: str) -> str | None:
+        """The version the name points at (the alias target; v0 when there is no alias), or None."""
+
+    def resolve(self, name: str) -> str:
+        """The physical collection `name` stands for now (the name itself when nothing is live)."""
+        live = self.live_version(name)
+        return physical_name(name, live) if live is not None else name
+
+    def require_version(self, name: str, version: str) -> str:
+        """The physical name of an existing version; VersionError naming the ones there are."""
+        version_number(version)
+        found = self.versions(name)
+        if version not in found:
+            there = ", ".join(found) if found else "none"
+            raise VersionError(f"collection {name!r} has no version {version!r} (versions: {there}); "
+                               "see `dermground collections list`")
+        return physical_name(name, version)
+
+    # --- versions ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_version(self, name: str, meta: VersionMeta) -> str:
+        """Reserve the next version of `name` (state `meta.state`) and return it; nothing is live yet."""
+
+    @abc.abstractmethod
+    def open_version(self, name: str, version: str) -> VectorStore:
+        """A store on one physical version (raises StoreLockedError when another process holds it)."""
+
+    @abc.abstractmethod
+    def read_meta(self, name: str, version: str) -> VersionMeta:
+        """What the version was built from (empty fields when unknown)."""
+
+    @abc.abstractmethod
+    def write_meta(self, name: str, version: str, meta: VersionMeta) -> None:
+        """Record the version's meta (e.g. state "ready" once an ingest or a restore is verified)."""
+
+    @abc.abstractmethod
+    def switch(self, name: str, version: str) -> str | None:
+        """Point `name` at `version` in one atomic step; returns the version that was live before.
+
+        Refuses a version that does not exist, holds no collection, or is not "ready".
+        """
+
+    @abc.abstractmethod
+    def drop(self, name: str, version: str) -> None:
+        """Delete a version that is not live (refuses the live one: switch first)."""
+
+    @abc.abstractmethod
+    def info(self, name: str, version: str, held: Mapping[str, VectorStore] | None = None,
+             count: bool = True) -> VersionInfo:
+        """Points, spec, meta and size of one version. `held`: stores this process already has open,
+        by physical name (counted through them: the embedded engine allows one opener). count=False:
+        never open a version to count it (a server process must not lock out an ingest); the count
+        recorded when the version was made ready is shown instead."""
+
+    def list(self, name: str | None = None, held: Mapping[str, VectorStore] | None = None,
+             count: bool = True) -> list[VersionInfo]:
+        """Every version of one collection (or of all collections)."""
+        names = [name] if name is not None else self.names()
+        return [self.info(n, v, held, count) for n in names for v in self.versions(n)]
+
+    def copy_points(self, name: str, source: str, target: str, page_size: int = 512) -> int:
+        """Seed version `target` (created, empty) with every point of `source`; returns the count."""
+        with self.open_version(name, source) as src, self.open_version(name, target) as dst:
+            dst.ensure_collection(src.require_spec())
+            batch = []
+            copied = 0
+            for point in src.iter_points(page_size=page_size, with_payload=True, with_vectors=True):
+                batch.append(point)
+                if len(batch) == page_size:
+                    dst.upsert(batch)
+                    copied += len(batch)
+                    batch = []
+            dst.upsert(batch)
+            return copied + len(batch)
+
+    def check_switchable(self, name: str, version: str) -> CollectionSpec:
+        """The version's spec when it may become live; VersionError otherwise."""
+        self.require_version(name, version)
+        info = self.info(name, version)
+        if info.meta.state != READY:
+            raise VersionError(f"version {version} of {name!r} is still {info.meta.state!r} (an ingest or restore "
+                               "did not finish): finish it first, or drop it")
+        if info.spec is None:
+            raise VersionError(f"version {version} of {name!r} holds no collection yet")
+        return info.spec
+
+    # --- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release what the backend holds (a client connection)."""
+
+    def __enter__(self) -> Collections:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+__all__ = ["BUILDING", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionMeta", "check_name",
+           "physical_name", "split_physical", "version_number"]

@@ -1,0 +1,81 @@
+"""The running API follows `collections switch` without a restart or a failed request, and lists
+the versions at GET /collections (read key)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from dermground.platform.api import create_app
+from dermground.platform.settings import Settings
+from dermground.platform.store import point_id
+from dermground.platform.store.edge import EdgeStore
+from dermground.platform.store.edge_versions import EdgeCollections, copy_sparse
+from dermground.platform.store.versions import READY, VersionMeta
+
+READ = "read-key-live"
+REMOVED = 5
+
+
+@pytest.fixture
+def home(search_collection, tmp_path: Path) -> Path:
+    """v0: the 40-point search collection; v1: the same minus 5 points, built and ready."""
+    home = tmp_path / "home"
+    (home / "qdrant").mkdir(parents=True)
+    copy_sparse(search_collection["store_root"], home / "qdrant" / "lesions")
+    cols = EdgeCollections(home / "qdrant")
+    version = cols.create_version("lesions", VersionMeta(source="test", adapter="adapter-2"))
+    cols.copy_points("lesions", "v0", version)
+    with EdgeStore(home / "qdrant" / "lesions__v1", "lesions__v1") as store:
+        store.delete([point_id(r.isic_id) for r in search_collection["records"][:REMOVED]])
+    cols.write_meta("lesions", version, VersionMeta(source="test", adapter="adapter-2", state=READY, points=35))
+    return home
+
+
+def _serve(app) -> tuple[uvicorn.Server, threading.Thread, str]:  # noqa: ANN001
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def test_searches_across_a_switch_all_succeed_and_the_api_follows(home: Path, search_collection) -> None:
+    settings = Settings(home=home, api_read_key=READ, collection="lesions")
+    server, thread, url = _serve(create_app(settings))
+    headers = {"X-API-Key": READ}
+    ids = [r.isic_id for r in search_collection["records"][REMOVED:]]  # in both versions
+    cols = EdgeCollections(home / "qdrant")
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+            assert client.get("/health").json()["points"] == 40
+            listed = client.get("/collections").json()
+            assert [(v["version"], v["live"], v["points"]) for v in listed] == [("v0", True, 40), ("v1", False, 35)]
+            assert listed[1]["adapter"] == "adapter-2" and listed[1]["fingerprint"] == search_collection["fingerprint"]
+            assert client.get("/collections", headers={"X-API-Key": "wrong"}).status_code == 401
+
+            def one(i: int) -> int:
+                if i == 60:
+                    cols.switch("lesions", "v1")
+                return client.post("/search", json={"isic_id": ids[i % len(ids)], "k": 5}).status_code
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                statuses = list(pool.map(one, range(200)))
+            assert statuses.count(200) == 200, sorted(set(statuses))
+            assert client.get("/health").json()["points"] == 40 - REMOVED  # followed without a restart
+            live = {v["version"]: v["live"] for v in client.get("/collections").json()}
+            assert live == {"v0": False, "v1": True}
+        cols.drop("lesions", "v0")  # the API let go of the old version once its requests returned
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)

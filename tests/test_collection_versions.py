@@ -1,0 +1,265 @@
+"""Versions and aliases on both backends (one contract), the store that follows a switch, and
+ingest's choice of version while another process holds the live one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from dermground.ingest.targets import open_target
+from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.catalog import Catalog
+from dermground.platform.settings import Settings
+from dermground.platform.store import (
+    DEFAULT_VECTOR_NAMES,
+    CollectionSpec,
+    StorePoint,
+    VersionError,
+    VersionMeta,
+    build_payload,
+    open_store,
+    point_id,
+)
+from dermground.platform.store.edge_versions import EdgeCollections
+from dermground.platform.store.live import LiveStore
+from dermground.platform.store.server_versions import ServerCollections
+from dermground.platform.store.snapshots import load_snapshot, open_snapshot, write_snapshot
+from dermground.platform.store.versions import BUILDING, READY, Collections
+
+DIM = 8
+
+
+def _points(n: int, fp: str, seed: int) -> list[StorePoint]:
+    rng = np.random.default_rng(seed)
+    points = []
+    for i in range(n):
+        record = {"isic_id": f"ISIC_{i:07d}", "patient_id": f"IP_{i % 3}", "split": "train",
+                  "image_ref": f"/nowhere/{i}.jpg", **{a.name: float(a.low + 1) for a in ATTRIBUTES}}
+        vectors = {name: rng.normal(size=DIM).astype(np.float32) for name in DEFAULT_VECTOR_NAMES}
+        points.append(StorePoint(point_id(record["isic_id"]), vectors, build_payload(record, fp)))
+    return points
+
+
+def build_version(cols: Collections, name: str, n: int, fp: str = "fp-1", seed: int = 0) -> str:
+    version = cols.create_version(name, VersionMeta(source="test", adapter=f"adapter-{fp}", state=BUILDING))
+    with cols.open_version(name, version) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=fp))
+        store.upsert(_points(n, fp, seed))
+    cols.write_meta(name, version, VersionMeta(source="test", adapter=f"adapter-{fp}", state=READY, points=n))
+    return version
+
+
+@pytest.fixture(params=["edge", "server"])
+def cols(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "edge":
+        backend: Collections = EdgeCollections(tmp_path / "store")
+    else:
+        backend = ServerCollections(QdrantClient(location=":memory:"))
+    with backend:
+        yield backend
+
+
+def test_versions_switch_list_and_drop(cols: Collections) -> None:
+    assert cols.live_version("lesions") is None and cols.versions("lesions") == []
+    v1 = build_version(cols, "lesions", 5, "fp-1", seed=1)
+    v2 = build_version(cols, "lesions", 7, "fp-2", seed=2)
+    assert (v1, v2) == ("v1", "v2") and cols.versions("lesions") == ["v1", "v2"]
+    assert cols.switch("lesions", v1) is None
+    assert cols.resolve("lesions") == "lesions__v1"
+    assert cols.switch("lesions", v2) == "v1"
+    listed = {i.version: i for i in cols.list("lesions")}
+    assert listed["v2"].live and not listed["v1"].live
+    assert (listed["v1"].points, listed["v2"].points) == (5, 7)
+    assert listed["v2"].spec.fingerprint == "fp-2" and listed["v2"].meta.adapter == "adapter-fp-2"
+    assert listed["v1"].meta.created_at
+    assert cols.names() == ["lesions"]
+    with pytest.raises(VersionError, match="live version.*switch"):
+        cols.drop("lesions", "v2")
+    cols.drop("lesions", "v1")
+    assert cols.versions("lesions") == ["v2"] and cols.live_version("lesions") == "v2"
+    with cols.open_version("lesions", "v2") as store:
+        assert store.count() == 7
+
+
+def test_switch_refuses_unknown_unfinished_and_empty_versions(cols: Collections) -> None:
+    build_version(cols, "c", 3)
+    cols.switch("c", "v1")
+    with pytest.raises(VersionError, match="no version 'v9'.*v1"):
+        cols.switch("c", "v9")
+    unfinished = cols.create_version("c", VersionMeta(state=BUILDING))
+    with cols.open_version("c", unfinished) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+    cols.write_meta("c", unfinished, VersionMeta(state=BUILDING))
+    with pytest.raises(VersionError, match="still 'building'"):
+        cols.switch("c", unfinished)
+    with pytest.raises(ValueError, match="v<number>"):
+        cols.switch("c", "latest")
+    assert cols.live_version("c") == "v1"
+
+
+def test_snapshot_restores_into_a_new_version_with_the_same_results(cols: Collections, tmp_path: Path) -> None:
+    build_version(cols, "c", 30, seed=3)
+    cols.switch("c", "v1")
+    with cols.open_version("c", "v1") as store:
+        archive = write_snapshot(store, tmp_path / "snaps", "c-v1")
+        query = np.random.default_rng(9).normal(size=DIM).astype(np.float32)
+        before = [(h.id, round(h.score, 5)) for h in store.query("image", query, 10)]
+    snapshot = open_snapshot(archive, tmp_path / "staging")
+    target = cols.create_version("c", VersionMeta(state=BUILDING))
+    with cols.open_version("c", target) as store:
+        assert load_snapshot(snapshot, store) == 30
+        assert [(h.id, round(h.score, 5)) for h in store.query("image", query, 10)] == before
+    snapshot.cleanup()
+
+
+def test_a_live_store_follows_the_alias_on_both_backends(cols: Collections) -> None:
+    build_version(cols, "c", 5, seed=7)
+    build_version(cols, "c", 7, seed=8)
+    cols.switch("c", "v1")
+    live = LiveStore(cols, "c", refresh_s=0.0)
+    assert live.count() == 5 and live.physical == "c__v1"
+    cols.switch("c", "v2")
+    assert live.count() == 7 and live.physical == "c__v2" and set(live.held()) == {"c__v2"}
+    live.close()
+
+
+def test_a_live_store_started_before_its_collection_exists_finds_it(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    live = LiveStore(EdgeCollections(settings.store_dir), "later", refresh_s=0.0)
+    assert live.describe() is None
+    with open_store(settings, "later") as store:  # e.g. the first ingest, while the API runs
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(3, "fp-1", 0))
+    assert live.count() == 3
+    live.close()
+
+
+def test_copy_points_seeds_a_version(cols: Collections) -> None:
+    build_version(cols, "c", 12, seed=4)
+    target = cols.create_version("c", VersionMeta(state=BUILDING))
+    assert cols.copy_points("c", "v1", target) == 12
+    with cols.open_version("c", target) as store:
+        assert store.count() == 12 and store.describe().fingerprint == "fp-1"
+
+
+def test_open_store_resolves_the_alias_and_a_bare_collection_is_v0(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    with open_store(settings, "c") as store:  # a collection made without versions
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(4, "fp-1", 0))
+    cols = EdgeCollections(settings.store_dir)
+    assert cols.versions("c") == ["v0"] and cols.live_version("c") == "v0"
+    build_version(cols, "c", 6)
+    cols.switch("c", "v1")
+    with open_store(settings, "c") as store:
+        assert store.count() == 6
+    cols.switch("c", "v0")  # the bare folder is a version like any other
+    with open_store(settings, "c") as store:
+        assert store.count() == 4
+
+
+def test_live_store_follows_a_switch_without_failing_concurrent_reads(tmp_path: Path) -> None:
+    cols = EdgeCollections(tmp_path / "store")
+    build_version(cols, "c", 20, seed=5)
+    build_version(cols, "c", 40, seed=6)
+    cols.switch("c", "v1")
+    live = LiveStore(EdgeCollections(tmp_path / "store"), "c")
+    query = np.ones(DIM, dtype=np.float32)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+    done = threading.Barrier(9)
+    switched = threading.Event()
+
+    def reader(worker: int) -> None:
+        try:
+            for i in range(25):  # 8 workers x 25 = 200 reads
+                if worker == 0 and i == 10:
+                    cols.switch("c", "v2")
+                    switched.set()
+                hits = live.query("image", query, 50, with_payload=False)
+                counts.append(len(hits))
+        except BaseException as exc:  # noqa: BLE001 - every failure is a finding
+            errors.append(exc)
+        finally:
+            done.wait(timeout=120)
+
+    threads = [threading.Thread(target=reader, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    done.wait(timeout=120)
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and len(counts) == 200 and switched.is_set()
+    assert set(counts) <= {20, 40} and 40 in counts
+    assert live.physical == "c__v2" and live.count() == 40
+    cols.drop("c", "v1")  # the old version was closed once its last read returned
+    live.close()
+
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from dermground.platform.store.edge import EdgeStore
+    store = EdgeStore(sys.argv[1], "c")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    store.close()
+""")
+
+
+def test_ingest_into_a_served_collection_seeds_a_new_version_and_switches(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    with open_store(settings, "c") as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(9, "fp-1", 0))
+    catalog = Catalog(settings.catalog_dir)
+    catalog.append("lesions", [{"isic_id": f"ISIC_{i:07d}", "collection": "c"} for i in range(9)], name="c--p0")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_dir / "c")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    notes: list[str] = []
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        target = open_target(settings, "c", catalog, source="data", adapter=None, notify=notes.append)
+        try:
+            assert (target.version, target.seeded_from, target.switch_after) == ("v1", "v0", True)
+            assert target.store.count() == 9
+            target.store.upsert(_points(11, "fp-1", 1)[9:])  # what the ingest adds
+            points = target.store.count()
+            target.store.close()
+            assert target.finished(points) == "v0"
+        finally:
+            target.close()
+        with open_store(settings, "c") as store:
+            assert store.count() == 11
+        rows = catalog.query("SELECT count(*) AS n FROM lesions WHERE collection = 'c__v1'")
+        assert rows[0]["n"] == 9  # the seeded version has the live version's catalog rows
+        assert any(f"pid {holder.pid}" in n for n in notes)
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+
+
+def test_ingest_checks_the_lock_of_a_named_version_before_anything_else(tmp_path: Path) -> None:
+    from dermground.platform.store import StoreLockedError
+
+    settings = Settings(home=tmp_path)
+    cols = EdgeCollections(settings.store_dir)
+    build_version(cols, "c", 3)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_dir / "c__v1")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLockedError, match=f"pid {holder.pid}"):
+            open_target(settings, "c", Catalog(settings.catalog_dir), source="data", adapter=None, version="v1")
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)

@@ -1,0 +1,273 @@
+"""Restores that cannot lose data: damaged snapshots are refused with the live collection intact,
+a good one lands in a new version with its catalog rows (`check` clean), and a SIGKILL anywhere in
+a restore or a switch leaves a live version."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from dermground.ingest.partitions import ids_hash
+from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.catalog import Catalog
+from dermground.platform.cli import cli
+from dermground.platform.commands import context
+from dermground.platform.crash_points import KILL_ENV
+from dermground.platform.settings import load_settings
+from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, open_store, point_id
+from dermground.platform.store.edge_versions import EdgeCollections, copy_sparse, disk_usage
+
+N, DIM, FP, NAME = 12, 8, "fp-snap", "snap"
+ISIC_IDS = [f"ISIC_{i:07d}" for i in range(N)]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(context, "_current", None)
+    yield
+    monkeypatch.setattr(context, "_current", None)
+
+
+def _cli(home: Path, *args: str):
+    return CliRunner().invoke(cli, ["--home", str(home), *args])
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A home with collection `snap` (12 points, catalog rows and ledger: `check` clean) and its snapshot."""
+    home = tmp_path_factory.mktemp("golden") / "home"
+    settings = load_settings(home=home)
+    rng = np.random.default_rng(0)
+    records = [{"isic_id": i, "patient_id": f"IP_{n % 3}", "split": "train", "image_ref": f"/nowhere/{i}.jpg",
+                **{a.name: float(a.low + 1) for a in ATTRIBUTES}} for n, i in enumerate(ISIC_IDS)]
+    with open_store(settings, NAME) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert([StorePoint(point_id(r["isic_id"]), {n: rng.normal(size=DIM).astype(np.float32)
+                                                          for n in DEFAULT_VECTOR_NAMES}, build_payload(r, FP))
+                      for r in records])
+    catalog = Catalog(settings.catalog_dir)
+    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
+    catalog.append("lesions", [{"isic_id": r["isic_id"], "patient_id": r["patient_id"], "split": "train",
+                                "collection": NAME, "fingerprint": FP, "run_id": "r1"} for r in records],
+                   name=f"{NAME}--p000000-x")
+    catalog.append("ingest_partitions", [{"run_id": "r1", "collection": NAME, "partition_id": "p000000-x",
+                                          "n_points": N, "ids_hash": ids_hash(ISIC_IDS)}], name=f"{NAME}--p000000-x")
+    created = _cli(home, "snapshot", "create", "--collection", NAME)
+    assert created.exit_code == 0, created.output
+    (tar,) = (home / "snapshots" / NAME).glob("*.tar")
+    return home, tar
+
+
+@pytest.fixture
+def home(golden: tuple[Path, Path], tmp_path: Path) -> Path:
+    copy = tmp_path / "home"
+    copy_sparse(golden[0], copy)
+    return copy
+
+
+def _live_points(home: Path) -> int:
+    with open_store(load_settings(home=home), NAME) as store:
+        assert store.query("image", np.ones(DIM, dtype=np.float32), 3)  # searchable
+        return store.count()
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:  # noqa: ANN001 - change(name, bytes) -> bytes | None
+    with tarfile.open(src) as tar_in, tarfile.open(dst, "w") as tar_out:
+        for member in tar_in.getmembers():
+            data = tar_in.extractfile(member).read()
+            data = change(member.name, data)
+            if data is not None:
+                member.size = len(data)
+                tar_out.addfile(member, io.BytesIO(data))
+    return dst
+
+
+def _manifest_edit(edit):  # noqa: ANN001, ANN202
+    def change(name: str, data: bytes) -> bytes:
+        if name != "manifest.json":
+            return data
+        manifest = json.loads(data)
+        edit(manifest)
+        return json.dumps(manifest).encode()
+    return change
+
+
+def _wrong_dimensions(src: Path, dst: Path) -> Path:
+    replaced: dict[str, bytes] = {}
+
+    def points(name: str, data: bytes) -> bytes | None:
+        if not name.startswith("points/"):
+            return data
+        table = pq.read_table(io.BytesIO(data))
+        short = pa.array([[0.5] * 4] * table.num_rows, pa.list_(pa.float32()))
+        table = table.set_column(table.schema.get_field_index("image"), "image", short)
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        replaced[name] = sink.getvalue()
+        return replaced[name]
+
+    tmp = _rewrite(src, dst.with_suffix(".tmp"), points)
+    import hashlib
+
+    def fix_sums(manifest: dict) -> None:
+        for entry in manifest["point_files"]:
+            entry["sha256"] = hashlib.sha256(replaced[entry["name"]]).hexdigest()
+    return _rewrite(tmp, dst, _manifest_edit(fix_sums))
+
+
+DAMAGES = {
+    "invalid_metadata": (lambda s, d: _rewrite(s, d, lambda n, b: b"{not json" if n == "manifest.json" else b),
+                         "invalid metadata"),
+    "wrong_format": (lambda s, d: _rewrite(s, d, _manifest_edit(lambda m: m.update(format="other"))), "field 'format'"),
+    "bad_spec": (lambda s, d: _rewrite(s, d, _manifest_edit(lambda m: m["spec"].update(dim=0))), "field 'spec'"),
+    "empty_data": (lambda s, d: _rewrite(s, d, lambda n, b: None if n.startswith("points/") else b),
+                   "missing from the archive"),
+    "damaged_points": (lambda s, d: _rewrite(s, d, lambda n, b: b[:-40] + bytes(40) if n.startswith("points/") else b),
+                       "checksum"),
+    "wrong_dimensions": (_wrong_dimensions, "has 4 dimensions, the snapshot's spec says 8"),
+    "truncated_archive": (lambda s, d: d.write_bytes(s.read_bytes()[: s.stat().st_size // 2]) and d,
+                          "truncated"),
+    "not_an_archive": (lambda s, d: d.write_text("these are not the points you are looking for\n") and d,
+                       "not a readable tar archive"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_snapshot_is_refused_and_the_live_collection_keeps_every_point(
+        golden: tuple[Path, Path], home: Path, tmp_path: Path, damage: str) -> None:
+    make, message = DAMAGES[damage]
+    bad = make(golden[1], tmp_path / f"{damage}.tar")
+    result = _cli(home, "snapshot", "restore", str(bad), "--collection", NAME, "--yes")
+    assert result.exit_code != 0
+    assert "refused" in result.output and message in result.output, result.output
+    assert "Nothing was changed" in result.output
+    assert _live_points(home) == N
+    assert EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]  # not even a new version
+    assert not any((home / "snapshots" / ".staging").iterdir())  # the unpacked files are gone
+
+
+def test_a_good_restore_goes_into_a_new_version_with_its_catalog_rows(golden: tuple[Path, Path], home: Path) -> None:
+    with open_store(load_settings(home=home), NAME) as store:
+        store.delete([point_id(i) for i in ISIC_IDS[:5]])
+    result = _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME)  # confirms with a prompt
+    assert result.exit_code == 1  # no input: aborted
+    assert "holds 12 points of model fp-snap" in result.output and "replaces the live version v0" in result.output
+    assert "7 points" in result.output
+    assert _live_points(home) == 7
+    result = _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "12 points, 12 catalog rows, version v1 is live" in result.output
+    assert _live_points(home) == N
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0, checked.output
+    listed = _cli(home, "collections", "list", NAME, "--json")
+    versions = {v["version"]: v for v in json.loads(listed.output)}
+    assert versions["v1"]["live"] and versions["v1"]["points"] == N and versions["v0"]["points"] == 7
+    assert versions["v1"]["source"].startswith("restore ") and versions["v1"]["state"] == "ready"
+    refused = _cli(home, "collections", "drop", NAME, "v1", "--yes")
+    assert refused.exit_code == 1 and "live version" in refused.output and "collections switch" in refused.output
+    info = json.loads(_cli(home, "collections", "info", NAME).output)
+    assert (info["version"], info["points"], info["fingerprint"]) == ("v1", N, FP)
+    assert _cli(home, "collections", "drop", NAME, "v0", "--yes").exit_code == 0
+    assert EdgeCollections(home / "qdrant").versions(NAME) == ["v1"] and _live_points(home) == N
+
+
+KILL_AT = ("restore_loaded", "alias_written")  # restore_catalogued: same window, one more kill
+
+
+@pytest.mark.parametrize("point", KILL_AT)
+def test_a_sigkill_during_a_restore_leaves_the_old_version_live(golden: tuple[Path, Path], home: Path,
+                                                                 point: str) -> None:
+    with open_store(load_settings(home=home), NAME) as store:
+        store.delete([point_id(i) for i in ISIC_IDS[:5]])
+    env = {**os.environ, KILL_ENV: point}
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "restore",
+                          str(golden[1]), "--collection", NAME, "--yes"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert _live_points(home) == 7  # the alias was never replaced: the old version is live and whole
+    again = _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes")
+    assert again.exit_code == 0, again.output  # the unfinished version is left aside, not in the way
+    assert _live_points(home) == N
+
+
+def test_a_sigkill_during_a_switch_leaves_one_version_live(golden: tuple[Path, Path], home: Path) -> None:
+    assert _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes").exit_code == 0
+    env = {**os.environ, KILL_ENV: "alias_written"}
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "collections", "switch", NAME,
+                          "v0"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert EdgeCollections(home / "qdrant").live_version(NAME) == "v1" and _live_points(home) == N
+    switched = _cli(home, "collections", "switch", NAME, "v0")
+    assert switched.exit_code == 0 and "was v1" in switched.output
+    assert EdgeCollections(home / "qdrant").live_version(NAME) == "v0"
+
+
+def test_snapshot_is_sized_by_its_data(golden: tuple[Path, Path]) -> None:
+    home, tar = golden
+    vectors = N * len(DEFAULT_VECTOR_NAMES) * DIM * 4
+    assert tar.stat().st_size < vectors + 100_000  # points, payloads and catalog rows; no engine files
+    assert tar.stat().st_size <= 2 * disk_usage(home / "qdrant" / NAME)  # the issue's bound, with room to spare
+
+
+HOLDER = """
+import sys
+from dermground.platform.store.edge import EdgeStore
+store = EdgeStore(sys.argv[1], "snap")
+print("ready", flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+
+def test_a_served_collection_can_be_snapshotted(home: Path, tmp_path: Path) -> None:
+    from dermground.platform.store.snapshots import open_snapshot
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "qdrant" / NAME)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert holder.stdout.readline().strip() == "ready"  # `serve` holds the live version
+        created = _cli(home, "snapshot", "create", "--collection", NAME)
+        assert created.exit_code == 0, created.output
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+    newest = max((home / "snapshots" / NAME).glob("*.tar"), key=lambda p: p.stat().st_mtime)
+    snapshot = open_snapshot(newest, tmp_path / "staging")
+    assert snapshot.points == N and len(snapshot.attachments) == 3  # lesions, ledger, runs
+    snapshot.cleanup()
+    assert EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]  # the scratch copy is gone
+
+
+def test_an_older_releases_engine_folder_snapshot_is_verified_and_restored(home: Path, tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy.tar"
+    with tarfile.open(legacy, "w") as tar:  # what `snapshot create` wrote before versions
+        tar.add(home / "qdrant" / NAME / "collection.json", arcname="collection.json")
+        tar.add(home / "qdrant" / NAME / "shard", arcname="shard")
+    broken = tmp_path / "legacy-broken.tar"  # the issue's case: an invalid collection.json
+    with tarfile.open(broken, "w") as tar:
+        info = tarfile.TarInfo("collection.json")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"{"))
+        tar.add(home / "qdrant" / NAME / "shard", arcname="shard")
+    with open_store(load_settings(home=home), NAME) as store:
+        store.delete([point_id(i) for i in ISIC_IDS[:5]])
+    refused = _cli(home, "snapshot", "restore", str(broken), "--collection", NAME, "--yes")
+    assert refused.exit_code == 1 and "refused" in refused.output and "cannot be read" in refused.output
+    assert _live_points(home) == 7 and EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]
+    result = _cli(home, "snapshot", "restore", str(legacy), "--collection", NAME, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "holds 12 points of model fp-snap" in result.output and "version v1 is live" in result.output
+    assert _live_points(home) == N
