@@ -23,7 +23,8 @@ READ, ADMIN = "fuzz-read-key", "fuzz-admin-key"
 EXAMPLES_PER_OPERATION = 60  # per generation mode: bounded by count, never by time
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 OPERATIONS = [("GET", "/health"), ("GET", "/attributes"), ("GET", "/examples"), ("POST", "/search"),
-              ("POST", "/search/upload"), ("GET", "/images/{isic_id}"), ("POST", "/predict"), ("POST", "/sql")]
+              ("POST", "/search/upload"), ("GET", "/images/{isic_id}"), ("POST", "/predict"), ("POST", "/sql"),
+              ("GET", "/collections")]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_the_fuzzed_operations_are_all_of_them(api_schema) -> None:
 
 
 # Operations without parameters or body have no invalid request to generate.
-NO_INPUT = {("GET", "/health"), ("GET", "/attributes")}
+NO_INPUT = {("GET", "/health"), ("GET", "/attributes"), ("GET", "/collections")}
 CASES = [(m, p, mode) for m, p in OPERATIONS for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
          if mode is GenerationMode.POSITIVE or (m, p) not in NO_INPUT]
 

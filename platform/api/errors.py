@@ -74,6 +74,7 @@ _EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/images/{isic_id}"): (404, 503),
     ("post", "/predict"): (429, 503),
     ("post", "/sql"): (403,),
+    ("get", "/collections"): (503,),
 }
 _PROTECTED_EXTRA = (401,)
 
