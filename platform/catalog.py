@@ -10,6 +10,10 @@ can work at the same time. DuckDB is only the query engine, over views:
     ingest_partitions  the ledger: one row per committed partition
     quarantine         rejected records with the field and reason
     evaluations        metrics of evaluation runs
+    retrieval_hits     per retrieval-evaluation query, method and attribute: the hits and their percentiles
+
+Analyst views built on these (prediction_errors, attributes_long, collections, ...) live in
+platform/catalog_views.py; what every column means is in platform/catalog_dictionary.py.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
+from dermground.platform.catalog_views import create_analyst_views
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -47,7 +52,9 @@ TABLES: dict[str, pa.Schema] = {
         ("split", pa.string()), ("model_fingerprint", pa.string()), ("adapter", pa.string()),
         ("attribute", pa.string()), ("value", pa.float64()), ("raw", pa.string()), ("ok", pa.bool_()),
         # spread / samples: std and count of the parsed sampled answers (NULL / 0 for greedy runs)
-        ("spread", pa.float64()), ("samples", pa.int64()), ("written_at", _TS)),
+        ("spread", pa.float64()), ("samples", pa.int64()), ("written_at", _TS),
+        # measured: the true value the run scored against (NULL in rows written before it existed)
+        ("measured", pa.float64())),
     "ingest_runs": _schema(
         ("run_id", pa.string()), ("collection", pa.string()), ("fingerprint", pa.string()),
         ("source", pa.string()), ("split", pa.string()), ("status", pa.string()),
@@ -63,10 +70,16 @@ TABLES: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("kind", pa.string()), ("method", pa.string()), ("attribute", pa.string()),
         ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()), ("details", pa.string()),
         ("written_at", _TS)),
+    "retrieval_hits": _schema(
+        ("run_id", pa.string()), ("collection", pa.string()), ("method", pa.string()),
+        ("attribute", pa.string()), ("query_isic_id", pa.string()), ("rank", pa.int64()),
+        ("hit_isic_id", pa.string()), ("query_value", pa.float64()), ("hit_value", pa.float64()),
+        ("difference", pa.float64()), ("percentile", pa.float64()), ("written_at", _TS)),
 }
 # The timestamp column filled with "now" when a writer leaves it out.
 _STAMP = {"lesions": "written_at", "predictions": "written_at", "ingest_runs": "written_at",
-          "ingest_partitions": "committed_at", "quarantine": "at", "evaluations": "written_at"}
+          "ingest_partitions": "committed_at", "quarantine": "at", "evaluations": "written_at",
+          "retrieval_hits": "written_at"}
 # Tables whose view keeps only the latest row per key (the full history stays readable).
 _LATEST_BY = {"lesions": ("collection", "isic_id"), "ingest_runs": ("run_id",)}
 
@@ -113,6 +126,7 @@ def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
                         f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {stamp} DESC) = 1")
         else:
             con.execute(f"CREATE VIEW {table} AS {source}")
+    create_analyst_views(con)
 
 
 class Catalog:
@@ -182,6 +196,16 @@ def _check_single_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise SqlRejected(f"only SELECT queries are allowed, this is a {kind.name} statement; the catalog is read-only")
 
 
+def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
+    """The analyst guard's settings: read files under catalog_dir only, no other external access,
+    bounded memory, and the configuration frozen so a query cannot undo it."""
+    # Order matters: restrict first, then turn external access off, then freeze the settings.
+    con.execute(f"SET allowed_directories=[{_sql_literal(str(catalog_dir))}]")
+    con.execute("SET enable_external_access=false")
+    con.execute("SET memory_limit='2GB'")
+    con.execute("SET lock_configuration=true")
+
+
 def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeout_s: float = 10.0) -> SqlResult:
     """Run one analyst SELECT over the catalog views: no writes, no files outside the catalog,
     at most max_rows rows, interrupted after timeout_s. Raises SqlRejected with the reason."""
@@ -189,11 +213,7 @@ def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeou
     con = duckdb.connect(":memory:")
     try:
         _create_views(con, catalog_dir)
-        # Order matters: restrict first, then turn external access off, then freeze the settings.
-        con.execute(f"SET allowed_directories=[{_sql_literal(str(catalog_dir))}]")
-        con.execute("SET enable_external_access=false")
-        con.execute("SET memory_limit='2GB'")
-        con.execute("SET lock_configuration=true")
+        lock_down(con, catalog_dir)
         # The settings above still allow COPY ... TO inside the folder: only a SELECT may run.
         _check_single_select(con, sql)
         timer = threading.Timer(timeout_s, con.interrupt)

@@ -183,7 +183,7 @@ def _write_catalog(catalog_dir: Path, records, predictions, scores, names, finge
         {"run_id": run_id, "collection": collection, "isic_id": r.isic_id, "split": r.split,
          "model_fingerprint": fingerprint, "adapter": adapter, "attribute": name,
          "value": p[name].value, "raw": p[name].raw, "ok": p[name].ok, "spread": p[name].spread,
-         "samples": p[name].samples}
+         "samples": p[name].samples, "measured": r.attributes.get(name)}
         for r, p in zip(records, predictions) for name in names
     ]
     catalog.append("predictions", rows)
