@@ -30,6 +30,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "ingest": "ingest:ingest",
     "check": "check:check",
     "snapshot": "snapshot:snapshot",
+    "catalog": "catalog:catalog",
 }
 
 
