@@ -19,7 +19,8 @@ __all__ = ["connect", "dictionary", "View"]
 
 
 def connect(home: str | Path | None = None, *, catalog_dir: str | Path | None = None) -> duckdb.DuckDBPyConnection:
-    """A read-only, guarded DuckDB connection with every catalog view.
+    """A read-only, guarded DuckDB connection with every catalog view, over the files written so
+    far (connect again to see later writes).
 
     The catalog is `catalog_dir` if given, else HOME/catalog with HOME from `home` or the
     settings (DERMGROUND_HOME, default ./.dermground).

@@ -26,8 +26,12 @@ from dermground.platform.catalog import SqlRejected, _check_single_select, _crea
 
 
 def connect(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
-    """A read-only DuckDB connection over the catalog at `catalog_dir` (views bound at call time:
-    reconnect to see files written afterwards by a compaction)."""
+    """A read-only DuckDB connection over the catalog at `catalog_dir`.
+
+    The views read the files that were live when it was made (a consistent snapshot): connect
+    again to see later writes. A compaction keeps the files it replaced for its grace period
+    (`--keep-minutes`), so a connection older than that must be remade.
+    """
     catalog_dir = Path(catalog_dir).resolve()
     with tempfile.TemporaryDirectory(prefix="dermground-views-") as scratch:
         path = os.path.join(scratch, "views.duckdb")

@@ -2,7 +2,9 @@
 
 Writers never hold a database lock: each append is one new Parquet file written under a temporary
 name and renamed into place (it appears whole or not at all), so ingest, the API and analysts
-can work at the same time. DuckDB is only the query engine, over views:
+can work at the same time. Views read the files live when they are created (platform/catalog_files.py:
+`dermground catalog compact` merges small files without readers ever seeing a half state).
+DuckDB is only the query engine, over views:
 
     lesions            latest row per (collection, isic_id)   (lesions_history: every row)
     predictions        model-predicted attribute values
@@ -31,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
+from dermground.platform.catalog_files import live_files
 from dermground.platform.catalog_views import create_analyst_views
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -111,13 +114,15 @@ def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
     for table, schema in TABLES.items():
         folder = catalog_dir / table
         columns = ", ".join(f'"{f.name}"' for f in schema)
-        if folder.is_dir() and any(folder.glob("*.parquet")):
-            glob = _sql_literal(str(folder / "*.parquet"))
-            # Cast to the declared types: an old file missing a new column still reads (NULL).
-            source = f"SELECT {columns} FROM read_parquet({glob}, union_by_name=true)"
-        else:  # an empty typed view, so queries work before anything was written
-            nulls = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
-            source = f"SELECT {nulls} WHERE false"
+        nulls = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
+        source = f"SELECT {nulls} WHERE false"  # an empty typed view, so queries work before any write
+        files = live_files(folder) if folder.is_dir() else []
+        if files:
+            listed = ", ".join(_sql_literal(str(f)) for f in files)
+            # UNION ALL BY NAME with the typed empty row set: a column no file has yet (added to the
+            # schema later) reads as NULL of its declared type instead of failing to bind.
+            source = (f"SELECT {columns} FROM ({source} UNION ALL BY NAME "
+                      f"SELECT * FROM read_parquet([{listed}], union_by_name=true))")
         if table in _LATEST_BY:
             keys = ", ".join(_LATEST_BY[table])
             stamp = _STAMP[table]
@@ -156,6 +161,34 @@ class Catalog:
             data = pa.Table.from_pylist(filled, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise CatalogError(f"{table}: rows do not fit the table's columns: {exc}") from exc
+        return self._write(table, data, name, now)
+
+    def append_table(self, table: str, data: pa.Table, name: str | None = None) -> Path:
+        """Write an Arrow table as one new Parquet file of `table` (for large batches: no row dicts).
+
+        Its columns must be a subset of the table's; missing ones are NULL, a missing timestamp is now.
+        """
+        if table not in TABLES:
+            raise CatalogError(f"unknown catalog table {table!r}; known: {', '.join(TABLES)}")
+        schema = TABLES[table]
+        unknown = set(data.column_names) - set(schema.names)
+        if unknown:
+            raise CatalogError(f"{table}: unknown column(s) {sorted(unknown)}; known: {schema.names}")
+        now = datetime.now(UTC)
+        columns = []
+        for field in schema:
+            if field.name in data.column_names:
+                try:
+                    columns.append(data.column(field.name).cast(field.type))
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                    raise CatalogError(f"{table}.{field.name}: values do not fit {field.type}: {exc}") from exc
+            elif field.name == _STAMP[table]:
+                columns.append(pa.array([now] * data.num_rows, type=field.type))
+            else:
+                columns.append(pa.nulls(data.num_rows, type=field.type))
+        return self._write(table, pa.Table.from_arrays(columns, schema=schema), name, now)
+
+    def _write(self, table: str, data: pa.Table, name: str | None, now: datetime) -> Path:
         folder = self.dir / table
         folder.mkdir(parents=True, exist_ok=True)
         stem = name or f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:12]}"

@@ -36,8 +36,9 @@ VIEWS: dict[str, str] = {
     "attributes": "The 16 quantitative attributes (paper Table 1): label, unit, meaning, plausible range.",
     "attributes_long": "`lesions` in long form: one row per lesion and measured attribute (missing measurements "
                        "have no row).",
-    "prediction_errors": "Per prediction run, image and attribute: the measured value, the prediction, its "
-                         "spread and the error. Join key to lesions: (collection, isic_id).",
+    "prediction_errors": "Per prediction run, image and attribute: the measured value the run scored against, "
+                         "the prediction, its spread and the error (one scan of predictions, no join). Join "
+                         "lesions on (collection, isic_id) for the body site and the other attributes.",
     "collections": "One row per collection: lesions and patients, ingest runs by status, committed partitions, "
                    "quarantined records and the latest run. Built from what the catalog records (ingest runs, "
                    "ledger, lesions, quarantine).",
@@ -154,8 +155,8 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "run_id": ("", "Evaluation run (eval-predict-...)."),
         "attribute": ("", "Attribute predicted."),
         "unit": ("", "Unit of measured, predicted, spread and error."),
-        "measured": ("unit column", "The true value: what the run scored against, else the collection's "
-                                    "lesion row."),
+        "measured": ("unit column", "The true value the run scored against (NULL in rows written before "
+                                    "predictions recorded it: join lesions for those)."),
         "predicted": ("unit column", "The model's prediction (NULL when no answer parsed)."),
         "spread": ("unit column", "Standard deviation of the sampled answers (NULL for greedy runs)."),
         "samples": ("count", "Parsed sampled answers pooled into the prediction."),
@@ -165,7 +166,6 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "raw": ("", "The model's raw answer text."),
         "adapter": ("", "LoRA adapter folder used (empty: the base model)."),
         "model_fingerprint": ("", "Fingerprint of the model that answered."),
-        "anatom_site_general": ("", "Body site, from the collection's lesion row (NULL if not ingested)."),
         "written_at": ("UTC", "When the prediction was written."),
     },
     "collections": {

@@ -33,12 +33,6 @@ def _unit_case(column: str) -> str:
     return f"CASE {column} {branches} END"
 
 
-def _measured_case(attribute: str, lesion: str) -> str:
-    """The lesion's measured value of the attribute named in `attribute` (wide row -> one value)."""
-    branches = " ".join(f'WHEN {_literal(n)} THEN {lesion}."{n}"' for n in ATTRIBUTE_NAMES)
-    return f"CASE {attribute} {branches} END"
-
-
 def _attributes_long_sql() -> str:
     columns = ", ".join(f'"{n}"' for n in ATTRIBUTE_NAMES)
     # UNPIVOT leaves out NULL values: a lesion without a measurement has no row for it.
@@ -48,14 +42,13 @@ def _attributes_long_sql() -> str:
 
 
 def _prediction_errors_sql() -> str:
-    # Runs since `measured` existed carry the value they were scored against; older rows fall back
-    # to the collection's lesion (a wide join: 16x fewer build rows than joining attributes_long).
-    measured = f"coalesce(p.measured, {_measured_case('p.attribute', 'l')})"
-    return ("SELECT p.run_id, p.collection, p.isic_id, p.split, p.attribute, "
-            f"{_unit_case('p.attribute')} AS unit, {measured} AS measured, p.value AS predicted, "
-            f"p.spread, p.samples, p.value - {measured} AS error, abs(p.value - {measured}) AS abs_error, "
-            "p.ok, p.raw, p.adapter, p.model_fingerprint, l.anatom_site_general, p.written_at "
-            "FROM predictions p LEFT JOIN lesions l ON l.collection = p.collection AND l.isic_id = p.isic_id")
+    # The run's own `measured` (what it was scored against), so the view needs no join: 6.4 million
+    # rows stay a single scan. Rows written before predictions recorded it have NULL measured; join
+    # lesions for those (docs/analysis_example.py shows the join).
+    return ("SELECT run_id, collection, isic_id, split, attribute, "
+            f"{_unit_case('attribute')} AS unit, measured, value AS predicted, spread, samples, "
+            "value - measured AS error, abs(value - measured) AS abs_error, ok, raw, adapter, model_fingerprint, "
+            "written_at FROM predictions")
 
 
 def _collections_sql() -> str:

@@ -72,18 +72,23 @@ def test_connect_is_read_only_guarded_and_gives_pandas_and_arrow(home: Path) -> 
         analyst_catalog.connect(home=home / "nowhere")
 
 
-def test_prediction_errors_use_the_scored_value_else_the_lesion(home: Path) -> None:
-    rows = Catalog(home / "catalog").query(
-        "SELECT isic_id, attribute, unit, measured, predicted, error, abs_error, anatom_site_general "
-        "FROM prediction_errors ORDER BY isic_id, attribute DESC")
+def test_prediction_errors_carry_the_scored_value_and_join_to_lesions(home: Path) -> None:
+    cat = Catalog(home / "catalog")
+    rows = cat.query("SELECT isic_id, attribute, unit, measured, predicted, error, abs_error, spread "
+                     "FROM prediction_errors ORDER BY isic_id, attribute DESC")
     assert rows == [
         {"isic_id": "ISIC_1", "attribute": "areaMM2", "unit": "mm²", "measured": 0.0, "predicted": 2.5,
-         "error": 2.5, "abs_error": 2.5, "anatom_site_general": "head/neck"},
-        {"isic_id": "ISIC_2", "attribute": "areaMM2", "unit": "mm²", "measured": 7.0, "predicted": 5.0,
-         "error": -2.0, "abs_error": 2.0, "anatom_site_general": "posterior torso"},
+         "error": 2.5, "abs_error": 2.5, "spread": 0.5},
+        {"isic_id": "ISIC_2", "attribute": "areaMM2", "unit": "mm²", "measured": None, "predicted": 5.0,
+         "error": None, "abs_error": None, "spread": None},
         {"isic_id": "ISIC_2", "attribute": "A", "unit": "LAB", "measured": None, "predicted": None,
-         "error": None, "abs_error": None, "anatom_site_general": "posterior torso"},
+         "error": None, "abs_error": None, "spread": None},
     ]
+    # A row written before predictions recorded `measured`: the join to lesions that the docs show.
+    (joined,) = cat.query("SELECT e.predicted - a.value AS error, a.anatom_site_general FROM prediction_errors e "
+                          "JOIN attributes_long a USING (collection, isic_id, attribute) "
+                          "WHERE e.isic_id = 'ISIC_2' AND e.attribute = 'areaMM2'")
+    assert joined == {"error": -2.0, "anatom_site_general": "posterior torso"}
 
 
 def test_attributes_long_and_collection_facts(home: Path) -> None:
@@ -139,7 +144,7 @@ def test_sql_out_writes_every_row(home: Path, suffix: str) -> None:
     else:
         rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["isic_id"] for r in rows] == ["ISIC_1", "ISIC_2", "ISIC_2"]
-    assert [r["measured"] for r in rows] == [0.0, None, 7.0]  # ISIC_2: "A" sorts before "areaMM2"
+    assert [r["measured"] for r in rows] == [0.0, None, None]
     assert not list(home.glob(".result*.tmp"))
     refused = _sql(home, "DELETE FROM lesions", "--out", str(home / "x.parquet"))
     assert refused.exit_code == 1 and "only SELECT" in refused.output and not (home / "x.parquet").exists()
