@@ -239,14 +239,43 @@ def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
     con.execute("SET lock_configuration=true")
 
 
+# Guarded databases with the views already created, by catalog folder: building the views reads
+# every file's schema, which costs more than a typical query. One is reused while the set of live
+# files is the same (files are immutable, so the same list means the same views).
+_GUARDED: dict[Path, tuple[tuple, duckdb.DuckDBPyConnection]] = {}
+_GUARDED_LOCK = threading.Lock()
+_GUARDED_MAX = 4
+
+
+def _live_signature(catalog_dir: Path) -> tuple:
+    return tuple((table, tuple(live_files(catalog_dir / table)) if (catalog_dir / table).is_dir() else ())
+                 for table in TABLES)
+
+
+def _guarded_database(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
+    """The locked-down in-memory database with the catalog views, rebuilt when files changed."""
+    signature = _live_signature(catalog_dir)
+    with _GUARDED_LOCK:
+        cached = _GUARDED.get(catalog_dir)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        con = duckdb.connect(":memory:")
+        _create_views(con, catalog_dir)
+        lock_down(con, catalog_dir)
+        # A replaced database is not closed here: a query in another thread may still be using it.
+        _GUARDED.pop(catalog_dir, None)
+        while len(_GUARDED) >= _GUARDED_MAX:
+            _GUARDED.pop(next(iter(_GUARDED)))
+        _GUARDED[catalog_dir] = (signature, con)
+        return con
+
+
 def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeout_s: float = 10.0) -> SqlResult:
     """Run one analyst SELECT over the catalog views: no writes, no files outside the catalog,
     at most max_rows rows, interrupted after timeout_s. Raises SqlRejected with the reason."""
     catalog_dir = Path(catalog_dir).resolve()
-    con = duckdb.connect(":memory:")
+    con = _guarded_database(catalog_dir).cursor()  # a cursor: its own query state, the shared views
     try:
-        _create_views(con, catalog_dir)
-        lock_down(con, catalog_dir)
         # The settings above still allow COPY ... TO inside the folder: only a SELECT may run.
         _check_single_select(con, sql)
         timer = threading.Timer(timeout_s, con.interrupt)

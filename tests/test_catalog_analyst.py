@@ -184,3 +184,35 @@ def test_statement_splitting_keeps_strings_and_dot_commands_whole() -> None:
     assert split_statements("SELECT ';' AS x; SELECT 2;") == ["SELECT ';' AS x", "SELECT 2"]
     assert list(statements(["SELECT 1\n", "  + 1;\n", ".tables\n", "SELECT 3"])) == \
         ["SELECT 1\n  + 1", ".tables", "SELECT 3"]
+
+
+def test_the_sql_guard_sees_new_and_compacted_files(home: Path) -> None:
+    from dermground.platform.catalog import run_readonly_sql
+    from dermground.platform.catalog_compact import compact
+
+    catalog_dir = home / "catalog"
+    count = "SELECT count(*) FROM lesions_history"
+    assert run_readonly_sql(catalog_dir, count).rows == [(3,)]
+    Catalog(catalog_dir).append("lesions", [{"isic_id": "ISIC_3", "collection": "c1", "split": "train"}])
+    assert run_readonly_sql(catalog_dir, count).rows == [(4,)]
+    compact(catalog_dir)
+    assert run_readonly_sql(catalog_dir, count).rows == [(4,)]
+
+
+def test_the_documented_analysis_runs_on_a_catalog(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import runpy
+
+    Catalog(home / "catalog").append("retrieval_hits", [
+        {"run_id": "retrieval-1", "collection": "c1", "method": method, "attribute": "areaMM2",
+         "query_isic_id": "ISIC_1", "rank": 1, "hit_isic_id": "ISIC_2", "query_value": 0.0, "hit_value": 7.0,
+         "difference": 7.0, "percentile": percentile} for method, percentile in (("image", 12.5), ("random", 50.0))])
+    example = runpy.run_path(str(REPO / "docs" / "analysis_example.py"))
+    out = home / "by_site.parquet"
+    example["main"](["--home", str(home), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "== prediction errors of the latest run e1" in printed and "truncated JPEG" in printed
+    # ISIC_2's row predates `measured`: its error comes from the lesion (|5 - 7|).
+    assert pq.read_table(out).to_pylist() == [{"site": "head/neck", "attribute": "areaMM2", "n": 1, "mae": 2.5},
+                                             {"site": "posterior torso", "attribute": "areaMM2", "n": 1, "mae": 2.0}]
+    medians = printed.split("median percentile of the hits")[1]
+    assert "12.5" in medians and "50.0" in medians

@@ -113,7 +113,7 @@ def evaluate_predictions(
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Predict every attribute for every test-split image; write prediction.json, the PNG and catalog rows."""
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.model.loading import load_backbone
@@ -129,7 +129,7 @@ def evaluate_predictions(
         raise ValueError(f"{data_dir} has no usable test-split images to evaluate on")
     backbone = load_backbone(model_dir, adapter_dir, device=device)
     predictions: list[dict] = []
-    with tqdm(total=len(records), unit="img", desc="predict", disable=not progress) as bar:
+    with progress_bar(total=len(records), unit="img", desc="predict", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             predictions += predict_attributes(backbone, [r.load_image() for r in chunk], names, batch_size=batch_size,

@@ -78,21 +78,15 @@ def _values_of(ids: list[list[str]], population: _Population, attribute: str) ->
     return population.train_values[attribute][rows]
 
 
-def _bars_off(progress: bool) -> bool | None:
-    """tqdm's `disable`: off when asked, and (None) off when stderr is not a terminal: ~100 short
-    bars, one per method and attribute, would otherwise fill a log with carriage returns."""
-    return True if not progress else None
-
-
 def _baseline_hits(population: _Population, k: int, progress: bool) -> list[list[str]]:
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     from dermground.ingest.reader import decode_image, load_image_bytes
     from dermground.train.baseline_embedding import baseline_embedding
 
     def embed(ids: list[str], label: str) -> np.ndarray:
         return np.stack([baseline_embedding(decode_image(load_image_bytes(population.image_refs[i])))
-                         for i in tqdm(ids, desc=f"baseline {label}", disable=_bars_off(progress), leave=False)])
+                         for i in progress_bar(ids, desc=f"baseline {label}", disable=not progress, leave=False)])
 
     train, query = embed(population.train_ids, "train"), embed(population.query_ids, "queries")
     top = np.argsort(-(query @ train.T), axis=1)[:, :k]
@@ -105,7 +99,7 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
                        b: int = 200, k: int = 5, seed: int = 0, catalog_dir: Path | None = None,
                        progress: bool = True) -> dict[str, dict[str, dict[str, float | int]]]:
     """Run the retrieval evaluation; write retrieval.json, the boxplots and the medians table."""
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -120,7 +114,7 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
 
         def per_query(mode: SearchMode, label: str, attrs: tuple[str, ...], on: VectorStore) -> list[list[str]]:
             return [_hit_ids(on, settings, mode, q, attrs, k, b)
-                    for q in tqdm(population.query_ids, desc=label, disable=_bars_off(progress), leave=False)]
+                    for q in progress_bar(population.query_ids, desc=label, disable=not progress, leave=False)]
 
         for method, mode in (("image_text", SearchMode.image_text), ("hierarchical", SearchMode.hierarchical)):
             if method in methods:
