@@ -216,3 +216,26 @@ def test_the_documented_analysis_runs_on_a_catalog(home: Path, capsys: pytest.Ca
                                              {"site": "posterior torso", "attribute": "areaMM2", "n": 1, "mae": 2.0}]
     medians = printed.split("median percentile of the hits")[1]
     assert "12.5" in medians and "50.0" in medians
+
+
+def test_terminal_input_keeps_a_history_and_prompts_for_continuations(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from dermground.platform.sql_shell import CONTINUE, PROMPT, terminal_lines
+
+    typed = iter(["SELECT 1", "  AS one;", ".tables", "SELECT 'never", KeyboardInterrupt, "SELECT 2;"])
+    prompts: list[str] = []
+
+    def fake_input(prompt: str) -> str:  # the terminal (stdlib input), not our code
+        prompts.append(prompt)
+        item = next(typed, EOFError)
+        if isinstance(item, type) and issubclass(item, BaseException):
+            raise item()
+        return item
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    history = tmp_path / "home" / "sql_history"
+    assert list(statements(terminal_lines(history))) == ["SELECT 1\n  AS one", ".tables", "SELECT 2"]
+    assert prompts == [PROMPT, CONTINUE, PROMPT, PROMPT, CONTINUE, PROMPT, PROMPT]
+    assert history.exists()
