@@ -240,8 +240,9 @@ def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
 
 
 # Guarded databases with the views already created, by catalog folder: building the views reads
-# every file's schema, which costs more than a typical query. One is reused while the set of live
-# files is the same (files are immutable, so the same list means the same views).
+# every file's schema, which costs more than a typical query. One is reused while the list of live
+# files is the same: the views are exactly the ones a fresh build would make (a file rewritten under
+# its own name keeps its schema, and rows are read at query time).
 _GUARDED: dict[Path, tuple[tuple, duckdb.DuckDBPyConnection]] = {}
 _GUARDED_LOCK = threading.Lock()
 _GUARDED_MAX = 4
