@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
-from dermground.platform.catalog_files import live_files
+from dermground.platform.catalog_files import LiveParts, live_files, live_parts
 from dermground.platform.catalog_views import create_analyst_views
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -110,27 +110,39 @@ def _duck_type(dtype: pa.DataType) -> str:
             _TS: "TIMESTAMPTZ"}[dtype]
 
 
+def _source(schema: pa.Schema, files: Sequence[Path]) -> str:
+    """SELECT of a table's columns over `files` (an empty typed row set when there are none)."""
+    nulls = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
+    empty = f"SELECT {nulls} WHERE false"  # so queries work before any write
+    if not files:
+        return empty
+    columns = ", ".join(f'"{f.name}"' for f in schema)
+    listed = ", ".join(_sql_literal(str(f)) for f in files)
+    # UNION ALL BY NAME with the typed empty row set: a column no file has yet (added to the schema
+    # later) reads as NULL of its declared type instead of failing to bind.
+    return f"SELECT {columns} FROM ({empty} UNION ALL BY NAME SELECT * FROM read_parquet([{listed}], union_by_name=true))"
+
+
 def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
     for table, schema in TABLES.items():
         folder = catalog_dir / table
-        columns = ", ".join(f'"{f.name}"' for f in schema)
-        nulls = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
-        source = f"SELECT {nulls} WHERE false"  # an empty typed view, so queries work before any write
-        files = live_files(folder) if folder.is_dir() else []
-        if files:
-            listed = ", ".join(_sql_literal(str(f)) for f in files)
-            # UNION ALL BY NAME with the typed empty row set: a column no file has yet (added to the
-            # schema later) reads as NULL of its declared type instead of failing to bind.
-            source = (f"SELECT {columns} FROM ({source} UNION ALL BY NAME "
-                      f"SELECT * FROM read_parquet([{listed}], union_by_name=true))")
-        if table in _LATEST_BY:
-            keys = ", ".join(_LATEST_BY[table])
-            stamp = _STAMP[table]
-            con.execute(f"CREATE VIEW {table}_history AS {source}")
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {table}_history "
-                        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {stamp} DESC) = 1")
-        else:
-            con.execute(f"CREATE VIEW {table} AS {source}")
+        parts = live_parts(folder) if folder.is_dir() else LiveParts(None, [], [])
+        if table not in _LATEST_BY:
+            con.execute(f"CREATE VIEW {table} AS {_source(schema, parts.all)}")
+            continue
+        keys = ", ".join(_LATEST_BY[table])
+        latest = f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {_STAMP[table]} DESC) = 1"
+        con.execute(f"CREATE VIEW {table}_history AS {_source(schema, parts.all)}")
+        if parts.current is None:
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {table}_history {latest}")
+            continue
+        # A compaction left the latest row per key in one file: only keys written again since
+        # need the window; the rest of that file passes through an anti-join.
+        current, recent = f"({_source(schema, [parts.current])})", f"({_source(schema, parts.recent)})"
+        con.execute(f"CREATE VIEW {table} AS "
+                    f"SELECT * FROM {current} c ANTI JOIN {recent} r USING ({keys}) UNION ALL "
+                    f"SELECT * FROM (SELECT * FROM {current} c SEMI JOIN {recent} r USING ({keys}) "
+                    f"UNION ALL SELECT * FROM {recent}) {latest}")
     create_analyst_views(con)
 
 

@@ -5,7 +5,9 @@ are ~1,600 files per table, and every query then opens them all. Compaction, per
 
 1. merges the live files smaller than `small_bytes` (rows unchanged, in file order) into
    `_compacted/<stem>.parquet`, written under a temporary name, renamed into place, and read back
-   (its row count must equal the inputs');
+   (its row count must equal the inputs'); for the tables whose view keeps the latest row per key
+   (lesions, ingest_runs) it merges every live file into `<stem>.current.parquet` (the latest rows)
+   and `<stem>.older.parquet` (the rest), so the view only deduplicates keys written since;
 2. swaps the table's manifest (one atomic rename): the merged file becomes live and the inputs
    superseded (platform/catalog_files.py);
 3. deletes superseded files only after `keep_s` seconds (a query or connection that listed them
@@ -24,11 +26,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dermground.platform.catalog import TABLES, CatalogError
-from dermground.platform.catalog_files import COMPACTED_DIR, Manifest, file_identity, live_files
+from dermground.platform.catalog import _LATEST_BY, _STAMP, TABLES, CatalogError
+from dermground.platform.catalog_files import COMPACTED_DIR, Manifest, file_identity, live_parts
 
 LOCK_FILE = ".compact.lock"
 SMALL_BYTES = 64 * 1024 * 1024  # files at least this large are already compact
@@ -85,36 +89,71 @@ def compact(catalog_dir: Path, *, tables: list[str] | None = None, small_bytes: 
 def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, min_files: int) -> TableCompaction:
     result = TableCompaction(table)
     result.files_deleted = _delete_expired(folder, keep_s)
-    small = [p for p in live_files(folder) if p.stat().st_size < small_bytes]
-    if len(small) < min_files:
-        return result
-    identities = {p: file_identity(p) for p in small}  # before reading: a rewrite after this stays live
+    parts = live_parts(folder)
+    latest_by = _LATEST_BY.get(table)
+    if latest_by:
+        # Every live file: the current file must hold the latest row of every key.
+        inputs = parts.all
+        if not inputs or (parts.current is not None and not parts.recent):
+            return result
+    else:
+        inputs = [p for p in parts.all if p.stat().st_size < small_bytes]
+        if len(inputs) < min_files:
+            return result
+    identities = {p: file_identity(p) for p in inputs}  # before reading: a rewrite after this stays live
     schema = TABLES[table]
-    merged = pa.concat_tables([_conform(pq.read_table(p), schema, p) for p in small])
+    merged = pa.concat_tables([_conform(pq.read_table(p), schema, p) for p in inputs])
     out_dir = folder / COMPACTED_DIR
     out_dir.mkdir(exist_ok=True)
     stem = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    target = out_dir / f"{stem}.parquet"
-    tmp = out_dir / f".{stem}.{os.getpid()}.tmp"
-    pq.write_table(merged, tmp, row_group_size=1_000_000)
-    with open(tmp, "rb") as written:
-        os.fsync(written.fileno())
-    os.replace(tmp, target)
-    if pq.ParquetFile(target).metadata.num_rows != merged.num_rows:  # verify before anything is superseded
-        target.unlink()
-        raise CatalogError(f"{table}: the compacted file did not read back with {merged.num_rows} rows; "
-                           "nothing was changed")
+    if latest_by:
+        current, older = _split_latest(merged, latest_by, _STAMP[table])
+        written = [_write_verified(current, out_dir / f"{stem}.current.parquet", table)]
+        if older.num_rows:
+            written.append(_write_verified(older, out_dir / f"{stem}.older.parquet", table))
+    else:
+        written = [_write_verified(merged, out_dir / f"{stem}.parquet", table)]
     now = time.time()
     manifest = Manifest.read(folder)
-    compacted_inputs = {p.relative_to(folder).as_posix() for p in small if p.parent.name == COMPACTED_DIR}
-    manifest.compacted = [c for c in manifest.compacted if c not in compacted_inputs] + [
-        target.relative_to(folder).as_posix()]
+    merged_names = {p.relative_to(folder).as_posix() for p in inputs}
+    new_names = [p.relative_to(folder).as_posix() for p in written]
+    manifest.compacted = [c for c in manifest.compacted if c not in merged_names] + new_names
+    if latest_by:
+        manifest.current = new_names[0]
     for path, identity in identities.items():
         # [size, mtime_ns, superseded_at]: readers compare the first two, deletion reads the third
         manifest.superseded[path.relative_to(folder).as_posix()] = [*identity, int(now)]
-    manifest.write(folder)
-    result.files_merged, result.rows = len(small), merged.num_rows
+    manifest.write(folder)  # the one atomic step that makes the merged files live
+    result.files_merged, result.rows = len(inputs), merged.num_rows
     return result
+
+
+def _split_latest(merged: pa.Table, keys: tuple[str, ...], stamp: str) -> tuple[pa.Table, pa.Table]:
+    """(the latest row per key, every other row), by the same rule as the table's view."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("merged", merged.append_column("__row", pa.array(range(merged.num_rows), pa.int64())))
+        order = ", ".join(keys)
+        flags = con.sql(f"SELECT __row FROM merged QUALIFY row_number() OVER (PARTITION BY {order} "
+                        f"ORDER BY {stamp} DESC) = 1").to_arrow_table().column("__row")
+    finally:
+        con.close()
+    latest = pc.is_in(pa.array(range(merged.num_rows), pa.int64()), value_set=flags)
+    return merged.filter(latest), merged.filter(pc.invert(latest))
+
+
+def _write_verified(data: pa.Table, target: Path, table: str) -> Path:
+    """Write under a temporary name, fsync, rename into place, and check the row count read back."""
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp")
+    pq.write_table(data, tmp, row_group_size=1_000_000)
+    with open(tmp, "rb") as written:
+        os.fsync(written.fileno())
+    os.replace(tmp, target)
+    if pq.ParquetFile(target).metadata.num_rows != data.num_rows:  # verify before anything is superseded
+        target.unlink()
+        raise CatalogError(f"{table}: the compacted file did not read back with {data.num_rows} rows; "
+                           "nothing was changed")
+    return target
 
 
 def _conform(data: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:

@@ -13,6 +13,7 @@ Use it wherever tqdm would be used: `progress_bar(items, desc="predict", unit="i
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -57,7 +58,9 @@ class LineProgress(tqdm):
 
     def refresh(self, nolock: bool = False, lock_args: Any = None) -> None:
         # Callers that refresh on every step (train/ray_train.py) still get one line per interval.
-        now = self._time()
+        if self.disable:
+            return
+        now = time.monotonic()
         if self._last_line_at is not None and now - self._last_line_at < self.mininterval:
             return
         self._last_line_at = now

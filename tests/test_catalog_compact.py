@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from dermground.platform.analyst import connect
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_compact import LOCK_FILE, CompactionBusy, compact
-from dermground.platform.catalog_files import COMPACTED_DIR, Manifest, live_files
+from dermground.platform.catalog_files import COMPACTED_DIR, Manifest, live_files, live_parts
 from dermground.platform.cli import cli
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -64,9 +64,13 @@ def test_compaction_keeps_every_view_and_leaves_one_file_per_table(cat: Catalog)
     assert {t.table: t.files_merged for t in summary.tables if t.files_merged} == \
         {"lesions": 7, "ingest_partitions": 6, "predictions": 2}
     assert _snapshot(cat.dir) == before
-    for table in ("lesions", "ingest_partitions", "predictions"):
+    for table in ("ingest_partitions", "predictions"):
         (only,) = live_files(cat.dir / table)
         assert only.parent.name == COMPACTED_DIR
+    # lesions: the latest row per key in the current file, the re-ingested lesion's old row beside it
+    parts = live_parts(cat.dir / "lesions")
+    assert parts.current is not None and parts.recent == [] and len(parts.older) == 1
+    assert pq.read_metadata(parts.current).num_rows == 18 and pq.read_metadata(parts.older[0]).num_rows == 1
     assert compact(cat.dir).tables[0].files_merged == 0  # nothing left to merge
     assert before["predictions"][0]["measured"] is None  # the old file's missing column reads as NULL
 
@@ -122,3 +126,20 @@ def test_one_compaction_at_a_time_and_the_cli(cat: Catalog) -> None:
     assert "lesions: 7 files -> 1 (19 rows)" in result.output and "ingest_partitions" not in result.output
     bad = CliRunner().invoke(cli, ["--home", str(cat.dir.parent), "catalog", "compact", "--table", "nope"])
     assert bad.exit_code == 1 and "unknown catalog table(s) ['nope']" in bad.output
+
+
+def test_latest_rows_after_a_compaction_follow_the_timestamps_of_later_writes(cat: Catalog) -> None:
+    compact(cat.dir)
+    cat.append("lesions", [
+        {"isic_id": "ISIC_0010", "split": "test", "collection": "c1", "written_at": T0 + timedelta(days=2)},  # newer
+        {"isic_id": "ISIC_0020", "split": "test", "collection": "c1", "written_at": T0 - timedelta(days=1)},  # older
+        {"isic_id": "ISIC_9990", "split": "val", "collection": "c1", "written_at": T0},  # a new lesion
+    ])
+    rows = {r["isic_id"]: r["split"] for r in cat.query("SELECT isic_id, split FROM lesions")}
+    assert len(rows) == 19 and rows["ISIC_0010"] == "test" and rows["ISIC_0020"] == "train"
+    assert rows["ISIC_0000"] == "test" and rows["ISIC_9990"] == "val"
+    before = _snapshot(cat.dir)
+    assert compact(cat.dir).tables[0].files_merged == 3  # current, older and the new file
+    assert _snapshot(cat.dir) == before
+    parts = live_parts(cat.dir / "lesions")
+    assert pq.read_metadata(parts.current).num_rows == 19 and pq.read_metadata(parts.older[0]).num_rows == 3

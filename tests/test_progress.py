@@ -16,6 +16,7 @@ def test_a_log_gets_whole_lines_without_carriage_returns() -> None:
             bar.update(1)
             bar.set_postfix(quarantined=step // 500)
             bar.refresh()  # a caller refreshing every step (train/ray_train.py) still gets no extra lines
+    bar.refresh()  # after close: nothing more
     text = log.getvalue()
     assert "\r" not in text
     assert text.splitlines()[0] == "ingest lesions: 0/1000 img (0%) elapsed 00:00, ? img/s"
@@ -49,4 +50,6 @@ def test_a_terminal_gets_tqdm_and_disable_still_disables() -> None:
     off = io.StringIO()
     with progress_bar(total=2, desc="x", file=off, terminal=False, disable=True) as bar:
         bar.update(2)
+        bar.set_postfix(loss="0.1", refresh=False)
+        bar.refresh()  # what train/ray_train.py does on every step
     assert off.getvalue() == ""
