@@ -3,9 +3,10 @@
 Writes a synthetic catalog the way ingest and eval write it (no model): N lesions in partitions
 of 256, each partition one lesions file and one ledger file (ingest/writer.py's names), a few
 quarantine files, the ingest run's status rows, and one prediction run of N x 16 rows in one file
-(what `eval predict` writes, through Catalog.append_table). Then times each query R times, both
-the way `dermground sql` / POST /sql run it (a fresh guarded connection per query) and on one
-long-lived `connect()` connection (a notebook), before and after `dermground catalog compact`.
+(what `eval predict` writes, attribute-major, through Catalog.append_table). Then times each query
+R times, both the way `dermground sql` / POST /sql run it (run_readonly_sql: a cursor on the guarded
+views database, rebuilt when the live files change) and on one long-lived `connect()` connection
+(a notebook), before and after `dermground catalog compact`.
 
     .venv/bin/python benchmarks/catalog.py [--lesions 400000] [--repeats 7] [--dir /tmp/catalog-bench]
 
@@ -94,16 +95,17 @@ def build(catalog_dir: Path, n: int, seed: int = 0) -> None:
             print(f"  ingest-like writes: {stop}/{n} lesions, {time.perf_counter() - started:.0f} s", flush=True)
     catalog.append("ingest_runs", [{**run, "status": "done", "finished_at": t0 + timedelta(hours=1),
                                     "n_ingested": n, "n_skipped": 0, "n_quarantined": quarantined}])
-    # One eval-predict run over every lesion: N x 16 rows in one file, as _write_catalog writes them.
+    # One eval-predict run over every lesion: N x 16 rows in one file, in _write_catalog's order
+    # (attribute-major).
     k = len(ATTRIBUTE_NAMES)
-    truth = np.stack([values[a] for a in ATTRIBUTE_NAMES], axis=1).ravel()
+    truth = np.concatenate([values[a] for a in ATTRIBUTE_NAMES])
     predicted = truth + rng.normal(scale=0.1 * np.abs(truth) + 0.1, size=truth.size)
-    ids = pa.array([f"ISIC_{i:07d}" for i in range(n)]).take(pa.array(np.repeat(np.arange(n), k)))
+    ids = pa.array([f"ISIC_{i:07d}" for i in range(n)]).take(pa.array(np.tile(np.arange(n), k)))
     table = pa.table({
         "run_id": pa.array(["eval-predict-bench"] * (n * k)), "collection": pa.array([COLLECTION] * (n * k)),
-        "isic_id": ids, "split": pa.array(np.repeat(split, k)),
+        "isic_id": ids, "split": pa.array(np.tile(split, k)),
         "model_fingerprint": pa.array(["fp-bench"] * (n * k)), "adapter": pa.array([""] * (n * k)),
-        "attribute": pa.array(np.tile(np.array(ATTRIBUTE_NAMES), n)),
+        "attribute": pa.array(np.repeat(np.array(ATTRIBUTE_NAMES), n)),
         "value": pa.array(predicted), "raw": pa.array(np.char.mod("%.2f", predicted)),
         "ok": pa.array(np.ones(n * k, dtype=bool)), "spread": pa.array(np.abs(predicted - truth)),
         "samples": pa.array(np.full(n * k, 4)), "measured": pa.array(truth)})
@@ -118,7 +120,7 @@ def files_per_table(catalog_dir: Path) -> dict[str, int]:
 
 
 def time_queries(catalog_dir: Path, repeats: int) -> dict[str, dict[str, float]]:
-    """p50/p90 wall ms of each query on a fresh guarded connection per query and on one long-lived
+    """p50/p90 wall ms of each query through run_readonly_sql and on one long-lived
     connection, and the process CPU ms of the latter (all DuckDB threads: less sensitive to a
     shared machine than wall time)."""
     results: dict[str, dict[str, float]] = {}
@@ -171,7 +173,7 @@ def main() -> None:
         build(catalog_dir, args.lesions)
     print(f"files per table: {files_per_table(catalog_dir)}")
     before = time_queries(catalog_dir, args.repeats)
-    report("as ingest and eval wrote it (sql = fresh guarded connection per query, conn = one connect())", before)
+    report("as ingest and eval wrote it (sql = run_readonly_sql per query, conn = one connect())", before)
     if args.no_compact:
         return
     from dermground.platform.catalog_compact import compact

@@ -179,12 +179,14 @@ def _write_catalog(catalog_dir: Path, records, predictions, scores, names, finge
 
     run_id = f"eval-predict-{uuid.uuid4().hex[:12]}"
     catalog = Catalog(catalog_dir)
+    # Attribute-major order: a file's row groups then hold few attributes each, so the usual
+    # `WHERE attribute = ...` skips most of them by their statistics.
     rows = [
         {"run_id": run_id, "collection": collection, "isic_id": r.isic_id, "split": r.split,
          "model_fingerprint": fingerprint, "adapter": adapter, "attribute": name,
          "value": p[name].value, "raw": p[name].raw, "ok": p[name].ok, "spread": p[name].spread,
          "samples": p[name].samples, "measured": r.attributes.get(name)}
-        for r, p in zip(records, predictions) for name in names
+        for name in names for r, p in zip(records, predictions)
     ]
     catalog.append("predictions", rows)
     details = json.dumps({"fingerprint": fingerprint, "adapter": adapter, "model": label, "decoding": decoding})
