@@ -43,6 +43,7 @@ KEEP_S = 3600.0  # how long superseded files stay for readers that listed them b
 class TableCompaction:
     table: str
     files_merged: int = 0
+    files_written: int = 0
     rows: int = 0
     files_deleted: int = 0
 
@@ -53,7 +54,7 @@ class CompactSummary:
 
     def __str__(self) -> str:
         merged = [t for t in self.tables if t.files_merged]
-        parts = [f"{t.table}: {t.files_merged} files -> 1 ({t.rows} rows)" for t in merged]
+        parts = [f"{t.table}: {t.files_merged} files -> {t.files_written} ({t.rows} rows)" for t in merged]
         deleted = sum(t.files_deleted for t in self.tables)
         return ("; ".join(parts) or "nothing to merge") + f"; {deleted} superseded files deleted"
 
@@ -124,7 +125,7 @@ def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, mi
         # [size, mtime_ns, superseded_at]: readers compare the first two, deletion reads the third
         manifest.superseded[path.relative_to(folder).as_posix()] = [*identity, int(now)]
     manifest.write(folder)  # the one atomic step that makes the merged files live
-    result.files_merged, result.rows = len(inputs), merged.num_rows
+    result.files_merged, result.files_written, result.rows = len(inputs), len(written), merged.num_rows
     return result
 
 
