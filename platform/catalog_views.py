@@ -53,7 +53,8 @@ def _prediction_errors_sql() -> str:
 
 def _collections_sql() -> str:
     # Collection facts come from what the catalog records: ingest runs, the ledger, lesions and
-    # quarantine. Versions of a collection are told apart by the model fingerprint of their runs.
+    # quarantine. `collection` is the physical version (`<name>__vN`, the bare name for v0; see
+    # platform/store/versions.py); which version is live is the store's alias, not the catalog's.
     return """
 WITH names AS (
     SELECT collection FROM ingest_runs UNION SELECT collection FROM lesions
@@ -68,6 +69,7 @@ WITH names AS (
            count(*) FILTER (WHERE status = 'done') AS runs_done,
            count(*) FILTER (WHERE status = 'failed') AS runs_failed,
            count(*) FILTER (WHERE status = 'running') AS runs_running,
+           count(*) FILTER (WHERE status = 'died') AS runs_died,
            count(DISTINCT fingerprint) AS fingerprints,
            arg_max(run_id, coalesce(finished_at, started_at, written_at)) AS last_run_id,
            arg_max(status, coalesce(finished_at, started_at, written_at)) AS last_run_status,
@@ -80,10 +82,13 @@ WITH names AS (
     SELECT collection, count(*) AS quarantined FROM quarantine GROUP BY collection
 )
 SELECT n.collection,
+       CASE WHEN regexp_matches(n.collection, '__v[1-9][0-9]*$') THEN regexp_extract(n.collection, '^(.*)__v[0-9]+$', 1) ELSE n.collection END AS name,
+       CASE WHEN regexp_matches(n.collection, '__v[1-9][0-9]*$') THEN 'v' || regexp_extract(n.collection, '__v([0-9]+)$', 1) ELSE 'v0' END AS version,
        coalesce(l.lesions, 0) AS lesions, coalesce(l.patients, 0) AS patients,
        coalesce(l.train_lesions, 0) AS train_lesions, coalesce(l.test_lesions, 0) AS test_lesions,
        coalesce(r.ingest_runs, 0) AS ingest_runs, coalesce(r.runs_done, 0) AS runs_done,
        coalesce(r.runs_failed, 0) AS runs_failed, coalesce(r.runs_running, 0) AS runs_running,
+       coalesce(r.runs_died, 0) AS runs_died,
        coalesce(p.partitions, 0) AS partitions, coalesce(q.quarantined, 0) AS quarantined,
        coalesce(r.fingerprints, 0) AS fingerprints, r.last_run_id, r.last_run_status, r.last_fingerprint,
        r.last_finished_at, l.last_written_at
@@ -106,7 +111,10 @@ WITH runs AS (
 ), current AS (
     SELECT collection, fingerprint, count(*) AS lesions FROM lesions GROUP BY collection, fingerprint
 )
-SELECT r.collection, r.fingerprint, r.ingest_runs, r.runs_done, r.first_started_at, r.last_finished_at,
+SELECT r.collection,
+       CASE WHEN regexp_matches(r.collection, '__v[1-9][0-9]*$') THEN regexp_extract(r.collection, '^(.*)__v[0-9]+$', 1) ELSE r.collection END AS name,
+       CASE WHEN regexp_matches(r.collection, '__v[1-9][0-9]*$') THEN 'v' || regexp_extract(r.collection, '__v([0-9]+)$', 1) ELSE 'v0' END AS version,
+       r.fingerprint, r.ingest_runs, r.runs_done, r.first_started_at, r.last_finished_at,
        r.ingested, r.quarantined, coalesce(c.lesions, 0) AS current_lesions
 FROM runs r LEFT JOIN current c USING (collection, fingerprint)
 """
