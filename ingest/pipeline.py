@@ -205,7 +205,7 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
 def _run(data_dir: Path, options: IngestOptions, model_dir: Path, adapter_dir: Path | None, fingerprint: str,
          settings: Settings, ray_address: str | None, writer: PartitionWriter, catalog: Catalog,
          summary: IngestSummary, progress: bool, started: float) -> None:
-    from tqdm.auto import tqdm
+    from dermground.platform.progress import progress_bar
 
     committed = committed_partitions(catalog, writer.collection, fingerprint)
     reader_split = None if options.split == "all" else options.split
@@ -215,7 +215,7 @@ def _run(data_dir: Path, options: IngestOptions, model_dir: Path, adapter_dir: P
         from dermground.ingest.reader import count_records
 
         total = count_records(data_dir)
-    bar = tqdm(total=total, unit="img", desc=f"ingest {writer.collection}", disable=not progress, smoothing=0.1)
+    bar = progress_bar(total=total, unit="img", desc=f"ingest {writer.collection}", disable=not progress, smoothing=0.1)
     pending = _skip_committed(partition_records(stream, options.partition_size), committed, writer.store, summary,
                               bar)
     try:

@@ -288,7 +288,7 @@ def generate_dataset(out: Path, patients: int, images: int, seed: int, size: int
     tasks = _chunks(seed, size, owners, table)
 
     import h5py  # imported here: only writers need it
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     values: dict[str, list[float]] = {a.name: [] for a in ATTRIBUTES}
     split_counts = {"train": 0, "test": 0}
@@ -297,7 +297,7 @@ def generate_dataset(out: Path, patients: int, images: int, seed: int, size: int
     try:
         results = pool.imap(_render_chunk, tasks) if pool else map(_render_chunk, tasks)
         with open(csv_path, "w", newline="", encoding="utf-8") as handle, \
-                tqdm(total=images, unit="img", desc="synth", disable=not progress) as bar:
+                progress_bar(total=images, unit="img", desc="synth", disable=not progress) as bar:
             writer = csv.DictWriter(handle, fieldnames=fmt.METADATA_COLUMNS, lineterminator="\n")
             writer.writeheader()
             for chunk in results:

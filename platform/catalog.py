@@ -2,7 +2,9 @@
 
 Writers never hold a database lock: each append is one new Parquet file written under a temporary
 name and renamed into place (it appears whole or not at all), so ingest, the API and analysts
-can work at the same time. DuckDB is only the query engine, over views:
+can work at the same time. Views read the files live when they are created (platform/catalog_files.py:
+`dermground catalog compact` merges small files without readers ever seeing a half state).
+DuckDB is only the query engine, over views:
 
     lesions            latest row per (collection, isic_id)   (lesions_history: every row)
     predictions        model-predicted attribute values
@@ -10,6 +12,10 @@ can work at the same time. DuckDB is only the query engine, over views:
     ingest_partitions  the ledger: one row per committed partition
     quarantine         rejected records with the field and reason
     evaluations        metrics of evaluation runs
+    retrieval_hits     per retrieval-evaluation query, method and attribute: the hits and their percentiles
+
+Analyst views built on these (prediction_errors, attributes_long, collections, ...) live in
+platform/catalog_views.py; what every column means is in platform/catalog_dictionary.py.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
+from dermground.platform.catalog_files import LiveParts, live_files, live_parts
+from dermground.platform.catalog_views import create_analyst_views
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -47,7 +55,9 @@ TABLES: dict[str, pa.Schema] = {
         ("split", pa.string()), ("model_fingerprint", pa.string()), ("adapter", pa.string()),
         ("attribute", pa.string()), ("value", pa.float64()), ("raw", pa.string()), ("ok", pa.bool_()),
         # spread / samples: std and count of the parsed sampled answers (NULL / 0 for greedy runs)
-        ("spread", pa.float64()), ("samples", pa.int64()), ("written_at", _TS)),
+        ("spread", pa.float64()), ("samples", pa.int64()), ("written_at", _TS),
+        # measured: the true value the run scored against (NULL in rows written before it existed)
+        ("measured", pa.float64())),
     "ingest_runs": _schema(
         ("run_id", pa.string()), ("collection", pa.string()), ("fingerprint", pa.string()),
         ("source", pa.string()), ("split", pa.string()), ("status", pa.string()),
@@ -63,10 +73,16 @@ TABLES: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("kind", pa.string()), ("method", pa.string()), ("attribute", pa.string()),
         ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()), ("details", pa.string()),
         ("written_at", _TS)),
+    "retrieval_hits": _schema(
+        ("run_id", pa.string()), ("collection", pa.string()), ("method", pa.string()),
+        ("attribute", pa.string()), ("query_isic_id", pa.string()), ("rank", pa.int64()),
+        ("hit_isic_id", pa.string()), ("query_value", pa.float64()), ("hit_value", pa.float64()),
+        ("difference", pa.float64()), ("percentile", pa.float64()), ("written_at", _TS)),
 }
 # The timestamp column filled with "now" when a writer leaves it out.
 _STAMP = {"lesions": "written_at", "predictions": "written_at", "ingest_runs": "written_at",
-          "ingest_partitions": "committed_at", "quarantine": "at", "evaluations": "written_at"}
+          "ingest_partitions": "committed_at", "quarantine": "at", "evaluations": "written_at",
+          "retrieval_hits": "written_at"}
 # Tables whose view keeps only the latest row per key (the full history stays readable).
 _LATEST_BY = {"lesions": ("collection", "isic_id"), "ingest_runs": ("run_id",)}
 
@@ -94,25 +110,40 @@ def _duck_type(dtype: pa.DataType) -> str:
             _TS: "TIMESTAMPTZ"}[dtype]
 
 
+def _source(schema: pa.Schema, files: Sequence[Path]) -> str:
+    """SELECT of a table's columns over `files` (an empty typed row set when there are none)."""
+    nulls = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
+    empty = f"SELECT {nulls} WHERE false"  # so queries work before any write
+    if not files:
+        return empty
+    columns = ", ".join(f'"{f.name}"' for f in schema)
+    listed = ", ".join(_sql_literal(str(f)) for f in files)
+    # UNION ALL BY NAME with the typed empty row set: a column no file has yet (added to the schema
+    # later) reads as NULL of its declared type instead of failing to bind.
+    return f"SELECT {columns} FROM ({empty} UNION ALL BY NAME SELECT * FROM read_parquet([{listed}], union_by_name=true))"
+
+
 def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
     for table, schema in TABLES.items():
         folder = catalog_dir / table
-        columns = ", ".join(f'"{f.name}"' for f in schema)
-        if folder.is_dir() and any(folder.glob("*.parquet")):
-            glob = _sql_literal(str(folder / "*.parquet"))
-            # Cast to the declared types: an old file missing a new column still reads (NULL).
-            source = f"SELECT {columns} FROM read_parquet({glob}, union_by_name=true)"
-        else:  # an empty typed view, so queries work before anything was written
-            nulls = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
-            source = f"SELECT {nulls} WHERE false"
-        if table in _LATEST_BY:
-            keys = ", ".join(_LATEST_BY[table])
-            stamp = _STAMP[table]
-            con.execute(f"CREATE VIEW {table}_history AS {source}")
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {table}_history "
-                        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {stamp} DESC) = 1")
-        else:
-            con.execute(f"CREATE VIEW {table} AS {source}")
+        parts = live_parts(folder) if folder.is_dir() else LiveParts(None, [], [])
+        if table not in _LATEST_BY:
+            con.execute(f"CREATE VIEW {table} AS {_source(schema, parts.all)}")
+            continue
+        keys = ", ".join(_LATEST_BY[table])
+        latest = f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {_STAMP[table]} DESC) = 1"
+        con.execute(f"CREATE VIEW {table}_history AS {_source(schema, parts.all)}")
+        if parts.current is None:
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {table}_history {latest}")
+            continue
+        # A compaction left the latest row per key in one file: only keys written again since
+        # need the window; the rest of that file passes through an anti-join.
+        current, recent = f"({_source(schema, [parts.current])})", f"({_source(schema, parts.recent)})"
+        con.execute(f"CREATE VIEW {table} AS "
+                    f"SELECT * FROM {current} c ANTI JOIN {recent} r USING ({keys}) UNION ALL "
+                    f"SELECT * FROM (SELECT * FROM {current} c SEMI JOIN {recent} r USING ({keys}) "
+                    f"UNION ALL SELECT * FROM {recent}) {latest}")
+    create_analyst_views(con)
 
 
 class Catalog:
@@ -142,6 +173,34 @@ class Catalog:
             data = pa.Table.from_pylist(filled, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise CatalogError(f"{table}: rows do not fit the table's columns: {exc}") from exc
+        return self._write(table, data, name, now)
+
+    def append_table(self, table: str, data: pa.Table, name: str | None = None) -> Path:
+        """Write an Arrow table as one new Parquet file of `table` (for large batches: no row dicts).
+
+        Its columns must be a subset of the table's; missing ones are NULL, a missing timestamp is now.
+        """
+        if table not in TABLES:
+            raise CatalogError(f"unknown catalog table {table!r}; known: {', '.join(TABLES)}")
+        schema = TABLES[table]
+        unknown = set(data.column_names) - set(schema.names)
+        if unknown:
+            raise CatalogError(f"{table}: unknown column(s) {sorted(unknown)}; known: {schema.names}")
+        now = datetime.now(UTC)
+        columns = []
+        for field in schema:
+            if field.name in data.column_names:
+                try:
+                    columns.append(data.column(field.name).cast(field.type))
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                    raise CatalogError(f"{table}.{field.name}: values do not fit {field.type}: {exc}") from exc
+            elif field.name == _STAMP[table]:
+                columns.append(pa.array([now] * data.num_rows, type=field.type))
+            else:
+                columns.append(pa.nulls(data.num_rows, type=field.type))
+        return self._write(table, pa.Table.from_arrays(columns, schema=schema), name, now)
+
+    def _write(self, table: str, data: pa.Table, name: str | None, now: datetime) -> Path:
         folder = self.dir / table
         folder.mkdir(parents=True, exist_ok=True)
         stem = name or f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:12]}"
@@ -182,21 +241,57 @@ def _check_single_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise SqlRejected(f"only SELECT queries are allowed, this is a {kind.name} statement; the catalog is read-only")
 
 
+def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
+    """The analyst guard's settings: read files under catalog_dir only, no other external access,
+    bounded memory, and the configuration frozen so a query cannot undo it."""
+    # Order matters: restrict first, then turn external access off, then freeze the settings.
+    # DuckDB adds its temporary (spill) directory, <cwd>/.tmp by default, to the allowed ones:
+    # no spilling, so that no folder but the catalog's can be read.
+    con.execute("SET temp_directory=''")
+    con.execute(f"SET allowed_directories=[{_sql_literal(str(catalog_dir))}]")
+    con.execute("SET enable_external_access=false")
+    con.execute("SET memory_limit='2GB'")
+    con.execute("SET lock_configuration=true")
+
+
+# Guarded databases with the views already created, by catalog folder: building the views reads
+# every file's schema, which costs more than a typical query. One is reused while the list of live
+# files is the same: the views are exactly the ones a fresh build would make (a file rewritten under
+# its own name keeps its schema, and rows are read at query time).
+_GUARDED: dict[Path, tuple[tuple, duckdb.DuckDBPyConnection]] = {}
+_GUARDED_LOCK = threading.Lock()
+_GUARDED_MAX = 4
+
+
+def _live_signature(catalog_dir: Path) -> tuple:
+    return tuple((table, tuple(live_files(catalog_dir / table)) if (catalog_dir / table).is_dir() else ())
+                 for table in TABLES)
+
+
+def _guarded_database(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
+    """The locked-down in-memory database with the catalog views, rebuilt when files changed."""
+    signature = _live_signature(catalog_dir)
+    with _GUARDED_LOCK:
+        cached = _GUARDED.get(catalog_dir)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        con = duckdb.connect(":memory:")
+        _create_views(con, catalog_dir)
+        lock_down(con, catalog_dir)
+        # A replaced database is not closed here: a query in another thread may still be using it.
+        _GUARDED.pop(catalog_dir, None)
+        while len(_GUARDED) >= _GUARDED_MAX:
+            _GUARDED.pop(next(iter(_GUARDED)))
+        _GUARDED[catalog_dir] = (signature, con)
+        return con
+
+
 def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeout_s: float = 10.0) -> SqlResult:
     """Run one analyst SELECT over the catalog views: no writes, no files outside the catalog,
     at most max_rows rows, interrupted after timeout_s. Raises SqlRejected with the reason."""
     catalog_dir = Path(catalog_dir).resolve()
-    con = duckdb.connect(":memory:")
+    con = _guarded_database(catalog_dir).cursor()  # a cursor: its own query state, the shared views
     try:
-        _create_views(con, catalog_dir)
-        # Order matters: restrict first, then turn external access off, then freeze the settings.
-        # DuckDB adds its temporary (spill) directory, <cwd>/.tmp by default, to the allowed ones:
-        # no spilling, so that no folder but the catalog's can be read.
-        con.execute("SET temp_directory=''")
-        con.execute(f"SET allowed_directories=[{_sql_literal(str(catalog_dir))}]")
-        con.execute("SET enable_external_access=false")
-        con.execute("SET memory_limit='2GB'")
-        con.execute("SET lock_configuration=true")
         # The settings above still allow COPY ... TO inside the folder: only a SELECT may run.
         _check_single_select(con, sql)
         timer = threading.Timer(timeout_s, con.interrupt)

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dermground.platform.catalog import TABLES, Catalog
+from dermground.platform.catalog_files import live_files
 
 # Tables holding per-collection rows whose file names follow the writer's `<collection>--<part>`.
 COLLECTION_TABLES: tuple[str, ...] = ("lesions", "ingest_partitions", "quarantine")
@@ -43,7 +44,7 @@ def _files_of(catalog: Catalog, table: str, collection: str) -> Iterable[Catalog
     if not folder.is_dir():
         return
     own = f"{collection}{_SEPARATOR}"
-    for path in sorted(folder.glob("*.parquet")):
+    for path in live_files(folder):  # compacted files included, superseded ones not
         if not path.stem.startswith(own):
             # Another writer's file (a test, an older layout) may still hold rows of this collection.
             column = pq.read_table(path, columns=["collection"]).column("collection")

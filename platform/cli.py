@@ -31,6 +31,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "check": "check:check",
     "snapshot": "snapshot:snapshot",
     "collections": "collections:collections",
+    "catalog": "catalog:catalog",
 }
 
 

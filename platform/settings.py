@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     api_read_key: SecretStr | None = None
     api_admin_key: SecretStr | None = None
+    # Opens POST /sql (read-only SQL) and nothing else: for analysts without admin rights.
+    api_analyst_key: SecretStr | None = None
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1024)
     max_k: int = Field(100, ge=1)

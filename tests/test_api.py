@@ -18,13 +18,15 @@ from dermground.platform.settings import Settings
 READ, ADMIN = "read-key-123", "admin-key-456"
 R = {"X-API-Key": READ}
 A = {"X-API-Key": ADMIN}
+ANALYST = "analyst-key-789"
+AN = {"X-API-Key": ANALYST}
 MAX_UPLOAD = 300_000
 MAX_PIXELS = 1_000_000
 
 
 @pytest.fixture(scope="module")
 def settings(search_collection) -> Settings:
-    return Settings(home=search_collection["home"], api_read_key=READ, api_admin_key=ADMIN,
+    return Settings(home=search_collection["home"], api_read_key=READ, api_admin_key=ADMIN, api_analyst_key=ANALYST,
                     max_upload_bytes=MAX_UPLOAD, max_image_pixels=MAX_PIXELS, max_k=50, max_b=100)
 
 
@@ -212,3 +214,15 @@ def test_open_mode_without_keys_and_sql_disabled_without_an_admin_key(tmp_path, 
         assert missing.status_code == 503 and "dermground ingest" in missing.json()["detail"]
         response = client.post("/sql", json={"query": "SELECT 1"})
         assert response.status_code == 403 and "DERMGROUND_API_ADMIN_KEY" in response.json()["detail"]
+
+
+def test_the_analyst_key_opens_sql_read_only_and_nothing_else(client, ids) -> None:
+    response = client.post("/sql", json={"query": "SELECT count(*) AS n FROM lesions"}, headers=AN)
+    assert response.status_code == 200 and response.json()["rows"] == [[len(ids)]]
+    views = client.post("/sql", json={"query": "SELECT count(*) FROM attributes"}, headers=AN)
+    assert views.json()["rows"] == [[16]]
+    refused = client.post("/sql", json={"query": "DROP VIEW lesions"}, headers=AN)
+    assert refused.status_code == 400 and "only SELECT" in refused.json()["detail"]
+    for response in (client.post("/search", json={"isic_id": ids[0], "k": 3}, headers=AN),
+                     client.get("/examples", headers=AN)):
+        assert response.status_code == 401, response.text

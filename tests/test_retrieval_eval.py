@@ -55,6 +55,22 @@ def test_all_methods_write_json_figure_table_and_catalog_rows(eval_home: Path, s
     rows = Catalog(settings.catalog_dir).query(
         "SELECT count(*) AS n FROM evaluations WHERE kind = 'retrieval' AND metric = 'median'")
     assert rows[0]["n"] == 6 * 16
+    # Every hit is recorded, and its percentiles give back the summary's medians.
+    catalog = Catalog(settings.catalog_dir)
+    hits = catalog.query("SELECT method, attribute, count(*) AS n, count(DISTINCT query_isic_id) AS queries, "
+                         "median(percentile) AS median, max(rank) AS k FROM retrieval_hits "
+                         "GROUP BY method, attribute")
+    assert len(hits) == 6 * 16
+    for row in hits:
+        assert row["median"] == pytest.approx(summary[row["method"]][row["attribute"]]["median"])
+        assert row["n"] == row["queries"] * row["k"] and row["k"] == 3
+    area = {r.isic_id: r.attributes["areaMM2"] for r in records}
+    recorded = catalog.query("SELECT query_isic_id, hit_isic_id, query_value, hit_value, difference "
+                             "FROM retrieval_hits WHERE method = 'image' AND attribute = 'areaMM2'")
+    assert recorded and all(r["query_value"] == pytest.approx(area[r["query_isic_id"]])
+                            and r["hit_value"] == pytest.approx(area[r["hit_isic_id"]])
+                            and r["difference"] == pytest.approx(r["hit_value"] - r["query_value"])
+                            for r in recorded)
 
 
 def test_cli_subset_and_clear_errors(eval_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -134,6 +134,19 @@ def test_eval_predict_cli_writes_json_figure_and_catalog(trained, small_data, ti
     assert most <= 32 and unparsed_with_value == 0
     (details,) = catalog.connect().execute("SELECT any_value(details) FROM evaluations").fetchone()
     assert json.loads(details)["decoding"] == "mean of 4 samples x 8 views"
+    # prediction_errors carries what the run scored against: R² from the view equals the report's.
+    import numpy as np
+
+    from dermground.train.evaluate import r2_score
+
+    truth = {r.isic_id: r.attributes for r in read_records(small_data, split="test") if isinstance(r, LesionRecord)}
+    errors = catalog.connect().execute(
+        "SELECT isic_id, attribute, measured, predicted, error FROM prediction_errors").fetchall()
+    assert all(measured == pytest.approx(truth[isic_id][attribute]) for isic_id, attribute, measured, _, _ in errors)
+    for name in ("areaMM2", "A"):
+        pairs = [(m, p) for _, a, m, p, _ in errors if a == name and p is not None]
+        if len(pairs) >= 2 and np.isfinite(report[name]["r2"]):
+            assert r2_score([m for m, _ in pairs], [p for _, p in pairs]) == pytest.approx(report[name]["r2"])
     try:  # a plain greedy run into the same folder drops the sampled run's greedy sidecar
         result = CliRunner().invoke(cli, ["--home", str(home), "eval", "predict", "--data", str(small_data),
                                           "--model", str(tiny_model_dir), "--adapter", str(out_adapter),

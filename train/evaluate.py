@@ -113,7 +113,7 @@ def evaluate_predictions(
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Predict every attribute for every test-split image; write prediction.json, the PNG and catalog rows."""
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.model.loading import load_backbone
@@ -129,7 +129,7 @@ def evaluate_predictions(
         raise ValueError(f"{data_dir} has no usable test-split images to evaluate on")
     backbone = load_backbone(model_dir, adapter_dir, device=device)
     predictions: list[dict] = []
-    with tqdm(total=len(records), unit="img", desc="predict", disable=not progress) as bar:
+    with progress_bar(total=len(records), unit="img", desc="predict", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             predictions += predict_attributes(backbone, [r.load_image() for r in chunk], names, batch_size=batch_size,
@@ -179,12 +179,14 @@ def _write_catalog(catalog_dir: Path, records, predictions, scores, names, finge
 
     run_id = f"eval-predict-{uuid.uuid4().hex[:12]}"
     catalog = Catalog(catalog_dir)
+    # Attribute-major order: a file's row groups then hold few attributes each, so the usual
+    # `WHERE attribute = ...` skips most of them by their statistics.
     rows = [
         {"run_id": run_id, "collection": collection, "isic_id": r.isic_id, "split": r.split,
          "model_fingerprint": fingerprint, "adapter": adapter, "attribute": name,
          "value": p[name].value, "raw": p[name].raw, "ok": p[name].ok, "spread": p[name].spread,
-         "samples": p[name].samples}
-        for r, p in zip(records, predictions) for name in names
+         "samples": p[name].samples, "measured": r.attributes.get(name)}
+        for name in names for r, p in zip(records, predictions)
     ]
     catalog.append("predictions", rows)
     details = json.dumps({"fingerprint": fingerprint, "adapter": adapter, "model": label, "decoding": decoding})

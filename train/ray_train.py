@@ -105,11 +105,11 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, hyper: dict, *, mode: s
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             outcome["error"] = exc
 
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
     thread.start()
-    bar = tqdm(desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(desc=desc, unit="step", disable=not progress)
     while thread.is_alive() or not queue.empty():
         try:
             item = queue.get(timeout=0.5)

@@ -78,21 +78,15 @@ def _values_of(ids: list[list[str]], population: _Population, attribute: str) ->
     return population.train_values[attribute][rows]
 
 
-def _bars_off(progress: bool) -> bool | None:
-    """tqdm's `disable`: off when asked, and (None) off when stderr is not a terminal: ~100 short
-    bars, one per method and attribute, would otherwise fill a log with carriage returns."""
-    return True if not progress else None
-
-
 def _baseline_hits(population: _Population, k: int, progress: bool) -> list[list[str]]:
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     from dermground.ingest.reader import decode_image, load_image_bytes
     from dermground.train.baseline_embedding import baseline_embedding
 
     def embed(ids: list[str], label: str) -> np.ndarray:
         return np.stack([baseline_embedding(decode_image(load_image_bytes(population.image_refs[i])))
-                         for i in tqdm(ids, desc=f"baseline {label}", disable=_bars_off(progress), leave=False)])
+                         for i in progress_bar(ids, desc=f"baseline {label}", disable=not progress, leave=False)])
 
     train, query = embed(population.train_ids, "train"), embed(population.query_ids, "queries")
     top = np.argsort(-(query @ train.T), axis=1)[:, :k]
@@ -105,7 +99,7 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
                        b: int = 200, k: int = 5, seed: int = 0, catalog_dir: Path | None = None,
                        progress: bool = True) -> dict[str, dict[str, dict[str, float | int]]]:
     """Run the retrieval evaluation; write retrieval.json, the boxplots and the medians table."""
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -113,37 +107,33 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
     if "image_untuned" in methods and not untuned_collection:
         raise ValueError("method image_untuned needs --untuned-collection (the base model's collection)")
     names = tuple(a.name for a in resolve_attributes(list(attributes) if attributes else None))
-    ranks: dict[str, dict[str, np.ndarray]] = {}
+    # method -> attribute -> the hit ids per query (methods that ignore the attribute share one list)
+    hits: dict[str, dict[str, list[list[str]]]] = {}
     with open_store(settings, collection) as store:
         population = _population(store, queries, seed)
 
-        def ranks_of(hit_ids: list[list[str]], attribute: str) -> np.ndarray:
-            return percentile_ranks(population.query_values[attribute],
-                                    _values_of(hit_ids, population, attribute),
-                                    population.train_values[attribute])
-
         def per_query(mode: SearchMode, label: str, attrs: tuple[str, ...], on: VectorStore) -> list[list[str]]:
             return [_hit_ids(on, settings, mode, q, attrs, k, b)
-                    for q in tqdm(population.query_ids, desc=label, disable=_bars_off(progress), leave=False)]
+                    for q in progress_bar(population.query_ids, desc=label, disable=not progress, leave=False)]
 
         for method, mode in (("image_text", SearchMode.image_text), ("hierarchical", SearchMode.hierarchical)):
             if method in methods:
-                ranks[method] = {a: ranks_of(per_query(mode, f"{method} {a}", (a,), store), a) for a in names}
+                hits[method] = {a: per_query(mode, f"{method} {a}", (a,), store) for a in names}
         if "image" in methods:
-            hits = per_query(SearchMode.image, "image", (), store)
-            ranks["image"] = {a: ranks_of(hits, a) for a in names}
+            hits["image"] = dict.fromkeys(names, per_query(SearchMode.image, "image", (), store))
     if "image_untuned" in methods:
         with open_store(settings, untuned_collection) as untuned:
-            hits = per_query(SearchMode.image, "image untuned", (), untuned)
-        ranks["image_untuned"] = {a: ranks_of(hits, a) for a in names}
+            hits["image_untuned"] = dict.fromkeys(names, per_query(SearchMode.image, "image untuned", (), untuned))
     if "baseline" in methods:
-        hits = _baseline_hits(population, k, progress)
-        ranks["baseline"] = {a: ranks_of(hits, a) for a in names}
+        hits["baseline"] = dict.fromkeys(names, _baseline_hits(population, k, progress))
     if "random" in methods:
         rng = np.random.default_rng(seed)
         picks = [[population.train_ids[j] for j in rng.choice(len(population.train_ids), k, replace=False)]
                  for _ in population.query_ids]
-        ranks["random"] = {a: ranks_of(picks, a) for a in names}
+        hits["random"] = dict.fromkeys(names, picks)
+    ranks = {method: {a: percentile_ranks(population.query_values[a], _values_of(ids, population, a),
+                                          population.train_values[a]) for a, ids in per_attr.items()}
+             for method, per_attr in hits.items()}
 
     summary = summarize(ranks)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,11 +143,35 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
                         f"{len(population.train_ids)} train images")
     (out_dir / TABLE_FILE).write_text(medians_table(summary))
     if catalog_dir is not None:
-        _record(catalog_dir, collection, summary, k=k, b=b)
+        _record(catalog_dir, collection, summary, k=k, b=b,
+                hit_rows=_hit_rows(population, hits, ranks, collection, untuned_collection))
     return summary
 
 
-def _record(catalog_dir: Path, collection: str, summary: dict, *, k: int, b: int) -> None:
+def _hit_rows(population: _Population, hits: dict[str, dict[str, list[list[str]]]],
+              ranks: dict[str, dict[str, np.ndarray]], collection: str,
+              untuned_collection: str | None) -> list[dict[str, object]]:
+    """The retrieval_hits rows (run_id filled in by _record): one per method, attribute, query and hit."""
+    rows: list[dict[str, object]] = []
+    for method, per_attr in hits.items():
+        searched = untuned_collection if method == "image_untuned" else collection
+        for attribute, ids in per_attr.items():
+            hit_values = _values_of(ids, population, attribute)
+            query_values = population.query_values[attribute]
+            for q, query_id in enumerate(population.query_ids):
+                for rank, hit_id in enumerate(ids[q], start=1):
+                    hit_value, query_value = float(hit_values[q, rank - 1]), float(query_values[q])
+                    rows.append({"collection": searched, "method": method, "attribute": attribute,
+                                 "query_isic_id": query_id, "rank": rank, "hit_isic_id": hit_id,
+                                 "query_value": query_value, "hit_value": hit_value,
+                                 "difference": hit_value - query_value,
+                                 "percentile": float(ranks[method][attribute][q, rank - 1])})
+    return rows
+
+
+def _record(catalog_dir: Path, collection: str, summary: dict, *, k: int, b: int,
+            hit_rows: Sequence[dict[str, object]] = ()) -> str:
+    """Write the summary into evaluations and every hit into retrieval_hits; returns the run id."""
     from dermground.platform.catalog import Catalog
 
     run_id = f"retrieval-{uuid.uuid4().hex[:12]}"
@@ -166,4 +180,9 @@ def _record(catalog_dir: Path, collection: str, summary: dict, *, k: int, b: int
              "metric": metric, "value": float(stats[metric]), "n": int(stats["n"]), "details": details}
             for method, per_attr in summary.items() for attribute, stats in per_attr.items()
             for metric in ("median", "q1", "q3")]
-    Catalog(catalog_dir).append("evaluations", rows)
+    catalog = Catalog(catalog_dir)
+    # Hits first: a run's summary row is the sign that its hits are complete.
+    if hit_rows:
+        catalog.append("retrieval_hits", [{**row, "run_id": run_id} for row in hit_rows])
+    catalog.append("evaluations", rows)
+    return run_id

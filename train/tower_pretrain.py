@@ -76,7 +76,7 @@ def _model_input_rgb(image, grid_thw: torch.Tensor, patch_size: int) -> np.ndarr
 
 def _encode_images(data_dir: Path, processor, max_images: int | None, progress: bool):  # noqa: ANN001, ANN202
     """Patches (float16, to halve the memory), grids and region statistics of the train-split images."""
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     from dermground.ingest.reader import LesionRecord, read_records
 
@@ -90,7 +90,7 @@ def _encode_images(data_dir: Path, processor, max_images: int | None, progress: 
         raise ValueError(f"the model's merged tokens are not {TOKEN_PIXELS} px wide (patch {patch_size}, merge "
                          f"{processor.image_processor.merge_size}): tower pre-training supports Qwen2-VL's 14 x 2")
     patches, grids, targets = [], [], []
-    for record in tqdm(records, desc="tower: encode", unit="image", disable=not progress):
+    for record in progress_bar(records, desc="tower: encode", unit="image", disable=not progress):
         image = record.load_image()
         encoded = processor.image_processor(images=[image], return_tensors="pt")
         grid = encoded["image_grid_thw"][0]
@@ -104,7 +104,7 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
                    batch_size: int = 16, lr: float = 1e-3, seed: int = 0, max_images: int | None = None,
                    progress: bool = True) -> dict:
     """Train the vision tower of `base_dir` on region statistics for `steps` steps; write a new model to `out_dir`."""
-    from tqdm import tqdm
+    from dermground.platform.progress import progress_bar
 
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import check_model_dir, load_backbone
@@ -135,7 +135,7 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
     order_rng = random.Random(f"{seed}:tower")
     batch = min(batch_size, len(patches))
     curve: list[tuple[int, float]] = []
-    bar = tqdm(range(steps), desc="tower: train", unit="step", disable=not progress)
+    bar = progress_bar(range(steps), desc="tower: train", unit="step", disable=not progress)
     for step in bar:
         chosen = order_rng.sample(range(len(patches)), batch)
         pixel_values = torch.cat([patches[i] for i in chosen]).float()

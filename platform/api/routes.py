@@ -22,7 +22,7 @@ from dermground.platform.api.images import (
     decode_base64,
     decode_upload,
 )
-from dermground.platform.api.security import auth_mode, require_admin, require_read
+from dermground.platform.api.security import auth_mode, require_read, require_sql
 from dermground.platform.api.throttle import client_key
 from dermground.platform.attributes import ATTRIBUTES, get_attribute
 from dermground.platform.search import (
@@ -166,7 +166,7 @@ def predict(request: Request, file: Annotated[UploadFile, File(description="the 
 
 
 # --- admin key -----------------------------------------------------------------------------------
-@router.post("/sql", response_model=schemas.SqlResult, dependencies=[Depends(require_admin)], tags=["analysts"])
+@router.post("/sql", response_model=schemas.SqlResult, dependencies=[Depends(require_sql)], tags=["analysts"])
 def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
     """One read-only SELECT over the catalog views (the same guard as `dermground sql`)."""
     from dermground.platform.catalog import SqlRejected, run_readonly_sql

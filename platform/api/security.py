@@ -1,4 +1,5 @@
 """API keys (`X-API-Key` header): the read key for search/predict/images, the admin key for /sql.
+The analyst key (DERMGROUND_API_ANALYST_KEY) opens /sql only: read-only SQL without admin rights.
 
 The admin key also opens the read endpoints. With no read key configured the read endpoints are
 open and `dermground serve` binds to loopback only; /sql always needs the admin key.
@@ -59,3 +60,16 @@ def require_admin(request: Request, given: str | None = Security(api_key_header)
                                    "(or use `dermground sql` on the server)")
     if not _matches(given, admin_key):
         raise _unauthorized(f"missing or wrong API key: /sql needs the admin key in the {API_KEY_HEADER} header")
+
+
+def require_sql(request: Request, given: str | None = Security(api_key_header)) -> None:
+    """Dependency for /sql: the admin key or the analyst key (closed when neither is configured)."""
+    settings: Settings = request.app.state.settings
+    admin_key, analyst_key = _secret(settings.api_admin_key), _secret(settings.api_analyst_key)
+    if admin_key is None and analyst_key is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail="the SQL endpoint is disabled: set DERMGROUND_API_ANALYST_KEY (read-only SQL) "
+                                   "or DERMGROUND_API_ADMIN_KEY to enable it (or use `dermground sql` on the server)")
+    if not (_matches(given, admin_key) or _matches(given, analyst_key)):
+        raise _unauthorized(f"missing or wrong API key: /sql needs the analyst or admin key in the "
+                            f"{API_KEY_HEADER} header")

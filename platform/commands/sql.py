@@ -1,4 +1,8 @@
-"""`dermground sql "SELECT ..."`: read-only SQL over the catalog (lesions, predictions, ledger, ...)."""
+"""`dermground sql "SELECT ..."`: read-only SQL over the catalog (lesions, predictions, ledger, ...).
+
+Without a query: an interactive shell (platform/sql_shell.py). `--out FILE` writes the whole
+result as Parquet, CSV or JSON lines; `--schema` prints the data dictionary.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import csv
 import io
 import json
 from datetime import date, datetime
+from pathlib import Path
 
 import click
 
@@ -28,40 +33,122 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
 
 
 @click.command("sql")
-@click.argument("query")
+@click.argument("query", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="Output format.")
-@click.option("--max-rows", type=click.IntRange(min=1), default=from_settings("sql_max_rows"),
-              help="Stop after this many rows [default: DERMGROUND_SQL_MAX_ROWS].")
+@click.option("--max-rows", type=click.IntRange(min=1), default=None,
+              help="Stop after this many rows [default: DERMGROUND_SQL_MAX_ROWS; with --out: all rows].")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.01), default=from_settings("sql_timeout_s"),
               help="Stop the query after this many seconds [default: DERMGROUND_SQL_TIMEOUT_S].")
-def sql(query: str, fmt: str, max_rows: int, timeout_s: float) -> None:
-    """Run one read-only SELECT over the catalog.
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it.")
+@click.option("--schema", "schema", is_flag=True,
+              help="Print every view and column with type, unit and meaning (the data dictionary) and exit.")
+def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out: Path | None, schema: bool) -> None:
+    """Run one read-only SELECT over the catalog; without QUERY, open an interactive shell.
 
-    Views: lesions, lesions_history, predictions, ingest_runs, ingest_runs_history,
-    ingest_partitions, quarantine, evaluations. Writes, ATTACH, COPY, INSTALL and files outside
-    the catalog folder are refused.
+    Views: lesions, predictions, prediction_errors, retrieval_hits, attributes_long, collections,
+    collection_versions, ingest_runs, ingest_partitions, quarantine, evaluations, attributes (and
+    lesions_history, ingest_runs_history); `--schema` describes every column. Writes, ATTACH,
+    COPY, INSTALL and files outside the catalog folder are refused.
 
-    Example: dermground sql "SELECT split, count(*) FROM lesions GROUP BY split"
+    \b
+    Examples:
+      dermground sql "SELECT split, count(*) FROM lesions GROUP BY split"
+      dermground sql "SELECT * FROM prediction_errors WHERE run_id = 'eval-predict-...'" --out errors.parquet
+      dermground sql                      # shell: statements end with ';', .help for commands
+      dermground sql < queries.sql        # run a file of statements
     """
     from dermground.platform.catalog import SqlRejected, run_readonly_sql
 
-    catalog_dir = current_settings().catalog_dir
+    settings = current_settings()
+    catalog_dir = settings.catalog_dir
+    if schema:
+        from dermground.platform.catalog_dictionary import dictionary, render_text
+
+        click.echo(render_text(dictionary()), nl=False)
+        return
+    if query is None:
+        if out is not None:
+            raise click.UsageError("--out needs a QUERY")
+        _shell(catalog_dir, fmt, max_rows or settings.sql_max_rows, timeout_s, settings.home)
+        return
+    if out is not None:
+        _write_out(catalog_dir, query, out, max_rows, timeout_s)
+        return
+    max_rows = max_rows or settings.sql_max_rows
     try:
         result = run_readonly_sql(catalog_dir, query, max_rows=max_rows, timeout_s=timeout_s)
     except SqlRejected as exc:
         raise click.ClickException(f"{exc}\nOnly one SELECT over the catalog views is allowed "
                                    "(see `dermground sql --help`).") from None
-    if fmt == "json":
-        records = [{c: _cell(v) for c, v in zip(result.columns, row, strict=True)} for row in result.rows]
-        click.echo(json.dumps(records, indent=2, default=str))
-    elif fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(result.columns)
-        writer.writerows([[_cell(v) for v in row] for row in result.rows])
-        click.echo(buffer.getvalue(), nl=False)
-    else:
-        click.echo(_table(result.columns, result.rows))
+    click.echo(_render(result.columns, result.rows, fmt), nl=fmt != "csv")
     if result.truncated:
         click.echo(f"(stopped at {max_rows} rows; raise --max-rows or add LIMIT/WHERE)", err=True)
+
+
+def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
+    if fmt == "json":
+        records = [{c: _cell(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+        return json.dumps(records, indent=2, default=str)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_cell(v) for v in row] for row in rows])
+        return buffer.getvalue()
+    return _table(columns, rows)
+
+
+def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, timeout_s: float) -> None:
+    from dermground.platform.analyst import OUT_FORMATS, query_arrow, write_table
+    from dermground.platform.catalog import SqlRejected
+
+    if out.suffix.lower() not in OUT_FORMATS:
+        raise click.BadParameter(f"{out}: use a .parquet, .csv or .json file name", param_hint="--out")
+    try:
+        table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=max_rows)
+    except SqlRejected as exc:
+        raise click.ClickException(f"{exc}\nOnly one SELECT over the catalog views is allowed "
+                                   "(see `dermground sql --help`).") from None
+    write_table(table, out)
+    click.echo(f"wrote {table.num_rows} rows x {table.num_columns} columns to {out}", err=True)
+
+
+def _shell(catalog_dir: Path, fmt: str, max_rows: int, timeout_s: float, home: Path) -> None:
+    import sys
+
+    from dermground.platform import sql_shell
+    from dermground.platform.catalog import SqlRejected, run_readonly_sql
+    from dermground.platform.catalog_dictionary import dictionary, render_text
+
+    def execute(statement: str) -> str:
+        try:
+            result = run_readonly_sql(catalog_dir, statement, max_rows=max_rows, timeout_s=timeout_s)
+        except SqlRejected as exc:
+            raise ValueError(str(exc)) from None
+        text = _render(result.columns, result.rows, fmt).rstrip("\n")
+        note = f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''}" + (
+            f", stopped at {max_rows}; add LIMIT/WHERE)" if result.truncated else ")")
+        return f"{text}\n{note}" if fmt == "table" else text
+
+    def schema(view: str | None) -> str:
+        views = dictionary()
+        chosen = [v for v in views if view is None or v.name == view]
+        if not chosen:
+            raise ValueError(f"no view {view!r}; .tables lists them")
+        return render_text(chosen).rstrip("\n")
+
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo(f"dermground sql over {catalog_dir} (read-only). Statements end with ';'. .help for commands.",
+                   err=True)
+        lines = sql_shell.terminal_lines(home / "sql_history")
+    else:
+        lines = iter(sys.stdin)
+    status = sql_shell.run(sql_shell.statements(lines), execute=execute,
+                           views=lambda: [v.name for v in dictionary()], schema=schema,
+                           echo=click.echo, error=lambda m: click.echo(f"error: {m}", err=True),
+                           stop_on_error=not interactive)
+    if status:
+        raise SystemExit(status)

@@ -1,0 +1,116 @@
+"""The analysts' DuckDB: a read-only, guarded connection with every catalog view.
+
+    con = connect(Path(".dermground/catalog"))
+    con.sql("SELECT attribute, avg(abs_error) FROM prediction_errors GROUP BY ALL").df()   # pandas
+    con.sql("SELECT * FROM collections").arrow()                                             # Arrow
+
+It is a plain duckdb.DuckDBPyConnection, so notebooks, `duckdb` itself and BI tools take it as
+is. The views live in a database opened read-only (they cannot be dropped or replaced, no table
+can be created in it; TEMP tables for one's own intermediate results are fine), only files under
+the catalog folder can be read, and the settings are frozen (platform/catalog.lock_down).
+A Python caller owns the machine's files anyway: the strict one-SELECT rule stays with
+`dermground sql` and POST /sql (run_readonly_sql), which also refuse COPY ... TO.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from dermground.platform.catalog import SqlRejected, _check_single_select, _create_views, lock_down
+
+
+def connect(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only DuckDB connection over the catalog at `catalog_dir`.
+
+    The views read the files that were live when it was made (a consistent snapshot): connect
+    again to see later writes. A compaction keeps the files it replaced for its grace period
+    (`--keep-minutes`), so a connection older than that must be remade.
+    """
+    catalog_dir = Path(catalog_dir).resolve()
+    with tempfile.TemporaryDirectory(prefix="dermground-views-") as scratch:
+        path = os.path.join(scratch, "views.duckdb")
+        builder = duckdb.connect(path)
+        try:
+            _create_views(builder, catalog_dir)
+        finally:
+            builder.close()
+        # The views are SQL text over Parquet globs: the file only carries them; once open
+        # read-only it can go (Linux keeps the open file).
+        con = duckdb.connect(path, read_only=True)
+    lock_down(con, catalog_dir)
+    return con
+
+
+def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int | None = None) -> pa.Table:
+    """One analyst SELECT as an Arrow table (the same guard as run_readonly_sql); for --out files.
+    Raises SqlRejected with the reason."""
+    con = connect(catalog_dir)
+    try:
+        _check_single_select(con, sql)
+        timer = threading.Timer(timeout_s, con.interrupt)
+        timer.start()
+        try:
+            relation = con.sql(sql)
+            if max_rows is not None:
+                relation = relation.limit(max_rows)
+            return relation.to_arrow_table()
+        except duckdb.InterruptException:
+            raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+        except duckdb.PermissionException as exc:
+            raise SqlRejected(f"the query tried to use a file outside the catalog folder: {exc}") from None
+        except duckdb.Error as exc:
+            if not timer.is_alive():
+                raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+            raise SqlRejected(f"query failed: {exc}") from None
+        finally:
+            timer.cancel()
+    finally:
+        con.close()
+
+
+OUT_FORMATS = (".parquet", ".csv", ".json")
+
+
+def write_table(table: pa.Table, path: Path) -> Path:
+    """Write a result by its file extension: .parquet, .csv or .json (one JSON object per line),
+    atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in OUT_FORMATS:
+        raise ValueError(f"--out {path}: unknown extension {suffix or '(none)'}; use one of {', '.join(OUT_FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        elif suffix == ".csv":
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(table, tmp)
+        else:
+            _write_json_lines(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_json_lines(table: pa.Table, path: Path) -> None:
+    import json
+    from datetime import date, datetime
+
+    def cell(value: object) -> object:
+        return value.isoformat() if isinstance(value, datetime | date) else value
+
+    with open(path, "w", encoding="utf-8") as out:
+        for batch in table.to_batches(max_chunksize=65_536):
+            for row in batch.to_pylist():
+                out.write(json.dumps({k: cell(v) for k, v in row.items()}, default=str) + "\n")

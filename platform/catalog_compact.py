@@ -1,0 +1,192 @@
+"""`dermground catalog compact`: merge a table's small Parquet files into one, safely while readers run.
+
+Ingest writes one lesions file and one ledger file per partition of 256 lesions: 400,000 lesions
+are ~1,600 files per table, and every query then opens them all. Compaction, per table:
+
+1. merges the live files smaller than `small_bytes` (rows unchanged, in file order) into
+   `_compacted/<stem>.parquet`, written under a temporary name, renamed into place, and read back
+   (its row count must equal the inputs'); for the tables whose view keeps the latest row per key
+   (lesions, ingest_runs) it merges every live file into `<stem>.current.parquet` (the latest rows)
+   and `<stem>.older.parquet` (the rest), so the view only deduplicates keys written since;
+2. swaps the table's manifest (one atomic rename): the merged file becomes live and the inputs
+   superseded (platform/catalog_files.py);
+3. deletes superseded files only after `keep_s` seconds (a query or connection that listed them
+   before the swap can still read them), on a later run.
+
+One compaction at a time per catalog (a lock file); writers are never blocked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dermground.platform.catalog import _LATEST_BY, _STAMP, TABLES, CatalogError
+from dermground.platform.catalog_files import COMPACTED_DIR, Manifest, file_identity, live_parts
+
+LOCK_FILE = ".compact.lock"
+SMALL_BYTES = 64 * 1024 * 1024  # files at least this large are already compact
+KEEP_S = 3600.0  # how long superseded files stay for readers that listed them before a swap
+
+
+@dataclass
+class TableCompaction:
+    table: str
+    files_merged: int = 0
+    files_written: int = 0
+    rows: int = 0
+    files_deleted: int = 0
+
+
+@dataclass
+class CompactSummary:
+    tables: list[TableCompaction] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        merged = [t for t in self.tables if t.files_merged]
+        parts = [f"{t.table}: {t.files_merged} files -> {t.files_written} ({t.rows} rows)" for t in merged]
+        deleted = sum(t.files_deleted for t in self.tables)
+        return ("; ".join(parts) or "nothing to merge") + f"; {deleted} superseded files deleted"
+
+
+class CompactionBusy(RuntimeError):
+    """Another compaction of the same catalog is running."""
+
+
+def compact(catalog_dir: Path, *, tables: list[str] | None = None, small_bytes: int = SMALL_BYTES,
+            keep_s: float = KEEP_S, min_files: int = 2) -> CompactSummary:
+    """Compact the catalog's tables (all by default); returns what was merged and deleted."""
+    catalog_dir = Path(catalog_dir)
+    names = tables or list(TABLES)
+    unknown = set(names) - set(TABLES)
+    if unknown:
+        raise CatalogError(f"unknown catalog table(s) {sorted(unknown)}; known: {', '.join(TABLES)}")
+    summary = CompactSummary()
+    if not catalog_dir.is_dir():
+        return summary
+    with open(catalog_dir / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CompactionBusy(f"another `dermground catalog compact` is running on {catalog_dir}; "
+                                 "wait for it to finish") from None
+        for table in names:
+            folder = catalog_dir / table
+            if folder.is_dir():
+                summary.tables.append(_compact_table(folder, table, small_bytes, keep_s, min_files))
+    return summary
+
+
+def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, min_files: int) -> TableCompaction:
+    result = TableCompaction(table)
+    result.files_deleted = _delete_expired(folder, keep_s)
+    parts = live_parts(folder)
+    latest_by = _LATEST_BY.get(table)
+    if latest_by:
+        # Every live file: the current file must hold the latest row of every key.
+        inputs = parts.all
+        if not inputs or (parts.current is not None and not parts.recent):
+            return result
+    else:
+        inputs = [p for p in parts.all if p.stat().st_size < small_bytes]
+        if len(inputs) < min_files:
+            return result
+    identities = {p: file_identity(p) for p in inputs}  # before reading: a rewrite after this stays live
+    schema = TABLES[table]
+    merged = pa.concat_tables([_conform(pq.read_table(p), schema, p) for p in inputs])
+    out_dir = folder / COMPACTED_DIR
+    out_dir.mkdir(exist_ok=True)
+    stem = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    if latest_by:
+        current, older = _split_latest(merged, latest_by, _STAMP[table])
+        written = [_write_verified(current, out_dir / f"{stem}.current.parquet", table)]
+        if older.num_rows:
+            written.append(_write_verified(older, out_dir / f"{stem}.older.parquet", table))
+    else:
+        written = [_write_verified(merged, out_dir / f"{stem}.parquet", table)]
+    now = time.time()
+    manifest = Manifest.read(folder)
+    merged_names = {p.relative_to(folder).as_posix() for p in inputs}
+    new_names = [p.relative_to(folder).as_posix() for p in written]
+    manifest.compacted = [c for c in manifest.compacted if c not in merged_names] + new_names
+    if latest_by:
+        manifest.current = new_names[0]
+    for path, identity in identities.items():
+        # [size, mtime_ns, superseded_at]: readers compare the first two, deletion reads the third
+        manifest.superseded[path.relative_to(folder).as_posix()] = [*identity, int(now)]
+    manifest.write(folder)  # the one atomic step that makes the merged files live
+    result.files_merged, result.files_written, result.rows = len(inputs), len(written), merged.num_rows
+    return result
+
+
+def _split_latest(merged: pa.Table, keys: tuple[str, ...], stamp: str) -> tuple[pa.Table, pa.Table]:
+    """(the latest row per key, every other row), by the same rule as the table's view."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("merged", merged.append_column("__row", pa.array(range(merged.num_rows), pa.int64())))
+        order = ", ".join(keys)
+        flags = con.sql(f"SELECT __row FROM merged QUALIFY row_number() OVER (PARTITION BY {order} "
+                        f"ORDER BY {stamp} DESC) = 1").to_arrow_table().column("__row")
+    finally:
+        con.close()
+    latest = pc.is_in(pa.array(range(merged.num_rows), pa.int64()), value_set=flags)
+    return merged.filter(latest), merged.filter(pc.invert(latest))
+
+
+def _write_verified(data: pa.Table, target: Path, table: str) -> Path:
+    """Write under a temporary name, fsync, rename into place, and check the row count read back."""
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp")
+    pq.write_table(data, tmp, row_group_size=1_000_000)
+    with open(tmp, "rb") as written:
+        os.fsync(written.fileno())
+    os.replace(tmp, target)
+    if pq.ParquetFile(target).metadata.num_rows != data.num_rows:  # verify before anything is superseded
+        target.unlink()
+        raise CatalogError(f"{table}: the compacted file did not read back with {data.num_rows} rows; "
+                           "nothing was changed")
+    return target
+
+
+def _conform(data: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
+    """A file's rows in the table's current schema (columns added since it was written are NULL)."""
+    columns = []
+    for f in schema:
+        if f.name in data.column_names:
+            try:
+                columns.append(data.column(f.name).cast(f.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise CatalogError(f"{path}: column {f.name} does not fit {f.type} ({exc}); nothing was changed") \
+                    from None
+        else:
+            columns.append(pa.nulls(data.num_rows, type=f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _delete_expired(folder: Path, keep_s: float) -> int:
+    """Delete files superseded more than keep_s ago: the file first, then its manifest entry."""
+    manifest = Manifest.read(folder)
+    now = time.time()
+    expired = [name for name, entry in manifest.superseded.items() if len(entry) > 2 and now - entry[2] >= keep_s]
+    deleted = 0
+    for name in expired:
+        path = folder / name
+        try:
+            if file_identity(path) == manifest.superseded[name][:2]:
+                path.unlink()
+                deleted += 1
+        except FileNotFoundError:
+            pass
+        del manifest.superseded[name]  # a file rewritten under this name since then is live and stays
+    if expired:
+        manifest.write(folder)
+    return deleted

@@ -1,0 +1,145 @@
+"""`dermground catalog compact`: same views after, readers unaffected, writers never blocked or lost."""
+
+from __future__ import annotations
+
+import fcntl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from dermground.platform.analyst import connect
+from dermground.platform.catalog import Catalog
+from dermground.platform.catalog_compact import LOCK_FILE, CompactionBusy, compact
+from dermground.platform.catalog_files import COMPACTED_DIR, Manifest, live_files, live_parts
+from dermground.platform.cli import cli
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SNAPSHOT = {
+    "lesions": "SELECT collection, isic_id, split, areaMM2 FROM lesions ORDER BY ALL",
+    "lesions_history": "SELECT isic_id, split, written_at FROM lesions_history ORDER BY ALL",
+    "ledger": "SELECT partition_id, n_points FROM ingest_partitions ORDER BY ALL",
+    "predictions": "SELECT isic_id, attribute, measured, predicted FROM prediction_errors ORDER BY ALL",
+    "collections": "SELECT collection, lesions, partitions FROM collections ORDER BY ALL",
+}
+
+
+def _ingest_like(cat: Catalog, partitions: int, start: int = 0) -> None:
+    for p in range(start, start + partitions):
+        rows = [{"isic_id": f"ISIC_{p:03d}{j}", "split": "train", "collection": "c1", "areaMM2": float(p + j),
+                 "written_at": T0 + timedelta(seconds=p)} for j in range(3)]
+        cat.append("lesions", rows, name=f"c1--p{p:04d}")
+        cat.append("ingest_partitions", [{"run_id": "r1", "collection": "c1", "partition_id": f"p{p:04d}",
+                                          "n_points": 3, "ids_hash": "h"}], name=f"c1--p{p:04d}")
+
+
+def _snapshot(catalog_dir: Path) -> dict[str, list[dict]]:
+    cat = Catalog(catalog_dir)
+    return {name: cat.query(sql) for name, sql in SNAPSHOT.items()}
+
+
+@pytest.fixture
+def cat(tmp_path: Path) -> Catalog:
+    cat = Catalog(tmp_path / "catalog")
+    _ingest_like(cat, 6)
+    cat.append("lesions", [{"isic_id": "ISIC_0000", "split": "test", "collection": "c1", "areaMM2": 1.5,
+                            "written_at": T0 + timedelta(days=1)}])  # a re-ingested lesion: the newer row wins
+    # A predictions file from before `measured` existed (no such column), and a current one.
+    old = pa.table({"run_id": ["e0"], "collection": ["c1"], "isic_id": ["ISIC_0000"], "attribute": ["areaMM2"],
+                    "value": [2.0], "written_at": pa.array([T0], type=pa.timestamp("us", tz="UTC"))})
+    (cat.dir / "predictions").mkdir()
+    pq.write_table(old, cat.dir / "predictions" / "old.parquet")
+    cat.append("predictions", [{"run_id": "e1", "collection": "c1", "isic_id": "ISIC_0001", "attribute": "areaMM2",
+                                "value": 3.0, "measured": 1.0}])
+    return cat
+
+
+def test_compaction_keeps_every_view_and_leaves_one_file_per_table(cat: Catalog) -> None:
+    before = _snapshot(cat.dir)
+    assert len(live_files(cat.dir / "lesions")) == 7
+    summary = compact(cat.dir)
+    assert {t.table: t.files_merged for t in summary.tables if t.files_merged} == \
+        {"lesions": 7, "ingest_partitions": 6, "predictions": 2}
+    assert _snapshot(cat.dir) == before
+    for table in ("ingest_partitions", "predictions"):
+        (only,) = live_files(cat.dir / table)
+        assert only.parent.name == COMPACTED_DIR
+    # lesions: the latest row per key in the current file, the re-ingested lesion's old row beside it
+    parts = live_parts(cat.dir / "lesions")
+    assert parts.current is not None and parts.recent == [] and len(parts.older) == 1
+    assert pq.read_metadata(parts.current).num_rows == 18 and pq.read_metadata(parts.older[0]).num_rows == 1
+    assert compact(cat.dir).tables[0].files_merged == 0  # nothing left to merge
+    assert before["predictions"][0]["measured"] is None  # the old file's missing column reads as NULL
+
+
+def test_readers_see_no_half_state_and_superseded_files_go_after_the_grace(cat: Catalog) -> None:
+    early = connect(cat.dir)  # lists the small files before the swap
+    expected = early.execute("SELECT count(*) FROM lesions_history").fetchone()
+    compact(cat.dir, keep_s=3600)
+    assert early.execute("SELECT count(*) FROM lesions_history").fetchone() == expected  # still readable
+    late = connect(cat.dir)
+    assert late.execute("SELECT count(*) FROM lesions_history").fetchone() == expected  # merged, not doubled
+    small = sorted((cat.dir / "lesions").glob("*.parquet"))
+    assert len(small) == 7, "superseded files stay for the grace period"
+    assert compact(cat.dir, keep_s=3600).tables[0].files_deleted == 0
+    deleted = {t.table: t.files_deleted for t in compact(cat.dir, keep_s=0).tables}
+    assert deleted["lesions"] == 7 and not list((cat.dir / "lesions").glob("*.parquet"))
+    assert Manifest.read(cat.dir / "lesions").superseded == {}
+    assert late.execute("SELECT count(*) FROM lesions_history").fetchone() == expected
+    assert connect(cat.dir).execute("SELECT count(*) FROM lesions_history").fetchone() == expected
+
+
+def test_writes_after_a_compaction_stay_live_even_under_a_superseded_name(cat: Catalog) -> None:
+    compact(cat.dir)
+    _ingest_like(cat, 2, start=6)  # new partitions
+    # An idempotent retry rewrites a partition file that the compaction superseded: the new file counts.
+    cat.append("ingest_partitions", [{"run_id": "r2", "collection": "c1", "partition_id": "p0000", "n_points": 4,
+                                      "ids_hash": "h2"}], name="c1--p0000")
+    rows = cat.query("SELECT partition_id, max(n_points) AS n, count(*) AS copies FROM ingest_partitions "
+                     "GROUP BY 1 ORDER BY 1")
+    assert [r["partition_id"] for r in rows] == [f"p{p:04d}" for p in range(8)]
+    assert rows[0] == {"partition_id": "p0000", "n": 4, "copies": 2}
+    assert cat.query("SELECT count(*) AS n FROM lesions") == [{"n": 24}]
+    compact(cat.dir)
+    assert cat.query("SELECT count(*) AS n FROM ingest_partitions") == [{"n": 9}]
+    assert len(live_files(cat.dir / "ingest_partitions")) == 1
+
+
+def test_a_merged_file_not_in_the_manifest_is_invisible(cat: Catalog) -> None:
+    # What a reader sees between the merged file's rename and the manifest swap.
+    stray = cat.dir / "lesions" / COMPACTED_DIR
+    stray.mkdir()
+    pq.write_table(pq.read_table(next((cat.dir / "lesions").glob("*.parquet"))), stray / "pending.parquet")
+    assert cat.query("SELECT count(*) AS n FROM lesions_history") == [{"n": 19}]
+
+
+def test_one_compaction_at_a_time_and_the_cli(cat: Catalog) -> None:
+    with open(cat.dir / LOCK_FILE, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CompactionBusy, match="another `dermground catalog compact` is running"):
+            compact(cat.dir)
+    result = CliRunner().invoke(cli, ["--home", str(cat.dir.parent), "catalog", "compact", "--table", "lesions"])
+    assert result.exit_code == 0, result.output
+    assert "lesions: 7 files -> 2 (19 rows)" in result.output  # the current file and the older rows and "ingest_partitions" not in result.output
+    bad = CliRunner().invoke(cli, ["--home", str(cat.dir.parent), "catalog", "compact", "--table", "nope"])
+    assert bad.exit_code == 1 and "unknown catalog table(s) ['nope']" in bad.output
+
+
+def test_latest_rows_after_a_compaction_follow_the_timestamps_of_later_writes(cat: Catalog) -> None:
+    compact(cat.dir)
+    cat.append("lesions", [
+        {"isic_id": "ISIC_0010", "split": "test", "collection": "c1", "written_at": T0 + timedelta(days=2)},  # newer
+        {"isic_id": "ISIC_0020", "split": "test", "collection": "c1", "written_at": T0 - timedelta(days=1)},  # older
+        {"isic_id": "ISIC_9990", "split": "val", "collection": "c1", "written_at": T0},  # a new lesion
+    ])
+    rows = {r["isic_id"]: r["split"] for r in cat.query("SELECT isic_id, split FROM lesions")}
+    assert len(rows) == 19 and rows["ISIC_0010"] == "test" and rows["ISIC_0020"] == "train"
+    assert rows["ISIC_0000"] == "test" and rows["ISIC_9990"] == "val"
+    before = _snapshot(cat.dir)
+    assert compact(cat.dir).tables[0].files_merged == 3  # current, older and the new file
+    assert _snapshot(cat.dir) == before
+    parts = live_parts(cat.dir / "lesions")
+    assert pq.read_metadata(parts.current).num_rows == 19 and pq.read_metadata(parts.older[0]).num_rows == 3
