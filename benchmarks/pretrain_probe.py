@@ -19,7 +19,7 @@ def main() -> None:
     from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.predict import answer_questions
-    from dermground.train.evaluate import r2_score
+    from dermground.eval.predictions import r2_score
     from dermground.train.pretrain import STATISTICS, image_statistics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

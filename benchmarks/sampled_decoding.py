@@ -27,7 +27,7 @@ def main() -> None:
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.model.views import MAX_VIEWS, dihedral_view
     from dermground.platform.predict import answer_questions, sample_answers, summarise_samples
-    from dermground.train.evaluate import r2_score
+    from dermground.eval.predictions import r2_score
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)

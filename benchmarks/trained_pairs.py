@@ -23,7 +23,7 @@ def main() -> None:
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.predict import predict_attributes
     from dermground.train.dataset import sample_attributes
-    from dermground.train.evaluate import r2_score
+    from dermground.eval.predictions import r2_score
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from dermground.train.baseline_embedding import baseline_embedding, baseline_embeddings
+from dermground.eval.baseline_embedding import baseline_embedding, baseline_embeddings
 
 
 def _image(rgb: tuple[int, int, int], spot: tuple[int, int, int], radius: int) -> Image.Image:

@@ -10,7 +10,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TOP_LEVEL = {"platform": "dermground.platform", "ingest": "dermground.ingest", "train": "dermground.train"}
+TOP_LEVEL = {"platform": "dermground.platform", "ingest": "dermground.ingest", "train": "dermground.train",
+             "eval": "dermground.eval"}
 
 
 def _declared_packages() -> set[str]:

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from dermground.platform.cli import cli
 from dermground.platform.commands import context
 from dermground.platform.settings import load_settings
-from dermground.train.retrieval_eval import FIGURE_FILE, RESULT_FILE, TABLE_FILE, evaluate_retrieval
-from dermground.train.retrieval_metrics import box_stats, percentile_ranks
+from dermground.eval.retrieval import FIGURE_FILE, RESULT_FILE, TABLE_FILE, evaluate_retrieval
+from dermground.eval.retrieval_metrics import box_stats, percentile_ranks
 
 
 @pytest.fixture()

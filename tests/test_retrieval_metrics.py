@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dermground.train.retrieval_metrics import box_stats, percentile_ranks
+from dermground.eval.retrieval_metrics import box_stats, percentile_ranks
 
 
 def _reference(query: float, hit: float, train: np.ndarray) -> float:
@@ -41,7 +41,7 @@ def test_random_hits_score_about_fifty() -> None:
 
 
 def test_blocking_gives_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dermground.train.retrieval_metrics as metrics
+    import dermground.eval.retrieval_metrics as metrics
 
     rng = np.random.default_rng(2)
     train, queries = rng.normal(size=500), rng.normal(size=40)

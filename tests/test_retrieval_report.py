@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermground.train.retrieval_report import medians_table, plot_boxplots, summarize, write_summary
+from dermground.eval.retrieval_report import medians_table, plot_boxplots, summarize, write_summary
 
 
 def _ranks() -> dict[str, dict[str, np.ndarray]]:

@@ -224,7 +224,7 @@ def test_image_statistics_follow_the_pixels():
 
 
 def test_r2_chart_marks_cut_bars(tmp_path):
-    from dermground.train.evaluate import AttributeScore, plot_r2
+    from dermground.eval.predictions import AttributeScore, plot_r2
 
     def red_pixels(r2_values: list[float]) -> int:
         scores = {name: AttributeScore(r2=v, parse_rate=1.0, n=10) for name, v in zip(ATTRIBUTE_NAMES, r2_values)}

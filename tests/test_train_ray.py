@@ -137,7 +137,7 @@ def test_eval_predict_cli_writes_json_figure_and_catalog(trained, small_data, ti
     # prediction_errors carries what the run scored against: R² from the view equals the report's.
     import numpy as np
 
-    from dermground.train.evaluate import r2_score
+    from dermground.eval.predictions import r2_score
 
     truth = {r.isic_id: r.attributes for r in read_records(small_data, split="test") if isinstance(r, LesionRecord)}
     errors = catalog.connect().execute(

@@ -1,1 +1,1 @@
-"""Training: D_tr sampling, the collator, LoRA through Ray Train, and evaluation."""
+"""Training: D_tr sampling, the collator, LoRA and pre-training through Ray Train."""

@@ -47,7 +47,7 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
     import statistics
 
     from dermground.platform.model.loading import BackboneError
-    from dermground.train.evaluate import FIGURE_FILE, PREDICTION_FILE, evaluate_predictions
+    from dermground.eval.predictions import FIGURE_FILE, PREDICTION_FILE, evaluate_predictions
 
     settings = current_settings()
     try:
@@ -93,7 +93,7 @@ def retrieval(collection: str | None, untuned_collection: str | None, out_dir: P
     """Figure 4: percentile of |Δattribute|² of the top-k among all train images, per method."""
     from dermground.platform.search import SearchError
     from dermground.platform.store import StoreError
-    from dermground.train.retrieval_eval import FIGURE_FILE, METHODS, RESULT_FILE, TABLE_FILE, evaluate_retrieval
+    from dermground.eval.retrieval import FIGURE_FILE, METHODS, RESULT_FILE, TABLE_FILE, evaluate_retrieval
 
     settings = current_settings()
     chosen = [m.strip() for m in methods.split(",")] if methods else [

@@ -2,10 +2,10 @@
 
 For each test-split query and method, the top-k from the train split; each hit scores the
 percentile rank of its squared attribute difference to the query among the differences to all
-train images (train/retrieval_metrics.py). Methods:
+train images (eval/retrieval_metrics.py). Methods:
   image_text (a), hierarchical (b), image (c) on the tuned collection; image_untuned (d) on a
   collection ingested with the base model alone; baseline (e) a non-learned LAB histogram +
-  thumbnail embedding (train/baseline_embedding.py); random, the floor (≈ 50).
+  thumbnail embedding (eval/baseline_embedding.py); random, the floor (≈ 50).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dermground.eval.retrieval_metrics import percentile_ranks
+from dermground.eval.retrieval_report import medians_table, plot_boxplots, summarize, write_summary
 from dermground.platform.attributes import ATTRIBUTE_NAMES, resolve_attributes
 from dermground.platform.search import SearchMode, SearchRequest, search
 from dermground.platform.settings import Settings
 from dermground.platform.store import SearchFilter, VectorStore, open_store
-from dermground.train.retrieval_metrics import percentile_ranks
-from dermground.train.retrieval_report import medians_table, plot_boxplots, summarize, write_summary
 
 METHODS = ("image_text", "hierarchical", "image", "image_untuned", "baseline", "random")
 RESULT_FILE, FIGURE_FILE, TABLE_FILE = "retrieval.json", "retrieval_boxplots.png", "retrieval_medians.md"
@@ -82,7 +82,7 @@ def _baseline_hits(population: _Population, k: int, progress: bool) -> list[list
     from dermground.platform.progress import progress_bar
 
     from dermground.ingest.reader import decode_image, load_image_bytes
-    from dermground.train.baseline_embedding import baseline_embedding
+    from dermground.eval.baseline_embedding import baseline_embedding
 
     def embed(ids: list[str], label: str) -> np.ndarray:
         return np.stack([baseline_embedding(decode_image(load_image_bytes(population.image_refs[i])))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
-from dermground.train.retrieval_metrics import box_stats
+from dermground.eval.retrieval_metrics import box_stats
 
 # Ranks per method, per attribute: arrays of shape (queries, k) of percentile ranks.
 Ranks = Mapping[str, Mapping[str, np.ndarray]]
