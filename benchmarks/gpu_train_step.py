@@ -60,7 +60,7 @@ class Run:
     @classmethod
     def parse(cls, text: str) -> Run:
         shape, size, batch, precision = text.split(":")
-        from dermground.train.ray_train import PRECISIONS
+        from dermground.train.config import PRECISIONS
 
         if shape not in (*REAL_SHAPES, *PRESET_SHAPES) or precision not in PRECISIONS:
             raise SystemExit(f"bad run {text!r}: SHAPE:PX:BATCH:PRECISION with SHAPE in 2b, 7b, tiny, small "
@@ -116,12 +116,13 @@ def build_model(shape: str, precision: str, device, max_layers: int | None,  # n
                 checkpointing: bool = False):
     """The model on `device`, prepared as a training worker prepares it, and the tokenizer its batches use."""
     from dermground.platform.model.tiny import PRESETS, build_config, build_tokenizer
+    from dermground.train.config import TrainConfig
     from dermground.train.loop import prepare_for_training, training_dtype
 
     tokenizer = build_tokenizer(0)
     config = real_config(shape, tokenizer, max_layers) if shape in REAL_SHAPES else build_config(PRESETS[shape], tokenizer)
     lora = PAPER_LORA if shape in REAL_SHAPES else DEMO_LORA
-    run_config = {"mode": "lora", "precision": precision, "gradient_checkpointing": checkpointing, **lora}
+    run_config = TrainConfig(precision=precision, gradient_checkpointing=checkpointing, **lora)
     model = construct(config, training_dtype(run_config), device)
     total = sum(p.numel() for p in model.parameters())
     return prepare_for_training(model, run_config), tokenizer, total

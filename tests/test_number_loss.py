@@ -76,13 +76,15 @@ def test_training_with_the_number_loss(ray_session, tiny_model_dir, tmp_path_fac
 
     data = tmp_path_factory.mktemp("ntl") / "data"
     generate_dataset(data, patients=6, images=12, seed=3, size=64, progress=False, workers=1)
-    kwargs = dict(batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, progress=False, cpus_per_worker=2,
-                  dropout=0.0)
-    plain = train_adapter(data, tiny_model_dir, tmp_path / "plain", **kwargs)
-    with_ntl = train_adapter(data, tiny_model_dir, tmp_path / "ntl", number_loss=0.3, **kwargs)
+    from dermground.train.config import TrainConfig
+
+    hyper = dict(batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, dropout=0.0)
+    run = dict(progress=False, cpus_per_worker=2)
+    plain = train_adapter(data, tiny_model_dir, tmp_path / "plain", TrainConfig(**hyper), **run)
+    with_ntl = train_adapter(data, tiny_model_dir, tmp_path / "ntl", TrainConfig(number_loss=0.3, **hyper), **run)
     # the same first batch: the logged objective is the cross-entropy plus 0.3 x a positive distance
     assert with_ntl.loss_curve[0][1] > plain.loss_curve[0][1]
     meta = json.loads((tmp_path / "ntl" / "dermground_adapter.json").read_text())
     assert meta["hyperparameters"]["number_loss"] == 0.3
-    with pytest.raises(ValueError, match="number_loss"):
-        train_adapter(data, tiny_model_dir, tmp_path / "never", number_loss=-1.0, **kwargs)
+    with pytest.raises(ValueError, match="--number-loss"):
+        TrainConfig(number_loss=-1.0, **hyper)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from dermground.ingest.measure import srgb_to_lab
+from dermground.train.config import PretrainConfig
 from dermground.train.tower_pretrain import STATISTIC_NAMES, TOKEN_PIXELS, TOWER_METADATA_FILE, region_statistics
 
 
@@ -77,7 +78,8 @@ def test_tower_pretraining_trains_the_tower_only_and_writes_a_loadable_model(sma
     from dermground.train.tower_pretrain import pretrain_tower
 
     out = tmp_path / "tower"
-    meta = pretrain_tower(small_data, tiny_model_dir, out, steps=40, batch_size=8, lr=3e-3, seed=1, progress=False)
+    meta = pretrain_tower(small_data, tiny_model_dir, out, PretrainConfig(tower_steps=40, batch_size=8, lr=3e-3, seed=1),
+                          progress=False)
     curve = [loss for _, loss in meta["loss_curve"]]
     assert curve[-1] < 0.7 * curve[0]  # standardised targets: 1.0 would be predicting the mean
     assert json.loads((out / TOWER_METADATA_FILE).read_text())["fingerprint"] == meta["fingerprint"]
@@ -90,9 +92,9 @@ def test_tower_pretraining_trains_the_tower_only_and_writes_a_loadable_model(sma
     backbone = load_backbone(out, device="cpu", dtype="float32")
     assert backbone.fingerprint == meta["fingerprint"]
     with pytest.raises(ValueError, match="must differ"):
-        pretrain_tower(small_data, out, out, steps=1, progress=False)
-    with pytest.raises(ValueError, match="steps"):
-        pretrain_tower(small_data, tiny_model_dir, tmp_path / "none", steps=0, progress=False)
+        pretrain_tower(small_data, out, out, PretrainConfig(tower_steps=1), progress=False)
+    with pytest.raises(ValueError, match="--tower-steps"):
+        pretrain_tower(small_data, tiny_model_dir, tmp_path / "none", PretrainConfig(tower_steps=0), progress=False)
 
 
 def test_pretrain_runs_the_tower_stage_first_and_reuses_it_on_a_rerun(ray_session, small_data, tiny_model_dir,
@@ -100,8 +102,8 @@ def test_pretrain_runs_the_tower_stage_first_and_reuses_it_on_a_rerun(ray_sessio
     from dermground.train.pretrain import pretrain_base
 
     out = tmp_path / "pretrained"
-    kwargs = dict(batch_size=4, progress=False, cpus_per_worker=2, tower_steps=6)
-    meta = pretrain_base(small_data, tiny_model_dir, out, max_steps=2, **kwargs)
+    run = dict(progress=False, cpus_per_worker=2)
+    meta = pretrain_base(small_data, tiny_model_dir, out, PretrainConfig(batch_size=4, tower_steps=6, max_steps=2), **run)
     assert meta["tower"]["hyperparameters"]["steps"] == 6 and meta["hyperparameters"]["tower_steps"] == 6
     marker = out.parent / ".pretrained.pretrain" / "tower" / TOWER_METADATA_FILE
     from safetensors.torch import load_file
@@ -111,10 +113,9 @@ def test_pretrain_runs_the_tower_stage_first_and_reuses_it_on_a_rerun(ray_sessio
     assert vision and all(torch.equal(tower[k], final[k]) for k in vision)  # the question stage leaves the tower
     assert any(not torch.equal(tower[k], final[k]) for k in tower if k not in vision)  # and trains the rest
     written = marker.stat().st_mtime_ns
-    again = pretrain_base(small_data, tiny_model_dir, out, max_steps=3, **kwargs)
+    again = pretrain_base(small_data, tiny_model_dir, out, PretrainConfig(batch_size=4, tower_steps=6, max_steps=3), **run)
     assert marker.stat().st_mtime_ns == written  # the finished tower stage is reused, not redone
     assert again["tower"]["fingerprint"] == meta["tower"]["fingerprint"]
     assert again["steps"] == 3
-    plain = pretrain_base(small_data, tiny_model_dir, tmp_path / "plain", max_steps=2, batch_size=4,
-                          progress=False, cpus_per_worker=2)
+    plain = pretrain_base(small_data, tiny_model_dir, tmp_path / "plain", PretrainConfig(max_steps=2, batch_size=4), **run)
     assert plain["tower"] is None and "tower_steps" not in plain["hyperparameters"]

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
+from dermground.train.config import PretrainConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,12 @@ def trained(ray_session, small_data, tiny_model_dir, tmp_path_factory):
     from dermground.train.ray_train import train_adapter
 
     out = tmp_path_factory.mktemp("adapter") / "adapter"
-    kwargs = dict(batch_size=4, lr=5e-3, checkpoint_every=1, seed=0, progress=False, cpus_per_worker=2)
-    first = train_adapter(small_data, tiny_model_dir, out, max_steps=2, **kwargs)
-    second = train_adapter(small_data, tiny_model_dir, out, max_steps=4, cache_mb=0, **kwargs)
+    run = dict(progress=False, cpus_per_worker=2)
+    config = TrainConfig(batch_size=4, lr=5e-3, checkpoint_every=1, seed=0, max_steps=2)
+    first = train_adapter(small_data, tiny_model_dir, out, config, **run)
+    # A longer run of the same configuration, with another (speed-only) cache size: the same run, resumed.
+    longer = TrainConfig(batch_size=4, lr=5e-3, checkpoint_every=1, seed=0, max_steps=4)
+    second = train_adapter(small_data, tiny_model_dir, out, longer, cache_mb=0, **run)
     return out, first, second
 
 
@@ -85,7 +89,8 @@ def test_pretraining_writes_a_loadable_base_model(ray_session, small_data, tiny_
     from dermground.train.pretrain import PRETRAIN_METADATA_FILE, pretrain_base
 
     out = tmp_path / "pretrained"
-    meta = pretrain_base(small_data, tiny_model_dir, out, max_steps=2, batch_size=4, progress=False, cpus_per_worker=2)
+    meta = pretrain_base(small_data, tiny_model_dir, out, PretrainConfig(max_steps=2, batch_size=4), progress=False,
+                         cpus_per_worker=2)
     assert meta["steps"] == 2 and (out / PRETRAIN_METADATA_FILE).is_file()
     backbone = load_backbone(out, device="cpu", dtype="float32")
     assert backbone.fingerprint != load_backbone(tiny_model_dir, device="cpu", dtype="float32").fingerprint
@@ -95,7 +100,7 @@ def test_pretraining_writes_a_loadable_base_model(ray_session, small_data, tiny_
     assert set(old) == set(new)
     assert any(not torch.equal(old[k], new[k]) for k in old if "visual.blocks" in k)  # full-parameter: vision too
     with pytest.raises(ValueError, match="must differ"):
-        pretrain_base(small_data, tiny_model_dir, tiny_model_dir, max_steps=1, progress=False)
+        pretrain_base(small_data, tiny_model_dir, tiny_model_dir, PretrainConfig(max_steps=1), progress=False)
 
 
 def test_eval_predict_cli_writes_json_figure_and_catalog(trained, small_data, tiny_model_dir, tmp_path):
@@ -182,8 +187,8 @@ def test_two_workers_train_with_ddp(ray_session, small_data, tiny_model_dir, tmp
     from dermground.train.ray_train import train_adapter
 
     out = tmp_path / "adapter_ddp"
-    result = train_adapter(small_data, tiny_model_dir, out, workers=2, cpus_per_worker=1, batch_size=4,
-                           lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, progress=False, augment_views=8)
+    config = TrainConfig(workers=2, batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, augment_views=8)
+    result = train_adapter(small_data, tiny_model_dir, out, config, cpus_per_worker=1, progress=False)
     assert result.steps == 2
     assert (out / "adapter_model.safetensors").is_file()
     meta = json.loads((out / "dermground_adapter.json").read_text())
@@ -194,8 +199,8 @@ def test_view_augmentation_outside_the_dihedral_group_is_refused(small_data, tin
     from dermground.train.ray_train import train_adapter
 
     for bad in (0, 9):
-        with pytest.raises(ValueError, match="augment_views"):
-            train_adapter(small_data, tiny_model_dir, tmp_path / "never", augment_views=bad, progress=False)
+        with pytest.raises(ValueError, match="--augment-views"):
+            train_adapter(small_data, tiny_model_dir, tmp_path / "never", TrainConfig(augment_views=bad), progress=False)
     assert not (tmp_path / "never").exists()
 
 
@@ -210,8 +215,9 @@ def test_bf16_training_keeps_the_trained_weights_float32(ray_session, small_data
     from dermground.train.ray_train import train_adapter
 
     out = tmp_path / "adapter_bf16"
-    result = train_adapter(small_data, tiny_model_dir, out, batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0,
-                           seed=0, progress=False, cpus_per_worker=2, modules_to_save=["lm_head"], precision="bf16")
+    config = TrainConfig(batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, modules_to_save=("lm_head",),
+                         precision="bf16")
+    result = train_adapter(small_data, tiny_model_dir, out, config, progress=False, cpus_per_worker=2)
     assert result.steps == 2 and all(torch.isfinite(torch.tensor(loss)) for _, loss in result.loss_curve)
     meta = json.loads((out / "dermground_adapter.json").read_text())
     assert meta["hyperparameters"]["precision"] == "bf16"
@@ -225,10 +231,11 @@ def test_gradient_checkpointing_trains_the_same_adapter(ray_session, small_data,
     """Recomputing activations in backward changes memory and time, not the weights."""
     from dermground.train.ray_train import train_adapter
 
-    kwargs = dict(batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, progress=False, cpus_per_worker=2,
-                  dropout=0.0)
-    train_adapter(small_data, tiny_model_dir, tmp_path / "plain", **kwargs)
-    train_adapter(small_data, tiny_model_dir, tmp_path / "recomputed", gradient_checkpointing=True, **kwargs)
+    hyper = dict(batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, dropout=0.0)
+    run = dict(progress=False, cpus_per_worker=2)
+    train_adapter(small_data, tiny_model_dir, tmp_path / "plain", TrainConfig(**hyper), **run)
+    train_adapter(small_data, tiny_model_dir, tmp_path / "recomputed", TrainConfig(gradient_checkpointing=True, **hyper),
+                  **run)
     plain, recomputed = _adapter_weights(tmp_path / "plain"), _adapter_weights(tmp_path / "recomputed")
     assert plain.keys() == recomputed.keys()
     assert any(w.abs().max() > 0 for name, w in plain.items() if "lora_B" in name)
@@ -240,8 +247,8 @@ def test_gradient_checkpointing_trains_the_same_adapter(ray_session, small_data,
 def test_unknown_precision_is_refused(small_data, tiny_model_dir, tmp_path):
     from dermground.train.ray_train import train_adapter
 
-    with pytest.raises(ValueError, match="precision"):
-        train_adapter(small_data, tiny_model_dir, tmp_path / "never", precision="fp16", progress=False)
+    with pytest.raises(ValueError, match="--precision"):
+        train_adapter(small_data, tiny_model_dir, tmp_path / "never", TrainConfig(precision="fp16"), progress=False)
     assert not (tmp_path / "never").exists()
 
 
@@ -249,13 +256,13 @@ def test_worker_model_with_bf16_and_checkpointing(tiny_model_dir):
     """What a worker builds: bfloat16 frozen base, float32 trained weights, recomputation in every block."""
     from dermground.train.loop import _build_model
 
-    model, _ = _build_model({"base_dir": str(tiny_model_dir), "mode": "lora", "rank": 8, "alpha": 16, "dropout": 0.0,
-                             "modules_to_save": ["lm_head"], "precision": "bf16", "gradient_checkpointing": True})
+    config = TrainConfig(dropout=0.0, modules_to_save=("lm_head",), precision="bf16", gradient_checkpointing=True)
+    model, _ = _build_model(config, tiny_model_dir)
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     recomputed = {name for name, module in model.get_base_model().named_modules()
                   if getattr(module, "gradient_checkpointing", False)}
     assert {"model.visual.blocks.0", "model.language_model.layers.0"} <= recomputed
-    plain, _ = _build_model({"base_dir": str(tiny_model_dir), "mode": "lora", "rank": 8, "alpha": 16, "dropout": 0.0})
+    plain, _ = _build_model(TrainConfig(dropout=0.0), tiny_model_dir)
     assert {p.dtype for p in plain.parameters()} == {torch.float32}
     assert not any(getattr(m, "gradient_checkpointing", False) for m in plain.modules())

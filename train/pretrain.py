@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dermground.train.config import PretrainConfig
+
 PRETRAIN_METADATA_FILE = "dermground_pretrain.json"
 
 
@@ -120,15 +122,12 @@ def build_pretraining_rows(data_dir: str | Path, questions_per_image: int = len(
     return tuples_to_rows(tuples)
 
 
-def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Path, *, epochs: int = 1,
-                  batch_size: int = 16, lr: float = 1e-3, warmup_steps: int = 50, questions_per_image: int = 10,
-                  seed: int = 0, max_steps: int | None = None, max_images: int | None = None,
-                  checkpoint_every: int = 200, workers: int = 1, cpus_per_worker: int | None = None,
-                  use_gpu: bool = False, ray_address: str | None = None, progress: bool = True,
-                  tower_steps: int = 0) -> dict:
+def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Path, config: PretrainConfig | None = None,
+                  *, cpus_per_worker: int | None = None, ray_address: str | None = None,
+                  progress: bool = True) -> dict:
     """Full-parameter training of `base_dir` on image-statistics questions; writes a new base model to `out_dir`.
 
-    tower_steps > 0 first trains the vision tower alone on local image statistics
+    config.tower_steps > 0 first trains the vision tower alone on local image statistics
     (`train.tower_pretrain`) and starts the question training from that model.
     """
     from dermground.platform.model.fingerprint import fingerprint
@@ -136,33 +135,26 @@ def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
     from dermground.train.dataset import data_fingerprint, rows_to_tuples
     from dermground.train.ray_train import CHECKPOINT_FOLDER, fit
 
+    config = config or PretrainConfig()
     base = check_model_dir(base_dir)
     out = Path(out_dir)
     if out.resolve() == base.resolve():
         raise ValueError("--out must differ from --base: pre-training writes a new model folder")
-    if tower_steps < 0:
-        raise ValueError("tower_steps must be 0 (skip) or more")
-    rows = build_pretraining_rows(data_dir, questions_per_image, seed, max_images)
-    hyper = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "seed": seed,
-             "max_steps": max_steps, "checkpoint_every": checkpoint_every, "weight_decay": 0.0}
-    if tower_steps:  # only when used, so runs named before the tower stage existed keep their names (and resume)
-        # The question stage then leaves the tower as the tower stage left it: training every weight on
-        # the questions was measured to erase most of what the tower had learned (docs/EVALUATION.md).
-        hyper["tower_steps"], hyper["freeze_vision"] = tower_steps, True
+    rows = build_pretraining_rows(data_dir, config.questions_per_image, config.seed, config.max_images)
     started = time.perf_counter()
     work = out.parent / f".{out.name}.pretrain"
-    tower = _tower_stage(data_dir, base, work / "tower", tower_steps, batch_size, lr, seed, max_images, progress)
+    tower = _tower_stage(data_dir, base, work / "tower", config, progress)
     start_from = base if tower is None else work / "tower"
-    state, final = fit(rows, start_from, work / CHECKPOINT_FOLDER, hyper, mode="full", workers=workers, use_gpu=use_gpu,
-                       cpus_per_worker=cpus_per_worker, ray_address=ray_address, progress=progress, desc="pretrain")
+    state, final = fit(rows, start_from, work / CHECKPOINT_FOLDER, config, cpus_per_worker=cpus_per_worker,
+                       ray_address=ray_address, progress=progress, desc="pretrain")
     out.mkdir(parents=True, exist_ok=True)
     for item in final.iterdir():
         shutil.copy2(item, out / item.name)
     shutil.rmtree(final)
     metadata = {
         "what": "generic image-statistics pre-training of the tiny model (not the 16 attributes)",
-        "questions": {s.key: s.question for s in STATISTICS}, "hyperparameters": hyper,
-        "questions_per_image": questions_per_image, "n_tuples": len(rows),
+        "questions": {s.key: s.question for s in STATISTICS}, "hyperparameters": config.hyperparameters(),
+        "questions_per_image": config.questions_per_image, "n_tuples": len(rows),
         "data_fingerprint": data_fingerprint(rows_to_tuples(rows)), "from_base": str(base.resolve()),
         "from_fingerprint": fingerprint(base), "fingerprint": fingerprint(out), "steps": int(state["step"]),
         "loss_curve": state["loss_curve"], "seconds": round(time.perf_counter() - started, 2),
@@ -172,16 +164,16 @@ def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
     return metadata
 
 
-def _tower_stage(data_dir: str | Path, base: Path, tower_dir: Path, steps: int, batch_size: int, lr: float,
-                 seed: int, max_images: int | None, progress: bool) -> dict | None:
+def _tower_stage(data_dir: str | Path, base: Path, tower_dir: Path, config: PretrainConfig,
+                 progress: bool) -> dict | None:
     """Run (or, after an interruption, reuse) the vision-tower stage; its metadata, or None when skipped."""
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.train.tower_pretrain import STATISTIC_NAMES, TOWER_METADATA_FILE, pretrain_tower
 
-    if steps == 0:
+    if config.tower_steps == 0:
         return None
     marker = tower_dir / TOWER_METADATA_FILE
-    wanted = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "max_images": max_images}
+    wanted = config.tower_hyperparameters()
     if marker.is_file():  # written last, so its presence means the stage finished
         done = json.loads(marker.read_text())
         # A tower trained on another set of statistics (an older version of the stage) is not reused.
@@ -190,5 +182,4 @@ def _tower_stage(data_dir: str | Path, base: Path, tower_dir: Path, steps: int, 
         if same and done["from_fingerprint"] == fingerprint(base) and done["fingerprint"] == fingerprint(tower_dir):
             return done
         shutil.rmtree(tower_dir)
-    return pretrain_tower(data_dir, base, tower_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                          max_images=max_images, progress=progress)
+    return pretrain_tower(data_dir, base, tower_dir, config, progress=progress)

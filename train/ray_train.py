@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dermground.platform.model.prompts import PROMPT_VERSION
-from dermground.platform.settings import MAX_VIEWS
+from dermground.train.config import PretrainConfig, TrainConfig, WorkerJob
 
 METADATA_FILE = "dermground_adapter.json"
 CHECKPOINT_FOLDER = "checkpoints"  # inside the output folder: Ray Train's storage for this run
-# fp32: float32 throughout (the default; fastest on CPUs). bf16: bfloat16 autocast, LoRA's frozen base
-# stored in bfloat16 (1.5-3.3x faster steps on an H100 at Qwen2-VL-2B shapes, docs/BENCHMARKS.md).
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -54,7 +49,14 @@ def run_name(identity: dict) -> str:
     return "run-" + hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def fit(rows: list[dict], base_dir: Path, storage: Path, hyper: dict, *, mode: str, workers: int, use_gpu: bool,
+def run_identity(config: TrainConfig | PretrainConfig, base_dir: str | Path, rows: list[dict]) -> dict:
+    """What names a run: its configuration's identity, the mode, the resolved base folder and a hash of the rows."""
+    identity = {**config.run_identity(), "mode": config.mode, "base_dir": str(Path(base_dir).resolve())}
+    identity["rows"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    return identity
+
+
+def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | PretrainConfig, *,
         cpus_per_worker: int | None, ray_address: str | None, progress: bool, desc: str,
         cache_mb: int | None = None) -> tuple[dict, Path]:
     """Run train_loop_per_worker under a TorchTrainer; returns (final state, folder of the final weights).
@@ -70,31 +72,21 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, hyper: dict, *, mode: s
     from ray.util.queue import Empty, Queue
 
     from dermground.platform.ray_runtime import ensure_ray
-    from dermground.train.loop import DEFAULT_CACHE_MB, FINAL_DIR, STATE_FILE, train_loop_per_worker
+    from dermground.train.loop import DEFAULT_CACHE_MB, FINAL_DIR, JOB_KEY, STATE_FILE, train_loop_per_worker
 
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    workers = config.workers
     cpus = cpus_per_worker or default_cpus_per_worker(workers)
     ensure_ray(ray_address)
     queue = Queue(actor_options={"num_cpus": 0})
-    config = {**hyper, "mode": mode, "base_dir": str(Path(base_dir).resolve()), "rows": rows,
-              "threads": cpus, "use_gpu": use_gpu, "progress_queue": queue,
-              "cache_mb": DEFAULT_CACHE_MB if cache_mb is None else cache_mb}
-    identity = {k: v for k, v in config.items() if k not in ("max_steps", "progress_queue", "rows", "threads",
-                                                               "use_gpu", "checkpoint_every", "report_every",
-                                                               "cache_mb", "gradient_checkpointing")}
-    # Defaults of flags added later are left out, so runs named before those flags existed keep their names (and resume).
-    if identity.get("precision") == "fp32":
-        del identity["precision"]
-    if not identity.get("number_loss", 0):
-        identity.pop("number_loss", None)
-    identity["rows"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    job = WorkerJob(config=config, base_dir=str(Path(base_dir).resolve()), rows=rows, threads=cpus,
+                    cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb, progress_queue=queue)
     storage = Path(storage).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(name=run_name(identity), storage_path=str(storage),
+        train_loop_config={JOB_KEY: job},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.use_gpu,
+                                     resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(name=run_name(run_identity(config, base_dir, rows)), storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     outcome: dict = {}
@@ -141,63 +133,34 @@ def train_adapter(
     data_dir: str | Path,
     base_dir: str | Path,
     out_dir: str | Path,
+    config: TrainConfig | None = None,
     *,
-    workers: int = 1,
-    use_gpu: bool = False,
     cpus_per_worker: int | None = None,
-    epochs: int = 1,
-    batch_size: int = 16,
-    micro_batch_size: int | None = None,
-    lr: float = 1e-4,
-    warmup_steps: int = 0,
-    rank: int = 8,
-    alpha: int = 16,
-    dropout: float = 0.05,
-    modules_to_save: Sequence[str] | None = None,
-    w: int = 5,
-    seed: int = 0,
-    max_steps: int | None = None,
-    checkpoint_every: int = 100,
-    multi_attribute: bool = False,
-    augment_views: int = 1,
-    precision: str = "fp32",
-    gradient_checkpointing: bool = False,
-    number_loss: float = 0.0,
     max_images: int | None = None,
     ray_address: str | None = None,
     progress: bool = True,
     cache_mb: int | None = None,
 ) -> TrainResult:
-    """LoRA-tune a Qwen2-VL checkpoint on D_tr of `data_dir`; writes the adapter and its metadata to `out_dir`."""
+    """LoRA-tune a Qwen2-VL checkpoint on D_tr of `data_dir` as `config` says (default: TrainConfig());
+    writes the adapter and its metadata to `out_dir`.
+
+    The keyword arguments change where and how fast it runs, not what it trains (max_images: tests only).
+    """
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import check_model_dir
     from dermground.train.dataset import build_training_set, tuples_to_rows
 
+    config = config or TrainConfig()
     base = check_model_dir(base_dir)
-    if batch_size < 1 or epochs < 1:
-        raise ValueError("batch_size and epochs must be >= 1")
-    if not 1 <= augment_views <= MAX_VIEWS:
-        raise ValueError(f"augment_views must be between 1 (the images as given) and {MAX_VIEWS}, got {augment_views}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not (number_loss >= 0 and math.isfinite(number_loss)):
-        raise ValueError(f"number_loss must be a finite weight >= 0 (0: cross-entropy only), got {number_loss}")
-    if batch_size % workers:
-        raise ValueError(f"batch size {batch_size} must be a multiple of the worker count {workers}")
-    training_set = build_training_set(data_dir, w=w, seed=seed, multi_attribute=multi_attribute, max_images=max_images)
-    hyper = {"epochs": epochs, "batch_size": batch_size, "micro_batch_size": micro_batch_size, "lr": lr,
-             "warmup_steps": warmup_steps, "rank": rank, "alpha": alpha, "dropout": dropout,
-             "modules_to_save": list(modules_to_save) if modules_to_save else None, "w": w, "seed": seed,
-             "max_steps": max_steps, "checkpoint_every": checkpoint_every, "multi_attribute": multi_attribute,
-             "augment_views": augment_views, "precision": precision, "gradient_checkpointing": gradient_checkpointing,
-             "number_loss": number_loss, "workers": workers, "use_gpu": use_gpu}
+    training_set = build_training_set(data_dir, w=config.w, seed=config.seed, multi_attribute=config.multi_attribute,
+                                      max_images=max_images)
+    hyper = config.hyperparameters()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    loop_hyper = {k: v for k, v in hyper.items() if k not in ("w", "multi_attribute", "workers", "use_gpu")}
-    state, final = fit(tuples_to_rows(training_set.tuples), base, out / CHECKPOINT_FOLDER, loop_hyper, mode="lora",
-                       workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
-                       ray_address=ray_address, progress=progress, desc="train", cache_mb=cache_mb)
+    state, final = fit(tuples_to_rows(training_set.tuples), base, out / CHECKPOINT_FOLDER, config,
+                       cpus_per_worker=cpus_per_worker, ray_address=ray_address, progress=progress, desc="train",
+                       cache_mb=cache_mb)
     for item in final.iterdir():
         shutil.copy2(item, out / item.name)
     shutil.rmtree(final)

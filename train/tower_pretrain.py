@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dermground.train.config import PretrainConfig
+
 TOWER_METADATA_FILE = "dermground_tower_pretrain.json"
 TOKEN_PIXELS = 28  # a merged token covers merge_size (2) x patch_size (14) pixels on each side
 QUARTERS = 2  # sub-regions per token side for the quarter statistics
@@ -100,19 +102,18 @@ def _encode_images(data_dir: Path, processor, max_images: int | None, progress: 
     return patches, torch.stack(grids), np.stack(targets)
 
 
-def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Path, *, steps: int,
-                   batch_size: int = 16, lr: float = 1e-3, seed: int = 0, max_images: int | None = None,
+def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Path, config: PretrainConfig, *,
                    progress: bool = True) -> dict:
-    """Train the vision tower of `base_dir` on region statistics for `steps` steps; write a new model to `out_dir`."""
+    """Train the vision tower of `base_dir` on region statistics for config.tower_steps steps (with its
+    batch_size, lr, seed and max_images); write a new model to `out_dir`."""
     from dermground.platform.progress import progress_bar
 
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import check_model_dir, load_backbone
 
+    steps, batch_size, lr, seed = config.tower_steps, config.batch_size, config.lr, config.seed
     if steps < 1:
-        raise ValueError("steps must be at least 1")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+        raise ValueError("--tower-steps must be at least 1 to train the tower")
     base = check_model_dir(base_dir)
     out = Path(out_dir)
     if out.resolve() == base.resolve():
@@ -125,7 +126,7 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
     model.requires_grad_(False)
     tower.requires_grad_(True)
     tower.train()
-    patches, grids, raw_targets = _encode_images(Path(data_dir), backbone.processor, max_images, progress)
+    patches, grids, raw_targets = _encode_images(Path(data_dir), backbone.processor, config.max_images, progress)
     flat = raw_targets.reshape(-1, raw_targets.shape[-1])
     mean, scale = flat.mean(axis=0), flat.std(axis=0) + 1e-6
     targets = torch.from_numpy((raw_targets - mean) / scale)
@@ -158,8 +159,7 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
     metadata = {
         "what": "vision-tower pre-training on local image statistics of the tiny model (not the 16 attributes)",
         "statistics": list(STATISTIC_NAMES), "token_pixels": TOKEN_PIXELS,
-        "hyperparameters": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "schedule": "one-cycle",
-                            "max_images": max_images},
+        "hyperparameters": {**config.tower_hyperparameters(), "schedule": "one-cycle"},
         "effective_batch_size": batch,
         "n_images": len(patches), "from_base": str(base.resolve()), "from_fingerprint": fingerprint(base),
         "fingerprint": fingerprint(out), "loss_curve": curve, "final_loss": curve[-1][1],

@@ -31,18 +31,18 @@ from dermground.platform.commands.context import current_settings, from_settings
 @click.option("--seed", type=int, default=from_settings("seed"), show_default="DERMGROUND_SEED", help="Seed.")
 @click.option("--ray-address", default=from_settings("ray_address"), show_default="DERMGROUND_RAY_ADDRESS",
               help="Existing Ray cluster to run on [default: a local Ray].")
-def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, epochs: int, batch_size: int, lr: float,
-             questions_per_image: int, max_steps: int | None, tower_steps: int, workers: int, seed: int,
-             ray_address: str | None) -> None:
+def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, ray_address: str | None,
+             **hyperparameters: object) -> None:
     """Teach the random tiny model generic image-statistics answers (not the 16 attributes)."""
     from dermground.platform.model.loading import BackboneError
+    from dermground.train.config import PretrainConfig
     from dermground.train.pretrain import pretrain_base
 
     base = base_dir or current_settings().base_model_dir
     try:
-        meta = pretrain_base(data_dir, base, out_dir, epochs=epochs, batch_size=batch_size, lr=lr,
-                             questions_per_image=questions_per_image, seed=seed, max_steps=max_steps,
-                             workers=workers, ray_address=ray_address, progress=True, tower_steps=tower_steps)
+        # Every other option is named after its PretrainConfig field (tests/test_train_config.py checks that).
+        config = PretrainConfig(**hyperparameters)
+        meta = pretrain_base(data_dir, base, out_dir, config, ray_address=ray_address, progress=True)
     except BackboneError as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:

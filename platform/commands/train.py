@@ -19,7 +19,7 @@ from dermground.platform.settings import MAX_VIEWS
               help="Adapter folder to write (re-running the same command resumes from its checkpoints).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Ray Train workers (DDP when more than one).")
-@click.option("--gpu", is_flag=True, help="One GPU per worker.")
+@click.option("--gpu", "use_gpu", is_flag=True, help="One GPU per worker.")
 @click.option("--cpus-per-worker", type=click.IntRange(min=1), default=None,
               help="CPU cores per worker (also torch's thread count) [default: all cores / workers].")
 @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Passes over D_tr.")
@@ -62,26 +62,21 @@ from dermground.platform.settings import MAX_VIEWS
 @click.option("--cache-mb", type=click.IntRange(min=0), default=2048, show_default=True,
               help="Memory per worker for encoded examples kept across epochs (0: re-encode every step); "
                    "speed only, the result is the same.")
-def train(data_dir: Path, base_dir: Path | None, out_dir: Path, workers: int, gpu: bool, cpus_per_worker: int | None,
-          epochs: int, batch_size: int, micro_batch_size: int | None, lr: float, warmup_steps: int, rank: int,
-          alpha: int, dropout: float, train_lm_head: bool, w: int, seed: int, max_steps: int | None,
-          checkpoint_every: int, multi_attribute: bool, augment_views: int, precision: str, gradient_checkpointing: bool,
-          number_loss: float, ray_address: str | None, cache_mb: int) -> None:
+def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker: int | None, train_lm_head: bool,
+          ray_address: str | None, cache_mb: int, **hyperparameters: object) -> None:
     """Fine-tune the vision encoder and decoder with LoRA to answer the 16 attribute questions."""
     from dermground.platform.model.checkpoint_check import require_usable_checkpoint
     from dermground.platform.model.loading import BackboneError
+    from dermground.train.config import TrainConfig
     from dermground.train.ray_train import METADATA_FILE, train_adapter
 
     base = base_dir or current_settings().base_model_dir
     try:
+        # Every other option is named after its TrainConfig field (tests/test_train_config.py checks that).
+        config = TrainConfig(**hyperparameters, modules_to_save=("lm_head",) if train_lm_head else None)
         require_usable_checkpoint(base, data_dir)  # before Ray starts: a bad folder fails in seconds
-        result = train_adapter(
-            data_dir, base, out_dir, workers=workers, use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs,
-            batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, rank=rank,
-            alpha=alpha, dropout=dropout, modules_to_save=["lm_head"] if train_lm_head else None, w=w, seed=seed,
-            max_steps=max_steps, checkpoint_every=checkpoint_every, multi_attribute=multi_attribute,
-            augment_views=augment_views, precision=precision, gradient_checkpointing=gradient_checkpointing,
-            number_loss=number_loss, ray_address=ray_address, progress=True, cache_mb=cache_mb)
+        result = train_adapter(data_dir, base, out_dir, config, cpus_per_worker=cpus_per_worker,
+                               ray_address=ray_address, progress=True, cache_mb=cache_mb)
     except BackboneError as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
