@@ -39,6 +39,7 @@ from dermground.platform.catalog import Catalog
 from dermground.platform.names import check_collection_name
 from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, point_id
+from dermground.platform.store.indexing import IndexReport, build_index_if_large, check_index_min_points
 
 Split = Literal["train", "test", "all"]
 # Images per Ray Data execution: bounds the driver's memory (records and vectors of a wave) while
@@ -81,6 +82,8 @@ class IngestSummary:
     died_runs: list[str] = field(default_factory=list)  # earlier runs found dead and marked so
     version: str | None = None  # the version written (ingest/targets.py)
     switched_from: str | None = None  # the version it replaced as live, when the run switched
+    # The HNSW index built at the finish (build time included in `seconds`), None if not tried.
+    index: IndexReport | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -139,18 +142,23 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
                    partition_size: int = DEFAULT_PARTITION_SIZE, batch_size: int = 8, actors: int = 1,
                    cpus_per_actor: float | None = None, gpus_per_actor: float = 0.0,
                    ray_address: str | None = None, progress: bool = True, new_version: bool = False,
-                   version: str | None = None, notify: Callable[[str], None] = lambda _: None) -> IngestSummary:
+                   version: str | None = None, notify: Callable[[str], None] = lambda _: None,
+                   index_min_points: int | None = None) -> IngestSummary:
     """Embed and store every record of `data_dir` (one split or all) into `collection`; resumable.
 
     new_version / version: which version to write (ingest/targets.py); the store is opened before
     any embedding. Raises SchemaMismatchError when the version holds another model's vectors and
-    StoreLockedError when another process holds the version written.
+    StoreLockedError when another process holds the version written. At the finish the HNSW index
+    is built when the collection holds at least `index_min_points` points (default:
+    settings.store_index_min_points; 0 = never).
     """
     check_collection_name(collection)  # before anything is written under HOME
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if actors < 1 or batch_size < 1:
         raise ValueError("actors and batch_size must be at least 1")
+    if index_min_points is not None:
+        settings = settings.model_copy(update={"store_index_min_points": check_index_min_points(index_min_points)})
     options = IngestOptions(split, partition_size, batch_size, actors, cpus_per_actor, gpus_per_actor,
                             settings.device, settings.dtype)
     model_dir = Path(model_dir or settings.base_model_dir)
@@ -182,6 +190,7 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
         try:
             _run(Path(data_dir), options, model_dir, adapter_dir, fingerprint, settings, ray_address,
                  writer, catalog, summary, progress, started)
+            summary.index = _build_index(store, settings.store_index_min_points, progress)
             status = "done"
         finally:
             summary.seconds = time.perf_counter() - started
@@ -329,3 +338,13 @@ def _embed_items(items: list[dict[str, object]], n_partitions: int, options: Ing
         yield from embedded.iter_batches(batch_size=None, batch_format="numpy")
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
+
+
+def _build_index(store: VectorStore, index_min_points: int, progress: bool) -> IndexReport:
+    """The HNSW index at the finish, once the collection is large enough (blocking, minutes at 100k)."""
+    if progress and index_min_points and store.count() >= index_min_points:
+        import sys
+
+        print(f"building the search index over {store.count():,} points "
+              "(about 1-2 minutes per 100,000 points on 2 cores)...", file=sys.stderr, flush=True)
+    return build_index_if_large(store, index_min_points)

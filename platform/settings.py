@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     api_body_timeout_s: float = Field(30.0, gt=0)
     api_max_unfinished_bodies: int = Field(64, ge=1)
     api_model_work_per_client: int = Field(2, ge=1)
+    # The embedded store's HNSW index (platform/store/indexing.py): ingest builds it at its finish
+    # once a collection holds store_index_min_points points (0 = never: search stays exact), and a
+    # search through it keeps store_hnsw_ef candidates (more = better recall, slower).
+    store_index_min_points: int = Field(20_000, ge=0)
+    store_hnsw_ef: int = Field(128, ge=1, le=10_000)
 
     @field_validator("home", mode="after")
     @classmethod

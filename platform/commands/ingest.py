@@ -41,10 +41,13 @@ from dermground.platform.commands.context import collection_name, current_settin
                    "with `dermground collections switch`.")
 @click.option("--version", "version", default=None,
               help="Write into this existing version (v2, ...), e.g. to resume an interrupted --new-version.")
+@click.option("--index-min-points", type=click.IntRange(min=0), default=from_settings("store_index_min_points"),
+              show_default="DERMGROUND_STORE_INDEX_MIN_POINTS",
+              help="Build the HNSW search index at the end once the collection holds this many points (0 = never).")
 def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir: Path | None, split: str,
            qdrant_url: str | None, ray_address: str | None, batch_size: int, actors: int,
            cpus_per_actor: float | None, gpus_per_actor: float, partition_size: int, new_version: bool,
-           version: str | None) -> None:
+           version: str | None, index_min_points: int) -> None:
     """Embed every image (h_im + the 16 h_im_a) and store points, catalog rows and the ledger.
 
     A rerun skips committed partitions; a killed run resumes with nothing lost or doubled. Bad
@@ -69,7 +72,8 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
                                  split=split, partition_size=partition_size, batch_size=batch_size,  # type: ignore[arg-type]
                                  actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
                                  ray_address=ray_address, progress=True, new_version=new_version,
-                                 version=version, notify=lambda text: click.echo(text, err=True))
+                                 version=version, notify=lambda text: click.echo(text, err=True),
+                                 index_min_points=index_min_points)
     except StoreLockedError as exc:
         raise click.ClickException(f"{exc}\nNothing was ingested; rerun when the store is free.") from None
     except SchemaMismatchError as exc:
@@ -93,3 +97,6 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
         reasons = ", ".join(f"{field}: {n}" for field, n in sorted(summary.quarantine_reasons.items()))
         click.echo(f"quarantined by field: {reasons} "
                    f"(details: dermground sql \"SELECT * FROM quarantine WHERE run_id = '{summary.run_id}'\")")
+    if summary.index is not None and (summary.index.built or summary.index.indexed_points):
+        click.echo(f"search index: {summary.index.reason} over {summary.index.points:,} points "
+                   f"in {summary.index.seconds:.1f} s ({summary.index.indexed_points:,} indexed)")

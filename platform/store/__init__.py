@@ -54,10 +54,10 @@ def open_store(settings: Settings, collection: str | None = None) -> VectorStore
         store.collection = ServerCollections(store._client, owns_client=False).resolve(name)
         return store
     from dermground.platform.store.edge import EdgeStore
-    from dermground.platform.store.edge_versions import EdgeCollections
 
-    physical = EdgeCollections(settings.store_dir).resolve(name)
-    return EdgeStore(settings.store_dir / physical, physical)
+    physical = _edge_collections(settings).resolve(name)
+    return EdgeStore(settings.store_dir / physical, physical, hnsw_ef=settings.store_hnsw_ef,
+                     index_min_points=settings.store_index_min_points)
 
 
 def open_collections(settings: Settings) -> Collections:
@@ -75,9 +75,15 @@ def open_collections(settings: Settings) -> Collections:
             raise StoreError(f"cannot open Qdrant at {settings.qdrant_url}: {exc}") from exc
         return ServerCollections(client, shards=settings.qdrant_shards, replication=settings.qdrant_replication,
                                  on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization)
+    return _edge_collections(settings)
+
+
+def _edge_collections(settings: Settings) -> Collections:
     from dermground.platform.store.edge_versions import EdgeCollections
 
-    return EdgeCollections(settings.store_dir)
+    # Every version opened through it searches with the configured HNSW settings.
+    return EdgeCollections(settings.store_dir, hnsw_ef=settings.store_hnsw_ef,
+                           index_min_points=settings.store_index_min_points)
 
 
 def open_live_store(settings: Settings, collection: str | None = None) -> VectorStore:

@@ -35,6 +35,7 @@ from dermground.platform.store.base import (
     store_point,
     vector_selection,
 )
+from dermground.platform.store.indexing import optimizer_config, search_params
 from dermground.platform.store.schema import PAYLOAD_INDEXES
 
 SHARD_DIR = "shard"
@@ -79,9 +80,15 @@ def _read_owner(root: Path) -> str:
 class EdgeStore(VectorStore):
     """A collection in the embedded engine; one process owns the folder at a time."""
 
-    def __init__(self, root: Path, collection: str) -> None:
+    def __init__(self, root: Path, collection: str, *, hnsw_ef: int | None = None,
+                 index_min_points: int = 0) -> None:
+        """hnsw_ef: candidates an HNSW search keeps (None: the engine's default, ef_construct);
+        index_min_points: a collection created here gets its HNSW index from optimize() only for
+        segments of at least this many points (0: the engine's default, 10 MB of vectors)."""
         self.root = Path(root)
         self.collection = collection
+        self.search_params = search_params(hnsw_ef)
+        self.index_min_points = index_min_points
         self._shard: qe.EdgeShard | None = None
         self._spec: CollectionSpec | None = None
         meta = self.root / META_FILE
@@ -136,7 +143,7 @@ class EdgeStore(VectorStore):
             config = qe.EdgeConfig(vectors={
                 name: qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine,
                                           hnsw_config=None if name in spec.hnsw_on else _NO_HNSW)
-                for name in spec.vector_names})
+                for name in spec.vector_names}, optimizers=optimizer_config(self.index_min_points, spec.dim))
             self._open(lambda path: qe.EdgeShard.create(path, config))
         shard = self._require_shard()
         for field, kind in PAYLOAD_INDEXES.items():
@@ -196,7 +203,7 @@ class EdgeStore(VectorStore):
         request = qe.QueryRequest(
             limit=k, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32), using=vector_name),
             filter=edge_filter(filter), with_payload=True if with_payload else ["isic_id"],
-            with_vector=vector_selection(with_vectors))
+            with_vector=vector_selection(with_vectors), params=self.search_params)
         return self._run_query(request, with_payload)
 
     def prefetch_rescore(self, prefetch_name: str, prefetch_vector: np.ndarray, b: int,
@@ -207,7 +214,7 @@ class EdgeStore(VectorStore):
         self._check_vectors(spec, "query", {prefetch_name: prefetch_vector, rescore_name: rescore_vector}
                             if prefetch_name != rescore_name else {prefetch_name: prefetch_vector})
         flt = edge_filter(filter)
-        prefetch = qe.Prefetch(limit=b, filter=flt, query=qe.Query.Nearest(
+        prefetch = qe.Prefetch(limit=b, filter=flt, params=self.search_params, query=qe.Query.Nearest(
             np.asarray(prefetch_vector, dtype=np.float32), using=prefetch_name))
         request = qe.QueryRequest(
             limit=k, prefetches=[prefetch], filter=flt,
@@ -239,6 +246,12 @@ class EdgeStore(VectorStore):
     def optimize(self) -> bool:
         """Build HNSW for spec.hnsw_on (blocking; ~2 min per indexed vector at 100k on 2 cores)."""
         return bool(self._require_shard().optimize())
+
+    def indexed_points(self) -> int:
+        """Points whose spec.hnsw_on vectors sit in an HNSW-indexed segment (0 before optimize())."""
+        spec = self.require_spec()
+        # The engine counts every named vector of an optimized segment, graphs or not (m=0).
+        return int(self._require_shard().info().indexed_vectors_count) // max(1, len(spec.vector_names))
 
 
 def _write_json(path: Path, data: Mapping[str, object]) -> None:

@@ -89,8 +89,12 @@ class EdgeCollections(Collections):
 
     stamp_is_cheap = True
 
-    def __init__(self, store_dir: Path) -> None:
+    def __init__(self, store_dir: Path, *, hnsw_ef: int | None = None, index_min_points: int = 0) -> None:
+        """hnsw_ef, index_min_points: what every version opened here searches and indexes with
+        (EdgeStore's parameters; settings.store_hnsw_ef and store_index_min_points)."""
         self.store_dir = Path(store_dir)
+        self.hnsw_ef = hnsw_ef
+        self.index_min_points = index_min_points
 
     # --- naming --------------------------------------------------------------------------
     def _alias_path(self, name: str) -> Path:
@@ -174,7 +178,8 @@ class EdgeCollections(Collections):
     def open_version(self, name: str, version: str) -> VectorStore:
         from dermground.platform.store.edge import EdgeStore
 
-        return EdgeStore(self._folder(name, version), physical_name(name, version))
+        return EdgeStore(self._folder(name, version), physical_name(name, version), hnsw_ef=self.hnsw_ef,
+                         index_min_points=self.index_min_points)
 
     def read_meta(self, name: str, version: str) -> VersionMeta:
         folder = self._folder(name, version)
