@@ -51,7 +51,11 @@ from dermground.platform.store import (  # noqa: E402
     point_id,
 )
 from dermground.platform.store.edge import EdgeStore, edge_filter  # noqa: E402
-from dermground.platform.store.indexing import DEFAULT_HNSW_EF, build_index_if_large  # noqa: E402
+from dermground.platform.store.indexing import (  # noqa: E402
+    DEFAULT_HNSW_EF,
+    DEFAULT_INDEX_MIN_POINTS,
+    build_index_if_large,
+)
 
 FILTERS = {
     "selective": SearchFilter(split="train", ranges={"age_approx": Range(gte=60, lte=60)}),
@@ -191,7 +195,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef", default=str(DEFAULT_HNSW_EF),
                         help=f"comma-separated hnsw_ef values to measure [default: the store's {DEFAULT_HNSW_EF}]")
-    parser.add_argument("--index-min-points", type=int, default=20_000,
+    parser.add_argument("--index-min-points", type=int, default=DEFAULT_INDEX_MIN_POINTS,
                         help="ingest's threshold, passed to build_index_if_large")
     parser.add_argument("--batch", type=int, default=256, help="points per upsert")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder [default: a temp dir]")

@@ -12,7 +12,13 @@ from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.settings import SettingsError, load_settings
 from dermground.platform.store import CollectionSpec, SearchFilter, StorePoint, build_payload, open_store, point_id
 from dermground.platform.store.edge import EdgeStore
-from dermground.platform.store.indexing import build_index_if_large, check_index_min_points, search_params
+from dermground.platform.store.indexing import (
+    DEFAULT_HNSW_EF,
+    DEFAULT_INDEX_MIN_POINTS,
+    build_index_if_large,
+    check_index_min_points,
+    search_params,
+)
 
 
 def _points(n: int, dim: int, seed: int = 0) -> list[StorePoint]:
@@ -83,6 +89,8 @@ def test_the_index_options_are_validated() -> None:
             check_index_min_points(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hnsw_ef"):
         search_params(0)
+    defaults = load_settings()
+    assert (defaults.store_index_min_points, defaults.store_hnsw_ef) == (DEFAULT_INDEX_MIN_POINTS, DEFAULT_HNSW_EF)
     with pytest.raises(SettingsError, match="STORE_INDEX_MIN_POINTS"):
         load_settings(store_index_min_points=-5)
     with pytest.raises(SettingsError, match="STORE_HNSW_EF"):
