@@ -80,7 +80,12 @@ def test_a_kill_between_commit_steps_resumes_to_exactly_the_right_collection(
     home = tmp_path / "home"
     address = ray_session.get_runtime_context().gcs_address
     process = _start_cli(home, dataset, tiny_model_dir, address, crash_at)
-    output = process.communicate(timeout=None)[0].decode(errors="replace")
+    try:
+        output = process.communicate(timeout=FIRST_COMMIT_DEADLINE_S)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the ingest did not reach its crash point {crash_at} within {FIRST_COMMIT_DEADLINE_S} s: "
+                    f"{process.communicate()[0].decode(errors='replace')[-2000:]}")
     assert process.returncode == -signal.SIGKILL, output
     assert len(_ledger_files(home)) == 1  # partition 1 committed, partition 2 half-way
     before = check_collection(load_settings(home=home), "lesions")
