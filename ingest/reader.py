@@ -250,13 +250,6 @@ def _open_hdf5(path: Path) -> Any:
     return _open_files[key]
 
 
-def close_image_files() -> None:
-    """Close the HDF5 files this process opened for reading images."""
-    for handle in _open_files.values():
-        handle.close()
-    _open_files.clear()
-
-
 def load_image_bytes(image_ref: str) -> bytes:
     """The encoded bytes an image reference points at (HDF5 dataset or JPEG file)."""
     if image_ref.startswith(_HDF5_PREFIX):

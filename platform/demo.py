@@ -30,20 +30,13 @@ class DemoSize:
     seed: int = 7
 
 
-# model_px 140 (25 image tokens instead of 16; a step costs 1.2x): median R² 0.73 -> 0.78 at 17
-# epochs, mostly the colour contrasts (deltaB 0.28 -> 0.59); 19 epochs on the same base scored 0.74
-# (run-to-run noise of this size), 168 px was slower and worse (session 6, docs/EVALUATION.md).
+# Each setting below won a measured comparison; the runs and figures: docs/EVALUATION.md, "Tuning history".
+# model_px 140: 25 image tokens instead of 16 help the colour contrasts; 168 px was slower and no better.
 FULL = DemoSize(patients=120, images=2400, image_px=128, model_px=140,
-                # --tower-steps 2000: the vision tower first learns local colour and texture statistics
-                # (~2 minutes; session 8, same LoRA command, seeds 7/8/9: median R² 0.78/0.85/0.78 ->
-                # 0.91/0.90/0.90, stdLExt -0.15 -> 0.86, deltaB 0.59 -> 0.91 at seed 7; docs/EVALUATION.md).
+                # --tower-steps 2000: the vision tower first learns local colour and texture (the largest gain).
                 pretrain_args=("--epochs", "2", "--max-steps", "1400", "--lr", "1e-3", "--tower-steps", "2000"),
-                # rank 32 / alpha 64: median R² 0.42 vs 0.35 at rank 8 on the same base; no LoRA dropout
-                # (its masks cost 17% of a step) and 22 epochs, which the cached training loop fits in
-                # the 20 training minutes; 14 -> 22 epochs: R² 0.57 -> 0.65 (docs/EVALUATION.md).
-                # --augment-views 8: each image shown in a random turn / mirror image each time it is
-                # used (session 5: median R² 0.66 -> 0.71 on the same base, docs/EVALUATION.md); it
-                # costs 1-4% of a step; at 140 px 17 epochs take ~16 of the 20 minutes.
+                # rank 32 / alpha 64 beat rank 8; no LoRA dropout (its masks cost a sixth of a step) so that 17
+                # epochs fit the 20 training minutes; --augment-views 8 shows a random turn or mirror image per use.
                 train_args=("--epochs", "17", "--lr", "1e-3", "--warmup-steps", "30", "--train-lm-head",
                             "--rank", "32", "--alpha", "64", "--dropout", "0", "--augment-views", "8"))
 SMALL = DemoSize(patients=24, images=240, image_px=128, model_px=112,

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from dermground.platform.store import open_store
 
 N_IMAGES = 32
 PARTITION = 8
+FIRST_COMMIT_DEADLINE_S = 300  # how long the killed run may take to commit its first partition
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,12 @@ def test_a_kill_between_commit_steps_resumes_to_exactly_the_right_collection(
     home = tmp_path / "home"
     address = ray_session.get_runtime_context().gcs_address
     process = _start_cli(home, dataset, tiny_model_dir, address, crash_at)
-    output = process.communicate(timeout=None)[0].decode(errors="replace")
+    try:
+        output = process.communicate(timeout=FIRST_COMMIT_DEADLINE_S)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the ingest did not reach its crash point {crash_at} within {FIRST_COMMIT_DEADLINE_S} s: "
+                    f"{process.communicate()[0].decode(errors='replace')[-2000:]}")
     assert process.returncode == -signal.SIGKILL, output
     assert len(_ledger_files(home)) == 1  # partition 1 committed, partition 2 half-way
     before = check_collection(load_settings(home=home), "lesions")
@@ -89,12 +96,15 @@ def test_a_kill_between_commit_steps_resumes_to_exactly_the_right_collection(
 @pytest.mark.slow
 def test_a_kill_from_outside_after_the_first_commit_resumes_to_exactly_the_right_collection(
         dataset, tiny_model_dir, ray_session, tmp_path):
-    import time
-
     home = tmp_path / "home"
     address = ray_session.get_runtime_context().gcs_address
     process = _start_cli(home, dataset, tiny_model_dir, address, None)
+    deadline = time.monotonic() + FIRST_COMMIT_DEADLINE_S
     while not _ledger_files(home) and process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            output = process.communicate()[0].decode(errors="replace")
+            pytest.fail(f"the ingest CLI committed no partition within {FIRST_COMMIT_DEADLINE_S} s:\n{output}")
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     output = process.communicate()[0].decode(errors="replace")

@@ -89,7 +89,7 @@ def test_the_ray_processes_of_a_killed_run_are_stopped_at_the_next_start(tmp_pat
     deadline = time.monotonic() + DEADLINE_S
     while session_processes(session) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert session_processes(session) == []
+    assert session_processes(session) == [], f"the dead run's processes still run after {DEADLINE_S} s"
     assert not any(Path(f"/proc/{pid}").exists() and _running(pid) for pid in reaped[0].stopped_pids)
     assert _statuses(catalog) == {"killed-run": DIED}
 

@@ -21,6 +21,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
                  "--no-first-run", "--disable-component-update", "--disable-sync"]
 KEY = "viewer-read-key"
+START_DEADLINE_S = 120  # how long the API server may take to start listening
 
 
 def _free_port() -> int:
@@ -42,9 +43,13 @@ def server(search_collection, tiny_backbone):
                                        log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + START_DEADLINE_S
     while not uv.started:
         if not thread.is_alive():
             pytest.fail("the API server did not start")
+        if time.monotonic() > deadline:
+            uv.should_exit = True
+            pytest.fail(f"the API server did not start listening within {START_DEADLINE_S} s")
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     uv.should_exit = True

@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dermground.platform.model.prompts import PROMPT_VERSION
@@ -180,10 +180,3 @@ def train_adapter(
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return result
-
-
-def result_summary(result: TrainResult) -> dict:
-    """A JSON-friendly summary (CLI output)."""
-    data = asdict(result)
-    data["out_dir"] = str(result.out_dir)
-    return data

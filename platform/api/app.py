@@ -10,7 +10,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,14 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dermground.platform.api.errors import document_errors, error_content
 from dermground.platform.api.images import ThumbnailCache
 from dermground.platform.api.limits import BodyReadLimits, BodySizeLimit
+from dermground.platform.api.routes import router
 from dermground.platform.api.throttle import ClientWorkLimiter
+from dermground.platform.api.viewer import STATIC_DIR
 from dermground.platform.names import check_collection_name
 from dermground.platform.search import EmbedderProvider, ModelUnavailableError
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, VectorStore, open_live_store
 
 log = logging.getLogger("dermground.api")
-STATIC_DIR = Path(__file__).parent / "static"
 # A base64 image is 4/3 of its bytes; the rest of a JSON body is small.
 _BODY_OVERHEAD = 64 * 1024
 
@@ -89,9 +89,6 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
     app.state.model_work = ClientWorkLimiter(settings.api_model_work_per_client)
     _install_error_handlers(app)
     document_errors(app)
-
-    from dermground.platform.api.routes import router
-
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -24,6 +24,7 @@ from dermground.platform.api.images import (
 )
 from dermground.platform.api.security import auth_mode, require_read, require_sql
 from dermground.platform.api.throttle import client_key
+from dermground.platform.api.viewer import STATIC_DIR
 from dermground.platform.attributes import ATTRIBUTES, get_attribute
 from dermground.platform.search import (
     ModelUnavailableError,
@@ -60,8 +61,6 @@ def _thumb_url(isic_id: str) -> str:
 # --- public --------------------------------------------------------------------------------------
 @router.get("/", include_in_schema=False)
 def viewer() -> FileResponse:
-    from dermground.platform.api.app import STATIC_DIR
-
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
 

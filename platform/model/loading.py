@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
@@ -19,6 +19,9 @@ from dermground.platform.model.checkpoint_check import file_problems, tokenizer_
 from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
+
+if TYPE_CHECKING:
+    from dermground.platform.settings import Settings
 
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
@@ -164,13 +167,6 @@ def load_backbone(
     )
 
 
-def load_backbone_from_settings(settings: object | None = None, **overrides: object) -> Backbone:
+def load_backbone_from_settings(settings: Settings) -> Backbone:
     """load_backbone with model/adapter directories, device and dtype from settings."""
-    from dermground.platform.settings import load_settings
-
-    s = settings if settings is not None else load_settings()
-    kwargs: dict[str, object] = {
-        "model_dir": s.base_model_dir, "adapter_dir": s.adapter_dir, "device": s.device, "dtype": s.dtype,  # type: ignore[attr-defined]
-    }
-    kwargs.update(overrides)
-    return load_backbone(**kwargs)  # type: ignore[arg-type]
+    return load_backbone(settings.base_model_dir, settings.adapter_dir, device=settings.device, dtype=settings.dtype)
