@@ -38,10 +38,9 @@ class BodySizeLimit:
                 await _reply(send, 400, "invalid Content-Length header", rule="content_length")
                 return
             if too_large:
-                await _reply(send, 413, f"request body over the limit of {self.max_bytes} bytes", rule="body_limit")
+                await _reply_error(send, BodyTooLargeError(self.max_bytes))
                 return
         received = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -52,16 +51,29 @@ class BodySizeLimit:
                     raise BodyTooLargeError(self.max_bytes)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        await _run_answering(BodyTooLargeError, self.app, scope, counting_receive, send)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLargeError:
-            if not started:
-                await _reply(send, 413, f"request body over the limit of {self.max_bytes} bytes", rule="body_limit")
+
+async def _run_answering(error: type[HTTPException], app: ASGIApp, scope: Scope, receive: Receive,
+                         send: Send) -> None:
+    """Run `app`; when it raises `error` before its response started, answer with the error's status,
+    detail and rule (once a response has started, the connection can only be dropped)."""
+    started = False
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, tracking_send)
+    except error as exc:
+        if not started:
+            await _reply_error(send, exc)
+
+
+async def _reply_error(send: Send, exc: HTTPException) -> None:
+    await _reply(send, exc.status_code, exc.detail, rule=exc.rule)  # type: ignore[attr-defined]
 
 
 async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None, *,
@@ -107,7 +119,6 @@ class BodyReadLimits:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         finished = False
-        started = False
 
         def finish() -> None:
             nonlocal finished
@@ -127,16 +138,7 @@ class BodyReadLimits:
                 finish()
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, timed_receive, tracking_send)
-        except BodyTimeoutError:
-            if not started:
-                await _reply(send, 408, f"the request body did not arrive within {self.timeout_s:g} s",
-                             rule="body_timeout")
+            await _run_answering(BodyTimeoutError, self.app, scope, timed_receive, send)
         finally:
             finish()
