@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from dermground.platform.catalog import SqlRejected, _check_single_select, _create_views, lock_down
+from dermground.platform.catalog import _create_views, guarded_select, lock_down
 
 
 def connect(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -52,24 +51,11 @@ def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int 
     Raises SqlRejected with the reason."""
     con = connect(catalog_dir)
     try:
-        _check_single_select(con, sql)
-        timer = threading.Timer(timeout_s, con.interrupt)
-        timer.start()
-        try:
+        with guarded_select(con, sql, Path(catalog_dir).resolve(), timeout_s):
             relation = con.sql(sql)
             if max_rows is not None:
                 relation = relation.limit(max_rows)
             return relation.to_arrow_table()
-        except duckdb.InterruptException:
-            raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
-        except duckdb.PermissionException as exc:
-            raise SqlRejected(f"the query tried to use a file outside the catalog folder: {exc}") from None
-        except duckdb.Error as exc:
-            if not timer.is_alive():
-                raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
-            raise SqlRejected(f"query failed: {exc}") from None
-        finally:
-            timer.cancel()
     finally:
         con.close()
 

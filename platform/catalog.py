@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -146,6 +147,24 @@ def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
     create_analyst_views(con)
 
 
+def conform_to_schema(data: pa.Table, schema: pa.Schema, where: str,
+                      stamp: tuple[str, datetime] | None = None) -> pa.Table:
+    """`data`'s rows in `schema`: each column cast to its type; a missing column NULL, or, for the
+    `stamp` (column, time), that time. CatalogError naming `where` and the column when values do not fit."""
+    columns = []
+    for field in schema:
+        if field.name in data.column_names:
+            try:
+                columns.append(data.column(field.name).cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise CatalogError(f"{where}: column {field.name} does not fit {field.type} ({exc})") from None
+        elif stamp is not None and field.name == stamp[0]:
+            columns.append(pa.array([stamp[1]] * data.num_rows, type=field.type))
+        else:
+            columns.append(pa.nulls(data.num_rows, type=field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 class Catalog:
     """Append rows as immutable Parquet files; query them through DuckDB views."""
 
@@ -187,18 +206,7 @@ class Catalog:
         if unknown:
             raise CatalogError(f"{table}: unknown column(s) {sorted(unknown)}; known: {schema.names}")
         now = datetime.now(UTC)
-        columns = []
-        for field in schema:
-            if field.name in data.column_names:
-                try:
-                    columns.append(data.column(field.name).cast(field.type))
-                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-                    raise CatalogError(f"{table}.{field.name}: values do not fit {field.type}: {exc}") from exc
-            elif field.name == _STAMP[table]:
-                columns.append(pa.array([now] * data.num_rows, type=field.type))
-            else:
-                columns.append(pa.nulls(data.num_rows, type=field.type))
-        return self._write(table, pa.Table.from_arrays(columns, schema=schema), name, now)
+        return self._write(table, conform_to_schema(data, schema, table, stamp=(_STAMP[table], now)), name, now)
 
     def _write(self, table: str, data: pa.Table, name: str | None, now: datetime) -> Path:
         folder = self.dir / table
@@ -292,25 +300,34 @@ def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeou
     catalog_dir = Path(catalog_dir).resolve()
     con = _guarded_database(catalog_dir).cursor()  # a cursor: its own query state, the shared views
     try:
-        # The settings above still allow COPY ... TO inside the folder: only a SELECT may run.
-        _check_single_select(con, sql)
-        timer = threading.Timer(timeout_s, con.interrupt)
-        timer.start()
-        try:
+        with guarded_select(con, sql, catalog_dir, timeout_s):
             cursor = con.execute(sql)
             columns = [d[0] for d in cursor.description or []]
             rows = cursor.fetchmany(max_rows + 1)
-        except duckdb.InterruptException:
-            raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
-        except duckdb.Error as exc:
-            if not timer.is_alive():
-                raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
-            if isinstance(exc, duckdb.PermissionException):
-                raise SqlRejected("the query tried to use a file outside the catalog folder; only the catalog "
-                                  f"views (and files under {catalog_dir}) can be read: {exc}") from None
-            raise SqlRejected(f"query failed: {exc}") from None
-        finally:
-            timer.cancel()
         return SqlResult(columns, [tuple(r) for r in rows[:max_rows]], len(rows) > max_rows)
     finally:
         con.close()
+
+
+@contextmanager
+def guarded_select(con: duckdb.DuckDBPyConnection, sql: str, catalog_dir: Path, timeout_s: float) -> Iterator[None]:
+    """Run the body (which executes `sql` on `con`) as one analyst SELECT: anything but a single
+    SELECT is refused first, the query is interrupted after timeout_s, and DuckDB's errors become
+    SqlRejected with the reason."""
+    # lock_down() still allows COPY ... TO inside the folder: only a SELECT may run.
+    _check_single_select(con, sql)
+    timer = threading.Timer(timeout_s, con.interrupt)
+    timer.start()
+    try:
+        yield
+    except duckdb.InterruptException:
+        raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+    except duckdb.Error as exc:
+        if not timer.is_alive():
+            raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+        if isinstance(exc, duckdb.PermissionException):
+            raise SqlRejected("the query tried to use a file outside the catalog folder; only the catalog "
+                              f"views (and files under {catalog_dir}) can be read: {exc}") from None
+        raise SqlRejected(f"query failed: {exc}") from None
+    finally:
+        timer.cancel()

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dermground.platform.catalog import _LATEST_BY, _STAMP, TABLES, CatalogError
+from dermground.platform.catalog import _LATEST_BY, _STAMP, TABLES, CatalogError, conform_to_schema
 from dermground.platform.catalog_files import COMPACTED_DIR, Manifest, file_identity, live_parts
 
 LOCK_FILE = ".compact.lock"
@@ -103,7 +103,11 @@ def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, mi
             return result
     identities = {p: file_identity(p) for p in inputs}  # before reading: a rewrite after this stays live
     schema = TABLES[table]
-    merged = pa.concat_tables([_conform(pq.read_table(p), schema, p) for p in inputs])
+    try:
+        # Each file in the table's current schema: columns added since it was written are NULL.
+        merged = pa.concat_tables([conform_to_schema(pq.read_table(p), schema, str(p)) for p in inputs])
+    except CatalogError as exc:
+        raise CatalogError(f"{exc}; nothing was changed") from None
     out_dir = folder / COMPACTED_DIR
     out_dir.mkdir(exist_ok=True)
     stem = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -155,21 +159,6 @@ def _write_verified(data: pa.Table, target: Path, table: str) -> Path:
         raise CatalogError(f"{table}: the compacted file did not read back with {data.num_rows} rows; "
                            "nothing was changed")
     return target
-
-
-def _conform(data: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
-    """A file's rows in the table's current schema (columns added since it was written are NULL)."""
-    columns = []
-    for f in schema:
-        if f.name in data.column_names:
-            try:
-                columns.append(data.column(f.name).cast(f.type))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-                raise CatalogError(f"{path}: column {f.name} does not fit {f.type} ({exc}); nothing was changed") \
-                    from None
-        else:
-            columns.append(pa.nulls(data.num_rows, type=f.type))
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _delete_expired(folder: Path, keep_s: float) -> int:
