@@ -66,7 +66,9 @@ def per_mode_latency(home: Path, repeats: int) -> None:
     from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
-    from dermground.platform.search import EmbedderProvider, SearchMode, SearchRequest, search
+    from dermground.platform.embedder_provider import EmbedderProvider
+    from dermground.platform.search import search
+    from dermground.platform.search_request import SearchMode, SearchRequest
     from dermground.platform.settings import Settings
     from dermground.platform.store.edge import EdgeStore
 

@@ -22,7 +22,8 @@ import numpy as np
 from dermground.eval.retrieval_metrics import percentile_ranks
 from dermground.eval.retrieval_report import medians_table, plot_boxplots, summarize, write_summary
 from dermground.platform.attributes import ATTRIBUTE_NAMES, resolve_attributes
-from dermground.platform.search import SearchMode, SearchRequest, search
+from dermground.platform.search import search
+from dermground.platform.search_request import SearchMode, SearchRequest
 from dermground.platform.settings import Settings
 from dermground.platform.store import SearchFilter, VectorStore, open_store
 

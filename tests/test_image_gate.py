@@ -158,7 +158,9 @@ def test_check_decoded_gates_an_image_in_memory() -> None:
 
 
 def test_a_search_by_pixels_passes_the_gate_too(search_collection, tiny_backbone) -> None:
-    from dermground.platform.search import EmbedderProvider, SearchError, SearchRequest, search
+    from dermground.platform.embedder_provider import EmbedderProvider
+    from dermground.platform.search import search
+    from dermground.platform.search_request import SearchError, SearchRequest
     from dermground.platform.settings import Settings
     from dermground.platform.store.edge import EdgeStore
     from dermground.platform.embed import Embedder

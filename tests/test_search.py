@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from dermground.platform.embed import Embedder
-from dermground.platform.search import (
-    EmbedderProvider,
+from dermground.platform.embedder_provider import EmbedderProvider
+from dermground.platform.search import search
+from dermground.platform.search_request import (
     ModelUnavailableError,
     QueryNotFoundError,
     SearchError,
     SearchMode,
     SearchRequest,
-    search,
 )
 from dermground.platform.settings import Settings
 from dermground.platform.store import Range, SearchFilter, point_id

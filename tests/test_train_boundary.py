@@ -7,7 +7,8 @@ from pathlib import Path
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 FORBIDDEN = ("dermground.platform.store", "dermground.platform.catalog", "dermground.platform.search",
-             "dermground.eval")
+             "dermground.platform.search_modes", "dermground.platform.search_query",
+             "dermground.platform.search_request", "dermground.platform.search_results", "dermground.eval")
 
 
 def _imported_modules(path: Path) -> set[str]:

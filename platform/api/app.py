@@ -23,8 +23,9 @@ from dermground.platform.api.limits import BodyReadLimits, BodySizeLimit
 from dermground.platform.api.routes import router
 from dermground.platform.api.throttle import ClientWorkLimiter
 from dermground.platform.api.viewer import STATIC_DIR
+from dermground.platform.embedder_provider import EmbedderProvider
 from dermground.platform.names import check_collection_name
-from dermground.platform.search import EmbedderProvider, ModelUnavailableError
+from dermground.platform.search_request import ModelUnavailableError
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, VectorStore, open_live_store
 

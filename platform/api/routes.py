@@ -26,14 +26,9 @@ from dermground.platform.api.security import auth_mode, require_read, require_sq
 from dermground.platform.api.throttle import client_key
 from dermground.platform.api.viewer import STATIC_DIR
 from dermground.platform.attributes import ATTRIBUTES, get_attribute
-from dermground.platform.search import (
-    ModelUnavailableError,
-    QueryNotFoundError,
-    SearchError,
-    SearchRequest,
-    SearchResponse,
-    search,
-)
+from dermground.platform.search import search
+from dermground.platform.search_request import ModelUnavailableError, QueryNotFoundError, SearchError, SearchRequest
+from dermground.platform.search_results import SearchResponse
 from dermground.platform.settings import Settings
 from dermground.platform.store import Range, SearchFilter, StoreError, VectorStore, point_id
 

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
-from dermground.platform.search import DEFAULT_B, SearchMode
+from dermground.platform.search_request import DEFAULT_B, SearchMode
 from dermground.platform.store.schema import NUMERIC_FIELDS
 
 # Enums built from the registry: an unknown attribute is a 422 naming the allowed values.

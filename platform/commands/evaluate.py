@@ -91,7 +91,7 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
 def retrieval(collection: str | None, untuned_collection: str | None, out_dir: Path, methods: str | None,
               attributes: tuple[str, ...], queries: int | None, b: int, k: int, seed: int) -> None:
     """Figure 4: percentile of |Δattribute|² of the top-k among all train images, per method."""
-    from dermground.platform.search import SearchError
+    from dermground.platform.search_request import SearchError
     from dermground.platform.store import StoreError
     from dermground.eval.retrieval import FIGURE_FILE, METHODS, RESULT_FILE, TABLE_FILE, evaluate_retrieval
 

@@ -76,8 +76,9 @@ def search(image_path: Path | None, isic_id: str | None, mode: str, attributes: 
     """
     if (image_path is None) == (isic_id is None):
         raise click.UsageError("give exactly one of --image and --id")
-    from dermground.platform.search import EmbedderProvider, SearchError, SearchMode, SearchRequest
+    from dermground.platform.embedder_provider import EmbedderProvider
     from dermground.platform.search import search as run_search
+    from dermground.platform.search_request import SearchError, SearchMode, SearchRequest
     from dermground.platform.store import StoreError, StoreLockedError, open_store
 
     settings = current_settings().model_copy(update={"collection": collection})
@@ -94,7 +95,7 @@ def search(image_path: Path | None, isic_id: str | None, mode: str, attributes: 
     def load_model():  # noqa: ANN202 - only when the query needs it
         from dermground.platform.embed import Embedder
         from dermground.platform.model.loading import BackboneError, load_backbone_from_settings
-        from dermground.platform.search import ModelUnavailableError
+        from dermground.platform.search_request import ModelUnavailableError
 
         try:
             return Embedder(load_backbone_from_settings(settings))

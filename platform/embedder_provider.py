@@ -1,0 +1,49 @@
+"""The model for search and prediction: loaded on first use, one forward pass at a time."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+
+
+class EmbedderProvider:
+    """Gives search an Embedder on first use and runs one model call at a time.
+
+    The model uses every core for one forward pass, so concurrent requests are serialised here
+    instead of oversubscribing the CPU; `load` runs once, lazily (queries by isic_id whose
+    vectors are stored never need it).
+    """
+
+    def __init__(self, load: Callable[[], object]) -> None:
+        self._load = load
+        self._embedder = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, embedder: object) -> EmbedderProvider:
+        """A provider around an already built Embedder."""
+        provider = cls(lambda: embedder)
+        provider._embedder = embedder
+        return provider
+
+    def embedder(self):  # noqa: ANN201 - dermground.platform.embed.Embedder (imported lazily: torch)
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    self._embedder = self._load()
+        return self._embedder
+
+    @property
+    def fingerprint(self) -> str:
+        return self.embedder().backbone.fingerprint
+
+    def embed(self, images: Sequence[Image.Image], attributes: Sequence[str], include_image: bool):  # noqa: ANN201
+        return self.run(lambda embedder: embedder.embed(images, attributes, include_image=include_image))
+
+    def run(self, work: Callable[[object], object]) -> object:
+        """work(embedder) with the model to itself (e.g. attribute prediction on its backbone)."""
+        embedder = self.embedder()
+        with self._lock:
+            return work(embedder)

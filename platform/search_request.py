@@ -1,0 +1,82 @@
+"""What a search asks for: the mode, the request, its checks, and the errors a search raises."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
+from dermground.platform.settings import Settings
+from dermground.platform.store import SearchFilter
+
+DEFAULT_B = 200
+
+
+class SearchMode(str, enum.Enum):
+    """How the top-k is found (see dermground.platform.search_modes)."""
+
+    image = "image"
+    image_text = "image_text"
+    hierarchical = "hierarchical"
+    prefetch = "prefetch"
+
+
+class SearchError(ValueError):
+    """A search request that cannot be served as asked; the message says why and what to do."""
+
+
+class QueryNotFoundError(SearchError):
+    """The query isic_id is not in the collection."""
+
+
+class ModelUnavailableError(SearchError):
+    """The query needs the model (an uploaded image, or vectors the store lacks) and none fits."""
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search. Exactly one of `image` / `isic_id`; attributes needed by every mode but image.
+
+    `filter` restricts the candidates (metadata equality/in, numeric ranges, split);
+    `exclude_query_patient` drops the query's patient (known from the payload for an isic_id,
+    or given as `query_patient_id` for an upload); `exclude_query_image` drops the query point
+    itself when searching by isic_id.
+    """
+
+    mode: SearchMode = SearchMode.image
+    attributes: tuple[str, ...] = ()
+    image: Image.Image | None = None
+    isic_id: str | None = None
+    k: int = 10
+    b: int | None = None  # None: DEFAULT_B, capped at settings.max_b
+    filter: SearchFilter = field(default_factory=SearchFilter)
+    exclude_query_patient: bool = False
+    query_patient_id: str | None = None
+    exclude_query_image: bool = True
+    cache_vectors: bool = False
+
+
+def validate_request(request: SearchRequest, settings: Settings) -> tuple[str, ...]:
+    """The request's canonical attribute names, or a SearchError saying what to change."""
+    if (request.image is None) == (request.isic_id is None):
+        raise SearchError("give exactly one query: an image or an isic_id")
+    if not 1 <= request.k <= settings.max_k:
+        raise SearchError(f"k must be between 1 and {settings.max_k} (DERMGROUND_MAX_K), got {request.k}")
+    if request.b is not None and not 1 <= request.b <= settings.max_b:
+        raise SearchError(f"b must be between 1 and {settings.max_b} (DERMGROUND_MAX_B), got {request.b}")
+    names: list[str] = []
+    for name in request.attributes:
+        try:
+            canonical = get_attribute(name).name
+        except KeyError as exc:
+            raise SearchError(str(exc.args[0])) from None
+        if canonical not in names:
+            names.append(canonical)
+    if request.mode is SearchMode.image and names:
+        raise SearchError("mode 'image' ranks by h_im and takes no attributes; use image_text, hierarchical "
+                          "or prefetch to search by an attribute")
+    if request.mode is not SearchMode.image and not names:
+        raise SearchError(f"mode {request.mode.value!r} needs at least one attribute; known: {', '.join(ATTRIBUTE_NAMES)}")
+    return tuple(names)
