@@ -79,3 +79,16 @@ def test_searches_across_a_switch_all_succeed_and_the_api_follows(home: Path, se
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+
+
+def test_a_store_handed_to_the_app_is_listed_with_its_own_count(home: Path, search_collection) -> None:
+    """A store given to create_app (not a LiveStore) is the one open version: counted through it."""
+    from fastapi.testclient import TestClient
+
+    settings = Settings(home=home, api_read_key=READ, collection="lesions")
+    with EdgeStore(home / "qdrant" / "lesions__v1", "lesions__v1") as store:
+        store.delete([point_id(search_collection["records"][REMOVED].isic_id)])  # 34 now; its record says 35
+        with TestClient(create_app(settings, store=store)) as client:
+            listed = client.get("/collections", headers={"X-API-Key": READ})
+    assert listed.status_code == 200, listed.text
+    assert {v["version"]: v["points"] for v in listed.json()}["v1"] == 34

@@ -254,11 +254,21 @@ def collections(request: Request) -> list[schemas.CollectionVersion]:
     time, size on disk. Versions this server does not have open show the count recorded when built."""
     from dermground.platform.store import open_collections
 
-    store = request.app.state.store
-    held = store.held() if hasattr(store, "held") else ({store.collection: store} if store is not None else {})
     try:
         with open_collections(_settings(request)) as versions:
-            infos = versions.list(held=held, count=False)
+            infos = versions.list(held=_open_stores(request.app.state.store), count=False)
     except StoreError as exc:
         raise HTTPException(503, detail=str(exc)) from None
     return [schemas.CollectionVersion(**info.to_dict()) for info in infos]
+
+
+def _open_stores(store: VectorStore | None) -> dict[str, VectorStore]:
+    """The stores this server has open, by physical collection: counted through them, never opened twice.
+
+    A LiveStore holds the version its alias points at now; a store handed to create_app is itself
+    the one open collection."""
+    from dermground.platform.store.live import LiveStore
+
+    if isinstance(store, LiveStore):
+        return store.held()
+    return {store.collection: store} if store is not None else {}
