@@ -106,56 +106,23 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
                    progress: bool = True) -> dict:
     """Train the vision tower of `base_dir` on region statistics for config.tower_steps steps (with its
     batch_size, lr, seed and max_images); write a new model to `out_dir`."""
-    from dermground.platform.progress import progress_bar
-
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import check_model_dir, load_backbone
 
-    steps, batch_size, lr, seed = config.tower_steps, config.batch_size, config.lr, config.seed
-    if steps < 1:
+    if config.tower_steps < 1:
         raise ValueError("--tower-steps must be at least 1 to train the tower")
     base = check_model_dir(base_dir)
     out = Path(out_dir)
     if out.resolve() == base.resolve():
         raise ValueError("--out must differ from --base: tower pre-training writes a new model folder")
     started = time.perf_counter()
-    torch.manual_seed(seed)
+    torch.manual_seed(config.seed)
     backbone = load_backbone(base, device="cpu", dtype="float32", for_training=True)
     model = backbone.core
-    tower = model.model.visual
-    model.requires_grad_(False)
-    tower.requires_grad_(True)
-    tower.train()
     patches, grids, raw_targets = _encode_images(Path(data_dir), backbone.processor, config.max_images, progress)
-    flat = raw_targets.reshape(-1, raw_targets.shape[-1])
-    mean, scale = flat.mean(axis=0), flat.std(axis=0) + 1e-6
-    targets = torch.from_numpy((raw_targets - mean) / scale)
-    head = torch.nn.Linear(int(model.config.text_config.hidden_size), targets.shape[-1])
-    optimizer = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
-    order_rng = random.Random(f"{seed}:tower")
-    batch = min(batch_size, len(patches))
-    curve: list[tuple[int, float]] = []
-    bar = progress_bar(range(steps), desc="tower: train", unit="step", disable=not progress)
-    for step in bar:
-        chosen = order_rng.sample(range(len(patches)), batch)
-        pixel_values = torch.cat([patches[i] for i in chosen]).float()
-        output = tower(pixel_values, grid_thw=grids[chosen])
-        tokens = getattr(output, "pooler_output", output).reshape(batch, targets.shape[1], -1)
-        loss = torch.nn.functional.mse_loss(head(tokens), targets[chosen])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 50 == 0 or step == steps - 1:
-            value = float(loss.detach())
-            curve.append((step + 1, round(value, 5)))
-            bar.set_postfix(loss=f"{value:.4f}")
-    out.mkdir(parents=True, exist_ok=True)
-    for item in base.iterdir():  # tokenizer, processor, chat template: everything but the weights is unchanged
-        if item.is_file() and not item.name.endswith(".safetensors") and item.name != TOWER_METADATA_FILE:
-            shutil.copy2(item, out / item.name)
-    model.save_pretrained(out)
+    batch = min(config.batch_size, len(patches))
+    curve = _train_tower(model, patches, grids, _standardised(raw_targets), config, batch, progress)
+    _save_model(model, base, out)
     metadata = {
         "what": "vision-tower pre-training on local image statistics of the tiny model (not the 16 attributes)",
         "statistics": list(STATISTIC_NAMES), "token_pixels": TOKEN_PIXELS,
@@ -167,3 +134,52 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
     }
     (out / TOWER_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return metadata
+
+
+def _standardised(raw_targets: np.ndarray) -> torch.Tensor:
+    """The targets standardised per statistic over every token of every training image."""
+    flat = raw_targets.reshape(-1, raw_targets.shape[-1])
+    mean, scale = flat.mean(axis=0), flat.std(axis=0) + 1e-6
+    return torch.from_numpy((raw_targets - mean) / scale)
+
+
+def _train_tower(model: torch.nn.Module, patches: list[torch.Tensor], grids: torch.Tensor, targets: torch.Tensor,
+                 config: PretrainConfig, batch: int, progress: bool) -> list[tuple[int, float]]:
+    """The tower (and a throw-away linear head) trained to regress `targets`; the loss curve."""
+    from dermground.platform.progress import progress_bar
+
+    tower = model.model.visual
+    model.requires_grad_(False)
+    tower.requires_grad_(True)
+    tower.train()
+    head = torch.nn.Linear(int(model.config.text_config.hidden_size), targets.shape[-1])
+    optimizer = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.tower_steps,
+                                                   pct_start=0.05)
+    order_rng = random.Random(f"{config.seed}:tower")
+    curve: list[tuple[int, float]] = []
+    bar = progress_bar(range(config.tower_steps), desc="tower: train", unit="step", disable=not progress)
+    for step in bar:
+        chosen = order_rng.sample(range(len(patches)), batch)
+        pixel_values = torch.cat([patches[i] for i in chosen]).float()
+        output = tower(pixel_values, grid_thw=grids[chosen])
+        tokens = getattr(output, "pooler_output", output).reshape(batch, targets.shape[1], -1)
+        loss = torch.nn.functional.mse_loss(head(tokens), targets[chosen])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == config.tower_steps - 1:
+            value = float(loss.detach())
+            curve.append((step + 1, round(value, 5)))
+            bar.set_postfix(loss=f"{value:.4f}")
+    return curve
+
+
+def _save_model(model: torch.nn.Module, base: Path, out: Path) -> None:
+    """The trained weights beside a copy of everything else of `base` (tokenizer, processor, chat template)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in base.iterdir():
+        if item.is_file() and not item.name.endswith(".safetensors") and item.name != TOWER_METADATA_FILE:
+            shutil.copy2(item, out / item.name)
+    model.save_pretrained(out)
