@@ -19,6 +19,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from harness import machine_line  # first: the offline environment
+
 
 def main() -> None:
     from dermground.ingest import synth
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args()
+    print(machine_line())
 
     def shape(mask: np.ndarray, pixel_mm: float) -> dict[str, float]:
         perimeter, area = perimeter_pixels(mask) * pixel_mm, mask.sum() * pixel_mm**2

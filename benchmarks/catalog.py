@@ -17,16 +17,14 @@ Target (issue #23): p50 <= 200 ms for each typical query.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
-import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from harness import load_line, machine_line, percentiles_ms, timed
 
 from dermground.ingest.writer import catalog_file_name
 from dermground.platform.analyst import connect
@@ -130,16 +128,13 @@ def time_queries(catalog_dir: Path, repeats: int) -> dict[str, dict[str, float]]
             fresh, kept, cpu = [], [], []
             run_readonly_sql(catalog_dir, sql, timeout_s=600)  # warm the OS page cache once
             for _ in range(repeats):
-                t = time.perf_counter()
-                run_readonly_sql(catalog_dir, sql, timeout_s=600)
-                fresh.append(1000 * (time.perf_counter() - t))
-                t, c = time.perf_counter(), time.process_time()
-                con.execute(sql).fetchall()
-                kept.append(1000 * (time.perf_counter() - t))
-                cpu.append(1000 * (time.process_time() - c))
-            results[label] = {"fresh_p50": statistics.median(fresh), "fresh_p90": float(np.percentile(fresh, 90)),
-                              "kept_p50": statistics.median(kept), "kept_p90": float(np.percentile(kept, 90)),
-                              "cpu_p50": statistics.median(cpu)}
+                fresh.append(timed(lambda: run_readonly_sql(catalog_dir, sql, timeout_s=600))[0])  # noqa: B023
+                c = time.process_time()
+                kept.append(timed(lambda: con.execute(sql).fetchall())[0])  # noqa: B023
+                cpu.append(time.process_time() - c)
+            fresh_ms, kept_ms = percentiles_ms(fresh, (50, 90)), percentiles_ms(kept, (50, 90))
+            results[label] = {"fresh_p50": fresh_ms[50], "fresh_p90": fresh_ms[90], "kept_p50": kept_ms[50],
+                              "kept_p90": kept_ms[90], "cpu_p50": percentiles_ms(cpu, (50,))[50]}
     finally:
         con.close()
     return results
@@ -153,7 +148,7 @@ def report(title: str, results: dict[str, dict[str, float]]) -> None:
         verdict = "/".join("ok" if r[key] <= TARGET_MS else "MISSED" for key in ("fresh_p50", "kept_p50"))
         print(f"{label:40s} {r['fresh_p50']:8.0f}ms {r['fresh_p90']:8.0f}ms {r['kept_p50']:8.0f}ms "
               f"{r['kept_p90']:8.0f}ms {r['cpu_p50']:8.0f}ms  {verdict}")
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"during the run: {load_line()}")
 
 
 def main() -> None:
@@ -165,8 +160,8 @@ def main() -> None:
     parser.add_argument("--no-compact", action="store_true", help="time the ingest-written layout only")
     args = parser.parse_args()
     catalog_dir = args.dir / f"catalog-{args.lesions}"
-    print(f"catalog benchmark: {args.lesions} lesions, {args.lesions * 16} predictions; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(machine_line())
+    print(f"catalog benchmark: {args.lesions} lesions, {args.lesions * 16} predictions")
     if args.rebuild and catalog_dir.exists():
         shutil.rmtree(catalog_dir)
     if not (catalog_dir / "predictions").is_dir():

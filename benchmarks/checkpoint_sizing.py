@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from harness import machine_line  # first: the offline environment
+
 import torch
 
 # Published sizes (config.json of each Qwen/...-Instruct checkpoint).
@@ -88,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="Print a Markdown table.")
     args = parser.parse_args()
+    print(machine_line())
     rows = {name: row(name) for name in CHECKPOINTS}
     if args.markdown:
         print("| checkpoint | parameters (vision) | LoRA r=8 | bf16 weights | KV of one image prefix | LoRA training, "

@@ -10,10 +10,10 @@ temporary folder, checks the two paths agree, and prints their time ratio. Last 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
-import time
 from pathlib import Path
+
+from harness import machine_line, timed  # first: the offline environment, before transformers loads
 
 import numpy as np
 import torch
@@ -41,12 +41,6 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
 def min_cosine(a: EmbeddingBatch, b: EmbeddingBatch) -> float:
     pairs = [(a.h_im, b.h_im)] + [(a.h_im_a[k], b.h_im_a[k]) for k in b.h_im_a]
     return float(min(((x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)).min() for x, y in pairs))
-
-
-def timed(fn):  # noqa: ANN001, ANN201
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def measure(model_dir: Path, images: list[Image.Image], configs: list[tuple[int, int]], naive: bool,
@@ -86,9 +80,8 @@ def main() -> None:
     parser.add_argument("--tiny-images", type=int, default=32, help="images for the tiny preset throughput")
     parser.add_argument("--rounds", type=int, default=2, help="alternating timing rounds per path")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"cuda {torch.cuda.is_available()}, cpus {os.cpu_count()}")
+    print(machine_line())
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
     configs = [(1, 16), (2, 32), (4, 64)]
     with tempfile.TemporaryDirectory() as tmp:
         tiny_dir = save_tiny_model(Path(tmp) / "tiny", preset="tiny")

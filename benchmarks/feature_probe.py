@@ -18,6 +18,8 @@ import argparse
 
 import numpy as np
 
+from harness import machine_line  # first: the offline environment
+
 PENALTIES = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (default: the base alone)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    print(machine_line())
     torch.set_num_threads(args.threads)
 
     backbone = load_backbone(args.model, args.adapter, device="cpu", dtype="float32")

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 # Scripts beside this one (benchmarks/ is sys.path[0] when run as a script).
+from harness import machine_line, timed  # first: the offline environment
+
 from embed import min_cosine, synthetic_images
 from gpu_train_step import construct, real_config
 
@@ -63,16 +64,10 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
 
-    def timed(fn):  # noqa: ANN001, ANN202
-        if cuda:
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        out = fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - started, out
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else None
 
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    print(machine_line())
     print(f"device {name}, torch {torch.__version__}, {args.image_size} px, bfloat16"
           + (f", at most {args.max_layers} layers (code-path check, not real cost)" if args.max_layers else ""),
           flush=True)
@@ -86,16 +81,16 @@ def main() -> None:
         ingest = {}
         for pair in args.configs.split(","):
             batch_size, suffix_batch = (int(x) for x in pair.split(":"))
-            seconds, _ = timed(lambda: Embedder(backbone, batch_size, suffix_batch).embed(images[:args.images]))
+            seconds, _ = timed(lambda: Embedder(backbone, batch_size, suffix_batch).embed(images[:args.images]), sync)
             ingest[pair] = args.images / seconds
             print(f"{shape} ingest batch_size={batch_size} suffix_batch={suffix_batch}: {ingest[pair]:.1f} images/s",
                   flush=True)
         best = max(ingest, key=ingest.get)
         embedder = Embedder(backbone, *(int(x) for x in best.split(":")))
         few = images[:args.naive_images]
-        shared_s, shared = timed(lambda: embedder.embed(few))
-        naive_s, naive = timed(lambda: embedder.embed_reference(few))
-        hier_s, _ = timed(lambda: embedder.embed(images[:args.b], attributes=["areaMM2"], include_image=False))
+        shared_s, shared = timed(lambda: embedder.embed(few), sync)
+        naive_s, naive = timed(lambda: embedder.embed_reference(few), sync)
+        hier_s, _ = timed(lambda: embedder.embed(images[:args.b], attributes=["areaMM2"], include_image=False), sync)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
         row = {"shape": shape, "ingest_images_per_s": ingest, "best": best,
                "naive_s_per_image": naive_s / len(few), "shared_s_per_image": shared_s / len(few),

@@ -34,6 +34,8 @@ import random
 import time
 from dataclasses import dataclass
 
+from harness import machine_line, timed  # first: the offline environment
+
 PAPER_TUPLES = 1_412_820  # the paper's D_tr: 282,564 training images x W=5
 
 # Published Qwen2-VL sizes (config.json of Qwen2-VL-2B-Instruct and -7B-Instruct).
@@ -162,13 +164,8 @@ def measure(model, collate, rows, run: Run, device, steps: int, warmup: int) -> 
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    first_loss = None
-    started = 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
-            if cuda:
-                torch.cuda.synchronize(device)
-            started = time.perf_counter()
+
+    def step() -> torch.Tensor:
         batch = answer_window(collate.pad(rows))
         batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         optimizer.zero_grad(set_to_none=True)
@@ -177,12 +174,14 @@ def measure(model, collate, rows, run: Run, device, steps: int, warmup: int) -> 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        if first_loss is None:
-            first_loss = float(loss.detach())
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - started) / steps
-    tokens = int(batch["attention_mask"].shape[1])
+        return loss.detach()
+
+    losses = [step() for _ in range(warmup)]
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else None
+    elapsed, timed_losses = timed(lambda: [step() for _ in range(steps)], sync)
+    seconds = elapsed / steps
+    first_loss = float((losses or timed_losses)[0])
+    tokens = int(answer_window(collate.pad(rows))["attention_mask"].shape[1])
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
     del optimizer
     return {"s_per_step": seconds, "samples_per_s": run.batch / seconds, "peak_gib": peak, "first_loss": first_loss,
@@ -209,6 +208,7 @@ def main() -> None:
     runs = [Run.parse(text) for text in args.runs.split(",")]
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(machine_line())
     print(f"device {name}, torch {torch.__version__}, {args.steps} timed steps after {args.warmup} warm-up"
           + (", gradient checkpointing" if args.checkpointing else "")
           + (f", at most {args.max_layers} layers (code-path check, not real cost)" if args.max_layers else ""),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import socket
 import statistics
@@ -19,9 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+from harness import machine_line, percentiles_ms  # first: the offline environment
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 API_KEY = "bench-read-key"
 
 
@@ -57,9 +55,9 @@ def build_home(home: Path, images: int, patients: int) -> None:
             store.upsert(points)
 
 
-def _ms(values: list[float]) -> str:
-    arr = np.asarray(values) * 1000
-    return f"p50 {np.percentile(arr, 50):7.1f} ms  p99 {np.percentile(arr, 99):7.1f} ms  (n={len(arr)})"
+def _ms(seconds: list[float]) -> str:
+    p = percentiles_ms(seconds, (50, 99))
+    return f"p50 {p[50]:7.1f} ms  p99 {p[99]:7.1f} ms  (n={len(seconds)})"
 
 
 def per_mode_latency(home: Path, repeats: int) -> None:
@@ -196,6 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.concurrency < 1 or args.requests < 1:
         parser.error("--requests and --concurrency must be >= 1")
+    print(machine_line())
     build_home(args.home, args.images, args.patients)
     per_mode_latency(args.home, args.repeats)
     load_test(args.home, args.requests, args.concurrency)

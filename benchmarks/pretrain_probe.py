@@ -14,6 +14,8 @@ import argparse
 
 import numpy as np
 
+from harness import machine_line  # first: the offline environment
+
 
 def main() -> None:
     from dermground.ingest.reader import LesionRecord, read_records
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="ISIC-format data folder (its test split is used)")
     parser.add_argument("--images", type=int, default=300)
     args = parser.parse_args()
+    print(machine_line())
 
     backbone = load_backbone(args.model, device="cpu", dtype="float32")
     records = [r for r in read_records(args.data, split="test") if isinstance(r, LesionRecord)][: args.images]

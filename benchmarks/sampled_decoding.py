@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from harness import machine_line  # first: the offline environment
+
 
 def main() -> None:
     import time
@@ -39,6 +41,7 @@ def main() -> None:
                         help="largest number of views V; every group size up to it (1, 2, 4, 8) is scored")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    print(machine_line())
     ks = sorted({int(k) for k in args.samples.split(",")})
     view_counts = [v for v in (1, 2, 4, 8) if v <= args.views]
 

@@ -11,13 +11,12 @@ does), the portable snapshot, and the disk usage of a version restored from that
 from __future__ import annotations
 
 import argparse
-import platform
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from harness import machine_line, timed
 
 from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, point_id
@@ -37,6 +36,15 @@ def _points(n: int, dim: int, fingerprint: str) -> list[StorePoint]:
         vectors = {name: rng.normal(size=dim).astype(np.float32) for name in DEFAULT_VECTOR_NAMES}
         points.append(StorePoint(point_id(record["isic_id"]), vectors, build_payload(record, fingerprint)))
     return points
+
+
+def _restore(cols: EdgeCollections, archive: Path, staging: Path):  # noqa: ANN202 - (verified snapshot, version)
+    """Verify the archive and load it into a new version (what `snapshot restore` does before switching)."""
+    verified = open_snapshot(archive, staging)
+    restored_version = cols.create_version("demo", VersionMeta(state=BUILDING))
+    with cols.open_version("demo", restored_version) as store:
+        load_snapshot(verified, store)
+    return verified, restored_version
 
 
 def main() -> None:
@@ -59,21 +67,14 @@ def main() -> None:
         engine_tar = root / "engine-folder.tar"  # what `snapshot create` wrote before
         with tarfile.open(engine_tar, "w") as tar:
             tar.add(root / "qdrant" / f"demo__{version}", arcname=".")
-        started = time.perf_counter()
         with cols.open_version("demo", version) as store:
-            archive = write_snapshot(store, root / "snapshots", "demo")
-        snapshot_s = time.perf_counter() - started
-        started = time.perf_counter()
-        verified = open_snapshot(archive, root / "staging")
-        restored_version = cols.create_version("demo", VersionMeta(state=BUILDING))
-        with cols.open_version("demo", restored_version) as store:
-            load_snapshot(verified, store)
-        restore_s = time.perf_counter() - started
+            snapshot_s, archive = timed(lambda: write_snapshot(store, root / "snapshots", "demo"))
+        restore_s, (verified, restored_version) = timed(lambda: _restore(cols, archive, root / "staging"))
         verified.cleanup()
         restored = disk_usage(root / "qdrant" / f"demo__{restored_version}")
         snap = archive.stat().st_size
-        print(f"snapshot_size: {args.n} points x {len(DEFAULT_VECTOR_NAMES)} vectors x {args.dim}-d "
-              f"({platform.node()}, {platform.processor() or platform.machine()})")
+        print(machine_line())
+        print(f"snapshot_size: {args.n} points x {len(DEFAULT_VECTOR_NAMES)} vectors x {args.dim}-d")
         print(f"  raw float32 vectors            {human_bytes(raw):>10}")
         print(f"  fresh collection on disk       {human_bytes(fresh):>10}")
         print(f"  engine-folder tar (before)     {human_bytes(engine_tar.stat().st_size):>10}  "

@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from harness import machine_line  # first: the offline environment
+
 from dermground.ingest.synth import generate_dataset
 
 
@@ -18,6 +20,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args()
+    print(machine_line())
     cores = os.cpu_count() or 1
     rates = {}
     for workers in sorted({1, cores}):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from harness import machine_line  # first: the offline environment
+
 
 def main() -> None:
     import torch
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--dropout", type=float, default=0.05)
     args = parser.parse_args()
+    print(machine_line())
 
     torch.set_num_threads(args.threads)
     tuples = list(build_training_set(args.data, 5, 7, max_images=400).tuples)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from harness import machine_line  # first: the offline environment
+
 
 def main() -> None:
     from pathlib import Path
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--w", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    print(machine_line())
 
     records = [r for r in read_records(Path(args.data), split="train") if isinstance(r, LesionRecord)][:args.images]
     backbone = load_backbone(args.base, args.adapter, device="cpu")

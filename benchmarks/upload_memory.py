@@ -25,7 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from harness import machine_line  # first: the offline environment (the server inherits it)
+
 MB = 1024 * 1024
 
 
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
+    print(machine_line())
     build_home(args.home)
     png = large_png(args.side)
     print(f"PNG {args.side}x{args.side} RGB: {len(png) / 1024:.0f} KB; raw RGB pixels "

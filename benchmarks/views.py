@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from harness import machine_line  # first: the offline environment
+
 
 def main() -> None:
     import time
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--adapter", required=True)
     parser.add_argument("--blocks", type=int, default=3, help="alternating blocks of 30 steps per side")
     args = parser.parse_args()
+    print(machine_line())
     torch.set_num_threads(2)
 
     # 1. one example's patches, turned
