@@ -6,10 +6,12 @@
 
 It is a plain duckdb.DuckDBPyConnection, so notebooks, `duckdb` itself and BI tools take it as
 is. The views live in a database opened read-only (they cannot be dropped or replaced, no table
-can be created in it; TEMP tables for one's own intermediate results are fine), only files under
-the catalog folder can be read, and the settings are frozen (platform/catalog.lock_down).
+can be created in it; TEMP tables for one's own intermediate results are fine), the catalog's
+files are reached through a read-only file system (platform/catalog_readonly_fs.py: a COPY ... TO
+into the catalog folder is refused; DuckDB's own guard cannot tell reading from writing), no other
+file can be read or written, and the settings are frozen (platform/catalog.lock_down).
 A Python caller owns the machine's files anyway: the strict one-SELECT rule stays with
-`dermground sql` and POST /sql (run_readonly_sql), which also refuse COPY ... TO.
+`dermground sql` and POST /sql (run_readonly_sql).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from dermground.platform.catalog import _create_views, guarded_select, lock_down
+from dermground.platform.catalog_readonly_fs import PREFIX, ReadOnlyCatalogFileSystem
 
 
 def connect(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -36,13 +39,15 @@ def connect(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
         path = os.path.join(scratch, "views.duckdb")
         builder = duckdb.connect(path)
         try:
-            _create_views(builder, catalog_dir)
+            builder.register_filesystem(ReadOnlyCatalogFileSystem(catalog_dir))  # binding a view reads its files
+            _create_views(builder, catalog_dir, PREFIX)
         finally:
             builder.close()
-        # The views are SQL text over Parquet globs: the file only carries them; once open
-        # read-only it can go (Linux keeps the open file).
+        # The views are SQL text over Parquet files: the database file only carries them; once
+        # open read-only it can go (Linux keeps the open file).
         con = duckdb.connect(path, read_only=True)
-    lock_down(con, catalog_dir)
+    con.register_filesystem(ReadOnlyCatalogFileSystem(catalog_dir))
+    lock_down(con, catalog_dir, PREFIX)
     return con
 
 

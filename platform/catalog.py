@@ -111,35 +111,36 @@ def _duck_type(dtype: pa.DataType) -> str:
             _TS: "TIMESTAMPTZ"}[dtype]
 
 
-def _source(schema: pa.Schema, files: Sequence[Path]) -> str:
-    """SELECT of a table's columns over `files` (an empty typed row set when there are none)."""
+def _source(schema: pa.Schema, files: Sequence[Path], prefix: str = "") -> str:
+    """SELECT of a table's columns over `files` (an empty typed row set when there are none);
+    `prefix` goes before each path (a file system protocol, e.g. the analyst's read-only one)."""
     nulls = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
     empty = f"SELECT {nulls} WHERE false"  # so queries work before any write
     if not files:
         return empty
     columns = ", ".join(f'"{f.name}"' for f in schema)
-    listed = ", ".join(_sql_literal(str(f)) for f in files)
+    listed = ", ".join(_sql_literal(prefix + str(f)) for f in files)
     # UNION ALL BY NAME with the typed empty row set: a column no file has yet (added to the schema
     # later) reads as NULL of its declared type instead of failing to bind.
     return f"SELECT {columns} FROM ({empty} UNION ALL BY NAME SELECT * FROM read_parquet([{listed}], union_by_name=true))"
 
 
-def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
+def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "") -> None:
     for table, schema in TABLES.items():
         folder = catalog_dir / table
         parts = live_parts(folder) if folder.is_dir() else LiveParts(None, [], [])
         if table not in _LATEST_BY:
-            con.execute(f"CREATE VIEW {table} AS {_source(schema, parts.all)}")
+            con.execute(f"CREATE VIEW {table} AS {_source(schema, parts.all, prefix)}")
             continue
         keys = ", ".join(_LATEST_BY[table])
         latest = f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {_STAMP[table]} DESC) = 1"
-        con.execute(f"CREATE VIEW {table}_history AS {_source(schema, parts.all)}")
+        con.execute(f"CREATE VIEW {table}_history AS {_source(schema, parts.all, prefix)}")
         if parts.current is None:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM {table}_history {latest}")
             continue
         # A compaction left the latest row per key in one file: only keys written again since
         # need the window; the rest of that file passes through an anti-join.
-        current, recent = f"({_source(schema, [parts.current])})", f"({_source(schema, parts.recent)})"
+        current, recent = f"({_source(schema, [parts.current], prefix)})", f"({_source(schema, parts.recent, prefix)})"
         con.execute(f"CREATE VIEW {table} AS "
                     f"SELECT * FROM {current} c ANTI JOIN {recent} r USING ({keys}) UNION ALL "
                     f"SELECT * FROM (SELECT * FROM {current} c SEMI JOIN {recent} r USING ({keys}) "
@@ -249,14 +250,15 @@ def _check_single_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise SqlRejected(f"only SELECT queries are allowed, this is a {kind.name} statement; the catalog is read-only")
 
 
-def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path) -> None:
-    """The analyst guard's settings: read files under catalog_dir only, no other external access,
-    bounded memory, and the configuration frozen so a query cannot undo it."""
+def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "") -> None:
+    """The analyst guard's settings: read files under catalog_dir only (named with `prefix`, as the
+    views name them), no other external access, bounded memory, and the configuration frozen so a
+    query cannot undo it."""
     # Order matters: restrict first, then turn external access off, then freeze the settings.
     # DuckDB adds its temporary (spill) directory, <cwd>/.tmp by default, to the allowed ones:
     # no spilling, so that no folder but the catalog's can be read.
     con.execute("SET temp_directory=''")
-    con.execute(f"SET allowed_directories=[{_sql_literal(str(catalog_dir))}]")
+    con.execute(f"SET allowed_directories=[{_sql_literal(prefix + str(catalog_dir))}]")
     con.execute("SET enable_external_access=false")
     con.execute("SET memory_limit='2GB'")
     con.execute("SET lock_configuration=true")

@@ -72,6 +72,63 @@ def test_connect_is_read_only_guarded_and_gives_pandas_and_arrow(home: Path) -> 
         analyst_catalog.connect(home=home / "nowhere")
 
 
+
+def test_connect_cannot_write_into_the_catalog_folder(home: Path, tmp_path: Path) -> None:
+    """COPY ... TO into the catalog is refused, by the folder's own path or the views' file names
+    (a live file overwritten in place included); nothing in the folder changes."""
+    catalog = (home / "catalog").resolve()
+    before = {p: p.read_bytes() for p in catalog.rglob("*") if p.is_file()}
+    live = next((catalog / "quarantine").glob("*.parquet"))
+    con = analyst_catalog.connect(home=home)
+    with pytest.raises(duckdb.PermissionException, match="disabled by configuration"):
+        con.execute(f"COPY (SELECT 1 AS a) TO '{catalog}/mine.csv'")
+    for target, options in ((f"dgcatalog://{catalog}/mine.csv", ""),
+                            (f"dgcatalog://{live}", "(FORMAT parquet, USE_TMP_FILE false)"),
+                            (f"dgcatalog://{catalog}/lesions/mine", "(FORMAT parquet, PARTITION_BY a)")):
+        with pytest.raises(duckdb.Error, match="does not write into the catalog"):
+            con.execute(f"COPY (SELECT 1 AS a, 2 AS b) TO '{target}' {options}")
+    with pytest.raises(duckdb.PermissionException):  # elsewhere was refused before and still is
+        con.execute(f"COPY (SELECT 1 AS a) TO '{tmp_path}/elsewhere.csv'")
+    assert con.execute("SELECT count(*) FROM quarantine").fetchone() == (1,)  # reading still works
+    con.close()
+    assert {p: p.read_bytes() for p in catalog.rglob("*") if p.is_file()} == before
+
+
+def test_the_read_only_catalog_files_keep_one_position_per_thread(tmp_path: Path) -> None:
+    """DuckDB's threads seek and then read one shared handle: another thread's seek in between
+    must not move this thread's read (it did, and Parquet pages came from the wrong offset)."""
+    import threading
+
+    from dermground.platform.catalog_readonly_fs import PositionedReader
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    reader = PositionedReader(str(path))
+    sought, other_sought = threading.Event(), threading.Event()
+    got: dict[str, bytes] = {}
+
+    def first() -> None:
+        reader.seek(10)
+        sought.set()
+        assert other_sought.wait(timeout=60), "the other thread never sought"
+        got["first"] = reader.read(4)
+
+    def second() -> None:
+        assert sought.wait(timeout=60), "the first thread never sought"
+        reader.seek(500)
+        other_sought.set()
+        got["second"] = reader.read(2)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert got == {"first": bytes([10, 11, 12, 13]), "second": bytes([500 % 256, 501 % 256])}
+    reader.seek(-3, 2)
+    assert reader.read() == bytes([253, 254, 255]) and reader.read(5) == b""
+    reader.close()
+
 def test_prediction_errors_carry_the_scored_value_and_join_to_lesions(home: Path) -> None:
     cat = Catalog(home / "catalog")
     rows = cat.query("SELECT isic_id, attribute, unit, measured, predicted, error, abs_error, spread "
