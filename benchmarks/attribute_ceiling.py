@@ -22,8 +22,8 @@ from PIL import Image
 
 def main() -> None:
     from dermground.ingest import synth
-    from dermground.ingest.isic_format import FIELD_OF_VIEW_MM
-    from dermground.ingest.measure import feret_widths, measure, perimeter_pixels, srgb_to_lab
+    from dermground.platform.isic_format import FIELD_OF_VIEW_MM
+    from dermground.platform.attribute_measure import feret_widths, measure, perimeter_pixels, srgb_to_lab
     from dermground.platform.attributes import ATTRIBUTES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

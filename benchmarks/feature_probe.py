@@ -39,7 +39,7 @@ def main() -> None:
     import torch
     from tqdm import tqdm
 
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.attributes import ATTRIBUTE_NAMES
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone

@@ -27,7 +27,7 @@ API_KEY = "bench-read-key"
 
 def build_home(home: Path, images: int, patients: int) -> None:
     """Tiny model + synthetic data + full collection (image + 16 q_) + image-only copy."""
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.ingest.synth import generate_dataset
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
@@ -63,7 +63,7 @@ def _ms(values: list[float]) -> str:
 
 
 def per_mode_latency(home: Path, repeats: int) -> None:
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.search import EmbedderProvider, SearchMode, SearchRequest, search
@@ -125,7 +125,7 @@ def load_test(home: Path, requests: int, concurrency: int) -> None:
     import httpx
     import uvicorn
 
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.api import create_app
     from dermground.platform.settings import Settings
 

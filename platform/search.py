@@ -227,7 +227,9 @@ def _embed_to_vectors(provider: EmbedderProvider, images: Sequence[Image.Image],
 
 
 def _load_point_image(payload: Mapping[str, object], max_pixels: int) -> Image.Image:
-    from dermground.ingest.reader import ImageDecodeError, decode_image, load_image_bytes
+    from dermground.platform.image_sources import load_image_bytes
+    from dermground.platform.images import ImageRejected as ImageDecodeError
+    from dermground.platform.images import decode_image
 
     ref = payload.get("image_ref")
     who = payload.get("isic_id")
