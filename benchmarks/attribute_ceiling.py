@@ -22,9 +22,9 @@ from PIL import Image
 
 def main() -> None:
     from dermground.ingest import synth
-    from dermground.platform.isic_format import FIELD_OF_VIEW_MM
     from dermground.platform.attribute_measure import feret_widths, measure, perimeter_pixels, srgb_to_lab
     from dermground.platform.attributes import ATTRIBUTES
+    from dermground.platform.isic_format import FIELD_OF_VIEW_MM
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)

@@ -83,9 +83,9 @@ def test_train_writes_an_adapter_on_vision_and_decoder_that_plain_peft_loads_and
 
 
 def test_ingest_stores_the_vectors_the_embedder_computes(run, hub_dir, data):
-    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.settings import load_settings
     from dermground.platform.store import open_store, point_id
 
@@ -123,8 +123,8 @@ def test_search_runs_in_every_mode(run, data, mode):
 def test_predict_endpoint_answers_16_questions(run, hub_dir, data):
     from fastapi.testclient import TestClient
 
-    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.api import create_app
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.settings import Settings
 
     jpeg = next(r for r in read_records(data) if isinstance(r, LesionRecord)).image_bytes()

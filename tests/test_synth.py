@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from dermground.ingest.synth import generate_dataset
 from dermground.platform import isic_format as fmt
 from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.cli import cli
 from dermground.platform.metadata_fields import vocabulary
 from dermground.platform.records import LesionRecord, RejectedRecord, assign_split, read_records
-from dermground.platform.cli import cli
 
 
 def _digest(folder: Path) -> dict[str, str]:
