@@ -65,7 +65,7 @@ class LesionRecord:
 
     isic_id: str
     patient_id: str
-    split: str  # "train" | "test"
+    split: Split
     attributes: dict[str, float]
     metadata: dict[str, str | int | float | None]
     image_ref: str  # "hdf5:<abs path>#<isic_id>" or an absolute .jpg path

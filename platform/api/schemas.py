@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
 from dermground.platform.metadata_fields import ANY_OF_FILTERS, EQUALS_FILTERS
+from dermground.platform.records import Split
 from dermground.platform.search import DEFAULT_B, SearchMode
 from dermground.platform.store.schema import NUMERIC_FIELDS
 
@@ -45,6 +46,8 @@ class NumericRange(_Strict):
 
 
 class _FilterValues(_Strict):
+    """The check every any_of filter's values pass (the fields themselves come from the registry)."""
+
     @field_validator(*ANY_OF_FILTERS, check_fields=False)
     @classmethod
     def _short_values(cls, values: list[str] | None) -> list[str] | None:
@@ -56,7 +59,7 @@ class _FilterValues(_Strict):
 def _filter_fields() -> dict[str, Any]:
     """The filter fields from the metadata-field registry: a list per any_of field (at most its cap),
     one of its vocabulary per equals field, numeric ranges."""
-    fields: dict[str, Any] = {"split": (Literal["train", "test"] | None, None)}
+    fields: dict[str, Any] = {"split": (Split | None, None)}
     for name, cap in ANY_OF_FILTERS.items():
         fields[name] = (list[str] | None, Field(None, min_length=1, max_length=cap))
     for field in EQUALS_FILTERS:
