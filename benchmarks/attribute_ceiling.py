@@ -24,9 +24,9 @@ from harness import machine_line  # first: the offline environment
 
 def main() -> None:
     from dermground.ingest import synth
-    from dermground.ingest.isic_format import FIELD_OF_VIEW_MM
-    from dermground.ingest.measure import feret_widths, measure, perimeter_pixels, srgb_to_lab
+    from dermground.platform.attribute_measure import feret_widths, measure, perimeter_pixels, srgb_to_lab
     from dermground.platform.attributes import ATTRIBUTES
+    from dermground.platform.isic_format import FIELD_OF_VIEW_MM
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)

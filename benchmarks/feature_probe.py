@@ -41,10 +41,10 @@ def main() -> None:
     import torch
     from tqdm import tqdm
 
-    from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.attributes import ATTRIBUTE_NAMES
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
+    from dermground.platform.records import LesionRecord, read_records
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="ISIC-format data folder (train and test splits)")

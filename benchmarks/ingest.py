@@ -31,7 +31,7 @@ def bare_loop(data: Path, model_dir: Path, batch_size: int, threads: int) -> tup
     """(images, seconds) of read + decode + Embedder.embed over the data set, batched."""
     import torch
 
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
 

@@ -25,11 +25,11 @@ API_KEY = "bench-read-key"
 
 def build_home(home: Path, images: int, patients: int) -> None:
     """Tiny model + synthetic data + full collection (image + 16 q_) + image-only copy."""
-    from dermground.ingest.reader import LesionRecord, read_records
     from dermground.ingest.synth import generate_dataset
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.model.tiny import save_tiny_model
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, point_id
     from dermground.platform.store.edge import EdgeStore
 
@@ -61,10 +61,10 @@ def _ms(seconds: list[float]) -> str:
 
 
 def per_mode_latency(home: Path, repeats: int) -> None:
-    from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.embedder_provider import EmbedderProvider
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.search import search
     from dermground.platform.search_request import SearchMode, SearchRequest
     from dermground.platform.settings import Settings
@@ -125,8 +125,8 @@ def load_test(home: Path, requests: int, concurrency: int) -> None:
     import httpx
     import uvicorn
 
-    from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.api import create_app
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.settings import Settings
 
     settings = Settings(home=home, api_read_key=API_KEY)

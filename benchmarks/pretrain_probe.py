@@ -18,7 +18,7 @@ from harness import machine_line  # first: the offline environment
 
 
 def main() -> None:
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.predict import answer_questions
     from dermground.eval.predictions import r2_score

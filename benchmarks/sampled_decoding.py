@@ -24,7 +24,7 @@ def main() -> None:
 
     import numpy as np
 
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.attributes import ATTRIBUTES
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.model.views import MAX_VIEWS, dihedral_view

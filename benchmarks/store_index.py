@@ -67,11 +67,11 @@ def real_embeddings(n_images: int, size: int, seed: int) -> dict[str, np.ndarray
     """h_im and the 16 h_im_a of `n_images` synthetic lesions, by the tiny model (seed 0), per vector name."""
     import torch
 
-    from dermground.ingest.reader import LesionRecord, read_records
     from dermground.ingest.synth import generate_dataset
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.model.tiny import save_tiny_model
+    from dermground.platform.records import LesionRecord, read_records
 
     torch.set_num_threads(1)  # the tiny model's ops are too small to split (docs/BENCHMARKS.md, ingest)
     with tempfile.TemporaryDirectory(prefix="store-index-") as tmp:

@@ -50,7 +50,8 @@ def main() -> None:
     start_state = {id(p): p.detach().clone() for p in params}
     collate = AnswerOnlyCollator(backbone.processor)
     cache = ExampleCache(collate, 2**31)
-    from dermground.ingest.reader import decode_image, load_image_bytes
+    from dermground.platform.image_sources import load_image_bytes
+    from dermground.platform.images import decode_image
 
     warmup = 10
     offsets = [s * args.batch_size % (len(tuples) - args.batch_size) for s in range(warmup + args.steps)]

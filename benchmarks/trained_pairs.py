@@ -20,7 +20,7 @@ def main() -> None:
 
     import numpy as np
 
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.attributes import ATTRIBUTE_NAMES
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.predict import predict_attributes

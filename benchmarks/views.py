@@ -23,7 +23,7 @@ def main() -> None:
 
     import torch
 
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.model.views import turn_patches
     from dermground.platform.predict import predict_attributes

@@ -115,7 +115,7 @@ def evaluate_predictions(
     """Predict every attribute for every test-split image; write prediction.json, the PNG and catalog rows."""
     from dermground.platform.progress import progress_bar
 
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.predict import greedy_prediction, predict_attributes
 

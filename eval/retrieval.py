@@ -82,7 +82,8 @@ def _values_of(ids: list[list[str]], population: _Population, attribute: str) ->
 def _baseline_hits(population: _Population, k: int, progress: bool) -> list[list[str]]:
     from dermground.platform.progress import progress_bar
 
-    from dermground.ingest.reader import decode_image, load_image_bytes
+    from dermground.platform.image_sources import load_image_bytes
+    from dermground.platform.images import decode_image
     from dermground.eval.baseline_embedding import baseline_embedding
 
     def embed(ids: list[str], label: str) -> np.ndarray:

@@ -18,15 +18,11 @@ import pyarrow.parquet as pq
 
 from dermground.ingest.partitions import ids_hash
 from dermground.ingest.writer import catalog_file_name
-from dermground.platform.attributes import ATTRIBUTE_NAMES
 from dermground.platform.catalog import Catalog
 from dermground.platform.settings import Settings
 from dermground.platform.store import open_collections, open_store, point_id
+from dermground.platform.store.schema import PAYLOAD_KEYS
 
-REQUIRED_PAYLOAD_KEYS: tuple[str, ...] = (
-    "isic_id", "patient_id", "split", "image_ref", "fingerprint", *ATTRIBUTE_NAMES,
-    "age_approx", "sex", "anatom_site_general", "tbp_tile_type", "target",
-)
 _MAX_LISTED = 5  # ids named per finding; the count says how many there are
 
 
@@ -94,7 +90,7 @@ def _check_store(settings: Settings, collection: str, report: CheckReport) -> se
                 bad_id.append(isic_id)
             for name in set(spec.vector_names) - set(point.vectors or {}):
                 missing_vectors.setdefault(name, []).append(isic_id)
-            for key in REQUIRED_PAYLOAD_KEYS:
+            for key in PAYLOAD_KEYS:
                 if key not in payload:
                     missing_keys.setdefault(key, []).append(isic_id)
             if payload.get("fingerprint") != spec.fingerprint:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dermground.ingest.reader import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_image_bytes
+from dermground.platform.image_sources import load_image_bytes
+from dermground.platform.images import DEFAULT_MAX_PIXELS, decode_image
+from dermground.platform.images import ImageRejected as ImageDecodeError
 from dermground.platform.store.schema import DEFAULT_VECTOR_NAMES, IMAGE_VECTOR
 
 VECTOR_NAMES: tuple[str, ...] = DEFAULT_VECTOR_NAMES

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from dermground.ingest.reader import LesionRecord, RejectedRecord
+from dermground.platform.records import LesionRecord, RejectedRecord
 
 DEFAULT_PARTITION_SIZE = 256
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from dermground.ingest.embedding_actor import VECTOR_NAMES, EmbeddingActor
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
-from dermground.ingest.reader import LesionRecord, RejectedRecord, read_records
+from dermground.platform.records import LesionRecord, RejectedRecord, read_records
 from dermground.ingest.run_locks import hold_run_lock, note_ray_session, reap_dead_runs
 from dermground.ingest.targets import open_target
 from dermground.ingest.writer import (
@@ -221,7 +221,7 @@ def _run(data_dir: Path, options: IngestOptions, model_dir: Path, adapter_dir: P
     stream = _unique(read_records(data_dir, split=reader_split, max_pixels=settings.max_image_pixels))
     total = None
     if options.split == "all":
-        from dermground.ingest.reader import count_records
+        from dermground.platform.records import count_records
 
         total = count_records(data_dir)
     bar = progress_bar(total=total, unit="img", desc=f"ingest {writer.collection}", disable=not progress, smoothing=0.1)

@@ -3,8 +3,8 @@
 Each image is rendered with numpy (lesion = irregular blob from random Fourier radial
 perturbations, with colour gradient and blotches, on textured skin with optional hair, 15 mm
 field of view), JPEG-encoded with Pillow at a fixed quality, decoded again, and the 16
-attributes are *measured* from the decoded pixels and the mask (`ingest.measure`), so they are
-true functions of the image. The generative parameters (size, elongation, irregularity,
+attributes are *measured* from the decoded pixels and the mask (`platform.attribute_measure`), so
+they are true functions of the image. The generative parameters (size, elongation, irregularity,
 darkness, hue, skin tone, texture, blotches, gradient) are drawn independently, so attributes
 vary fairly independently too.
 
@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dermground.ingest import isic_format as fmt
-from dermground.ingest.measure import lab_to_srgb8, measure
-from dermground.ingest.split import DEFAULT_TEST_FRACTION, assign_split
+from dermground.platform import isic_format as fmt
+from dermground.platform.attribute_measure import lab_to_srgb8, measure
 from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.metadata_fields import vocabulary
+from dermground.platform.records import DEFAULT_TEST_FRACTION, assign_split
 
 JPEG_QUALITY = 92
 CHUNK = 64  # images per worker task: large enough to amortise pickling, small for progress
@@ -76,12 +77,12 @@ def make_patient(seed: int, index: int) -> Patient:
     # Skin from very fair to dark: L* 35-80; redness and yellowness vary on their own.
     skin = (float(rng.uniform(35, 80)), float(rng.uniform(4, 18)), float(rng.uniform(8, 26)))
     n_sites = int(rng.integers(1, 4))
-    sites = tuple(str(s) for s in rng.choice(fmt.ANATOM_SITES, size=n_sites, replace=False))
+    sites = tuple(str(s) for s in rng.choice(vocabulary("anatom_site_general"), size=n_sites, replace=False))
     return Patient(
         patient_id=f"IP_{1_000_000 + index * 7 + seed % 7:07d}",
         skin_lab=skin,
         age_approx=int(rng.integers(4, 18)) * 5,
-        sex=str(rng.choice(fmt.SEXES)),
+        sex=str(rng.choice(vocabulary("sex"))),
         hair=float(rng.choice([0.0, 0.0, 1.0, 3.0])),
         sites=sites,
     )
@@ -220,8 +221,8 @@ def synth_image(seed: int, index: int, patient: Patient, size: int) -> tuple[str
         "age_approx": str(patient.age_approx),
         "sex": patient.sex,
         "anatom_site_general": site,
-        "image_type": fmt.IMAGE_TYPE,
-        "tbp_tile_type": str(rng.choice(fmt.TILE_TYPES)),
+        "image_type": str(vocabulary("image_type")[0]),
+        "tbp_tile_type": str(rng.choice(vocabulary("tbp_tile_type"))),
         "tbp_lv_location": str(rng.choice(location_choices)),
         "tbp_lv_location_simple": str(rng.choice(simple_choices)),
         "tbp_lv_nevi_confidence": _fmt(rng.uniform(0, 100) if not target else rng.uniform(0, 30)),

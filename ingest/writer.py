@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dermground.ingest.partitions import Partition, ids_hash
-from dermground.ingest.reader import LesionRecord
 from dermground.platform.catalog import TABLES, Catalog
+from dermground.platform.records import LesionRecord
 from dermground.platform.store import StorePoint, VectorStore, build_payload, point_id
 
 # Test hook for crash windows: "<point>:<n>" SIGKILLs this process at <point> of the n-th partition

@@ -36,8 +36,11 @@ import pyarrow.parquet as pq
 from dermground.platform.attributes import ATTRIBUTE_NAMES
 from dermground.platform.catalog_files import LiveParts, live_files, live_parts
 from dermground.platform.catalog_views import create_analyst_views
+from dermground.platform.metadata_fields import STORED_FIELDS
 
 _TS = pa.timestamp("us", tz="UTC")
+# Arrow type of a metadata field's column, by the field's kind.
+_METADATA_TYPES: dict[str, pa.DataType] = {"text": pa.string(), "integer": pa.int64(), "float": pa.float64()}
 
 
 def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
@@ -48,8 +51,7 @@ TABLES: dict[str, pa.Schema] = {
     "lesions": _schema(
         ("isic_id", pa.string()), ("patient_id", pa.string()), ("split", pa.string()),
         ("image_ref", pa.string()), *((name, pa.float64()) for name in ATTRIBUTE_NAMES),
-        ("age_approx", pa.float64()), ("sex", pa.string()), ("anatom_site_general", pa.string()),
-        ("tbp_tile_type", pa.string()), ("target", pa.int64()), ("collection", pa.string()),
+        *((f.name, _METADATA_TYPES[f.kind]) for f in STORED_FIELDS), ("collection", pa.string()),
         ("fingerprint", pa.string()), ("run_id", pa.string()), ("written_at", _TS)),
     "predictions": _schema(
         ("run_id", pa.string()), ("collection", pa.string()), ("isic_id", pa.string()),

@@ -2,9 +2,9 @@
 
 Types are read from the views themselves (DuckDB's DESCRIBE over an empty catalog, so they are
 the writers' schemas in platform/catalog.py); units and meanings are written here, beside them.
-The attributes' units and definitions come from the attribute registry. tests/test_catalog_analyst.py
-fails when a view or column has no description, or when docs/CATALOG.md differs from
-`dermground catalog dictionary`.
+The attributes' units and definitions come from the attribute registry, the metadata columns'
+from the metadata-field registry. tests/test_catalog_analyst.py fails when a view or column has no
+description, or when docs/CATALOG.md differs from `dermground catalog dictionary`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.metadata_fields import STORED_FIELDS
 
 DOC_PATH = "docs/CATALOG.md"
 
@@ -58,7 +59,7 @@ COMMON: dict[str, tuple[str, str]] = {
     "written_at": _WRITTEN_AT,
     "patient_id": ("", "Anonymised patient identifier (several lesions can share one)."),
     "fingerprint": ("", "Fingerprint of the model (base weights + adapter) that embedded the row."),
-    "anatom_site_general": ("", "Body site of the lesion (e.g. posterior torso, lower extremity)."),
+    **{f.name: (f.unit, f.description) for f in STORED_FIELDS},
     **{a.name: (a.unit, f"{a.label}: {a.definition} Measured (TBP), ISIC column {a.isic_column}.")
        for a in ATTRIBUTES},
 }
@@ -66,10 +67,6 @@ COMMON: dict[str, tuple[str, str]] = {
 COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
     "lesions": {
         "image_ref": ("", "Where the image is read from (file path or archive member); stays on the server."),
-        "age_approx": ("years", "Approximate age of the patient."),
-        "sex": ("", "Sex of the patient as recorded (male, female or empty)."),
-        "tbp_tile_type": ("", "Total-body-photography tile lighting: 3D: white or 3D: XP."),
-        "target": ("0/1", "Histopathology label: 1 malignant, 0 benign."),
         "run_id": ("", "Ingest run that wrote the row."),
     },
     "predictions": {

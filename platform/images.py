@@ -1,4 +1,4 @@
-"""The image gate: one decode-and-check for ingest, search and predict.
+"""The image gate: one decode-and-check for ingest, search and predict; JPEG and thumbnail encoding.
 
     image = decode_checked(data, max_bytes=10_000_000, max_pixels=40_000_000)
 
@@ -49,6 +49,11 @@ _ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels show as on a white pag
 # max_pixels x 4 bytes (160 MB at 40 MP) for about a second.
 FULL_SIZE_DECODES = 2
 _full_size_decodes = threading.BoundedSemaphore(FULL_SIZE_DECODES)
+
+# The settings' max_image_pixels default: the pixel limit where no settings are at hand.
+DEFAULT_MAX_PIXELS = 40_000_000
+# Longest side of a thumbnail (the API's `size=thumb` images).
+THUMB_PX = 160
 
 # Rule names: what a refusal says it broke (the API's `rule`, ingest's quarantine reason prefix).
 RULE_EMPTY = "empty"
@@ -140,6 +145,12 @@ def decode_checked(data: bytes, *, max_pixels: int, max_bytes: int | None = None
     processor_size(*rgb.size)  # a reduced image keeps the ratio only to within a pixel: check again
     # Rebuilt from raw pixels: no EXIF, ICC profile or other chunk of the file survives.
     return Image.frombytes("RGB", rgb.size, rgb.tobytes())
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The gate for images of the server's own data (read through an image reference): no byte
+    limit, the default pixel limit unless the caller has the settings' own."""
+    return decode_checked(data, max_pixels=max_pixels)
 
 
 def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Image:
@@ -246,3 +257,17 @@ def _grey_to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
         low, high = 0.0, 1.0
     span = max(high - low, 1e-12)
     return np.clip((array - low) * (255.0 / span) + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    """JPEG bytes of an image (as RGB)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encode_thumbnail(image: Image.Image, side: int = THUMB_PX) -> bytes:
+    """JPEG bytes of the image shrunk, aspect kept, to fit `side` x `side` (the image is not changed)."""
+    small = image.copy()
+    small.thumbnail((side, side))
+    return encode_jpeg(small)

@@ -75,7 +75,8 @@ def embed_to_vectors(provider: EmbedderProvider, images: Sequence[Image.Image], 
 
 def load_point_image(payload: Mapping[str, object], max_pixels: int) -> Image.Image:
     """The stored image of a point (its payload image_ref), decoded; SearchError if it cannot be read."""
-    from dermground.ingest.reader import ImageDecodeError, decode_image, load_image_bytes
+    from dermground.platform.image_sources import load_image_bytes
+    from dermground.platform.images import ImageRejected, decode_image
 
     ref = payload.get("image_ref")
     who = payload.get("isic_id")
@@ -83,7 +84,7 @@ def load_point_image(payload: Mapping[str, object], max_pixels: int) -> Image.Im
         raise SearchError(f"point {who!r} has no image_ref in its payload; re-ingest it")
     try:
         return decode_image(load_image_bytes(ref), max_pixels=max_pixels)
-    except (ImageDecodeError, OSError, KeyError) as exc:
+    except (ImageRejected, OSError, KeyError) as exc:
         raise SearchError(f"cannot read the image of {who!r} ({ref}): {exc}") from None
 
 

@@ -73,7 +73,7 @@ def search_collection(tmp_path_factory: pytest.TempPathFactory, tiny_backbone):
     image_only_root (same points, `image` vectors only), records, embeddings (EmbeddingBatch in
     record order), fingerprint, collection.
     """
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.ingest.synth import generate_dataset
     from dermground.platform.embed import Embedder
     from dermground.platform.store import DEFAULT_VECTOR_NAMES, IMAGE_VECTOR, CollectionSpec, StorePoint, build_payload, point_id

@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dermground.ingest import isic_format as fmt
-from dermground.ingest.reader import LesionRecord, RejectedRecord, read_records
 from dermground.ingest.synth import generate_dataset
+from dermground.platform import isic_format as fmt
 from dermground.platform.api import create_app
 from dermground.platform.api.errors import ErrorBody, operation_statuses
 from dermground.platform.catalog import SqlRejected, run_readonly_sql
 from dermground.platform.cli import cli
 from dermground.platform.names import InvalidNameError, check_collection_name, check_plain_file_name
+from dermground.platform.records import LesionRecord, RejectedRecord, read_records
 from dermground.platform.settings import Settings
 from dermground.platform.store import open_store
 

@@ -59,7 +59,7 @@ def test_train_writes_an_adapter_on_vision_and_decoder_that_plain_peft_loads_and
     from peft import PeftModel
     from transformers import Qwen2VLForConditionalGeneration
 
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
 
     meta = json.loads((run["adapter"] / "dermground_adapter.json").read_text())
     n_train = sum(isinstance(r, LesionRecord) for r in read_records(data, split="train"))
@@ -83,9 +83,9 @@ def test_train_writes_an_adapter_on_vision_and_decoder_that_plain_peft_loads_and
 
 
 def test_ingest_stores_the_vectors_the_embedder_computes(run, hub_dir, data):
-    from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import load_backbone
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.settings import load_settings
     from dermground.platform.store import open_store, point_id
 
@@ -107,7 +107,7 @@ def test_ingest_stores_the_vectors_the_embedder_computes(run, hub_dir, data):
 
 @pytest.mark.parametrize("mode", ["image", "image_text", "hierarchical", "prefetch"])
 def test_search_runs_in_every_mode(run, data, mode):
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
 
     query = next(r for r in read_records(data) if isinstance(r, LesionRecord)).isic_id
     attribute = [] if mode == "image" else ["--attribute", "areaMM2"]
@@ -123,8 +123,8 @@ def test_search_runs_in_every_mode(run, data, mode):
 def test_predict_endpoint_answers_16_questions(run, hub_dir, data):
     from fastapi.testclient import TestClient
 
-    from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.api import create_app
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.settings import Settings
 
     jpeg = next(r for r in read_records(data) if isinstance(r, LesionRecord)).image_bytes()
@@ -140,7 +140,7 @@ def test_predict_endpoint_answers_16_questions(run, hub_dir, data):
 
 
 def test_eval_predict_with_sampled_decoding(run, hub_dir, data, tmp_path):
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
 
     n_test = min(2, sum(isinstance(r, LesionRecord) for r in read_records(data, split="test")))
     assert n_test >= 1

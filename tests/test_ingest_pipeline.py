@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from dermground.ingest.consistency import check_collection
 from dermground.ingest.pipeline import ingest_dataset
-from dermground.ingest.reader import LesionRecord, read_records
 from dermground.ingest.synth import generate_dataset
 from dermground.platform.catalog import Catalog
+from dermground.platform.records import LesionRecord, read_records
 from dermground.platform.settings import load_settings
 from dermground.platform.store import DEFAULT_VECTOR_NAMES, SchemaMismatchError, open_store, point_id
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dermground.ingest.measure import lab_to_srgb, measure, srgb_to_lab
+from dermground.platform.attribute_measure import lab_to_srgb, measure, srgb_to_lab
 from dermground.platform.attributes import ATTRIBUTE_NAMES
 
 SIZE = 160

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermground.ingest import isic_format as fmt
-from dermground.ingest.reader import (ImageDecodeError, LesionRecord, MissingColumnsError, RejectedRecord,
-                                      count_records, decode_image, detect_layout, iter_batches,
-                                      load_image_bytes, read_records)
+from dermground.platform import isic_format as fmt
+from dermground.platform.image_sources import load_image_bytes
+from dermground.platform.images import ImageRejected, decode_image
+from dermground.platform.records import (LesionRecord, MissingColumnsError, RejectedRecord, count_records,
+                                         detect_layout, read_records)
 from dermground.ingest.synth import generate_dataset
 
 
@@ -112,20 +113,18 @@ def test_decode_image_guards() -> None:
     Image.new("RGB", (300, 200), (10, 20, 30)).save(buffer, format="PNG")
     data = buffer.getvalue()
     assert decode_image(data).size == (300, 200)
-    with pytest.raises(ImageDecodeError, match="^pixel_limit: "):
+    with pytest.raises(ImageRejected, match="^pixel_limit: "):
         decode_image(data, max_pixels=300 * 200 - 1)
-    with pytest.raises(ImageDecodeError, match="^empty: "):
+    with pytest.raises(ImageRejected, match="^empty: "):
         decode_image(b"")
-    with pytest.raises(ImageDecodeError, match="^format: "):
+    with pytest.raises(ImageRejected, match="^format: "):
         decode_image(b"\x00" * 64)
-    with pytest.raises(ImageDecodeError, match="^decode: "):
+    with pytest.raises(ImageRejected, match="^decode: "):
         decode_image(data[: len(data) // 2])
 
 
 def test_helpers(clean: Path) -> None:
     assert count_records(clean) == 12
-    batches = list(iter_batches(read_records(clean), 5))
-    assert [len(b) for b in batches] == [5, 5, 2]
-    first = batches[0][0]
+    first = next(read_records(clean))
     assert load_image_bytes(first.image_ref)[:2] == b"\xff\xd8"  # a JPEG
     assert Path(first.image_ref).is_absolute()

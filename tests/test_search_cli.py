@@ -53,6 +53,7 @@ def test_search_by_image_file_prints_a_table(run, search_collection, tmp_path) -
     (["--id", "ISIC_0000001", "--attribute", "nope"], "unknown attribute"),
     (["--id", "ISIC_0000001", "--mode", "image", "--k", "100000"], "k must be between"),
     (["--id", "ISIC_0000001", "--mode", "image", "--filter", "color=red"], "cannot filter"),
+    (["--id", "ISIC_0000001", "--mode", "image", "--filter", "target=yes"], "target is one of 0, 1"),
     (["--id", "ISIC_0000001", "--mode", "image", "--range", "areaMM2=a:b"], "--range"),
 ])
 def test_search_errors_are_messages_not_tracebacks(run, args, message) -> None:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dermground.ingest import isic_format as fmt
-from dermground.ingest.reader import LesionRecord, RejectedRecord, read_records
-from dermground.ingest.split import assign_split
 from dermground.ingest.synth import generate_dataset
+from dermground.platform import isic_format as fmt
 from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.cli import cli
+from dermground.platform.metadata_fields import vocabulary
+from dermground.platform.records import LesionRecord, RejectedRecord, assign_split, read_records
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -59,7 +59,7 @@ def test_read_back_with_no_rejects_and_plausible_values(dataset: Path) -> None:
         assert values.min() >= attribute.low and values.max() <= attribute.high, attribute.name
         assert values.std() > 0, f"{attribute.name} does not vary"
     assert lesions[0].load_image().size == (128, 128)
-    assert {r.metadata["anatom_site_general"] for r in lesions} <= set(fmt.ANATOM_SITES)
+    assert {r.metadata["anatom_site_general"] for r in lesions} <= set(vocabulary("anatom_site_general"))
     assert all(r.metadata["age_approx"] % 5 == 0 for r in lesions)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dermground.ingest.measure import srgb_to_lab
+from dermground.platform.attribute_measure import srgb_to_lab
 from dermground.train.config import PretrainConfig
 from dermground.train.tower_pretrain import STATISTIC_NAMES, TOKEN_PIXELS, TOWER_METADATA_FILE, region_statistics
 

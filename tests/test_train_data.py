@@ -62,7 +62,7 @@ def test_tuples_carry_question_and_formatted_answer():
 
 
 def test_training_set_size_and_fingerprint(synth_data):
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.train.dataset import build_training_set
 
     n_train = sum(isinstance(r, LesionRecord) for r in read_records(synth_data, split="train"))
@@ -237,6 +237,7 @@ def test_r2_chart_marks_cut_bars(tmp_path):
 
 
 def _tuple_inputs(item):
-    from dermground.ingest.reader import decode_image, load_image_bytes
+    from dermground.platform.image_sources import load_image_bytes
+    from dermground.platform.images import decode_image
 
     return decode_image(load_image_bytes(item.image_ref)), item.question, item.answer

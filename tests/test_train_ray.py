@@ -14,8 +14,8 @@ from dermground.train.config import PretrainConfig, TrainConfig
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    from dermground.ingest.reader import LesionRecord, read_records
     from dermground.ingest.synth import generate_dataset
+    from dermground.platform.records import LesionRecord, read_records
 
     out = tmp_path_factory.mktemp("ray_train") / "data"
     generate_dataset(out, patients=8, images=16, seed=11, size=64, progress=False, workers=1)
@@ -106,10 +106,10 @@ def test_pretraining_writes_a_loadable_base_model(ray_session, small_data, tiny_
 def test_eval_predict_cli_writes_json_figure_and_catalog(trained, small_data, tiny_model_dir, tmp_path):
     from click.testing import CliRunner
 
-    from dermground.ingest.reader import LesionRecord, read_records
     from dermground.platform.catalog import Catalog
     from dermground.platform.cli import cli
     from dermground.platform.commands.context import use_settings
+    from dermground.platform.records import LesionRecord, read_records
 
     out_adapter, _, _ = trained
     home, out = tmp_path / "home", tmp_path / "eval"

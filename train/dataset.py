@@ -80,7 +80,7 @@ def data_fingerprint(tuples: Iterable[TrainingTuple]) -> str:
 def build_training_set(data_dir: str | Path, w: int = DEFAULT_W, seed: int = 0, multi_attribute: bool = False,
                        max_images: int | None = None) -> TrainingSet:
     """D_tr from the training split of an ISIC-format folder (rejected rows are skipped)."""
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
 
     tuples: list[TrainingTuple] = []
     n_images = 0

@@ -97,7 +97,8 @@ class ExampleCache:
         if shared is not None:  # another question of a kept image: tokenise only
             encoded = self._collate.encode_text(item.question, item.answer, *shared)
         else:
-            from dermground.ingest.reader import decode_image, load_image_bytes
+            from dermground.platform.image_sources import load_image_bytes
+            from dermground.platform.images import decode_image
 
             encoded = self._collate.encode(decode_image(load_image_bytes(item.image_ref)), item.question, item.answer)
         size = encoded.nbytes - (encoded.pixel_values.nbytes if shared is not None else 0)

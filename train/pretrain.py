@@ -99,7 +99,7 @@ def _format(value: float, decimals: int) -> str:
 def build_pretraining_rows(data_dir: str | Path, questions_per_image: int = len(STATISTICS), seed: int = 0,
                            max_images: int | None = None) -> list[dict]:
     """Tuples (as rows) of image-statistics questions for the training-split images of `data_dir`."""
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
     from dermground.train.dataset import TrainingTuple, tuples_to_rows
 
     if not 1 <= questions_per_image <= len(STATISTICS):

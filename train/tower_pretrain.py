@@ -46,7 +46,7 @@ def region_statistics(rgb: np.ndarray) -> np.ndarray:
 
     Returns float32 (tokens, len(STATISTIC_NAMES)), tokens in the merger's row-major order.
     """
-    from dermground.ingest.measure import srgb_to_lab
+    from dermground.platform.attribute_measure import srgb_to_lab
 
     height, width = rgb.shape[:2]
     if rgb.ndim != 3 or rgb.shape[2] != 3 or height % TOKEN_PIXELS or width % TOKEN_PIXELS:
@@ -80,7 +80,7 @@ def _encode_images(data_dir: Path, processor, max_images: int | None, progress: 
     """Patches (float16, to halve the memory), grids and region statistics of the train-split images."""
     from dermground.platform.progress import progress_bar
 
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
 
     records = [r for r in read_records(data_dir, split="train") if isinstance(r, LesionRecord)]
     if max_images is not None:

@@ -1,4 +1,4 @@
-"""Uploaded and stored images: checked decoding, re-encoding without metadata, thumbnails.
+"""Uploaded and stored images: checked decoding of uploads, a cache of stored lesions' thumbnails.
 
 An upload goes through the image gate (dermground.platform.images): size in bytes, then pixels and
 shape from the header before any pixel is decoded, decoding at a reduced size when large, EXIF
@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from collections import OrderedDict
 from collections.abc import Mapping
 from threading import Lock
 
 from PIL import Image
 
-from dermground.platform.images import ImageRejected, decode_checked
-
-THUMB_PX = 160
+from dermground.platform.image_sources import load_image_bytes
+from dermground.platform.images import ImageRejected, decode_checked, decode_image, encode_jpeg, encode_thumbnail
 
 
 class UploadError(ValueError):
@@ -60,12 +58,6 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
         raise error(str(exc), exc.rule) from None
 
 
-def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 class ThumbnailCache:
     """A small LRU of encoded thumbnails/full images of stored lesions (they never change)."""
 
@@ -91,9 +83,5 @@ class ThumbnailCache:
 
 def render_stored_image(payload: Mapping[str, object], size: str, max_pixels: int) -> bytes:
     """JPEG bytes of a stored lesion's image (thumbnail or full), read through its image_ref."""
-    from dermground.ingest.reader import decode_image, load_image_bytes
-
     image = decode_image(load_image_bytes(str(payload["image_ref"])), max_pixels=max_pixels)
-    if size == "thumb":
-        image.thumbnail((THUMB_PX, THUMB_PX))
-    return encode_jpeg(image)
+    return encode_thumbnail(image) if size == "thumb" else encode_jpeg(image)

@@ -26,6 +26,7 @@ from dermground.platform.api.security import auth_mode, require_read, require_sq
 from dermground.platform.api.throttle import client_key
 from dermground.platform.api.viewer import STATIC_DIR
 from dermground.platform.attributes import ATTRIBUTES, get_attribute
+from dermground.platform.metadata_fields import ANY_OF_FILTERS, EQUALS_FILTERS
 from dermground.platform.search import search
 from dermground.platform.search_request import ModelUnavailableError, QueryNotFoundError, SearchError, SearchRequest
 from dermground.platform.search_results import SearchResponse
@@ -208,9 +209,9 @@ def _read_upload(request: Request, file: UploadFile) -> Image.Image:
 
 
 def _search_filter(filters: schemas.SearchFilters) -> SearchFilter:
-    any_of = {key: values for key in ("sex", "anatom_site_general", "tbp_tile_type", "patient_id")
-              if (values := getattr(filters, key))}
-    equals: dict[str, str | int] = {} if filters.target is None else {"target": filters.target}
+    any_of = {key: values for key in ANY_OF_FILTERS if (values := getattr(filters, key))}
+    equals: dict[str, str | int] = {f.name: value for f in EQUALS_FILTERS
+                                    if (value := getattr(filters, f.name)) is not None}
     ranges = {field.value: Range(gte=r.gte, lte=r.lte) for field, r in filters.ranges.items()}
     return SearchFilter(equals=equals, any_of=any_of, ranges=ranges, split=filters.split)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
+from dermground.platform.metadata_fields import ANY_OF_FILTERS, EQUALS_FILTERS
+from dermground.platform.records import Split
 from dermground.platform.search_request import DEFAULT_B, SearchMode
 from dermground.platform.store.schema import NUMERIC_FIELDS
 
@@ -43,23 +45,31 @@ class NumericRange(_Strict):
         return self
 
 
-class SearchFilters(_Strict):
-    """Payload filters (all ANDed). Lists mean 'any of'."""
+class _FilterValues(_Strict):
+    """The check every any_of filter's values pass (the fields themselves come from the registry)."""
 
-    split: Literal["train", "test"] | None = None
-    sex: list[str] | None = Field(None, min_length=1, max_length=16)
-    anatom_site_general: list[str] | None = Field(None, min_length=1, max_length=32)
-    tbp_tile_type: list[str] | None = Field(None, min_length=1, max_length=16)
-    patient_id: list[str] | None = Field(None, min_length=1, max_length=256)
-    target: Literal[0, 1] | None = None
-    ranges: dict[RangeField, NumericRange] = Field(default_factory=dict)  # type: ignore[valid-type]
-
-    @field_validator("sex", "anatom_site_general", "tbp_tile_type", "patient_id")
+    @field_validator(*ANY_OF_FILTERS, check_fields=False)
     @classmethod
     def _short_values(cls, values: list[str] | None) -> list[str] | None:
         if values is not None and any(not v or len(v) > 128 for v in values):
             raise ValueError("each value must be 1 to 128 characters")
         return values
+
+
+def _filter_fields() -> dict[str, Any]:
+    """The filter fields from the metadata-field registry: a list per any_of field (at most its cap),
+    one of its vocabulary per equals field, numeric ranges."""
+    fields: dict[str, Any] = {"split": (Split | None, None)}
+    for name, cap in ANY_OF_FILTERS.items():
+        fields[name] = (list[str] | None, Field(None, min_length=1, max_length=cap))
+    for field in EQUALS_FILTERS:
+        fields[field.name] = (Literal[field.vocabulary] | None, None)  # type: ignore[valid-type]
+    fields["ranges"] = (dict[RangeField, NumericRange], Field(default_factory=dict))  # type: ignore[valid-type]
+    return fields
+
+
+SearchFilters = create_model("SearchFilters", __base__=_FilterValues, __module__=__name__,
+                             __doc__="Payload filters (all ANDed). Lists mean 'any of'.", **_filter_fields())
 
 
 class SearchParams(_Strict):

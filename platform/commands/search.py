@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import collection_name, current_settings, from_settings
+from dermground.platform.metadata_fields import EQUALS_FILTERS, FILTER_KEYS
 
 MODES = ["image", "image_text", "hierarchical", "prefetch"]
 
@@ -17,13 +18,14 @@ def _parse_filters(filters: tuple[str, ...], ranges: tuple[str, ...], split: str
 
     any_of: dict[str, list[str]] = {}
     equals: dict[str, str | int] = {}
+    equals_fields = {f.name: f.vocabulary or () for f in EQUALS_FILTERS}
     for item in filters:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise click.BadParameter(f"{item!r}: use key=value (e.g. sex=female, anatom_site_general=head/neck)",
                                      param_hint="--filter")
-        if key == "target":
-            equals[key] = int(value)
+        if key in equals_fields:
+            equals[key] = _equals_value(key, value, equals_fields[key])
         else:
             any_of.setdefault(key, []).append(value)
     parsed_ranges = {}
@@ -42,6 +44,15 @@ def _parse_filters(filters: tuple[str, ...], ranges: tuple[str, ...], split: str
         raise click.BadParameter(str(exc), param_hint="--filter/--range") from None
 
 
+def _equals_value(key: str, text: str, allowed: tuple[str | int, ...]) -> str | int:
+    """The value of a single-value filter, one of the field's vocabulary."""
+    for value in allowed:
+        if text == str(value):
+            return value
+    raise click.BadParameter(f"{key}={text!r}: {key} is one of {', '.join(str(v) for v in allowed)}",
+                             param_hint="--filter")
+
+
 @click.command("search")
 @click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Query image file.")
@@ -55,8 +66,7 @@ def _parse_filters(filters: tuple[str, ...], ranges: tuple[str, ...], split: str
 @click.option("--b", type=click.IntRange(min=1), default=None, help="Candidates for hierarchical/prefetch [default: 200].")
 @click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Only lesions of this split.")
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="Metadata filter, repeatable (same key twice = either value): sex, anatom_site_general, "
-                   "tbp_tile_type, patient_id, target.")
+              help=f"Metadata filter, repeatable (same key twice = either value): {', '.join(FILTER_KEYS)}.")
 @click.option("--range", "ranges", multiple=True, metavar="FIELD=LO:HI",
               help="Numeric range on age_approx or an attribute, repeatable; a side may be empty (areaMM2=10:).")
 @click.option("--exclude-patient", is_flag=True, help="Leave out the query's patient (needs --id or --patient).")
@@ -85,11 +95,11 @@ def search(image_path: Path | None, isic_id: str | None, mode: str, attributes: 
     flt = _parse_filters(filters, ranges, split)
     image = None
     if image_path is not None:
-        from dermground.ingest.reader import ImageDecodeError, decode_image
+        from dermground.platform.images import ImageRejected, decode_image
 
         try:
             image = decode_image(image_path.read_bytes(), max_pixels=settings.max_image_pixels)
-        except ImageDecodeError as exc:
+        except ImageRejected as exc:
             raise click.ClickException(f"{image_path}: {exc}") from None
 
     def load_model():  # noqa: ANN202 - only when the query needs it

@@ -198,7 +198,7 @@ def image_problems(image_processor, vision_config,  # noqa: ANN001 - HF image pr
 
 def sample_crop_sizes(data_dir: str | Path, limit: int = 8) -> list[tuple[int, int]]:
     """(width, height) of the first `limit` readable images of an ISIC-format data folder."""
-    from dermground.ingest.reader import LesionRecord, read_records
+    from dermground.platform.records import LesionRecord, read_records
 
     sizes: list[tuple[int, int]] = []
     for record in read_records(Path(data_dir)):

@@ -1,9 +1,9 @@
 """The eight dihedral views of a square crop (turns and mirror images), as images and as patches.
 
 Every lesion attribute is a property of the lesion, not of how the crop is turned, so it is the
-same in all eight views (`ingest.measure` gives exactly the same numbers; tested). Prediction
-pools the model's answers over views (platform/predict.py); training may show each example in a
-random view (train/loop.py). The views are ordered so that the first 1, 2, 4 and 8 are groups:
+same in all eight views (`platform.attribute_measure` gives exactly the same numbers; tested).
+Prediction pools the model's answers over views (platform/predict.py); training may show each
+example in a random view (train/loop.py). The views are ordered so that the first 1, 2, 4 and 8 are groups:
 identity; + left-right mirror; + top-bottom mirror and half turn; + quarter turns and diagonals.
 """
 

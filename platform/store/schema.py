@@ -1,6 +1,8 @@
 """The collection schema: point ids, vector names, payload fields and payload indexes.
 
 Backend-neutral: both stores (embedded and server) build the same points from the same records.
+The payload is a record's identity, the 16 attributes (platform/attributes.py) and the stored
+metadata fields (platform/metadata_fields.py); its keys and indexes derive from those registries.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES, ATTRIBUTES, get_attribute
+from dermground.platform.metadata_fields import STORED_FIELDS
 
 # Fixed forever: changing it would change every point id and turn re-ingest into duplicates.
 POINT_ID_NAMESPACE = uuid.UUID("6f1c3f0e-5d2a-5b7e-9a41-2c8d0b7e4a13")
@@ -22,11 +25,17 @@ DEFAULT_VECTOR_NAMES: tuple[str, ...] = (IMAGE_VECTOR, *ATTRIBUTE_VECTORS)
 # Bump when the payload layout or the store metadata changes incompatibly.
 SCHEMA_VERSION = 1
 
-KEYWORD_FIELDS: tuple[str, ...] = (
-    "isic_id", "patient_id", "split", "sex", "anatom_site_general", "tbp_tile_type", "fingerprint",
+_REQUIRED_TEXT = ("patient_id", "split", "image_ref")
+# Every key of a point's payload (optional metadata is present, as null when absent).
+PAYLOAD_KEYS: tuple[str, ...] = (
+    "isic_id", *_REQUIRED_TEXT, "fingerprint", *ATTRIBUTE_NAMES, *(f.name for f in STORED_FIELDS),
 )
-INTEGER_FIELDS: tuple[str, ...] = ("target",)
-FLOAT_FIELDS: tuple[str, ...] = ("age_approx", *ATTRIBUTE_NAMES)
+
+KEYWORD_FIELDS: tuple[str, ...] = (
+    "isic_id", "patient_id", "split", *(f.name for f in STORED_FIELDS if f.kind == "text"), "fingerprint",
+)
+INTEGER_FIELDS: tuple[str, ...] = tuple(f.name for f in STORED_FIELDS if f.kind == "integer")
+FLOAT_FIELDS: tuple[str, ...] = (*(f.name for f in STORED_FIELDS if f.kind == "float"), *ATTRIBUTE_NAMES)
 NUMERIC_FIELDS: tuple[str, ...] = INTEGER_FIELDS + FLOAT_FIELDS
 
 IndexKind = Literal["keyword", "integer", "float"]
@@ -35,9 +44,6 @@ PAYLOAD_INDEXES: dict[str, IndexKind] = (
     | {name: "integer" for name in INTEGER_FIELDS}
     | {name: "float" for name in FLOAT_FIELDS}
 )
-
-_OPTIONAL_TEXT = ("sex", "anatom_site_general", "tbp_tile_type")
-_REQUIRED_TEXT = ("patient_id", "split", "image_ref")
 
 
 class PayloadError(ValueError):
@@ -98,17 +104,16 @@ def build_payload(record: Mapping[str, object], fingerprint: str) -> dict[str, o
             raise PayloadError(isic_id, name, "missing ground-truth value")
         payload[name] = _number(isic_id, name, value)
     # Metadata is often absent in ISIC (age_approx NaN, sex empty): stored as null, never invented.
-    age = record.get("age_approx")
-    payload["age_approx"] = None if _missing(age) else _number(isic_id, "age_approx", age)
-    for field in _OPTIONAL_TEXT:
-        value = record.get(field)
-        payload[field] = None if _missing(value) else str(value)
-    target = record.get("target")
-    if _missing(target):
-        payload["target"] = None
-    else:
-        number = _number(isic_id, "target", target)
-        if number not in (0.0, 1.0):
-            raise PayloadError(isic_id, "target", f"must be 0 or 1, got {target!r}")
-        payload["target"] = int(number)
+    for field in STORED_FIELDS:
+        value = record.get(field.name)
+        if _missing(value):
+            payload[field.name] = None
+        elif field.kind == "text":
+            payload[field.name] = str(value)
+        else:
+            number = _number(isic_id, field.name, value)
+            if field.enforced and number not in (field.vocabulary or ()):
+                allowed = " or ".join(str(v) for v in field.vocabulary or ())
+                raise PayloadError(isic_id, field.name, f"must be {allowed}, got {value!r}")
+            payload[field.name] = int(number) if field.kind == "integer" else number
     return payload

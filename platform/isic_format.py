@@ -1,8 +1,9 @@
-"""The ISIC 2024 / SLICE-3D on-disk format: file names, CSV columns and vocabularies.
+"""The ISIC 2024 / SLICE-3D on-disk format: file names, CSV columns, body-site locations.
 
 A data folder holds `train-metadata.csv` and the images either in `train-image.hdf5`
 (one dataset per isic_id holding the JPEG bytes) or as `train-image/image/<isic_id>.jpg`.
-The synthetic generator writes exactly this format, so a real download drops in unchanged.
+The synthetic generator writes exactly this format, so a real download drops in unchanged. The
+metadata columns a lesion keeps, and their vocabularies, are declared in platform/metadata_fields.py.
 """
 
 from __future__ import annotations
@@ -42,18 +43,8 @@ ATTRIBUTE_COLUMNS: dict[str, str] = {a.isic_column: a.name for a in ATTRIBUTES}
 # Columns a data set must have to be read at all.
 REQUIRED_COLUMNS: tuple[str, ...] = ("isic_id", "patient_id", *ATTRIBUTE_COLUMNS)
 
-# Metadata the reader carries along for filtering (absent columns read as None).
-KEPT_METADATA: tuple[str, ...] = (
-    "target", "age_approx", "sex", "anatom_site_general", "tbp_tile_type", "image_type",
-    "tbp_lv_location_simple", "lesion_id", "iddx_1",
-)
-INTEGER_METADATA: frozenset[str] = frozenset({"target", "age_approx"})
-
-# Vocabularies seen in the ISIC 2024 metadata.
-ANATOM_SITES: tuple[str, ...] = (
-    "anterior torso", "head/neck", "lower extremity", "posterior torso", "upper extremity",
-)
-# anatom_site_general -> (tbp_lv_location_simple choices, tbp_lv_location choices)
+# anatom_site_general -> (tbp_lv_location_simple choices, tbp_lv_location choices), as the
+# synthetic generator draws them; the sites themselves are the registry's vocabulary.
 SITE_LOCATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "anterior torso": (("Torso Front",), ("Torso Front Top Half", "Torso Front Bottom Half")),
     "head/neck": (("Head & Neck",), ("Head & Neck",)),
@@ -64,6 +55,3 @@ SITE_LOCATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "upper extremity": (("Left Arm", "Right Arm"),
                         ("Left Arm - Upper", "Left Arm - Lower", "Right Arm - Upper", "Right Arm - Lower")),
 }
-TILE_TYPES: tuple[str, ...] = ("3D: white", "3D: XP")
-IMAGE_TYPE = "TBP tile: close-up"
-SEXES: tuple[str, ...] = ("male", "female")

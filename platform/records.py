@@ -1,33 +1,53 @@
-"""Streaming reader of the ISIC 2024 / SLICE-3D format (HDF5 or JPEG-folder layout).
+"""Lesion records: the patient split and the streaming reader of the ISIC 2024 / SLICE-3D format.
 
 `read_records` walks `train-metadata.csv` row by row and yields a `LesionRecord` per good row and
 a `RejectedRecord` (id, field, reason) per bad one; it never holds more than one image in memory.
-Images are referenced, not loaded: `load_image_bytes(record.image_ref)` fetches them on demand,
-`decode_image` turns bytes into a checked RGB PIL image through the image gate
-(dermground.platform.images). In the folder layout an isic_id must be a plain file name whose
-image lies inside the image folder: nothing outside the data folder is read.
+Images are referenced, not loaded: `record.image_ref` is read through
+dermground.platform.image_sources and decoded by the image gate (dermground.platform.images). In
+the folder layout an isic_id must be a plain file name whose image lies inside the image folder:
+nothing outside the data folder is read. Which metadata a record keeps is the metadata-field
+registry's (dermground.platform.metadata_fields).
+
+The split is by patient and deterministic: a patient's side comes from sha256 of its id (never
+Python's salted `hash`), so every process, machine and run agrees, and all lesions of one patient
+land on the same side.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from PIL import Image
 
-from dermground.ingest import isic_format as fmt
-from dermground.ingest.split import DEFAULT_TEST_FRACTION, assign_split
+from dermground.platform import isic_format as fmt
 from dermground.platform.attributes import get_attribute
-from dermground.platform.images import ImageRejected, decode_checked
+from dermground.platform.image_sources import hdf5_image_ref, load_image_bytes, open_hdf5
+from dermground.platform.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from dermground.platform.metadata_fields import METADATA_FIELDS, MetadataField
 from dermground.platform.names import InvalidNameError, check_plain_file_name
 
-DEFAULT_MAX_PIXELS = 40_000_000  # the settings' max_image_pixels default
-_HDF5_PREFIX = "hdf5:"
+Split = Literal["train", "test"]
+DEFAULT_TEST_FRACTION = 0.3  # the paper's split is about 70/30 by images
+_SPLIT_SALT = "dermground-split-v1"
+
+
+def patient_unit_interval(patient_id: str) -> float:
+    """A stable pseudo-random number in [0, 1) for a patient id."""
+    digest = hashlib.sha256(f"{_SPLIT_SALT}:{patient_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_split(patient_id: str, test_fraction: float = DEFAULT_TEST_FRACTION) -> Split:
+    """`"test"` for about `test_fraction` of patients, `"train"` for the rest."""
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be within [0, 1], got {test_fraction}")
+    return "test" if patient_unit_interval(patient_id) < test_fraction else "train"
 
 
 class MissingColumnsError(ValueError):
@@ -39,18 +59,13 @@ class MissingColumnsError(ValueError):
                          "it must follow the ISIC 2024 train-metadata.csv format")
 
 
-# Image bytes the gate refuses (empty, not an image, truncated, too large, a shape the model cannot
-# take); `.rule` names the check. The old name stays for the callers that catch it.
-ImageDecodeError = ImageRejected
-
-
 @dataclass(frozen=True)
 class LesionRecord:
     """One lesion: ids, split, the 16 attributes (registry names), metadata, image reference."""
 
     isic_id: str
     patient_id: str
-    split: str  # "train" | "test"
+    split: Split
     attributes: dict[str, float]
     metadata: dict[str, str | int | float | None]
     image_ref: str  # "hdf5:<abs path>#<isic_id>" or an absolute .jpg path
@@ -60,7 +75,7 @@ class LesionRecord:
         return load_image_bytes(self.image_ref)
 
     def load_image(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-        """The decoded RGB image (raises ImageDecodeError when it cannot be decoded)."""
+        """The decoded RGB image (the image gate; ImageRejected names the rule it broke)."""
         return decode_image(self.image_bytes(), max_pixels=max_pixels)
 
 
@@ -99,10 +114,10 @@ def check_columns(header: Iterable[str], path: Path = Path(fmt.METADATA_FILE)) -
         raise MissingColumnsError(path, missing)
 
 
-def _metadata_value(column: str, text: str | None) -> str | int | float | None:
+def _metadata_value(field: MetadataField, text: str | None) -> str | int | float | None:
     if text is None or text.strip() == "":
         return None
-    if column in fmt.INTEGER_METADATA:
+    if field.numeric:
         try:
             number = float(text)
         except ValueError:
@@ -145,7 +160,7 @@ def read_records(data_dir: Path, split: str | None = None,
     data_dir = Path(data_dir).resolve()
     csv_path = _csv_path(data_dir)
     layout = detect_layout(data_dir)
-    h5 = _open_hdf5(data_dir / fmt.HDF5_FILE) if layout == "hdf5" else None
+    h5 = open_hdf5(data_dir / fmt.HDF5_FILE) if layout == "hdf5" else None
     image_dir = data_dir / fmt.IMAGE_FOLDER
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -175,7 +190,7 @@ def read_records(data_dir: Path, split: str | None = None,
                 if isic_id not in h5:
                     yield RejectedRecord(isic_id, "image", f"no image {isic_id!r} in {fmt.HDF5_FILE}")
                     continue
-                image_ref = f"{_HDF5_PREFIX}{data_dir / fmt.HDF5_FILE}#{isic_id}"
+                image_ref = hdf5_image_ref(data_dir / fmt.HDF5_FILE, isic_id)
             else:
                 try:
                     path = _folder_image(image_dir, isic_id)
@@ -189,10 +204,10 @@ def read_records(data_dir: Path, split: str | None = None,
             if check_images:
                 try:
                     decode_image(load_image_bytes(image_ref), max_pixels=max_pixels)
-                except (ImageDecodeError, OSError, KeyError) as exc:
+                except (ImageRejected, OSError, KeyError) as exc:
                     yield RejectedRecord(isic_id, "image", str(exc))
                     continue
-            metadata = {c: _metadata_value(c, row.get(c)) for c in fmt.KEPT_METADATA}
+            metadata = {f.name: _metadata_value(f, row.get(f.name)) for f in METADATA_FIELDS}
             yield LesionRecord(isic_id, patient_id, side, attributes, metadata, image_ref)
 
 
@@ -205,66 +220,7 @@ def _folder_image(image_dir: Path, isic_id: str) -> Path:
     return path
 
 
-def iter_batches(records: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    """Group any stream into lists of at most `n` items."""
-    if n < 1:
-        raise ValueError(f"batch size must be at least 1, got {n}")
-    batch: list[Any] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def count_records(data_dir: Path) -> int:
     """Number of data rows in the metadata CSV (cheap: no parsing of values, no images)."""
     with open(_csv_path(data_dir), newline="", encoding="utf-8") as handle:
         return max(0, sum(1 for _ in csv.reader(handle)) - 1)
-
-
-# --- images -------------------------------------------------------------------------------
-# Open HDF5 files are cached per process: opening one per image costs far more than reading it.
-# The pid check drops handles inherited through fork, which HDF5 does not support sharing.
-_open_files: dict[str, Any] = {}
-_open_pid: int | None = None
-
-
-def _open_hdf5(path: Path) -> Any:
-    global _open_pid
-    import h5py
-
-    if _open_pid != os.getpid():
-        _open_files.clear()
-        _open_pid = os.getpid()
-    # Keyed by inode and mtime too: a data set regenerated at the same path must not be served
-    # from the stale handle of the old file.
-    stat = path.stat()
-    key = f"{path}|{stat.st_ino}|{stat.st_mtime_ns}"
-    if key not in _open_files:
-        for stale in [k for k in _open_files if k.startswith(f"{path}|")]:
-            _open_files.pop(stale).close()
-        _open_files[key] = h5py.File(path, "r")
-    return _open_files[key]
-
-
-def load_image_bytes(image_ref: str) -> bytes:
-    """The encoded bytes an image reference points at (HDF5 dataset or JPEG file)."""
-    if image_ref.startswith(_HDF5_PREFIX):
-        path, _, isic_id = image_ref[len(_HDF5_PREFIX):].rpartition("#")
-        h5 = _open_hdf5(Path(path))
-        if isic_id not in h5:
-            raise KeyError(f"no image {isic_id!r} in {path}")
-        value = h5[isic_id][()]
-        # Real files store scalar bytes strings; ours store opaque (np.void); some use uint8 arrays.
-        if isinstance(value, bytes):
-            return value
-        return value.tobytes()
-    return Path(image_ref).read_bytes()
-
-
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A checked RGB image (the image gate); raises ImageDecodeError naming the rule it broke."""
-    return decode_checked(data, max_pixels=max_pixels)

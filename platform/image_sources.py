@@ -1,0 +1,59 @@
+"""Where a lesion's image bytes come from: image references and the per-process HDF5 handle cache.
+
+A reference is `"hdf5:<abs path>#<isic_id>"` (one dataset of the ISIC `train-image.hdf5` holding
+the JPEG bytes) or an absolute image file path. Ingest stores it in the payload (`image_ref`);
+search, the API's thumbnails, training and evaluation read images back through it. Decoding is the
+image gate's work (dermground.platform.images).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+HDF5_PREFIX = "hdf5:"
+
+# Open HDF5 files are cached per process: opening one per image costs far more than reading it.
+# The pid check drops handles inherited through fork, which HDF5 does not support sharing.
+_open_files: dict[str, Any] = {}
+_open_pid: int | None = None
+
+
+def hdf5_image_ref(path: Path, isic_id: str) -> str:
+    """The reference of the dataset `isic_id` in the HDF5 file at `path` (an absolute path)."""
+    return f"{HDF5_PREFIX}{path}#{isic_id}"
+
+
+def open_hdf5(path: Path) -> Any:
+    """The process's open read-only handle (an h5py.File) of the HDF5 file at `path`."""
+    global _open_pid
+    import h5py
+
+    if _open_pid != os.getpid():
+        _open_files.clear()
+        _open_pid = os.getpid()
+    # Keyed by inode and mtime too: a data set regenerated at the same path must not be served
+    # from the stale handle of the old file.
+    stat = path.stat()
+    key = f"{path}|{stat.st_ino}|{stat.st_mtime_ns}"
+    if key not in _open_files:
+        for stale in [k for k in _open_files if k.startswith(f"{path}|")]:
+            _open_files.pop(stale).close()
+        _open_files[key] = h5py.File(path, "r")
+    return _open_files[key]
+
+
+def load_image_bytes(image_ref: str) -> bytes:
+    """The encoded bytes an image reference points at (HDF5 dataset or image file)."""
+    if image_ref.startswith(HDF5_PREFIX):
+        path, _, isic_id = image_ref[len(HDF5_PREFIX):].rpartition("#")
+        h5 = open_hdf5(Path(path))
+        if isic_id not in h5:
+            raise KeyError(f"no image {isic_id!r} in {path}")
+        value = h5[isic_id][()]
+        # Real files store scalar bytes strings; ours store opaque (np.void); some use uint8 arrays.
+        if isinstance(value, bytes):
+            return value
+        return value.tobytes()
+    return Path(image_ref).read_bytes()
