@@ -3,6 +3,7 @@ ingest's choice of version while another process holds the live one."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -270,8 +271,6 @@ def _exited_process_stamp() -> dict[str, object]:
     child = subprocess.run([sys.executable, "-c", "from dermground.platform.store.versions import process_stamp; "
                             "import json; print(json.dumps(process_stamp()))"], capture_output=True, text=True,
                            check=True, timeout=120)
-    import json
-
     return json.loads(child.stdout)
 
 
