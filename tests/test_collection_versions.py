@@ -3,6 +3,7 @@ ingest's choice of version while another process holds the live one."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -263,3 +264,32 @@ def test_ingest_checks_the_lock_of_a_named_version_before_anything_else(tmp_path
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=60)
+
+
+def _exited_process_stamp() -> dict[str, object]:
+    """The builder stamp of a process that has exited (a killed restore's, as far as a listing can tell)."""
+    child = subprocess.run([sys.executable, "-c", "from dermground.platform.store.versions import process_stamp; "
+                            "import json; print(json.dumps(process_stamp()))"], capture_output=True, text=True,
+                           check=True, timeout=120)
+    return json.loads(child.stdout)
+
+
+def test_a_building_version_whose_process_is_gone_is_reported_with_a_next_step(cols: Collections) -> None:
+    version = cols.create_version("lesions", VersionMeta(source="restore /snaps/a.tar", state=BUILDING))
+    with cols.open_version("lesions", version) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(3, "fp-1", 0))
+    cols.write_meta("lesions", version, cols.read_meta("lesions", version))
+    meta = cols.read_meta("lesions", version)
+    assert meta.builder is not None and meta.builder["pid"] == os.getpid()
+    assert cols.info("lesions", version).note is None  # its builder (this process) still runs
+    cols.write_meta("lesions", version, VersionMeta(meta.created_at, meta.source, state=BUILDING,
+                                                    builder=_exited_process_stamp()))
+    (info,) = cols.list("lesions")
+    assert info.meta.state == BUILDING and info.points == 3  # reported, never deleted
+    assert "interrupted" in info.note and f"collections drop lesions {version}" in info.note
+    assert "run the restore again" in info.note
+    with pytest.raises(VersionError, match="interrupted"):
+        cols.switch("lesions", version)
+    cols.write_meta("lesions", version, VersionMeta(meta.created_at, meta.source, state=READY, points=3))
+    assert cols.read_meta("lesions", version).builder is None and cols.info("lesions", version).note is None

@@ -197,9 +197,18 @@ def test_a_sigkill_during_a_restore_leaves_the_old_version_live(golden: tuple[Pa
                          timeout=600)
     assert run.returncode == -9, run.stderr[-2000:]
     assert _live_points(home) == 7  # the alias was never replaced: the old version is live and whole
+    listed = {v["version"]: v for v in json.loads(_cli(home, "collections", "list", NAME, "--json").output)}
+    if point == "restore_loaded":  # killed while v1 was still building: the listing says so, and what to do
+        assert listed["v1"]["state"] == "building" and not listed["v1"]["live"]
+        assert "interrupted" in listed["v1"]["note"] and f"collections drop {NAME} v1" in listed["v1"]["note"]
+        assert listed["v1"]["points"] == N  # reported, not deleted: dropping is the admin's call
+        refused = _cli(home, "collections", "switch", NAME, "v1")
+        assert refused.exit_code == 1 and "interrupted" in refused.output
     again = _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes")
     assert again.exit_code == 0, again.output  # the unfinished version is left aside, not in the way
     assert _live_points(home) == N
+    if point == "restore_loaded":
+        assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0
 
 
 def test_a_sigkill_during_a_switch_leaves_one_version_live(golden: tuple[Path, Path], home: Path) -> None:

@@ -196,7 +196,8 @@ def scored_hits(scored: Sequence[object], with_payload: bool) -> list[Hit]:
     """Engine scored points as Hits (isic_id always filled, payload only when asked for)."""
     hits = []
     for p in scored:
-        payload = dict(p.payload or {})  # type: ignore[attr-defined]
+        # Each access of .payload converts the engine's payload anew (~2 us): read it once, no copy.
+        payload = p.payload or {}  # type: ignore[attr-defined]
         hits.append(Hit(id=str(p.id), isic_id=payload.get("isic_id"), score=float(p.score),  # type: ignore[attr-defined]
                         payload=payload if with_payload else None,
                         vectors=float32_vectors(p.vector)))  # type: ignore[attr-defined]
@@ -325,5 +326,5 @@ class VectorStore(abc.ABC):
                     f"collection {self.collection!r}: point {who!r} vector {name!r} has shape {shape}, "
                     f"the collection stores dimension {spec.dim}; embeddings from another model "
                     "belong in another collection.")
-            if not np.all(np.isfinite(vector)):
+            if not np.isfinite(vector).all():  # the method form: half the cost of np.all() per query
                 raise StoreError(f"collection {self.collection!r}: point {who!r} vector {name!r} has NaN/inf values")

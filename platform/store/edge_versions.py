@@ -31,8 +31,11 @@ from dermground.platform.store.versions import (
     check_name,
     VersionInfo,
     VersionMeta,
+    interrupted_note,
     physical_name,
+    process_alive,
     split_physical,
+    stamped_for_write,
     version_number,
 )
 
@@ -40,6 +43,7 @@ ALIAS_DIR = ".aliases"
 VERSION_FILE = "version.json"
 _META_FILE = "collection.json"  # written by EdgeStore.ensure_collection
 _SHARD_DIR = "shard"
+_OWNER_FILE = "owner.json"  # written by EdgeStore while a process holds the folder
 # Copied when a version is seeded from another; owner.json names a process that does not hold the copy.
 _SKIP_ON_COPY = {"owner.json", VERSION_FILE, "temp_segments"}
 
@@ -171,7 +175,7 @@ class EdgeCollections(Collections):
                 break
             except FileExistsError:
                 number += 1
-        stamped = meta if meta.created_at else replace(meta, created_at=_now())
+        stamped = stamped_for_write(meta if meta.created_at else replace(meta, created_at=_now()))
         durable_write_json(self._folder(name, version) / VERSION_FILE, stamped.to_dict())
         return version
 
@@ -196,7 +200,15 @@ class EdgeCollections(Collections):
         self.require_version(name, version)
         if meta.created_at is None:  # the creation time stays what create_version recorded
             meta = replace(meta, created_at=self.read_meta(name, version).created_at or _now())
-        durable_write_json(self._folder(name, version) / VERSION_FILE, meta.to_dict())
+        durable_write_json(self._folder(name, version) / VERSION_FILE, stamped_for_write(meta).to_dict())
+
+    def _held(self, name: str, version: str) -> bool:
+        """Whether a live process holds the version's store (its owner file names one), without opening it."""
+        try:
+            owner = json.loads((self._folder(name, version) / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(owner, dict) and process_alive(owner) is not False
 
     def _spec(self, name: str, version: str) -> CollectionSpec | None:
         path = self._folder(name, version) / _META_FILE
@@ -245,6 +257,8 @@ class EdgeCollections(Collections):
                     points = store.count() if store.describe() is not None else 0
             except StoreLockedError as exc:
                 note = "in use by " + str(exc).split(" is in use by ", 1)[-1].split(". Stop", 1)[0]
+        if note is None and not (held and physical in held) and not self._held(name, version):
+            note = interrupted_note(name, version, meta)  # a building version whose process is gone
         return VersionInfo(name=name, version=version, physical=physical, live=self.live_version(name) == version,
                            meta=meta, spec=spec, points=points, size_bytes=disk_usage(folder), note=note)
 

@@ -22,8 +22,10 @@ from dermground.platform.store.versions import (
     check_name,
     VersionInfo,
     VersionMeta,
+    interrupted_note,
     physical_name,
     split_physical,
+    stamped_for_write,
     version_number,
 )
 
@@ -72,7 +74,7 @@ class ServerCollections(Collections):
         numbers += [version_number(v) for (n, v) in self._pending if n == name]
         version = f"v{max(numbers, default=0) + 1}"
         # The collection appears with its spec (ensure_collection); the meta goes on it then.
-        self._pending[(name, version)] = meta if meta.created_at else replace(meta, created_at=_now())
+        self._pending[(name, version)] = stamped_for_write(meta if meta.created_at else replace(meta, created_at=_now()))
         return version
 
     def open_version(self, name: str, version: str) -> VectorStore:
@@ -90,7 +92,7 @@ class ServerCollections(Collections):
         physical = self.require_version(name, version)
         if meta.created_at is None:  # the creation time stays what create_version recorded
             meta = replace(meta, created_at=self.read_meta(name, version).created_at or _now())
-        self._client.update_collection(physical, metadata={VERSION_METADATA_KEY: meta.to_dict()})
+        self._client.update_collection(physical, metadata={VERSION_METADATA_KEY: stamped_for_write(meta).to_dict()})
         self._pending.pop((name, version), None)
 
     def switch(self, name: str, version: str) -> str | None:
@@ -131,8 +133,12 @@ class ServerCollections(Collections):
                     points = opened.count() if spec is not None else 0  # a server counts without locking
         except StoreError as exc:
             note = str(exc)
+        meta = self.read_meta(name, version)
+        # A server shows no holder: a version resumed by another process after its builder died
+        # reads as interrupted here until that process marks it ready.
+        note = note or interrupted_note(name, version, meta)
         return VersionInfo(name=name, version=version, physical=physical, live=self.live_version(name) == version,
-                           meta=self.read_meta(name, version), spec=spec, points=points, size_bytes=None, note=note)
+                           meta=meta, spec=spec, points=points, size_bytes=None, note=note)
 
 
 def _now() -> str:

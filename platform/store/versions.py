@@ -14,9 +14,12 @@ store/server_versions.py (Qdrant's own aliases). Both follow this interface and 
 from __future__ import annotations
 
 import abc
+import os
 import re
+import socket
+import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 
 from dermground.platform.names import check_collection_name
@@ -73,14 +76,84 @@ class VersionMeta:
     adapter: str | None = None  # the LoRA adapter folder of the model, None for the base model
     state: str = READY
     points: int | None = None  # counted when the version was marked ready
+    # The process that began building it (pid, host, start, command), while it is "building":
+    # lets a listing tell a build in progress from one whose process was killed.
+    builder: Mapping[str, object] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> VersionMeta:
-        known = {k: data[k] for k in ("created_at", "source", "adapter", "state", "points") if k in data}
+        known = {k: data[k] for k in ("created_at", "source", "adapter", "state", "points", "builder") if k in data}
+        if not isinstance(known.get("builder"), Mapping):
+            known.pop("builder", None)
         return cls(**known)  # type: ignore[arg-type]
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (boot id + clock ticks since boot; Linux), None when unknown or gone.
+
+    A pid alone can be reused by an unrelated process; pid + start time cannot."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one read of a proc file
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()  # noqa: SIM115
+    except OSError:
+        return None
+    return f"{boot}:{stat.rpartition(')')[2].split()[19]}"  # field 22, counted after the command name
+
+
+def process_stamp() -> dict[str, object]:
+    """This process, as a version's `builder` records it."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid()),
+            "command": " ".join(sys.argv)[:300]}
+
+
+def process_alive(stamp: Mapping[str, object] | None) -> bool | None:
+    """Whether the process a stamp names still runs: None when that cannot be told (no stamp,
+    another host), False when its pid is gone or now belongs to a process started later."""
+    if not stamp or stamp.get("host") != socket.gethostname() or not isinstance(stamp.get("pid"), int):
+        return None
+    pid = int(stamp["pid"])  # type: ignore[arg-type]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    started = stamp.get("started")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def stamped_for_write(meta: VersionMeta) -> VersionMeta:
+    """The meta a backend stores: a building version names the process building it (this one,
+    unless recorded already); a ready one names none."""
+    if meta.state == BUILDING and not meta.builder:
+        return replace(meta, builder=process_stamp())
+    if meta.state != BUILDING and meta.builder is not None:
+        return replace(meta, builder=None)
+    return meta
+
+
+def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
+    """For a version still "building" whose building process is gone: what happened and the next
+    step. Nothing is deleted automatically: an interrupted ingest can be resumed into its version,
+    and a careful admin decides what to drop."""
+    if meta.state != BUILDING or process_alive(meta.builder) is not False:
+        return None
+    builder = meta.builder or {}
+    source = meta.source or ""
+    if source.startswith("restore "):
+        step = (f"drop it with `dermground collections drop {name} {version}` and run the restore again "
+                "(the snapshot is untouched)")
+    elif source.startswith("snapshot of "):
+        step = f"a scratch copy left by `snapshot create`: drop it with `dermground collections drop {name} {version}`"
+    else:
+        step = (f"resume it with `dermground ingest <data> --collection {name} --version {version}`, or drop it "
+                f"with `dermground collections drop {name} {version}`")
+    return (f"interrupted: the process that was building it (pid {builder.get('pid')}, "
+            f"`{builder.get('command') or '?'}`, started {meta.created_at or '?'}) is gone and it was never live; "
+            f"{step}")
 
 
 @dataclass(frozen=True)
@@ -209,8 +282,9 @@ class Collections(abc.ABC):
         self.require_version(name, version)
         info = self.info(name, version)
         if info.meta.state != READY:
+            interrupted = interrupted_note(name, version, info.meta)
             raise VersionError(f"version {version} of {name!r} is still {info.meta.state!r} (an ingest or restore "
-                               "did not finish): finish it first, or drop it")
+                               "did not finish): " + (interrupted or "finish it first, or drop it"))
         if info.spec is None:
             raise VersionError(f"version {version} of {name!r} holds no collection yet")
         return info.spec
@@ -228,4 +302,5 @@ class Collections(abc.ABC):
 
 
 __all__ = ["BUILDING", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionMeta", "check_name",
-           "physical_name", "split_physical", "version_number"]
+           "interrupted_note", "physical_name", "process_alive", "process_stamp", "split_physical",
+           "stamped_for_write", "version_number"]
