@@ -17,6 +17,7 @@ import numpy as np
 from dermground.platform.store.schema import (
     DEFAULT_VECTOR_NAMES,
     IMAGE_VECTOR,
+    INTEGER_FIELDS,
     KEYWORD_FIELDS,
     NUMERIC_FIELDS,
     SCHEMA_VERSION,
@@ -137,7 +138,7 @@ class SearchFilter:
     exclude_ids: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        allowed_eq = set(KEYWORD_FIELDS) | {"target"}
+        allowed_eq = set(KEYWORD_FIELDS) | set(INTEGER_FIELDS)
         for key in self.equals:
             if key not in allowed_eq:
                 raise ValueError(f"cannot filter equals on {key!r}; allowed: {sorted(allowed_eq)}")
