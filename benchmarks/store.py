@@ -13,13 +13,13 @@ bare engine ratio is measured in the same run.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import machine_line  # first: sets the offline environment
 
 from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.store import (
@@ -164,7 +164,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"# machine: {platform.machine()}, {platform.python_version()}; dim {args.dim}, "
+    print(machine_line())
+    print(f"# dim {args.dim}, "
           f"{len(DEFAULT_VECTOR_NAMES)} named vectors, upsert batch {args.batch}, b={args.b}, "
           f"filter split=train AND 40<=age<=60")
     print("| backend | N | upsert pts/s | filtered top-10 p50 / p99 ms (CPU p50) | recall@10 | "

@@ -31,8 +31,6 @@ columns), which keeps every cosine and makes each distance cost what a --dim one
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -41,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from harness import machine_line, percentiles_ms, timed  # first: sets the offline environment
 
-from dermground.platform.attributes import ATTRIBUTES, get_attribute  # noqa: E402
-from dermground.platform.store import (  # noqa: E402
+from dermground.platform.attributes import ATTRIBUTES, get_attribute
+from dermground.platform.store import (
     DEFAULT_VECTOR_NAMES,
     IMAGE_VECTOR,
     CollectionSpec,
@@ -54,8 +52,8 @@ from dermground.platform.store import (  # noqa: E402
     build_payload,
     point_id,
 )
-from dermground.platform.store.edge import EdgeStore, edge_filter  # noqa: E402
-from dermground.platform.store.indexing import (  # noqa: E402
+from dermground.platform.store.edge import EdgeStore, edge_filter
+from dermground.platform.store.indexing import (
     DEFAULT_HNSW_EF,
     DEFAULT_INDEX_MIN_POINTS,
     build_index_if_large,
@@ -179,15 +177,10 @@ class Collection:
         return {self.ids[int(rows[i])] for i in np.argsort(-scores, kind="stable")[:10]}
 
 
-def timed(fn) -> tuple[float, object]:  # noqa: ANN001
-    started = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - started, out
-
-
 def percentiles(seconds: list[float]) -> tuple[float, float]:
-    ms = 1000 * np.asarray(seconds)
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+    """(p50, p99) in milliseconds."""
+    found = percentiles_ms(seconds, (50, 99))
+    return found[50], found[99]
 
 
 def main() -> None:
@@ -211,8 +204,8 @@ def main() -> None:
     started = time.perf_counter()
     real = real_embeddings(args.real + args.queries, 112, seed=1) if args.vectors == "model" else None
     source = VectorSource(args.vectors, args.dim, args.queries, real, seed=0)
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
-          f"N={args.n:,}, {len(DEFAULT_VECTOR_NAMES)} named vectors x {args.dim}, cosine, HNSW on image only")
+    print(machine_line())
+    print(f"# N={args.n:,}, {len(DEFAULT_VECTOR_NAMES)} named vectors x {args.dim}, cosine, HNSW on image only")
     print(f"# vectors: {source.describe()} (prepared in {time.perf_counter() - started:.1f} s)")
     data = Collection(args.n, source)
     work = Path(tempfile.mkdtemp(prefix="dg-store-index-", dir=args.workdir))
