@@ -28,7 +28,7 @@ from dermground.ingest.job import IngestJob, Split
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
 from dermground.ingest.reader import LesionRecord, RejectedRecord, read_records
 from dermground.ingest.run_locks import hold_run_lock, note_ray_session, reap_dead_runs
-from dermground.ingest.targets import open_target
+from dermground.ingest.targets import IngestTarget, open_target
 from dermground.ingest.writer import (
     PartitionWriter,
     ReadyRecord,
@@ -146,6 +146,25 @@ class _RunState:
     writer: PartitionWriter
     summary: IngestSummary
     started: float
+    ensure_collection: Callable[[], None]  # idempotent; before the store is read or written
+
+
+def _collection_on_first_use(store: VectorStore, spec: CollectionSpec, target: IngestTarget) -> Callable[[], None]:
+    """Creating a new collection (17 named vectors) takes 1-4 s on 2 cores: done at the first commit,
+    while the actors embed, instead of in front of them. An existing version is checked at once, so
+    another model's vectors are refused before any embedding."""
+    done = False
+
+    def ensure() -> None:
+        nonlocal done
+        if not done:
+            store.ensure_collection(spec)
+            target.started()
+            done = True
+
+    if store.describe() is not None:
+        ensure()
+    return ensure
 
 
 def run_ingest(job: IngestJob, *, progress: bool = True, notify: Callable[[str], None] = lambda _: None,
@@ -174,8 +193,7 @@ def run_ingest(job: IngestJob, *, progress: bool = True, notify: Callable[[str],
     try:
         run_lock = hold_run_lock(settings.home, run_id)
         summary.died_runs = [r.run_id for r in reap_dead_runs(catalog, settings.home)]
-        store.ensure_collection(spec)
-        target.started()
+        ensure_collection = _collection_on_first_use(store, spec, target)
         # The catalog names the physical version: `check` compares a version with its own rows.
         writer = PartitionWriter(store, catalog, target.physical, fingerprint, run_id)
         run_row = {"run_id": run_id, "collection": target.physical, "fingerprint": fingerprint,
@@ -183,7 +201,8 @@ def run_ingest(job: IngestJob, *, progress: bool = True, notify: Callable[[str],
                    "started_at": datetime.now(UTC), "options": json.dumps(asdict(job.options))}
         catalog.append("ingest_runs", [{**run_row, "status": "running"}])
         try:
-            _run(_RunState(job, fingerprint, writer, summary, started), catalog, progress)
+            _run(_RunState(job, fingerprint, writer, summary, started, ensure_collection), catalog, progress)
+            ensure_collection()  # also when nothing was embedded
             summary.index = _build_index(store, settings.store_index_min_points, progress)
             status = "done"
         finally:
@@ -217,7 +236,8 @@ def _run(state: _RunState, catalog: Catalog, progress: bool) -> None:
 
         total = count_records(job.data_dir)
     bar = progress_bar(total=total, unit="img", desc=f"ingest {writer.collection}", disable=not progress, smoothing=0.1)
-    pending = _skip_committed(state, partition_records(stream, job.options.partition_size), committed, bar)
+    pending = _starting_ray(job, _skip_committed(state, partition_records(stream, job.options.partition_size),
+                                                 committed, bar))
     try:
         for wave in _waves(pending, WAVE_IMAGES):
             _run_wave(state, wave, bar)
@@ -230,12 +250,32 @@ def _skip_committed(state: _RunState, partitions: Iterable[Partition], committed
                     bar: object) -> Iterator[Partition]:
     summary = state.summary
     for partition in partitions:
+        if partition.partition_id in committed:
+            state.ensure_collection()
         if partition.partition_id in committed and _store_holds(state.writer.store, partition,
                                                                 committed[partition.partition_id]):
             summary.skipped += committed[partition.partition_id]
             summary.partitions_skipped += 1
             bar.update(len(partition))  # type: ignore[attr-defined]
             continue
+        yield partition
+
+
+def _starting_ray(job: IngestJob, partitions: Iterable[Partition]) -> Iterator[Partition]:
+    """Start (or join) Ray at the first partition to embed, not once the wave is read: a local
+    session's workers import the embedding stack (platform/ray_runtime.py) while the reader streams.
+    A rerun with everything committed never starts Ray."""
+    started = False
+    for partition in partitions:
+        if not started:
+            from dermground.platform.ray_runtime import ensure_ray
+
+            settings = job.settings
+            session = ensure_ray(job.ray_address, num_cpus=settings.ray_num_cpus,
+                                 object_store_mb=settings.ray_object_store_mb)
+            if session:
+                note_ray_session(session)  # stopped by the next start if this run dies
+            started = True
         yield partition
 
 
@@ -255,6 +295,7 @@ def _run_wave(state: _RunState, wave: list[Partition], bar: object) -> None:
 
     def commit(index: int, vectors: dict[str, np.ndarray], errors: dict[str, str]) -> None:
         partition, ready, rejections = prepared.pop(index)
+        state.ensure_collection()
         result = state.writer.write(partition, ready, rejections, vectors, errors, VECTOR_NAMES)
         summary.ingested += result.n_points
         summary.quarantined += result.n_quarantined
@@ -296,12 +337,7 @@ def _embed_items(job: IngestJob, fingerprint: str, items: list[dict[str, object]
     import ray
     import ray.data
 
-    from dermground.platform.ray_runtime import ensure_ray
-
-    settings, options = job.settings, job.options
-    session = ensure_ray(job.ray_address, num_cpus=settings.ray_num_cpus, object_store_mb=settings.ray_object_store_mb)
-    if session:
-        note_ray_session(session)  # stopped by the next start if this run dies
+    options = job.options
     cpus = options.cpus_per_actor
     if cpus is None:
         cpus = max(1.0, math.floor(ray.cluster_resources().get("CPU", 1.0) / options.actors))
@@ -319,7 +355,9 @@ def _embed_items(job: IngestJob, fingerprint: str, items: list[dict[str, object]
         num_cpus=cpus, num_gpus=options.gpus_per_actor or None,
     )
     try:
-        yield from embedded.iter_batches(batch_size=None, batch_format="numpy")
+        # prefetch_batches=0: a block reaches the writer when it is done, not when the next one is
+        # (measured: with Ray Data's default of 1, each block waited ~1 s for its successor).
+        yield from embedded.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
 
