@@ -10,10 +10,13 @@ measured against the faster bare round. With N actors the ceiling is N x the bar
 is one such loop with the same threads). Ray's own start-up is excluded (a cluster is already up);
 the actors' start-up and model load are included in the end-to-end figure and excluded from the
 steady-state one (from the first embedded batch reaching the driver to the end).
-Last line: `ingest efficiency=<x> steady_state_efficiency=<y> pipeline_images_per_s=<p> ceiling_images_per_s=<c> images=<n>`.
+Last line (self-contained): `ingest efficiency=<x> steady_state_efficiency=<y> pipeline_images_per_s=<p>
+ceiling_images_per_s=<c> images=<n> first_batch_s=<s> actors=<a> threads=<t> warm=yes|started|no
+load=<1/5/15 min>`. Ray's start-up is excluded, and so is the warm-up of its first workers
+(platform/ray_runtime.py) unless --no-warm-wait: on a cluster that is already up they are warm.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ingest.py [--images 2000] [--batch-size 8] [--actors 1]
-        [--cpus-per-actor 2]
+        [--cpus-per-actor 2] [--no-preload | --no-warm-wait]
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from harness import machine_line  # first: sets the offline environment
 
 
 def bare_loop(data: Path, model_dir: Path, batch_size: int, threads: int) -> tuple[int, float]:
@@ -54,12 +57,17 @@ def main() -> None:
     parser.add_argument("--partition-size", type=int, default=256)
     parser.add_argument("--cpus-per-actor", type=int, default=None,
                         help="CPUs and torch threads per actor and of the bare loop [default: all cores / actors]")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="Ray workers import nothing ahead (platform/ray_runtime.py WORKER_PRELOAD): the old start-up")
+    parser.add_argument("--no-warm-wait", action="store_true",
+                        help="Start the pipeline right after Ray starts, while its workers still warm up "
+                             "(what a CLI run on a fresh local session sees)")
     args = parser.parse_args()
 
     from dermground.ingest.pipeline import ingest_dataset
     from dermground.ingest.synth import generate_dataset
     from dermground.platform.model.tiny import save_tiny_model
-    from dermground.platform.ray_runtime import ensure_ray
+    from dermground.platform.ray_runtime import WORKER_PRELOAD, ensure_ray, wait_for_warm_workers
     from dermground.platform.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
@@ -68,17 +76,27 @@ def main() -> None:
         data = root / "data"
         generate_dataset(data, patients=max(1, args.images // 20), images=args.images, seed=0, size=args.size,
                          progress=False)
+        print(machine_line())
         cpus = os.cpu_count() or 1
         threads = args.cpus_per_actor or max(1, cpus // args.actors)
         print(f"{args.images} images at {args.size} px, tiny model, batch {args.batch_size}, "
               f"{args.actors} actor(s) x {threads} CPU(s)/torch thread(s), partitions of {args.partition_size}, "
-              f"{cpus} cores")
+              f"{cpus} cores, load average {_load()}")
+        print(f"resources: bare loop = 1 process x {threads} torch thread(s); pipeline = {args.actors} Ray actor(s) x "
+              f"{threads} CPU(s)/torch thread(s) + the driver (reader, payloads, store and catalog writes) in a "
+              f"{cpus}-CPU Ray session; worker preload: {'none' if args.no_preload else ', '.join(WORKER_PRELOAD)}")
         n, bare_1 = bare_loop(data, model_dir, args.batch_size, threads)
         print(f"bare loop round 1: {n} images in {bare_1:.2f} s ({n / bare_1:.1f} images/s)")
 
         started = time.perf_counter()
-        ensure_ray(num_cpus=cpus, object_store_mb=512, temp_dir=Path(tempfile.mkdtemp(prefix="rayb", dir="/tmp")))
+        ensure_ray(num_cpus=cpus, object_store_mb=512, temp_dir=Path(tempfile.mkdtemp(prefix="rayb", dir="/tmp")),
+                   preload=() if args.no_preload else WORKER_PRELOAD)
         print(f"ray start-up (excluded): {time.perf_counter() - started:.2f} s")
+        if not args.no_preload and not args.no_warm_wait:
+            started = time.perf_counter()
+            warm = wait_for_warm_workers(300)
+            print(f"worker warm-up (excluded, as on a cluster already up): {warm} worker(s) warm after "
+                  f"{time.perf_counter() - started:.2f} s")
         settings = load_settings(home=root / "home")
         summary = ingest_dataset(data, "bench", settings, model_dir=model_dir, split="all",
                                  partition_size=args.partition_size, batch_size=args.batch_size,
@@ -95,7 +113,13 @@ def main() -> None:
         print(f"bare loop round 2: {n} images in {bare_2:.2f} s ({n / bare_2:.1f} images/s)")
         ceiling = args.actors * n / min(bare_1, bare_2)
         print(f"ingest efficiency={pipeline_rate / ceiling:.3f} steady_state_efficiency={steady_rate / ceiling:.3f} "
-              f"pipeline_images_per_s={pipeline_rate:.1f} ceiling_images_per_s={ceiling:.1f} images={n}")
+              f"pipeline_images_per_s={pipeline_rate:.1f} ceiling_images_per_s={ceiling:.1f} images={n} "
+              f"first_batch_s={first:.2f} actors={args.actors} threads={threads} "
+              f"warm={'no' if args.no_preload else 'started' if args.no_warm_wait else 'yes'} load={_load()}")
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from dermground.platform.image_sources import load_image_bytes
-from dermground.platform.images import DEFAULT_MAX_PIXELS, decode_image
-from dermground.platform.images import ImageRejected as ImageDecodeError
+from dermground.platform.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from dermground.platform.store.schema import DEFAULT_VECTOR_NAMES, IMAGE_VECTOR
 
 VECTOR_NAMES: tuple[str, ...] = DEFAULT_VECTOR_NAMES
 # Errors that a single bad input can cause (decoding, the processor's size checks, a missing key).
-_INPUT_ERRORS = (ImageDecodeError, ValueError, OSError, KeyError)
+_INPUT_ERRORS = (ImageRejected, ValueError, OSError, KeyError)
 
 
 class EmbeddingActor:
@@ -87,4 +86,4 @@ class EmbeddingActor:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, ImageDecodeError) else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, ImageRejected) else f"{type(exc).__name__}: {text}"

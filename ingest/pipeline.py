@@ -1,6 +1,7 @@
 """The ingest pipeline: reader -> partitions -> Ray Data embedding actors -> driver writer.
 
     summary = ingest_dataset(Path("data"), "lesions", load_settings(), model_dir=Path("models/base"))
+    summary = run_ingest(IngestJob.build(Path("data"), "lesions", load_settings()))  # what the CLI does
 
 The driver reads metadata, builds payloads (bad rows are quarantined before any embedding),
 skips partitions the ledger says are committed, streams the rest through an actor pool that
@@ -19,15 +20,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from dermground.ingest.embedding_actor import VECTOR_NAMES, EmbeddingActor
+from dermground.ingest.job import IngestJob, SplitSelection
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
-from dermground.platform.records import LesionRecord, RejectedRecord, read_records
 from dermground.ingest.run_locks import hold_run_lock, note_ray_session, reap_dead_runs
-from dermground.ingest.targets import open_target
+from dermground.ingest.targets import IngestTarget, open_target
 from dermground.ingest.writer import (
     PartitionWriter,
     ReadyRecord,
@@ -36,30 +36,15 @@ from dermground.ingest.writer import (
     record_payload,
 )
 from dermground.platform.catalog import Catalog
-from dermground.platform.names import check_collection_name
+from dermground.platform.records import LesionRecord, RejectedRecord, read_records
 from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, point_id
-from dermground.platform.store.indexing import IndexReport, build_index_if_large, check_index_min_points
+from dermground.platform.store.indexing import IndexReport, build_index_if_large
 
-Split = Literal["train", "test", "all"]
 # Images per Ray Data execution: bounds the driver's memory (records and vectors of a wave) while
 # keeping the actors' one-off model load negligible.
 WAVE_IMAGES = 20_000
 BATCHES_PER_BLOCK = 16
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    """How the pipeline runs (saved with the run in the catalog's ingest_runs)."""
-
-    split: Split = "train"
-    partition_size: int = DEFAULT_PARTITION_SIZE
-    batch_size: int = 8
-    actors: int = 1
-    cpus_per_actor: float | None = None  # None: the cluster's CPUs shared evenly by the actors
-    gpus_per_actor: float = 0.0
-    device: str = "auto"
-    dtype: str = "auto"
 
 
 @dataclass
@@ -138,40 +123,69 @@ def _waves(partitions: Iterable[Partition], limit: int) -> Iterator[list[Partiti
 
 
 def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model_dir: Path | None = None,
-                   adapter_dir: Path | None = None, split: Split = "train",
+                   adapter_dir: Path | None = None, split: SplitSelection = "train",
                    partition_size: int = DEFAULT_PARTITION_SIZE, batch_size: int = 8, actors: int = 1,
                    cpus_per_actor: float | None = None, gpus_per_actor: float = 0.0,
                    ray_address: str | None = None, progress: bool = True, new_version: bool = False,
                    version: str | None = None, notify: Callable[[str], None] = lambda _: None,
                    index_min_points: int | None = None) -> IngestSummary:
-    """Embed and store every record of `data_dir` (one split or all) into `collection`; resumable.
+    """Build the IngestJob of these arguments (ingest/job.py: defaults and checks) and run it."""
+    job = IngestJob.build(data_dir, collection, settings, model_dir=model_dir, adapter_dir=adapter_dir, split=split,
+                          partition_size=partition_size, batch_size=batch_size, actors=actors,
+                          cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, ray_address=ray_address,
+                          new_version=new_version, version=version, index_min_points=index_min_points)
+    return run_ingest(job, progress=progress, notify=notify)
 
-    new_version / version: which version to write (ingest/targets.py); the store is opened before
-    any embedding. Raises SchemaMismatchError when the version holds another model's vectors and
+
+@dataclass
+class _RunState:
+    """What every level of a running ingest shares: the job, the model it embeds with, the writer, the tally."""
+
+    job: IngestJob
+    fingerprint: str
+    writer: PartitionWriter
+    summary: IngestSummary
+    started: float
+    ensure_collection: Callable[[], None]  # idempotent; before the store is read or written
+
+
+def _collection_on_first_use(store: VectorStore, spec: CollectionSpec, target: IngestTarget) -> Callable[[], None]:
+    """Creating a new collection (17 named vectors) takes 1-4 s on 2 cores: done at the first commit,
+    while the actors embed, instead of in front of them. An existing version is checked at once, so
+    another model's vectors are refused before any embedding."""
+    done = False
+
+    def ensure() -> None:
+        nonlocal done
+        if not done:
+            store.ensure_collection(spec)
+            target.started()
+            done = True
+
+    if store.describe() is not None:
+        ensure()
+    return ensure
+
+
+def run_ingest(job: IngestJob, *, progress: bool = True, notify: Callable[[str], None] = lambda _: None,
+               ) -> IngestSummary:
+    """Embed and store every record of the job's data folder (one split or all); resumable.
+
+    The job says which version to write (ingest/targets.py); the store is opened before any
+    embedding. Raises SchemaMismatchError when the version holds another model's vectors and
     StoreLockedError when another process holds the version written. At the finish the HNSW index
-    is built when the collection holds at least `index_min_points` points (default:
-    settings.store_index_min_points; 0 = never).
+    is built when the collection holds at least settings.store_index_min_points points (0 = never).
     """
-    check_collection_name(collection)  # before anything is written under HOME
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    if actors < 1 or batch_size < 1:
-        raise ValueError("actors and batch_size must be at least 1")
-    if index_min_points is not None:
-        settings = settings.model_copy(update={"store_index_min_points": check_index_min_points(index_min_points)})
-    options = IngestOptions(split, partition_size, batch_size, actors, cpus_per_actor, gpus_per_actor,
-                            settings.device, settings.dtype)
-    model_dir = Path(model_dir or settings.base_model_dir)
-    adapter_dir = adapter_dir if adapter_dir is not None else settings.adapter_dir
-    dim, fingerprint = model_identity(model_dir, adapter_dir)
+    settings = job.settings
+    dim, fingerprint = model_identity(job.model_dir, job.adapter_dir)
     started = time.perf_counter()
     run_id = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    summary = IngestSummary(run_id, collection)
+    summary = IngestSummary(run_id, job.collection)
     catalog = Catalog(settings.catalog_dir)
     spec = CollectionSpec(dim=dim, fingerprint=fingerprint)
-    target = open_target(settings, collection, catalog, source=str(Path(data_dir).resolve()),
-                         adapter=str(adapter_dir) if adapter_dir else None, spec=spec, new_version=new_version,
-                         version=version, notify=notify)
+    target = open_target(settings, job.collection, catalog, source=job.source,
+                         adapter=str(job.adapter_dir) if job.adapter_dir else None, spec=spec,
+                         new_version=job.new_version, version=job.version, notify=notify)
     store = target.store
     summary.version = target.version
     status = "failed"
@@ -179,17 +193,16 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
     try:
         run_lock = hold_run_lock(settings.home, run_id)
         summary.died_runs = [r.run_id for r in reap_dead_runs(catalog, settings.home)]
-        store.ensure_collection(spec)
-        target.started()
+        ensure_collection = _collection_on_first_use(store, spec, target)
         # The catalog names the physical version: `check` compares a version with its own rows.
         writer = PartitionWriter(store, catalog, target.physical, fingerprint, run_id)
         run_row = {"run_id": run_id, "collection": target.physical, "fingerprint": fingerprint,
-                   "source": str(Path(data_dir).resolve()), "split": split,
-                   "started_at": datetime.now(UTC), "options": json.dumps(asdict(options))}
+                   "source": job.source, "split": job.options.split,
+                   "started_at": datetime.now(UTC), "options": json.dumps(asdict(job.options))}
         catalog.append("ingest_runs", [{**run_row, "status": "running"}])
         try:
-            _run(Path(data_dir), options, model_dir, adapter_dir, fingerprint, settings, ray_address,
-                 writer, catalog, summary, progress, started)
+            _run(_RunState(job, fingerprint, writer, summary, started, ensure_collection), catalog, progress)
+            ensure_collection()  # also when nothing was embedded
             summary.index = _build_index(store, settings.store_index_min_points, progress)
             status = "done"
         finally:
@@ -211,39 +224,58 @@ def ingest_dataset(data_dir: Path, collection: str, settings: Settings, *, model
     return summary
 
 
-def _run(data_dir: Path, options: IngestOptions, model_dir: Path, adapter_dir: Path | None, fingerprint: str,
-         settings: Settings, ray_address: str | None, writer: PartitionWriter, catalog: Catalog,
-         summary: IngestSummary, progress: bool, started: float) -> None:
+def _run(state: _RunState, catalog: Catalog, progress: bool) -> None:
     from dermground.platform.progress import progress_bar
 
-    committed = committed_partitions(catalog, writer.collection, fingerprint)
-    reader_split = None if options.split == "all" else options.split
-    stream = _unique(read_records(data_dir, split=reader_split, max_pixels=settings.max_image_pixels))
+    job, writer = state.job, state.writer
+    committed = committed_partitions(catalog, writer.collection, state.fingerprint)
+    stream = _unique(read_records(job.data_dir, split=job.reader_split, max_pixels=job.settings.max_image_pixels))
     total = None
-    if options.split == "all":
+    if job.options.split == "all":
         from dermground.platform.records import count_records
 
-        total = count_records(data_dir)
+        total = count_records(job.data_dir)
     bar = progress_bar(total=total, unit="img", desc=f"ingest {writer.collection}", disable=not progress, smoothing=0.1)
-    pending = _skip_committed(partition_records(stream, options.partition_size), committed, writer.store, summary,
-                              bar)
+    pending = _starting_ray(job, _skip_committed(state, partition_records(stream, job.options.partition_size),
+                                                 committed, bar))
     try:
         for wave in _waves(pending, WAVE_IMAGES):
-            _run_wave(wave, options, model_dir, adapter_dir, fingerprint, settings, ray_address, writer,
-                      summary, bar, started)
-            bar.set_postfix(skipped=summary.skipped, quarantined=summary.quarantined)
+            _run_wave(state, wave, bar)
+            bar.set_postfix(skipped=state.summary.skipped, quarantined=state.summary.quarantined)
     finally:
         bar.close()
 
 
-def _skip_committed(partitions: Iterable[Partition], committed: dict[str, int], store: VectorStore,
-                    summary: IngestSummary, bar: object) -> Iterator[Partition]:
+def _skip_committed(state: _RunState, partitions: Iterable[Partition], committed: dict[str, int],
+                    bar: object) -> Iterator[Partition]:
+    summary = state.summary
     for partition in partitions:
-        if partition.partition_id in committed and _store_holds(store, partition, committed[partition.partition_id]):
+        if partition.partition_id in committed:
+            state.ensure_collection()
+        if partition.partition_id in committed and _store_holds(state.writer.store, partition,
+                                                                committed[partition.partition_id]):
             summary.skipped += committed[partition.partition_id]
             summary.partitions_skipped += 1
             bar.update(len(partition))  # type: ignore[attr-defined]
             continue
+        yield partition
+
+
+def _starting_ray(job: IngestJob, partitions: Iterable[Partition]) -> Iterator[Partition]:
+    """Start (or join) Ray at the first partition to embed, not once the wave is read: a local
+    session's workers import the embedding stack (platform/ray_runtime.py) while the reader streams.
+    A rerun with everything committed never starts Ray."""
+    started = False
+    for partition in partitions:
+        if not started:
+            from dermground.platform.ray_runtime import ensure_ray
+
+            settings = job.settings
+            session = ensure_ray(job.ray_address, num_cpus=settings.ray_num_cpus,
+                                 object_store_mb=settings.ray_object_store_mb)
+            if session:
+                note_ray_session(session)  # stopped by the next start if this run dies
+            started = True
         yield partition
 
 
@@ -257,14 +289,14 @@ def _store_holds(store: VectorStore, partition: Partition, n_points: int) -> boo
     return len(store.retrieve(ids, with_payload=False)) >= n_points
 
 
-def _run_wave(wave: list[Partition], options: IngestOptions, model_dir: Path, adapter_dir: Path | None,
-              fingerprint: str, settings: Settings, ray_address: str | None, writer: PartitionWriter,
-              summary: IngestSummary, bar: object, started: float) -> None:
-    prepared = {p.index: (p, *_prepare(p, fingerprint)) for p in wave}
+def _run_wave(state: _RunState, wave: list[Partition], bar: object) -> None:
+    summary = state.summary
+    prepared = {p.index: (p, *_prepare(p, state.fingerprint)) for p in wave}
 
     def commit(index: int, vectors: dict[str, np.ndarray], errors: dict[str, str]) -> None:
         partition, ready, rejections = prepared.pop(index)
-        result = writer.write(partition, ready, rejections, vectors, errors, VECTOR_NAMES)
+        state.ensure_collection()
+        result = state.writer.write(partition, ready, rejections, vectors, errors, VECTOR_NAMES)
         summary.ingested += result.n_points
         summary.quarantined += result.n_quarantined
         summary.partitions += 1
@@ -283,10 +315,9 @@ def _run_wave(wave: list[Partition], options: IngestOptions, model_dir: Path, ad
         return
     expected = {index: len(ready) for index, (_, ready, _) in prepared.items() if ready}
     received: dict[int, tuple[dict[str, np.ndarray], dict[str, str]]] = {i: ({}, {}) for i in expected}
-    for batch in _embed_items(items, len(expected), options, model_dir, adapter_dir, fingerprint, settings,
-                              ray_address):
+    for batch in _embed_items(state.job, state.fingerprint, items, len(expected)):
         if summary.first_batch_seconds is None:
-            summary.first_batch_seconds = time.perf_counter() - started
+            summary.first_batch_seconds = time.perf_counter() - state.started
             summary.first_batch_rows = len(batch["isic_id"])
         for isic_id, part, error, vectors in zip(batch["isic_id"], batch["part"], batch["error"], batch["vectors"],
                                                  strict=True):
@@ -301,18 +332,12 @@ def _run_wave(wave: list[Partition], options: IngestOptions, model_dir: Path, ad
         raise RuntimeError(f"the embedding pipeline returned no rows for partitions {sorted(received)}")
 
 
-def _embed_items(items: list[dict[str, object]], n_partitions: int, options: IngestOptions, model_dir: Path,
-                 adapter_dir: Path | None, fingerprint: str, settings: Settings,
-                 ray_address: str | None) -> Iterator[dict[str, np.ndarray]]:
+def _embed_items(job: IngestJob, fingerprint: str, items: list[dict[str, object]],
+                 n_partitions: int) -> Iterator[dict[str, np.ndarray]]:
     import ray
     import ray.data
 
-    from dermground.platform.ray_runtime import ensure_ray
-
-    session = ensure_ray(ray_address or settings.ray_address, num_cpus=settings.ray_num_cpus,
-                         object_store_mb=settings.ray_object_store_mb)
-    if session:
-        note_ray_session(session)  # stopped by the next start if this run dies
+    options = job.options
     cpus = options.cpus_per_actor
     if cpus is None:
         cpus = max(1.0, math.floor(ray.cluster_resources().get("CPU", 1.0) / options.actors))
@@ -324,18 +349,15 @@ def _embed_items(items: list[dict[str, object]], n_partitions: int, options: Ing
     blocks = max(n_partitions, math.ceil(len(items) / (options.batch_size * BATCHES_PER_BLOCK)))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), blocks)))
     embedded = dataset.map_batches(
-        EmbeddingActor,
-        fn_constructor_kwargs={
-            "model_dir": str(model_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None,
-            "expected_fingerprint": fingerprint, "device": options.device, "dtype": options.dtype,
-            "batch_size": options.batch_size, "num_threads": max(1, int(cpus)),
-            "max_pixels": settings.max_image_pixels},
+        EmbeddingActor, fn_constructor_kwargs=job.actor_arguments(fingerprint, int(cpus)),
         batch_size=options.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=cpus, num_gpus=options.gpus_per_actor or None,
     )
     try:
-        yield from embedded.iter_batches(batch_size=None, batch_format="numpy")
+        # prefetch_batches=0: a block reaches the writer when it is done, not when the next one is
+        # (measured: with Ray Data's default of 1, each block waited ~1 s for its successor).
+        yield from embedded.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
 

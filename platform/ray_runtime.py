@@ -2,11 +2,22 @@
 
 Ray's defaults assume a big machine: here a local session gets a bounded object store, no
 dashboard and no usage reporting; with an address it joins an existing cluster instead.
+
+A local session warms its first workers: the ones Ray prestarts (one per CPU) import the
+embedding stack (Ray Data, torch, transformers' Qwen2-VL, our embedder and image gate) as soon as they
+start, so an ingest's actor lands on a worker that paid those seconds while the driver opened the
+store and read the metadata (platform/ray_warm_start.py, through Ray's `preload_python_modules`
+system setting). A job's `worker_process_setup_hook` would not do: it runs only in workers started
+for the job, never in the prestarted ones (measured: the actor then waits for a fresh worker and
+its hook). A cluster joined by address is started by its owner, who can do the same with
+`RAY_preload_python_modules=dermground.platform.ray_warm_start` and the DERMGROUND_RAY_WARM_*
+variables of ray_warm_start.py in the environment of `ray start`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 # Must be in the environment before `import ray` spawns anything.
@@ -16,12 +27,22 @@ RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_DEDUP_LOGS": "0",
 }
+# What a warm worker imports: about 4 s of CPU on a quiet 2-core machine, which an embedding actor
+# would otherwise pay between its creation and its first batch.
+# Platform modules only (this module sits below ingest/): the embedding actor's own module is small
+# once these are in.
+WORKER_PRELOAD = ("ray.data", "dermground.platform.embed", "dermground.platform.images",
+                  "dermground.platform.image_sources")
+_WARM_START_MODULE = "dermground.platform.ray_warm_start"
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None,
-               object_store_mb: int = 512, temp_dir: Path | None = None) -> str | None:
+               object_store_mb: int = 512, temp_dir: Path | None = None,
+               preload: Sequence[str] = WORKER_PRELOAD) -> str | None:
     """Connect to Ray once per process: join `address`, or start a small local session.
 
+    `preload`: modules the first `num_cpus` workers of a started session import when they start
+    (empty: none; see wait_for_warm_workers).
     Returns the session folder when this call started a local session (its processes belong to
     this process: see ingest/run_locks.py), else None."""
     for key, value in RAY_ENV.items():
@@ -39,9 +60,44 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
         "object_store_memory": object_store_mb * 1024 * 1024,
         "log_to_driver": False,
     }
+    if preload:
+        kwargs["_system_config"] = {"preload_python_modules": [_WARM_START_MODULE]}
+        _prepare_warm_slots(int(kwargs["num_cpus"]), preload)  # type: ignore[call-overload]
     if temp_dir is not None:
         # Ray's socket paths must stay short (AF_UNIX limit 107 bytes).
         temp_dir.mkdir(parents=True, exist_ok=True)
         kwargs["_temp_dir"] = str(temp_dir.resolve())
     context = ray.init(**kwargs)
     return str(context.address_info.get("session_dir") or "") or None
+
+
+def _prepare_warm_slots(slots: int, modules: Sequence[str]) -> None:
+    """Tell the session's workers (through the environment Ray's processes inherit) how many of
+    them warm up, with which modules, and where they claim their slot."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from dermground.platform.ray_warm_start import WARM_DIR_ENV, WARM_MODULES_ENV, WARM_SLOTS_ENV
+
+    folder = tempfile.mkdtemp(prefix="dermground-ray-warm-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ.update({WARM_DIR_ENV: folder, WARM_SLOTS_ENV: str(slots), WARM_MODULES_ENV: ",".join(modules)})
+
+
+def wait_for_warm_workers(deadline_s: float) -> int:
+    """Wait (up to `deadline_s`) until this process's local session has warmed all its slots;
+    returns how many are warm (0 when no session of this process warms any)."""
+    import time
+
+    from dermground.platform.ray_warm_start import WARM_DIR_ENV, WARM_SLOTS_ENV
+
+    folder, slots = os.environ.get(WARM_DIR_ENV), int(os.environ.get(WARM_SLOTS_ENV, "0") or 0)
+    if not folder or not slots:
+        return 0
+    deadline = time.monotonic() + deadline_s
+    while True:
+        ready = len(list(Path(folder).glob("ready-*")))
+        if ready >= slots or time.monotonic() >= deadline:
+            return ready
+        time.sleep(0.1)

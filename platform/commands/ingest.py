@@ -55,7 +55,8 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     While `dermground serve` holds the embedded store, the ingest writes a new version seeded with
     the live points and switches to it when done: the API follows without a restart.
     """
-    from dermground.ingest.pipeline import ingest_dataset
+    from dermground.ingest.job import IngestJob
+    from dermground.ingest.pipeline import run_ingest
     from dermground.platform.model.checkpoint_check import require_usable_checkpoint
     from dermground.platform.model.loading import BackboneError
     from dermground.platform.store import SchemaMismatchError, StoreError, StoreLockedError
@@ -68,12 +69,12 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar replaces Ray Data's chatter
     try:
         require_usable_checkpoint(model_dir or settings.base_model_dir, data_dir)  # before Ray and the store
-        summary = ingest_dataset(data_dir, collection, settings, model_dir=model_dir, adapter_dir=adapter_dir,
-                                 split=split, partition_size=partition_size, batch_size=batch_size,  # type: ignore[arg-type]
-                                 actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                                 ray_address=ray_address, progress=True, new_version=new_version,
-                                 version=version, notify=lambda text: click.echo(text, err=True),
-                                 index_min_points=index_min_points)
+        job = IngestJob.build(data_dir, collection, settings, model_dir=model_dir, adapter_dir=adapter_dir,
+                              split=split, partition_size=partition_size, batch_size=batch_size,  # type: ignore[arg-type]
+                              actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                              ray_address=ray_address, new_version=new_version, version=version,
+                              index_min_points=index_min_points)
+        summary = run_ingest(job, progress=True, notify=lambda text: click.echo(text, err=True))
     except StoreLockedError as exc:
         raise click.ClickException(f"{exc}\nNothing was ingested; rerun when the store is free.") from None
     except SchemaMismatchError as exc:

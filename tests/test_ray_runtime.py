@@ -1,0 +1,36 @@
+"""The local Ray session warms its first workers: they import the embedding stack before any work."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dermground.platform.ray_runtime import WORKER_PRELOAD, wait_for_warm_workers
+from dermground.platform.ray_warm_start import WARM_DIR_ENV, WARM_MODULES_ENV, WARM_SLOTS_ENV, warm_up
+
+
+def test_the_session_warms_one_worker_per_cpu_and_no_more(ray_session):
+    # The shared session has 2 CPUs: Ray prestarts 2 workers, each claims a slot and imports the stack.
+    assert wait_for_warm_workers(deadline_s=300) == 2
+    folder = Path(os.environ[WARM_DIR_ENV])
+    assert os.environ[WARM_MODULES_ENV].split(",") == list(WORKER_PRELOAD)
+    assert sorted(p.name for p in folder.glob("slot-*")) == ["slot-0", "slot-1"]
+    pids = {int((folder / f"ready-{slot}").read_text()) for slot in (0, 1)}
+    assert len(pids) == 2 and os.getpid() not in pids  # two workers, never the driver
+
+
+def test_warm_up_claims_each_slot_once_and_marks_it_ready_after_the_imports(tmp_path: Path):
+    environ = {WARM_DIR_ENV: str(tmp_path), WARM_SLOTS_ENV: "1", WARM_MODULES_ENV: "json,email.parser"}
+    assert warm_up(environ) == 0
+    assert (tmp_path / "ready-0").read_text() == str(os.getpid())
+    assert warm_up(environ) is None  # the only slot is taken: a later worker imports nothing ahead
+    assert warm_up({WARM_SLOTS_ENV: "2"}) is None  # no folder: not a warmed session
+
+
+def test_the_preloaded_modules_import_in_a_plain_process():
+    # Ray logs and skips a preload that fails: a renamed module would silently lose the warm start.
+    import importlib
+    import sys
+
+    for name in WORKER_PRELOAD:
+        assert importlib.import_module(name) is sys.modules[name]
