@@ -94,6 +94,20 @@ def test_connect_cannot_write_into_the_catalog_folder(home: Path, tmp_path: Path
     assert {p: p.read_bytes() for p in catalog.rglob("*") if p.is_file()} == before
 
 
+def test_queries_on_a_connection_do_not_keep_catalog_files_open(home: Path) -> None:
+    # Each query opens every catalog file through the read-only file system; an uncompacted
+    # catalog has thousands, so a handle DuckDB drops must be closed, or a session runs out.
+    fds = Path("/proc/self/fd")
+    con = analyst_catalog.connect(home=home)
+    con.execute("SELECT count(*) FROM lesions").fetchall()
+    settled = len(list(fds.iterdir()))
+    for _ in range(20):
+        assert con.execute("SELECT count(*) FROM lesions").fetchone() == (3,)
+        con.execute("SELECT count(*) FROM prediction_errors").fetchall()
+    assert len(list(fds.iterdir())) <= settled + 2
+    con.close()
+
+
 def test_the_read_only_catalog_files_keep_one_position_per_thread(tmp_path: Path) -> None:
     """DuckDB's threads seek and then read one shared handle: another thread's seek in between
     must not move this thread's read (it did, and Parquet pages came from the wrong offset)."""
