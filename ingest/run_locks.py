@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dermground.platform.catalog import Catalog
+from dermground.platform.processes import pid_alive
 
 LOCK_DIR = "ingest-runs"
 DIED = "died"
@@ -148,10 +149,10 @@ def stop_session_processes(session_dir: str, grace_s: float = STOP_GRACE_S) -> t
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
         time.sleep(0.1)
     for pid in pids:
-        if _alive(pid):
+        if pid_alive(pid):
             _signal(pid, signal.SIGKILL)
     return tuple(pids)
 
@@ -161,11 +162,3 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is already dead
-    except OSError:
-        return False

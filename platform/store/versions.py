@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 
 from dermground.platform.names import check_collection_name
+from dermground.platform.processes import pid_alive, process_start
 from dermground.platform.store.base import CollectionSpec, StoreError, VectorStore
 
 VERSION_SEPARATOR = "__"
@@ -91,21 +92,9 @@ class VersionMeta:
         return cls(**known)  # type: ignore[arg-type]
 
 
-def _process_start(pid: int) -> str | None:
-    """When process `pid` started (boot id + clock ticks since boot; Linux), None when unknown or gone.
-
-    A pid alone can be reused by an unrelated process; pid + start time cannot."""
-    try:
-        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one read of a proc file
-        boot = open("/proc/sys/kernel/random/boot_id").read().strip()  # noqa: SIM115
-    except OSError:
-        return None
-    return f"{boot}:{stat.rpartition(')')[2].split()[19]}"  # field 22, counted after the command name
-
-
 def process_stamp() -> dict[str, object]:
     """This process, as a version's `builder` records it."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid()),
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid()),
             "command": " ".join(sys.argv)[:300]}
 
 
@@ -115,14 +104,10 @@ def process_alive(stamp: Mapping[str, object] | None) -> bool | None:
     if not stamp or stamp.get("host") != socket.gethostname() or not isinstance(stamp.get("pid"), int):
         return None
     pid = int(stamp["pid"])  # type: ignore[arg-type]
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        pass  # another user's process: it exists
     started = stamp.get("started")
-    return started is None or _process_start(pid) in (None, started)
+    return started is None or process_start(pid) in (None, started)
 
 
 def stamped_for_write(meta: VersionMeta) -> VersionMeta:
