@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE
 from dermground.platform.names import check_collection_name
+from dermground.platform.records import Split
 from dermground.platform.settings import Settings
 from dermground.platform.store.indexing import check_index_min_points
 
@@ -66,7 +67,7 @@ class IngestJob:
         settings' cluster; index_min_points (0 = never build the index) to
         settings.store_index_min_points."""
         check_collection_name(collection)  # before anything is written under HOME
-        if split not in ("train", "test", "all"):
+        if split not in get_args(SplitSelection):
             raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
         if actors < 1 or batch_size < 1:
             raise ValueError("actors and batch_size must be at least 1")
@@ -88,7 +89,7 @@ class IngestJob:
         return str(self.data_dir.resolve())
 
     @property
-    def reader_split(self) -> Literal["train", "test"] | None:
+    def reader_split(self) -> Split | None:
         return None if self.options.split == "all" else self.options.split
 
     def actor_arguments(self, fingerprint: str, threads: int) -> dict[str, object]:
