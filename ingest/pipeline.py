@@ -250,11 +250,11 @@ def _skip_committed(state: _RunState, partitions: Iterable[Partition], committed
                     bar: object) -> Iterator[Partition]:
     summary = state.summary
     for partition in partitions:
-        if partition.partition_id in committed:
-            state.ensure_collection()
-        if partition.partition_id in committed and _store_holds(state.writer.store, partition,
-                                                                committed[partition.partition_id]):
-            summary.skipped += committed[partition.partition_id]
+        points = committed.get(partition.partition_id)
+        if points is not None:
+            state.ensure_collection()  # the ledger says the store holds it: the collection must exist
+        if points is not None and _store_holds(state.writer.store, partition, points):
+            summary.skipped += points
             summary.partitions_skipped += 1
             bar.update(len(partition))  # type: ignore[attr-defined]
             continue
