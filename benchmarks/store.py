@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import machine_line  # first: sets the offline environment
+from harness import load_line, machine_line  # first: sets the offline environment
 
 from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.store import (
@@ -185,8 +185,7 @@ def main() -> None:
         print(f"EdgeStore / local mode: upsert rate x{edge['upsert_pts_s'] / local['upsert_pts_s']:.1f} "
               f"(per point), filtered p50 x{local['filtered_p50_ms'] / edge['filtered_p50_ms']:.1f} faster "
               f"at {edge['n'] // local['n']}x the points")
-    with open("/proc/loadavg") as f:
-        print(f"load average at the end (other jobs share the cores): {f.read().split()[:3]}")
+    print(f"at the end (other jobs share the cores): {load_line()}")
     ok_overhead = edge["filtered_p50_ms"] <= 1.2 * edge["bare_p50_ms"]
     ok_recall = edge["recall10"] >= 0.99
     print(f"targets: EdgeStore filtered p50 within 1.2x of the bare engine (same run): "

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import machine_line, percentiles_ms, timed  # first: sets the offline environment
+from harness import load_line, machine_line, percentiles_ms, timed  # first: sets the offline environment
 
 from dermground.platform.attributes import ATTRIBUTES, get_attribute
 from dermground.platform.store import (
@@ -322,8 +322,7 @@ def main() -> None:
             print(f"  {fname} ef={ef}: exact (no index) / indexed p50 x{speedup_p50:.2f}, p99 x{speedup_p99:.2f}; "
                   f"exact=True / indexed p50 x{exact_now[0] / hnsw[0]:.2f}; recall@10 {hnsw[2]:.3f}")
             verdicts.append(f"{fname} ef={ef}: {'PASS' if speedup_p50 >= 3 and hnsw[2] >= 0.99 else 'FAIL'}")
-    with open("/proc/loadavg") as f:
-        print(f"load average at the end (other jobs share the cores): {f.read().split()[:3]}")
+    print(f"at the end (other jobs share the cores): {load_line()}")
     print("targets (indexed p50 >= 3x faster than the store's own exact search, recall@10 >= 0.99): "
           + "; ".join(verdicts))
 
