@@ -1,19 +1,24 @@
 """Ingest pipeline efficiency: images/s of the whole pipeline vs the bare batched embedding loop.
 
 Same images (a synthetic data set at 112 px), same tiny model, same torch threads, in one run:
-- bare: one process reads and decodes each image and calls `Embedder.embed` in batches (model
-  already loaded, Ray not involved, nothing written) - the ceiling for this machine;
-- pipeline: `ingest_dataset` end to end (reader, partitions, Ray Data actor pool including its
-  start-up and model load, store upserts, catalog and ledger files) into a fresh embedded store.
+- bare: one process reads, decodes and prepares each image (the image processor) and embeds it,
+  in batches (model already loaded, Ray not involved, nothing written) - the reference; the
+  model's share of its time is timed apart (the model-only reference);
+- pipeline: `ingest_dataset` end to end (reader, partitions, the Ray Data CPU stage that reads,
+  decodes and prepares, the embedding actor pool including its start-up and model load, store
+  upserts, catalog and ledger files) into a fresh embedded store.
 The bare loop runs before and after the pipeline (other jobs share the machine); efficiency is
 measured against the faster bare round. With N actors the ceiling is N x the bare rate (each actor
-is one such loop with the same threads). Ray's own start-up is excluded (a cluster is already up);
-the actors' start-up and model load are included in the end-to-end figure and excluded from the
-steady-state one (from the first embedded batch reaching the driver to the end).
+is one such loop with the same threads). The pipeline's CPU stage runs beside its actors on the
+CPUs they leave (ingest/stage_plan.py), so it can pass the bare loop, which does both in turn;
+`model_only_efficiency` compares it with the model's share alone, the stricter reference. Ray's
+own start-up is excluded (a cluster is already up); the actors' start-up and model load are
+included in the end-to-end figure and excluded from the steady-state one (from the first
+embedded batch reaching the driver to the end).
 Last line (self-contained): `ingest efficiency=<x> steady_state_efficiency=<y> pipeline_images_per_s=<p>
-ceiling_images_per_s=<c> images=<n> first_batch_s=<s> actors=<a> threads=<t> warm=yes|started|no
-load=<1/5/15 min>`. Ray's start-up is excluded, and so is the warm-up of its first workers
-(platform/ray_runtime.py) unless --no-warm-wait: on a cluster that is already up they are warm.
+ceiling_images_per_s=<c> images=<n> first_batch_s=<s> actors=<a> threads=<t> model_only_efficiency=<m>
+warm=yes|started|no load=<1/5/15 min>`. Ray's start-up is excluded, and so is the warm-up of its
+first workers (platform/ray_runtime.py) unless --no-warm-wait: on a cluster that is already up they are warm.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ingest.py [--images 2000] [--batch-size 8] [--actors 1]
         [--cpus-per-actor 2] [--no-preload | --no-warm-wait]
@@ -30,22 +35,29 @@ from pathlib import Path
 from harness import machine_line  # first: sets the offline environment
 
 
-def bare_loop(data: Path, model_dir: Path, batch_size: int, threads: int) -> tuple[int, float]:
-    """(images, seconds) of read + decode + Embedder.embed over the data set, batched."""
+def bare_loop(data: Path, model_dir: Path, batch_size: int, threads: int) -> tuple[int, float, float]:
+    """(images, seconds, model seconds) of read + decode + prepare + Embedder.embed_prepared over
+    the data set, batched: `Embedder.embed`'s own work, with the model's share timed apart."""
     import torch
 
-    from dermground.platform.records import LesionRecord, read_records
     from dermground.platform.embed import Embedder
+    from dermground.platform.model.image_inputs import prepare_pixels
     from dermground.platform.model.loading import load_backbone
+    from dermground.platform.records import LesionRecord, read_records
 
     torch.set_num_threads(threads)
     embedder = Embedder(load_backbone(model_dir), batch_size=batch_size)
+    image_processor = embedder.backbone.processor.image_processor
     records = [r for r in read_records(data) if isinstance(r, LesionRecord)]
     embedder.embed([records[0].load_image()])  # warm-up
+    model_seconds = 0.0
     start = time.perf_counter()
     for i in range(0, len(records), batch_size):
-        embedder.embed([r.load_image() for r in records[i : i + batch_size]])
-    return len(records), time.perf_counter() - start
+        prepared = prepare_pixels(image_processor, [r.load_image() for r in records[i : i + batch_size]])
+        model_start = time.perf_counter()
+        embedder.embed_prepared(prepared)
+        model_seconds += time.perf_counter() - model_start
+    return len(records), time.perf_counter() - start, model_seconds
 
 
 def main() -> None:
@@ -65,6 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from dermground.ingest.pipeline import ingest_dataset
+    from dermground.ingest.stage_plan import plan_stages
     from dermground.ingest.synth import generate_dataset
     from dermground.platform.model.tiny import save_tiny_model
     from dermground.platform.ray_runtime import WORKER_PRELOAD, ensure_ray, wait_for_warm_workers
@@ -82,11 +95,15 @@ def main() -> None:
         print(f"{args.images} images at {args.size} px, tiny model, batch {args.batch_size}, "
               f"{args.actors} actor(s) x {threads} CPU(s)/torch thread(s), partitions of {args.partition_size}, "
               f"{cpus} cores, load average {_load()}")
-        print(f"resources: bare loop = 1 process x {threads} torch thread(s); pipeline = {args.actors} Ray actor(s) x "
-              f"{threads} CPU(s)/torch thread(s) + the driver (reader, payloads, store and catalog writes) in a "
-              f"{cpus}-CPU Ray session; worker preload: {'none' if args.no_preload else ', '.join(WORKER_PRELOAD)}")
-        n, bare_1 = bare_loop(data, model_dir, args.batch_size, threads)
-        print(f"bare loop round 1: {n} images in {bare_1:.2f} s ({n / bare_1:.1f} images/s)")
+        plan = plan_stages(cpus, args.actors, args.cpus_per_actor or threads)
+        print(f"resources: bare loop = 1 process x {threads} torch thread(s) (read, decode, prepare, embed); "
+              f"pipeline = {args.actors} embedding actor(s) x {plan.embed_cpus:g} CPU(s)/torch thread(s) + CPU stage "
+              f"(read, decode, prepare) up to {plan.prep_tasks} task(s) x {plan.prep_cpus:g} reserved CPU + the "
+              f"driver (reader, payloads, store and catalog writes) in a {cpus}-CPU Ray session; worker preload: "
+              f"{'none' if args.no_preload else ', '.join(WORKER_PRELOAD)}")
+        n, bare_1, model_1 = bare_loop(data, model_dir, args.batch_size, threads)
+        print(f"bare loop round 1: {n} images in {bare_1:.2f} s ({n / bare_1:.1f} images/s), of which the model "
+              f"{model_1:.2f} s ({n / model_1:.1f} images/s)")
 
         started = time.perf_counter()
         ensure_ray(num_cpus=cpus, object_store_mb=512, temp_dir=Path(tempfile.mkdtemp(prefix="rayb", dir="/tmp")),
@@ -109,12 +126,18 @@ def main() -> None:
               f"{summary.partitions} partitions committed; first batch back after {first:.2f} s "
               f"(actor start-up + model load), then {steady_rate:.1f} images/s")
 
-        _, bare_2 = bare_loop(data, model_dir, args.batch_size, threads)
-        print(f"bare loop round 2: {n} images in {bare_2:.2f} s ({n / bare_2:.1f} images/s)")
+        _, bare_2, model_2 = bare_loop(data, model_dir, args.batch_size, threads)
+        print(f"bare loop round 2: {n} images in {bare_2:.2f} s ({n / bare_2:.1f} images/s), of which the model "
+              f"{model_2:.2f} s ({n / model_2:.1f} images/s)")
         ceiling = args.actors * n / min(bare_1, bare_2)
+        model_ceiling = args.actors * n / min(model_1, model_2)
+        print(f"model-only reference (the actors' share of the bare loop; the pipeline moves the rest to its CPU "
+              f"stage): {model_ceiling:.1f} images/s; pipeline / model-only {pipeline_rate / model_ceiling:.3f}, "
+              f"steady state {steady_rate / model_ceiling:.3f}")
         print(f"ingest efficiency={pipeline_rate / ceiling:.3f} steady_state_efficiency={steady_rate / ceiling:.3f} "
               f"pipeline_images_per_s={pipeline_rate:.1f} ceiling_images_per_s={ceiling:.1f} images={n} "
               f"first_batch_s={first:.2f} actors={args.actors} threads={threads} "
+              f"model_only_efficiency={pipeline_rate / model_ceiling:.3f} "
               f"warm={'no' if args.no_preload else 'started' if args.no_warm_wait else 'yes'} load={_load()}")
 
 

@@ -96,5 +96,9 @@ class IngestJob:
         """The embedding actor's constructor arguments (plain values: they travel to Ray workers)."""
         return {"model_dir": str(self.model_dir), "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
                 "expected_fingerprint": fingerprint, "device": self.options.device, "dtype": self.options.dtype,
-                "batch_size": self.options.batch_size, "num_threads": max(1, threads),
-                "max_pixels": self.settings.max_image_pixels}
+                "batch_size": self.options.batch_size, "num_threads": max(1, threads)}
+
+    def prep_arguments(self) -> dict[str, object]:
+        """The CPU stage's constructor arguments (ingest/image_prep.py): where the image processor
+        is and the image gate's pixel limit."""
+        return {"model_dir": str(self.model_dir), "max_pixels": self.settings.max_image_pixels}

@@ -1,4 +1,4 @@
-"""The ingest pipeline: reader -> partitions -> Ray Data embedding actors -> driver writer.
+"""The ingest pipeline: reader -> partitions -> Ray Data CPU stage -> embedding actors -> driver writer.
 
     summary = ingest_dataset(Path("data"), "lesions", load_settings(), model_dir=Path("models/base"))
     summary = run_ingest(IngestJob.build(Path("data"), "lesions", load_settings()))  # what the CLI does
@@ -20,13 +20,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dermground.ingest.embedding_actor import VECTOR_NAMES, EmbeddingActor
+from dermground.ingest.image_prep import prepare_images
 from dermground.ingest.job import IngestJob, SplitSelection
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
 from dermground.ingest.run_locks import hold_run_lock, note_ray_session, reap_dead_runs
+from dermground.ingest.stage_plan import plan_stages
 from dermground.ingest.targets import IngestTarget, open_target
 from dermground.ingest.writer import (
     PartitionWriter,
@@ -40,6 +43,9 @@ from dermground.platform.records import LesionRecord, RejectedRecord, read_recor
 from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, point_id
 from dermground.platform.store.indexing import IndexReport, build_index_if_large
+
+if TYPE_CHECKING:
+    import ray.data
 
 # Images per Ray Data execution: bounds the driver's memory (records and vectors of a wave) while
 # keeping the actors' one-off model load negligible.
@@ -76,11 +82,19 @@ class IngestSummary:
 
 
 def model_identity(model_dir: Path, adapter_dir: Path | None) -> tuple[int, str]:
-    """(embedding dimension, fingerprint) of a model without loading its weights."""
+    """(embedding dimension, fingerprint) of a model without loading its weights.
+
+    Also checks that the CPU stage can prepare its images (platform/model/patch_recipe.py)."""
     from dermground.platform.model.fingerprint import fingerprint
-    from dermground.platform.model.loading import check_model_dir
+    from dermground.platform.model.loading import BackboneError, check_model_dir
+    from dermground.platform.model.patch_recipe import PatchRecipe, RecipeUnsupported
 
     path = check_model_dir(model_dir)
+    try:
+        PatchRecipe.from_model_dir(path)
+    except RecipeUnsupported as exc:
+        raise BackboneError(f"ingest cannot prepare images for {path}: {exc}; ingest supports Qwen2-VL's "
+                            "published image settings (resize, rescale, normalise, RGB all on)") from None
     config = json.loads((path / "config.json").read_text())
     dim = int(config.get("text_config", {}).get("hidden_size") or config["hidden_size"])
     return dim, fingerprint(path, adapter_dir)
@@ -334,32 +348,49 @@ def _run_wave(state: _RunState, wave: list[Partition], bar: object) -> None:
 
 def _embed_items(job: IngestJob, fingerprint: str, items: list[dict[str, object]],
                  n_partitions: int) -> Iterator[dict[str, np.ndarray]]:
-    import ray
     import ray.data
 
-    options = job.options
-    cpus = options.cpus_per_actor
-    if cpus is None:
-        cpus = max(1.0, math.floor(ray.cluster_resources().get("CPU", 1.0) / options.actors))
     context = ray.data.DataContext.get_current()
     saved = (context.execution_options.preserve_order, context.enable_progress_bars)
     context.execution_options.preserve_order = True  # partitions complete in reader order
     context.enable_progress_bars = False  # the CLI shows its own bar
-    # Small blocks (a few batches each) keep results flowing to the writer while the actors embed.
-    blocks = max(n_partitions, math.ceil(len(items) / (options.batch_size * BATCHES_PER_BLOCK)))
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), blocks)))
-    embedded = dataset.map_batches(
-        EmbeddingActor, fn_constructor_kwargs=job.actor_arguments(fingerprint, int(cpus)),
-        batch_size=options.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=options.actors),
-        num_cpus=cpus, num_gpus=options.gpus_per_actor or None,
-    )
     try:
         # prefetch_batches=0: a block reaches the writer when it is done, not when the next one is
         # (measured: with Ray Data's default of 1, each block waited ~1 s for its successor).
-        yield from embedded.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+        yield from embedding_dataset(job, fingerprint, items, n_partitions).iter_batches(
+            batch_size=None, batch_format="numpy", prefetch_batches=0)
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
+
+
+def embedding_dataset(job: IngestJob, fingerprint: str, items: list[dict[str, object]],
+                      n_partitions: int) -> ray.data.Dataset:
+    """The Ray Data plan of one wave: items -> CPU stage (prepare_images) -> embedding actors."""
+    import ray
+    import ray.data
+
+    options = job.options
+    plan = plan_stages(ray.cluster_resources().get("CPU", 1.0), options.actors, options.cpus_per_actor,
+                       options.gpus_per_actor)
+    # Small blocks (a few batches each) keep results flowing to the writer while the actors embed.
+    blocks = max(n_partitions, math.ceil(len(items) / (options.batch_size * BATCHES_PER_BLOCK)))
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), blocks)))
+    # The CPU stage runs as tasks beside the model actors, preparing the next images while they embed
+    # (stage_plan.py says who gets which CPUs). max_calls=0 (Ray's default: a task worker serves any
+    # number of tasks, so its recipe stays cached) is an argument only tasks take, so it also keeps
+    # Ray Data from fusing the stage into the actors (their remote arguments differ).
+    prepared = dataset.map_batches(
+        prepare_images, fn_kwargs=job.prep_arguments(),
+        batch_size=options.batch_size, batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=plan.prep_tasks),
+        num_cpus=plan.prep_cpus, max_calls=0,
+    )
+    return prepared.map_batches(
+        EmbeddingActor, fn_constructor_kwargs=job.actor_arguments(fingerprint, plan.torch_threads),
+        batch_size=options.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        num_cpus=plan.embed_cpus, num_gpus=options.gpus_per_actor or None,
+    )
 
 
 def _build_index(store: VectorStore, index_min_points: int, progress: bool) -> IndexReport:

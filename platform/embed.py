@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from dermground.platform.attributes import Attribute, get_attribute, resolve_attributes
+from dermground.platform.model.image_inputs import PreparedImage, prepare_pixels, rgb_images
 from dermground.platform.model.loading import Backbone
 from dermground.platform.model.prompts import build_prompt, image_prefix
 from dermground.platform.model.shared_prefix import (
-    encode_prefix,
+    encode_prepared_prefix,
     mean_image_states,
-    prepare_images,
     run_suffixes,
     tokenize_suffixes,
 )
@@ -71,16 +71,22 @@ class Embedder:
         """h_im (if include_image) and h_im_a for each attribute (all 16 when None), shared-prefix path."""
         return self._embed(images, attributes, include_image, apply_rope_delta=True)
 
-    def _embed(self, images: Sequence[Image.Image], attributes: Sequence[str] | None, include_image: bool,
-               apply_rope_delta: bool) -> EmbeddingBatch:
+    def embed_prepared(self, prepared: Sequence[PreparedImage], attributes: Sequence[str] | None = None,
+                       include_image: bool = True) -> EmbeddingBatch:
+        """`embed` for images the checkpoint's image processor already prepared (ingest's CPU stage)."""
+        return self._embed(prepared, attributes, include_image, apply_rope_delta=True)
+
+    def _embed(self, images: Sequence[Image.Image | PreparedImage], attributes: Sequence[str] | None,
+               include_image: bool, apply_rope_delta: bool) -> EmbeddingBatch:
         attrs = selected_attributes(attributes)
         suffixes = self._suffixes(attrs)
         h_im: list[torch.Tensor] = []
         h_im_a: dict[str, list[torch.Tensor]] = {a.name: [] for a in attrs}
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                chunk = images[start : start + self.batch_size]
-                state = encode_prefix(self.backbone, chunk, use_cache=bool(attrs), apply_rope_delta=apply_rope_delta)
+                chunk = self._prepared(images[start : start + self.batch_size])
+                state = encode_prepared_prefix(self.backbone, chunk, use_cache=bool(attrs),
+                                               apply_rope_delta=apply_rope_delta)
                 if include_image:
                     h_im.append(mean_image_states(state))
                 # rows = (image, attribute) pairs, image-major; processed suffix_batch at a time.
@@ -103,7 +109,7 @@ class Embedder:
         h_im: list[torch.Tensor] = []
         h_im_a: dict[str, list[torch.Tensor]] = {a.name: [] for a in attrs}
         with torch.inference_mode():
-            for image in prepare_images(images):
+            for image in rgb_images(images):
                 if include_image:
                     inputs = self._inputs(image_prefix(), image)
                     hidden = core.model(**inputs).last_hidden_state[0].float()
@@ -118,6 +124,12 @@ class Embedder:
         inputs = self.backbone.processor(text=[text], images=[image], return_tensors="pt").to(self.backbone.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.backbone.dtype)
         return dict(inputs)
+
+    def _prepared(self, chunk: Sequence[Image.Image | PreparedImage]) -> list[PreparedImage]:
+        # Images are prepared a batch at a time: patches take 8x the bytes of the decoded image.
+        if all(isinstance(item, PreparedImage) for item in chunk):
+            return list(chunk)  # type: ignore[arg-type]
+        return prepare_pixels(self.backbone.processor.image_processor, chunk)  # type: ignore[arg-type]
 
     def _suffixes(self, attrs: Sequence[Attribute]) -> dict[str, list[int]]:
         missing = [a for a in attrs if a.name not in self._suffix_ids]

@@ -159,22 +159,32 @@ def test_images_of_shapes_the_model_cannot_take_are_quarantined_naming_the_rule(
     assert sum(isinstance(r, LesionRecord) for r in records) == len(rows) - 4
 
 
-def test_the_embedding_actor_quarantines_odd_images_and_embeds_the_rest(tiny_model_dir, tiny_backbone,
-                                                                        tmp_path: Path) -> None:
+def test_the_ingest_stages_quarantine_odd_images_and_embed_the_rest(tiny_model_dir, tiny_backbone,
+                                                                     tmp_path: Path) -> None:
     from dermground.ingest.embedding_actor import EmbeddingActor
+    from dermground.ingest.image_prep import prepare_images
 
     refs = []
     for i, (size, mode) in enumerate([((201, 1), "RGB"), ((60, 50), "I;16"), ((3000, 10), "RGB"), ((40, 40), "P")]):
         path = tmp_path / f"{i}.png"
         path.write_bytes(_png(size, mode))
         refs.append(str(path))
-    actor = EmbeddingActor(str(tiny_model_dir), None, tiny_backbone.fingerprint, device="cpu", dtype="float32")
-    out = actor({"isic_id": np.array(["a", "b", "c", "d"], dtype=object), "image_ref": np.array(refs, dtype=object),
-                 "part": np.zeros(4, dtype=np.int64)})
-    errors = list(out["error"])
+    refs.append(str(tmp_path / "missing.png"))
+    batch = {"isic_id": np.array(["a", "b", "c", "d", "e"], dtype=object),
+             "image_ref": np.array(refs, dtype=object), "part": np.zeros(5, dtype=np.int64)}
+    prepared = prepare_images(batch, str(tiny_model_dir))
+    errors = list(prepared["error"])
     assert errors[0].startswith("aspect_ratio: ") and errors[2].startswith("aspect_ratio: ")
+    assert errors[4].startswith("FileNotFoundError: ")
     assert errors[1] == "" and errors[3] == ""
-    assert np.abs(out["vectors"][1]).sum() > 0 and np.abs(out["vectors"][0]).sum() == 0
+    assert prepared["grid_thw"][1].prod() > 0 and prepared["grid_thw"][0].prod() == 0
+    assert prepared["pixel_values"][0].shape[0] == 0  # a rejected row carries no patches
+
+    actor = EmbeddingActor(str(tiny_model_dir), None, tiny_backbone.fingerprint, device="cpu", dtype="float32")
+    out = actor(prepared)
+    assert list(out["error"]) == errors  # the actor keeps the stage's verdicts
+    assert np.abs(out["vectors"][1]).sum() > 0 and np.abs(out["vectors"][3]).sum() > 0
+    assert np.abs(out["vectors"][0]).sum() == 0 and np.abs(out["vectors"][4]).sum() == 0
 
 
 # --- SQL ----------------------------------------------------------------------------------------

@@ -280,3 +280,20 @@ def test_an_ingest_while_the_store_is_served_writes_a_new_version_and_switches(
     report = check_collection(_settings(home), "lesions")  # the live version v1 and its own catalog rows
     assert report.ok and report.store_points == N_IMAGES, report.findings
     assert EdgeCollections(home / "qdrant").live_version("lesions") == "v1"
+
+
+@pytest.mark.parametrize("cpus_per_actor", [None, 1])
+def test_the_cpu_stage_stays_apart_from_the_embedding_actors(tiny_model_dir, ray_session, tmp_path, capsys,
+                                                             cpus_per_actor):
+    # Ray Data fuses a task stage into the next actor stage when their remote arguments agree; the
+    # images would then be prepared inside the actors again, one after the other with the model.
+    from dermground.ingest.job import IngestJob
+    from dermground.ingest.pipeline import embedding_dataset
+
+    job = IngestJob.build(tmp_path / "data", "lesions", _settings(tmp_path / "home"), model_dir=tiny_model_dir,
+                          cpus_per_actor=cpus_per_actor)
+    items = [{"isic_id": f"ISIC_{i}", "image_ref": "x.png", "part": 0} for i in range(4)]
+    embedding_dataset(job, "fp", items, 1).explain()
+    optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]
+    assert "TaskPoolMapOperator[MapBatches(prepare_images)]" in optimized
+    assert "ActorPoolMapOperator[MapBatches(EmbeddingActor)]" in optimized

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import DynamicCache, Qwen2VLForConditionalGeneration
 
+from dermground.platform.model.image_inputs import PreparedImage, prepare_pixels
 from dermground.platform.model.loading import Backbone
+from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor
 from dermground.platform.model.prompts import image_prefix, question_suffix
 
 
@@ -30,9 +33,29 @@ class PrefixState:
     cache: DynamicCache | None  # None when the pass ran without use_cache
 
 
-def prepare_images(images: Sequence[Image.Image]) -> list[Image.Image]:
-    """RGB copies of the inputs (the processor rejects palette/alpha modes inconsistently)."""
-    return [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+def prefix_inputs(processor: ImageOnlyQwen2VLProcessor, prepared: Sequence[PreparedImage],
+                  device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The model inputs of [system, user, image] for prepared images (rows left padded).
+
+    Equal to `processor(text=[image_prefix()] * n, images=..., padding=True)` for the same images
+    (tests/test_image_inputs.py checks it for both families and Qwen's tokenizer).
+    """
+    if not prepared:
+        raise ValueError("prefix_inputs needs at least one image")
+    grids = np.array([p.grid_thw for p in prepared], dtype=np.int64)
+    texts = [image_prefix().replace(processor.image_token,
+                                    processor.replace_image_token({"image_grid_thw": grids}, image_idx=i), 1)
+             for i in range(len(prepared))]
+    tokens = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    mm_types = processor.create_mm_token_type_ids(tokens["input_ids"].tolist())
+    pixels = np.concatenate([p.pixel_values for p in prepared]) if len(prepared) > 1 else prepared[0].pixel_values
+    return {
+        "input_ids": tokens["input_ids"].to(device),
+        "attention_mask": tokens["attention_mask"].to(device),
+        "mm_token_type_ids": torch.tensor(mm_types, dtype=torch.long, device=device),
+        "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels)).to(device),
+        "image_grid_thw": torch.from_numpy(grids).to(device),
+    }
 
 
 def encode_prefix(backbone: Backbone, images: Sequence[Image.Image], *, use_cache: bool = True,
@@ -42,10 +65,16 @@ def encode_prefix(backbone: Backbone, images: Sequence[Image.Image], *, use_cach
     apply_rope_delta=False continues suffixes at the plain token count: wrong for Qwen2-VL; it
     exists only as a negative control for tests.
     """
+    return encode_prepared_prefix(backbone, prepare_pixels(backbone.processor.image_processor, images),
+                                  use_cache=use_cache, apply_rope_delta=apply_rope_delta)
+
+
+def encode_prepared_prefix(backbone: Backbone, prepared: Sequence[PreparedImage], *, use_cache: bool = True,
+                           apply_rope_delta: bool = True) -> PrefixState:
+    """`encode_prefix` for images already prepared (platform/model/image_inputs.py): ingest's
+    actors get them from a CPU stage and run only the model."""
     core = backbone.core
-    inputs = backbone.processor(
-        text=[image_prefix()] * len(images), images=prepare_images(images), padding=True, return_tensors="pt"
-    ).to(backbone.device)
+    inputs = prefix_inputs(backbone.processor, prepared, backbone.device)
     mask = inputs["attention_mask"]
     positions, _ = core.model.get_rope_index(
         inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"], attention_mask=mask
