@@ -5,7 +5,8 @@ Three parts, each measured in one run with its variants interleaved round by rou
    the payload from build_payload), at d=128 and d=256: the store's checks, building the engine's
    points, and the engine's update. `before` is the previous code path (per-vector checks, numpy
    vectors handed to the engine); `after` is EdgeStore.upsert as it is now (one stacked check,
-   vectors as lists of floats). Also: the engine's update in one call vs 4 calls of a quarter.
+   vectors handed over as memoryviews). Also: the engine's update in one call vs 4 calls of a quarter, and
+   into a shard without the payload indexes (their share of the update).
 2. EdgeStore.ensure_collection of a new 17-vector collection: creating the shard vs its payload indexes.
 3. Catalog.append of a partition's catalog files (lesions rows, one ledger row).
 
@@ -15,6 +16,7 @@ Three parts, each measured in one run with its variants interleaved round by rou
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +89,24 @@ def upsert_in_chunks(store: EdgeStore, spec: CollectionSpec, points: list[StoreP
     return timed(work)[0]
 
 
+def unindexed_shard(path: Path, spec: CollectionSpec) -> qe.EdgeShard:
+    """A shard with the collection's vectors and none of its payload indexes."""
+    return qe.EdgeShard.create(str(path), qe.EdgeConfig(vectors={
+        name: qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine,
+                                  hnsw_config=None if name in spec.hnsw_on else _NO_HNSW)
+        for name in spec.vector_names}, optimizers=optimizer_config(0, spec.dim)))
+
+
+HANDOVERS: dict[str, Callable[[np.ndarray], object]] = {
+    "numpy row": lambda row: row, "row.tolist()": lambda row: row.tolist(), "memoryview(row)": memoryview}
+
+
+def handover_seconds(points: list[StorePoint], convert: Callable[[np.ndarray], object]) -> float:
+    """Seconds to build the engine's points with vectors only (no payload), each vector converted."""
+    return timed(lambda: [qe.Point(id=p.id, vector={name: convert(v) for name, v in p.vectors.items()})
+                          for p in points])[0]
+
+
 def p50_ms(values: list[float]) -> float:
     return float(np.median(values)) * 1000.0
 
@@ -101,6 +121,8 @@ def bench_upsert(tmp: Path, dim: int, n: int, rounds: int) -> None:
         phases: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
         totals: dict[str, list[float]] = {"before": [], "after": [], "whole upsert()": []}
         chunked: dict[int, list[float]] = {1: [], 4: []}
+        unindexed, bare = [], unindexed_shard(tmp / f"unindexed-{dim}", spec)
+        handovers: dict[str, list[float]] = {name: [] for name in HANDOVERS}
         first = n
         variants: dict[str, Callable[[list[StorePoint]], dict[str, float]]] = {
             "before": lambda pts: upsert_before(store, spec, pts), "after": lambda pts: upsert_after(store, spec, pts)}
@@ -118,6 +140,14 @@ def bench_upsert(tmp: Path, dim: int, n: int, rounds: int) -> None:
             for chunks in (1, 4):
                 chunked[chunks].append(upsert_in_chunks(store, spec, make_points(first, n, dim, rng), chunks))
                 first += n
+            pts = make_points(first, n, dim, rng)
+            first += n
+            edge_points = [qe.Point(id=p.id, vector=named, payload=p.payload)
+                           for p, named in zip(pts, store._checked_vectors(spec, pts), strict=True)]
+            unindexed.append(timed(lambda ep=edge_points: bare.update(qe.UpdateOperation.upsert_points(ep)))[0])
+            for name, convert in HANDOVERS.items():
+                handovers[name].append(handover_seconds(pts, convert))
+        bare.close()
         print(f"\n## EdgeStore.upsert of {n} points x {len(DEFAULT_VECTOR_NAMES)} vectors, d={dim} "
               f"(p50 of {rounds} rounds, ms)")
         print(f"{'phase':16s} {'before':>8s} {'after':>8s} {'after/before':>13s}")
@@ -129,7 +159,12 @@ def bench_upsert(tmp: Path, dim: int, n: int, rounds: int) -> None:
         print(f"EdgeStore.upsert() as one call: p50 {p50_ms(totals['whole upsert()']):.1f} ms "
               f"({p50_ms(totals['whole upsert()']) / b:.2f}x the previous path's total)")
         one, four = p50_ms(chunked[1]), p50_ms(chunked[4])
-        print(f"engine update in 1 call: {one:.1f} ms, in 4 calls of {-(-n // 4)}: {four:.1f} ms ({four / one:.2f}x)")
+        print(f"engine update in 1 call: {one:.1f} ms, in 4 calls of {-(-n // 4)}: {four:.1f} ms ({four / one:.2f}x); "
+              f"into a shard without the {len(PAYLOAD_INDEXES)} payload indexes: {p50_ms(unindexed):.1f} ms "
+              f"({p50_ms(unindexed) / one:.2f}x)")
+        reference = p50_ms(handovers["numpy row"])
+        print("vectors handed to the engine's Point (no payload): " + ", ".join(
+            f"{name} {p50_ms(seconds):.1f} ms ({p50_ms(seconds) / reference:.2f}x)" for name, seconds in handovers.items()))
 
 
 def bench_create(tmp: Path, dim: int, rounds: int) -> None:
@@ -169,12 +204,17 @@ def bench_catalog(tmp: Path, n: int, rounds: int) -> None:
     payloads = [p.payload for p in make_points(0, n, 8, np.random.default_rng(0))]
     rows = [{**{c: pl[c] for c in columns if c in pl}, "collection": "bench", "run_id": "r1"} for pl in payloads]
     ledger = [{"run_id": "r1", "collection": "bench", "partition_id": "p", "n_points": n, "ids_hash": "h"}]
+    had_pandas = "pandas" in sys.modules
+    first = timed(lambda: catalog.append("ingest_partitions", ledger, name="bench--first"))[0]
     lesions, ledgers = [], []
     for r in range(rounds):
         lesions.append(timed(lambda r=r: catalog.append("lesions", rows, name=f"bench--{r}"))[0])
         ledgers.append(timed(lambda r=r: catalog.append("ingest_partitions", ledger, name=f"bench--{r}"))[0])
     print(f"\n## Catalog.append per partition (p50 of {rounds} rounds, ms)")
-    print(f"lesions ({n} rows): {p50_ms(lesions):.1f}; ingest_partitions (1 row): {p50_ms(ledgers):.1f}")
+    print(f"lesions ({n} rows): {p50_ms(lesions):.1f}; ingest_partitions (1 row): {p50_ms(ledgers):.1f}; "
+          f"the process's first append: {first * 1000:.1f} ("
+          + ("pandas was already imported" if had_pandas else "it imports pandas, via pyarrow's Table.from_pylist; "
+             "the ingest driver has it imported by ray.data already") + ")")
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""EdgeStore.upsert's fast path (vectors checked once stacked, sent as lists of floats) stores what
-the engine stored from numpy vectors and refuses bad points with the per-vector checks' errors."""
+"""EdgeStore.upsert's fast path (vectors checked once stacked, handed to the engine as memoryviews)
+stores what the engine stored from numpy vectors and refuses bad points with the per-vector
+checks' errors."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dermground.platform.store import (
     build_payload,
     point_id,
 )
-from dermground.platform.store.edge import EdgeStore, float_lists, qe
+from dermground.platform.store.edge import EdgeStore, float_rows, qe
 from dermground.platform.store.schema import PAYLOAD_INDEXES
 
 DIM, FP = 16, "fp-upsert"
@@ -54,7 +55,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_lists_store_the_values_numpy_vectors_stored(store: EdgeStore, reference: EdgeStore, dtype: type) -> None:
+def test_fast_path_stores_the_values_numpy_vectors_stored(store: EdgeStore, reference: EdgeStore, dtype: type) -> None:
     points = _points(12, dtype, seed=12 if dtype is np.float32 else 64)
     store.upsert(points)
     reference._update(qe.UpdateOperation.upsert_points(
@@ -116,28 +117,32 @@ def test_bad_points_get_the_per_vector_checks_error_and_nothing_is_stored(
     assert store.retrieve([p.id for p in points]) == []
 
 
-def test_partial_and_integer_vectors_are_still_accepted(store: EdgeStore) -> None:
-    points = _points(3)
+def test_partial_integer_and_half_precision_vectors_are_still_accepted(store: EdgeStore) -> None:
+    points = _points(4)
     points[0].vectors = {"image": points[0].vectors["image"]}  # a point may carry only some vectors
     points[1].vectors = {name: np.arange(DIM) + 1 for name in DEFAULT_VECTOR_NAMES}
-    assert float_lists(SPEC, [points[1].vectors]) is None  # integers alone: the per-vector path
+    assert float_rows(SPEC, [points[1].vectors]) is None  # integers alone: the per-vector path
+    points[3].vectors = {name: v.astype(np.float16) for name, v in points[3].vectors.items()}
+    assert float_rows(SPEC, [points[3].vectors]) is None
     store.upsert(points)
     stored = {p.id: p for p in store.retrieve([p.id for p in points], with_payload=False, with_vectors=True)}
     assert set(stored[points[0].id].vectors) == {"image"}
     expected = (np.arange(DIM) + 1) / np.linalg.norm(np.arange(DIM) + 1)  # cosine: stored normalised
     np.testing.assert_allclose(stored[points[1].id].vectors["q_areaMM2"], expected, rtol=1e-6)
     assert len(stored[points[2].id].vectors) == len(DEFAULT_VECTOR_NAMES)
+    half = points[3].vectors["image"].astype(np.float32)
+    np.testing.assert_allclose(stored[points[3].id].vectors["image"], half / np.linalg.norm(half), rtol=1e-6)
 
 
-def test_float_lists_keep_each_points_names_in_order() -> None:
+def test_float_rows_keep_each_points_names_in_order() -> None:
     points = _points(3)
     points[1].vectors = {"q_areaMM2": points[1].vectors["q_areaMM2"], "image": points[1].vectors["image"]}
-    lists = float_lists(SPEC, [p.vectors for p in points])
-    assert lists is not None
-    for point, named in zip(points, lists, strict=True):
+    rows = float_rows(SPEC, [p.vectors for p in points])
+    assert rows is not None
+    for point, named in zip(points, rows, strict=True):
         assert list(named) == list(point.vectors)
         for name, values in named.items():
-            assert values == point.vectors[name].tolist()
+            assert list(values) == point.vectors[name].tolist()
 
 
 def test_a_new_collection_has_every_payload_index_of_the_schema(store: EdgeStore) -> None:
