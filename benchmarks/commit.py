@@ -164,7 +164,8 @@ def bench_upsert(tmp: Path, dim: int, n: int, rounds: int) -> None:
               f"({p50_ms(unindexed) / one:.2f}x)")
         reference = p50_ms(handovers["numpy row"])
         print("vectors handed to the engine's Point (no payload): " + ", ".join(
-            f"{name} {p50_ms(seconds):.1f} ms ({p50_ms(seconds) / reference:.2f}x)" for name, seconds in handovers.items()))
+            f"{name} {p50_ms(seconds):.1f} ms ({p50_ms(seconds) / reference:.2f}x)"
+            for name, seconds in handovers.items()))
 
 
 def bench_create(tmp: Path, dim: int, rounds: int) -> None:
@@ -221,7 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=256, help="points per partition (the ingest default: 256)")
     parser.add_argument("--rounds", type=int, default=9, help="rounds per measurement; p50 is reported")
-    parser.add_argument("--dims", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--dims", type=int, nargs="+", default=[128, 256], help="vector sizes to measure the upsert at")
     args = parser.parse_args()
     print(machine_line())
     with tempfile.TemporaryDirectory() as tmp:

@@ -117,6 +117,25 @@ def test_bad_points_get_the_per_vector_checks_error_and_nothing_is_stored(
     assert store.retrieve([p.id for p in points]) == []
 
 
+def test_update_vectors_takes_the_same_path(store: EdgeStore, reference: EdgeStore) -> None:
+    points = _points(4, first=2000)
+    for target in (store, reference):
+        target.upsert(points)
+    fresh = {p.id: {"q_A": p.vectors["image"] * 2.0, "q_B": p.vectors["q_A"]} for p in points}
+    store.update_vectors(fresh)
+    reference._update(qe.UpdateOperation.update_vectors(
+        [qe.PointVectors(id=pid, vector=dict(named)) for pid, named in fresh.items()]), "vector update")
+    ids = list(fresh)
+    expected = reference.retrieve(ids, with_vectors=True)
+    for got, want in zip(store.retrieve(ids, with_vectors=True), expected, strict=True):
+        for name in DEFAULT_VECTOR_NAMES:
+            np.testing.assert_array_equal(got.vectors[name], want.vectors[name])
+    spoiled = dict(fresh)
+    spoiled[ids[2]] = {"q_A": np.full(DIM, np.nan, dtype=np.float32)}
+    with pytest.raises(StoreError, match=f"point {ids[2]!r} vector 'q_A' has NaN/inf values"):
+        store.update_vectors(spoiled)
+
+
 def test_partial_integer_and_half_precision_vectors_are_still_accepted(store: EdgeStore) -> None:
     points = _points(4)
     points[0].vectors = {"image": points[0].vectors["image"]}  # a point may carry only some vectors

@@ -212,10 +212,13 @@ class EdgeStore(VectorStore):
 
     def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]], wait: bool = True) -> None:
         spec = self.require_spec()
-        for pid, named in vectors.items():
-            self._check_vectors(spec, pid, named)
+        rows = float_rows(spec, list(vectors.values()))
+        if rows is None:  # as in upsert: the per-vector checks name the point at fault
+            for pid, named in vectors.items():
+                self._check_vectors(spec, pid, named)
+            rows = (dict(named) for named in vectors.values())
         if vectors:
-            ops = [qe.PointVectors(id=pid, vector=dict(named)) for pid, named in vectors.items()]
+            ops = [qe.PointVectors(id=pid, vector=named) for pid, named in zip(vectors, rows, strict=True)]
             self._update(qe.UpdateOperation.update_vectors(ops), "vector update")
 
     def set_payload(self, ids: Sequence[str], payload: Mapping[str, object], wait: bool = True) -> None:
