@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,33 @@ def edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
+def float_rows(spec: CollectionSpec, named: Sequence[Mapping[str, np.ndarray]],
+               ) -> Iterator[dict[str, memoryview]] | None:
+    """Named vectors (one mapping per point) as the engine reads them fastest, point by point, or
+    None unless every vector has a known name, shape (spec.dim,), dtype float32/float64 and finite
+    values.
+
+    The engine reads a vector as a sequence, item by item: from a numpy array each item is a numpy
+    scalar; from a memoryview of the same memory it is a plain float, made and dropped on the fly
+    (no list of them either): 0.4x the time at 17 x 128 floats a point (benchmarks/commit.py).
+    The checks run here, at once, over all vectors stacked, instead of once per vector.
+    """
+    known = set(spec.vector_names)
+    flat: list[np.ndarray] = []
+    for vectors in named:
+        if not known.issuperset(vectors):
+            return None
+        flat.extend(vectors.values())
+    try:
+        stacked = np.stack(flat)  # raises on vectors of different shapes (and on none at all)
+    except (ValueError, TypeError):
+        return None
+    if (stacked.shape[1:] != (spec.dim,) or stacked.dtype not in (np.float32, np.float64)
+            or not np.isfinite(stacked).all()):
+        return None
+    # Its items are doubles: the engine rounds them to float32 as it rounds a numpy vector's values.
+    rows = iter(stacked)
+    return ({name: memoryview(next(rows)) for name in vectors} for vectors in named)
 
 
 def _read_owner(root: Path) -> str:
@@ -165,18 +192,33 @@ class EdgeStore(VectorStore):
     def upsert(self, points: Sequence[StorePoint], wait: bool = True) -> None:
         # `wait` is always honoured: the engine applies the update before returning.
         spec = self.require_spec()
-        self._check_points(spec, points)
+        vectors = self._checked_vectors(spec, points)
         if not points:
             return
-        edge_points = [qe.Point(id=p.id, vector=dict(p.vectors), payload=p.payload) for p in points]
+        edge_points = [qe.Point(id=p.id, vector=named, payload=p.payload)
+                       for p, named in zip(points, vectors, strict=True)]
         self._update(qe.UpdateOperation.upsert_points(edge_points), f"upsert of {len(points)} points")
+
+    def _checked_vectors(self, spec: CollectionSpec, points: Sequence[StorePoint]) -> Iterable[Mapping[str, object]]:
+        """The points' named vectors as the engine takes them fastest (one mapping per point, made
+        lazily), after every check of _check_points: same errors, same order."""
+        rows = float_rows(spec, [p.vectors for p in points])
+        if rows is None:  # a check fails, or odd input: the per-vector checks name the point at fault
+            self._check_points(spec, points)
+            return [dict(p.vectors) for p in points]
+        # Every vector passed; what is left to check is the fingerprint of the points that carry another.
+        self._check_points(spec, [p for p in points if p.payload.get("fingerprint") not in (None, spec.fingerprint)])
+        return rows
 
     def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]], wait: bool = True) -> None:
         spec = self.require_spec()
-        for pid, named in vectors.items():
-            self._check_vectors(spec, pid, named)
+        rows = float_rows(spec, list(vectors.values()))
+        if rows is None:  # as in upsert: the per-vector checks name the point at fault
+            for pid, named in vectors.items():
+                self._check_vectors(spec, pid, named)
+            rows = (dict(named) for named in vectors.values())
         if vectors:
-            ops = [qe.PointVectors(id=pid, vector=dict(named)) for pid, named in vectors.items()]
+            ops = [qe.PointVectors(id=pid, vector=named) for pid, named in zip(vectors, rows, strict=True)]
             self._update(qe.UpdateOperation.update_vectors(ops), "vector update")
 
     def set_payload(self, ids: Sequence[str], payload: Mapping[str, object], wait: bool = True) -> None:
@@ -260,4 +302,4 @@ def _write_json(path: Path, data: Mapping[str, object]) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["EdgeStore", "SchemaMismatchError", "edge_filter"]
+__all__ = ["EdgeStore", "SchemaMismatchError", "edge_filter", "float_rows"]
