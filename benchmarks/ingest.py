@@ -1,7 +1,7 @@
 """Ingest pipeline efficiency: images/s of the whole pipeline vs the bare batched embedding loop.
 
 Same images (a synthetic data set at 112 px), same tiny model, same torch threads, in one run:
-- bare: one process reads, decodes and prepares each image (the image processor) and embeds it,
+- bare: one process reads, decodes and prepares each image (ingest's recipe) and embeds it,
   in batches (model already loaded, Ray not involved, nothing written) - the reference; the
   model's share of its time is timed apart (the model-only reference);
 - pipeline: `ingest_dataset` end to end (reader, partitions, the Ray Data CPU stage that reads,
@@ -36,24 +36,25 @@ from harness import machine_line  # first: sets the offline environment
 
 
 def bare_loop(data: Path, model_dir: Path, batch_size: int, threads: int) -> tuple[int, float, float]:
-    """(images, seconds, model seconds) of read + decode + prepare + Embedder.embed_prepared over
-    the data set, batched: `Embedder.embed`'s own work, with the model's share timed apart."""
+    """(images, seconds, model seconds) of read + decode + prepare + Embedder.embed_prepared over the
+    data set, batched; images are prepared as ingest prepares them (the numpy recipe, bit-identical
+    to the processor), and the model's share is timed apart."""
     import torch
 
     from dermground.platform.embed import Embedder
-    from dermground.platform.model.image_inputs import prepare_pixels
     from dermground.platform.model.loading import load_backbone
+    from dermground.platform.model.patch_recipe import PatchRecipe
     from dermground.platform.records import LesionRecord, read_records
 
     torch.set_num_threads(threads)
     embedder = Embedder(load_backbone(model_dir), batch_size=batch_size)
-    image_processor = embedder.backbone.processor.image_processor
+    recipe = PatchRecipe.from_model_dir(model_dir)
     records = [r for r in read_records(data) if isinstance(r, LesionRecord)]
     embedder.embed([records[0].load_image()])  # warm-up
     model_seconds = 0.0
     start = time.perf_counter()
     for i in range(0, len(records), batch_size):
-        prepared = prepare_pixels(image_processor, [r.load_image() for r in records[i : i + batch_size]])
+        prepared = [recipe.prepare(r.load_image()) for r in records[i : i + batch_size]]
         model_start = time.perf_counter()
         embedder.embed_prepared(prepared)
         model_seconds += time.perf_counter() - model_start
@@ -95,11 +96,11 @@ def main() -> None:
         print(f"{args.images} images at {args.size} px, tiny model, batch {args.batch_size}, "
               f"{args.actors} actor(s) x {threads} CPU(s)/torch thread(s), partitions of {args.partition_size}, "
               f"{cpus} cores, load average {_load()}")
-        plan = plan_stages(cpus, args.actors, args.cpus_per_actor or threads)
+        plan = plan_stages(cpus, args.actors, args.cpus_per_actor)
+        stage = "inline in the actors" if plan.prep_inline else f"up to {plan.prep_tasks} task(s) x 1 CPU"
         print(f"resources: bare loop = 1 process x {threads} torch thread(s) (read, decode, prepare, embed); "
               f"pipeline = {args.actors} embedding actor(s) x {plan.embed_cpus:g} CPU(s)/torch thread(s) + CPU stage "
-              f"(read, decode, prepare) up to {plan.prep_tasks} task(s) x {plan.prep_cpus:g} reserved CPU + the "
-              f"driver (reader, payloads, store and catalog writes) in a {cpus}-CPU Ray session; worker preload: "
+              f"(read, decode, prepare) {stage} + the driver (reader, payloads, store and catalog writes) in a {cpus}-CPU Ray session; worker preload: "
               f"{'none' if args.no_preload else ', '.join(WORKER_PRELOAD)}")
         n, bare_1, model_1 = bare_loop(data, model_dir, args.batch_size, threads)
         print(f"bare loop round 1: {n} images in {bare_1:.2f} s ({n / bare_1:.1f} images/s), of which the model "

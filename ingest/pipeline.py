@@ -375,16 +375,21 @@ def embedding_dataset(job: IngestJob, fingerprint: str, items: list[dict[str, ob
     # Small blocks (a few batches each) keep results flowing to the writer while the actors embed.
     blocks = max(n_partitions, math.ceil(len(items) / (options.batch_size * BATCHES_PER_BLOCK)))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), blocks)))
-    # The CPU stage runs as tasks beside the model actors, preparing the next images while they embed
-    # (stage_plan.py says who gets which CPUs). max_calls=0 (Ray's default: a task worker serves any
-    # number of tasks, so its recipe stays cached) is an argument only tasks take, so it also keeps
-    # Ray Data from fusing the stage into the actors (their remote arguments differ).
-    prepared = dataset.map_batches(
-        prepare_images, fn_kwargs=job.prep_arguments(),
-        batch_size=options.batch_size, batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=plan.prep_tasks),
-        num_cpus=plan.prep_cpus, max_calls=0,
-    )
+    if plan.prep_inline:
+        # No CPU to spare: the same remote arguments as the actors, so Ray Data fuses the stage
+        # into them and each actor prepares its own images (stage_plan.py).
+        prepared = dataset.map_batches(prepare_images, fn_kwargs=job.prep_arguments(),
+                                       batch_size=options.batch_size, batch_format="numpy",
+                                       num_cpus=plan.embed_cpus, num_gpus=options.gpus_per_actor or None)
+    else:
+        # Tasks beside the model actors, preparing the next images while they embed. max_calls=0
+        # (Ray's default: a task worker serves any number of tasks, so its recipe stays cached) is
+        # an argument only tasks take, so it also keeps Ray Data from fusing the stage into the
+        # actors (their remote arguments differ).
+        prepared = dataset.map_batches(prepare_images, fn_kwargs=job.prep_arguments(),
+                                       batch_size=options.batch_size, batch_format="numpy",
+                                       compute=ray.data.TaskPoolStrategy(size=plan.prep_tasks),
+                                       num_cpus=plan.prep_cpus, max_calls=0)
     return prepared.map_batches(
         EmbeddingActor, fn_constructor_kwargs=job.actor_arguments(fingerprint, plan.torch_threads),
         batch_size=options.batch_size, batch_format="numpy",

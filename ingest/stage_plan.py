@@ -1,11 +1,14 @@
 """How an ingest run's two Ray Data stages share the cluster's CPUs.
 
 The CPU stage (ingest/image_prep.py: read, decode, patchify) and the embedding actors
-(ingest/embedding_actor.py) run side by side. The actors get what they always got (the
---cpus-per-actor value, else the CPUs shared evenly by the actors; one CPU each when they hold
-GPUs, whose work is on the card); the CPU stage gets the CPUs left over, one per concurrent task.
-When nothing is left (the actors hold every CPU) one task at a time still runs, reserving no
-CPU: it takes the share of the cores the actors used to spend preparing images themselves.
+(ingest/embedding_actor.py) run side by side when there are CPUs for both. The actors get what
+they always got (the --cpus-per-actor value, else the CPUs shared evenly by the actors; one CPU
+each when they hold GPUs, whose work is on the card); the CPU stage gets the CPUs left over, one
+per concurrent task. When less than one CPU is left (the default on a CPU-only machine: the
+actors hold every core), the stage runs inline, fused by Ray Data into the actors: each actor
+prepares its own images before embedding them, as a separate stage would only take cores from
+the model (measured: a 2-thread actor beside an unreserved preparing task ran at 0.76x; see
+docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ class StagePlan:
     """CPUs per embedding actor (= its torch threads) and the CPU stage's concurrent tasks."""
 
     embed_cpus: float
-    prep_cpus: float  # reserved per task (0: shares the embedding actors' cores)
-    prep_tasks: int
+    prep_tasks: int  # 0: the stage runs inline, in the actors
+    prep_cpus: float = 1.0  # reserved per task of a separate stage
 
     @property
     def torch_threads(self) -> int:
         return max(1, int(self.embed_cpus))
+
+    @property
+    def prep_inline(self) -> bool:
+        return self.prep_tasks == 0
 
 
 def plan_stages(cluster_cpus: float, actors: int, cpus_per_actor: float | None,
@@ -33,6 +40,4 @@ def plan_stages(cluster_cpus: float, actors: int, cpus_per_actor: float | None,
     if cpus_per_actor is None:
         cpus_per_actor = 1.0 if gpus_per_actor > 0 else max(1.0, math.floor(cluster_cpus / actors))
     spare = cluster_cpus - actors * cpus_per_actor
-    if spare >= 1:
-        return StagePlan(cpus_per_actor, 1.0, int(spare))
-    return StagePlan(cpus_per_actor, max(0.0, spare), 1)
+    return StagePlan(cpus_per_actor, int(spare) if spare >= 1 else 0)
