@@ -19,6 +19,8 @@ from pathlib import Path
 WARM_DIR_ENV = "DERMGROUND_RAY_WARM_DIR"  # folder of the slot files, set by ensure_ray
 WARM_SLOTS_ENV = "DERMGROUND_RAY_WARM_SLOTS"  # number of slots
 WARM_MODULES_ENV = "DERMGROUND_RAY_WARM_MODULES"  # comma-separated modules a slot's worker imports
+# Set (through a runtime_env) for helper actors that must not take a slot (platform/ray_runtime.py).
+WARM_SKIP_ENV = "DERMGROUND_RAY_WARM_SKIP"
 
 
 def _claim_slot(folder: Path, slots: int) -> int | None:
@@ -35,7 +37,7 @@ def warm_up(environ: Mapping[str, str]) -> int | None:
     """Claim a slot and import the modules named in `environ`; returns the slot, None if none was left."""
     folder = environ.get(WARM_DIR_ENV)
     modules = [m for m in environ.get(WARM_MODULES_ENV, "").split(",") if m]
-    if not folder or not modules:
+    if not folder or not modules or environ.get(WARM_SKIP_ENV):
         return None
     slot = _claim_slot(Path(folder), int(environ.get(WARM_SLOTS_ENV, "0") or 0))
     if slot is None:

@@ -6,7 +6,13 @@ import os
 from pathlib import Path
 
 from dermground.platform.ray_runtime import WORKER_PRELOAD, wait_for_warm_workers
-from dermground.platform.ray_warm_start import WARM_DIR_ENV, WARM_MODULES_ENV, WARM_SLOTS_ENV, warm_up
+from dermground.platform.ray_warm_start import (
+    WARM_DIR_ENV,
+    WARM_MODULES_ENV,
+    WARM_SKIP_ENV,
+    WARM_SLOTS_ENV,
+    warm_up,
+)
 
 
 def test_the_session_warms_one_worker_per_cpu_and_no_more(ray_session):
@@ -25,6 +31,21 @@ def test_warm_up_claims_each_slot_once_and_marks_it_ready_after_the_imports(tmp_
     assert (tmp_path / "ready-0").read_text() == str(os.getpid())
     assert warm_up(environ) is None  # the only slot is taken: a later worker imports nothing ahead
     assert warm_up({WARM_SLOTS_ENV: "2"}) is None  # no folder: not a warmed session
+    skipped = {WARM_DIR_ENV: str(tmp_path / "other"), WARM_SLOTS_ENV: "1", WARM_MODULES_ENV: "json",
+               WARM_SKIP_ENV: "1"}
+    assert warm_up(skipped) is None  # a helper actor's worker leaves the slot to the next worker
+
+
+def test_ray_datas_tracker_runs_in_a_worker_of_its_own_not_a_warm_one(ray_session):
+    # Ray Data's detached actor location tracker exists before any ingest, in a worker that is not
+    # one of the warm ones: those stay free for the CPU stage and the embedding actors.
+    import ray
+
+    assert wait_for_warm_workers(deadline_s=300) == 2
+    tracker = ray.get_actor("ActorLocationTracker", namespace="ActorLocationTracker")
+    tracker_pid = ray.get(tracker.__ray_call__.remote(lambda self: os.getpid()), timeout=120)
+    warm_pids = {int(path.read_text()) for path in Path(os.environ[WARM_DIR_ENV]).glob("ready-*")}
+    assert tracker_pid not in warm_pids
 
 
 def test_the_preloaded_modules_import_in_a_plain_process():
