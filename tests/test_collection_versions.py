@@ -31,6 +31,7 @@ from dermground.platform.store import (
 )
 from dermground.platform.store.edge_versions import EdgeCollections
 from dermground.platform.store.live import LiveStore
+from dermground.platform.store.server import ServerStore
 from dermground.platform.store.server_versions import ServerCollections
 from dermground.platform.store.snapshots import load_snapshot, open_snapshot, write_snapshot
 from dermground.platform.store.versions import BUILDING, READY, Collections
@@ -293,3 +294,31 @@ def test_a_building_version_whose_process_is_gone_is_reported_with_a_next_step(c
         cols.switch("lesions", version)
     cols.write_meta("lesions", version, VersionMeta(meta.created_at, meta.source, state=READY, points=3))
     assert cols.read_meta("lesions", version).builder is None and cols.info("lesions", version).note is None
+
+
+def test_a_server_version_carries_its_record_from_the_request_that_creates_it() -> None:
+    # A restore or ingest killed right after its collection appeared (before any later record) must
+    # leave a version that reads as building, never as ready: another process (a new client on the
+    # same server) sees the record the creating request wrote.
+    client = QdrantClient(location=":memory:")
+    builder = ServerCollections(client, owns_client=False)
+    version = builder.create_version("lesions", VersionMeta(source="restore /snaps/a.tar", state=BUILDING))
+    with builder.open_version("lesions", version) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))  # then the process "dies"
+    other = ServerCollections(client, owns_client=False)  # knows nothing of the first one's pending record
+    meta = other.read_meta("lesions", version)
+    assert meta.state == BUILDING and meta.source == "restore /snaps/a.tar"
+    assert meta.builder is not None and meta.builder["pid"] == os.getpid()
+    with pytest.raises(VersionError, match="still 'building'"):
+        other.switch("lesions", version)
+
+
+def test_a_server_version_collection_without_a_record_never_reads_as_ready() -> None:
+    client = QdrantClient(location=":memory:")
+    with ServerStore("lesions__v1", client=client) as store:  # made outside create_version
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+    cols = ServerCollections(client, owns_client=False)
+    assert cols.versions("lesions") == ["v1"]
+    assert cols.read_meta("lesions", "v1").state == BUILDING
+    with pytest.raises(VersionError, match="still 'building'"):
+        cols.switch("lesions", "v1")

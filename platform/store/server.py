@@ -65,13 +65,16 @@ class ServerStore(VectorStore):
     def __init__(self, collection: str, location: str | None = None, *, path: Path | None = None,
                  api_key: str | None = None, timeout_s: int = 60, shards: int = 1, replication: int = 1,
                  on_disk: bool = False, quantization: Quantization = "none",
-                 client: QdrantClient | None = None) -> None:
+                 client: QdrantClient | None = None, creation_metadata: Mapping[str, object] | None = None) -> None:
         if client is None and (location is None) == (path is None):
             raise ValueError("give exactly one of location (url or ':memory:') and path")
         self.collection = collection
         self._local = path is not None or location == ":memory:"
         self._create_options = {"shards": shards, "replication": replication, "on_disk": on_disk,
                                 "quantization": quantization}
+        # Extra collection metadata written in the creating request itself (a version's record:
+        # store/server_versions.py), so no crash can leave the collection without it.
+        self._creation_metadata = dict(creation_metadata or {})
         # A shared client (store/server_versions.py hands one to every version) is closed by its owner.
         self._owns_client = client is None
         try:
@@ -128,7 +131,7 @@ class ServerStore(VectorStore):
         self._client.create_collection(
             self.collection, vectors_config=vectors, shard_number=options["shards"],
             replication_factor=options["replication"], quantization_config=quantization,
-            metadata={METADATA_KEY: spec.to_dict()})
+            metadata={**self._creation_metadata, METADATA_KEY: spec.to_dict()})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # local mode warns that indexes have no effect there
             for field, kind in PAYLOAD_INDEXES.items():

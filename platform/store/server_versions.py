@@ -16,6 +16,7 @@ from qdrant_client import QdrantClient, models
 from dermground.platform.store.base import StoreError, VectorStore
 from dermground.platform.store.server import ServerStore
 from dermground.platform.store.versions import (
+    BUILDING,
     LEGACY_VERSION,
     Collections,
     VersionError,
@@ -78,15 +79,25 @@ class ServerCollections(Collections):
         return version
 
     def open_version(self, name: str, version: str) -> VectorStore:
-        return ServerStore(physical_name(name, version), client=self._client, **self._create_options)  # type: ignore[arg-type]
+        # A version created here and not yet on the server gets its record in the request that
+        # creates its collection: a process killed right after can never leave one that reads as ready.
+        pending = self._pending.get((name, version))
+        record = {VERSION_METADATA_KEY: pending.to_dict()} if pending is not None else None
+        return ServerStore(physical_name(name, version), client=self._client, creation_metadata=record,  # type: ignore[arg-type]
+                           **self._create_options)
 
     def read_meta(self, name: str, version: str) -> VersionMeta:
         physical = physical_name(name, version)
+        pending = self._pending.get((name, version))
         if self._client.collection_exists(physical):
             metadata = self._client.get_collection(physical).config.metadata or {}
             if VERSION_METADATA_KEY in metadata:
                 return VersionMeta.from_dict(metadata[VERSION_METADATA_KEY])
-        return self._pending.get((name, version), VersionMeta())
+            if pending is None and version != LEGACY_VERSION:
+                # A version collection without its record was created outside create_version, or
+                # by a build killed before the record existed (older releases): never "ready".
+                return VersionMeta(state=BUILDING)
+        return pending or VersionMeta()
 
     def write_meta(self, name: str, version: str, meta: VersionMeta) -> None:
         physical = self.require_version(name, version)
