@@ -39,6 +39,7 @@ from dermground.ingest.writer import (
     record_payload,
 )
 from dermground.platform.catalog import Catalog
+from dermground.platform.catalog_compact import compact_if_fragmented
 from dermground.platform.records import LesionRecord, RejectedRecord, read_records
 from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, point_id
@@ -75,6 +76,8 @@ class IngestSummary:
     switched_from: str | None = None  # the version it replaced as live, when the run switched
     # The HNSW index built at the finish (build time included in `seconds`), None if not tried.
     index: IndexReport | None = None
+    # What the finish's catalog compaction merged (platform/catalog_compact.py), None when not needed.
+    catalog_compaction: str | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -224,6 +227,10 @@ def run_ingest(job: IngestJob, *, progress: bool = True, notify: Callable[[str],
             catalog.append("ingest_runs", [{**run_row, "status": status, "finished_at": datetime.now(UTC),
                                             "n_ingested": summary.ingested, "n_skipped": summary.skipped,
                                             "n_quarantined": summary.quarantined}])
+        if status == "done":
+            # Many small catalog files slow every analyst's query: merge them once enough accumulate.
+            compaction = compact_if_fragmented(settings.catalog_dir, settings.catalog_auto_compact_files)
+            summary.catalog_compaction = str(compaction) if compaction is not None else None
         points = store.count()
     finally:
         if run_lock is not None:

@@ -87,6 +87,24 @@ def compact(catalog_dir: Path, *, tables: list[str] | None = None, small_bytes: 
     return summary
 
 
+def compact_if_fragmented(catalog_dir: Path, min_recent_files: int) -> CompactSummary | None:
+    """Compact the tables holding at least `min_recent_files` (> 0) files written since their last
+    compaction: what ingest runs at its finish (settings.catalog_auto_compact_files), because an
+    analyst's query opens every file (an uncompacted catalog at the paper's scale answered 2-3.4x
+    slower, docs/BENCHMARKS.md). None when no table does, or another compaction is running."""
+    catalog_dir = Path(catalog_dir)
+    if min_recent_files < 1:
+        return None
+    fragmented = [table for table in TABLES if (catalog_dir / table).is_dir()
+                  and len(live_parts(catalog_dir / table).recent) >= min_recent_files]
+    if not fragmented:
+        return None
+    try:
+        return compact(catalog_dir, tables=fragmented)
+    except CompactionBusy:
+        return None  # an admin's compaction is on it
+
+
 def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, min_files: int) -> TableCompaction:
     result = TableCompaction(table)
     result.files_deleted = _delete_expired(folder, keep_s)

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # search through it keeps store_hnsw_ef candidates (more = better recall, slower).
     store_index_min_points: int = Field(20_000, ge=0)
     store_hnsw_ef: int = Field(128, ge=1, le=10_000)
+    # Ingest compacts a catalog table at its finish once this many files were written to it since
+    # its last compaction (platform/catalog_compact.py; 0 = never: `dermground catalog compact`).
+    catalog_auto_compact_files: int = Field(64, ge=0)
 
     @field_validator("home", mode="after")
     @classmethod

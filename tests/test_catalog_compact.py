@@ -143,3 +143,25 @@ def test_latest_rows_after_a_compaction_follow_the_timestamps_of_later_writes(ca
     assert _snapshot(cat.dir) == before
     parts = live_parts(cat.dir / "lesions")
     assert pq.read_metadata(parts.current).num_rows == 19 and pq.read_metadata(parts.older[0]).num_rows == 3
+
+
+def test_compact_if_fragmented_merges_only_tables_past_the_threshold(tmp_path: Path) -> None:
+    from dermground.platform.catalog_compact import compact_if_fragmented
+
+    cat = Catalog(tmp_path / "catalog")
+    _ingest_like(cat, partitions=5)  # 5 lesions files and 5 ledger files
+    cat.append("quarantine", [{"collection": "c1", "run_id": "r1", "isic_id": "ISIC_x", "field": "image",
+                               "reason": "r"}], name="c1--p0000")
+    before = _snapshot(cat.dir)
+    assert compact_if_fragmented(cat.dir, 6) is None  # no table has 6 files yet
+    assert compact_if_fragmented(cat.dir, 0) is None  # 0 = never
+    summary = compact_if_fragmented(cat.dir, 5)
+    assert summary is not None
+    assert {t.table for t in summary.tables} == {"lesions", "ingest_partitions"}  # not the 1-file quarantine
+    assert live_parts(cat.dir / "lesions").recent == []
+    assert len(live_parts(cat.dir / "quarantine").recent) == 1
+    assert _snapshot(cat.dir) == before
+    with open(cat.dir / LOCK_FILE, "a+") as lock:  # an admin's compaction runs: ingest's finish skips
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _ingest_like(cat, partitions=5, start=5)
+        assert compact_if_fragmented(cat.dir, 5) is None

@@ -301,3 +301,18 @@ def test_the_cpu_stage_runs_apart_from_the_actors_only_on_spare_cpus(tiny_model_
     else:
         assert "TaskPoolMapOperator[MapBatches(prepare_images)]" in optimized
         assert "ActorPoolMapOperator[MapBatches(EmbeddingActor)]" in optimized
+
+
+def test_an_ingest_compacts_the_catalog_tables_it_fragmented(dataset, tiny_model_dir, ray_session, tmp_path):
+    from dermground.platform.catalog_files import live_parts
+
+    home = tmp_path / "home"
+    settings = _settings(home).model_copy(update={"catalog_auto_compact_files": 3})
+    summary = ingest_dataset(dataset, "lesions", settings, model_dir=tiny_model_dir, split="all",
+                             partition_size=PARTITION, batch_size=4, progress=False)
+    assert summary.partitions == N_IMAGES // PARTITION  # 4 lesions files and 4 ledger files written
+    assert summary.catalog_compaction is not None and "lesions: " in summary.catalog_compaction
+    catalog_dir = settings.catalog_dir
+    assert live_parts(catalog_dir / "lesions").recent == [] and live_parts(catalog_dir / "ingest_partitions").recent == []
+    assert Catalog(catalog_dir).query("SELECT count(*) AS n FROM lesions")[0]["n"] == N_IMAGES
+    assert check_collection(settings, "lesions").ok  # the ledger still agrees with the store

@@ -98,6 +98,8 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
         reasons = ", ".join(f"{field}: {n}" for field, n in sorted(summary.quarantine_reasons.items()))
         click.echo(f"quarantined by field: {reasons} "
                    f"(details: dermground sql \"SELECT * FROM quarantine WHERE run_id = '{summary.run_id}'\")")
+    if summary.catalog_compaction is not None:
+        click.echo(f"catalog compacted: {summary.catalog_compaction}")
     if summary.index is not None and (summary.index.built or summary.index.indexed_points):
         click.echo(f"search index: {summary.index.reason} over {summary.index.points:,} points "
                    f"in {summary.index.seconds:.1f} s ({summary.index.indexed_points:,} indexed)")
