@@ -7,6 +7,8 @@ benchmarks/gpu_train_step.py), wraps it in the product's Backbone and runs the p
   naive         17 full passes per image (`embed_reference`), on a few images: the speed-up and the
                 smallest cosine between the two paths' vectors (bfloat16 arithmetic)
   hierarchical  one query of method (b): b candidates re-embedded with one question, no h_im
+  ready tensors the best ingest configuration fed images already cut into patches, as ingest's CPU
+                stage feeds its actors (platform/model/patch_recipe.py): the model's share alone
 Prints images/s, seconds per hierarchical query and peak memory; DEPLOY.md's computed GPU-hours
 table is the thing these replace.
 
@@ -49,6 +51,7 @@ def main() -> None:
     import torch
 
     from dermground.platform.embed import Embedder
+    from dermground.platform.model.patch_recipe import PatchRecipe
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="2b,7b")
@@ -91,16 +94,22 @@ def main() -> None:
         shared_s, shared = timed(lambda: embedder.embed(few), sync)
         naive_s, naive = timed(lambda: embedder.embed_reference(few), sync)
         hier_s, _ = timed(lambda: embedder.embed(images[:args.b], attributes=["areaMM2"], include_image=False), sync)
+        recipe = PatchRecipe.from_image_processor(backbone.processor.image_processor)
+        prepared = [recipe.prepare(image) for image in images[:args.images]]
+        ready_s, _ = timed(lambda: embedder.embed_prepared(prepared), sync)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
         row = {"shape": shape, "ingest_images_per_s": ingest, "best": best,
                "naive_s_per_image": naive_s / len(few), "shared_s_per_image": shared_s / len(few),
                "speedup": naive_s / shared_s, "min_cosine": min_cosine(shared, naive),
-               "hierarchical_query_s": hier_s, "b": args.b, "peak_gib": peak}
+               "hierarchical_query_s": hier_s, "b": args.b, "peak_gib": peak,
+               "ready_tensors_images_per_s": args.images / ready_s}
         results.append(row)
         print(f"{shape}: best {best} {ingest[best]:.1f} images/s (16 h_im_a + h_im each); naive 17 passes "
               f"{row['naive_s_per_image']:.3f} s/image vs shared {row['shared_s_per_image']:.3f} "
               f"({row['speedup']:.1f}x), min cosine {row['min_cosine']:.4f}; hierarchical query (b={args.b}, "
-              f"1 question) {hier_s:.2f} s; peak {peak:.1f} GiB", flush=True)
+              f"1 question) {hier_s:.2f} s; peak {peak:.1f} GiB; fed ready tensors (the CPU stage's output) "
+              f"{row['ready_tensors_images_per_s']:.1f} images/s, x{row['ready_tensors_images_per_s'] / ingest[best]:.2f} "
+              "of images in", flush=True)
         del backbone, embedder
         if cuda:
             torch.cuda.empty_cache()
