@@ -31,7 +31,9 @@ from dermground.platform.commands.context import collection_name, current_settin
 @click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True,
               help="Embedding actors (model copies); each gets the cluster's CPUs / actors.")
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0.5), default=None,
-              help="CPUs (and torch threads) per actor [default: the cluster's CPUs / --actors].")
+              help="CPUs (and torch threads) per embedding actor [default: the cluster's CPUs / --actors; "
+                   "1 with --gpus-per-actor]. CPUs the actors leave run the CPU stage (reading, decoding and "
+                   "patchifying images, one task per CPU); with none left each actor prepares its own.")
 @click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="GPUs per embedding actor (0 = CPU).")
 @click.option("--partition-size", type=click.IntRange(min=1), default=256, show_default=True,
