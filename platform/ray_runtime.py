@@ -16,8 +16,9 @@ variables of ray_warm_start.py in the environment of `ray start`.
 Ray Data creates one helper actor of its own when an ingest's first actor pool starts (its
 `ActorLocationTracker`, detached, one per session) and it would take one of the warm workers, so
 the CPU stage's tasks or the embedding actor started cold (measured: first batch 3.9 s against
-2.95 s at 2,000 images). A local session therefore creates that helper up front, in a worker of
-its own that claims no warm slot; Ray Data finds it by name and uses it.
+2.95 s at 2,000 images). A local session that will run Ray Data (not training's) therefore
+creates that helper up front, in a worker of its own that claims no warm slot; Ray Data finds it by
+name and uses it.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ _WARM_START_MODULE = "dermground.platform.ray_warm_start"
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None,
                object_store_mb: int = 512, temp_dir: Path | None = None,
-               preload: Sequence[str] = WORKER_PRELOAD) -> str | None:
+               preload: Sequence[str] = WORKER_PRELOAD, ray_data: bool = True) -> str | None:
     """Connect to Ray once per process: join `address`, or start a small local session.
 
     `preload`: modules the first `num_cpus` workers of a started session import when they start
-    (empty: none; see wait_for_warm_workers).
+    (empty: none; see wait_for_warm_workers). `ray_data`: the session will run Ray Data (ingest),
+    so Ray Data's helper actor is started off the warm workers (False for training: no such actor).
     Returns the session folder when this call started a local session (its processes belong to
     this process: see ingest/run_locks.py), else None."""
     for key, value in RAY_ENV.items():
@@ -74,7 +76,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
         temp_dir.mkdir(parents=True, exist_ok=True)
         kwargs["_temp_dir"] = str(temp_dir.resolve())
     context = ray.init(**kwargs)
-    if preload:
+    if preload and ray_data:
         _start_ray_data_tracker_off_the_warm_workers()
     return str(context.address_info.get("session_dir") or "") or None
 

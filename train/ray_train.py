@@ -76,7 +76,7 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
 
     workers = config.workers
     cpus = cpus_per_worker or default_cpus_per_worker(workers)
-    ensure_ray(ray_address)
+    ensure_ray(ray_address, ray_data=False)
     queue = Queue(actor_options={"num_cpus": 0})
     job = WorkerJob(config=config, base_dir=str(Path(base_dir).resolve()), rows=rows, threads=cpus,
                     cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb, progress_queue=queue)
