@@ -396,7 +396,7 @@ def embedding_dataset(job: IngestJob, fingerprint: str, items: list[dict[str, ob
         prepared = dataset.map_batches(prepare_images, fn_kwargs=job.prep_arguments(),
                                        batch_size=options.batch_size, batch_format="numpy",
                                        compute=ray.data.TaskPoolStrategy(size=plan.prep_tasks),
-                                       num_cpus=plan.prep_cpus, max_calls=0)
+                                       num_cpus=1, max_calls=0)
     return prepared.map_batches(
         EmbeddingActor, fn_constructor_kwargs=job.actor_arguments(fingerprint, plan.torch_threads),
         batch_size=options.batch_size, batch_format="numpy",

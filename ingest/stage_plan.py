@@ -22,8 +22,7 @@ class StagePlan:
     """CPUs per embedding actor (= its torch threads) and the CPU stage's concurrent tasks."""
 
     embed_cpus: float
-    prep_tasks: int  # 0: the stage runs inline, in the actors
-    prep_cpus: float = 1.0  # reserved per task of a separate stage
+    prep_tasks: int  # each reserves one CPU; 0: the stage runs inline, in the actors
 
     @property
     def torch_threads(self) -> int:

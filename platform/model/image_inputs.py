@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,8 +42,7 @@ def rgb_images(images: Sequence[Image.Image]) -> list[Image.Image]:
 def prepare_pixels(image_processor: Qwen2VLImageProcessorPil, images: Sequence[Image.Image]) -> list[PreparedImage]:
     """Each image resized, normalised and patchified by the checkpoint's image processor.
 
-    Raises what the processor raises for an image it refuses (ValueError): callers that must not
-    lose a batch to one image prepare the images one by one after a failure.
+    Raises what the processor raises for an image it refuses (ValueError).
     """
     if not images:
         return []

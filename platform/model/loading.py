@@ -94,23 +94,14 @@ def model_family(model_dir: str | Path) -> ModelFamily:
     return family_for(json.loads((Path(model_dir) / "config.json").read_text()).get("model_type"))
 
 
-def load_image_processor(model_dir: str | Path) -> Qwen2VLImageProcessorPil:
-    """The checkpoint's image processor alone (what ingest's CPU stage needs: no tokenizer, no weights)."""
-    path = check_model_dir(model_dir)
-    try:
-        return Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise BackboneError(f"cannot load the image processor from {path}: {exc}") from None
-
-
 def load_processor(model_dir: str | Path) -> ImageOnlyQwen2VLProcessor:
     """The image-only processor of a checkpoint directory (left padding, for batched prompts).
 
     The processor class follows the family (Qwen2-VL or Qwen2.5-VL); both use Qwen2-VL's image processor.
     """
     path = check_model_dir(model_dir)
-    image_processor = load_image_processor(path)
     try:
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load the tokenizer/image processor from {path}: {exc}") from None

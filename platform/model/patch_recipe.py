@@ -33,7 +33,7 @@ _MUST_BE_ON = ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb")
 
 
 class RecipeUnsupported(ValueError):
-    """A processor setting this recipe does not reproduce (the caller uses transformers' processor)."""
+    """A processor setting this recipe does not reproduce (ingest refuses such a checkpoint before Ray starts)."""
 
 
 @dataclass(frozen=True)
