@@ -18,8 +18,17 @@ train/loop.py's own `training_dtype` and `prepare_for_training`):
 LoRA flags: the paper's (rank 8, alpha 16, dropout 0.05) for 2b/7b; the demo's (rank 32, alpha 64,
 no dropout, lm_head trained) for the tiny and small presets.
 
-Prints one line per run: seconds per step, samples/s, peak device memory, the first loss, and the
-hours one epoch of the paper's D_tr (1,412,820 tuples) would take at that rate on this one device.
+`--vision-attention` picks the vision attention: batched over the images of a batch (the product's
+default, platform/model/vision_attention.py), per_image (transformers' loop) or both (each run
+twice, to compare on the same card).
+
+Prints one line per run: seconds per step, samples/s, peak device memory, the first loss, the
+hours one epoch of the paper's D_tr (1,412,820 tuples) would take at that rate on this one device,
+and the arithmetic rate against the card's dense bf16 peak (`--peak-tflops`, known for H100/H200):
+model FLOPs per step = 2 x (forward + input-gradient backward) x 2 x parameters x tokens, over the
+vision tower (patches) and the decoder (padded sequence); recomputation (`--checkpointing`) and
+attention scores are not counted, so the figure is a floor of what the card does (with
+`--checkpointing` the line also gives the rate counting the recomputed forward, 1.5x).
 
 Run: python benchmarks/gpu_train_step.py [--runs 2b:448:16:bf16,7b:448:4:bf16] [--steps 10]
      [--checkpointing] [--json results.json] [--max-layers N (a quick check of the code path on a CPU)]
@@ -130,6 +139,22 @@ def build_model(shape: str, precision: str, device, max_layers: int | None,  # n
     return prepare_for_training(model, run_config), tokenizer, total
 
 
+def dense_parameters(model) -> tuple[int, int]:  # noqa: ANN001
+    """(vision tower, decoder layers) parameters that multiply every patch / token (no embedding tables)."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    vision = sum(p.numel() for p in core.model.visual.parameters())
+    decoder = sum(p.numel() for p in core.model.language_model.layers.parameters())
+    return vision, decoder
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak of known cards (SXM parts; NVIDIA's data sheets), None otherwise."""
+    for part, tflops in (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("A100", 312.0)):
+        if part in device_name:
+            return tflops
+    return None
+
+
 def encoded_examples(tokenizer, image_size: int, count: int):  # noqa: ANN001, ANN201
     """`count` examples through the product's processor and collator: lesion-sized noise images, real questions."""
     import numpy as np
@@ -184,12 +209,35 @@ def measure(model, collate, rows, run: Run, device, steps: int, warmup: int) -> 
     tokens = int(answer_window(collate.pad(rows))["attention_mask"].shape[1])
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
     del optimizer
+    vision, decoder = dense_parameters(model)
+    forward_flops = 2 * run.batch * (vision * (run.image_size // 14) ** 2 + decoder * tokens)
     return {"s_per_step": seconds, "samples_per_s": run.batch / seconds, "peak_gib": peak, "first_loss": first_loss,
-            "sequence_tokens": tokens, "paper_epoch_hours": PAPER_TUPLES / (run.batch / seconds) / 3600}
+            "sequence_tokens": tokens, "paper_epoch_hours": PAPER_TUPLES / (run.batch / seconds) / 3600,
+            "model_tflops_per_s": 2 * forward_flops / seconds / 1e12}
+
+
+def report(run: Run, mode: str, result: dict, card_peak: float | None, results: list[dict],
+           checkpointing: bool) -> None:
+    """One printed line (and one JSON row) per run and vision attention mode."""
+    image_tokens = (run.image_size // 28) ** 2
+    share = result["model_tflops_per_s"] / card_peak if card_peak else None
+    # recomputation repeats the forward: the card does 3 passes' work where the model needs 2
+    done = result["model_tflops_per_s"] * (1.5 if checkpointing else 1.0)
+    results.append({**run.__dict__, "vision_attention": mode, "image_tokens": image_tokens, **result,
+                     "share_of_dense_bf16_peak": share})
+    print(f"{run.shape:5s} {run.image_size:3d}px ({image_tokens:3d} image tokens, {result['sequence_tokens']} per row) "
+          f"batch {run.batch:2d} {run.precision} vision attention {mode}: {result['s_per_step']:.3f} s/step, "
+          f"{result['samples_per_s']:.1f} samples/s, peak {result['peak_gib']:.1f} GiB, "
+          f"loss {result['first_loss']:.2f}, paper epoch {result['paper_epoch_hours']:.1f} h, "
+          f"{result['model_tflops_per_s']:.3g} model TFLOP/s"
+          + (f" = {share:.1%} of the dense bf16 peak ({card_peak:.0f})" if share is not None else "")
+          + (f", {done:.3g} TFLOP/s with recomputation" if checkpointing else ""), flush=True)
 
 
 def main() -> None:
     import torch
+
+    from dermground.platform.model.vision_attention import batch_vision_attention, unbatch_vision_attention
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="tiny:112:16:fp32,tiny:112:16:bf16,small:448:16:fp32,small:448:16:bf16,"
@@ -202,12 +250,17 @@ def main() -> None:
                         help="cap decoder layers and vision depth of 2b/7b (a CPU check of the code path; not their cost)")
     parser.add_argument("--checkpointing", action="store_true",
                         help="gradient checkpointing in every vision block and decoder layer")
+    parser.add_argument("--vision-attention", choices=("batched", "per_image", "both"), default="batched")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the card's dense bf16 peak (default: known for H100/H200/A100)")
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip the runs left once this much time has gone")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     runs = [Run.parse(text) for text in args.runs.split(",")]
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    card_peak = args.peak_tflops or peak_tflops(name)
+    modes = ("batched", "per_image") if args.vision_attention == "both" else (args.vision_attention,)
     print(machine_line())
     print(f"device {name}, torch {torch.__version__}, {args.steps} timed steps after {args.warmup} warm-up"
           + (", gradient checkpointing" if args.checkpointing else "")
@@ -234,18 +287,15 @@ def main() -> None:
                 print(f"{run.shape} {run.precision}: {total / 1e9:.3f} B parameters, {trainable / 1e6:.2f} M trainable, "
                       f"built in {time.perf_counter() - t:.1f} s", flush=True)
             collate, rows = encoded_examples(tokenizer, run.image_size, run.batch)
-            result = measure(model, collate, rows, run, device, args.steps, args.warmup)
+            for mode in modes:
+                (batch_vision_attention if mode == "batched" else unbatch_vision_attention)(model)
+                result = measure(model, collate, rows, run, device, args.steps, args.warmup)
+                report(run, mode, result, card_peak, results, args.checkpointing)
         except torch.OutOfMemoryError:
             model = built = None
             print(f"{run}: out of device memory", flush=True)
             results.append({**run.__dict__, "error": "out of memory"})
             continue
-        image_tokens = (run.image_size // 28) ** 2
-        results.append({**run.__dict__, "image_tokens": image_tokens, **result})
-        print(f"{run.shape:5s} {run.image_size:3d}px ({image_tokens:3d} image tokens, {result['sequence_tokens']} per row) "
-              f"batch {run.batch:2d} {run.precision}: {result['s_per_step']:.3f} s/step, "
-              f"{result['samples_per_s']:.1f} samples/s, peak {result['peak_gib']:.1f} GiB, "
-              f"loss {result['first_loss']:.2f}, paper epoch {result['paper_epoch_hours']:.1f} h", flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"device": name, "torch": torch.__version__, "steps": args.steps,

@@ -19,6 +19,7 @@ MAX_PREDICT_SAMPLES = 256  # sampled answers per question (platform/predict.py):
 MAX_VIEWS = 8  # turns and mirror images of a square crop (the dihedral group has 8; platform/model/views.py)
 PredictPool = Literal["mean", "median"]  # how pooled answers become one value (platform/predict.py)
 PREDICT_POOLS: tuple[str, ...] = get_args(PredictPool)
+VisionAttentionMode = Literal["batched", "per_image"]  # platform/model/vision_attention.py
 
 
 class SettingsError(ValueError):
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     # --- model runtime -----------------------------------------------------------------
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    vision_attention: VisionAttentionMode = Field(
+        "batched", description="batched: the images of a batch attended in one call per size; per_image: "
+        "transformers' loop over images (same results; kept to compare)")
     seed: int = 0
 
     # --- vector store --------------------------------------------------------------------

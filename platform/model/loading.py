@@ -19,9 +19,10 @@ from dermground.platform.model.checkpoint_check import file_problems, tokenizer_
 from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
+from dermground.platform.model.vision_attention import batch_vision_attention
 
 if TYPE_CHECKING:
-    from dermground.platform.settings import Settings
+    from dermground.platform.settings import Settings, VisionAttentionMode
 
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
@@ -118,12 +119,17 @@ def load_backbone(
     device: str = "auto",
     dtype: str | torch.dtype = "auto",
     for_training: bool = False,
+    vision_attention: VisionAttentionMode = "batched",
 ) -> Backbone:
     """Load model + processor (+ LoRA adapter) from local folders.
 
     for_training=True leaves the model in train mode and a loaded adapter trainable; otherwise the
-    model is in eval mode with gradients off.
+    model is in eval mode with gradients off. vision_attention="batched" attends the images of a
+    batch in one call per image size (platform/model/vision_attention.py); "per_image" keeps
+    transformers' loop over images.
     """
+    if vision_attention not in ("batched", "per_image"):
+        raise ValueError(f"vision_attention must be 'batched' or 'per_image', not {vision_attention!r}")
     path = check_model_dir(model_dir)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -134,6 +140,8 @@ def load_backbone(
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise BackboneError(f"cannot load model weights from {path}: {exc}") from None
+    if vision_attention == "batched":
+        batch_vision_attention(model)
     wrong_tokens = tokenizer_problems(processor.tokenizer, model.config)
     if wrong_tokens:
         raise BackboneError("\n".join(str(p) for p in wrong_tokens))
@@ -169,4 +177,5 @@ def load_backbone(
 
 def load_backbone_from_settings(settings: Settings) -> Backbone:
     """load_backbone with model/adapter directories, device and dtype from settings."""
-    return load_backbone(settings.base_model_dir, settings.adapter_dir, device=settings.device, dtype=settings.dtype)
+    return load_backbone(settings.base_model_dir, settings.adapter_dir, device=settings.device, dtype=settings.dtype,
+                         vision_attention=settings.vision_attention)
