@@ -126,6 +126,7 @@ def main() -> None:
         print(f"pipeline: {summary.ingested} images in {summary.seconds:.2f} s ({pipeline_rate:.1f} images/s), "
               f"{summary.partitions} partitions committed; first batch back after {first:.2f} s "
               f"(actor start-up + model load), then {steady_rate:.1f} images/s")
+        print(f"pipeline {summary.model_busy.describe()}")
 
         _, bare_2, model_2 = bare_loop(data, model_dir, args.batch_size, threads)
         print(f"bare loop round 2: {n} images in {bare_2:.2f} s ({n / bare_2:.1f} images/s), of which the model "

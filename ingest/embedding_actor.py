@@ -2,13 +2,17 @@
 
 Input batch columns: what ingest/image_prep.py's CPU stage emits (`isic_id`, `part`, `error`,
 `pixel_values`, `grid_thw`). Output columns: the same ids, `error` ("" when embedded, else why
-the image was rejected) and `vectors`, float32 [n, len(VECTOR_NAMES), d] in VECTOR_NAMES order
-(zeros on rejected rows). A bad image is data, not a failure: it becomes an `error` row the
+the image was rejected), `vectors`, float32 [n, len(VECTOR_NAMES), d] in VECTOR_NAMES order
+(zeros on rejected rows), and `actor` / `model_seconds`: which actor embedded the row and its
+share of the seconds the batch spent in the model, from which the driver reports how busy the
+model (the GPU, when an actor has one) was kept. A bad image is data, not a failure: it becomes an `error` row the
 driver quarantines, and the rest of the batch goes on.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,6 +53,7 @@ class EmbeddingActor:
                                "report this checkpoint's processor config")
         self.embedder = Embedder(backbone, batch_size=batch_size)
         self.dim = backbone.hidden_size
+        self.actor_id = uuid.uuid4().hex[:12]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = [str(e) for e in batch["error"]]
@@ -57,6 +62,8 @@ class EmbeddingActor:
         images = [PreparedImage(np.asarray(batch["pixel_values"][i], dtype=np.float32),
                                 tuple(int(x) for x in batch["grid_thw"][i])) for i in good]  # type: ignore[arg-type]
         vectors = np.zeros((n, len(VECTOR_NAMES), self.dim), dtype=np.float32)
+        # The model's results come back as numpy arrays, so a GPU has finished when the clock stops.
+        started = time.perf_counter()
         if good:
             try:
                 vectors[good] = self._embed(images)
@@ -67,8 +74,10 @@ class EmbeddingActor:
                         vectors[i] = self._embed([image])[0]
                     except INPUT_ERRORS as exc:
                         errors[i] = rejection_reason(exc)
+        model_seconds = time.perf_counter() - started if good else 0.0
         return {"isic_id": batch["isic_id"], "part": batch["part"], "error": np.array(errors, dtype=object),
-                "vectors": vectors}
+                "vectors": vectors, "actor": np.full(n, self.actor_id, dtype=object),
+                "model_seconds": np.full(n, model_seconds / max(n, 1), dtype=np.float64)}
 
     def _embed(self, images: Sequence[PreparedImage]) -> np.ndarray:
         out = self.embedder.embed_prepared(images)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dermground.ingest.embedding_actor import VECTOR_NAMES, EmbeddingActor
+from dermground.ingest.model_busy import ModelBusy
 from dermground.ingest.image_prep import prepare_images
 from dermground.ingest.job import IngestJob, SplitSelection
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
@@ -78,6 +79,8 @@ class IngestSummary:
     index: IndexReport | None = None
     # What the finish's catalog compaction merged (platform/catalog_compact.py), None when not needed.
     catalog_compaction: str | None = None
+    # Seconds the embedding actors spent in the model against their time (the GPU's busy share).
+    model_busy: ModelBusy = field(default_factory=ModelBusy)
 
     @property
     def images_per_second(self) -> float:
@@ -336,7 +339,9 @@ def _run_wave(state: _RunState, wave: list[Partition], bar: object) -> None:
         return
     expected = {index: len(ready) for index, (_, ready, _) in prepared.items() if ready}
     received: dict[int, tuple[dict[str, np.ndarray], dict[str, str]]] = {i: ({}, {}) for i in expected}
+    clock = summary.model_busy.wave(state.job.options.actors)
     for batch in _embed_items(state.job, state.fingerprint, items, len(expected)):
+        clock.observe(batch["actor"], batch["model_seconds"])
         if summary.first_batch_seconds is None:
             summary.first_batch_seconds = time.perf_counter() - state.started
             summary.first_batch_rows = len(batch["isic_id"])
@@ -349,6 +354,7 @@ def _run_wave(state: _RunState, wave: list[Partition], bar: object) -> None:
                 got_vectors[str(isic_id)] = np.asarray(vectors, dtype=np.float32)
             if len(got_errors) == expected[index]:
                 commit(index, *received.pop(index))
+    clock.finish()
     if received:
         raise RuntimeError(f"the embedding pipeline returned no rows for partitions {sorted(received)}")
 

@@ -60,6 +60,10 @@ def test_full_ingest_stores_every_image_with_all_vectors_then_a_rerun_skips_ever
     tmp_path = _copy_of(ingested_home, tmp_path)
     assert (summary.ingested, summary.skipped, summary.quarantined) == (N_IMAGES, 0, 0)
     assert summary.partitions == N_IMAGES // PARTITION
+    busy = summary.model_busy  # the actors report the seconds they spent in the model
+    assert busy.actors >= 1 and busy.model_seconds > 0
+    assert 0 < busy.fraction <= 1, busy
+    assert "model busy" in busy.describe()
     report = check_collection(_settings(tmp_path), "lesions")
     assert report.ok, report.findings
     assert report.store_points == report.catalog_rows == report.ledger_points == N_IMAGES

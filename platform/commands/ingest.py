@@ -96,6 +96,8 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     elif new_version or version:
         click.echo(f"version {summary.version} is ready; make it live (if it is not) with "
                    f"`dermground collections switch {collection} {summary.version}`")
+    if summary.model_busy.fraction is not None:
+        click.echo(summary.model_busy.describe())
     if summary.quarantine_reasons:
         reasons = ", ".join(f"{field}: {n}" for field, n in sorted(summary.quarantine_reasons.items()))
         click.echo(f"quarantined by field: {reasons} "
