@@ -26,6 +26,18 @@ from dermground.platform.store.schema import DEFAULT_VECTOR_NAMES, IMAGE_VECTOR
 VECTOR_NAMES: tuple[str, ...] = DEFAULT_VECTOR_NAMES
 
 
+CPU_SUFFIX_BATCH = 64  # question rows per suffix pass on a CPU (platform/embed.py's default)
+
+
+def suffix_rows(batch_size: int, device_type: str) -> int:
+    """Question rows per suffix pass: on a GPU every question of every image of a batch in one pass
+    (the shape of the fastest configurations measured on an H100, docs/BENCHMARKS.md: 16:256 for
+    the 2B, 8:128 for the 7B); on a CPU the Embedder's default."""
+    from dermground.platform.attributes import ATTRIBUTES
+
+    return batch_size * len(ATTRIBUTES) if device_type == "cuda" else CPU_SUFFIX_BATCH
+
+
 class EmbeddingActor:
     """Callable class for `Dataset.map_batches(..., compute=ActorPoolStrategy(...))`."""
 
@@ -51,7 +63,8 @@ class EmbeddingActor:
             # transformers' processor makes of it. They must agree, or every vector is subtly off.
             raise RuntimeError(f"the image settings in {model_dir} ({recipe}) differ from its image processor's; "
                                "report this checkpoint's processor config")
-        self.embedder = Embedder(backbone, batch_size=batch_size)
+        self.embedder = Embedder(backbone, batch_size=batch_size,
+                                 suffix_batch=suffix_rows(batch_size, backbone.device.type))
         self.dim = backbone.hidden_size
         self.actor_id = uuid.uuid4().hex[:12]
 

@@ -9,6 +9,11 @@ import click
 
 from dermground.platform.commands.context import collection_name, current_settings, from_settings
 
+# Images per embedding batch: on a CPU small batches keep results flowing to the writer; on an
+# H100 batches of 16 were the fastest for the 2B (docs/BENCHMARKS.md, session 6).
+CPU_BATCH_SIZE = 8
+GPU_BATCH_SIZE = 16
+
 
 @click.command("ingest")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
@@ -26,8 +31,9 @@ from dermground.platform.commands.context import collection_name, current_settin
               help="Qdrant server URL [default: DERMGROUND_QDRANT_URL, else the embedded store under HOME].")
 @click.option("--ray-address", default=None,
               help="Existing Ray cluster (host:port or auto) [default: DERMGROUND_RAY_ADDRESS, else local Ray].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per embedding batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per embedding batch [default: 8; 16 with --gpus-per-actor, the fastest measured on "
+                   "an H100 for the 2B].")
 @click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True,
               help="Embedding actors (model copies); each gets the cluster's CPUs / actors.")
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0.5), default=None,
@@ -47,7 +53,7 @@ from dermground.platform.commands.context import collection_name, current_settin
               show_default="DERMGROUND_STORE_INDEX_MIN_POINTS",
               help="Build the HNSW search index at the end once the collection holds this many points (0 = never).")
 def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir: Path | None, split: str,
-           qdrant_url: str | None, ray_address: str | None, batch_size: int, actors: int,
+           qdrant_url: str | None, ray_address: str | None, batch_size: int | None, actors: int,
            cpus_per_actor: float | None, gpus_per_actor: float, partition_size: int, new_version: bool,
            version: str | None, index_min_points: int) -> None:
     """Embed every image (h_im + the 16 h_im_a) and store points, catalog rows and the ledger.
@@ -71,6 +77,8 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar replaces Ray Data's chatter
     try:
         require_usable_checkpoint(model_dir or settings.base_model_dir, data_dir)  # before Ray and the store
+        if batch_size is None:
+            batch_size = GPU_BATCH_SIZE if gpus_per_actor > 0 else CPU_BATCH_SIZE
         job = IngestJob.build(data_dir, collection, settings, model_dir=model_dir, adapter_dir=adapter_dir,
                               split=split, partition_size=partition_size, batch_size=batch_size,  # type: ignore[arg-type]
                               actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
