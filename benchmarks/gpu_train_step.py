@@ -105,8 +105,8 @@ def real_config(shape: str, tokenizer, max_layers: int | None):  # noqa: ANN001,
     )
 
 
-def construct(config, dtype, device):  # noqa: ANN001, ANN201
-    """A random-weight Qwen2VLForConditionalGeneration made directly in `dtype` on `device` (seed 0).
+def construct(config, dtype, device, model_class=None):  # noqa: ANN001, ANN201
+    """A random-weight model (default Qwen2VLForConditionalGeneration) made directly in `dtype` on `device` (seed 0).
 
     Built in place: a 7B float32 copy on the host first would cost 33 GB and minutes.
     """
@@ -118,7 +118,7 @@ def construct(config, dtype, device):  # noqa: ANN001, ANN201
     try:
         torch.manual_seed(0)
         with torch.device(device):
-            return Qwen2VLForConditionalGeneration(config)
+            return (model_class or Qwen2VLForConditionalGeneration)(config)
     finally:
         torch.set_default_dtype(previous)
 

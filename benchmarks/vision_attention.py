@@ -26,12 +26,13 @@ import statistics
 # Scripts beside this one (benchmarks/ is sys.path[0] when run as a script).
 from harness import load_line, machine_line, timed  # first: the offline environment
 
+from gpu_train_step import construct
+
 PATCH_DIM = 3 * 2 * 14 * 14  # channels x temporal patch x patch x patch
 
 
 def vision_tower(family: str, depth: int, dtype, device):  # noqa: ANN001, ANN201
     """A random-weight vision tower of the family at its published sizes, `depth` blocks, SDPA attention."""
-    import torch
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen25
     from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen2
 
@@ -44,14 +45,7 @@ def vision_tower(family: str, depth: int, dtype, device):  # noqa: ANN001, ANN20
                                                out_hidden_size=2048, window_size=112, fullatt_block_indexes=full)
         tower_class = qwen25.Qwen2_5_VisionTransformerPretrainedModel
     config._attn_implementation = "sdpa"
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        torch.manual_seed(0)
-        with torch.device(device):
-            return tower_class(config)
-    finally:
-        torch.set_default_dtype(previous)
+    return construct(config, dtype, device, tower_class)
 
 
 def sdpa_calls(tower, pixels, grid) -> int:  # noqa: ANN001
