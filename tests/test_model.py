@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,6 +108,19 @@ def test_fingerprint_changes_with_adapter_and_prompt_version(tmp_path, tiny_mode
     backbone = load_backbone(tiny_model_dir, adapter_dir=adapter, device="cpu")
     assert backbone.fingerprint == fingerprint(tiny_model_dir, adapter)
     assert backbone.adapter_dir == adapter
+
+
+def test_without_tokenizer_json_the_slow_tokenizer_files_are_part_of_the_fingerprint(tmp_path, tiny_model_dir):
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    with_fast = fingerprint(folder)
+    (folder / "vocab.json").write_text('{"a": 0}')
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    assert fingerprint(folder) == with_fast  # tokenizer.json defines tokenisation: the others do not count
+    (folder / "tokenizer.json").unlink()
+    slow = fingerprint(folder)
+    assert slow != with_fast
+    (folder / "merges.txt").write_text("#version: 0.2\na b\n")
+    assert fingerprint(folder) != slow  # another merge table, another model
 
 
 def test_for_training_leaves_the_adapter_trainable(tmp_path, tiny_model_dir, make_tiny_adapter):

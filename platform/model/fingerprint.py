@@ -17,13 +17,21 @@ from dermground.platform.model.prompts import PROMPT_VERSION
 _BACKBONE_PATTERNS = ("config.json", "*.safetensors", "pytorch_model*.bin", "tokenizer.json",
                       "preprocessor_config.json", "processor_config.json")
 _ADAPTER_PATTERNS = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+# Without tokenizer.json, transformers builds the tokenizer from these (checkpoint_check accepts
+# such a folder). Only then are they part of the identity, so the fingerprints of folders that
+# have tokenizer.json (every hub checkpoint, and every collection built so far) stay as they were.
+_SLOW_TOKENIZER_PATTERNS = ("vocab.json", "merges.txt", "tokenizer_config.json")
 
 
 def fingerprint(model_dir: str | Path, adapter_dir: str | Path | None = None,
                 prompt_version: str = PROMPT_VERSION) -> str:
     """Hex digest (16 chars) of the backbone's files, the adapter's files (or none) and the prompt version."""
+    folder = Path(model_dir)
+    patterns = _BACKBONE_PATTERNS
+    if not (folder / "tokenizer.json").is_file():
+        patterns += _SLOW_TOKENIZER_PATTERNS
     identity = {
-        "backbone": files_digest(Path(model_dir), _BACKBONE_PATTERNS),
+        "backbone": files_digest(folder, patterns),
         "adapter": None if adapter_dir is None else files_digest(Path(adapter_dir), _ADAPTER_PATTERNS),
         "prompt_version": prompt_version,
     }
