@@ -138,9 +138,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
                         help="auto: bfloat16 on CUDA, float32 on a CPU (as the product loads)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch's CPU threads (default: torch's own choice, all cores)")
     parser.add_argument("--max-layers", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         raise SystemExit(f"unknown parts {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")

@@ -10,8 +10,8 @@ that work (PIL's decode and resize and numpy's arithmetic release the GIL) while
 thread runs the model on the batch before: batch k+1 is prepared while batch k is embedded, and at
 most two batches of prepared images (4.8 MB an image at 448 px) are held at once.
 
-Batches hold the Embedder's `batch_size` images (sized for the device: platform/search_embedder.py),
-or all candidates when there are fewer. The model lock (EmbedderProvider.run) is taken per batch,
+Batches hold at most the Embedder's `batch_size` images (sized for the device:
+platform/search_embedder.py), as few passes as that allows, evenly filled. The model lock (EmbedderProvider.run) is taken per batch,
 so a long query does not hold off other requests for its whole length. Light on purpose (no store,
 no Ray): benchmarks/gpu_embed.py times it on a device that has only the model code.
 """
@@ -19,6 +19,7 @@ no Ray): benchmarks/gpu_embed.py times it on a device that has only the model co
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -90,7 +91,9 @@ def embed_candidates(provider: EmbedderProvider, payloads: Sequence[Mapping[str,
         return found
     embedder = provider.embedder()
     prepare = image_preparer(embedder.backbone.processor.image_processor)
-    found.batch_size = batch_size = max(1, min(embedder.batch_size, len(payloads)))
+    # As many passes as the Embedder's batch needs, evenly filled (200 at 64 a pass: 4 x 50, not 64, 64, 64, 8).
+    passes = math.ceil(len(payloads) / max(1, embedder.batch_size))
+    found.batch_size = batch_size = math.ceil(len(payloads) / passes)
     vector_names = {name: get_attribute(name).vector_name for name in attributes}
 
     def read_and_prepare(payload: Mapping[str, object]) -> PreparedImage:

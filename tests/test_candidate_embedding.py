@@ -40,7 +40,7 @@ def test_vectors_equal_the_serial_path(tiny_backbone, payloads, serial, batch_si
     provider = EmbedderProvider.of(Embedder(tiny_backbone, batch_size, 16 * batch_size))
     found = embed_candidates(provider, payloads, ATTRIBUTES, max_pixels=DEFAULT_MAX_PIXELS, workers=workers)
     assert found.skipped == [] and sorted(found.vectors) == list(range(N))
-    assert found.batch_size == min(batch_size, N)
+    assert found.batch_size == {1: 1, 3: 3, 4: 4, 16: N}[batch_size]  # 7 candidates: 7 x 1, 3+3+1, 4+3, 7
     for name in ATTRIBUTES:
         new = np.stack([found.vectors[i][f"q_{name}"] for i in range(N)])
         np.testing.assert_allclose(new, serial[name], rtol=0, atol=1e-5)
@@ -66,6 +66,16 @@ def test_unreadable_candidates_are_skipped_and_the_others_embedded(tiny_backbone
         np.testing.assert_allclose(new, expected[name], rtol=0, atol=1e-5)
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert all(who in warned for who in ("ISIC_GONE", "ISIC_GARBLED", "ISIC_NO_REF"))
+
+
+def test_passes_are_evenly_filled(tiny_backbone, search_collection) -> None:
+    records = search_collection["records"][:10]
+    payloads = [{"isic_id": r.isic_id, "image_ref": r.image_ref} for r in records]
+    provider = EmbedderProvider.of(Embedder(tiny_backbone, 4, 64))
+    found = embed_candidates(provider, payloads, ATTRIBUTES[:1], max_pixels=DEFAULT_MAX_PIXELS)
+    assert found.batch_size == 4 and len(found.vectors) == 10  # 10 at most 4 a pass: 3 passes of 4, 4, 2
+    provider = EmbedderProvider.of(Embedder(tiny_backbone, 6, 96))
+    assert embed_candidates(provider, payloads, ATTRIBUTES[:1], max_pixels=DEFAULT_MAX_PIXELS).batch_size == 5
 
 
 def test_all_unreadable_or_none_gives_no_vectors(tiny_backbone, tmp_path) -> None:
