@@ -97,11 +97,10 @@ def embed_candidates(provider: EmbedderProvider, payloads: Sequence[Mapping[str,
     vector_names = {name: get_attribute(name).vector_name for name in attributes}
 
     def read_and_prepare(payload: Mapping[str, object]) -> PreparedImage:
+        image = read_point_image(payload, max_pixels)
         try:
-            return prepare(read_point_image(payload, max_pixels))
+            return prepare(image)
         except ValueError as exc:  # the processor refuses an image the gate let through: skip it too
-            if isinstance(exc, UnreadableCandidate):
-                raise
             raise UnreadableCandidate(f"cannot prepare the image of {payload.get('isic_id')!r}: {exc}") from None
 
     def embed(batch: list[tuple[int, PreparedImage]]) -> None:

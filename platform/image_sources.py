@@ -20,7 +20,16 @@ HDF5_PREFIX = "hdf5:"
 _open_files: dict[str, Any] = {}
 _open_pid: int | None = None
 # Threads share the cache (the API's worker threads, search's candidate readers): one opens a file at a time.
+# A child made by fork gets a fresh lock (the parent's might have been held by another thread).
 _open_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _open_lock
+    _open_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def hdf5_image_ref(path: Path, isic_id: str) -> str:
