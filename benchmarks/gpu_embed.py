@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -215,6 +216,7 @@ def main() -> None:
         del backbone, embedder
         if cuda:
             torch.cuda.empty_cache()
+    shutil.rmtree(folder, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"device": name, "torch": torch.__version__, "image_size": args.image_size, "runs": results},
