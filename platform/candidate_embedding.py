@@ -35,9 +35,17 @@ from dermground.platform.model.image_inputs import PreparedImage, prepare_pixels
 
 log = logging.getLogger("dermground.search")
 
-# Threads reading and preparing candidates: half the cores (the model's own threads use the rest
-# on a CPU-only server), at least 1, at most 8 (more than a batch ahead is never asked for).
-PREP_WORKERS = max(1, min(8, (os.cpu_count() or 2) // 2))
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may run on (a container's share)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# Threads reading and preparing candidates: half the usable cores (the model's own threads use the
+# rest on a CPU-only server), at least 1, at most 8.
+PREP_WORKERS = max(1, min(8, _usable_cpus() // 2))
 
 
 class UnreadableCandidate(ValueError):
