@@ -9,6 +9,7 @@ image gate's work (dermground.platform.images).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ HDF5_PREFIX = "hdf5:"
 # The pid check drops handles inherited through fork, which HDF5 does not support sharing.
 _open_files: dict[str, Any] = {}
 _open_pid: int | None = None
+# Threads share the cache (the API's worker threads, search's candidate readers): one opens a file at a time.
+# A child made by fork gets a fresh lock (the parent's might have been held by another thread).
+_open_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _open_lock
+    _open_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def hdf5_image_ref(path: Path, isic_id: str) -> str:
@@ -30,18 +42,19 @@ def open_hdf5(path: Path) -> Any:
     global _open_pid
     import h5py
 
-    if _open_pid != os.getpid():
-        _open_files.clear()
-        _open_pid = os.getpid()
-    # Keyed by inode and mtime too: a data set regenerated at the same path must not be served
-    # from the stale handle of the old file.
-    stat = path.stat()
-    key = f"{path}|{stat.st_ino}|{stat.st_mtime_ns}"
-    if key not in _open_files:
-        for stale in [k for k in _open_files if k.startswith(f"{path}|")]:
-            _open_files.pop(stale).close()
-        _open_files[key] = h5py.File(path, "r")
-    return _open_files[key]
+    with _open_lock:
+        if _open_pid != os.getpid():
+            _open_files.clear()
+            _open_pid = os.getpid()
+        # Keyed by inode and mtime too: a data set regenerated at the same path must not be served
+        # from the stale handle of the old file.
+        stat = path.stat()
+        key = f"{path}|{stat.st_ino}|{stat.st_mtime_ns}"
+        if key not in _open_files:
+            for stale in [k for k in _open_files if k.startswith(f"{path}|")]:
+                _open_files.pop(stale).close()
+            _open_files[key] = h5py.File(path, "r")
+        return _open_files[key]
 
 
 def load_image_bytes(image_ref: str) -> bytes:

@@ -6,7 +6,8 @@
                 their h_im_a and the query's (paper method b). A candidate's `q_<a>` is taken from
                 the store when present, else re-embedded from its image (payload image_ref); with
                 `cache_vectors` the re-embedded vectors are written back, so a collection may hold
-                `image` vectors only and repeated queries get cheaper.
+                `image` vectors only and repeated queries get cheaper. Candidates are read and prepared
+                in a thread pool while the model embeds the batch before (platform/candidate_embedding.py).
 - prefetch:     the store's prefetch query: top-b on `image`, rescored by the stored `q_<a>`.
 
 With several attributes the candidate set is shared and the ranking fused
@@ -16,20 +17,18 @@ top-b on `q_<a>`; hierarchical and prefetch -> the top-b on `image`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from dermground.platform.attributes import get_attribute
+from dermground.platform.candidate_embedding import embed_candidates
 from dermground.platform.embedder_provider import EmbedderProvider
-from dermground.platform.search_query import QueryVectors, embed_to_vectors, load_point_image, require_model
-from dermground.platform.search_request import SearchError, SearchRequest
+from dermground.platform.search_query import QueryVectors, require_model
+from dermground.platform.search_request import SearchRequest
 from dermground.platform.search_results import Ranked, fused_ranking, hit_of
 from dermground.platform.settings import Settings
 from dermground.platform.store import IMAGE_VECTOR, SearchFilter, VectorStore
-
-log = logging.getLogger("dermground.search")
 
 
 def search_image(store: VectorStore, request: SearchRequest, query: QueryVectors, flt: SearchFilter) -> Ranked:
@@ -87,19 +86,14 @@ def search_hierarchical(store: VectorStore, request: SearchRequest, attributes: 
     if stale:
         model = require_model(provider, store, f"hierarchical search ({len(stale)} candidates without stored "
                                                "attribute vectors)")
-        images, readable = [], []
-        for i in stale:
-            try:
-                images.append(load_point_image(hits[i].payload or {}, settings.max_image_pixels))
-                readable.append(i)
-            except SearchError as exc:  # one unreadable image must not fail every query near it
-                log.warning("hierarchical search skips a candidate: %s", exc)
-        fresh = embed_to_vectors(model, images, attributes, include_image=False) if images else []
+        found = embed_candidates(model, [hits[i].payload or {} for i in stale], attributes,
+                                 max_pixels=settings.max_image_pixels)
+        fresh = {stale[j]: new for j, new in found.vectors.items()}
         reembedded = len(fresh)
-        for i, new in zip(readable, fresh, strict=True):
+        for i, new in fresh.items():
             vectors[i].update(new)
         if request.cache_vectors and fresh:
-            store.update_vectors({hits[i].id: new for i, new in zip(readable, fresh, strict=True)})
+            store.update_vectors({hits[i].id: new for i, new in fresh.items()})
             cached = len(fresh)
         keep = [i for i in range(len(hits)) if all(n in vectors[i] for n in vector_names)]
         hits, vectors = [hits[i] for i in keep], [vectors[i] for i in keep]

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
+from dermground.platform.candidate_embedding import UnreadableCandidate, read_point_image
 from dermground.platform.embedder_provider import EmbedderProvider
 from dermground.platform.search_request import (
     ModelUnavailableError,
@@ -75,17 +76,10 @@ def embed_to_vectors(provider: EmbedderProvider, images: Sequence[Image.Image], 
 
 def load_point_image(payload: Mapping[str, object], max_pixels: int) -> Image.Image:
     """The stored image of a point (its payload image_ref), decoded; SearchError if it cannot be read."""
-    from dermground.platform.image_sources import load_image_bytes
-    from dermground.platform.images import ImageRejected, decode_image
-
-    ref = payload.get("image_ref")
-    who = payload.get("isic_id")
-    if not isinstance(ref, str):
-        raise SearchError(f"point {who!r} has no image_ref in its payload; re-ingest it")
     try:
-        return decode_image(load_image_bytes(ref), max_pixels=max_pixels)
-    except (ImageRejected, OSError, KeyError) as exc:
-        raise SearchError(f"cannot read the image of {who!r} ({ref}): {exc}") from None
+        return read_point_image(payload, max_pixels)
+    except UnreadableCandidate as exc:
+        raise SearchError(str(exc)) from None
 
 
 def _gated(image: Image.Image, max_pixels: int) -> Image.Image:

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # Ingest compacts a catalog table at its finish once this many files were written to it since
     # its last compaction (platform/catalog_compact.py; 0 = never: `dermground catalog compact`).
     catalog_auto_compact_files: int = Field(64, ge=0)
+    # Images per model pass when search re-embeds candidates (hierarchical mode) and embeds queries
+    # (platform/search_embedder.py): "auto" measures it on a GPU from the model's memory per image
+    # and the card's free memory; on a CPU it is 4.
+    search_embed_batch: int | Literal["auto"] = "auto"
 
     @field_validator("home", mode="after")
     @classmethod
@@ -103,6 +107,18 @@ class Settings(BaseSettings):
         if value.exists() and not value.is_dir():
             raise ValueError(f"{value} exists and is not a folder")
         return value
+
+    @field_validator("search_embed_batch", mode="before")
+    @classmethod
+    def _auto_or_positive(cls, value: object) -> object:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text == "auto":
+            return "auto"
+        if isinstance(text, str) and text.isdigit():
+            text = int(text)
+        if not isinstance(text, int) or isinstance(text, bool) or text < 1:
+            raise ValueError("must be 'auto' or an integer >= 1 (images per model pass)")
+        return text
 
     # Derived locations: under the home folder unless configured otherwise.
     @cached_property

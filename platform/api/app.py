@@ -41,11 +41,11 @@ def body_limit(settings: Settings) -> int:
 
 def _model_loader(settings: Settings):  # noqa: ANN202
     def load():  # noqa: ANN202
-        from dermground.platform.embed import Embedder
         from dermground.platform.model.loading import BackboneError, load_backbone_from_settings
+        from dermground.platform.search_embedder import search_embedder
 
         try:
-            return Embedder(load_backbone_from_settings(settings))
+            return search_embedder(load_backbone_from_settings(settings), settings.search_embed_batch)
         except BackboneError as exc:
             raise ModelUnavailableError(f"the model could not be loaded: {exc}") from None
 
@@ -79,9 +79,10 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
     app.state.store = store
     app.state.thumbnails = ThumbnailCache()
     if backbone is not None:
-        from dermground.platform.embed import Embedder
+        from dermground.platform.search_embedder import search_embedder
 
-        app.state.embedder = EmbedderProvider.of(Embedder(backbone))  # type: ignore[arg-type]
+        embedder = search_embedder(backbone, settings.search_embed_batch)  # type: ignore[arg-type]
+        app.state.embedder = EmbedderProvider.of(embedder)
     else:
         app.state.embedder = EmbedderProvider(_model_loader(settings))
     app.add_middleware(BodySizeLimit, max_bytes=body_limit(settings))

@@ -103,12 +103,12 @@ def search(image_path: Path | None, isic_id: str | None, mode: str, attributes: 
             raise click.ClickException(f"{image_path}: {exc}") from None
 
     def load_model():  # noqa: ANN202 - only when the query needs it
-        from dermground.platform.embed import Embedder
         from dermground.platform.model.loading import BackboneError, load_backbone_from_settings
+        from dermground.platform.search_embedder import search_embedder
         from dermground.platform.search_request import ModelUnavailableError
 
         try:
-            return Embedder(load_backbone_from_settings(settings))
+            return search_embedder(load_backbone_from_settings(settings), settings.search_embed_batch)
         except BackboneError as exc:
             raise ModelUnavailableError(str(exc)) from None
 
