@@ -113,7 +113,8 @@ def hierarchical(backbone, payloads: list[dict[str, object]], search_batch: str,
         times["model"].append(seconds)
     cosine = float(((old * new).sum(1) / np.linalg.norm(old, axis=1) / np.linalg.norm(new, axis=1)).min())
     best = {name: min(values) for name, values in times.items()}
-    return {"b": len(payloads), "batch_size": chosen.batch_size, "suffix_batch": chosen.suffix_batch,
+    return {"b": len(payloads), "batch_size": chosen.batch_size, "max_patches": chosen.max_patches,
+            "suffix_batch": chosen.suffix_batch,
             "probe_s": probe_s, "serial_s": best["serial"], "overlapped_s": best["overlapped"],
             "model_alone_s": best["model"], "read_prepare_serial_s": read_s,
             "speedup": best["serial"] / best["overlapped"], "min_cosine": cosine, "peak_gib": peak, "rounds": times}
@@ -207,7 +208,8 @@ def main() -> None:
             row["hierarchical"] = hier
             print(f"{shape}: hierarchical query (b={hier['b']}, 1 question, {args.candidate_size} JPEG files): serial "
                   f"{hier['serial_s']:.2f} s (read one by one, 4 a pass) -> overlapped {hier['overlapped_s']:.2f} s "
-                  f"({hier['batch_size']} a pass, search_batch={args.search_batch}), x{hier['speedup']:.2f}; "
+                  f"(at most {hier['batch_size']} images and {hier['max_patches']} patches a pass, "
+                  f"search_batch={args.search_batch}), x{hier['speedup']:.2f}; "
                   f"model alone on prepared candidates {hier['model_alone_s']:.2f} s; reading + preparing serially "
                   f"{hier['read_prepare_serial_s']:.2f} s; sizing {hier['probe_s']:.2f} s; min cosine "
                   f"{hier['min_cosine']:.5f}; peak {hier['peak_gib']:.1f} GiB", flush=True)

@@ -10,8 +10,10 @@ that work (PIL's decode and resize and numpy's arithmetic release the GIL) while
 thread runs the model on the batch before: batch k+1 is prepared while batch k is embedded, and at
 most two batches of prepared images (4.8 MB an image at 448 px) are held at once.
 
-Batches hold at most the Embedder's `batch_size` images (sized for the device:
-platform/search_embedder.py), as few passes as that allows, evenly filled. The model lock (EmbedderProvider.run) is taken per batch,
+Batches hold at most the Embedder's `batch_size` images, as few as that allows, evenly filled;
+the Embedder splits a batch further into passes within its patch budget (both sized for the
+device: platform/search_embedder.py). A batch that still runs out of GPU memory is halved and
+retried, so a query never fails for its size. The model lock (EmbedderProvider.run) is taken per batch,
 so a long query does not hold off other requests for its whole length. Light on purpose (no store,
 no Ray): benchmarks/gpu_embed.py times it on a device that has only the model code.
 """
@@ -113,7 +115,20 @@ def embed_candidates(provider: EmbedderProvider, payloads: Sequence[Mapping[str,
 
     def embed(batch: list[tuple[int, PreparedImage]]) -> None:
         prepared = [p for _, p in batch]
-        result = provider.run(lambda e: e.embed_prepared(prepared, list(attributes), include_image=False))
+        try:
+            result = provider.run(lambda e: e.embed_prepared(prepared, list(attributes), include_image=False))
+        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; torch is loaded by now
+            if "out of memory" not in str(exc).lower() or len(batch) == 1:
+                raise
+            import torch
+
+            torch.cuda.empty_cache()
+            log.warning("hierarchical search: %d candidates ran out of GPU memory in one pass; halving it "
+                        "(lower DERMGROUND_SEARCH_EMBED_BATCH to avoid the retry)", len(batch))
+            half = len(batch) // 2
+            embed(batch[:half])
+            embed(batch[half:])
+            return
         for row, (position, _) in enumerate(batch):
             found.vectors[position] = {vector_names[a]: result.h_im_a[a][row]  # type: ignore[attr-defined]
                                        for a in attributes}

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dermground.platform.attributes import Attribute, get_attribute, resolve_attributes
-from dermground.platform.model.image_inputs import PreparedImage, prepare_pixels, rgb_images
+from dermground.platform.model.image_inputs import PreparedImage, passes_within, prepare_pixels, rgb_images
 from dermground.platform.model.loading import Backbone
 from dermground.platform.model.prompts import build_prompt, image_prefix
 from dermground.platform.model.shared_prefix import (
@@ -51,15 +51,22 @@ class Embedder:
     """Computes h_im and h_im_a for batches of images with one backbone.
 
     batch_size = images per prefix pass; suffix_batch = question rows per suffix pass (on a
-    2-core CPU very large batches were slower than moderate ones: see docs/BENCHMARKS.md).
+    2-core CPU very large batches were slower than moderate ones: see docs/BENCHMARKS.md);
+    max_patches = at most this many image patches per prefix pass (None: no limit), so that a
+    batch sized for the card's memory holds many small images or few large ones
+    (platform/search_embedder.py measures it on a GPU).
     """
 
-    def __init__(self, backbone: Backbone, batch_size: int = 4, suffix_batch: int = 64) -> None:
+    def __init__(self, backbone: Backbone, batch_size: int = 4, suffix_batch: int = 64,
+                 max_patches: int | None = None) -> None:
         if batch_size < 1 or suffix_batch < 1:
             raise ValueError("batch_size and suffix_batch must be >= 1")
+        if max_patches is not None and max_patches < 1:
+            raise ValueError("max_patches must be >= 1 (or None)")
         self.backbone = backbone
         self.batch_size = batch_size
         self.suffix_batch = suffix_batch
+        self.max_patches = max_patches
         self._suffix_ids: dict[str, list[int]] = {}
 
     @property
@@ -83,8 +90,10 @@ class Embedder:
         h_im: list[torch.Tensor] = []
         h_im_a: dict[str, list[torch.Tensor]] = {a.name: [] for a in attrs}
         with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                chunk = self._prepared(images[start : start + self.batch_size])
+            chunks = (chunk for start in range(0, len(images), self.batch_size)
+                      for chunk in passes_within(self._prepared(images[start : start + self.batch_size]),
+                                                 self.max_patches))
+            for chunk in chunks:
                 state = encode_prepared_prefix(self.backbone, chunk, use_cache=bool(attrs),
                                                apply_rope_delta=apply_rope_delta)
                 if include_image:

@@ -97,8 +97,8 @@ class Settings(BaseSettings):
     # its last compaction (platform/catalog_compact.py; 0 = never: `dermground catalog compact`).
     catalog_auto_compact_files: int = Field(64, ge=0)
     # Images per model pass when search re-embeds candidates (hierarchical mode) and embeds queries
-    # (platform/search_embedder.py): "auto" measures it on a GPU from the model's memory per image
-    # and the card's free memory; on a CPU it is 4.
+    # (platform/search_embedder.py): "auto" measures on a GPU the model's memory per image patch
+    # and fills passes within 80% of the card's free memory (at most 64 images); on a CPU it is 4.
     search_embed_batch: int | Literal["auto"] = "auto"
 
     @field_validator("home", mode="after")

@@ -1,17 +1,17 @@
-"""Search's embedder batch (platform/search_embedder.py, DERMGROUND_SEARCH_EMBED_BATCH): the sizing
-arithmetic, the CPU default, a fixed setting, and the setting's validation."""
+"""Search's embedder passes (platform/search_embedder.py, DERMGROUND_SEARCH_EMBED_BATCH): the patch
+budget's arithmetic, passes within it, the CPU default, a fixed setting, and the setting's validation."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from dermground.platform.model.processor import Qwen2VLImageProcessorPil, fixed_size_image_processor
+from dermground.platform.model.image_inputs import PreparedImage, passes_within, patch_count
 from dermground.platform.search_embedder import (
     CPU_BATCH,
-    PROBE_MAX_PIXELS,
     MemoryProbe,
-    fitting_batch_size,
-    probe_image,
+    fitting_patch_budget,
     probe_memory,
     search_embedder,
 )
@@ -20,50 +20,68 @@ from dermground.platform.settings import SettingsError, load_settings
 MiB = 2**20
 
 
-def test_fitting_batch_size_is_the_largest_batch_within_the_fraction() -> None:
-    # 0.8 x 1000 = 800 bytes; 100 fixed; 70 an image -> 10 images (800 - 100 = 700).
-    assert fitting_batch_size(1000, 70, 100, cap=64, fraction=0.8) == 10
-    assert fitting_batch_size(1000, 71, 100, cap=64, fraction=0.8) == 9
-    # An 80 GB card, 2 GB fixed, 900 MB an image: 68 fit, the cap is 64.
-    assert fitting_batch_size(80_000 * MiB, 900 * MiB, 2_000 * MiB, cap=64) == 64
-    assert fitting_batch_size(80_000 * MiB, 900 * MiB, 2_000 * MiB, cap=1000) == (64_000 - 2_000) // 900
+def prepared(patches: int) -> PreparedImage:
+    """A prepared image of `patches` patches in one row (the content does not matter here)."""
+    return PreparedImage(np.zeros((patches, 8), dtype=np.float32), (1, 1, patches))
 
 
-@pytest.mark.parametrize(("free", "per_image", "fixed", "cap", "expected"), [
-    (0, 100, 0, 64, 1),             # no memory at all: still one image at a time
-    (1000, 100, 5000, 64, 1),       # the fixed part alone does not fit
-    (1000, 10_000, 0, 64, 1),       # not even one image fits
-    (10**12, 100, 0, 64, 64),       # plenty of memory: the cap
-    (10**12, 100, 0, 3, 3),         # b = 3 candidates: never a larger batch than there are
-    (1000, 0, 0, 16, 16),           # an image adds nothing measurable: the cap
-    (-5, 100, -5, 8, 1),            # nonsense readings never give less than 1
+def test_the_patch_budget_is_the_most_patches_within_the_fraction() -> None:
+    # 0.8 x 1000 = 800 bytes; 100 fixed; 0.7 a patch -> 1000 patches (800 - 100 = 700).
+    assert fitting_patch_budget(1000, 0.7, 100, fraction=0.8) == 1000
+    assert fitting_patch_budget(1000, 0.71, 100, fraction=0.8) == 985
+    # An 80 GB card, 2 GB fixed, 0.9 MiB a patch: 62,000 MiB / 0.9 = 68,888 patches, i.e. about
+    # 67 images of 1,024 patches (448 px) or 688 SLICE-3D crops of 100.
+    assert fitting_patch_budget(80_000 * MiB, 0.9 * MiB, 2_000 * MiB) == 68_888
+
+
+@pytest.mark.parametrize(("free", "per_patch", "fixed", "expected"), [
+    (0, 100, 0, 0),             # no memory at all: the Embedder still runs one image a pass
+    (1000, 100, 5000, 0),       # the fixed part alone does not fit
+    (1000, 0, 0, None),         # a patch adds nothing measurable: no limit
+    (-5, 100, -5, 0),           # nonsense readings never give less than 0
 ])
-def test_fitting_batch_size_edges(free, per_image, fixed, cap, expected) -> None:
-    assert fitting_batch_size(free, per_image, fixed, cap) == expected
+def test_the_patch_budget_edges(free, per_patch, fixed, expected) -> None:
+    assert fitting_patch_budget(free, per_patch, fixed) == expected
 
 
-def test_fitting_batch_size_refuses_a_bad_cap_or_fraction() -> None:
-    with pytest.raises(ValueError, match="cap"):
-        fitting_batch_size(1000, 10, 0, cap=0)
+def test_the_patch_budget_refuses_a_bad_fraction() -> None:
     with pytest.raises(ValueError, match="fraction"):
-        fitting_batch_size(1000, 10, 0, cap=4, fraction=1.5)
+        fitting_patch_budget(1000, 10, 0, fraction=1.5)
 
 
-def test_memory_probe_batch_size_uses_the_arithmetic() -> None:
-    probe = MemoryProbe(per_image_bytes=100, fixed_bytes=100, free_bytes=1000)
-    assert probe.batch_size(cap=64) == 7 and probe.batch_size(cap=5) == 5
+def test_memory_probe_budget_uses_the_arithmetic() -> None:
+    probe = MemoryProbe(per_patch_bytes=0.5, fixed_bytes=100, free_bytes=1000, probe_patches=64)
+    assert probe.patch_budget() == 1400
 
 
-def test_probe_image_is_as_large_as_a_candidate_can_reach_the_model() -> None:
-    assert probe_image(fixed_size_image_processor(112)).size == (112, 112)
-    # Qwen's published processor allows 12.8 MP; the image gate hands on less than PROBE_MAX_PIXELS.
-    side = probe_image(Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12_845_056)).size[0]
-    assert side * side <= PROBE_MAX_PIXELS and (side + 1) ** 2 > PROBE_MAX_PIXELS
+def test_passes_hold_at_most_the_budget_of_patches_and_a_large_image_gets_its_own() -> None:
+    images = [prepared(n) for n in (4, 4, 4, 16, 4, 2)]
+    assert [[patch_count(i) for i in p] for p in passes_within(images, 8)] == [[4, 4], [4], [16], [4, 2]]
+    assert [[patch_count(i) for i in p] for p in passes_within(images, None)] == [[4, 4, 4, 16, 4, 2]]
+    assert passes_within([], 8) == []
+
+
+def test_an_embedder_with_a_patch_budget_gives_the_same_vectors(tiny_backbone) -> None:
+    from dermground.platform.embed import Embedder
+    from dermground.platform.model.image_inputs import prepare_pixels
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, 112, 3), dtype=np.uint8)) for h in (112, 168, 112, 224, 112)]
+    ready = prepare_pixels(tiny_backbone.processor.image_processor, images)
+    sizes = [patch_count(p) for p in ready]
+    whole = Embedder(tiny_backbone, batch_size=5, suffix_batch=80).embed_prepared(ready, ["A"])
+    budget = max(sizes)  # several passes, each within one large image's patches
+    split = Embedder(tiny_backbone, batch_size=5, suffix_batch=80, max_patches=budget).embed_prepared(ready, ["A"])
+    assert len(passes_within(ready, budget)) >= 3
+    np.testing.assert_allclose(split.h_im, whole.h_im, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(split.h_im_a["A"], whole.h_im_a["A"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="max_patches"):
+        Embedder(tiny_backbone, max_patches=0)
 
 
 def test_cpu_auto_keeps_the_default_and_an_integer_is_used_as_given(tiny_backbone) -> None:
     auto = search_embedder(tiny_backbone, "auto")
-    assert (auto.batch_size, auto.suffix_batch) == (CPU_BATCH, 16 * CPU_BATCH)
+    assert (auto.batch_size, auto.suffix_batch, auto.max_patches) == (CPU_BATCH, 16 * CPU_BATCH, None)
     fixed = search_embedder(tiny_backbone, 3)
     assert (fixed.batch_size, fixed.suffix_batch) == (3, 48)
 
@@ -88,5 +106,6 @@ def test_probe_on_cuda_measures_memory_per_image(tiny_model_dir) -> None:
 
     backbone = load_backbone(tiny_model_dir, device="cuda", dtype="float32")
     probe = probe_memory(backbone)
-    assert probe.per_image_bytes > 0 and probe.free_bytes > 0
-    assert 1 <= search_embedder(backbone, "auto").batch_size <= 64
+    assert probe.per_patch_bytes > 0 and probe.free_bytes > 0 and probe.probe_patches > 0
+    embedder = search_embedder(backbone, "auto")
+    assert embedder.batch_size == 64 and embedder.max_patches is not None and embedder.max_patches >= 1

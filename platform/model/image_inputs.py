@@ -52,3 +52,34 @@ def prepare_pixels(image_processor: Qwen2VLImageProcessorPil, images: Sequence[I
     bounds = np.cumsum([0, *(int(np.prod(g)) for g in grids)])
     return [PreparedImage(pixels[bounds[i]:bounds[i + 1]], (int(g[0]), int(g[1]), int(g[2])))
             for i, g in enumerate(grids)]
+
+
+def patch_count(image: PreparedImage) -> int:
+    """Patches the vision tower attends over for this image (t x h x w)."""
+    return int(np.prod(image.grid_thw))
+
+
+def passes_within(images: Sequence[PreparedImage], max_patches: int | None) -> list[list[PreparedImage]]:
+    """Consecutive images grouped into model passes of at most `max_patches` patches together.
+
+    A pass's memory grows with its patches (vision activations, and the decoder's image tokens
+    and their cache), not with its image count: a budget in patches lets many small images share a
+    pass that would fit only a few large ones. An image above the budget on its own gets a pass
+    to itself; None = one pass for everything.
+    """
+    if max_patches is None:
+        return [list(images)] if images else []
+    passes: list[list[PreparedImage]] = []
+    current: list[PreparedImage] = []
+    used = 0
+    for image in images:
+        patches = patch_count(image)
+        if current and used + patches > max_patches:
+            passes.append(current)
+            current, used = [], 0
+        current.append(image)
+        used += patches
+    if current:
+        passes.append(current)
+    return passes
+
