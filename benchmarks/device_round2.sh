@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue #25 items 4-6 on a lent GPU, in one command of about 7 minutes (H100/H200).
+# Issue #25 items 4-6 on a lent GPU, in one command of about 6-8 minutes (H100/H200; the steps' limits add
+# up to 520 s, inside one call's 600).
 #
 # Here first (PyPI is reachable here, not there):   bash benchmarks/device_wheels.sh
 # Then the device tool's run:  command "bash benchmarks/device_round2.sh", carry [".whl"], timeout_s 600.
@@ -45,22 +46,22 @@ step() {  # step NAME SECONDS COMMAND...: run it under a limit, output to $OUT/N
 
 if [ "${SMOKE:-0}" = 1 ]; then
     vision=(--depth 1 --images 2 --image-size 112 --rounds 1)
-    embed=(--shapes 2b --max-layers 1 --image-size 112 --images 4 --b 4 --configs 2:32 --naive-images 1)
+    embed=(--shapes 2b --max-layers 1 --image-size 112 --images 4 --b 4 --configs 2:32 --parts ingest,ready,hierarchical)
     train=(--runs 2b:112:2:bf16 --max-layers 1 --steps 1 --warmup 0)
     prep=(--images 2 --sizes 133x133)
 else
     vision=(--depth 32 --images 16 --rounds 3)
-    embed=(--shapes 2b --images 64 --b 200 --configs 16:256,32:512)
-    train=(--runs 7b:448:16:bf16 --checkpointing --steps 5 --warmup 2 --budget-s 150)
+    embed=(--shapes 2b --images 64 --b 200 --configs 16:256,32:512 --parts ingest,ready,hierarchical)
+    train=(--runs 7b:448:16:bf16 --checkpointing --steps 5 --warmup 2 --budget-s 120)
     prep=(--images 20 --sizes 133x133,600x450,1024x768)
 fi
 for s in ${STEPS:-vision embed train prep}; do
     case $s in
-        vision) step vision 120 "$PY" vision_attention.py "${vision[@]}" ;;
-        embed) step embed 200 "$PY" gpu_embed.py "${embed[@]}" --vision-attention both --json "$OUT/gpu_embed.json" ;;
-        train) step train 200 "$PY" gpu_train_step.py "${train[@]}" --vision-attention both \
+        vision) step vision 90 "$PY" vision_attention.py "${vision[@]}" ;;
+        embed) step embed 220 "$PY" gpu_embed.py "${embed[@]}" --vision-attention both --json "$OUT/gpu_embed.json" ;;
+        train) step train 170 "$PY" gpu_train_step.py "${train[@]}" --vision-attention both \
                    --json "$OUT/gpu_train_step.json" ;;
-        prep) step prep 60 "$PY" prep.py "${prep[@]}" ;;
+        prep) step prep 40 "$PY" prep.py "${prep[@]}" ;;
         *) echo "unknown step $s (vision, embed, train, prep)" ;;
     esac
 done

@@ -15,6 +15,8 @@ benchmarks/gpu_train_step.py), wraps it in the product's Backbone and runs the p
                 candidates already prepared (the floor the overlap approaches)
   ready         the best ingest configuration fed images already cut into patches, as ingest's CPU
                 stage feeds its actors (platform/model/patch_recipe.py): the model's share alone
+Each part runs per --vision-attention mode (batched over a batch's images as the product loads the
+model, transformers' per-image loop, or both on the same weights).
 Prints images/s, seconds per hierarchical query and peak memory; DEPLOY.md's computed GPU-hours
 table is the thing these replace. Imports only the model code (no Ray, no store).
 
@@ -125,6 +127,7 @@ def main() -> None:
 
     from dermground.platform.embed import Embedder
     from dermground.platform.model.patch_recipe import PatchRecipe
+    from dermground.platform.model.vision_attention import batch_vision_attention, unbatch_vision_attention
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="2b,7b", help="2b, 7b (published sizes) or tiny, small (presets)")
@@ -142,9 +145,13 @@ def main() -> None:
                         help="auto: bfloat16 on CUDA, float32 on a CPU (as the product loads)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch's CPU threads (default: torch's own choice, all cores)")
+    parser.add_argument("--vision-attention", choices=("batched", "per_image", "both"), default="batched",
+                        help="the vision tower's attention: batched over a batch's images (the product's), "
+                             "transformers' loop over images, or each in turn on the same weights")
     parser.add_argument("--max-layers", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    modes = ("batched", "per_image") if args.vision_attention == "both" else (args.vision_attention,)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     parts = set(args.parts.split(","))
@@ -168,53 +175,56 @@ def main() -> None:
     results = []
     for shape in args.shapes.split(","):
         backbone = build_backbone(shape, args.image_size, device, args.max_layers, dtype)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        Embedder(backbone, 4, 64).embed(images[:4])  # warm-up
-        row: dict = {"shape": shape}
-        embedder = Embedder(backbone, 16, 256)
-        if "ingest" in parts:
-            ingest = {}
-            for pair in args.configs.split(","):
-                batch_size, suffix_batch = (int(x) for x in pair.split(":"))
-                seconds, _ = timed(lambda: Embedder(backbone, batch_size, suffix_batch).embed(images[:args.images]),
-                                   sync)
-                ingest[pair] = args.images / seconds
-                print(f"{shape} ingest batch_size={batch_size} suffix_batch={suffix_batch}: "
-                      f"{ingest[pair]:.1f} images/s", flush=True)
-            best = max(ingest, key=ingest.get)
-            embedder = Embedder(backbone, *(int(x) for x in best.split(":")))
-            row |= {"ingest_images_per_s": ingest, "best": best}
-            print(f"{shape}: best {best} {ingest[best]:.1f} images/s (16 h_im_a + h_im each)", flush=True)
-        if "naive" in parts:
-            few = images[:args.naive_images]
-            shared_s, shared = timed(lambda: embedder.embed(few), sync)
-            naive_s, naive = timed(lambda: embedder.embed_reference(few), sync)
-            row |= {"naive_s_per_image": naive_s / len(few), "shared_s_per_image": shared_s / len(few),
-                    "speedup": naive_s / shared_s, "min_cosine": min_cosine(shared, naive)}
-            print(f"{shape}: naive 17 passes {row['naive_s_per_image']:.3f} s/image vs shared "
-                  f"{row['shared_s_per_image']:.3f} ({row['speedup']:.1f}x), min cosine {row['min_cosine']:.4f}",
-                  flush=True)
-        if "ready" in parts:
-            recipe = PatchRecipe.from_image_processor(backbone.processor.image_processor)
-            prepared = [recipe.prepare(image) for image in images[:args.images]]
-            plain_s, _ = timed(lambda: embedder.embed(images[:args.images]), sync)
-            ready_s, _ = timed(lambda: embedder.embed_prepared(prepared), sync)
-            row |= {"ready_tensors_images_per_s": args.images / ready_s, "images_in_images_per_s": args.images / plain_s}
-            print(f"{shape}: fed ready tensors (the CPU stage's output) {args.images / ready_s:.1f} images/s, "
-                  f"x{plain_s / ready_s:.2f} of images in ({args.images / plain_s:.1f} images/s)", flush=True)
-        if "hierarchical" in parts:
-            hier = hierarchical(backbone, payloads, args.search_batch, args.rounds, sync)
-            row["hierarchical"] = hier
-            print(f"{shape}: hierarchical query (b={hier['b']}, 1 question, {args.candidate_size} JPEG files): serial "
-                  f"{hier['serial_s']:.2f} s (read one by one, 4 a pass) -> overlapped {hier['overlapped_s']:.2f} s "
-                  f"(at most {hier['batch_size']} images and {hier['max_patches']} patches a pass, "
-                  f"search_batch={args.search_batch}), x{hier['speedup']:.2f}; "
-                  f"model alone on prepared candidates {hier['model_alone_s']:.2f} s; reading + preparing serially "
-                  f"{hier['read_prepare_serial_s']:.2f} s; sizing {hier['probe_s']:.2f} s; min cosine "
-                  f"{hier['min_cosine']:.5f}; peak {hier['peak_gib']:.1f} GiB", flush=True)
-        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
-        results.append(row)
+        for mode in modes:
+            (batch_vision_attention if mode == "batched" else unbatch_vision_attention)(backbone.model)
+            label = f"{shape} ({mode} vision attention)"
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            Embedder(backbone, 4, 64).embed(images[:4])  # warm-up
+            row: dict = {"shape": shape, "vision_attention": mode}
+            embedder = Embedder(backbone, 16, 256)
+            if "ingest" in parts:
+                ingest = {}
+                for pair in args.configs.split(","):
+                    batch_size, suffix_batch = (int(x) for x in pair.split(":"))
+                    seconds, _ = timed(lambda: Embedder(backbone, batch_size, suffix_batch).embed(images[:args.images]),
+                                       sync)
+                    ingest[pair] = args.images / seconds
+                    print(f"{label} ingest batch_size={batch_size} suffix_batch={suffix_batch}: "
+                          f"{ingest[pair]:.1f} images/s", flush=True)
+                best = max(ingest, key=ingest.get)
+                embedder = Embedder(backbone, *(int(x) for x in best.split(":")))
+                row |= {"ingest_images_per_s": ingest, "best": best}
+                print(f"{label}: best {best} {ingest[best]:.1f} images/s (16 h_im_a + h_im each)", flush=True)
+            if "naive" in parts:
+                few = images[:args.naive_images]
+                shared_s, shared = timed(lambda: embedder.embed(few), sync)
+                naive_s, naive = timed(lambda: embedder.embed_reference(few), sync)
+                row |= {"naive_s_per_image": naive_s / len(few), "shared_s_per_image": shared_s / len(few),
+                        "speedup": naive_s / shared_s, "min_cosine": min_cosine(shared, naive)}
+                print(f"{label}: naive 17 passes {row['naive_s_per_image']:.3f} s/image vs shared "
+                      f"{row['shared_s_per_image']:.3f} ({row['speedup']:.1f}x), min cosine {row['min_cosine']:.4f}",
+                      flush=True)
+            if "ready" in parts:
+                recipe = PatchRecipe.from_image_processor(backbone.processor.image_processor)
+                prepared = [recipe.prepare(image) for image in images[:args.images]]
+                plain_s, _ = timed(lambda: embedder.embed(images[:args.images]), sync)
+                ready_s, _ = timed(lambda: embedder.embed_prepared(prepared), sync)
+                row |= {"ready_tensors_images_per_s": args.images / ready_s, "images_in_images_per_s": args.images / plain_s}
+                print(f"{label}: fed ready tensors (the CPU stage's output) {args.images / ready_s:.1f} images/s, "
+                      f"x{plain_s / ready_s:.2f} of images in ({args.images / plain_s:.1f} images/s)", flush=True)
+            if "hierarchical" in parts:
+                hier = hierarchical(backbone, payloads, args.search_batch, args.rounds, sync)
+                row["hierarchical"] = hier
+                print(f"{label}: hierarchical query (b={hier['b']}, 1 question, {args.candidate_size} JPEG files): serial "
+                      f"{hier['serial_s']:.2f} s (read one by one, 4 a pass) -> overlapped {hier['overlapped_s']:.2f} s "
+                      f"(at most {hier['batch_size']} images and {hier['max_patches']} patches a pass, "
+                      f"search_batch={args.search_batch}), x{hier['speedup']:.2f}; "
+                      f"model alone on prepared candidates {hier['model_alone_s']:.2f} s; reading + preparing serially "
+                      f"{hier['read_prepare_serial_s']:.2f} s; sizing {hier['probe_s']:.2f} s; min cosine "
+                      f"{hier['min_cosine']:.5f}; peak {hier['peak_gib']:.1f} GiB", flush=True)
+            row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
+            results.append(row)
         del backbone, embedder
         if cuda:
             torch.cuda.empty_cache()
