@@ -117,12 +117,13 @@ def embed_candidates(provider: EmbedderProvider, payloads: Sequence[Mapping[str,
         prepared = [p for _, p in batch]
         try:
             result = provider.run(lambda e: e.embed_prepared(prepared, list(attributes), include_image=False))
-        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; torch is loaded by now
-            if "out of memory" not in str(exc).lower() or len(batch) == 1:
-                raise
-            import torch
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            import torch  # loaded with the model by now
 
-            torch.cuda.empty_cache()
+            if not isinstance(exc, torch.OutOfMemoryError) or len(batch) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             log.warning("hierarchical search: %d candidates ran out of GPU memory in one pass; halving it "
                         "(lower DERMGROUND_SEARCH_EMBED_BATCH to avoid the retry)", len(batch))
             half = len(batch) // 2

@@ -151,6 +151,23 @@ def test_predict_returns_16_answers(client, jpeg) -> None:
     assert all((a["spread"] is None) == (a["value"] is None) for a in answers)
 
 
+def test_a_request_the_gpu_cannot_hold_gets_503_with_retry_after(client, jpeg, tiny_backbone) -> None:
+    import torch
+
+    def out_of_memory(_module, _args) -> None:  # the card has no room left for this request
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    hook = tiny_backbone.core.model.visual.register_forward_pre_hook(out_of_memory)
+    try:
+        response = client.post("/predict", headers=R, files={"file": ("q.jpg", jpeg, "image/jpeg")})
+    finally:
+        hook.remove()
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5" and "GPU memory" in response.json()["detail"]
+    _no_traceback(response)
+    assert client.post("/predict", headers=R, files={"file": ("q.jpg", jpeg, "image/jpeg")}).status_code == 200
+
+
 def _bad_requests(jpeg: bytes, ids: list[str]):
     b64 = base64.b64encode(jpeg).decode()
     big = _png(1200, 1000)  # 1.2 M pixels: small file, over the pixel limit

@@ -91,3 +91,45 @@ def test_read_point_image_names_the_point_and_the_reason(tmp_path) -> None:
         read_point_image({"isic_id": "ISIC_X", "image_ref": str(tmp_path / "missing.jpg")}, DEFAULT_MAX_PIXELS)
     with pytest.raises(UnreadableCandidate, match="no image_ref"):
         read_point_image({"isic_id": "ISIC_X"}, DEFAULT_MAX_PIXELS)
+
+
+
+def _device_holding(images: int | None, backbone):  # noqa: ANN001, ANN202
+    """A pre-hook on the vision tower that raises torch's out-of-memory error for a pass of more than
+    `images` images (None: for every pass), as a card with that little free memory would."""
+    import torch
+
+    def check(_module, args, kwargs) -> None:  # noqa: ANN001
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        if images is None or (grid is not None and len(grid) > images):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    return backbone.core.model.visual.register_forward_pre_hook(check, with_kwargs=True)
+
+
+def test_a_pass_that_runs_out_of_device_memory_is_halved_until_it_fits(tiny_backbone, payloads, serial,
+                                                                       caplog) -> None:
+    provider = EmbedderProvider.of(Embedder(tiny_backbone, 8, 128))  # one batch of 7: 7 -> 3 + 4 -> 1 + 2, 2 + 2
+    hook = _device_holding(2, tiny_backbone)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dermground.search"):
+            found = embed_candidates(provider, payloads, ATTRIBUTES, max_pixels=DEFAULT_MAX_PIXELS)
+    finally:
+        hook.remove()
+    assert sorted(found.vectors) == list(range(N)) and found.skipped == []
+    assert caplog.text.count("ran out of GPU memory") == 3  # the passes of 7, 3 and 4 were halved
+    for name in ATTRIBUTES:
+        new = np.stack([found.vectors[i][f"q_{name}"] for i in range(N)])
+        np.testing.assert_allclose(new, serial[name], rtol=0, atol=1e-5)
+
+
+def test_one_image_that_does_not_fit_is_not_retried(tiny_backbone, payloads) -> None:
+    import torch
+
+    hook = _device_holding(None, tiny_backbone)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            embed_candidates(EmbedderProvider.of(Embedder(tiny_backbone, 8, 128)), payloads[:1], ATTRIBUTES,
+                             max_pixels=DEFAULT_MAX_PIXELS, workers=1)
+    finally:
+        hook.remove()

@@ -210,6 +210,19 @@ def client(search_collection, tiny_backbone):
         yield test_client
 
 
+def test_a_runtime_error_other_than_a_full_gpu_is_a_500_naming_an_error_id(client, tiny_backbone) -> None:
+    def broken(_module, _args) -> None:
+        raise RuntimeError("a bug, not a full card")
+
+    hook = tiny_backbone.core.model.visual.register_forward_pre_hook(broken)
+    try:
+        response = client.post("/predict", headers=READ, files={"file": ("q.png", _png((64, 64), "RGB"), "image/png")})
+    finally:
+        hook.remove()
+    assert response.status_code == 500 and "internal error (id " in response.json()["detail"]
+    assert "a bug" not in response.text  # the cause stays in the server log
+
+
 def _assert_error_body(response, status: int, rule: str | None = None) -> None:
     assert response.status_code == status, response.text
     body = ErrorBody.model_validate(response.json())

@@ -96,6 +96,12 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
     return app
 
 
+def _device_out_of_memory(exc: Exception) -> bool:
+    """torch's out-of-memory error (checked by name: the API imports torch only with the model)."""
+    return any(cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch")
+               for cls in type(exc).__mro__)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -107,6 +113,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_content(exc), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RuntimeError)  # torch.OutOfMemoryError is one (torch is imported with the model only)
+    async def device_out_of_memory(request: Request, exc: RuntimeError) -> JSONResponse:
+        if not _device_out_of_memory(exc):
+            raise exc  # any other RuntimeError: the 500 handler below, as before
+        # The request was too much for the GPU's free memory now (others' requests hold some):
+        # the server is fine and a retry may fit; not the client's fault, so not a 4xx.
+        log.warning("%s %s ran out of GPU memory: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "the model ran out of GPU memory on this request; retry in a moment, "
+                                       "or ask for fewer candidates (b)"},
+                            status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
