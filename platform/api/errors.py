@@ -60,7 +60,8 @@ _REASONS = {
     422: "The request or the image fails validation (the body names the field or the rule)",
     429: "Too much model work in flight for this client: retry after Retry-After seconds",
     500: "Internal error (the body carries an id for the server log)",
-    503: "The vector store or the model is not available, the GPU has no room for the request now, or the server is at its connection limit",
+    503: "The vector store or the model is not available, the GPU has no room for the request now, "
+         "or the server is at its connection limit",
 }
 # Statuses every operation can answer: the body-size and body-time limits act before routing.
 _COMMON = (400, 408, 413, 422, 500)
