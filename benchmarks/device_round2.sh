@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Issue #25 items 4-6 on a lent GPU, in one command of about 6-8 minutes (H100/H200; the steps' limits add
-# up to 520 s, inside one call's 600).
+# up to 540 s, inside one call's 600).
 #
 # Here first (PyPI is reachable here, not there):   bash benchmarks/device_wheels.sh
 # Then the device tool's run:  command "bash benchmarks/device_round2.sh", carry [".whl"], timeout_s 600.
 # Each step has its own time limit and writes its output under $OUT, so a step that runs long
-# costs only itself. STEPS="vision embed train prep" picks steps (default: all, in that order).
+# costs only itself. STEPS="tests vision embed train prep" picks steps (default: all, in that order).
 # SMOKE=1 runs every step at toy sizes: a check of the plumbing on a CPU, here, before spending
 # device time (PY=.venv/bin/python SMOKE=1 bash benchmarks/device_round2.sh).
 #
+#   tests   the tests that have a GPU branch: the search probe on CUDA, batched vision attention
 #   vision  benchmarks/vision_attention.py: the published vision towers (32 blocks, bf16, 16 images
 #           at 448 px), stock attention (a loop over images) against the batched one (items 4, 6)
 #   embed   benchmarks/gpu_embed.py at the 2B's shapes: ingest rate fed ready tensors, batched and
@@ -52,16 +53,18 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
     vision=(--depth 32 --images 16 --rounds 3)
     embed=(--shapes 2b --images 64 --b 200 --configs 16:256,32:512 --parts ingest,ready,hierarchical)
-    train=(--runs 7b:448:16:bf16 --checkpointing --steps 5 --warmup 2 --budget-s 120)
+    train=(--runs 7b:448:16:bf16 --checkpointing --steps 5 --warmup 2 --budget-s 100)
     prep=(--images 20 --sizes 133x133,600x450,1024x768)
 fi
-for s in ${STEPS:-vision embed train prep}; do
+for s in ${STEPS:-tests vision embed train prep}; do
     case $s in
+        tests) (cd "$ROOT" && step tests 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_search_embedder.py \
+                    tests/test_vision_attention.py) ;;
         vision) step vision 90 "$PY" vision_attention.py "${vision[@]}" ;;
-        embed) step embed 220 "$PY" gpu_embed.py "${embed[@]}" --vision-attention both --json "$OUT/gpu_embed.json" ;;
-        train) step train 170 "$PY" gpu_train_step.py "${train[@]}" --vision-attention both \
+        embed) step embed 200 "$PY" gpu_embed.py "${embed[@]}" --vision-attention both --json "$OUT/gpu_embed.json" ;;
+        train) step train 150 "$PY" gpu_train_step.py "${train[@]}" --vision-attention both \
                    --json "$OUT/gpu_train_step.json" ;;
         prep) step prep 40 "$PY" prep.py "${prep[@]}" ;;
-        *) echo "unknown step $s (vision, embed, train, prep)" ;;
+        *) echo "unknown step $s (tests, vision, embed, train, prep)" ;;
     esac
 done
