@@ -3,9 +3,10 @@
 Input batch columns: what ingest/image_prep.py's CPU stage emits (`isic_id`, `part`, `error`,
 `pixel_values`, `grid_thw`). Output columns: the same ids, `error` ("" when embedded, else why
 the image was rejected), `vectors`, float32 [n, len(VECTOR_NAMES), d] in VECTOR_NAMES order
-(zeros on rejected rows), and `actor` / `model_seconds`: which actor embedded the row and its
-share of the seconds the batch spent in the model, from which the driver reports how busy the
-model (the GPU, when an actor has one) was kept. A bad image is data, not a failure: it becomes an `error` row the
+(zeros on rejected rows), and `actor` / `model_seconds` / `batch_finished`: which actor embedded
+the row, its share of the seconds the batch spent in the model and when (epoch seconds, the
+actor's clock) that model call ended, from which the driver reports how busy the model (the GPU,
+when an actor has one) was kept (ingest/model_busy.py). A bad image is data, not a failure: it becomes an `error` row the
 driver quarantines, and the rest of the batch goes on.
 """
 
@@ -90,7 +91,8 @@ class EmbeddingActor:
         model_seconds = time.perf_counter() - started if good else 0.0
         return {"isic_id": batch["isic_id"], "part": batch["part"], "error": np.array(errors, dtype=object),
                 "vectors": vectors, "actor": np.full(n, self.actor_id, dtype=object),
-                "model_seconds": np.full(n, model_seconds / max(n, 1), dtype=np.float64)}
+                "model_seconds": np.full(n, model_seconds / max(n, 1), dtype=np.float64),
+                "batch_finished": np.full(n, time.time(), dtype=np.float64)}
 
     def _embed(self, images: Sequence[PreparedImage]) -> np.ndarray:
         out = self.embedder.embed_prepared(images)

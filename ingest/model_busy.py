@@ -5,8 +5,11 @@ gaps between kernels inside a model call count as busy). It tells an operator wh
 a run: near 1 the model is the bottleneck (a faster card or more actors help); well below it the
 actors wait for images (more CPUs for the preparation stage, faster storage).
 
-Each output row of an embedding actor carries its actor's id and its share of its batch's model
-seconds (ingest/embedding_actor.py); the driver feeds every batch it receives to a `WaveClock`.
+Each output row of an embedding actor carries its actor's id, its share of its batch's model
+seconds and when (the actor's clock) the batch's model call ended (ingest/embedding_actor.py); the
+driver feeds every batch it receives to a `WaveClock`. The steady state is timed on the actors'
+clocks: Ray Data hands the driver a block of several batches at once, so the driver's receive
+times say little about when the work was done.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ class ModelBusy:
 
     model_seconds: float = 0.0
     actor_seconds: float = 0.0  # each wave's embedding wall time x its actors (start-up included)
-    # From each actor's first batch to its last: the rate a long run settles at.
+    # From the end of each actor's first batch to the end of its last: the rate a long run settles at.
     steady_model_seconds: float = 0.0
     steady_actor_seconds: float = 0.0
     actors: int = 0  # the most actors one wave used
@@ -60,28 +63,24 @@ class WaveClock:
     busy: ModelBusy
     configured_actors: int
     started: float = field(default_factory=time.perf_counter)
-    first_seen: dict[str, float] = field(default_factory=dict)
-    last_seen: dict[str, float] = field(default_factory=dict)
-    steady_model: float = 0.0
+    # actor -> {the batch's end on the actor's clock -> its model seconds}
+    batches: dict[str, dict[float, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
 
-    def observe(self, actors: np.ndarray, model_seconds: np.ndarray) -> None:
-        """One received batch: its rows' actor ids and model seconds."""
-        now = time.perf_counter()
-        per_actor: dict[str, float] = defaultdict(float)
-        for actor, seconds in zip(actors, model_seconds, strict=True):
-            per_actor[str(actor)] += float(seconds)
-        for actor, seconds in per_actor.items():
-            self.busy.model_seconds += seconds
-            if actor in self.first_seen:
-                self.last_seen[actor] = now
-                self.steady_model += seconds  # the first batch's work lies before the steady span
-            else:
-                self.first_seen[actor] = now
+    def observe(self, actors: np.ndarray, model_seconds: np.ndarray, finished: np.ndarray) -> None:
+        """One received block: its rows' actor ids, model seconds and batch end times (the actor's clock)."""
+        for actor, seconds, end in zip(actors, model_seconds, finished, strict=True):
+            self.batches[str(actor)][float(end)] += float(seconds)
+            self.busy.model_seconds += float(seconds)
 
     def finish(self) -> None:
         """The wave's last batch has been received."""
-        actors = max(self.configured_actors, len(self.first_seen))
+        actors = max(self.configured_actors, len(self.batches))
         self.busy.actor_seconds += (time.perf_counter() - self.started) * actors
-        self.busy.steady_model_seconds += self.steady_model
-        self.busy.steady_actor_seconds += sum(last - self.first_seen[a] for a, last in self.last_seen.items())
+        for ends in self.batches.values():
+            if len(ends) < 2:
+                continue
+            order = sorted(ends)
+            # The first batch's work lies before the span, which starts where it ended.
+            self.busy.steady_model_seconds += sum(ends[end] for end in order[1:])
+            self.busy.steady_actor_seconds += order[-1] - order[0]
         self.busy.actors = max(self.busy.actors, actors)

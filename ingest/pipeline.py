@@ -341,7 +341,7 @@ def _run_wave(state: _RunState, wave: list[Partition], bar: object) -> None:
     received: dict[int, tuple[dict[str, np.ndarray], dict[str, str]]] = {i: ({}, {}) for i in expected}
     clock = summary.model_busy.wave(state.job.options.actors)
     for batch in _embed_items(state.job, state.fingerprint, items, len(expected)):
-        clock.observe(batch["actor"], batch["model_seconds"])
+        clock.observe(batch["actor"], batch["model_seconds"], batch["batch_finished"])
         if summary.first_batch_seconds is None:
             summary.first_batch_seconds = time.perf_counter() - state.started
             summary.first_batch_rows = len(batch["isic_id"])

@@ -186,6 +186,7 @@ def test_the_ingest_stages_quarantine_odd_images_and_embed_the_rest(tiny_model_d
     assert np.abs(out["vectors"][1]).sum() > 0 and np.abs(out["vectors"][3]).sum() > 0
     assert np.abs(out["vectors"][0]).sum() == 0 and np.abs(out["vectors"][4]).sum() == 0
     assert len(set(out["actor"])) == 1 and out["model_seconds"].sum() > 0  # for the driver's model-busy figure
+    assert len(set(out["batch_finished"])) == 1 and out["batch_finished"][0] > 0
 
 
 # --- SQL ----------------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ def test_full_ingest_stores_every_image_with_all_vectors_then_a_rerun_skips_ever
     busy = summary.model_busy  # the actors report the seconds they spent in the model
     assert busy.actors >= 1 and busy.model_seconds > 0
     assert 0 < busy.fraction <= 1, busy
+    # a batch's model time lies between the end of the actor's batch before and its own end
+    assert busy.steady_fraction is None or 0 < busy.steady_fraction <= 1.001, busy
     assert "model busy" in busy.describe()
     report = check_collection(_settings(tmp_path), "lesions")
     assert report.ok, report.findings
