@@ -24,7 +24,12 @@ mkdir -p "$OUT"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-python3}
 case $PY in /*) ;; */*) PY=$ROOT/$PY ;; esac  # a relative PY is relative to the repository
-if [ "${SMOKE:-0}" != 1 ] && compgen -G "$ROOT/.whl/*.whl" >/dev/null; then  # the wheels are for the device's Python
+if [ "${SMOKE:-0}" != 1 ]; then  # the wheels are for the device's Python
+    if ! compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
+        echo "no wheels in $ROOT/.whl: run 'bash benchmarks/device_wheels.sh' on the development machine and" \
+             "carry .whl (the device's transformers is older and it has no pydantic)" >&2
+        exit 2
+    fi
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         "$ROOT"/.whl/*.whl || exit 1
 fi
