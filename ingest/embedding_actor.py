@@ -6,8 +6,8 @@ the image was rejected), `vectors`, float32 [n, len(VECTOR_NAMES), d] in VECTOR_
 (zeros on rejected rows), and `actor` / `model_seconds` / `batch_finished`: which actor embedded
 the row, its share of the seconds the batch spent in the model and when (epoch seconds, the
 actor's clock) that model call ended, from which the driver reports how busy the model (the GPU,
-when an actor has one) was kept (ingest/model_busy.py). A bad image is data, not a failure: it becomes an `error` row the
-driver quarantines, and the rest of the batch goes on.
+when an actor has one) was kept (ingest/model_busy.py). A bad image is data, not a failure: it
+becomes an `error` row the driver quarantines, and the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -27,16 +27,14 @@ from dermground.platform.store.schema import DEFAULT_VECTOR_NAMES, IMAGE_VECTOR
 VECTOR_NAMES: tuple[str, ...] = DEFAULT_VECTOR_NAMES
 
 
-CPU_SUFFIX_BATCH = 64  # question rows per suffix pass on a CPU (platform/embed.py's default)
-
-
 def suffix_rows(batch_size: int, device_type: str) -> int:
     """Question rows per suffix pass: on a GPU every question of every image of a batch in one pass
     (the shape of the fastest configurations measured on an H100, docs/BENCHMARKS.md: 16:256 for
     the 2B, 8:128 for the 7B); on a CPU the Embedder's default."""
     from dermground.platform.attributes import ATTRIBUTES
+    from dermground.platform.embed import DEFAULT_SUFFIX_BATCH  # in the actor, where torch is loaded anyway
 
-    return batch_size * len(ATTRIBUTES) if device_type == "cuda" else CPU_SUFFIX_BATCH
+    return batch_size * len(ATTRIBUTES) if device_type == "cuda" else DEFAULT_SUFFIX_BATCH
 
 
 class EmbeddingActor:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dermground.ingest.embedding_actor import VECTOR_NAMES, EmbeddingActor
-from dermground.ingest.model_busy import ModelBusy
 from dermground.ingest.image_prep import prepare_images
 from dermground.ingest.job import IngestJob, SplitSelection
+from dermground.ingest.model_busy import ModelBusy
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE, Partition, partition_records
 from dermground.ingest.run_locks import hold_run_lock, note_ray_session, reap_dead_runs
 from dermground.ingest.stage_plan import plan_stages

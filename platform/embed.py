@@ -47,6 +47,9 @@ def selected_attributes(attributes: Sequence[str] | None) -> tuple[Attribute, ..
     return tuple(get_attribute(name) for name in attributes)
 
 
+DEFAULT_SUFFIX_BATCH = 64  # question rows per suffix pass (a CPU's best: docs/BENCHMARKS.md)
+
+
 class Embedder:
     """Computes h_im and h_im_a for batches of images with one backbone.
 
@@ -57,7 +60,7 @@ class Embedder:
     (platform/search_embedder.py measures it on a GPU).
     """
 
-    def __init__(self, backbone: Backbone, batch_size: int = 4, suffix_batch: int = 64,
+    def __init__(self, backbone: Backbone, batch_size: int = 4, suffix_batch: int = DEFAULT_SUFFIX_BATCH,
                  max_patches: int | None = None) -> None:
         if batch_size < 1 or suffix_batch < 1:
             raise ValueError("batch_size and suffix_batch must be >= 1")

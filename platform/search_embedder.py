@@ -83,7 +83,7 @@ def probe_memory(backbone: Backbone) -> MemoryProbe:
     import torch
 
     from dermground.platform.embed import Embedder
-    from dermground.platform.model.image_inputs import patch_count, prepare_pixels
+    from dermground.platform.model.image_inputs import prepare_pixels
 
     device = backbone.device
     (prepared,) = prepare_pixels(backbone.processor.image_processor, [probe_image()])
@@ -101,7 +101,7 @@ def probe_memory(backbone: Backbone) -> MemoryProbe:
     per_image = max(two - one, 1)
     torch.cuda.empty_cache()  # what the allocator cached is free for the passes to come
     free, _ = torch.cuda.mem_get_info(device)
-    patches = patch_count(prepared)
+    patches = prepared.patches
     return MemoryProbe(per_patch_bytes=per_image / patches, fixed_bytes=max(one - per_image, 0), free_bytes=int(free),
                        probe_patches=patches)
 

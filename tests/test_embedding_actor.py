@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dermground.ingest.embedding_actor import CPU_SUFFIX_BATCH, suffix_rows
+from dermground.ingest.embedding_actor import suffix_rows
 from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.embed import DEFAULT_SUFFIX_BATCH
 
 
 def test_on_a_gpu_every_question_of_a_batch_goes_in_one_suffix_pass() -> None:
@@ -12,4 +13,4 @@ def test_on_a_gpu_every_question_of_a_batch_goes_in_one_suffix_pass() -> None:
 
 
 def test_on_a_cpu_the_suffix_pass_keeps_the_embedders_default() -> None:
-    assert suffix_rows(16, "cpu") == suffix_rows(2, "cpu") == CPU_SUFFIX_BATCH == 64
+    assert suffix_rows(16, "cpu") == suffix_rows(2, "cpu") == DEFAULT_SUFFIX_BATCH == 64

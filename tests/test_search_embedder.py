@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermground.platform.model.image_inputs import PreparedImage, passes_within, patch_count
+from dermground.platform.model.image_inputs import PreparedImage, passes_within
 from dermground.platform.search_embedder import (
     CPU_BATCH,
     MemoryProbe,
@@ -56,8 +56,8 @@ def test_memory_probe_budget_uses_the_arithmetic() -> None:
 
 def test_passes_hold_at_most_the_budget_of_patches_and_a_large_image_gets_its_own() -> None:
     images = [prepared(n) for n in (4, 4, 4, 16, 4, 2)]
-    assert [[patch_count(i) for i in p] for p in passes_within(images, 8)] == [[4, 4], [4], [16], [4, 2]]
-    assert [[patch_count(i) for i in p] for p in passes_within(images, None)] == [[4, 4, 4, 16, 4, 2]]
+    assert [[i.patches for i in p] for p in passes_within(images, 8)] == [[4, 4], [4], [16], [4, 2]]
+    assert [[i.patches for i in p] for p in passes_within(images, None)] == [[4, 4, 4, 16, 4, 2]]
     assert passes_within([], 8) == []
 
 
@@ -68,7 +68,7 @@ def test_an_embedder_with_a_patch_budget_gives_the_same_vectors(tiny_backbone) -
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (h, 112, 3), dtype=np.uint8)) for h in (112, 168, 112, 224, 112)]
     ready = prepare_pixels(tiny_backbone.processor.image_processor, images)
-    sizes = [patch_count(p) for p in ready]
+    sizes = [p.patches for p in ready]
     whole = Embedder(tiny_backbone, batch_size=5, suffix_batch=80).embed_prepared(ready, ["A"])
     budget = max(sizes)  # several passes, each within one large image's patches
     split = Embedder(tiny_backbone, batch_size=5, suffix_batch=80, max_patches=budget).embed_prepared(ready, ["A"])

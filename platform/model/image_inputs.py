@@ -28,10 +28,14 @@ class PreparedImage:
     grid_thw: tuple[int, int, int]
 
     def __post_init__(self) -> None:
-        patches = int(np.prod(self.grid_thw))
-        if self.pixel_values.ndim != 2 or self.pixel_values.shape[0] != patches:
+        if self.pixel_values.ndim != 2 or self.pixel_values.shape[0] != self.patches:
             raise ValueError(f"pixel_values of shape {self.pixel_values.shape} do not match the grid "
-                             f"{self.grid_thw} ({patches} patches)")
+                             f"{self.grid_thw} ({self.patches} patches)")
+
+    @property
+    def patches(self) -> int:
+        """Patches the vision tower attends over for this image (t x h x w)."""
+        return int(np.prod(self.grid_thw))
 
 
 def rgb_images(images: Sequence[Image.Image]) -> list[Image.Image]:
@@ -54,11 +58,6 @@ def prepare_pixels(image_processor: Qwen2VLImageProcessorPil, images: Sequence[I
             for i, g in enumerate(grids)]
 
 
-def patch_count(image: PreparedImage) -> int:
-    """Patches the vision tower attends over for this image (t x h x w)."""
-    return int(np.prod(image.grid_thw))
-
-
 def passes_within(images: Sequence[PreparedImage], max_patches: int | None) -> list[list[PreparedImage]]:
     """Consecutive images grouped into model passes of at most `max_patches` patches together.
 
@@ -73,12 +72,11 @@ def passes_within(images: Sequence[PreparedImage], max_patches: int | None) -> l
     current: list[PreparedImage] = []
     used = 0
     for image in images:
-        patches = patch_count(image)
-        if current and used + patches > max_patches:
+        if current and used + image.patches > max_patches:
             passes.append(current)
             current, used = [], 0
         current.append(image)
-        used += patches
+        used += image.patches
     if current:
         passes.append(current)
     return passes
