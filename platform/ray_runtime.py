@@ -13,12 +13,13 @@ its hook). A cluster joined by address is started by its owner, who can do the s
 `RAY_preload_python_modules=dermground.platform.ray_warm_start` and the DERMGROUND_RAY_WARM_*
 variables of ray_warm_start.py in the environment of `ray start`.
 
-Ray Data creates one helper actor of its own when an ingest's first actor pool starts (its
-`ActorLocationTracker`, detached, one per session) and it would take one of the warm workers, so
-the CPU stage's tasks or the embedding actor started cold (measured: first batch 3.9 s against
-2.95 s at 2,000 images). A local session that will run Ray Data (not training's) therefore
-creates that helper up front, in a worker of its own that claims no warm slot; Ray Data finds it by
-name and uses it.
+Ray Data creates three helper actors of its own when an ingest's first plan runs (its
+`ActorLocationTracker`, `AutoscalingCoordinator` and stats actor, detached, one each per
+session). Each started in a fresh worker or took one of the warm ones, and the executor gives its
+operators no resources until the coordinator has answered once, so the first CPU-stage task waited
+~1 s for those workers to boot (measured at 2,000 images: first batch 3.3 s against 2.2 s when
+they exist ahead). A local session that will run Ray Data (not training's) therefore creates them
+up front, in workers of their own that claim no warm slot; Ray Data finds them by name and uses them.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
 
     `preload`: modules the first `num_cpus` workers of a started session import when they start
     (empty: none; see wait_for_warm_workers). `ray_data`: the session will run Ray Data (ingest),
-    so Ray Data's helper actor is started off the warm workers (False for training: no such actor).
+    so Ray Data's helper actors are started off the warm workers (False for training: no such actors).
     Returns the session folder when this call started a local session (its processes belong to
     this process: see ingest/run_locks.py), else None."""
     for key, value in RAY_ENV.items():
@@ -77,29 +78,60 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
         kwargs["_temp_dir"] = str(temp_dir.resolve())
     context = ray.init(**kwargs)
     if preload and ray_data:
-        _start_ray_data_tracker_off_the_warm_workers()
+        _start_ray_data_helpers_off_the_warm_workers()
     return str(context.address_info.get("session_dir") or "") or None
 
 
-def _start_ray_data_tracker_off_the_warm_workers() -> None:
-    """Create Ray Data's actor location tracker now, exactly as Ray Data would (same name, namespace
-    and options, so its `get_if_exists` finds this one), but in a worker that skips the warm-up.
+def _start_ray_data_helpers_off_the_warm_workers() -> None:
+    """Create Ray Data's helper actors now, exactly as Ray Data would (same classes, names,
+    namespaces and options, so its `get_if_exists` finds these), but in workers that skip the warm-up.
 
-    A private Ray Data class: when a Ray version moves it, nothing breaks but the first batch
-    comes ~1 s later, so any failure here is ignored."""
+    Private Ray Data classes: when a Ray version moves one, nothing breaks but the first batch
+    comes later, so any failure here is ignored, helper by helper."""
+    for start in (_start_location_tracker, _start_autoscaling_coordinator, _start_stats_actor):
+        try:
+            start()
+        except (ImportError, AttributeError, TypeError, ValueError):
+            continue
+
+
+def _node_label() -> dict[str, str]:
     import ray
 
+    return {ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
+
+
+def _cold_worker() -> dict[str, object]:
     from dermground.platform.ray_warm_start import WARM_SKIP_ENV
 
-    try:
-        from ray.data._internal.execution.node_trackers.actor_location import ActorLocationTracker
+    return {"env_vars": {WARM_SKIP_ENV: "1"}}
 
-        node = {ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
-        ActorLocationTracker.options(name="ActorLocationTracker", namespace="ActorLocationTracker",
-                                     get_if_exists=True, lifetime="detached", label_selector=node,
-                                     max_concurrency=8, runtime_env={"env_vars": {WARM_SKIP_ENV: "1"}}).remote()
-    except (ImportError, AttributeError, TypeError, ValueError):
-        return
+
+def _start_location_tracker() -> None:
+    from ray.data._internal.execution.node_trackers.actor_location import ActorLocationTracker
+
+    ActorLocationTracker.options(name="ActorLocationTracker", namespace="ActorLocationTracker",
+                                 get_if_exists=True, lifetime="detached", label_selector=_node_label(),
+                                 max_concurrency=8, runtime_env=_cold_worker()).remote()
+
+
+def _start_autoscaling_coordinator() -> None:
+    # Ray Data's executor gives its operators no resources until this actor has answered once.
+    import ray
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import _AutoscalingCoordinatorActor
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_AutoscalingCoordinatorActor).options(
+        name="AutoscalingCoordinator", namespace="AutoscalingCoordinator", get_if_exists=True,
+        lifetime="detached", scheduling_strategy=node, runtime_env=_cold_worker()).remote()
+
+
+def _start_stats_actor() -> None:
+    from ray.data._internal.stats import STATS_ACTOR_NAME, STATS_ACTOR_NAMESPACE, _StatsActor
+
+    _StatsActor.options(name=STATS_ACTOR_NAME, namespace=STATS_ACTOR_NAMESPACE, get_if_exists=True,
+                        lifetime="detached", label_selector=_node_label(), runtime_env=_cold_worker()).remote()
 
 
 def _prepare_warm_slots(slots: int, modules: Sequence[str]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from dermground.platform.ray_runtime import WORKER_PRELOAD, wait_for_warm_workers
 from dermground.platform.ray_warm_start import (
     WARM_DIR_ENV,
@@ -36,16 +38,24 @@ def test_warm_up_claims_each_slot_once_and_marks_it_ready_after_the_imports(tmp_
     assert warm_up(skipped) is None  # a helper actor's worker leaves the slot to the next worker
 
 
-def test_ray_datas_tracker_runs_in_a_worker_of_its_own_not_a_warm_one(ray_session):
-    # Ray Data's detached actor location tracker exists before any ingest, in a worker that is not
-    # one of the warm ones: those stay free for the CPU stage and the embedding actors.
+@pytest.mark.parametrize(("name", "namespace"), [
+    ("ActorLocationTracker", "ActorLocationTracker"),
+    ("AutoscalingCoordinator", "AutoscalingCoordinator"),
+    ("datasets_stats_actor", "_dataset_stats_actor"),
+])
+def test_ray_datas_helpers_run_in_workers_of_their_own_not_warm_ones(ray_session, name: str, namespace: str):
+    # Ray Data's detached helper actors exist before any ingest (the executor gives its operators
+    # no resources until the autoscaling coordinator has answered once), in workers that are not
+    # the warm ones: those stay free for the CPU stage and the embedding actors.
     import ray
 
     assert wait_for_warm_workers(deadline_s=300) == 2
-    tracker = ray.get_actor("ActorLocationTracker", namespace="ActorLocationTracker")
-    tracker_pid = ray.get(tracker.__ray_call__.remote(lambda self: os.getpid()), timeout=120)
+    helper = ray.get_actor(name, namespace=namespace)
+    helper_pid, skip = ray.get(helper.__ray_call__.remote(lambda self: (os.getpid(), os.environ.get(WARM_SKIP_ENV))),
+                               timeout=120)
     warm_pids = {int(path.read_text()) for path in Path(os.environ[WARM_DIR_ENV]).glob("ready-*")}
-    assert tracker_pid not in warm_pids
+    assert len(warm_pids) == 2 and helper_pid not in warm_pids
+    assert skip == "1"  # created by ensure_ray (Ray Data's own would lack it), and Ray Data reuses it
 
 
 def test_the_preloaded_modules_import_in_a_plain_process():
