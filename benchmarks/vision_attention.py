@@ -9,7 +9,7 @@ rounds, so nothing else differs):
   embed   eval forward without gradients (ingest, search)
   train   forward + backward in train mode (a LoRA step's vision half)
 Prints p50 seconds of each, their ratio (stock / batched, > 1 = batched faster), the attention
-calls per forward and the largest difference between the two outputs.
+calls and host reads (a GPU's waits) per forward and the largest difference between the two outputs.
 
 On the CPU the default depth is cut to 4 blocks (a full tower takes minutes a pass on 2 cores);
 on a GPU run it with --depth 32 --images 32 --dtype bfloat16.
@@ -48,26 +48,40 @@ def vision_tower(family: str, depth: int, dtype, device):  # noqa: ANN001, ANN20
     return construct(config, dtype, device, tower_class)
 
 
-def sdpa_calls(tower, pixels, grid) -> int:  # noqa: ANN001
-    """How many SDPA calls one forward of the tower makes."""
+def attention_calls(tower, pixels, grid) -> tuple[int, int]:  # noqa: ANN001
+    """(SDPA calls, reads of a tensor's values back to the host) in one forward of the tower.
+
+    A host read (`tolist`, `item`) waits, on a GPU, for every kernel queued before it."""
     import torch
     from torch.nn import functional
 
-    calls = 0
+    calls = reads = 0
     original = functional.scaled_dot_product_attention
+    methods = {name: getattr(torch.Tensor, name) for name in ("tolist", "item")}
 
     def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         nonlocal calls
         calls += 1
         return original(*args, **kwargs)
 
+    def reading(method):  # noqa: ANN001, ANN202
+        def read(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            nonlocal reads
+            reads += 1
+            return method(self, *args, **kwargs)
+        return read
+
     functional.scaled_dot_product_attention = counting
+    for name, method in methods.items():
+        setattr(torch.Tensor, name, reading(method))
     try:
         with torch.no_grad():
             tower(pixels, grid_thw=grid)
     finally:
         functional.scaled_dot_product_attention = original
-    return calls
+        for name, method in methods.items():
+            setattr(torch.Tensor, name, method)
+    return calls, reads
 
 
 def main() -> None:
@@ -99,8 +113,9 @@ def main() -> None:
     print(f"# device {torch.cuda.get_device_name(device) if cuda else 'CPU'}, torch {torch.__version__}, {dtype}; "
           f"{args.images} images of {args.image_size} px ({side * side} patches each), {depth} vision blocks, "
           f"{args.rounds} rounds, stock and batched alternating", flush=True)
-    print("| family | mode | stock p50 s | batched p50 s | stock / batched | SDPA calls per forward | max abs diff |")
-    print("|---|---|---|---|---|---|---|")
+    print("| family | mode | stock p50 s | batched p50 s | stock / batched | SDPA calls per forward "
+          "| host reads per forward | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|")
     for family in args.families.split(","):
         tower = vision_tower(family, depth, dtype, device)
         pixels = torch.randn(int(grid.prod(-1).sum()), PATCH_DIM, generator=torch.Generator().manual_seed(1)).to(device, dtype)
@@ -108,7 +123,7 @@ def main() -> None:
         outputs = {}
         for label, use in switch.items():
             use(tower)
-            calls[label] = sdpa_calls(tower, pixels, grid)
+            calls[label] = attention_calls(tower, pixels, grid)
             with torch.no_grad():
                 out = tower(pixels, grid_thw=grid)
             outputs[label] = getattr(out, "pooler_output", out).float()
@@ -134,7 +149,8 @@ def main() -> None:
                         seconds[label].append(elapsed)
             p50 = {label: statistics.median(values) for label, values in seconds.items()}
             print(f"| {family} | {mode} | {p50['stock']:.3f} | {p50['batched']:.3f} | "
-                  f"x{p50['stock'] / p50['batched']:.2f} | {calls['stock']} -> {calls['batched']} | {diff:.2e} |",
+                  f"x{p50['stock'] / p50['batched']:.2f} | {calls['stock'][0]} -> {calls['batched'][0]} | "
+                  f"{calls['stock'][1]} -> {calls['batched'][1]} | {diff:.2e} |",
                   flush=True)
         del tower
         if cuda:

@@ -107,6 +107,36 @@ def test_the_vision_tower_batched_equals_the_stock_one_in_values_and_gradients(f
         torch.testing.assert_close(p_batched.grad, p_stock.grad, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize(("family", "plans"), [("qwen2_vl", 1), ("qwen2_5_vl", 2)])
+def test_a_tower_forward_plans_its_chunks_once_per_boundary_tensor_not_per_block(family: str, plans: int) -> None:
+    # Reading the chunk lengths is a device-to-host copy (a GPU waits for its queue): once per
+    # forward for Qwen2-VL, once per kind of block (windowed, full) for Qwen2.5-VL, not per block.
+    model, _ = build_tiny_model(seed=0, preset="tiny", image_size=112, family=family)
+    tower = model.model.visual
+    tower.config._attn_implementation = "sdpa"
+    batch_vision_attention(tower)
+    pixels = torch.randn(int(GRIDS.prod(-1).sum()), PATCH_DIM, generator=torch.Generator().manual_seed(1))
+    for _ in range(2):  # each forward makes new boundary tensors: planned again, never a stale plan
+        hits, misses = vision_attention.plan_cache_info()
+        with torch.no_grad():
+            tower(pixels, grid_thw=GRIDS)
+        new_hits, new_misses = vision_attention.plan_cache_info()
+        assert new_misses - misses == plans
+        assert new_hits - hits == len(tower.blocks) - plans
+
+
+def test_a_plan_follows_its_boundaries_when_they_are_edited_in_place() -> None:
+    query, key, value = (t.detach() for t in random_qkv(12))
+    cu_seqlens = torch.tensor([0, 4, 8, 12], dtype=torch.int32)
+    first = vision_attention._PLANS.plan(cu_seqlens, query.device)
+    assert vision_attention._PLANS.plan(cu_seqlens, query.device) is first
+    cu_seqlens[1:3] = torch.tensor([3, 9], dtype=torch.int32)  # lengths 3, 6, 3
+    replanned = vision_attention._PLANS.plan(cu_seqlens, query.device)
+    assert replanned is not first and sorted(g[0] for g in replanned.groups) == [3, 6]
+    torch.testing.assert_close(attend_chunks(query, key, value, replanned, scaling=0.5),
+                               per_chunk_reference(query, key, value, [3, 6, 3], scaling=0.5), rtol=0, atol=1e-6)
+
+
 def test_unbatching_restores_transformers_classes() -> None:
     model, _ = build_tiny_model(seed=0, preset="tiny", image_size=112, family="qwen2_5_vl")
     model.model.visual.config._attn_implementation = "sdpa"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,42 +39,104 @@ def chunk_lengths(cu_seqlens: torch.Tensor) -> list[int]:
     return (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
 
 
-def attend_chunks(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: list[int],
-                  scaling: float, dropout: float = 0.0) -> torch.Tensor:
-    """Self-attention inside each chunk of a packed sequence, chunks of one length in one call.
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How one packed sequence is attended: per chunk length, how many chunks and which tokens.
 
-    query/key/value: (tokens, heads, head_dim), the chunks laid end to end with `lengths`.
-    Returns (tokens, heads, head_dim) in the same token order.
-    """
-    tokens, heads, head_dim = query.shape
-    if sum(lengths) != tokens:
-        raise ValueError(f"chunk lengths sum to {sum(lengths)}, the sequence has {tokens} tokens")
+    `index` is None when the sequence holds chunks of one length only (a view, no gather);
+    otherwise it lists the group's tokens, chunk by chunk, and `inverse` puts the groups' outputs
+    back in token order."""
+
+    tokens: int
+    groups: tuple[tuple[int, int, torch.Tensor | None], ...]  # (length, chunks, index)
+    inverse: torch.Tensor | None
+
+
+def plan_chunks(lengths: list[int], device: torch.device) -> ChunkPlan:
+    """The plan of a packed sequence whose chunks have these lengths, index tensors on `device`."""
+    tokens = sum(lengths)
     starts = [0]
     for length in lengths[:-1]:
         starts.append(starts[-1] + length)
     by_length: dict[int, list[int]] = {}
     for start, length in zip(starts, lengths, strict=True):
         by_length.setdefault(length, []).append(start)
-
-    if len(by_length) == 1:  # one size (the common case): a view, no gather
+    if len(by_length) == 1:
         (length,) = by_length
-        return _attend_stacked(query, key, value, tokens // length, length, scaling, dropout)
-
-    pieces: list[torch.Tensor] = []
-    order: list[torch.Tensor] = []
-    offsets = None
+        return ChunkPlan(tokens, ((length, tokens // length, None),), None)
+    groups = []
     for length, group_starts in by_length.items():
-        if offsets is None or offsets.numel() != length:
-            offsets = torch.arange(length, device=query.device)
-        index = (torch.tensor(group_starts, device=query.device)[:, None] + offsets).reshape(-1)
-        q, k, v = (t.index_select(0, index) for t in (query, key, value))
-        pieces.append(_attend_stacked(q, k, v, len(group_starts), length, scaling, dropout))
-        order.append(index)
-    stacked = torch.cat(pieces)
+        offsets = torch.arange(length, device=device)
+        index = (torch.tensor(group_starts, device=device)[:, None] + offsets).reshape(-1)
+        groups.append((length, len(group_starts), index))
+    inverse = torch.empty(tokens, dtype=torch.long, device=device)
+    inverse[torch.cat([index for _, _, index in groups])] = torch.arange(tokens, device=device)
+    return ChunkPlan(tokens, tuple(groups), inverse)
+
+
+class _PlanCache:
+    """Plans of the last few `cu_seqlens` tensors, by identity.
+
+    A vision tower computes its boundaries once per forward and hands the same tensor to every
+    block (Qwen2.5-VL: one for its windowed blocks, one for its full ones). Reading the lengths
+    back is a device-to-host copy, which on a GPU waits for every kernel queued before it; planning
+    once per tensor makes that one wait per forward instead of one per block."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[tuple[int, torch.device], tuple[torch.Tensor, int, ChunkPlan]] = {}
+
+    def plan(self, cu_seqlens: torch.Tensor, device: torch.device) -> ChunkPlan:
+        key = (id(cu_seqlens), device)  # a model split over cards plans once per card
+        entry = self._entries.get(key)
+        # The entry keeps its tensor alive, so its id cannot be reused; _version catches in-place edits.
+        version = _version_of(cu_seqlens)
+        if entry is not None and entry[0] is cu_seqlens and entry[1] == version:
+            self.hits += 1
+            return entry[2]
+        self.misses += 1
+        plan = plan_chunks(chunk_lengths(cu_seqlens), device)
+        if len(self._entries) >= self.size:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (cu_seqlens, version, plan)
+        return plan
+
+
+def _version_of(tensor: torch.Tensor) -> int:
+    # Tensors made under torch.inference_mode() keep no version counter (nor are edited by the towers).
+    return -1 if tensor.is_inference() else tensor._version
+
+
+_PLANS = _PlanCache()
+
+
+def plan_cache_info() -> tuple[int, int]:
+    """(hits, misses) of the per-`cu_seqlens` plan cache since the process started."""
+    return _PLANS.hits, _PLANS.misses
+
+
+def attend_chunks(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: list[int] | ChunkPlan,
+                  scaling: float, dropout: float = 0.0) -> torch.Tensor:
+    """Self-attention inside each chunk of a packed sequence, chunks of one length in one call.
+
+    query/key/value: (tokens, heads, head_dim), the chunks laid end to end with `lengths` (or
+    their plan). Returns (tokens, heads, head_dim) in the same token order.
+    """
+    tokens = query.shape[0]
+    plan = lengths if isinstance(lengths, ChunkPlan) else plan_chunks(lengths, query.device)
+    if plan.tokens != tokens:
+        raise ValueError(f"chunk lengths sum to {plan.tokens}, the sequence has {tokens} tokens")
+    if plan.inverse is None:  # one size (the common case): a view, no gather
+        ((length, chunks, _),) = plan.groups
+        return _attend_stacked(query, key, value, chunks, length, scaling, dropout)
+    pieces = []
+    for length, chunks, index in plan.groups:
+        q, k, v = (t.index_select(0, index) for t in (query, key, value))  # type: ignore[arg-type]
+        pieces.append(_attend_stacked(q, k, v, chunks, length, scaling, dropout))
     # stacked[i] belongs at token order[i]; gathering by the inverse permutation keeps autograd simple
-    inverse = torch.empty(tokens, dtype=torch.long, device=query.device)
-    inverse[torch.cat(order)] = torch.arange(tokens, device=query.device)
-    return stacked.index_select(0, inverse)
+    return torch.cat(pieces).index_select(0, plan.inverse)
 
 
 def _attend_stacked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, chunks: int, length: int,
@@ -113,7 +176,7 @@ class _BatchedForward:
         cos, sin = position_embeddings  # type: ignore[misc] - both towers always pass them
         query, key = type(self)._rotary(query, key, cos, sin)
         dropout = self.attention_dropout if self.training else 0.0
-        out = attend_chunks(query, key, value, chunk_lengths(cu_seqlens), self.scaling, dropout)
+        out = attend_chunks(query, key, value, _PLANS.plan(cu_seqlens, query.device), self.scaling, dropout)
         return self.proj(out.reshape(seq_length, -1))
 
 
