@@ -125,6 +125,30 @@ def test_a_tower_forward_plans_its_chunks_once_per_boundary_tensor_not_per_block
         assert new_hits - hits == len(tower.blocks) - plans
 
 
+def test_towers_running_in_several_threads_each_get_their_own_plans() -> None:
+    # The API embeds in worker threads: more boundary tensors alive at once than the cache holds.
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, _ = build_tiny_model(seed=0, preset="tiny", image_size=112, family="qwen2_5_vl")
+    tower = model.model.visual
+    tower.config._attn_implementation = "sdpa"
+    batch_vision_attention(tower)
+    grids = [GRIDS, GRIDS[:2], GRIDS[1:], torch.tensor([[1, 12, 12], [1, 8, 8]])] * 2
+    inputs = [torch.randn(int(g.prod(-1).sum()), PATCH_DIM, generator=torch.Generator().manual_seed(i))
+              for i, g in enumerate(grids)]
+
+    def run(i: int) -> torch.Tensor:
+        with torch.no_grad():
+            out = tower(inputs[i], grid_thw=grids[i])
+        return getattr(out, "pooler_output", out)
+
+    alone = [run(i) for i in range(len(grids))]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(run, range(len(grids))))
+    for want, got in zip(alone, together, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
 def test_a_plan_follows_its_boundaries_when_they_are_edited_in_place() -> None:
     query, key, value = (t.detach() for t in random_qkv(12))
     cu_seqlens = torch.tensor([0, 4, 8, 12], dtype=torch.int32)

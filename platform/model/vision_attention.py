@@ -99,7 +99,8 @@ class _PlanCache:
         self.misses += 1
         plan = plan_chunks(chunk_lengths(cu_seqlens), device)
         if len(self._entries) >= self.size:
-            self._entries.pop(next(iter(self._entries)))
+            # Threads may embed at once (the API): another one may have evicted the oldest already.
+            self._entries.pop(next(iter(self._entries), key), None)
         self._entries[key] = (cu_seqlens, version, plan)
         return plan
 
