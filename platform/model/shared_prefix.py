@@ -132,12 +132,14 @@ def run_suffixes(
     """
     device = backbone.device
     rows = torch.tensor(list(image_rows), device=device)
-    lengths = torch.tensor([len(s) for s in suffixes], device=device)
-    width = int(lengths.max())
-    pad_id = backbone.tokenizer.pad_token_id
-    ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long, device=device)
+    # Built on the host and copied once: on a GPU a copy per row (16 per image) is as many waits.
+    host_lengths = [len(s) for s in suffixes]
+    width = max(host_lengths)
+    host_ids = torch.full((len(suffixes), width), backbone.tokenizer.pad_token_id, dtype=torch.long)
     for i, suffix in enumerate(suffixes):
-        ids[i, : len(suffix)] = torch.tensor(suffix, device=device)
+        host_ids[i, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+    ids = host_ids.to(device)
+    lengths = torch.tensor(host_lengths, device=device)
     suffix_mask = (torch.arange(width, device=device)[None] < lengths[:, None]).to(state.attention_mask.dtype)
     attention_mask = torch.cat([state.attention_mask[rows], suffix_mask], dim=1)
     start = state.next_position[rows]
