@@ -43,9 +43,9 @@ def chunk_lengths(cu_seqlens: torch.Tensor) -> list[int]:
 class ChunkPlan:
     """How one packed sequence is attended: per chunk length, how many chunks and which tokens.
 
-    `index` is None when the sequence holds chunks of one length only (a view, no gather);
-    otherwise it lists the group's tokens, chunk by chunk, and `inverse` puts the groups' outputs
-    back in token order."""
+    A group's index lists its tokens, chunk by chunk, and `inverse` puts the groups' outputs back
+    in token order; both are None when every chunk has one length (a view, no gather).
+    """
 
     tokens: int
     groups: tuple[tuple[int, int, torch.Tensor | None], ...]  # (length, chunks, index)
@@ -136,7 +136,7 @@ def attend_chunks(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, l
     for length, chunks, index in plan.groups:
         q, k, v = (t.index_select(0, index) for t in (query, key, value))  # type: ignore[arg-type]
         pieces.append(_attend_stacked(q, k, v, chunks, length, scaling, dropout))
-    # stacked[i] belongs at token order[i]; gathering by the inverse permutation keeps autograd simple
+    # The outputs come group by group; gathering by the inverse permutation (not scattering) keeps autograd simple.
     return torch.cat(pieces).index_select(0, plan.inverse)
 
 
