@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from dermground.platform.attributes import get_attribute
-from dermground.platform.embedder_provider import EmbedderProvider
+from dermground.platform.embedder_provider import EmbedderProvider, is_device_out_of_memory
 from dermground.platform.model.image_inputs import PreparedImage, prepare_pixels
 
 log = logging.getLogger("dermground.search")
@@ -118,10 +118,10 @@ def embed_candidates(provider: EmbedderProvider, payloads: Sequence[Mapping[str,
         try:
             result = provider.run(lambda e: e.embed_prepared(prepared, list(attributes), include_image=False))
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            if not is_device_out_of_memory(exc) or len(batch) == 1:
+                raise
             import torch  # loaded with the model by now
 
-            if not isinstance(exc, torch.OutOfMemoryError) or len(batch) == 1:
-                raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             log.warning("hierarchical search: %d candidates ran out of GPU memory in one pass; halving it "

@@ -8,6 +8,12 @@ from collections.abc import Callable, Sequence
 from PIL import Image
 
 
+def is_device_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is torch's out-of-memory error (checked by name: callers need not import torch)."""
+    return any(cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch")
+               for cls in type(exc).__mro__)
+
+
 class EmbedderProvider:
     """Gives search an Embedder on first use and runs one model call at a time.
 

@@ -23,7 +23,7 @@ from dermground.platform.api.limits import BodyReadLimits, BodySizeLimit
 from dermground.platform.api.routes import router
 from dermground.platform.api.throttle import ClientWorkLimiter
 from dermground.platform.api.viewer import STATIC_DIR
-from dermground.platform.embedder_provider import EmbedderProvider
+from dermground.platform.embedder_provider import EmbedderProvider, is_device_out_of_memory
 from dermground.platform.names import check_collection_name
 from dermground.platform.search_request import ModelUnavailableError
 from dermground.platform.settings import Settings
@@ -96,12 +96,6 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
     return app
 
 
-def _device_out_of_memory(exc: Exception) -> bool:
-    """torch's out-of-memory error (checked by name: the API imports torch only with the model)."""
-    return any(cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch")
-               for cls in type(exc).__mro__)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -116,7 +110,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RuntimeError)  # torch.OutOfMemoryError is one (torch is imported with the model only)
     async def device_out_of_memory(request: Request, exc: RuntimeError) -> JSONResponse:
-        if not _device_out_of_memory(exc):
+        if not is_device_out_of_memory(exc):
             raise exc  # any other RuntimeError: the 500 handler below, as before
         # The request was too much for the GPU's free memory now (others' requests hold some):
         # the server is fine and a retry may fit; not the client's fault, so not a 4xx.
