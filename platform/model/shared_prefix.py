@@ -132,14 +132,11 @@ def run_suffixes(
     """
     device = backbone.device
     rows = torch.tensor(list(image_rows), device=device)
-    # Built on the host and copied once: on a GPU a copy per row (16 per image) is as many waits.
-    host_lengths = [len(s) for s in suffixes]
-    width = max(host_lengths)
-    host_ids = torch.full((len(suffixes), width), backbone.tokenizer.pad_token_id, dtype=torch.long)
-    for i, suffix in enumerate(suffixes):
-        host_ids[i, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
-    ids = host_ids.to(device)
-    lengths = torch.tensor(host_lengths, device=device)
+    # Padded on the host and copied once: on a GPU a copy per row (16 per image) is as many waits.
+    width = max(len(s) for s in suffixes)
+    pad_id = backbone.tokenizer.pad_token_id
+    ids = torch.tensor([[*s, *[pad_id] * (width - len(s))] for s in suffixes], dtype=torch.long, device=device)
+    lengths = torch.tensor([len(s) for s in suffixes], device=device)
     suffix_mask = (torch.arange(width, device=device)[None] < lengths[:, None]).to(state.attention_mask.dtype)
     attention_mask = torch.cat([state.attention_mask[rows], suffix_mask], dim=1)
     start = state.next_position[rows]
