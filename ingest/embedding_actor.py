@@ -31,10 +31,9 @@ def suffix_rows(batch_size: int, device_type: str) -> int:
     """Question rows per suffix pass: on a GPU every question of every image of a batch in one pass
     (the shape of the fastest configurations measured on an H100, docs/BENCHMARKS.md: 16:256 for
     the 2B, 8:128 for the 7B); on a CPU the Embedder's default."""
-    from dermground.platform.attributes import ATTRIBUTES
-    from dermground.platform.embed import DEFAULT_SUFFIX_BATCH  # in the actor, where torch is loaded anyway
+    from dermground.platform.embed import DEFAULT_SUFFIX_BATCH, every_question_rows  # in the actor, with torch
 
-    return batch_size * len(ATTRIBUTES) if device_type == "cuda" else DEFAULT_SUFFIX_BATCH
+    return every_question_rows(batch_size) if device_type == "cuda" else DEFAULT_SUFFIX_BATCH
 
 
 class EmbeddingActor:

@@ -50,6 +50,12 @@ def selected_attributes(attributes: Sequence[str] | None) -> tuple[Attribute, ..
 DEFAULT_SUFFIX_BATCH = 64  # question rows per suffix pass (a CPU's best: docs/BENCHMARKS.md)
 
 
+def every_question_rows(images: int) -> int:
+    """Question rows for every attribute of `images` images: a suffix pass that takes a whole
+    prefix pass's questions at once (what a GPU wants; ingest's actors and search both size theirs so)."""
+    return images * len(resolve_attributes(None))
+
+
 class Embedder:
     """Computes h_im and h_im_a for batches of images with one backbone.
 

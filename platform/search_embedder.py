@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from dermground.platform.attributes import ATTRIBUTE_NAMES
-
 if TYPE_CHECKING:
     from dermground.platform.embed import Embedder
     from dermground.platform.model.loading import Backbone
@@ -40,7 +38,6 @@ AUTO = "auto"
 CPU_BATCH = 4  # today's default: on the 2-core CPU larger prefix batches were not faster (docs/BENCHMARKS.md)
 MAX_AUTO_BATCH = 64  # images a pass at most: beyond this a GPU pass is long enough that batching gains nothing more
 MEMORY_FRACTION = 0.8  # of the free memory: room for allocator fragmentation and other requests
-SUFFIX_ROWS_PER_IMAGE = len(ATTRIBUTE_NAMES)  # every question of an image in one suffix pass
 PROBE_SIDE = 448  # px: the probe's image (the processor may resize it; its patches are counted after)
 
 
@@ -82,7 +79,7 @@ def probe_memory(backbone: Backbone) -> MemoryProbe:
     """Measure, on the backbone's CUDA device, what a pass of 1 and of 2 images allocates."""
     import torch
 
-    from dermground.platform.embed import Embedder
+    from dermground.platform.embed import Embedder, every_question_rows
     from dermground.platform.model.image_inputs import prepare_pixels
 
     device = backbone.device
@@ -92,7 +89,7 @@ def probe_memory(backbone: Backbone) -> MemoryProbe:
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        Embedder(backbone, n, SUFFIX_ROWS_PER_IMAGE * n).embed_prepared([prepared] * n)  # all 16 questions and h_im
+        Embedder(backbone, n, every_question_rows(n)).embed_prepared([prepared] * n)  # all 16 questions and h_im
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
 
@@ -135,10 +132,10 @@ def search_batching(backbone: Backbone, setting: int | str) -> SearchBatching:
 
 def search_embedder(backbone: Backbone, setting: int | str = AUTO) -> Embedder:
     """An Embedder with search's passes (`search_batching`) and a suffix pass for all of a pass's questions."""
-    from dermground.platform.embed import Embedder
+    from dermground.platform.embed import Embedder, every_question_rows
 
     batching = search_batching(backbone, setting)
     log.info("search's embedder: at most %d images and %s patches a pass (search_embed_batch=%s)",
              batching.max_images, batching.max_patches, setting)
-    return Embedder(backbone, batch_size=batching.max_images, suffix_batch=SUFFIX_ROWS_PER_IMAGE * batching.max_images,
+    return Embedder(backbone, batch_size=batching.max_images, suffix_batch=every_question_rows(batching.max_images),
                     max_patches=batching.max_patches)

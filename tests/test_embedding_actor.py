@@ -14,3 +14,9 @@ def test_on_a_gpu_every_question_of_a_batch_goes_in_one_suffix_pass() -> None:
 
 def test_on_a_cpu_the_suffix_pass_keeps_the_embedders_default() -> None:
     assert suffix_rows(16, "cpu") == suffix_rows(2, "cpu") == DEFAULT_SUFFIX_BATCH == 64
+
+
+def test_every_question_rows_counts_each_attribute_of_each_image() -> None:
+    from dermground.platform.embed import every_question_rows
+
+    assert [every_question_rows(n) for n in (1, 3)] == [len(ATTRIBUTES), 3 * len(ATTRIBUTES)]
