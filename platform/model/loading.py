@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from dermground.platform.settings import Settings, VisionAttentionMode
 
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+# transformers v5 nests the decoder under model.language_model and the vision tower under model.visual;
+# adapters saved against transformers 4.x (most published Qwen2-VL / Qwen2.5-VL adapters) name them
+# model.* and visual.*. peft renames a v4 *base* checkpoint's keys for these classes but not an adapter's
+# (it looks the renaming up by model_type, transformers registers it by class name), so without this
+# mapping a v4 adapter loads none of its weights and runs as the bare base model.
+V4_ADAPTER_KEY_MAPPING = {r"^visual\.": "model.visual.", r"^model\.(?!language_model\.|visual\.)": "model.language_model."}
 
 
 class BackboneError(RuntimeError):
@@ -156,9 +162,11 @@ def load_backbone(
         from peft import PeftModel  # imported here: only adapters need it
 
         try:
-            model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training)
+            model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training,
+                                              key_mapping=V4_ADAPTER_KEY_MAPPING)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise BackboneError(f"adapter {adapter_path} does not fit model {path}: {exc}") from None
+        _require_adapter_weights_applied(model, adapter_path, path)
     model = model.to(torch_device)
     model.train(for_training)
     if not for_training:
@@ -173,6 +181,27 @@ def load_backbone(
         model_dir=path,
         adapter_dir=adapter_path,
     )
+
+
+def _require_adapter_weights_applied(model: torch.nn.Module, adapter_path: Path, model_path: Path) -> None:
+    """BackboneError unless every adapter weight the model expects came from the file, and nothing else.
+
+    peft only warns when an adapter's names do not match the model's modules; its LoRA layers then
+    keep their initial weights (B = 0: the bare base model) and every vector would silently be the base's.
+    """
+    from peft import get_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    expected = set(get_peft_model_state_dict(model))
+    stored = set(load_peft_weights(str(adapter_path), device="cpu", key_mapping=V4_ADAPTER_KEY_MAPPING))
+    missing, unused = sorted(expected - stored), sorted(stored - expected)
+    if missing or unused:
+        raise BackboneError(
+            f"adapter {adapter_path} does not fit model {model_path}: {len(missing)} of its LoRA weights are not in "
+            f"the file (e.g. {missing[:2]}) and {len(unused)} stored weights name no module of the model "
+            f"(e.g. {unused[:2]}); it was saved from another model or from a sub-module. Save the adapter from "
+            f"a PeftModel of the whole {type(unwrap_model(model)).__name__} (or load the matching base with --model)"
+        )
 
 
 def load_backbone_from_settings(settings: Settings) -> Backbone:

@@ -1,0 +1,67 @@
+"""LoRA adapters trained elsewhere with peft: the layouts users bring, loaded through `load_backbone`.
+
+An adapter whose weight names do not match the model's modules must never load as a silent no-op.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dermground.platform.model.loading import BackboneError, load_backbone
+
+IDS = torch.tensor([[1, 12, 13, 14, 15, 16, 17, 18]])  # text only: the decoder's LoRA layers decide
+
+
+def _logits(model_dir, adapter_dir=None) -> torch.Tensor:
+    backbone = load_backbone(model_dir, adapter_dir, device="cpu", dtype="float32")
+    with torch.no_grad():
+        return backbone.model(input_ids=IDS).logits[0, -1]
+
+
+def _save_adapter(module: torch.nn.Module, out, seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    # A name list, as most trainers write it (LLaMA-Factory, the peft docs): it matches on v4 and v5 names alike.
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj", "qkv", "fc1"])
+    get_peft_model(module, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def v5_adapter(tiny_model_dir, tmp_path_factory):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, local_files_only=True)
+    return _save_adapter(base, tmp_path_factory.mktemp("adapters") / "v5")
+
+
+def test_an_adapter_saved_with_transformers_4_names_applies_like_the_same_adapter_in_v5_names(
+        tiny_model_dir, v5_adapter, tmp_path):
+    # transformers 4.x saved Qwen2-VL adapters as base_model.model.model.layers.* and base_model.model.visual.*
+    weights = load_file(v5_adapter / "adapter_model.safetensors")
+    v4 = {k.replace("base_model.model.model.language_model.", "base_model.model.model.")
+          .replace("base_model.model.model.visual.", "base_model.model.visual."): v for k, v in weights.items()}
+    assert any(k.startswith("base_model.model.visual.blocks.") for k in v4)
+    assert any(k.startswith("base_model.model.model.layers.") for k in v4)
+    v4_adapter = tmp_path / "v4"
+    v4_adapter.mkdir()
+    shutil.copy(v5_adapter / "adapter_config.json", v4_adapter / "adapter_config.json")
+    save_file(v4, str(v4_adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
+    expected = _logits(tiny_model_dir, v5_adapter)
+    assert not torch.allclose(expected, _logits(tiny_model_dir), atol=1e-3)  # the adapter matters
+    torch.testing.assert_close(_logits(tiny_model_dir, v4_adapter), expected, rtol=0, atol=1e-6)
+
+
+def test_an_adapter_saved_from_a_sub_module_is_refused_not_ignored(tiny_model_dir, tmp_path):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, local_files_only=True)
+    inner = _save_adapter(base.model.language_model, tmp_path / "inner")  # keys base_model.model.layers.*
+    with pytest.raises(BackboneError, match="sub-module") as error:
+        load_backbone(tiny_model_dir, inner, device="cpu", dtype="float32")
+    assert "base_model.model.layers.0.self_attn.q_proj.lora_A.weight" in str(error.value)
