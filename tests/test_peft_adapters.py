@@ -5,6 +5,7 @@ An adapter whose weight names do not match the model's modules must never load a
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -65,3 +66,30 @@ def test_an_adapter_saved_from_a_sub_module_is_refused_not_ignored(tiny_model_di
     with pytest.raises(BackboneError, match="sub-module") as error:
         load_backbone(tiny_model_dir, inner, device="cpu", dtype="float32")
     assert "base_model.model.layers.0.self_attn.q_proj.lora_A.weight" in str(error.value)
+
+
+def test_a_transformers_4_adapter_with_a_regex_target_gets_lora_layers_only_where_it_was_trained(tmp_path):
+    # ms-swift writes target_modules as a regex over the 4.x names, where the decoder was model.* and the vision
+    # tower visual.*; on v5 names it would also match Qwen2.5-VL's vision MLP (model.visual.*.gate_proj ...).
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from dermground.platform.model.tiny import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "qwen25", seed=0, family="qwen2_5_vl")
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, local_files_only=True)
+    torch.manual_seed(0)
+    v5_regex = r"^(model\.language_model(?=\.).*\.(k_proj|up_proj|v_proj|down_proj|gate_proj|o_proj|q_proj))$"
+    v5_adapter = tmp_path / "v5"
+    get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                    target_modules=v5_regex)).save_pretrained(v5_adapter)
+    v4_adapter = tmp_path / "v4"
+    v4_adapter.mkdir()
+    weights = load_file(v5_adapter / "adapter_model.safetensors")
+    save_file({k.replace("base_model.model.model.language_model.", "base_model.model.model."): v
+               for k, v in weights.items()}, str(v4_adapter / "adapter_model.safetensors"))
+    config = json.loads((v5_adapter / "adapter_config.json").read_text())
+    config["target_modules"] = r"^(model(?=\.).*\.(k_proj|up_proj|v_proj|down_proj|gate_proj|o_proj|q_proj))$"
+    (v4_adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert any(name.startswith("model.visual.") and name.endswith("gate_proj") for name, _ in base.named_modules())
+    torch.testing.assert_close(_logits(model_dir, v4_adapter), _logits(model_dir, v5_adapter), rtol=0, atol=1e-6)

@@ -8,6 +8,7 @@ the video-capable processor, loads the same way as the tiny local model.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -162,8 +163,8 @@ def load_backbone(
         from peft import PeftModel  # imported here: only adapters need it
 
         try:
-            model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training,
-                                              key_mapping=V4_ADAPTER_KEY_MAPPING)
+            model = PeftModel.from_pretrained(model, adapter_path, config=_adapter_config(adapter_path, model),
+                                              is_trainable=for_training, key_mapping=V4_ADAPTER_KEY_MAPPING)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise BackboneError(f"adapter {adapter_path} does not fit model {path}: {exc}") from None
         _require_adapter_weights_applied(model, adapter_path, path)
@@ -183,6 +184,56 @@ def load_backbone(
     )
 
 
+def _adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202 - a peft PeftConfig
+    """The adapter's peft config; a transformers-4.x adapter's regex target_modules is matched on 4.x names.
+
+    A regex such as ms-swift's `^(model(?=\\.).*\\.(q_proj|...|gate_proj))$` meant the decoder when the
+    decoder was `model.*`; on v5 names it also matches the vision tower (`model.visual.*`, whose
+    Qwen2.5-VL MLP has gate/up/down_proj), which would get LoRA layers the file has no weights for.
+    """
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(adapter_path))
+    pattern = getattr(config, "target_modules", None)
+    if isinstance(pattern, str) and any(_v5_adapter_key(key) != key for key in _stored_adapter_keys(adapter_path)):
+        config.target_modules = {name for name, _ in model.named_modules()
+                                 if (old := _v4_module_name(name)) is not None and re.fullmatch(pattern, old)}
+    return config
+
+
+def _v5_adapter_key(key: str) -> str:
+    """A stored adapter weight's name under transformers v5 (what peft makes of it with V4_ADAPTER_KEY_MAPPING)."""
+    prefix = "base_model.model."
+    if not key.startswith(prefix):
+        return key
+    for pattern, replacement in V4_ADAPTER_KEY_MAPPING.items():
+        renamed, count = re.subn(pattern, replacement, key.removeprefix(prefix))
+        if count:
+            return prefix + renamed
+    return key
+
+
+def _v4_module_name(name: str) -> str | None:
+    """A v5 module's name under transformers 4.x (None for the v5-only wrapper `model`)."""
+    for new, old in (("model.language_model", "model"), ("model.visual", "visual")):
+        if name == new or name.startswith(new + "."):
+            return old + name.removeprefix(new)
+    return None if name in ("", "model") else name
+
+
+def _stored_adapter_keys(adapter_path: Path) -> set[str]:
+    """The weight names an adapter folder stores (from the safetensors header when there is one)."""
+    file = adapter_path / "adapter_model.safetensors"
+    if file.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as handle:
+            return set(handle.keys())
+    from peft.utils import load_peft_weights
+
+    return set(load_peft_weights(str(adapter_path), device="cpu"))
+
+
 def _require_adapter_weights_applied(model: torch.nn.Module, adapter_path: Path, model_path: Path) -> None:
     """BackboneError unless every adapter weight the model expects came from the file, and nothing else.
 
@@ -190,10 +241,9 @@ def _require_adapter_weights_applied(model: torch.nn.Module, adapter_path: Path,
     keep their initial weights (B = 0: the bare base model) and every vector would silently be the base's.
     """
     from peft import get_peft_model_state_dict
-    from peft.utils import load_peft_weights
 
     expected = set(get_peft_model_state_dict(model))
-    stored = set(load_peft_weights(str(adapter_path), device="cpu", key_mapping=V4_ADAPTER_KEY_MAPPING))
+    stored = {_v5_adapter_key(key) for key in _stored_adapter_keys(adapter_path)}
     missing, unused = sorted(expected - stored), sorted(stored - expected)
     if missing or unused:
         raise BackboneError(
