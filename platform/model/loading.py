@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
 
-from dermground.platform.model.checkpoint_check import file_problems, tokenizer_problems
+from dermground.platform.model.checkpoint_check import REDOWNLOAD, file_problems, tokenizer_problems
 from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
@@ -141,12 +141,24 @@ def load_backbone(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     processor = load_processor(path)
+    model_class = model_family(path).model_class
     try:
-        model = model_family(path).model_class.from_pretrained(
-            path, dtype=torch_dtype, local_files_only=True, attn_implementation="sdpa"
+        model, loading = model_class.from_pretrained(
+            path, dtype=torch_dtype, local_files_only=True, attn_implementation="sdpa", output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise BackboneError(f"cannot load model weights from {path}: {exc}") from None
+    if loading["missing_keys"]:
+        # transformers only logs these and initialises them at random: every vector would be noise.
+        missing, unused = sorted(loading["missing_keys"]), sorted(loading["unexpected_keys"])
+        raise BackboneError(
+            f"{path}: {len(missing)} weights of {model_class.__name__} are not in the checkpoint (e.g. {missing[:3]}) "
+            f"and would be random" + (f"; it stores {len(unused)} tensors under other names (e.g. {unused[:3]})"
+                                      if unused else "")
+            + "; the folder holds another model, was saved from a wrapper (a 'module.' or 'base_model.model.' "
+            f"prefix) or is incomplete: save it again with save_pretrained of the {model_class.__name__} "
+            "(`dermground model export --merge` for base + adapter) or " + REDOWNLOAD
+        )
     if vision_attention == "batched":
         batch_vision_attention(model)
     wrong_tokens = tokenizer_problems(processor.tokenizer, model.config)
