@@ -1,7 +1,8 @@
-"""A checkpoint folder whose weights do not all match the model's names is refused, never run half random."""
+"""Checkpoint folders dermground cannot run as they are: refused with the file and the fix, never run half random."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -36,3 +37,30 @@ def test_a_checkpoint_saved_from_a_wrapper_is_refused_naming_its_prefix(tiny_mod
         load_backbone(folder, device="cpu", dtype="float32")
     assert "'module.lm_head.weight'" in str(error.value) and "save_pretrained" in str(error.value)
     load_backbone(tiny_model_dir, device="cpu", dtype="float32")  # the original folder loads
+
+
+@pytest.mark.parametrize("quantization", [
+    {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm", "zero_point": True},  # Qwen's -AWQ
+    {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True},  # Qwen's -GPTQ-Int4
+    {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},  # unsloth's -bnb-4bit
+])
+def test_a_quantized_checkpoint_is_refused_by_check_and_by_load(tiny_model_dir, tmp_path, quantization):
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+    from dermground.platform.commands.context import use_settings
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    folder = tmp_path / "quantized"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"quantization_config": quantization}))
+    report = check_checkpoint(folder)
+    assert [p.file for p in report.problems] == ["config.json"]
+    assert f"{quantization['quant_method']}-quantized" in report.summary() and "unquantized" in report.summary()
+    try:
+        result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "info", "--model", str(folder)])
+    finally:
+        use_settings(None)
+    assert result.exit_code == 1 and "unquantized checkpoint" in result.output
+    assert not isinstance(result.exception, ImportError)  # before: gptqmodel / optimum / bitsandbytes ImportError

@@ -83,6 +83,15 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
         return [CheckpointProblem("config.json", f"{path} holds a {model_type!r} model; dermground needs one of "
                                   f"{tuple(FAMILIES)}", "point --model at a Qwen2-VL or Qwen2.5-VL checkpoint")]
     problems = _weight_problems(path)
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict):
+        # Loading would stop at an ImportError (gptqmodel, optimum, bitsandbytes), and even with those
+        # installed, LoRA merging and the dtype/device choices assume full-precision weights.
+        problems.append(CheckpointProblem(
+            "config.json", f"{path} holds a {quantization.get('quant_method', 'quantized')}-quantized model; dermground "
+            "embeds with, trains LoRA on and merges into full-precision (bfloat16/float32) weights",
+            "point --model at the unquantized checkpoint (e.g. Qwen/Qwen2-VL-7B-Instruct, not its -AWQ or -GPTQ-Int4 "
+            "variant)"))
     if not (path / "tokenizer.json").is_file() and not (
             (path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
         problems.append(CheckpointProblem("tokenizer.json", "no tokenizer files (tokenizer.json, or vocab.json + "
