@@ -64,3 +64,23 @@ def test_a_quantized_checkpoint_is_refused_by_check_and_by_load(tiny_model_dir, 
         use_settings(None)
     assert result.exit_code == 1 and "unquantized checkpoint" in result.output
     assert not isinstance(result.exception, ImportError)  # before: gptqmodel / optimum / bitsandbytes ImportError
+
+
+def test_a_git_lfs_pointer_or_a_cut_short_weight_file_fails_the_check_not_the_load(tiny_model_dir, tmp_path):
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    lfs = tmp_path / "lfs"  # `git clone` of a hub repo without git-lfs
+    shutil.copytree(tiny_model_dir, lfs)
+    (lfs / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
+                                           + "0" * 64 + "\nsize 4411559792\n")
+    cut = tmp_path / "cut"  # an interrupted copy
+    shutil.copytree(tiny_model_dir, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) // 2])
+    for folder, words in ((lfs, "git lfs pull"), (cut, "is cut short")):
+        report = check_checkpoint(folder)
+        assert [p.file for p in report.problems] == ["model.safetensors"], report.summary()
+        assert words in report.summary()
+        with pytest.raises(BackboneError, match="model.safetensors"):  # before: safetensors' SafetensorError
+            load_backbone(folder, device="cpu", dtype="float32")
+    assert check_checkpoint(tiny_model_dir).ok

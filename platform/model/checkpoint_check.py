@@ -117,11 +117,44 @@ def _weight_problems(path: Path) -> list[CheckpointProblem]:
             return [CheckpointProblem(missing[0], f"{index.name} lists {len(shards)} weight shard(s) and "
                                       f"{len(missing)} are missing ({', '.join(missing)}); the download is incomplete",
                                       REDOWNLOAD)]
-        return []
+        return _damaged_weights(path / s for s in shards if s.endswith(".safetensors"))
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         return [CheckpointProblem("model.safetensors", f"{path} has a config but no weights (*.safetensors); "
                                   "the checkpoint is incomplete", REDOWNLOAD)]
-    return []
+    single = path / "model.safetensors"
+    return _damaged_weights([single] if single.is_file() else [])
+
+
+def _damaged_weights(files: Iterable[Path]) -> list[CheckpointProblem]:
+    """Weight files that cannot be read: Git LFS pointers, cut-short copies (header and size only, no tensor read)."""
+    problems: list[CheckpointProblem] = []
+    for file in files:
+        reason = _safetensors_damage(file)
+        if reason is not None:
+            fix = ("fetch the weights with `git lfs pull` in the folder, or " + REDOWNLOAD
+                   if "Git LFS" in reason else REDOWNLOAD)
+            problems.append(CheckpointProblem(file.name, f"{reason}; the weights cannot be read", fix))
+    return problems
+
+
+def _safetensors_damage(file: Path) -> str | None:
+    """Why a .safetensors file is not whole, or None (reads its 8-byte length and JSON header only)."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        if head == b"version ":  # a clone without git-lfs holds "version https://git-lfs.github.com/spec/v1 ..."
+            return f"is a Git LFS pointer ({size} bytes), not the weights"
+        length = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if length == 0 or 8 + length > size:
+            return f"is cut short or not a safetensors file ({size:,} bytes)"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"has an unreadable safetensors header ({size:,} bytes)"
+    if 8 + length + end != size:
+        return f"is cut short: {size:,} bytes where its header describes {8 + length + end:,}"
+    return None
 
 
 def tokenizer_problems(tokenizer, config) -> list[CheckpointProblem]:  # noqa: ANN001 - HF tokenizer and config
