@@ -93,3 +93,13 @@ def test_a_transformers_4_adapter_with_a_regex_target_gets_lora_layers_only_wher
     (v4_adapter / "adapter_config.json").write_text(json.dumps(config))
     assert any(name.startswith("model.visual.") and name.endswith("gate_proj") for name, _ in base.named_modules())
     torch.testing.assert_close(_logits(model_dir, v4_adapter), _logits(model_dir, v5_adapter), rtol=0, atol=1e-6)
+
+
+def test_an_adapter_cloned_without_git_lfs_is_refused_with_the_fix(tiny_model_dir, v5_adapter, tmp_path):
+    pointer = tmp_path / "pointer"
+    shutil.copytree(v5_adapter, pointer)
+    (pointer / "adapter_model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
+                                                       + "0" * 64 + "\nsize 1234567\n")
+    with pytest.raises(BackboneError, match="Git LFS pointer") as error:  # before: safetensors' SafetensorError
+        load_backbone(tiny_model_dir, pointer, device="cpu", dtype="float32")
+    assert "git lfs pull" in str(error.value)

@@ -117,22 +117,22 @@ def _weight_problems(path: Path) -> list[CheckpointProblem]:
             return [CheckpointProblem(missing[0], f"{index.name} lists {len(shards)} weight shard(s) and "
                                       f"{len(missing)} are missing ({', '.join(missing)}); the download is incomplete",
                                       REDOWNLOAD)]
-        return _damaged_weights(path / s for s in shards if s.endswith(".safetensors"))
+        return damaged_weight_files(path / s for s in shards if s.endswith(".safetensors"))
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         return [CheckpointProblem("model.safetensors", f"{path} has a config but no weights (*.safetensors); "
                                   "the checkpoint is incomplete", REDOWNLOAD)]
     single = path / "model.safetensors"
-    return _damaged_weights([single] if single.is_file() else [])
+    return damaged_weight_files([single] if single.is_file() else [])
 
 
-def _damaged_weights(files: Iterable[Path]) -> list[CheckpointProblem]:
+def damaged_weight_files(files: Iterable[Path], redownload: str = REDOWNLOAD) -> list[CheckpointProblem]:
     """Weight files that cannot be read: Git LFS pointers, cut-short copies (header and size only, no tensor read)."""
     problems: list[CheckpointProblem] = []
     for file in files:
         reason = _safetensors_damage(file)
         if reason is not None:
-            fix = ("fetch the weights with `git lfs pull` in the folder, or " + REDOWNLOAD
-                   if "Git LFS" in reason else REDOWNLOAD)
+            fix = ("fetch the weights with `git lfs pull` in the folder, or " + redownload
+                   if "Git LFS" in reason else redownload)
             problems.append(CheckpointProblem(file.name, f"{reason}; the weights cannot be read", fix))
     return problems
 

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
 
-from dermground.platform.model.checkpoint_check import REDOWNLOAD, file_problems, tokenizer_problems
+from dermground.platform.model.checkpoint_check import (
+    REDOWNLOAD,
+    damaged_weight_files,
+    file_problems,
+    tokenizer_problems,
+)
 from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
@@ -172,6 +177,10 @@ def load_backbone(
                 f"adapter directory {adapter_path} has no adapter_config.json; pass the folder a training run saved "
                 "(or leave --adapter out to use the base model)"
             )
+        damaged = damaged_weight_files([f for f in [adapter_path / "adapter_model.safetensors"] if f.is_file()],
+                                       redownload="copy the adapter folder again")
+        if damaged:
+            raise BackboneError(f"adapter {adapter_path}: {damaged[0]}")
         from peft import PeftModel  # imported here: only adapters need it
 
         try:
