@@ -103,3 +103,22 @@ def test_an_adapter_cloned_without_git_lfs_is_refused_with_the_fix(tiny_model_di
     with pytest.raises(BackboneError, match="Git LFS pointer") as error:  # before: safetensors' SafetensorError
         load_backbone(tiny_model_dir, pointer, device="cpu", dtype="float32")
     assert "git lfs pull" in str(error.value)
+
+
+def test_an_adapter_that_stores_full_embedding_weights_loads_them(tiny_model_dir, tmp_path):
+    # peft's save_embedding_layers (automatic when the vocabulary was resized) stores embed_tokens and lm_head
+    # whole next to the LoRA weights; peft loads them into the base model, so they are not unused weights.
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2VLForConditionalGeneration
+
+    base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, local_files_only=True)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"]))
+    embedding = peft_model.base_model.model.model.language_model.embed_tokens.weight
+    with torch.no_grad():
+        embedding[:10] += 1.0
+    expected = embedding[:10].detach().clone()
+    peft_model.save_pretrained(tmp_path / "with_embeddings", save_embedding_layers=True)
+    assert "base_model.model.model.language_model.embed_tokens.weight" in load_file(
+        tmp_path / "with_embeddings" / "adapter_model.safetensors")
+    backbone = load_backbone(tiny_model_dir, tmp_path / "with_embeddings", device="cpu", dtype="float32")
+    torch.testing.assert_close(backbone.core.model.language_model.embed_tokens.weight[:10], expected)

@@ -265,7 +265,8 @@ def _require_adapter_weights_applied(model: torch.nn.Module, adapter_path: Path,
 
     expected = set(get_peft_model_state_dict(model))
     stored = {_v5_adapter_key(key) for key in _stored_adapter_keys(adapter_path)}
-    missing, unused = sorted(expected - stored), sorted(stored - expected)
+    # A stored full weight of the model itself (peft's save_embedding_layers: embed_tokens, lm_head) is loaded too.
+    missing, unused = sorted(expected - stored), sorted(stored - expected - set(model.state_dict()))
     if missing or unused:
         raise BackboneError(
             f"adapter {adapter_path} does not fit model {model_path}: {len(missing)} of its LoRA weights are not in "
