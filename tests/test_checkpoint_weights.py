@@ -84,3 +84,21 @@ def test_a_git_lfs_pointer_or_a_cut_short_weight_file_fails_the_check_not_the_lo
         with pytest.raises(BackboneError, match="model.safetensors"):  # before: safetensors' SafetensorError
             load_backbone(folder, device="cpu", dtype="float32")
     assert check_checkpoint(tiny_model_dir).ok
+
+
+def test_the_hub_cache_folder_of_a_repo_points_at_its_snapshot_which_loads(tiny_model_dir, tmp_path):
+    # ~/.cache/huggingface/hub/models--Org--Name: files are symlinks from snapshots/<revision>/ into blobs/
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    repo = tmp_path / "models--Qwen--Qwen2-VL-2B-Instruct"
+    snapshot = repo / "snapshots" / "895c3a49bc3fa70a340399125c650a463535e71c"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for index, file in enumerate(sorted(tiny_model_dir.iterdir())):
+        blob = repo / "blobs" / f"{index:040x}"
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(blob)
+    report = check_checkpoint(repo)
+    assert not report.ok and f"point --model at its snapshot folder {snapshot}" in report.summary()
+    assert check_checkpoint(snapshot).ok
+    assert load_backbone(snapshot, device="cpu", dtype="float32").model_dir == snapshot

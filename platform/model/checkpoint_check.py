@@ -69,6 +69,11 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
         return [CheckpointProblem("", f"model directory {path} does not exist", INIT_HINT)]
     config_file = path / "config.json"
     if not config_file.is_file():
+        # The hub cache's folder of a repo (models--Org--Name) holds the checkpoint in snapshots/<revision>/.
+        snapshots = sorted(path.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
+        if snapshots:
+            return [CheckpointProblem("config.json", f"{path} is a Hugging Face cache folder, not a checkpoint",
+                                      f"point --model at its snapshot folder {snapshots[-1].parent}")]
         return [CheckpointProblem("config.json", f"{path} has no config.json, so it is not a Hugging Face checkpoint",
                                   INIT_HINT)]
     try:
