@@ -41,21 +41,38 @@ def v5_adapter(tiny_model_dir, tmp_path_factory):
     return _save_adapter(base, tmp_path_factory.mktemp("adapters") / "v5")
 
 
-def test_an_adapter_saved_with_transformers_4_names_applies_like_the_same_adapter_in_v5_names(
-        tiny_model_dir, v5_adapter, tmp_path):
-    # transformers 4.x saved Qwen2-VL adapters as base_model.model.model.layers.* and base_model.model.visual.*
+def _v4_copy(v5_adapter, out, target_modules=None):
+    """The adapter as transformers 4.x saved it: base_model.model.model.layers.* and base_model.model.visual.*"""
     weights = load_file(v5_adapter / "adapter_model.safetensors")
     v4 = {k.replace("base_model.model.model.language_model.", "base_model.model.model.")
           .replace("base_model.model.model.visual.", "base_model.model.visual."): v for k, v in weights.items()}
     assert any(k.startswith("base_model.model.visual.blocks.") for k in v4)
     assert any(k.startswith("base_model.model.model.layers.") for k in v4)
-    v4_adapter = tmp_path / "v4"
-    v4_adapter.mkdir()
-    shutil.copy(v5_adapter / "adapter_config.json", v4_adapter / "adapter_config.json")
-    save_file(v4, str(v4_adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
+    out.mkdir()
+    config = json.loads((v5_adapter / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps(config | ({"target_modules": target_modules}
+                                                                  if target_modules else {})))
+    save_file(v4, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def test_an_adapter_saved_with_transformers_4_names_applies_like_the_same_adapter_in_v5_names(
+        tiny_model_dir, v5_adapter, tmp_path):
+    v4_adapter = _v4_copy(v5_adapter, tmp_path / "v4")
     expected = _logits(tiny_model_dir, v5_adapter)
     assert not torch.allclose(expected, _logits(tiny_model_dir), atol=1e-3)  # the adapter matters
     torch.testing.assert_close(_logits(tiny_model_dir, v4_adapter), expected, rtol=0, atol=1e-6)
+
+
+def test_a_transformers_4_adapter_listing_full_module_paths_applies_to_the_same_modules(
+        tiny_model_dir, v5_adapter, tmp_path):
+    # A target list is matched as name suffixes; model.layers.0.self_attn.q_proj is no suffix of the v5 name
+    # model.language_model.layers.0.self_attn.q_proj, so those layers got no LoRA and their weights were dropped.
+    paths = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
+    paths += [f"visual.blocks.{i}.{m}" for i in range(2) for m in ("attn.qkv", "mlp.fc1")]
+    v4_adapter = _v4_copy(v5_adapter, tmp_path / "v4_paths", target_modules=paths)
+    torch.testing.assert_close(_logits(tiny_model_dir, v4_adapter), _logits(tiny_model_dir, v5_adapter),
+                               rtol=0, atol=1e-6)
 
 
 def test_an_adapter_saved_from_a_sub_module_is_refused_not_ignored(tiny_model_dir, tmp_path):

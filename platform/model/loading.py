@@ -206,32 +206,40 @@ def load_backbone(
 
 
 def _adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202 - a peft PeftConfig
-    """The adapter's peft config; a transformers-4.x adapter's regex target_modules is matched on 4.x names.
+    """The adapter's peft config; a transformers-4.x adapter's target_modules is matched on 4.x names.
 
     A regex such as ms-swift's `^(model(?=\\.).*\\.(q_proj|...|gate_proj))$` meant the decoder when the
     decoder was `model.*`; on v5 names it also matches the vision tower (`model.visual.*`, whose
     Qwen2.5-VL MLP has gate/up/down_proj), which would get LoRA layers the file has no weights for.
+    A list is matched as name suffixes: a full 4.x path (model.layers.0.self_attn.q_proj) gets its v5 name.
     """
     from peft import PeftConfig
 
     config = PeftConfig.from_pretrained(str(adapter_path))
     pattern = getattr(config, "target_modules", None)
-    if isinstance(pattern, str) and any(_v5_adapter_key(key) != key for key in _stored_adapter_keys(adapter_path)):
+    if not pattern or not any(_v5_adapter_key(key) != key for key in _stored_adapter_keys(adapter_path)):
+        return config
+    if isinstance(pattern, str):
         config.target_modules = {name for name, _ in model.named_modules()
                                  if (old := _v4_module_name(name)) is not None and re.fullmatch(pattern, old)}
+    else:
+        config.target_modules = {_v5_name(name) for name in pattern}
     return config
+
+
+def _v5_name(name: str) -> str:
+    """A transformers-4.x module or weight name under v5 (the first rule of V4_ADAPTER_KEY_MAPPING that applies)."""
+    for pattern, replacement in V4_ADAPTER_KEY_MAPPING.items():
+        renamed, count = re.subn(pattern, replacement, name)
+        if count:
+            return renamed
+    return name
 
 
 def _v5_adapter_key(key: str) -> str:
     """A stored adapter weight's name under transformers v5 (what peft makes of it with V4_ADAPTER_KEY_MAPPING)."""
     prefix = "base_model.model."
-    if not key.startswith(prefix):
-        return key
-    for pattern, replacement in V4_ADAPTER_KEY_MAPPING.items():
-        renamed, count = re.subn(pattern, replacement, key.removeprefix(prefix))
-        if count:
-            return prefix + renamed
-    return key
+    return prefix + _v5_name(key.removeprefix(prefix)) if key.startswith(prefix) else key
 
 
 def _v4_module_name(name: str) -> str | None:
