@@ -139,3 +139,16 @@ def test_an_adapter_that_stores_full_embedding_weights_loads_them(tiny_model_dir
         tmp_path / "with_embeddings" / "adapter_model.safetensors")
     backbone = load_backbone(tiny_model_dir, tmp_path / "with_embeddings", device="cpu", dtype="float32")
     torch.testing.assert_close(backbone.core.model.language_model.embed_tokens.weight[:10], expected)
+
+
+def test_a_transformers_4_adapter_targeting_all_linear_layers_loads(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, local_files_only=True)
+    get_peft_model(base, LoraConfig(r=4, init_lora_weights=False, target_modules="all-linear")).save_pretrained(
+        tmp_path / "v5")
+    v4_adapter = _v4_copy(tmp_path / "v5", tmp_path / "v4", target_modules="all-linear")  # as written by hand
+    torch.testing.assert_close(_logits(tiny_model_dir, v4_adapter), _logits(tiny_model_dir, tmp_path / "v5"),
+                               rtol=0, atol=1e-6)

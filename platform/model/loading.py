@@ -217,8 +217,9 @@ def _adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202
 
     config = PeftConfig.from_pretrained(str(adapter_path))
     pattern = getattr(config, "target_modules", None)
-    if not pattern or not any(_v5_adapter_key(key) != key for key in _stored_adapter_keys(adapter_path)):
-        return config
+    if pattern in (None, "all-linear") or not any(_v5_adapter_key(key) != key
+                                                  for key in _stored_adapter_keys(adapter_path)):
+        return config  # (peft resolves "all-linear" on the model itself)
     if isinstance(pattern, str):
         config.target_modules = {name for name, _ in model.named_modules()
                                  if (old := _v4_module_name(name)) is not None and re.fullmatch(pattern, old)}
