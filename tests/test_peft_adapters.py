@@ -152,3 +152,19 @@ def test_a_transformers_4_adapter_targeting_all_linear_layers_loads(tiny_model_d
     v4_adapter = _v4_copy(tmp_path / "v5", tmp_path / "v4", target_modules="all-linear")  # as written by hand
     torch.testing.assert_close(_logits(tiny_model_dir, v4_adapter), _logits(tiny_model_dir, tmp_path / "v5"),
                                rtol=0, atol=1e-6)
+
+
+def test_ingest_checks_the_adapter_folder_before_ray_starts(tiny_model_dir, v5_adapter, tmp_path):
+    # Before: the embedding actors found the problem, and ingest died with Ray's ActorDiedError traceback.
+    from dermground.ingest.pipeline import model_identity
+
+    not_an_adapter = tmp_path / "not_an_adapter"
+    not_an_adapter.mkdir()
+    with pytest.raises(BackboneError, match="has no adapter_config.json"):
+        model_identity(tiny_model_dir, not_an_adapter)
+    pointer = tmp_path / "pointer"
+    shutil.copytree(v5_adapter, pointer)
+    (pointer / "adapter_model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(BackboneError, match="git lfs pull"):
+        model_identity(tiny_model_dir, pointer)
+    assert model_identity(tiny_model_dir, v5_adapter)[0] == load_backbone(tiny_model_dir, device="cpu").hidden_size

@@ -130,6 +130,24 @@ def _weight_problems(path: Path) -> list[CheckpointProblem]:
     return damaged_weight_files([single] if single.is_file() else [])
 
 
+def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
+    """Problems of a LoRA adapter folder visible from its files alone (whether it fits a model needs the model)."""
+    path = Path(adapter_dir)
+    copy_again = "copy the adapter folder again"
+    if not (path / "adapter_config.json").is_file():
+        return [CheckpointProblem("adapter_config.json", f"adapter directory {path} has no adapter_config.json",
+                                  "pass the folder a training run saved (or leave --adapter out to use the base model)")]
+    try:
+        json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [CheckpointProblem("adapter_config.json", f"not readable JSON ({exc})", copy_again)]
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file() and not (path / "adapter_model.bin").is_file():
+        return [CheckpointProblem(weights.name, f"adapter directory {path} has no weights (adapter_model.safetensors)",
+                                  copy_again)]
+    return damaged_weight_files([weights] if weights.is_file() else [], redownload=copy_again)
+
+
 def damaged_weight_files(files: Iterable[Path], redownload: str = REDOWNLOAD) -> list[CheckpointProblem]:
     """Weight files that cannot be read: Git LFS pointers, cut-short copies (header and size only, no tensor read)."""
     problems: list[CheckpointProblem] = []

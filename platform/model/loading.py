@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dermground.platform.model.checkpoint_check import (
     REDOWNLOAD,
-    damaged_weight_files,
+    adapter_problems,
     file_problems,
     tokenizer_problems,
 )
@@ -172,15 +172,9 @@ def load_backbone(
     adapter_path = None
     if adapter_dir is not None:
         adapter_path = Path(adapter_dir)
-        if not (adapter_path / "adapter_config.json").is_file():
-            raise BackboneError(
-                f"adapter directory {adapter_path} has no adapter_config.json; pass the folder a training run saved "
-                "(or leave --adapter out to use the base model)"
-            )
-        damaged = damaged_weight_files([f for f in [adapter_path / "adapter_model.safetensors"] if f.is_file()],
-                                       redownload="copy the adapter folder again")
-        if damaged:
-            raise BackboneError(f"adapter {adapter_path}: {damaged[0]}")
+        adapter_files = adapter_problems(adapter_path)
+        if adapter_files:
+            raise BackboneError(f"adapter {adapter_path}: {adapter_files[0]}")
         from peft import PeftModel  # imported here: only adapters need it
 
         try:
