@@ -119,3 +119,19 @@ def test_pretrain_runs_the_tower_stage_first_and_reuses_it_on_a_rerun(ray_sessio
     assert again["steps"] == 3
     plain = pretrain_base(small_data, tiny_model_dir, tmp_path / "plain", PretrainConfig(max_steps=2, batch_size=4), **run)
     assert plain["tower"] is None and "tower_steps" not in plain["hyperparameters"]
+
+
+def test_tower_pretraining_of_a_sharded_hub_checkpoint_writes_a_loadable_model(small_data, hub_checkpoints, tmp_path):
+    # A hub download keeps its weights in shards listed by model.safetensors.index.json; the new model is saved
+    # afresh, so the base's index must not be copied next to it (it would name shards the output lacks).
+    from dermground.platform.model.loading import load_backbone
+    from dermground.train.tower_pretrain import pretrain_tower
+
+    base = hub_checkpoints("qwen2_vl")
+    assert (base / "model.safetensors.index.json").is_file()
+    out = tmp_path / "tower"
+    meta = pretrain_tower(small_data, base, out, PretrainConfig(tower_steps=1, batch_size=4, max_images=4, seed=1),
+                          progress=False)
+    assert not (out / "model.safetensors.index.json").exists() or all(
+        (out / shard).is_file() for shard in json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].values())
+    assert load_backbone(out, device="cpu", dtype="float32").fingerprint == meta["fingerprint"]

@@ -33,6 +33,10 @@ import torch
 from dermground.train.config import PretrainConfig
 
 TOWER_METADATA_FILE = "dermground_tower_pretrain.json"
+# The base's weights and their shard indexes: save_pretrained writes the new ones (a stale index copied
+# from a sharded hub base would point the output at shards it does not have).
+_BASE_WEIGHT_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_BASE_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKEN_PIXELS = 28  # a merged token covers merge_size (2) x patch_size (14) pixels on each side
 QUARTERS = 2  # sub-regions per token side for the quarter statistics
 STATISTIC_NAMES = (
@@ -180,6 +184,7 @@ def _save_model(model: torch.nn.Module, base: Path, out: Path) -> None:
     """The trained weights beside a copy of everything else of `base` (tokenizer, processor, chat template)."""
     out.mkdir(parents=True, exist_ok=True)
     for item in base.iterdir():
-        if item.is_file() and not item.name.endswith(".safetensors") and item.name != TOWER_METADATA_FILE:
+        if (item.is_file() and not item.name.endswith(_BASE_WEIGHT_SUFFIXES)
+                and item.name not in (*_BASE_WEIGHT_FILES, TOWER_METADATA_FILE)):
             shutil.copy2(item, out / item.name)
     model.save_pretrained(out)

@@ -69,6 +69,11 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
         return [CheckpointProblem("", f"model directory {path} does not exist", INIT_HINT)]
     config_file = path / "config.json"
     if not config_file.is_file():
+        # The hub cache's folder of a repo (models--Org--Name) holds the checkpoint in snapshots/<revision>/.
+        snapshots = sorted(path.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
+        if snapshots:
+            return [CheckpointProblem("config.json", f"{path} is a Hugging Face cache folder, not a checkpoint",
+                                      f"point --model at its snapshot folder {snapshots[-1].parent}")]
         return [CheckpointProblem("config.json", f"{path} has no config.json, so it is not a Hugging Face checkpoint",
                                   INIT_HINT)]
     try:
@@ -83,6 +88,15 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
         return [CheckpointProblem("config.json", f"{path} holds a {model_type!r} model; dermground needs one of "
                                   f"{tuple(FAMILIES)}", "point --model at a Qwen2-VL or Qwen2.5-VL checkpoint")]
     problems = _weight_problems(path)
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict):
+        # Loading would stop at an ImportError (gptqmodel, optimum, bitsandbytes), and even with those
+        # installed, LoRA merging and the dtype/device choices assume full-precision weights.
+        problems.append(CheckpointProblem(
+            "config.json", f"{path} holds a {quantization.get('quant_method', 'quantized')}-quantized model; dermground "
+            "embeds with, trains LoRA on and merges into full-precision (bfloat16/float32) weights",
+            "point --model at the unquantized checkpoint (e.g. Qwen/Qwen2-VL-7B-Instruct, not its -AWQ or -GPTQ-Int4 "
+            "variant)"))
     if not (path / "tokenizer.json").is_file() and not (
             (path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
         problems.append(CheckpointProblem("tokenizer.json", "no tokenizer files (tokenizer.json, or vocab.json + "
@@ -108,11 +122,62 @@ def _weight_problems(path: Path) -> list[CheckpointProblem]:
             return [CheckpointProblem(missing[0], f"{index.name} lists {len(shards)} weight shard(s) and "
                                       f"{len(missing)} are missing ({', '.join(missing)}); the download is incomplete",
                                       REDOWNLOAD)]
-        return []
+        return damaged_weight_files(path / s for s in shards if s.endswith(".safetensors"))
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         return [CheckpointProblem("model.safetensors", f"{path} has a config but no weights (*.safetensors); "
                                   "the checkpoint is incomplete", REDOWNLOAD)]
-    return []
+    single = path / "model.safetensors"
+    return damaged_weight_files([single] if single.is_file() else [])
+
+
+def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
+    """Problems of a LoRA adapter folder visible from its files alone (whether it fits a model needs the model)."""
+    path = Path(adapter_dir)
+    copy_again = "copy the adapter folder again"
+    if not (path / "adapter_config.json").is_file():
+        return [CheckpointProblem("adapter_config.json", f"adapter directory {path} has no adapter_config.json",
+                                  "pass the folder a training run saved (or leave --adapter out to use the base model)")]
+    try:
+        json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [CheckpointProblem("adapter_config.json", f"not readable JSON ({exc})", copy_again)]
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file() and not (path / "adapter_model.bin").is_file():
+        return [CheckpointProblem(weights.name, f"adapter directory {path} has no weights (adapter_model.safetensors)",
+                                  copy_again)]
+    return damaged_weight_files([weights] if weights.is_file() else [], redownload=copy_again)
+
+
+def damaged_weight_files(files: Iterable[Path], redownload: str = REDOWNLOAD) -> list[CheckpointProblem]:
+    """Weight files that cannot be read: Git LFS pointers, cut-short copies (header and size only, no tensor read)."""
+    problems: list[CheckpointProblem] = []
+    for file in files:
+        reason = _safetensors_damage(file)
+        if reason is not None:
+            fix = ("fetch the weights with `git lfs pull` in the folder, or " + redownload
+                   if "Git LFS" in reason else redownload)
+            problems.append(CheckpointProblem(file.name, f"{reason}; the weights cannot be read", fix))
+    return problems
+
+
+def _safetensors_damage(file: Path) -> str | None:
+    """Why a .safetensors file is not whole, or None (reads its 8-byte length and JSON header only)."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        if head == b"version ":  # a clone without git-lfs holds "version https://git-lfs.github.com/spec/v1 ..."
+            return f"is a Git LFS pointer ({size} bytes), not the weights"
+        length = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if length == 0 or 8 + length > size:
+            return f"is cut short or not a safetensors file ({size:,} bytes)"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"has an unreadable safetensors header ({size:,} bytes)"
+    if 8 + length + end != size:
+        return f"is cut short: {size:,} bytes where its header describes {8 + length + end:,}"
+    return None
 
 
 def tokenizer_problems(tokenizer, config) -> list[CheckpointProblem]:  # noqa: ANN001 - HF tokenizer and config

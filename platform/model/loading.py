@@ -8,6 +8,7 @@ the video-capable processor, loads the same way as the tiny local model.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,12 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
 
-from dermground.platform.model.checkpoint_check import file_problems, tokenizer_problems
+from dermground.platform.model.checkpoint_check import (
+    REDOWNLOAD,
+    adapter_problems,
+    file_problems,
+    tokenizer_problems,
+)
 from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
@@ -25,6 +31,12 @@ if TYPE_CHECKING:
     from dermground.platform.settings import Settings, VisionAttentionMode
 
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+# transformers v5 nests the decoder under model.language_model and the vision tower under model.visual;
+# adapters saved against transformers 4.x (most published Qwen2-VL / Qwen2.5-VL adapters) name them
+# model.* and visual.*. peft renames a v4 *base* checkpoint's keys for these classes but not an adapter's
+# (it looks the renaming up by model_type, transformers registers it by class name), so without this
+# mapping a v4 adapter loads none of its weights and runs as the bare base model.
+V4_ADAPTER_KEY_MAPPING = {r"^visual\.": "model.visual.", r"^model\.(?!language_model\.|visual\.)": "model.language_model."}
 
 
 class BackboneError(RuntimeError):
@@ -134,12 +146,24 @@ def load_backbone(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     processor = load_processor(path)
+    model_class = model_family(path).model_class
     try:
-        model = model_family(path).model_class.from_pretrained(
-            path, dtype=torch_dtype, local_files_only=True, attn_implementation="sdpa"
+        model, loading = model_class.from_pretrained(
+            path, dtype=torch_dtype, local_files_only=True, attn_implementation="sdpa", output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise BackboneError(f"cannot load model weights from {path}: {exc}") from None
+    if loading["missing_keys"]:
+        # transformers only logs these and initialises them at random: every vector would be noise.
+        missing, unused = sorted(loading["missing_keys"]), sorted(loading["unexpected_keys"])
+        raise BackboneError(
+            f"{path}: {len(missing)} weights of {model_class.__name__} are not in the checkpoint (e.g. {missing[:3]}) "
+            f"and would be random" + (f"; it stores {len(unused)} tensors under other names (e.g. {unused[:3]})"
+                                      if unused else "")
+            + "; the folder holds another model, was saved from a wrapper (a 'module.' or 'base_model.model.' "
+            f"prefix) or is incomplete: save it again with save_pretrained of the {model_class.__name__} "
+            "(`dermground model export --merge` for base + adapter) or " + REDOWNLOAD
+        )
     if vision_attention == "batched":
         batch_vision_attention(model)
     wrong_tokens = tokenizer_problems(processor.tokenizer, model.config)
@@ -148,17 +172,17 @@ def load_backbone(
     adapter_path = None
     if adapter_dir is not None:
         adapter_path = Path(adapter_dir)
-        if not (adapter_path / "adapter_config.json").is_file():
-            raise BackboneError(
-                f"adapter directory {adapter_path} has no adapter_config.json; pass the folder a training run saved "
-                "(or leave --adapter out to use the base model)"
-            )
+        adapter_files = adapter_problems(adapter_path)
+        if adapter_files:
+            raise BackboneError(f"adapter {adapter_path}: {adapter_files[0]}")
         from peft import PeftModel  # imported here: only adapters need it
 
         try:
-            model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training)
+            model = PeftModel.from_pretrained(model, adapter_path, config=_adapter_config(adapter_path, model),
+                                              is_trainable=for_training, key_mapping=V4_ADAPTER_KEY_MAPPING)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise BackboneError(f"adapter {adapter_path} does not fit model {path}: {exc}") from None
+        _require_adapter_weights_applied(model, adapter_path, path)
     model = model.to(torch_device)
     model.train(for_training)
     if not for_training:
@@ -173,6 +197,86 @@ def load_backbone(
         model_dir=path,
         adapter_dir=adapter_path,
     )
+
+
+def _adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202 - a peft PeftConfig
+    """The adapter's peft config; a transformers-4.x adapter's target_modules is matched on 4.x names.
+
+    A regex such as ms-swift's `^(model(?=\\.).*\\.(q_proj|...|gate_proj))$` meant the decoder when the
+    decoder was `model.*`; on v5 names it also matches the vision tower (`model.visual.*`, whose
+    Qwen2.5-VL MLP has gate/up/down_proj), which would get LoRA layers the file has no weights for.
+    A list is matched as name suffixes: a full 4.x path (model.layers.0.self_attn.q_proj) gets its v5 name.
+    """
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(adapter_path))
+    pattern = getattr(config, "target_modules", None)
+    if pattern in (None, "all-linear") or not any(_v5_adapter_key(key) != key
+                                                  for key in _stored_adapter_keys(adapter_path)):
+        return config  # (peft resolves "all-linear" on the model itself)
+    if isinstance(pattern, str):
+        config.target_modules = {name for name, _ in model.named_modules()
+                                 if (old := _v4_module_name(name)) is not None and re.fullmatch(pattern, old)}
+    else:
+        config.target_modules = {_v5_name(name) for name in pattern}
+    return config
+
+
+def _v5_name(name: str) -> str:
+    """A transformers-4.x module or weight name under v5 (the first rule of V4_ADAPTER_KEY_MAPPING that applies)."""
+    for pattern, replacement in V4_ADAPTER_KEY_MAPPING.items():
+        renamed, count = re.subn(pattern, replacement, name)
+        if count:
+            return renamed
+    return name
+
+
+def _v5_adapter_key(key: str) -> str:
+    """A stored adapter weight's name under transformers v5 (what peft makes of it with V4_ADAPTER_KEY_MAPPING)."""
+    prefix = "base_model.model."
+    return prefix + _v5_name(key.removeprefix(prefix)) if key.startswith(prefix) else key
+
+
+def _v4_module_name(name: str) -> str | None:
+    """A v5 module's name under transformers 4.x (None for the v5-only wrapper `model`)."""
+    for new, old in (("model.language_model", "model"), ("model.visual", "visual")):
+        if name == new or name.startswith(new + "."):
+            return old + name.removeprefix(new)
+    return None if name in ("", "model") else name
+
+
+def _stored_adapter_keys(adapter_path: Path) -> set[str]:
+    """The weight names an adapter folder stores (from the safetensors header when there is one)."""
+    file = adapter_path / "adapter_model.safetensors"
+    if file.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as handle:
+            return set(handle.keys())
+    from peft.utils import load_peft_weights
+
+    return set(load_peft_weights(str(adapter_path), device="cpu"))
+
+
+def _require_adapter_weights_applied(model: torch.nn.Module, adapter_path: Path, model_path: Path) -> None:
+    """BackboneError unless every adapter weight the model expects came from the file, and nothing else.
+
+    peft only warns when an adapter's names do not match the model's modules; its LoRA layers then
+    keep their initial weights (B = 0: the bare base model) and every vector would silently be the base's.
+    """
+    from peft import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(model))
+    stored = {_v5_adapter_key(key) for key in _stored_adapter_keys(adapter_path)}
+    # A stored full weight of the model itself (peft's save_embedding_layers: embed_tokens, lm_head) is loaded too.
+    missing, unused = sorted(expected - stored), sorted(stored - expected - set(model.state_dict()))
+    if missing or unused:
+        raise BackboneError(
+            f"adapter {adapter_path} does not fit model {model_path}: {len(missing)} of its LoRA weights are not in "
+            f"the file (e.g. {missing[:2]}) and {len(unused)} stored weights name no module of the model "
+            f"(e.g. {unused[:2]}); it was saved from another model or from a sub-module. Save the adapter from "
+            f"a PeftModel of the whole {type(unwrap_model(model)).__name__} (or load the matching base with --model)"
+        )
 
 
 def load_backbone_from_settings(settings: Settings) -> Backbone:

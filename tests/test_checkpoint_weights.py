@@ -1,0 +1,104 @@
+"""Checkpoint folders dermground cannot run as they are: refused with the file and the fix, never run half random."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from dermground.platform.model.loading import BackboneError, load_backbone
+
+
+def _copy_with_weights(tiny_model_dir, out, rename):
+    shutil.copytree(tiny_model_dir, out)
+    weights = load_file(out / "model.safetensors")
+    renamed = {rename(k): v for k, v in weights.items()}
+    save_file({k: v for k, v in renamed.items() if k is not None}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return out
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused(tiny_model_dir, tmp_path):
+    # save_pretrained writes the 4.x names (model.layers.*); the model names it model.language_model.layers.*
+    dropped = "model.layers.1.mlp.down_proj.weight"
+    folder = _copy_with_weights(tiny_model_dir, tmp_path / "missing", lambda k: None if k == dropped else k)
+    with pytest.raises(BackboneError, match="1 weights of Qwen2VLForConditionalGeneration are not in the checkpoint"
+                       ) as error:
+        load_backbone(folder, device="cpu", dtype="float32")
+    assert "model.language_model.layers.1.mlp.down_proj.weight" in str(error.value)
+    assert "download the checkpoint again" in str(error.value)
+
+
+def test_a_checkpoint_saved_from_a_wrapper_is_refused_naming_its_prefix(tiny_model_dir, tmp_path):
+    folder = _copy_with_weights(tiny_model_dir, tmp_path / "prefixed", lambda k: "module." + k)
+    with pytest.raises(BackboneError, match="under other names") as error:
+        load_backbone(folder, device="cpu", dtype="float32")
+    assert "'module.lm_head.weight'" in str(error.value) and "save_pretrained" in str(error.value)
+    load_backbone(tiny_model_dir, device="cpu", dtype="float32")  # the original folder loads
+
+
+@pytest.mark.parametrize("quantization", [
+    {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm", "zero_point": True},  # Qwen's -AWQ
+    {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True},  # Qwen's -GPTQ-Int4
+    {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},  # unsloth's -bnb-4bit
+])
+def test_a_quantized_checkpoint_is_refused_by_check_and_by_load(tiny_model_dir, tmp_path, quantization):
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+    from dermground.platform.commands.context import use_settings
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    folder = tmp_path / "quantized"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"quantization_config": quantization}))
+    report = check_checkpoint(folder)
+    assert [p.file for p in report.problems] == ["config.json"]
+    assert f"{quantization['quant_method']}-quantized" in report.summary() and "unquantized" in report.summary()
+    try:
+        result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "info", "--model", str(folder)])
+    finally:
+        use_settings(None)
+    assert result.exit_code == 1 and "unquantized checkpoint" in result.output
+    assert not isinstance(result.exception, ImportError)  # before: gptqmodel / optimum / bitsandbytes ImportError
+
+
+def test_a_git_lfs_pointer_or_a_cut_short_weight_file_fails_the_check_not_the_load(tiny_model_dir, tmp_path):
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    lfs = tmp_path / "lfs"  # `git clone` of a hub repo without git-lfs
+    shutil.copytree(tiny_model_dir, lfs)
+    (lfs / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
+                                           + "0" * 64 + "\nsize 4411559792\n")
+    cut = tmp_path / "cut"  # an interrupted copy
+    shutil.copytree(tiny_model_dir, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) // 2])
+    for folder, words in ((lfs, "git lfs pull"), (cut, "is cut short")):
+        report = check_checkpoint(folder)
+        assert [p.file for p in report.problems] == ["model.safetensors"], report.summary()
+        assert words in report.summary()
+        with pytest.raises(BackboneError, match="model.safetensors"):  # before: safetensors' SafetensorError
+            load_backbone(folder, device="cpu", dtype="float32")
+    assert check_checkpoint(tiny_model_dir).ok
+
+
+def test_the_hub_cache_folder_of_a_repo_points_at_its_snapshot_which_loads(tiny_model_dir, tmp_path):
+    # ~/.cache/huggingface/hub/models--Org--Name: files are symlinks from snapshots/<revision>/ into blobs/
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    repo = tmp_path / "models--Qwen--Qwen2-VL-2B-Instruct"
+    snapshot = repo / "snapshots" / "895c3a49bc3fa70a340399125c650a463535e71c"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for index, file in enumerate(sorted(tiny_model_dir.iterdir())):
+        blob = repo / "blobs" / f"{index:040x}"
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(blob)
+    report = check_checkpoint(repo)
+    assert not report.ok and f"point --model at its snapshot folder {snapshot}" in report.summary()
+    assert check_checkpoint(snapshot).ok
+    assert load_backbone(snapshot, device="cpu", dtype="float32").model_dir == snapshot
