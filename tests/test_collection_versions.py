@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from dermground.platform.settings import Settings
 from dermground.platform.store import (
     DEFAULT_VECTOR_NAMES,
     CollectionSpec,
+    StoreLockedError,
     StorePoint,
     VersionError,
     VersionMeta,
@@ -204,6 +206,30 @@ def test_live_store_follows_a_switch_without_failing_concurrent_reads(tmp_path: 
     assert live.physical == "c__v2" and live.count() == 40
     cols.drop("c", "v1")  # the old version was closed once its last read returned
     live.close()
+
+
+
+def test_a_live_store_lets_go_of_the_replaced_version_without_another_request(tmp_path: Path) -> None:
+    # `collections switch` then `collections drop` of the old version while the API is idle (no
+    # request in between): the API must not keep the replaced version locked.
+    cols = EdgeCollections(tmp_path / "store")
+    build_version(cols, "c", 5, seed=1)
+    build_version(cols, "c", 7, seed=2)
+    cols.switch("c", "v1")
+    live = LiveStore(EdgeCollections(tmp_path / "store"), "c", refresh_s=0.05)
+    try:
+        assert live.count() == 5
+        cols.switch("c", "v2")
+        deadline = time.monotonic() + 30
+        while "v1" in cols.versions("c") and time.monotonic() < deadline:
+            try:
+                cols.drop("c", "v1")
+            except StoreLockedError:
+                time.sleep(0.05)  # the old version is let go within refresh_s
+        assert cols.versions("c") == ["v2"]
+        assert live.physical == "c__v2" and live.count() == 7
+    finally:
+        live.close()
 
 
 HOLDER = textwrap.dedent("""
