@@ -8,7 +8,9 @@
 - otherwise the live version, in place. When another process holds it (`serve` on the embedded
   store), the ingest writes a new version seeded with a copy of the live one's points and catalog
   rows, adds the new images (the copied partitions are skipped by the ledger), and switches to it
-  when complete: the running API follows the alias, nobody has to stop it.
+  when complete: the running API follows the alias, nobody has to stop it. On the embedded store
+  an ingest that writes the live version or a copy of it holds the collection's ingest lock
+  (ingest/collection_lock.py): a second such ingest is refused instead of hiding the first's images.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from dermground.ingest.collection_lock import CollectionLock, hold_collection_lock
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_copy import copy_collection_rows
 from dermground.platform.store import CollectionSpec, StoreLockedError, VectorStore, open_collections
@@ -34,6 +37,7 @@ class IngestTarget:
     switch_before: bool = False  # a new collection: live from the start
     switch_after: bool = False  # live once the run completes
     seeded_from: str | None = None
+    lock: CollectionLock | None = None  # the collection's ingest lock, when this run writes the live version
 
     @property
     def physical(self) -> str:
@@ -53,6 +57,8 @@ class IngestTarget:
         return None
 
     def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
         self.collections.close()
 
 
@@ -64,9 +70,17 @@ def open_target(settings: Settings, name: str, catalog: Catalog, *, source: str,
     `spec`: what the run will write; a held live version of another model is refused before
     anything is copied (SchemaMismatchError)."""
     collections = open_collections(settings)
+    lock = None
     try:
-        return _open(collections, name, catalog, source, adapter, spec, new_version, version, notify)
+        writes_live = not new_version and (version is None or version == collections.live_version(name))
+        if writes_live and not settings.qdrant_url:  # a server takes two writers; the embedded store does not
+            lock = hold_collection_lock(settings.home, name)
+        target = _open(collections, name, catalog, source, adapter, spec, new_version, version, notify)
+        target.lock = lock
+        return target
     except BaseException:
+        if lock is not None:
+            lock.release()
         collections.close()
         raise
 

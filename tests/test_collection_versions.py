@@ -275,6 +275,33 @@ def test_ingest_into_a_served_collection_seeds_a_new_version_and_switches(tmp_pa
         holder.wait(timeout=60)
 
 
+def test_a_second_ingest_into_a_collection_another_ingest_writes_is_refused(tmp_path: Path) -> None:
+    # Two ingests into one embedded collection (no server): the second used to seed a copy of the
+    # first's half-written version and switch to it at its finish, hiding the first's later images.
+    settings = Settings(home=tmp_path)
+    with open_store(settings, "c") as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(4, "fp-1", 0))
+    catalog = Catalog(settings.catalog_dir)
+    first = open_target(settings, "c", catalog, source="batch-a", adapter=None)
+    try:
+        assert first.version == "v0"
+        with pytest.raises(StoreLockedError, match=f"another ingest \\(pid {os.getpid()}.*rerun"):
+            open_target(settings, "c", catalog, source="batch-b", adapter=None)
+        assert EdgeCollections(settings.store_dir).versions("c") == ["v0"]  # nothing was copied
+        beside = open_target(settings, "c", catalog, source="batch-c", adapter=None, new_version=True)
+        assert beside.version == "v1"  # a version built beside the live one does not wait
+        beside.store.close()
+        beside.close()
+    finally:
+        first.store.close()
+        first.close()
+    again = open_target(settings, "c", catalog, source="batch-b", adapter=None)  # free once the first is done
+    assert again.version == "v0"
+    again.store.close()
+    again.close()
+
+
 def test_ingest_checks_the_lock_of_a_named_version_before_anything_else(tmp_path: Path) -> None:
     from dermground.platform.store import StoreLockedError
 
