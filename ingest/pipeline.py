@@ -243,6 +243,8 @@ def run_ingest(job: IngestJob, *, progress: bool = True, notify: Callable[[str],
             target.close()
     try:
         summary.switched_from = target.finished(points)
+        if target.note:
+            notify(target.note)
     finally:
         target.close()
     return summary

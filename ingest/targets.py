@@ -38,6 +38,7 @@ class IngestTarget:
     switch_after: bool = False  # live once the run completes
     seeded_from: str | None = None
     lock: CollectionLock | None = None  # the collection's ingest lock, when this run writes the live version
+    note: str | None = None  # set by finished() when the planned switch was not made, with the next step
 
     @property
     def physical(self) -> str:
@@ -52,7 +53,15 @@ class IngestTarget:
         """The run completed: mark the version ready, switch when planned; returns the version replaced."""
         meta = self.collections.read_meta(self.name, self.version)
         self.collections.write_meta(self.name, self.version, replace(meta, state=READY, points=points))
-        if self.switch_after and self.collections.live_version(self.name) != self.version:
+        live = self.collections.live_version(self.name)
+        if self.switch_after and live != self.version:
+            if self.seeded_from is not None and live != self.seeded_from:
+                # Someone switched the name while we ran (a new adapter's version, a restore): keep theirs.
+                self.note = (f"{self.name!r} was switched from {self.seeded_from} to {live} while this ingest ran, "
+                             f"so it stays on {live}; the new images are in {self.version} (a copy of "
+                             f"{self.seeded_from} plus them). Rerun this ingest to add them to {live}, or make "
+                             f"{self.version} live with `dermground collections switch {self.name} {self.version}`.")
+                return None
             return self.collections.switch(self.name, self.version)
         return None
 

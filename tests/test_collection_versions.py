@@ -275,6 +275,36 @@ def test_ingest_into_a_served_collection_seeds_a_new_version_and_switches(tmp_pa
         holder.wait(timeout=60)
 
 
+def test_an_ingest_into_a_served_collection_does_not_undo_a_switch_made_while_it_ran(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    with open_store(settings, "c") as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(9, "fp-1", 0))
+    cols = EdgeCollections(settings.store_dir)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_dir / "c")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        target = open_target(settings, "c", Catalog(settings.catalog_dir), source="data", adapter=None)
+        try:
+            assert (target.version, target.seeded_from) == ("v1", "v0")
+            # Meanwhile the admin makes a version built with a new adapter live.
+            rebuilt = build_version(cols, "c", 5, "fp-2", seed=3)
+            cols.switch("c", rebuilt)
+            target.store.upsert(_points(11, "fp-1", 1)[9:])
+            points = target.store.count()
+            target.store.close()
+            assert target.finished(points) is None
+            assert cols.live_version("c") == rebuilt  # the admin's switch stands
+            assert target.note is not None and f"collections switch c {target.version}" in target.note
+        finally:
+            target.close()
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+
+
 def test_a_second_ingest_into_a_collection_another_ingest_writes_is_refused(tmp_path: Path) -> None:
     # Two ingests into one embedded collection (no server): the second used to seed a copy of the
     # first's half-written version and switch to it at its finish, hiding the first's later images.
