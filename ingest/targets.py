@@ -39,6 +39,7 @@ class IngestTarget:
     seeded_from: str | None = None
     lock: CollectionLock | None = None  # the collection's ingest lock, when this run writes the live version
     note: str | None = None  # set by finished() when the planned switch was not made, with the next step
+    wrote_live: bool = False  # the version written was the live one when the run began
 
     @property
     def physical(self) -> str:
@@ -63,6 +64,12 @@ class IngestTarget:
                              f"{self.version} live with `dermground collections switch {self.name} {self.version}`.")
                 return None
             return self.collections.switch(self.name, self.version)
+        if self.wrote_live and live != self.version:
+            # A switch or a restore while we wrote in place: the new images are not what is served.
+            self.note = (f"{self.name!r} was switched from {self.version} to {live} while this ingest wrote "
+                         f"{self.version}, so the new images are not in the live version. Rerun this ingest to "
+                         f"add them to {live}, or switch back with "
+                         f"`dermground collections switch {self.name} {self.version}`.")
         return None
 
     def close(self) -> None:
@@ -81,11 +88,13 @@ def open_target(settings: Settings, name: str, catalog: Catalog, *, source: str,
     collections = open_collections(settings)
     lock = None
     try:
-        writes_live = not new_version and (version is None or version == collections.live_version(name))
+        live = collections.live_version(name)
+        writes_live = not new_version and (version is None or version == live)
         if writes_live and not settings.qdrant_url:  # a server takes two writers; the embedded store does not
             lock = hold_collection_lock(settings.home, name)
         target = _open(collections, name, catalog, source, adapter, spec, new_version, version, notify)
         target.lock = lock
+        target.wrote_live = live is not None and target.version == live
         return target
     except BaseException:
         if lock is not None:

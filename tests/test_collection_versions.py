@@ -317,6 +317,27 @@ def test_an_ingest_into_a_served_collection_does_not_undo_a_switch_made_while_it
         holder.wait(timeout=60)
 
 
+def test_an_ingest_says_so_when_the_version_it_wrote_stopped_being_live(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    with open_store(settings, "c") as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(4, "fp-1", 0))
+    cols = EdgeCollections(settings.store_dir)
+    target = open_target(settings, "c", Catalog(settings.catalog_dir), source="data", adapter=None)
+    try:
+        assert target.version == "v0"  # nobody holds it: written in place
+        restored = build_version(cols, "c", 5, seed=2)  # meanwhile, e.g. a snapshot restore
+        cols.switch("c", restored)
+        target.store.upsert(_points(6, "fp-1", 1)[4:])
+        points = target.store.count()
+        target.store.close()
+        assert target.finished(points) is None and cols.live_version("c") == restored
+        assert target.note is not None and "not in the live version" in target.note
+        assert "collections switch c v0" in target.note
+    finally:
+        target.close()
+
+
 def test_a_second_ingest_into_a_collection_another_ingest_writes_is_refused(tmp_path: Path) -> None:
     # Two ingests into one embedded collection (no server): the second used to seed a copy of the
     # first's half-written version and switch to it at its finish, hiding the first's later images.
