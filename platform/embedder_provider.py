@@ -59,8 +59,8 @@ class EmbedderProvider:
         with self._lock:
             if self._embedder is None or self._embedder.backbone.fingerprint != fingerprint:
                 self._embedder = None  # the old model goes before the new one loads (memory)
-                self._load = load
                 self._embedder = load()
+                self._load = load  # only once it loaded: a failed load leaves the previous model to reload
         return self.fingerprint == fingerprint
 
     def embed(self, images: Sequence[Image.Image], attributes: Sequence[str], include_image: bool):  # noqa: ANN201
