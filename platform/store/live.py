@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +144,10 @@ class LiveStore(VectorStore):
                 close_now = held.retired and held.users == 0
             if close_now:
                 held.store.close()
+
+    def pinned(self) -> AbstractContextManager[VectorStore]:
+        """The version serving new requests now, kept open until the `with` block ends."""
+        return self._use()
 
     def close(self) -> None:
         self._closed.set()
