@@ -12,7 +12,14 @@ from dermground.platform.embed import Embedder
 from dermground.platform.image_sources import load_image_bytes
 from dermground.platform.model.loading import load_backbone
 from dermground.platform.settings import Settings
-from dermground.platform.store import DEFAULT_VECTOR_NAMES, IMAGE_VECTOR, CollectionSpec, StorePoint, build_payload, point_id
+from dermground.platform.store import (
+    DEFAULT_VECTOR_NAMES,
+    IMAGE_VECTOR,
+    CollectionSpec,
+    StorePoint,
+    build_payload,
+    point_id,
+)
 from dermground.platform.store.edge_versions import EdgeCollections, copy_sparse
 from dermground.platform.store.versions import BUILDING, READY, VersionMeta
 
@@ -33,11 +40,13 @@ def test_an_upload_search_follows_a_switch_to_a_version_built_with_another_adapt
     with cols.open_version("lesions", version) as store:  # what `ingest --adapter adapter-2 --new-version` writes
         store.ensure_collection(CollectionSpec(dim=tuned.hidden_size, fingerprint=tuned.fingerprint,
                                                vector_names=DEFAULT_VECTOR_NAMES))
-        store.upsert([StorePoint(point_id(r.isic_id),
-                                 {IMAGE_VECTOR: embeddings.h_im[i]} | {f"q_{a}": m[i] for a, m in embeddings.h_im_a.items()},
-                                 build_payload({"isic_id": r.isic_id, "patient_id": r.patient_id, "split": r.split,
-                                                "image_ref": r.image_ref, **r.attributes, **r.metadata}, tuned.fingerprint))
-                      for i, r in enumerate(records)])
+        points = []
+        for i, r in enumerate(records):
+            vectors = {IMAGE_VECTOR: embeddings.h_im[i]} | {f"q_{a}": m[i] for a, m in embeddings.h_im_a.items()}
+            payload = build_payload({"isic_id": r.isic_id, "patient_id": r.patient_id, "split": r.split,
+                                     "image_ref": r.image_ref, **r.attributes, **r.metadata}, tuned.fingerprint)
+            points.append(StorePoint(point_id(r.isic_id), vectors, payload))
+        store.upsert(points)
     cols.write_meta("lesions", version, VersionMeta(source="test", adapter=str(adapter), state=READY, points=N_TUNED))
     query = load_image_bytes(str(records[0].image_ref))
 
