@@ -209,8 +209,9 @@ def run_ingest(job: IngestJob, *, progress: bool = True, notify: Callable[[str],
     summary = IngestSummary(run_id, job.collection)
     catalog = Catalog(settings.catalog_dir)
     spec = CollectionSpec(dim=dim, fingerprint=fingerprint)
+    # The adapter as an absolute path: the API finds a version's model by it from any folder.
     target = open_target(settings, job.collection, catalog, source=job.source,
-                         adapter=str(job.adapter_dir) if job.adapter_dir else None, spec=spec,
+                         adapter=str(Path(job.adapter_dir).resolve()) if job.adapter_dir else None, spec=spec,
                          new_version=job.new_version, version=job.version, notify=notify)
     store = target.store
     summary.version = target.version
@@ -249,6 +250,8 @@ def run_ingest(job: IngestJob, *, progress: bool = True, notify: Callable[[str],
             target.close()
     try:
         summary.switched_from = target.finished(points)
+        if target.note:
+            notify(target.note)
     finally:
         target.close()
     return summary

@@ -8,7 +8,9 @@
 - otherwise the live version, in place. When another process holds it (`serve` on the embedded
   store), the ingest writes a new version seeded with a copy of the live one's points and catalog
   rows, adds the new images (the copied partitions are skipped by the ledger), and switches to it
-  when complete: the running API follows the alias, nobody has to stop it.
+  when complete: the running API follows the alias, nobody has to stop it. On the embedded store
+  an ingest that writes the live version or a copy of it holds the collection's ingest lock
+  (ingest/collection_lock.py): a second such ingest is refused instead of hiding the first's images.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from dermground.ingest.collection_lock import CollectionLock, hold_collection_lock
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_copy import copy_collection_rows
 from dermground.platform.store import CollectionSpec, StoreLockedError, VectorStore, open_collections
@@ -34,6 +37,9 @@ class IngestTarget:
     switch_before: bool = False  # a new collection: live from the start
     switch_after: bool = False  # live once the run completes
     seeded_from: str | None = None
+    lock: CollectionLock | None = None  # the collection's ingest lock, when this run writes the live version
+    note: str | None = None  # set by finished() when the planned switch was not made, with the next step
+    wrote_live: bool = False  # the version written was the live one when the run began
 
     @property
     def physical(self) -> str:
@@ -48,11 +54,27 @@ class IngestTarget:
         """The run completed: mark the version ready, switch when planned; returns the version replaced."""
         meta = self.collections.read_meta(self.name, self.version)
         self.collections.write_meta(self.name, self.version, replace(meta, state=READY, points=points))
-        if self.switch_after and self.collections.live_version(self.name) != self.version:
+        live = self.collections.live_version(self.name)
+        if self.switch_after and live != self.version:
+            if self.seeded_from is not None and live != self.seeded_from:
+                # Someone switched the name while we ran (a new adapter's version, a restore): keep theirs.
+                self.note = (f"{self.name!r} was switched from {self.seeded_from} to {live} while this ingest ran, "
+                             f"so it stays on {live}; the new images are in {self.version} (a copy of "
+                             f"{self.seeded_from} plus them). Rerun this ingest to add them to {live}, or make "
+                             f"{self.version} live with `dermground collections switch {self.name} {self.version}`.")
+                return None
             return self.collections.switch(self.name, self.version)
+        if self.wrote_live and live != self.version:
+            # A switch or a restore while we wrote in place: the new images are not what is served.
+            self.note = (f"{self.name!r} was switched from {self.version} to {live} while this ingest wrote "
+                         f"{self.version}, so the new images are not in the live version. Rerun this ingest to "
+                         f"add them to {live}, or switch back with "
+                         f"`dermground collections switch {self.name} {self.version}`.")
         return None
 
     def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
         self.collections.close()
 
 
@@ -64,9 +86,19 @@ def open_target(settings: Settings, name: str, catalog: Catalog, *, source: str,
     `spec`: what the run will write; a held live version of another model is refused before
     anything is copied (SchemaMismatchError)."""
     collections = open_collections(settings)
+    lock = None
     try:
-        return _open(collections, name, catalog, source, adapter, spec, new_version, version, notify)
+        live = collections.live_version(name)
+        writes_live = not new_version and (version is None or version == live)
+        if writes_live and not settings.qdrant_url:  # a server takes two writers; the embedded store does not
+            lock = hold_collection_lock(settings.home, name)
+        target = _open(collections, name, catalog, source, adapter, spec, new_version, version, notify)
+        target.lock = lock
+        target.wrote_live = live is not None and target.version == live
+        return target
     except BaseException:
+        if lock is not None:
+            lock.release()
         collections.close()
         raise
 

@@ -22,8 +22,11 @@ class EmbedderProvider:
     vectors are stored never need it).
     """
 
-    def __init__(self, load: Callable[[], object]) -> None:
+    def __init__(self, load: Callable[[], object],
+                 find: Callable[[str], Callable[[], object] | None] | None = None) -> None:
+        """find(fingerprint): a loader of the model with that fingerprint, or None (see `provide`)."""
         self._load = load
+        self._find = find
         self._embedder = None
         self._lock = threading.Lock()
 
@@ -44,6 +47,21 @@ class EmbedderProvider:
     @property
     def fingerprint(self) -> str:
         return self.embedder().backbone.fingerprint
+
+    def provide(self, fingerprint: str) -> bool:
+        """Whether the model has `fingerprint`, after loading the one `find` knows for it instead
+        (the API follows a switch to a version built with another adapter)."""
+        if self.fingerprint == fingerprint:
+            return True
+        load = self._find(fingerprint) if self._find is not None else None
+        if load is None:
+            return False
+        with self._lock:
+            if self._embedder is None or self._embedder.backbone.fingerprint != fingerprint:
+                self._embedder = None  # the old model goes before the new one loads (memory)
+                self._embedder = load()
+                self._load = load  # only once it loaded: a failed load leaves the previous model to reload
+        return self.fingerprint == fingerprint
 
     def embed(self, images: Sequence[Image.Image], attributes: Sequence[str], include_image: bool):  # noqa: ANN201
         return self.run(lambda embedder: embedder.embed(images, attributes, include_image=include_image))

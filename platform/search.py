@@ -26,6 +26,13 @@ from dermground.platform.store import VectorStore
 def search(request: SearchRequest, *, store: VectorStore, embedder: EmbedderProvider | None,
            settings: Settings) -> SearchResponse:
     """Run one search in any mode; raises SearchError (or a subclass) for requests it cannot serve."""
+    # Every step reads (and caches into) one version, even when the collection is switched meanwhile.
+    with store.pinned() as version:
+        return _search(request, version, embedder, settings)
+
+
+def _search(request: SearchRequest, store: VectorStore, embedder: EmbedderProvider | None,
+            settings: Settings) -> SearchResponse:
     started = time.perf_counter()
     attributes = validate_request(request, settings)
     # b below k would return fewer than k hits: the candidate pool is never smaller than k.

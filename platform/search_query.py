@@ -53,7 +53,7 @@ def require_model(provider: EmbedderProvider | None, store: VectorStore, why: st
         raise ModelUnavailableError(f"{why} needs the model, and none is configured; set DERMGROUND_MODEL_DIR "
                                     "(and DERMGROUND_ADAPTER_DIR) to the model the collection was ingested with")
     expected = store.require_spec().fingerprint
-    if provider.fingerprint != expected:
+    if not provider.provide(expected):
         raise ModelUnavailableError(
             f"{why} needs the model the collection {store.collection!r} was ingested with (fingerprint "
             f"{expected}); the loaded model has fingerprint {provider.fingerprint}. Point --model/--adapter "

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from dermground.platform.settings import Settings
 from dermground.platform.store import (
     DEFAULT_VECTOR_NAMES,
     CollectionSpec,
+    StoreLockedError,
     StorePoint,
     VersionError,
     VersionMeta,
@@ -105,6 +107,18 @@ def test_switch_refuses_unknown_unfinished_and_empty_versions(cols: Collections)
     with pytest.raises(ValueError, match="v<number>"):
         cols.switch("c", "latest")
     assert cols.live_version("c") == "v1"
+
+
+def test_a_dropped_version_number_is_never_given_again(cols: Collections) -> None:
+    # The catalog names a version by its physical name (c__v2): a new version under a dropped one's
+    # number would inherit its lesions rows and ledger, and `check` would report a healthy build as
+    # an interrupted ingest.
+    build_version(cols, "c", 3)
+    cols.switch("c", "v1")
+    dropped = build_version(cols, "c", 4, seed=1)
+    cols.drop("c", dropped)
+    assert cols.create_version("c", VersionMeta(state=BUILDING)) == "v3"
+    assert cols.create_version("other", VersionMeta(state=BUILDING)) == "v1"  # numbers are per collection
 
 
 def test_snapshot_restores_into_a_new_version_with_the_same_results(cols: Collections, tmp_path: Path) -> None:
@@ -206,6 +220,30 @@ def test_live_store_follows_a_switch_without_failing_concurrent_reads(tmp_path: 
     live.close()
 
 
+
+def test_a_live_store_lets_go_of_the_replaced_version_without_another_request(tmp_path: Path) -> None:
+    # `collections switch` then `collections drop` of the old version while the API is idle (no
+    # request in between): the API must not keep the replaced version locked.
+    cols = EdgeCollections(tmp_path / "store")
+    build_version(cols, "c", 5, seed=1)
+    build_version(cols, "c", 7, seed=2)
+    cols.switch("c", "v1")
+    live = LiveStore(EdgeCollections(tmp_path / "store"), "c", refresh_s=0.05)
+    try:
+        assert live.count() == 5
+        cols.switch("c", "v2")
+        deadline = time.monotonic() + 30
+        while "v1" in cols.versions("c") and time.monotonic() < deadline:
+            try:
+                cols.drop("c", "v1")
+            except StoreLockedError:
+                time.sleep(0.05)  # the old version is let go within refresh_s
+        assert cols.versions("c") == ["v2"]
+        assert live.physical == "c__v2" and live.count() == 7
+    finally:
+        live.close()
+
+
 HOLDER = textwrap.dedent("""
     import sys
     from dermground.platform.store.edge import EdgeStore
@@ -247,6 +285,84 @@ def test_ingest_into_a_served_collection_seeds_a_new_version_and_switches(tmp_pa
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=60)
+
+
+def test_an_ingest_into_a_served_collection_does_not_undo_a_switch_made_while_it_ran(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    with open_store(settings, "c") as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(9, "fp-1", 0))
+    cols = EdgeCollections(settings.store_dir)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_dir / "c")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        target = open_target(settings, "c", Catalog(settings.catalog_dir), source="data", adapter=None)
+        try:
+            assert (target.version, target.seeded_from) == ("v1", "v0")
+            # Meanwhile the admin makes a version built with a new adapter live.
+            rebuilt = build_version(cols, "c", 5, "fp-2", seed=3)
+            cols.switch("c", rebuilt)
+            target.store.upsert(_points(11, "fp-1", 1)[9:])
+            points = target.store.count()
+            target.store.close()
+            assert target.finished(points) is None
+            assert cols.live_version("c") == rebuilt  # the admin's switch stands
+            assert target.note is not None and f"collections switch c {target.version}" in target.note
+        finally:
+            target.close()
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+
+
+def test_an_ingest_says_so_when_the_version_it_wrote_stopped_being_live(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    with open_store(settings, "c") as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(4, "fp-1", 0))
+    cols = EdgeCollections(settings.store_dir)
+    target = open_target(settings, "c", Catalog(settings.catalog_dir), source="data", adapter=None)
+    try:
+        assert target.version == "v0"  # nobody holds it: written in place
+        restored = build_version(cols, "c", 5, seed=2)  # meanwhile, e.g. a snapshot restore
+        cols.switch("c", restored)
+        target.store.upsert(_points(6, "fp-1", 1)[4:])
+        points = target.store.count()
+        target.store.close()
+        assert target.finished(points) is None and cols.live_version("c") == restored
+        assert target.note is not None and "not in the live version" in target.note
+        assert "collections switch c v0" in target.note
+    finally:
+        target.close()
+
+
+def test_a_second_ingest_into_a_collection_another_ingest_writes_is_refused(tmp_path: Path) -> None:
+    # Two ingests into one embedded collection (no server): the second used to seed a copy of the
+    # first's half-written version and switch to it at its finish, hiding the first's later images.
+    settings = Settings(home=tmp_path)
+    with open_store(settings, "c") as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(4, "fp-1", 0))
+    catalog = Catalog(settings.catalog_dir)
+    first = open_target(settings, "c", catalog, source="batch-a", adapter=None)
+    try:
+        assert first.version == "v0"
+        with pytest.raises(StoreLockedError, match=f"another ingest \\(pid {os.getpid()}.*rerun"):
+            open_target(settings, "c", catalog, source="batch-b", adapter=None)
+        assert EdgeCollections(settings.store_dir).versions("c") == ["v0"]  # nothing was copied
+        beside = open_target(settings, "c", catalog, source="batch-c", adapter=None, new_version=True)
+        assert beside.version == "v1"  # a version built beside the live one does not wait
+        beside.store.close()
+        beside.close()
+    finally:
+        first.store.close()
+        first.close()
+    again = open_target(settings, "c", catalog, source="batch-b", adapter=None)  # free once the first is done
+    assert again.version == "v0"
+    again.store.close()
+    again.close()
 
 
 def test_ingest_checks_the_lock_of_a_named_version_before_anything_else(tmp_path: Path) -> None:

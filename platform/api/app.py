@@ -52,6 +52,16 @@ def _model_loader(settings: Settings):  # noqa: ANN202
     return load
 
 
+def _model_finder(settings: Settings):  # noqa: ANN202
+    def find(fingerprint: str):  # noqa: ANN202 - a loader, or None
+        from dermground.platform.collection_model import model_settings_for
+
+        found = model_settings_for(settings, fingerprint)
+        return _model_loader(found) if found is not None else None
+
+    return find
+
+
 def create_app(settings: Settings, *, store: VectorStore | None = None, backbone: object | None = None) -> FastAPI:
     """The API. `store` (already open) and `backbone` (already loaded) are used instead of opening
     the store from settings at startup and loading the model on first use; the caller owns them."""
@@ -84,7 +94,8 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
         embedder = search_embedder(backbone, settings.search_embed_batch)  # type: ignore[arg-type]
         app.state.embedder = EmbedderProvider.of(embedder)
     else:
-        app.state.embedder = EmbedderProvider(_model_loader(settings))
+        # Follows the live version's adapter too: a switch to a re-embedded version needs no restart.
+        app.state.embedder = EmbedderProvider(_model_loader(settings), find=_model_finder(settings))
     app.add_middleware(BodySizeLimit, max_bytes=body_limit(settings))
     app.add_middleware(BodyReadLimits, timeout_s=settings.api_body_timeout_s,
                        max_unfinished=settings.api_max_unfinished_bodies)

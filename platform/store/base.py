@@ -7,6 +7,7 @@ contract test suite (tests/test_store_contract.py) proves they give the same res
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -294,6 +295,11 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the store (the embedded folder lock, the client connection)."""
+
+    def pinned(self) -> contextlib.AbstractContextManager[VectorStore]:
+        """The store one multi-step operation (a search) uses throughout: itself, except for a store
+        that follows an alias (store/live.py), which keeps the version the operation started on."""
+        return contextlib.nullcontext(self)
 
     def __enter__(self) -> VectorStore:
         return self

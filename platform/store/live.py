@@ -5,7 +5,9 @@ server: at most once per `refresh_s`). When it points at another version, that v
 and takes the next requests; requests already running finish on the version they started on, and
 the old version is closed when the last of them returns (so `collections drop` can have it).
 If the new version cannot be opened (held by another process), the old one keeps serving and the
-switch is retried on a later request: a switch never fails a request. A collection that did not
+switch is retried on a later request: a switch never fails a request. On the embedded store a
+watcher thread also checks the alias every `refresh_s` while no request comes, so an idle server
+lets go of a replaced version at once and `collections drop` right after a switch succeeds. A collection that did not
 exist yet is looked for again every `refresh_s`, so an API started first serves it once ingested.
 """
 
@@ -15,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,9 +56,12 @@ class LiveStore(VectorStore):
         self._stamp: object = object()  # never equal to a real stamp: the first call resolves
         self._checked_at = 0.0
         self._held: _Held | None = None
+        self._closed = threading.Event()
         self._refresh(force=True)
         if self._held is None:  # the first open must succeed: there is nothing else to serve
             raise StoreError(f"cannot open collection {name!r}")
+        if collections.stamp_is_cheap:  # the embedded store: one opener, so a replaced version must be let go
+            threading.Thread(target=self._watch, name=f"live-store-{name}", daemon=True).start()
 
     # --- following the alias -------------------------------------------------------------
     @property
@@ -80,6 +85,8 @@ class LiveStore(VectorStore):
         if not self._refreshing.acquire(blocking=force):
             return  # another request is switching; this one uses the current version
         try:
+            if self._closed.is_set():
+                return  # closed: open nothing more
             self._checked_at = now
             stamp = self._collections.alias_stamp(self.collection)
             if stamp == self._stamp and self._held is not None and not empty:
@@ -110,6 +117,17 @@ class LiveStore(VectorStore):
         finally:
             self._refreshing.release()
 
+    def _watch(self) -> None:
+        """Follow the alias while no request comes (a stat per check), until closed."""
+        while not self._closed.wait(max(self._refresh_s, 0.05)):
+            held = self._held
+            if held is None or held.store.describe() is None:
+                continue  # a collection not made yet: requests look for it (and say when it is held)
+            try:
+                self._refresh()
+            except Exception as exc:  # noqa: BLE001 - the next request or check retries
+                log.warning("checking the alias of collection %r failed: %s", self.collection, exc)
+
     @contextmanager
     def _use(self) -> Iterator[VectorStore]:
         self._refresh()
@@ -127,8 +145,13 @@ class LiveStore(VectorStore):
             if close_now:
                 held.store.close()
 
+    def pinned(self) -> AbstractContextManager[VectorStore]:
+        """The version serving new requests now, kept open until the `with` block ends."""
+        return self._use()
+
     def close(self) -> None:
-        with self._lock:
+        self._closed.set()
+        with self._refreshing, self._lock:  # no switch is half done when we let go
             held, self._held = self._held, None
         if held is not None:
             held.store.close()
