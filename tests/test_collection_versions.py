@@ -109,18 +109,6 @@ def test_switch_refuses_unknown_unfinished_and_empty_versions(cols: Collections)
     assert cols.live_version("c") == "v1"
 
 
-def test_a_dropped_version_number_is_never_given_again(cols: Collections) -> None:
-    # The catalog names a version by its physical name (c__v2): a new version under a dropped one's
-    # number would inherit its lesions rows and ledger, and `check` would report a healthy build as
-    # an interrupted ingest.
-    build_version(cols, "c", 3)
-    cols.switch("c", "v1")
-    dropped = build_version(cols, "c", 4, seed=1)
-    cols.drop("c", dropped)
-    assert cols.create_version("c", VersionMeta(state=BUILDING)) == "v3"
-    assert cols.create_version("other", VersionMeta(state=BUILDING)) == "v1"  # numbers are per collection
-
-
 def test_snapshot_restores_into_a_new_version_with_the_same_results(cols: Collections, tmp_path: Path) -> None:
     build_version(cols, "c", 30, seed=3)
     cols.switch("c", "v1")

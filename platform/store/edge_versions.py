@@ -3,7 +3,6 @@
     <store_dir>/<name>/            v0: a collection under its bare name
     <store_dir>/<name>__v3/        version 3 (an EdgeStore folder, plus version.json)
     <store_dir>/.aliases/<name>.json   {"version": "v3", ...}: which version <name> means
-    <store_dir>/.dropped/<name>.json   {"highest": 4}: the highest version number dropped (never given again)
 
 The alias record is the only thing a switch writes: a temporary file, fsync, os.replace, fsync of
 the folder. A reader sees the old record or the new one, never a torn one, and a process killed
@@ -41,7 +40,6 @@ from dermground.platform.store.versions import (
 )
 
 ALIAS_DIR = ".aliases"
-DROPPED_DIR = ".dropped"
 VERSION_FILE = "version.json"
 _META_FILE = "collection.json"  # written by EdgeStore.ensure_collection
 _SHARD_DIR = "shard"
@@ -121,20 +119,6 @@ class EdgeCollections(Collections):
             raise StoreError(f"the alias record {self._alias_path(name)} is unreadable ({exc}); "
                              "point it at a version again with `dermground collections switch`") from None
 
-    def _dropped_path(self, name: str) -> Path:
-        return self.store_dir / DROPPED_DIR / f"{check_collection_name(name)}.json"
-
-    def _highest_dropped(self, name: str) -> int:
-        """The highest version number of `name` ever dropped (0 when none was)."""
-        path = self._dropped_path(name)
-        try:
-            return int(json.loads(path.read_text())["highest"])
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"{path} is unreadable ({exc}); write {{\"highest\": N}} into it, N the highest "
-                             f"version of {name!r} that was ever dropped") from None
-
     def alias_stamp(self, name: str) -> tuple[int, int] | None:
         """A cheap token that changes whenever the alias record is replaced (inode, mtime)."""
         try:
@@ -183,8 +167,6 @@ class EdgeCollections(Collections):
         aliased = self._read_alias(name)
         if aliased is not None:
             numbers.append(version_number(aliased))
-        # The catalog names a version by its physical name: a dropped one's number would bring its rows back.
-        numbers.append(self._highest_dropped(name))
         number = max(numbers, default=0) + 1
         while True:  # mkdir is the reservation: two creators never get the same version
             version = f"v{number}"
@@ -254,8 +236,6 @@ class EdgeCollections(Collections):
         folder = self._folder(name, version)
         with self.open_version(name, version):
             pass  # raises StoreLockedError when a process still holds this version
-        highest = max(self._highest_dropped(name), version_number(version))
-        durable_write_json(self._dropped_path(name), {"name": name, "highest": highest})
         trash = self.store_dir / f".dropped-{folder.name}-{uuid.uuid4().hex[:8]}"
         os.replace(folder, trash)  # gone from listings at once; the delete below may take a while
         shutil.rmtree(trash, ignore_errors=True)

@@ -31,8 +31,6 @@ from dermground.platform.store.versions import (
 )
 
 VERSION_METADATA_KEY = "dermground_version"
-# On every version of a name: the highest version number of that name ever dropped (never given again).
-DROPPED_METADATA_KEY = "dermground_highest_dropped"
 
 
 class ServerCollections(Collections):
@@ -75,18 +73,10 @@ class ServerCollections(Collections):
         check_name(name)
         numbers = [version_number(v) for v in self.versions(name)]
         numbers += [version_number(v) for (n, v) in self._pending if n == name]
-        # The catalog names a version by its physical name: a dropped one's number would bring its rows back.
-        numbers.append(self._highest_dropped(name))
         version = f"v{max(numbers, default=0) + 1}"
         # The collection appears with its spec (ensure_collection); the meta goes on it then.
         self._pending[(name, version)] = stamped_for_write(meta if meta.created_at else replace(meta, created_at=_now()))
         return version
-
-    def _highest_dropped(self, name: str) -> int:
-        """The highest version number of `name` ever dropped, as its remaining versions record it."""
-        marks = [int((self._client.get_collection(physical_name(name, v)).config.metadata or {})
-                     .get(DROPPED_METADATA_KEY, 0)) for v in self.versions(name)]
-        return max(marks, default=0)
 
     def open_version(self, name: str, version: str) -> VectorStore:
         # A version created here and not yet on the server gets its record in the request that
@@ -137,10 +127,6 @@ class ServerCollections(Collections):
         if self.live_version(name) == version:
             raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
                                "version first (`dermground collections switch`)")
-        highest = max(self._highest_dropped(name), version_number(version))
-        for kept in self.versions(name):
-            if kept != version:
-                self._client.update_collection(physical_name(name, kept), metadata={DROPPED_METADATA_KEY: highest})
         self._client.delete_collection(physical)
 
     def info(self, name: str, version: str, held: Mapping[str, VectorStore] | None = None,
@@ -170,4 +156,4 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-__all__ = ["DROPPED_METADATA_KEY", "ServerCollections", "VERSION_METADATA_KEY"]
+__all__ = ["ServerCollections", "VERSION_METADATA_KEY"]
