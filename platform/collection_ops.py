@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dermground.platform.catalog import Catalog
-from dermground.platform.catalog_copy import collection_files, install_files, read_files, write_files
+from dermground.platform.catalog_copy import (
+    collection_files,
+    install_files,
+    read_files,
+    versions_in_catalog,
+    write_files,
+)
 from dermground.platform.crash_points import maybe_crash
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, open_collections
@@ -110,7 +116,8 @@ def restore_snapshot(settings: Settings, plan: RestorePlan, progress: Progress |
     try:
         with open_collections(settings) as collections:
             version = collections.create_version(plan.name, VersionMeta(
-                source=f"restore {snap.archive}", adapter=meta.get("adapter"), state=BUILDING))  # type: ignore[arg-type]
+                source=f"restore {snap.archive}", adapter=meta.get("adapter"), state=BUILDING),  # type: ignore[arg-type]
+                taken=versions_in_catalog(Catalog(settings.catalog_dir), plan.name))
             with collections.open_version(plan.name, version) as store:
                 store.ensure_collection(snap.spec)
                 physical = store.collection

@@ -280,3 +280,48 @@ def test_an_older_releases_engine_folder_snapshot_is_verified_and_restored(home:
     assert result.exit_code == 0, result.output
     assert "holds 12 points of model fp-snap" in result.output and "version v1 is live" in result.output
     assert _live_points(home) == N
+
+
+def test_a_restore_never_takes_the_number_of_a_dropped_version_whose_catalog_rows_stay(
+        golden: tuple[Path, Path], home: Path) -> None:
+    # Another collection's snapshot restored into `snap` by mistake, switched back and dropped:
+    # its catalog rows stay under `snap__v1`, so the next restore must not become v1 again.
+    other_ids = [f"ISIC_{i:07d}" for i in range(100, 104)]
+    settings = load_settings(home=home)
+    rng = np.random.default_rng(1)
+    records = [{"isic_id": i, "patient_id": "IP_9", "split": "train", "image_ref": f"/nowhere/{i}.jpg",
+                **{a.name: float(a.low + 1) for a in ATTRIBUTES}} for i in other_ids]
+    with open_store(settings, "other") as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert([StorePoint(point_id(r["isic_id"]), {n: rng.normal(size=DIM).astype(np.float32)
+                                                          for n in DEFAULT_VECTOR_NAMES}, build_payload(r, FP))
+                      for r in records])
+    catalog = Catalog(settings.catalog_dir)
+    catalog.append("ingest_runs", [{"run_id": "r2", "collection": "other", "fingerprint": FP, "status": "done"}])
+    catalog.append("lesions", [{"isic_id": i, "patient_id": "IP_9", "split": "train", "collection": "other",
+                                "fingerprint": FP, "run_id": "r2"} for i in other_ids], name="other--p000000-y")
+    catalog.append("ingest_partitions", [{"run_id": "r2", "collection": "other", "partition_id": "p000000-y",
+                                          "n_points": 4, "ids_hash": ids_hash(other_ids)}], name="other--p000000-y")
+    assert _cli(home, "snapshot", "create", "--collection", "other").exit_code == 0
+    (other_tar,) = (home / "snapshots" / "other").glob("*.tar")
+    assert _cli(home, "snapshot", "restore", str(other_tar), "--collection", NAME, "--yes").exit_code == 0
+    assert _cli(home, "collections", "switch", NAME, "v0").exit_code == 0
+    assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0
+
+    result = _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "version v2 is live" in result.output
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0, checked.output  # the dropped v1's rows are not counted as v2's
+
+    # The same for an ingest into a new version, once the highest version with rows is dropped too.
+    from dermground.ingest.targets import open_target
+
+    assert _cli(home, "collections", "switch", NAME, "v0").exit_code == 0
+    assert _cli(home, "collections", "drop", NAME, "v2", "--yes").exit_code == 0
+    target = open_target(settings, NAME, catalog, source="data", adapter=None, new_version=True)
+    try:
+        assert target.version == "v3"
+    finally:
+        target.store.close()
+        target.close()

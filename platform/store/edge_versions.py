@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,10 +160,10 @@ class EdgeCollections(Collections):
         return LEGACY_VERSION if LEGACY_VERSION in self.versions(name) else None
 
     # --- versions ------------------------------------------------------------------------
-    def create_version(self, name: str, meta: VersionMeta) -> str:
+    def create_version(self, name: str, meta: VersionMeta, taken: Iterable[str] = ()) -> str:
         check_name(name)
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        numbers = [version_number(v) for v in self.versions(name)]
+        numbers = [version_number(v) for v in (*self.versions(name), *taken)]
         aliased = self._read_alias(name)
         if aliased is not None:
             numbers.append(version_number(aliased))
