@@ -325,3 +325,25 @@ def test_a_restore_never_takes_the_number_of_a_dropped_version_whose_catalog_row
     finally:
         target.store.close()
         target.close()
+
+
+def _file_size_limited(limit: int):  # noqa: ANN202 - a preexec_fn
+    def limit_writes() -> None:  # what a full disk does to a write: it fails (EFBIG here, ENOSPC there)
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_writes
+
+
+def test_a_snapshot_that_cannot_be_written_says_so_and_leaves_nothing_behind(golden: tuple[Path, Path],
+                                                                             home: Path) -> None:
+    folder = home / "snapshots" / NAME
+    before = sorted(p.name for p in folder.iterdir())
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "create",
+                          "--collection", NAME], capture_output=True, text=True, timeout=600,
+                         preexec_fn=_file_size_limited(golden[1].stat().st_size // 2))
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "cannot write the snapshot" in run.stderr, run.stderr[-2000:]
+    assert sorted(p.name for p in folder.iterdir()) == before  # no partial tar, no work folder

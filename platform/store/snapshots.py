@@ -41,7 +41,7 @@ _REQUIRED_PAYLOAD = ("isic_id", "fingerprint")
 
 
 class SnapshotError(StoreError):
-    """A snapshot cannot be read or does not verify; nothing was changed."""
+    """A snapshot cannot be read, does not verify, or cannot be written; nothing was changed."""
 
 
 @dataclass
@@ -90,11 +90,25 @@ def write_snapshot(store: VectorStore, dest_dir: Path, label: str, *, meta: dict
                    progress: Callable[[int], None] | None = None) -> Path:
     """Export every point of `store` (and the attachment files) into a new tar in `dest_dir`.
 
-    The tar appears whole or not at all (written as .partial, renamed when complete)."""
+    The tar appears whole or not at all (written as .partial, renamed when complete); a write that
+    fails (a full disk) leaves nothing behind and raises SnapshotError."""
     spec = store.require_spec()
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / f"{label}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.tar"
+    partial = target.with_suffix(".tar.partial")
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        return _write_tar(store, spec, dest_dir, target, partial, meta, attachments, progress)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise SnapshotError(f"cannot write the snapshot in {dest_dir}: {exc}. No snapshot was written and nothing "
+                            "is left behind; free space there (or fix its permissions) and run it again") from None
+
+
+def _write_tar(store: VectorStore, spec: CollectionSpec, dest_dir: Path, target: Path, partial: Path,
+               meta: dict[str, object] | None, attachments: Sequence[tuple[str, Path]],
+               progress: Callable[[int], None] | None) -> Path:
+    """write_snapshot's work: the points and manifest in a work folder, the tar as `partial`, renamed."""
     with tempfile.TemporaryDirectory(prefix=".snapshot-", dir=dest_dir) as tmp:
         work = Path(tmp)
         (work / "points").mkdir()
@@ -124,7 +138,6 @@ def write_snapshot(store: VectorStore, dest_dir: Path, label: str, *, meta: dict
                     "collection": store.collection, "spec": spec.to_dict(), "points": total,
                     "point_files": files, "attachments": attached, "meta": meta or {}}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        partial = target.with_suffix(".tar.partial")
         with tarfile.open(partial, "w") as tar:
             tar.add(work / MANIFEST, arcname=MANIFEST)
             for entry in files:
