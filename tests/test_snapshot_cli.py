@@ -62,3 +62,13 @@ def test_create_list_restore_roundtrip(tmp_path: Path) -> None:
 def test_restore_of_a_missing_file_says_what_to_do(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "snapshot", "restore", str(tmp_path / "x.tar"), "--yes"])
     assert result.exit_code != 0 and "snapshot list" in result.output
+
+
+def test_create_of_a_malformed_version_says_what_a_version_is(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _fill(home, 2)
+    result = CliRunner().invoke(cli, ["--home", str(home), "snapshot", "create", "--collection", "snap",
+                                      "--version", "latest"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "a version is v<number>" in result.output
+    assert not (home / "snapshots" / "snap").exists() or not any((home / "snapshots" / "snap").iterdir())

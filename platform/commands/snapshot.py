@@ -32,7 +32,7 @@ def create(collection: str, version: str | None) -> None:
     try:
         where = create_snapshot(current_settings(), collection, version,
                                 progress=lambda n: click.echo(f"  {n} points exported", err=True))
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:  # ValueError: a --version that is not v<number>
         raise click.ClickException(str(exc)) from None
     click.echo(f"snapshot of {collection!r}: {where} ({human_bytes(where.stat().st_size)})")
 
