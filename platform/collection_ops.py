@@ -22,7 +22,7 @@ from dermground.platform.catalog_copy import (
 )
 from dermground.platform.crash_points import maybe_crash
 from dermground.platform.settings import Settings
-from dermground.platform.store import StoreLockedError, open_collections
+from dermground.platform.store import StoreError, StoreLockedError, open_collections
 from dermground.platform.store.snapshots import VerifiedSnapshot, load_snapshot, open_snapshot, write_snapshot
 from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionInfo, VersionMeta
 
@@ -118,18 +118,23 @@ def restore_snapshot(settings: Settings, plan: RestorePlan, progress: Progress |
             version = collections.create_version(plan.name, VersionMeta(
                 source=f"restore {snap.archive}", adapter=meta.get("adapter"), state=BUILDING),  # type: ignore[arg-type]
                 taken=versions_in_catalog(Catalog(settings.catalog_dir), plan.name))
-            with collections.open_version(plan.name, version) as store:
-                store.ensure_collection(snap.spec)
-                physical = store.collection
-                # On a server the version's meta can only be written once the collection exists.
-                collections.write_meta(plan.name, version, collections.read_meta(plan.name, version))
-                points = load_snapshot(snap, store, progress)
-            maybe_crash("restore_loaded")
-            rows = install_files(Catalog(settings.catalog_dir), physical, read_files(snap.attachments))
-            maybe_crash("restore_catalogued")
-            built = collections.read_meta(plan.name, version)
-            collections.write_meta(plan.name, version, VersionMeta(built.created_at, built.source, built.adapter,
-                                                                   READY, points))
+            try:
+                with collections.open_version(plan.name, version) as store:
+                    store.ensure_collection(snap.spec)
+                    physical = store.collection
+                    # On a server the version's meta can only be written once the collection exists.
+                    collections.write_meta(plan.name, version, collections.read_meta(plan.name, version))
+                    points = load_snapshot(snap, store, progress)
+                maybe_crash("restore_loaded")
+                rows = install_files(Catalog(settings.catalog_dir), physical, read_files(snap.attachments))
+                maybe_crash("restore_catalogued")
+                built = collections.read_meta(plan.name, version)
+                collections.write_meta(plan.name, version, VersionMeta(built.created_at, built.source, built.adapter,
+                                                                       READY, points))
+            except (StoreError, OSError, ValueError) as exc:  # a full disk, the engine, catalog rows that do not fit
+                raise StoreError(f"{exc}\nThe restore stopped: version {version} of {plan.name!r} is left unfinished and "
+                                 f"unswitched; drop it with `dermground collections drop {plan.name} {version}` and run "
+                                 "the restore again (the snapshot is untouched).") from exc
             replaced = collections.switch(plan.name, version)
         return RestoreResult(version, points, rows, replaced)
     finally:

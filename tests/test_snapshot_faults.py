@@ -347,3 +347,16 @@ def test_a_snapshot_that_cannot_be_written_says_so_and_leaves_nothing_behind(gol
     assert run.returncode == 1, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "cannot write the snapshot" in run.stderr, run.stderr[-2000:]
     assert sorted(p.name for p in folder.iterdir()) == before  # no partial tar, no work folder
+
+
+def test_a_restore_that_fails_on_a_full_disk_names_the_version_it_leaves_and_the_next_step(
+        golden: tuple[Path, Path], home: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "restore",
+                          str(golden[1]), "--collection", NAME, "--yes"], capture_output=True, text=True, timeout=600,
+                         preexec_fn=_file_size_limited(golden[1].stat().st_size))  # unpacks; the engine's log cannot grow
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "The live version was not switched" in run.stderr, run.stderr[-2000:]
+    assert f"`dermground collections drop {NAME} v1`" in run.stderr, run.stderr[-2000:]
+    assert _live_points(home) == N and EdgeCollections(home / "qdrant").live_version(NAME) == "v0"
+    assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0  # the step it names works
+    assert _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes").exit_code == 0
