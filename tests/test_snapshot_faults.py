@@ -360,3 +360,30 @@ def test_a_restore_that_fails_on_a_full_disk_names_the_version_it_leaves_and_the
     assert _live_points(home) == N and EdgeCollections(home / "qdrant").live_version(NAME) == "v0"
     assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0  # the step it names works
     assert _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes").exit_code == 0
+
+
+def test_check_agrees_on_a_compacted_catalog_and_after_restoring_its_snapshot(golden: tuple[Path, Path],
+                                                                               home: Path) -> None:
+    # A compaction merges the per-partition lesions files; once the superseded ones are deleted,
+    # the ledger's partitions have no file of their own (what an ingest's auto-compaction leads to).
+    for _ in range(2):
+        assert _cli(home, "catalog", "compact", "--keep-minutes", "0").exit_code == 0
+    assert not (home / "catalog" / "lesions" / f"{NAME}--p000000-x.parquet").exists()
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0, checked.output
+
+    assert _cli(home, "snapshot", "create", "--collection", NAME).exit_code == 0
+    newest = max((home / "snapshots" / NAME).glob("*.tar"), key=lambda p: p.stat().st_mtime)
+    assert _cli(home, "snapshot", "restore", str(newest), "--collection", NAME, "--yes").exit_code == 0
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0, checked.output
+
+    # Still a finding: a committed partition whose rows are nowhere, and a point gone from the store.
+    Catalog(load_settings(home=home).catalog_dir).append("ingest_partitions", [{
+        "run_id": "r1", "collection": f"{NAME}__v1", "partition_id": "p000001-z", "n_points": 3,
+        "ids_hash": ids_hash(["ISIC_9", "ISIC_8", "ISIC_7"])}], name=f"{NAME}__v1--p000001-z")
+    with open_store(load_settings(home=home), NAME) as store:
+        store.delete([point_id(ISIC_IDS[0])])
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 1
+    assert "p000001-z (no lesions file)" in checked.output and "missing from the store: 1" in checked.output
