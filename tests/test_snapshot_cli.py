@@ -72,3 +72,16 @@ def test_create_of_a_malformed_version_says_what_a_version_is(tmp_path: Path) ->
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
     assert "a version is v<number>" in result.output
     assert not (home / "snapshots" / "snap").exists() or not any((home / "snapshots" / "snap").iterdir())
+
+
+def test_a_restore_left_at_its_prompt_leaves_no_unpacked_copy(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _fill(home, 3)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--home", str(home), "snapshot", "create", "--collection", "snap"]).exit_code == 0
+    (tar,) = (home / "snapshots" / "snap").glob("*.tar")
+    for answer in ("n\n", None):  # "no", and no answer at all (end of input, as Ctrl-C): both abort
+        result = runner.invoke(cli, ["--home", str(home), "snapshot", "restore", str(tar), "--collection", "snap"],
+                               input=answer)
+        assert result.exit_code == 1 and "Aborted" in result.output, result.output
+        assert list((home / "snapshots" / ".staging").iterdir()) == []  # the unpacked snapshot is gone
