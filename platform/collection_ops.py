@@ -23,6 +23,7 @@ from dermground.platform.catalog_copy import (
 from dermground.platform.crash_points import maybe_crash
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreError, StoreLockedError, open_collections
+from dermground.platform.store.indexing import build_index_if_large
 from dermground.platform.store.snapshots import VerifiedSnapshot, load_snapshot, open_snapshot, write_snapshot
 from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionInfo, VersionMeta
 
@@ -125,6 +126,8 @@ def restore_snapshot(settings: Settings, plan: RestorePlan, progress: Progress |
                     # On a server the version's meta can only be written once the collection exists.
                     collections.write_meta(plan.name, version, collections.read_meta(plan.name, version))
                     points = load_snapshot(snap, store, progress)
+                    # The embedded engine indexes only when asked: as an ingest leaves a large version.
+                    build_index_if_large(store, settings.store_index_min_points)
                 maybe_crash("restore_loaded")
                 rows = install_files(Catalog(settings.catalog_dir), physical, read_files(snap.attachments))
                 maybe_crash("restore_catalogued")

@@ -85,3 +85,21 @@ def test_a_restore_left_at_its_prompt_leaves_no_unpacked_copy(tmp_path: Path) ->
                                input=answer)
         assert result.exit_code == 1 and "Aborted" in result.output, result.output
         assert list((home / "snapshots" / ".staging").iterdir()) == []  # the unpacked snapshot is gone
+
+
+def test_a_restored_version_is_indexed_like_an_ingested_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dermground.platform.store.indexing import build_index_if_large
+
+    monkeypatch.setenv("DERMGROUND_STORE_INDEX_MIN_POINTS", "40")
+    home = tmp_path / "home"
+    _fill(home, 64)
+    with open_store(load_settings(home=home), "snap") as store:
+        assert build_index_if_large(store, 40).built and store.indexed_points() == 64  # as ingest leaves it
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--home", str(home), "snapshot", "create", "--collection", "snap"]).exit_code == 0
+    (tar,) = (home / "snapshots" / "snap").glob("*.tar")
+    restored = runner.invoke(cli, ["--home", str(home), "snapshot", "restore", str(tar), "--collection", "snap",
+                                   "--yes"])
+    assert restored.exit_code == 0, restored.output
+    with open_store(load_settings(home=home), "snap") as store:
+        assert store.collection == "snap__v1" and store.indexed_points() == 64  # not left to brute force
