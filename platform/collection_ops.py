@@ -25,7 +25,7 @@ from dermground.platform.settings import Settings
 from dermground.platform.store import StoreError, StoreLockedError, open_collections
 from dermground.platform.store.indexing import build_index_if_large
 from dermground.platform.store.snapshots import VerifiedSnapshot, load_snapshot, open_snapshot, write_snapshot
-from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionInfo, VersionMeta
+from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionInfo, VersionMeta, interrupted_note
 
 Progress = Callable[[int], None]
 
@@ -44,6 +44,10 @@ def create_snapshot(settings: Settings, name: str, version: str | None = None,
             raise VersionError(f"collection {name!r} does not exist; see `dermground collections list`")
         physical = collections.require_version(name, version)
         meta = collections.read_meta(name, version)
+        if meta.state != READY:  # a restore marks what it loads ready: never a version `switch` would refuse
+            raise VersionError(f"version {version} of {name!r} is still {meta.state!r} (an ingest or restore did not "
+                               "finish), and its snapshot would restore as a finished version: "
+                               + (interrupted_note(name, version, meta) or "finish it first, or drop it"))
         catalog = Catalog(settings.catalog_dir)
         with tempfile.TemporaryDirectory(prefix=".snapshot-rows-") as tmp:
             attachments = write_files(Path(tmp), collection_files(catalog, physical))

@@ -103,3 +103,19 @@ def test_a_restored_version_is_indexed_like_an_ingested_one(tmp_path: Path, monk
     assert restored.exit_code == 0, restored.output
     with open_store(load_settings(home=home), "snap") as store:
         assert store.collection == "snap__v1" and store.indexed_points() == 64  # not left to brute force
+
+
+def test_an_unfinished_version_is_not_snapshotted_into_one_that_restores_as_finished(tmp_path: Path) -> None:
+    from dermground.platform.store import VersionMeta, open_collections
+    from dermground.platform.store.versions import BUILDING
+
+    home = tmp_path / "home"
+    _fill(home, 3)
+    with open_collections(load_settings(home=home)) as cols:  # an ingest --new-version that never finished
+        version = cols.create_version("snap", VersionMeta(source="ingest /data", state=BUILDING))
+        with cols.open_version("snap", version) as store:
+            store.ensure_collection(CollectionSpec(dim=8, fingerprint="fp-snap"))
+    result = CliRunner().invoke(cli, ["--home", str(home), "snapshot", "create", "--collection", "snap",
+                                      "--version", version])
+    assert result.exit_code == 1 and "still 'building'" in result.output, result.output
+    assert not list((home / "snapshots" / "snap").glob("*.tar"))  # `collections switch` refuses it; so does this
