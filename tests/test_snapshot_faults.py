@@ -387,3 +387,17 @@ def test_check_agrees_on_a_compacted_catalog_and_after_restoring_its_snapshot(go
     checked = _cli(home, "check", "--collection", NAME)
     assert checked.exit_code == 1
     assert "p000001-z (no lesions file)" in checked.output and "missing from the store: 1" in checked.output
+
+
+def test_the_unpacked_copy_of_a_killed_restore_is_cleared_by_the_next_restore(golden: tuple[Path, Path],
+                                                                              home: Path) -> None:
+    env = {**os.environ, KILL_ENV: "restore_loaded"}
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "restore",
+                          str(golden[1]), "--collection", NAME, "--yes"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == -9, run.stderr[-2000:]
+    staging = home / "snapshots" / ".staging"
+    assert len(list(staging.iterdir())) == 1  # the killed process could not remove it
+    assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0  # the stated next step
+    assert _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes").exit_code == 0
+    assert list(staging.iterdir()) == []  # a full copy of the snapshot no longer stays behind

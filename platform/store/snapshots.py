@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
+import socket
 import tarfile
 import tempfile
 import time
@@ -30,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dermground.platform.processes import pid_alive
 from dermground.platform.store.base import CollectionSpec, StoreError, StorePoint, VectorStore
 from dermground.platform.store.schema import point_id
 
@@ -284,6 +287,21 @@ def _verify_points(archive: Path, path: Path, spec: CollectionSpec, expected_row
     return len(points)
 
 
+def _staging_prefix() -> str:
+    # The host too: a home shared by several hosts must not have one clear another's folders.
+    return f".restore-{socket.gethostname()}-"
+
+
+def _clear_dead_staging(staging_parent: Path) -> None:
+    """Remove the unpacked snapshots of restores on this host whose process is gone (a kill
+    leaves a full copy of the snapshot there); those of running restores stay."""
+    prefix = _staging_prefix()
+    for folder in staging_parent.glob(f"{prefix}*"):
+        pid = folder.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
     """Unpack `archive` under `staging_parent` and verify all of it; SnapshotError says what is wrong.
 
@@ -294,7 +312,8 @@ def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
     if not archive.is_file():
         raise SnapshotError(f"no snapshot file {archive}; see `dermground snapshot list`")
     staging_parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".restore-", dir=staging_parent))
+    _clear_dead_staging(staging_parent)
+    folder = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix()}{os.getpid()}-", dir=staging_parent))
     try:
         try:
             with tarfile.open(archive) as tar:
