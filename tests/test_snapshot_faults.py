@@ -401,3 +401,17 @@ def test_the_unpacked_copy_of_a_killed_restore_is_cleared_by_the_next_restore(go
     assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0  # the stated next step
     assert _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes").exit_code == 0
     assert list(staging.iterdir()) == []  # a full copy of the snapshot no longer stays behind
+
+
+def test_the_work_folder_of_a_killed_snapshot_create_is_cleared_by_the_next_one(golden: tuple[Path, Path],
+                                                                                home: Path) -> None:
+    folder = home / "snapshots" / NAME
+    env = {**os.environ, KILL_ENV: "snapshot_written"}
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "create",
+                          "--collection", NAME], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert [p.name for p in folder.glob("*.tar")] == [golden[1].name]  # no half-written snapshot is listed
+    assert any(p.name.startswith(".") for p in folder.iterdir())  # the killed process could not clear its work
+    assert _cli(home, "snapshot", "create", "--collection", NAME).exit_code == 0
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".partial")]
+    assert len(list(folder.glob("*.tar"))) == 2

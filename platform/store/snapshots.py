@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dermground.platform.crash_points import maybe_crash
 from dermground.platform.processes import pid_alive
 from dermground.platform.store.base import CollectionSpec, StoreError, StorePoint, VectorStore
 from dermground.platform.store.schema import point_id
@@ -93,27 +94,28 @@ def write_snapshot(store: VectorStore, dest_dir: Path, label: str, *, meta: dict
                    progress: Callable[[int], None] | None = None) -> Path:
     """Export every point of `store` (and the attachment files) into a new tar in `dest_dir`.
 
-    The tar appears whole or not at all (written as .partial, renamed when complete); a write that
-    fails (a full disk) leaves nothing behind and raises SnapshotError."""
+    The tar appears whole or not at all (written as .partial in a work folder, renamed when
+    complete); a write that fails (a full disk) leaves nothing behind and raises SnapshotError."""
     spec = store.require_spec()
     dest_dir = Path(dest_dir)
     target = dest_dir / f"{label}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.tar"
-    partial = target.with_suffix(".tar.partial")
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
-        return _write_tar(store, spec, dest_dir, target, partial, meta, attachments, progress)
+        _clear_dead_work(dest_dir, ".snapshot-")
+        return _write_tar(store, spec, dest_dir, target, meta, attachments, progress)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise SnapshotError(f"cannot write the snapshot in {dest_dir}: {exc}. No snapshot was written and nothing "
                             "is left behind; free space there (or fix its permissions) and run it again") from None
 
 
-def _write_tar(store: VectorStore, spec: CollectionSpec, dest_dir: Path, target: Path, partial: Path,
+def _write_tar(store: VectorStore, spec: CollectionSpec, dest_dir: Path, target: Path,
                meta: dict[str, object] | None, attachments: Sequence[tuple[str, Path]],
                progress: Callable[[int], None] | None) -> Path:
-    """write_snapshot's work: the points and manifest in a work folder, the tar as `partial`, renamed."""
-    with tempfile.TemporaryDirectory(prefix=".snapshot-", dir=dest_dir) as tmp:
+    """write_snapshot's work: points, manifest and the tar in a work folder (removed however this
+    ends, or by the next snapshot when the process is killed), the tar renamed out when complete."""
+    with tempfile.TemporaryDirectory(prefix=_work_prefix(".snapshot-", os.getpid()), dir=dest_dir) as tmp:
         work = Path(tmp)
+        partial = work / f"{target.name}.partial"
         (work / "points").mkdir()
         files: list[dict[str, object]] = []
         batch: list[StorePoint] = []
@@ -147,6 +149,7 @@ def _write_tar(store: VectorStore, spec: CollectionSpec, dest_dir: Path, target:
                 tar.add(work / str(entry["name"]), arcname=str(entry["name"]))
             for (arcname, path), entry in zip(attachments, attached, strict=True):
                 tar.add(path, arcname=str(entry["name"]))
+        maybe_crash("snapshot_written")
         partial.replace(target)
     return target
 
@@ -287,16 +290,16 @@ def _verify_points(archive: Path, path: Path, spec: CollectionSpec, expected_row
     return len(points)
 
 
-def _staging_prefix() -> str:
+def _work_prefix(kind: str, pid: int | None = None) -> str:
     # The host too: a home shared by several hosts must not have one clear another's folders.
-    return f".restore-{socket.gethostname()}-"
+    return f"{kind}{socket.gethostname()}-" + (f"{pid}-" if pid is not None else "")
 
 
-def _clear_dead_staging(staging_parent: Path) -> None:
-    """Remove the unpacked snapshots of restores on this host whose process is gone (a kill
-    leaves a full copy of the snapshot there); those of running restores stay."""
-    prefix = _staging_prefix()
-    for folder in staging_parent.glob(f"{prefix}*"):
+def _clear_dead_work(parent: Path, kind: str) -> None:
+    """Remove the work folders (`kind` .snapshot- or .restore-) of processes on this host that are
+    gone: a kill leaves a full copy of a snapshot's points there. Those of running ones stay."""
+    prefix = _work_prefix(kind)
+    for folder in parent.glob(f"{prefix}*"):
         pid = folder.name[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
@@ -312,8 +315,8 @@ def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
     if not archive.is_file():
         raise SnapshotError(f"no snapshot file {archive}; see `dermground snapshot list`")
     staging_parent.mkdir(parents=True, exist_ok=True)
-    _clear_dead_staging(staging_parent)
-    folder = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix()}{os.getpid()}-", dir=staging_parent))
+    _clear_dead_work(staging_parent, ".restore-")
+    folder = Path(tempfile.mkdtemp(prefix=_work_prefix(".restore-", os.getpid()), dir=staging_parent))
     try:
         try:
             with tarfile.open(archive) as tar:
