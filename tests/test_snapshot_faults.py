@@ -415,3 +415,20 @@ def test_the_work_folder_of_a_killed_snapshot_create_is_cleared_by_the_next_one(
     assert _cli(home, "snapshot", "create", "--collection", NAME).exit_code == 0
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".partial")]
     assert len(list(folder.glob("*.tar"))) == 2
+
+
+def test_a_served_collection_whose_copy_does_not_fit_on_disk_gets_a_clear_error(home: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "qdrant" / NAME)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert holder.stdout.readline().strip() == "ready"  # `serve` holds the live version: create copies it
+        run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "create",
+                              "--collection", NAME], capture_output=True, text=True, timeout=600,
+                             preexec_fn=_file_size_limited(1 << 20))  # the engine's log file is larger
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "free space" in run.stderr, run.stderr[-2000:]
+    assert EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]  # the scratch copy is gone
