@@ -126,7 +126,35 @@ def _wrong_dimensions(src: Path, dst: Path) -> Path:
     return _rewrite(tmp, dst, _manifest_edit(fix_sums))
 
 
+def _points_column(column: str, value: object, dtype: pa.DataType):  # noqa: ANN202 - a DAMAGES maker
+    """A snapshot whose points files have `column` replaced, their checksums made to match (what
+    another tool or a hand edit could write)."""
+    def make(src: Path, dst: Path) -> Path:
+        replaced: dict[str, bytes] = {}
+
+        def points(name: str, data: bytes) -> bytes:
+            if not name.startswith("points/"):
+                return data
+            table = pq.read_table(io.BytesIO(data))
+            table = table.set_column(table.schema.get_field_index(column), column,
+                                     pa.array([value] * table.num_rows, dtype))
+            sink = io.BytesIO()
+            pq.write_table(table, sink)
+            replaced[name] = sink.getvalue()
+            return replaced[name]
+
+        import hashlib
+
+        def fix_sums(manifest: dict) -> None:
+            for entry in manifest["point_files"]:
+                entry["sha256"] = hashlib.sha256(replaced[entry["name"]]).hexdigest()
+        return _rewrite(_rewrite(src, dst.with_suffix(".tmp"), points), dst, _manifest_edit(fix_sums))
+    return make
+
+
 DAMAGES = {
+    "payload_not_json": (_points_column("payload", "{not json", pa.string()), "the payload of point"),
+    "vector_of_text": (_points_column("image", ["x"] * DIM, pa.list_(pa.string())), "cannot be read as points"),
     "invalid_metadata": (lambda s, d: _rewrite(s, d, lambda n, b: b"{not json" if n == "manifest.json" else b),
                          "invalid metadata"),
     "wrong_format": (lambda s, d: _rewrite(s, d, _manifest_edit(lambda m: m.update(format="other"))), "field 'format'"),

@@ -246,8 +246,15 @@ def _read_points(path: Path, spec: CollectionSpec) -> list[StorePoint]:
     payloads = table.column("payload").to_pylist()
     vectors: dict[str, list[object]] = {n: table.column(n).to_pylist() for n in spec.vector_names}
     return [StorePoint(pid, {n: np.asarray(vectors[n][i], dtype=np.float32) for n in spec.vector_names
-                             if vectors[n][i] is not None}, json.loads(payloads[i]))
+                             if vectors[n][i] is not None}, _payload(pid, payloads[i]))
             for i, pid in enumerate(ids)]
+
+
+def _payload(pid: object, text: object) -> object:
+    try:
+        return json.loads(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the payload of point {pid!r} is not JSON ({exc})") from None
 
 
 def _verify_points(archive: Path, path: Path, spec: CollectionSpec, expected_rows: object,
@@ -260,7 +267,10 @@ def _verify_points(archive: Path, path: Path, spec: CollectionSpec, expected_row
     missing = [n for n in ("id", "payload", *spec.vector_names) if n not in schema.names]
     if missing:
         raise _refuse(archive, f"{name} lacks the column(s) {missing} (vector names must be {list(spec.vector_names)})")
-    points = _read_points(path, spec)
+    try:
+        points = _read_points(path, spec)
+    except (ValueError, TypeError, pa.ArrowException) as exc:  # columns of other types, text that is not JSON
+        raise _refuse(archive, f"{name} cannot be read as points: {exc}") from None
     if len(points) != expected_rows:
         raise _refuse(archive, f"{name} holds {len(points)} points, the manifest says {expected_rows}")
     for point in points:
