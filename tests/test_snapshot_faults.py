@@ -425,7 +425,7 @@ def test_the_unpacked_copy_of_a_killed_restore_is_cleared_by_the_next_restore(go
                          timeout=600)
     assert run.returncode == -9, run.stderr[-2000:]
     staging = home / "snapshots" / ".staging"
-    assert len(list(staging.iterdir())) == 1  # the killed process could not remove it
+    assert len([p for p in staging.iterdir() if p.is_dir()]) == 1  # the killed process could not remove it
     assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0  # the stated next step
     assert _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes").exit_code == 0
     assert list(staging.iterdir()) == []  # a full copy of the snapshot no longer stays behind
@@ -460,3 +460,32 @@ def test_a_served_collection_whose_copy_does_not_fit_on_disk_gets_a_clear_error(
     assert run.returncode == 1, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "free space" in run.stderr, run.stderr[-2000:]
     assert EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]  # the scratch copy is gone
+
+
+HOLDS_STAGING = """
+import sys
+from pathlib import Path
+from dermground.platform.store.snapshots import _new_work_folder
+folder, lock = _new_work_folder(Path(sys.argv[1]), ".restore-")
+print(folder, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_running_restores_unpacked_copy_is_left_alone_and_cleared_once_its_process_is_gone(
+        golden: tuple[Path, Path], tmp_path: Path) -> None:
+    from dermground.platform.store.snapshots import open_snapshot
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDS_STAGING, str(staging)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        theirs = Path(holder.stdout.readline().strip())  # another restore, unpacking
+        open_snapshot(golden[1], staging).cleanup()
+        assert theirs.is_dir()  # its lock is held: not ours to clear
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    open_snapshot(golden[1], staging).cleanup()
+    assert list(staging.iterdir()) == []  # its process is gone (killed): cleared

@@ -13,6 +13,7 @@ before anything is written to a store. Restores go into a new version: store/ver
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -33,7 +34,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dermground.platform.crash_points import maybe_crash
-from dermground.platform.processes import pid_alive
 from dermground.platform.store.base import CollectionSpec, StoreError, StorePoint, VectorStore
 from dermground.platform.store.schema import point_id
 
@@ -59,6 +59,7 @@ class VerifiedSnapshot:
     points: int
     point_files: list[Path]
     attachments: dict[str, Path] = field(default_factory=dict)
+    lock: int | None = None  # the held lock that marks `folder` as in use (see _new_work_folder)
 
     def iter_batches(self) -> Iterator[list[StorePoint]]:
         """The snapshot's points, one file at a time."""
@@ -66,6 +67,9 @@ class VerifiedSnapshot:
             yield _read_points(path, self.spec)
 
     def cleanup(self) -> None:
+        if self.lock is not None:
+            _release_work_folder(self.folder, self.lock)
+            self.lock = None
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -113,8 +117,8 @@ def _write_tar(store: VectorStore, spec: CollectionSpec, dest_dir: Path, target:
                progress: Callable[[int], None] | None) -> Path:
     """write_snapshot's work: points, manifest and the tar in a work folder (removed however this
     ends, or by the next snapshot when the process is killed), the tar renamed out when complete."""
-    with tempfile.TemporaryDirectory(prefix=_work_prefix(".snapshot-", os.getpid()), dir=dest_dir) as tmp:
-        work = Path(tmp)
+    work, lock = _new_work_folder(dest_dir, ".snapshot-")
+    try:
         partial = work / f"{target.name}.partial"
         (work / "points").mkdir()
         files: list[dict[str, object]] = []
@@ -151,6 +155,8 @@ def _write_tar(store: VectorStore, spec: CollectionSpec, dest_dir: Path, target:
                 tar.add(path, arcname=str(entry["name"]))
         maybe_crash("snapshot_written")
         partial.replace(target)
+    finally:
+        _release_work_folder(work, lock)
     return target
 
 
@@ -300,19 +306,46 @@ def _verify_points(archive: Path, path: Path, spec: CollectionSpec, expected_row
     return len(points)
 
 
-def _work_prefix(kind: str, pid: int | None = None) -> str:
+def _work_prefix(kind: str) -> str:
     # The host too: a home shared by several hosts must not have one clear another's folders.
-    return f"{kind}{socket.gethostname()}-" + (f"{pid}-" if pid is not None else "")
+    return f"{kind}{socket.gethostname()}-"
+
+
+def _new_work_folder(parent: Path, kind: str) -> tuple[Path, int]:
+    """A new work folder (`kind` .snapshot- or .restore-) and the descriptor of the lock held on its
+    sibling `<folder>.lock` until _release_work_folder, or until this process dies however it dies
+    (the kernel drops the lock: a pid could name another process, or another PID namespace's)."""
+    fd, lock = tempfile.mkstemp(prefix=_work_prefix(kind), suffix=".lock", dir=parent)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"{os.getpid()}\n".encode())  # not empty: locked by its owner, not just created
+    folder = Path(lock).with_suffix("")
+    folder.mkdir()
+    return folder, fd
+
+
+def _release_work_folder(folder: Path, lock: int) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    Path(f"{folder}.lock").unlink(missing_ok=True)
+    os.close(lock)
 
 
 def _clear_dead_work(parent: Path, kind: str) -> None:
-    """Remove the work folders (`kind` .snapshot- or .restore-) of processes on this host that are
-    gone: a kill leaves a full copy of a snapshot's points there. Those of running ones stay."""
-    prefix = _work_prefix(kind)
-    for folder in parent.glob(f"{prefix}*"):
-        pid = folder.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+    """Remove the work folders of this host whose process is gone (a kill leaves a full copy of a
+    snapshot's points there); those whose lock is still held stay."""
+    for lock in parent.glob(f"{_work_prefix(kind)}*.lock"):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_size:  # empty: its process is between creating and locking it
+                shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+                lock.unlink(missing_ok=True)
+        except OSError:
+            pass  # held: its process runs
+        finally:
+            os.close(fd)
 
 
 def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
@@ -326,7 +359,7 @@ def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
         raise SnapshotError(f"no snapshot file {archive}; see `dermground snapshot list`")
     staging_parent.mkdir(parents=True, exist_ok=True)
     _clear_dead_work(staging_parent, ".restore-")
-    folder = Path(tempfile.mkdtemp(prefix=_work_prefix(".restore-", os.getpid()), dir=staging_parent))
+    folder, lock = _new_work_folder(staging_parent, ".restore-")
     try:
         try:
             with tarfile.open(archive) as tar:
@@ -347,9 +380,9 @@ def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
             raise _refuse(archive, f"it holds {total} points, its manifest says {manifest['points']}")
         attachments = {str(e["name"]).removeprefix("attachments/"): _checked_file(archive, folder, e)
                        for e in manifest["attachments"]}  # type: ignore[union-attr]
-        return VerifiedSnapshot(archive, folder, manifest, spec, total, point_files, attachments)
+        return VerifiedSnapshot(archive, folder, manifest, spec, total, point_files, attachments, lock)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        _release_work_folder(folder, lock)
         raise
 
 
