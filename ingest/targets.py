@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from dermground.ingest.collection_lock import CollectionLock, hold_collection_lock
 from dermground.platform.catalog import Catalog
-from dermground.platform.catalog_copy import copy_collection_rows
+from dermground.platform.catalog_copy import copy_collection_rows, versions_in_catalog
 from dermground.platform.store import CollectionSpec, StoreLockedError, VectorStore, open_collections
 from dermground.platform.store.versions import BUILDING, READY, Collections, VersionMeta, physical_name
 from dermground.platform.settings import Settings
@@ -112,14 +112,16 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
         collections.require_version(name, version)
         return IngestTarget(collections, name, version, collections.open_version(name, version),
                             switch_after=live is None)
+    # A dropped version's catalog rows stay: a new version never takes its number.
+    taken = versions_in_catalog(catalog, name)
     if new_version:
-        created = collections.create_version(name, building)
+        created = collections.create_version(name, building, taken)
         notify(f"building version {created} of {name!r} beside the live version {live or '(none)'}")
         return IngestTarget(collections, name, created, collections.open_version(name, created),
                             switch_after=live is None)
     if live is None:
         first = "v0" if collections.fresh_version_is_bare else collections.create_version(
-            name, replace(building, state=READY))
+            name, replace(building, state=READY), taken)
         return IngestTarget(collections, name, first, collections.open_version(name, first),
                             switch_before=first != "v0")
     try:
@@ -129,7 +131,7 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
         live_spec = collections.info(name, live, count=False).spec
         if spec is not None and live_spec is not None:
             spec.check_compatible(live_spec, name)  # another model: --new-version, nothing copied
-        created = collections.create_version(name, replace(building, source=f"{live} + ingest {source}"))
+        created = collections.create_version(name, replace(building, source=f"{live} + ingest {source}"), taken)
         notify(f"Ingesting into a new version {created} seeded with a copy of {live}; {name!r} switches "
                f"to it when the ingest completes (the server follows; {live} stays until "
                f"`dermground collections drop {name} {live}`).")

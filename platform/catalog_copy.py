@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from dermground.platform.catalog import TABLES, Catalog
 from dermground.platform.catalog_files import live_files
+from dermground.platform.store.versions import split_physical
 
 # Tables holding per-collection rows whose file names follow the writer's `<collection>--<part>`.
 COLLECTION_TABLES: tuple[str, ...] = ("lesions", "ingest_partitions", "quarantine")
@@ -108,10 +109,18 @@ def install_files(catalog: Catalog, collection: str, files: Iterable[CatalogFile
     return lesions
 
 
+def versions_in_catalog(catalog: Catalog, name: str) -> set[str]:
+    """The versions of collection `name` the catalog holds rows of, dropped ones included (dropping
+    a version leaves its rows): a new version must not take their number, or it inherits them."""
+    rows = catalog.query("SELECT collection FROM lesions UNION SELECT collection FROM ingest_partitions "
+                         "UNION SELECT collection FROM quarantine UNION SELECT collection FROM ingest_runs")
+    return {version for head, version in (split_physical(str(r["collection"])) for r in rows) if head == name}
+
+
 def copy_collection_rows(catalog: Catalog, source: str, target: str) -> int:
     """Give physical collection `target` a copy of `source`'s rows; returns the lesion rows copied."""
     return install_files(catalog, target, collection_files(catalog, source))
 
 
 __all__ = ["COLLECTION_TABLES", "CatalogFile", "collection_files", "copy_collection_rows", "install_files",
-           "read_files", "write_files"]
+           "read_files", "versions_in_catalog", "write_files"]

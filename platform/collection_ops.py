@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dermground.platform.catalog import Catalog
-from dermground.platform.catalog_copy import collection_files, install_files, read_files, write_files
+from dermground.platform.catalog_copy import (
+    collection_files,
+    install_files,
+    read_files,
+    versions_in_catalog,
+    write_files,
+)
 from dermground.platform.crash_points import maybe_crash
 from dermground.platform.settings import Settings
-from dermground.platform.store import StoreLockedError, open_collections
+from dermground.platform.store import StoreError, StoreLockedError, open_collections
+from dermground.platform.store.indexing import build_index_if_large
 from dermground.platform.store.snapshots import VerifiedSnapshot, load_snapshot, open_snapshot, write_snapshot
-from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionInfo, VersionMeta
+from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionInfo, VersionMeta, interrupted_note
 
 Progress = Callable[[int], None]
 
@@ -37,6 +44,10 @@ def create_snapshot(settings: Settings, name: str, version: str | None = None,
             raise VersionError(f"collection {name!r} does not exist; see `dermground collections list`")
         physical = collections.require_version(name, version)
         meta = collections.read_meta(name, version)
+        if meta.state != READY:  # a restore marks what it loads ready: never a version `switch` would refuse
+            raise VersionError(f"version {version} of {name!r} is still {meta.state!r} (an ingest or restore did not "
+                               "finish), and its snapshot would restore as a finished version: "
+                               + (interrupted_note(name, version, meta) or "finish it first, or drop it"))
         catalog = Catalog(settings.catalog_dir)
         with tempfile.TemporaryDirectory(prefix=".snapshot-rows-") as tmp:
             attachments = write_files(Path(tmp), collection_files(catalog, physical))
@@ -110,19 +121,27 @@ def restore_snapshot(settings: Settings, plan: RestorePlan, progress: Progress |
     try:
         with open_collections(settings) as collections:
             version = collections.create_version(plan.name, VersionMeta(
-                source=f"restore {snap.archive}", adapter=meta.get("adapter"), state=BUILDING))  # type: ignore[arg-type]
-            with collections.open_version(plan.name, version) as store:
-                store.ensure_collection(snap.spec)
-                physical = store.collection
-                # On a server the version's meta can only be written once the collection exists.
-                collections.write_meta(plan.name, version, collections.read_meta(plan.name, version))
-                points = load_snapshot(snap, store, progress)
-            maybe_crash("restore_loaded")
-            rows = install_files(Catalog(settings.catalog_dir), physical, read_files(snap.attachments))
-            maybe_crash("restore_catalogued")
-            built = collections.read_meta(plan.name, version)
-            collections.write_meta(plan.name, version, VersionMeta(built.created_at, built.source, built.adapter,
-                                                                   READY, points))
+                source=f"restore {snap.archive}", adapter=meta.get("adapter"), state=BUILDING),  # type: ignore[arg-type]
+                taken=versions_in_catalog(Catalog(settings.catalog_dir), plan.name))
+            try:
+                with collections.open_version(plan.name, version) as store:
+                    store.ensure_collection(snap.spec)
+                    physical = store.collection
+                    # On a server the version's meta can only be written once the collection exists.
+                    collections.write_meta(plan.name, version, collections.read_meta(plan.name, version))
+                    points = load_snapshot(snap, store, progress)
+                    # The embedded engine indexes only when asked: as an ingest leaves a large version.
+                    build_index_if_large(store, settings.store_index_min_points)
+                maybe_crash("restore_loaded")
+                rows = install_files(Catalog(settings.catalog_dir), physical, read_files(snap.attachments))
+                maybe_crash("restore_catalogued")
+                built = collections.read_meta(plan.name, version)
+                collections.write_meta(plan.name, version, VersionMeta(built.created_at, built.source, built.adapter,
+                                                                       READY, points))
+            except (StoreError, OSError, ValueError) as exc:  # a full disk, the engine, catalog rows that do not fit
+                raise StoreError(f"{exc}\nThe restore stopped: version {version} of {plan.name!r} is left unfinished and "
+                                 f"unswitched; drop it with `dermground collections drop {plan.name} {version}` and run "
+                                 "the restore again (the snapshot is untouched).") from exc
             replaced = collections.switch(plan.name, version)
         return RestoreResult(version, points, rows, replaced)
     finally:

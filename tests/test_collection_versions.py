@@ -426,3 +426,11 @@ def test_a_server_version_collection_without_a_record_never_reads_as_ready() -> 
     assert cols.read_meta("lesions", "v1").state == BUILDING
     with pytest.raises(VersionError, match="still 'building'"):
         cols.switch("lesions", "v1")
+
+
+def test_create_version_skips_the_numbers_it_is_told_are_taken(cols: Collections) -> None:
+    build_version(cols, "t", 2)
+    cols.switch("t", "v1")
+    build_version(cols, "t", 2)
+    cols.drop("t", "v2")  # its catalog rows would stay: the caller passes it as taken
+    assert cols.create_version("t", VersionMeta(state=BUILDING), taken={"v2"}) == "v3"

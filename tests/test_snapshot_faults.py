@@ -126,7 +126,35 @@ def _wrong_dimensions(src: Path, dst: Path) -> Path:
     return _rewrite(tmp, dst, _manifest_edit(fix_sums))
 
 
+def _points_column(column: str, value: object, dtype: pa.DataType):  # noqa: ANN202 - a DAMAGES maker
+    """A snapshot whose points files have `column` replaced, their checksums made to match (what
+    another tool or a hand edit could write)."""
+    def make(src: Path, dst: Path) -> Path:
+        replaced: dict[str, bytes] = {}
+
+        def points(name: str, data: bytes) -> bytes:
+            if not name.startswith("points/"):
+                return data
+            table = pq.read_table(io.BytesIO(data))
+            table = table.set_column(table.schema.get_field_index(column), column,
+                                     pa.array([value] * table.num_rows, dtype))
+            sink = io.BytesIO()
+            pq.write_table(table, sink)
+            replaced[name] = sink.getvalue()
+            return replaced[name]
+
+        import hashlib
+
+        def fix_sums(manifest: dict) -> None:
+            for entry in manifest["point_files"]:
+                entry["sha256"] = hashlib.sha256(replaced[entry["name"]]).hexdigest()
+        return _rewrite(_rewrite(src, dst.with_suffix(".tmp"), points), dst, _manifest_edit(fix_sums))
+    return make
+
+
 DAMAGES = {
+    "payload_not_json": (_points_column("payload", "{not json", pa.string()), "the payload of point"),
+    "vector_of_text": (_points_column("image", ["x"] * DIM, pa.list_(pa.string())), "cannot be read as points"),
     "invalid_metadata": (lambda s, d: _rewrite(s, d, lambda n, b: b"{not json" if n == "manifest.json" else b),
                          "invalid metadata"),
     "wrong_format": (lambda s, d: _rewrite(s, d, _manifest_edit(lambda m: m.update(format="other"))), "field 'format'"),
@@ -280,3 +308,184 @@ def test_an_older_releases_engine_folder_snapshot_is_verified_and_restored(home:
     assert result.exit_code == 0, result.output
     assert "holds 12 points of model fp-snap" in result.output and "version v1 is live" in result.output
     assert _live_points(home) == N
+
+
+def test_a_restore_never_takes_the_number_of_a_dropped_version_whose_catalog_rows_stay(
+        golden: tuple[Path, Path], home: Path) -> None:
+    # Another collection's snapshot restored into `snap` by mistake, switched back and dropped:
+    # its catalog rows stay under `snap__v1`, so the next restore must not become v1 again.
+    other_ids = [f"ISIC_{i:07d}" for i in range(100, 104)]
+    settings = load_settings(home=home)
+    rng = np.random.default_rng(1)
+    records = [{"isic_id": i, "patient_id": "IP_9", "split": "train", "image_ref": f"/nowhere/{i}.jpg",
+                **{a.name: float(a.low + 1) for a in ATTRIBUTES}} for i in other_ids]
+    with open_store(settings, "other") as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert([StorePoint(point_id(r["isic_id"]), {n: rng.normal(size=DIM).astype(np.float32)
+                                                          for n in DEFAULT_VECTOR_NAMES}, build_payload(r, FP))
+                      for r in records])
+    catalog = Catalog(settings.catalog_dir)
+    catalog.append("ingest_runs", [{"run_id": "r2", "collection": "other", "fingerprint": FP, "status": "done"}])
+    catalog.append("lesions", [{"isic_id": i, "patient_id": "IP_9", "split": "train", "collection": "other",
+                                "fingerprint": FP, "run_id": "r2"} for i in other_ids], name="other--p000000-y")
+    catalog.append("ingest_partitions", [{"run_id": "r2", "collection": "other", "partition_id": "p000000-y",
+                                          "n_points": 4, "ids_hash": ids_hash(other_ids)}], name="other--p000000-y")
+    assert _cli(home, "snapshot", "create", "--collection", "other").exit_code == 0
+    (other_tar,) = (home / "snapshots" / "other").glob("*.tar")
+    assert _cli(home, "snapshot", "restore", str(other_tar), "--collection", NAME, "--yes").exit_code == 0
+    assert _cli(home, "collections", "switch", NAME, "v0").exit_code == 0
+    assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0
+
+    result = _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "version v2 is live" in result.output
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0, checked.output  # the dropped v1's rows are not counted as v2's
+
+    # The same for an ingest into a new version, once the highest version with rows is dropped too.
+    from dermground.ingest.targets import open_target
+
+    assert _cli(home, "collections", "switch", NAME, "v0").exit_code == 0
+    assert _cli(home, "collections", "drop", NAME, "v2", "--yes").exit_code == 0
+    target = open_target(settings, NAME, catalog, source="data", adapter=None, new_version=True)
+    try:
+        assert target.version == "v3"
+    finally:
+        target.store.close()
+        target.close()
+
+
+def _file_size_limited(limit: int):  # noqa: ANN202 - a preexec_fn
+    def limit_writes() -> None:  # what a full disk does to a write: it fails (EFBIG here, ENOSPC there)
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_writes
+
+
+def test_a_snapshot_that_cannot_be_written_says_so_and_leaves_nothing_behind(golden: tuple[Path, Path],
+                                                                             home: Path) -> None:
+    folder = home / "snapshots" / NAME
+    before = sorted(p.name for p in folder.iterdir())
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "create",
+                          "--collection", NAME], capture_output=True, text=True, timeout=600,
+                         preexec_fn=_file_size_limited(golden[1].stat().st_size // 2))
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "cannot write the snapshot" in run.stderr, run.stderr[-2000:]
+    assert sorted(p.name for p in folder.iterdir()) == before  # no partial tar, no work folder
+
+
+def test_a_restore_that_fails_on_a_full_disk_names_the_version_it_leaves_and_the_next_step(
+        golden: tuple[Path, Path], home: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "restore",
+                          str(golden[1]), "--collection", NAME, "--yes"], capture_output=True, text=True, timeout=600,
+                         preexec_fn=_file_size_limited(golden[1].stat().st_size))  # unpacks; the engine's log cannot grow
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "The live version was not switched" in run.stderr, run.stderr[-2000:]
+    assert f"`dermground collections drop {NAME} v1`" in run.stderr, run.stderr[-2000:]
+    assert _live_points(home) == N and EdgeCollections(home / "qdrant").live_version(NAME) == "v0"
+    assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0  # the step it names works
+    assert _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes").exit_code == 0
+
+
+def test_check_agrees_on_a_compacted_catalog_and_after_restoring_its_snapshot(golden: tuple[Path, Path],
+                                                                               home: Path) -> None:
+    # A compaction merges the per-partition lesions files; once the superseded ones are deleted,
+    # the ledger's partitions have no file of their own (what an ingest's auto-compaction leads to).
+    for _ in range(2):
+        assert _cli(home, "catalog", "compact", "--keep-minutes", "0").exit_code == 0
+    assert not (home / "catalog" / "lesions" / f"{NAME}--p000000-x.parquet").exists()
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0, checked.output
+
+    assert _cli(home, "snapshot", "create", "--collection", NAME).exit_code == 0
+    newest = max((home / "snapshots" / NAME).glob("*.tar"), key=lambda p: p.stat().st_mtime)
+    assert _cli(home, "snapshot", "restore", str(newest), "--collection", NAME, "--yes").exit_code == 0
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0, checked.output
+
+    # Still a finding: a committed partition whose rows are nowhere, and a point gone from the store.
+    Catalog(load_settings(home=home).catalog_dir).append("ingest_partitions", [{
+        "run_id": "r1", "collection": f"{NAME}__v1", "partition_id": "p000001-z", "n_points": 3,
+        "ids_hash": ids_hash(["ISIC_9", "ISIC_8", "ISIC_7"])}], name=f"{NAME}__v1--p000001-z")
+    with open_store(load_settings(home=home), NAME) as store:
+        store.delete([point_id(ISIC_IDS[0])])
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 1
+    assert "p000001-z (no lesions file)" in checked.output and "missing from the store: 1" in checked.output
+
+
+def test_the_unpacked_copy_of_a_killed_restore_is_cleared_by_the_next_restore(golden: tuple[Path, Path],
+                                                                              home: Path) -> None:
+    env = {**os.environ, KILL_ENV: "restore_loaded"}
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "restore",
+                          str(golden[1]), "--collection", NAME, "--yes"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == -9, run.stderr[-2000:]
+    staging = home / "snapshots" / ".staging"
+    assert len([p for p in staging.iterdir() if p.is_dir()]) == 1  # the killed process could not remove it
+    assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0  # the stated next step
+    assert _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes").exit_code == 0
+    assert list(staging.iterdir()) == []  # a full copy of the snapshot no longer stays behind
+
+
+def test_the_work_folder_of_a_killed_snapshot_create_is_cleared_by_the_next_one(golden: tuple[Path, Path],
+                                                                                home: Path) -> None:
+    folder = home / "snapshots" / NAME
+    env = {**os.environ, KILL_ENV: "snapshot_written"}
+    run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "create",
+                          "--collection", NAME], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert [p.name for p in folder.glob("*.tar")] == [golden[1].name]  # no half-written snapshot is listed
+    assert any(p.name.startswith(".") for p in folder.iterdir())  # the killed process could not clear its work
+    assert _cli(home, "snapshot", "create", "--collection", NAME).exit_code == 0
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".partial")]
+    assert len(list(folder.glob("*.tar"))) == 2
+
+
+def test_a_served_collection_whose_copy_does_not_fit_on_disk_gets_a_clear_error(home: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "qdrant" / NAME)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert holder.stdout.readline().strip() == "ready"  # `serve` holds the live version: create copies it
+        run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "create",
+                              "--collection", NAME], capture_output=True, text=True, timeout=600,
+                             preexec_fn=_file_size_limited(1 << 20))  # the engine's log file is larger
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "free space" in run.stderr, run.stderr[-2000:]
+    assert EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]  # the scratch copy is gone
+
+
+HOLDS_STAGING = """
+import sys
+from pathlib import Path
+from dermground.platform.store.snapshots import _new_work_folder
+folder, lock = _new_work_folder(Path(sys.argv[1]), ".restore-")
+print(folder, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_running_restores_unpacked_copy_is_left_alone_and_cleared_once_its_process_is_gone(
+        golden: tuple[Path, Path], tmp_path: Path) -> None:
+    from dermground.platform.store.snapshots import open_snapshot
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDS_STAGING, str(staging)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        theirs = Path(holder.stdout.readline().strip())  # another restore, unpacking
+        open_snapshot(golden[1], staging).cleanup()
+        assert theirs.is_dir()  # its lock is held: not ours to clear
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    open_snapshot(golden[1], staging).cleanup()
+    assert list(staging.iterdir()) == []  # its process is gone (killed): cleared

@@ -32,7 +32,7 @@ def create(collection: str, version: str | None) -> None:
     try:
         where = create_snapshot(current_settings(), collection, version,
                                 progress=lambda n: click.echo(f"  {n} points exported", err=True))
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:  # ValueError: a --version that is not v<number>
         raise click.ClickException(str(exc)) from None
     click.echo(f"snapshot of {collection!r}: {where} ({human_bytes(where.stat().st_size)})")
 
@@ -72,9 +72,14 @@ def restore(snapshot_file: Path, collection: str, yes: bool) -> None:
         plan = plan_restore(settings, collection, snapshot_file)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(plan.describe())
-    if not yes and not click.confirm("Restore it into a new version and switch to it?"):
-        plan.snapshot.cleanup()
+    confirmed = False
+    try:
+        click.echo(plan.describe())
+        confirmed = yes or click.confirm("Restore it into a new version and switch to it?")
+    finally:
+        if not confirmed:  # "no", Ctrl-C or no input: the unpacked copy goes too
+            plan.snapshot.cleanup()
+    if not confirmed:
         raise click.Abort()
     try:
         result = restore_snapshot(settings, plan, progress=lambda n: click.echo(f"  {n} points loaded", err=True))

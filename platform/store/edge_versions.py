@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,10 +160,10 @@ class EdgeCollections(Collections):
         return LEGACY_VERSION if LEGACY_VERSION in self.versions(name) else None
 
     # --- versions ------------------------------------------------------------------------
-    def create_version(self, name: str, meta: VersionMeta) -> str:
+    def create_version(self, name: str, meta: VersionMeta, taken: Iterable[str] = ()) -> str:
         check_name(name)
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        numbers = [version_number(v) for v in self.versions(name)]
+        numbers = [version_number(v) for v in (*self.versions(name), *taken)]
         aliased = self._read_alias(name)
         if aliased is not None:
             numbers.append(version_number(aliased))
@@ -271,9 +271,15 @@ class EdgeCollections(Collections):
         src, dst = self._folder(name, source), self._folder(name, target)
         if (dst / _SHARD_DIR).exists():
             raise VersionError(f"version {target} of {name!r} already holds data; seed only a new version")
-        for item in sorted(src.iterdir()):
-            if item.name not in _SKIP_ON_COPY:
-                copy_sparse(item, dst / item.name)
+        try:
+            for item in sorted(src.iterdir()):
+                if item.name not in _SKIP_ON_COPY:
+                    copy_sparse(item, dst / item.name)
+        except (OSError, subprocess.CalledProcessError) as exc:  # a full disk, mostly
+            detail = getattr(exc, "stderr", None) or b""
+            detail = detail.decode(errors="replace").strip() if isinstance(detail, bytes) else str(detail)
+            raise StoreError(f"copying version {source} of {name!r} into {target} failed ({detail or exc}); "
+                             f"free space under {self.store_dir} and run it again") from None
         shutil.rmtree(dst / _SHARD_DIR / "temp_segments", ignore_errors=True)
         with self.open_version(name, target) as store:
             return store.count() if store.describe() is not None else 0

@@ -7,7 +7,7 @@ version's meta lives in the collection's metadata next to the CollectionSpec.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -69,9 +69,9 @@ class ServerCollections(Collections):
         return LEGACY_VERSION if self._client.collection_exists(name) else None
 
     # --- versions ------------------------------------------------------------------------
-    def create_version(self, name: str, meta: VersionMeta) -> str:
+    def create_version(self, name: str, meta: VersionMeta, taken: Iterable[str] = ()) -> str:
         check_name(name)
-        numbers = [version_number(v) for v in self.versions(name)]
+        numbers = [version_number(v) for v in (*self.versions(name), *taken)]
         numbers += [version_number(v) for (n, v) in self._pending if n == name]
         version = f"v{max(numbers, default=0) + 1}"
         # The collection appears with its spec (ensure_collection); the meta goes on it then.

@@ -13,10 +13,13 @@ before anything is written to a store. Restores go into a new version: store/ver
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
+import os
 import shutil
+import socket
 import tarfile
 import tempfile
 import time
@@ -30,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dermground.platform.crash_points import maybe_crash
 from dermground.platform.store.base import CollectionSpec, StoreError, StorePoint, VectorStore
 from dermground.platform.store.schema import point_id
 
@@ -41,7 +45,7 @@ _REQUIRED_PAYLOAD = ("isic_id", "fingerprint")
 
 
 class SnapshotError(StoreError):
-    """A snapshot cannot be read or does not verify; nothing was changed."""
+    """A snapshot cannot be read, does not verify, or cannot be written; nothing was changed."""
 
 
 @dataclass
@@ -55,6 +59,7 @@ class VerifiedSnapshot:
     points: int
     point_files: list[Path]
     attachments: dict[str, Path] = field(default_factory=dict)
+    lock: int | None = None  # the held lock that marks `folder` as in use (see _new_work_folder)
 
     def iter_batches(self) -> Iterator[list[StorePoint]]:
         """The snapshot's points, one file at a time."""
@@ -62,6 +67,9 @@ class VerifiedSnapshot:
             yield _read_points(path, self.spec)
 
     def cleanup(self) -> None:
+        if self.lock is not None:
+            _release_work_folder(self.folder, self.lock)
+            self.lock = None
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -90,13 +98,28 @@ def write_snapshot(store: VectorStore, dest_dir: Path, label: str, *, meta: dict
                    progress: Callable[[int], None] | None = None) -> Path:
     """Export every point of `store` (and the attachment files) into a new tar in `dest_dir`.
 
-    The tar appears whole or not at all (written as .partial, renamed when complete)."""
+    The tar appears whole or not at all (written as .partial in a work folder, renamed when
+    complete); a write that fails (a full disk) leaves nothing behind and raises SnapshotError."""
     spec = store.require_spec()
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / f"{label}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.tar"
-    with tempfile.TemporaryDirectory(prefix=".snapshot-", dir=dest_dir) as tmp:
-        work = Path(tmp)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        _clear_dead_work(dest_dir, ".snapshot-")
+        return _write_tar(store, spec, dest_dir, target, meta, attachments, progress)
+    except OSError as exc:
+        raise SnapshotError(f"cannot write the snapshot in {dest_dir}: {exc}. No snapshot was written and nothing "
+                            "is left behind; free space there (or fix its permissions) and run it again") from None
+
+
+def _write_tar(store: VectorStore, spec: CollectionSpec, dest_dir: Path, target: Path,
+               meta: dict[str, object] | None, attachments: Sequence[tuple[str, Path]],
+               progress: Callable[[int], None] | None) -> Path:
+    """write_snapshot's work: points, manifest and the tar in a work folder (removed however this
+    ends, or by the next snapshot when the process is killed), the tar renamed out when complete."""
+    work, lock = _new_work_folder(dest_dir, ".snapshot-")
+    try:
+        partial = work / f"{target.name}.partial"
         (work / "points").mkdir()
         files: list[dict[str, object]] = []
         batch: list[StorePoint] = []
@@ -124,14 +147,16 @@ def write_snapshot(store: VectorStore, dest_dir: Path, label: str, *, meta: dict
                     "collection": store.collection, "spec": spec.to_dict(), "points": total,
                     "point_files": files, "attachments": attached, "meta": meta or {}}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        partial = target.with_suffix(".tar.partial")
         with tarfile.open(partial, "w") as tar:
             tar.add(work / MANIFEST, arcname=MANIFEST)
             for entry in files:
                 tar.add(work / str(entry["name"]), arcname=str(entry["name"]))
             for (arcname, path), entry in zip(attachments, attached, strict=True):
                 tar.add(path, arcname=str(entry["name"]))
+        maybe_crash("snapshot_written")
         partial.replace(target)
+    finally:
+        _release_work_folder(work, lock)
     return target
 
 
@@ -227,8 +252,15 @@ def _read_points(path: Path, spec: CollectionSpec) -> list[StorePoint]:
     payloads = table.column("payload").to_pylist()
     vectors: dict[str, list[object]] = {n: table.column(n).to_pylist() for n in spec.vector_names}
     return [StorePoint(pid, {n: np.asarray(vectors[n][i], dtype=np.float32) for n in spec.vector_names
-                             if vectors[n][i] is not None}, json.loads(payloads[i]))
+                             if vectors[n][i] is not None}, _payload(pid, payloads[i]))
             for i, pid in enumerate(ids)]
+
+
+def _payload(pid: object, text: object) -> object:
+    try:
+        return json.loads(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the payload of point {pid!r} is not JSON ({exc})") from None
 
 
 def _verify_points(archive: Path, path: Path, spec: CollectionSpec, expected_rows: object,
@@ -241,7 +273,10 @@ def _verify_points(archive: Path, path: Path, spec: CollectionSpec, expected_row
     missing = [n for n in ("id", "payload", *spec.vector_names) if n not in schema.names]
     if missing:
         raise _refuse(archive, f"{name} lacks the column(s) {missing} (vector names must be {list(spec.vector_names)})")
-    points = _read_points(path, spec)
+    try:
+        points = _read_points(path, spec)
+    except (ValueError, TypeError, pa.ArrowException) as exc:  # columns of other types, text that is not JSON
+        raise _refuse(archive, f"{name} cannot be read as points: {exc}") from None
     if len(points) != expected_rows:
         raise _refuse(archive, f"{name} holds {len(points)} points, the manifest says {expected_rows}")
     for point in points:
@@ -271,6 +306,48 @@ def _verify_points(archive: Path, path: Path, spec: CollectionSpec, expected_row
     return len(points)
 
 
+def _work_prefix(kind: str) -> str:
+    # The host too: a home shared by several hosts must not have one clear another's folders.
+    return f"{kind}{socket.gethostname()}-"
+
+
+def _new_work_folder(parent: Path, kind: str) -> tuple[Path, int]:
+    """A new work folder (`kind` .snapshot- or .restore-) and the descriptor of the lock held on its
+    sibling `<folder>.lock` until _release_work_folder, or until this process dies however it dies
+    (the kernel drops the lock: a pid could name another process, or another PID namespace's)."""
+    fd, lock = tempfile.mkstemp(prefix=_work_prefix(kind), suffix=".lock", dir=parent)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"{os.getpid()}\n".encode())  # not empty: locked by its owner, not just created
+    folder = Path(lock).with_suffix("")
+    folder.mkdir()
+    return folder, fd
+
+
+def _release_work_folder(folder: Path, lock: int) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    Path(f"{folder}.lock").unlink(missing_ok=True)
+    os.close(lock)
+
+
+def _clear_dead_work(parent: Path, kind: str) -> None:
+    """Remove the work folders of this host whose process is gone (a kill leaves a full copy of a
+    snapshot's points there); those whose lock is still held stay."""
+    for lock in parent.glob(f"{_work_prefix(kind)}*.lock"):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_size:  # empty: its process is between creating and locking it
+                shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+                lock.unlink(missing_ok=True)
+        except OSError:
+            pass  # held: its process runs
+        finally:
+            os.close(fd)
+
+
 def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
     """Unpack `archive` under `staging_parent` and verify all of it; SnapshotError says what is wrong.
 
@@ -281,7 +358,8 @@ def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
     if not archive.is_file():
         raise SnapshotError(f"no snapshot file {archive}; see `dermground snapshot list`")
     staging_parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".restore-", dir=staging_parent))
+    _clear_dead_work(staging_parent, ".restore-")
+    folder, lock = _new_work_folder(staging_parent, ".restore-")
     try:
         try:
             with tarfile.open(archive) as tar:
@@ -302,9 +380,9 @@ def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
             raise _refuse(archive, f"it holds {total} points, its manifest says {manifest['points']}")
         attachments = {str(e["name"]).removeprefix("attachments/"): _checked_file(archive, folder, e)
                        for e in manifest["attachments"]}  # type: ignore[union-attr]
-        return VerifiedSnapshot(archive, folder, manifest, spec, total, point_files, attachments)
+        return VerifiedSnapshot(archive, folder, manifest, spec, total, point_files, attachments, lock)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        _release_work_folder(folder, lock)
         raise
 
 

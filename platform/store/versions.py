@@ -18,7 +18,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 
@@ -207,8 +207,11 @@ class Collections(abc.ABC):
 
     # --- versions ------------------------------------------------------------------------
     @abc.abstractmethod
-    def create_version(self, name: str, meta: VersionMeta) -> str:
-        """Reserve the next version of `name` (state `meta.state`) and return it; nothing is live yet."""
+    def create_version(self, name: str, meta: VersionMeta, taken: Iterable[str] = ()) -> str:
+        """Reserve the next version of `name` (state `meta.state`) and return it; nothing is live yet.
+
+        `taken`: versions gone from the store whose number must not come back (the catalog keeps a
+        dropped version's rows under its physical name: a new version of that name would inherit them)."""
 
     @abc.abstractmethod
     def open_version(self, name: str, version: str) -> VectorStore:
