@@ -182,3 +182,22 @@ def test_phone_camera_jpegs_are_accepted() -> None:
     image.save(buffer, format="MPO", save_all=True, append_images=[image.copy()])  # two pictures, as cameras write
     assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
     assert decode_checked(buffer.getvalue(), max_pixels=MAX_PIXELS).size == (64, 48)
+
+
+def _jpeg_with_corrupt_exif(size: tuple[int, int] = (40, 20), fmt: str = "JPEG") -> bytes:
+    """A photo turned by EXIF (orientation 6) whose EXIF also holds RowsPerStrip as text: Pillow reads
+    it, but cannot write it back (a flipped byte in a camera's EXIF does this)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x0131] = "sw"  # Software, ASCII ...
+    raw = exif.tobytes().replace(b"\x01\x31\x00\x02", b"\x01\x16\x00\x02")  # ... renamed RowsPerStrip (a number)
+    return _encode(Image.new("RGB", size, (10, 20, 30)), fmt, exif=raw)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_corrupt_exif_block_is_no_reason_to_fail(fmt: str) -> None:
+    """The gate turns the pixels by the orientation and drops the EXIF: it never writes the EXIF back
+    (Pillow's exif_transpose did, and raised struct.error: a 500 in the API, a failed ingest task)."""
+    out = decode_checked(_jpeg_with_corrupt_exif(fmt=fmt), max_pixels=MAX_PIXELS)
+    assert out.size == (20, 40) and out.mode == "RGB"
+    assert not out.info and not out.getexif()
