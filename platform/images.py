@@ -242,6 +242,7 @@ def _reduce(image: Image.Image, factor: int) -> Image.Image:
     for top in range(0, height, step):
         strip = to_rgb(image.crop((0, top, width, min(height, top + step))))
         out.paste(strip.reduce(factor), (0, top // factor))
+    out.info = image.info.copy()  # the EXIF orientation still applies (Image.reduce keeps it too)
     return out
 
 

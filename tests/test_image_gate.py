@@ -201,3 +201,15 @@ def test_a_corrupt_exif_block_is_no_reason_to_fail(fmt: str) -> None:
     out = decode_checked(_jpeg_with_corrupt_exif(fmt=fmt), max_pixels=MAX_PIXELS)
     assert out.size == (20, 40) and out.mode == "RGB"
     assert not out.info and not out.getexif()
+
+
+@pytest.mark.parametrize("mode", ["P", "I;16", "1", "RGB"])
+def test_orientation_survives_the_reduction_of_a_large_image_in_any_mode(mode: str) -> None:
+    """A large image is turned like its small copy: the strip-by-strip reduction of palette, 16-bit
+    and 1-bit images kept the pixels but dropped the EXIF, so only they came out lying on their side."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    small = decode_checked(_encode(Image.new(mode, (400, 200)), "PNG", exif=exif), max_pixels=MAX_PIXELS)
+    large = decode_checked(_encode(Image.new(mode, (4000, 2000)), "PNG", exif=exif), max_pixels=MAX_PIXELS)
+    assert small.size == (200, 400)
+    assert large.size[0] < large.size[1] and large.size == (1000, 2000)
