@@ -182,6 +182,23 @@ def test_attributes_long_and_collection_facts(home: Path) -> None:
                         {"collection": "c2", "fingerprint": "fpB", "runs_done": 0, "current_lesions": 1}]
 
 
+
+def test_counts_are_integers_in_every_view(home: Path) -> None:
+    """A count (unit `count`) is a BIGINT in every view, so pandas, Parquet and JSON get integers:
+    collection_versions' sums were HUGEINT (float64 in .df(), decimal128 in `sql --out x.parquet`,
+    the string "2" in `sql --out x.json`)."""
+    counts = [(v.name, c.name, c.type) for v in dictionary() for c in v.columns if c.unit == "count"]
+    assert counts and [x for x in counts if x[2] != "BIGINT"] == []
+    con = analyst_catalog.connect(home=home)
+    frame = con.sql("SELECT ingested, quarantined FROM collection_versions ORDER BY collection, fingerprint").df()
+    con.close()
+    assert str(frame["ingested"].dtype) == "int64" and frame["ingested"].tolist() == [2, 2, 2]
+    assert frame["quarantined"].tolist() == [0, 0, 0]
+    out = home / "versions.json"
+    assert _sql(home, "SELECT ingested FROM collection_versions", "--out", str(out)).exit_code == 0
+    assert [json.loads(line)["ingested"] for line in out.read_text().splitlines()] == [2, 2, 2]
+
+
 # --- the data dictionary ------------------------------------------------------------------------
 def test_every_view_and_column_is_described_and_catalog_md_is_current() -> None:
     views = dictionary()
