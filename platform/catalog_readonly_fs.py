@@ -83,10 +83,11 @@ class PositionedReader:
     """
 
     def __init__(self, path: str) -> None:
+        self.closed = True  # until the file is open: __del__ of a reader whose open failed has nothing to close
         self._fd = os.open(path, os.O_RDONLY)
+        self.closed = False
         self.size = os.fstat(self._fd).st_size
         self._position = threading.local()
-        self.closed = False
 
     def tell(self) -> int:
         return getattr(self._position, "value", 0)

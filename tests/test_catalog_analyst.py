@@ -143,6 +143,23 @@ def test_the_read_only_catalog_files_keep_one_position_per_thread(tmp_path: Path
     assert reader.read() == bytes([253, 254, 255]) and reader.read(5) == b""
     reader.close()
 
+def test_a_catalog_file_gone_before_it_opens_raises_only_its_own_error(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file deleted between DuckDB's listing and its open (a compaction's grace period ended):
+    FileNotFoundError, and no second traceback from the half-made reader's __del__ on stderr."""
+    import gc
+    import sys
+
+    from dermground.platform.catalog_readonly_fs import PositionedReader
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(FileNotFoundError):
+        PositionedReader(str(tmp_path / "gone.parquet"))
+    gc.collect()
+    assert unraisable == []
+
+
 def test_prediction_errors_carry_the_scored_value_and_join_to_lesions(home: Path) -> None:
     cat = Catalog(home / "catalog")
     rows = cat.query("SELECT isic_id, attribute, unit, measured, predicted, error, abs_error, spread "
