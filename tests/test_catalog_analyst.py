@@ -216,6 +216,31 @@ def test_counts_are_integers_in_every_view(home: Path) -> None:
     assert [json.loads(line)["ingested"] for line in out.read_text().splitlines()] == [2, 2, 2]
 
 
+
+def test_timestamps_read_in_utc_whatever_the_machines_zone(tmp_path: Path) -> None:
+    """The catalog's times are UTC (docs/CATALOG.md) and a guarded connection cannot change its
+    zone (the configuration is locked): on a machine set to Tokyo a row written at 23:30 UTC still
+    shows as 23:30 on its UTC day, in `dermground sql`, POST /sql and connect() alike."""
+    import os
+    import subprocess
+    import sys
+
+    cat = Catalog(tmp_path / "catalog")
+    cat.append("quarantine", [{"collection": "c1", "isic_id": "ISIC_1", "field": "image", "reason": "r",
+                               "at": datetime(2026, 1, 1, 23, 30, tzinfo=UTC)}])
+    script = (
+        "import json, sys\n"
+        "from dermground import catalog\n"
+        "from dermground.platform.catalog import run_readonly_sql\n"
+        "q = \"SELECT CAST(quarantine.at AS DATE)::VARCHAR, hour(quarantine.at), current_setting('TimeZone') FROM quarantine\"\n"
+        "con = catalog.connect(catalog_dir=sys.argv[1])\n"
+        "print(json.dumps([list(con.execute(q).fetchone()), list(run_readonly_sql(sys.argv[1], q).rows[0])]))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "catalog")], capture_output=True, text=True,
+                          env={**os.environ, "TZ": "Asia/Tokyo"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["2026-01-01", 23, "UTC"]] * 2
+
+
 # --- the data dictionary ------------------------------------------------------------------------
 def test_every_view_and_column_is_described_and_catalog_md_is_current() -> None:
     views = dictionary()
