@@ -316,6 +316,19 @@ def test_statement_splitting_keeps_strings_and_dot_commands_whole() -> None:
         ["SELECT 1\n  + 1", ".tables", "SELECT 3"]
 
 
+
+def test_a_comment_after_the_semicolon_still_ends_the_statement(home: Path) -> None:
+    """`SELECT ...; -- why` runs at once, and a dot command after it stays a command; a `;` inside
+    a comment or an unfinished string does not end a statement."""
+    assert list(statements(["SELECT 1; -- the count\n", ".tables\n", "SELECT 2;\n"])) == \
+        ["SELECT 1; -- the count", ".tables", "SELECT 2"]
+    assert list(statements(["SELECT 1 -- not the end;\n", "  + 1;\n"])) == ["SELECT 1 -- not the end;\n  + 1"]
+    assert list(statements(["SELECT 'a;\n", "b' AS s;\n"])) == ["SELECT 'a;\nb' AS s"]
+    result = _sql(home, stdin="SELECT count(*) AS n FROM lesions; -- all collections\n.tables\n")
+    assert result.exit_code == 0, result.output
+    assert "n\n-\n3\n(1 row)" in result.stdout and "prediction_errors" in result.stdout
+
+
 def test_the_sql_guard_sees_new_and_compacted_files(home: Path) -> None:
     from dermground.platform.catalog import run_readonly_sql
     from dermground.platform.catalog_compact import compact
