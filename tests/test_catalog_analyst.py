@@ -282,6 +282,18 @@ def test_sql_out_writes_every_row(home: Path, suffix: str) -> None:
     assert bad.exit_code == 2 and ".parquet, .csv or .json" in bad.output
 
 
+def test_sql_json_outputs_write_sums_and_decimals_as_numbers(home: Path) -> None:
+    """sum() of a BIGINT is a HUGEINT and `1.5` a DECIMAL: both JSON outputs write numbers, like
+    POST /sql (`--out x.json` wrote the strings "2" and "1.5", `--format json` the string "1.5")."""
+    query = "SELECT sum(n_points) AS n, 1.5 AS d FROM ingest_partitions"
+    out = home / "sums.json"
+    assert _sql(home, query, "--out", str(out)).exit_code == 0
+    printed = _sql(home, query, "--format", "json")
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(out.read_text()) == json.loads(printed.stdout)[0] == {"n": 2, "d": 1.5}
+    assert isinstance(json.loads(out.read_text())["n"], int)
+
+
 def test_sql_schema_prints_types_units_and_meanings(home: Path) -> None:
     result = _sql(home, "--schema")
     assert result.exit_code == 0, result.output
