@@ -2,7 +2,7 @@
 
     con = connect(Path(".dermground/catalog"))
     con.sql("SELECT attribute, avg(abs_error) FROM prediction_errors GROUP BY ALL").df()   # pandas
-    con.sql("SELECT * FROM collections").arrow()                                             # Arrow
+    con.sql("SELECT * FROM collections").to_arrow_table()                                    # Arrow
 
 It is a plain duckdb.DuckDBPyConnection, so notebooks, `duckdb` itself and BI tools take it as
 is. The views live in a database opened read-only (they cannot be dropped or replaced, no table

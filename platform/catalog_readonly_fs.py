@@ -50,7 +50,7 @@ class ReadOnlyCatalogFileSystem(AbstractFileSystem):
         raise PermissionError(
             f"an analyst's connection does not write into the catalog ({self._strip_protocol(path)}): it is "
             "read-only. Keep results in TEMP tables, or write them elsewhere from Python "
-            "(con.sql(...).df() / .arrow()) or with `dermground sql --out FILE`.")
+            "(con.sql(...).df() / .to_arrow_table()) or with `dermground sql --out FILE`.")
 
     # --- reading ----------------------------------------------------------------------------
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:

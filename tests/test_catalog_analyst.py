@@ -73,6 +73,28 @@ def test_connect_is_read_only_guarded_and_gives_pandas_and_arrow(home: Path) -> 
 
 
 
+@pytest.mark.parametrize("module", ["dermground.catalog", "dermground.platform.analyst"])
+def test_the_documented_usage_lines_run_and_leave_the_connection_usable(home: Path, module: str) -> None:
+    """The `con.sql(...)` lines of the module docstrings, verbatim, one after the other: each gives
+    what its comment says, and the connection still takes queries after them (DuckDB's .arrow() is a
+    stream that holds the connection until read to the end: the docs showed it as "Arrow")."""
+    import importlib
+
+    import pandas as pd
+    import pyarrow as pa
+
+    lines = [line.strip() for line in importlib.import_module(module).__doc__.splitlines()]
+    used = [line.split("#")[0].strip() for line in lines if line.startswith("con.sql(")]
+    assert used
+    con = analyst_catalog.connect(home=home)
+    for line in used:
+        result = eval(line, {"con": con})  # noqa: S307 - the docstring's own example line
+        assert isinstance(result, pd.DataFrame | pa.Table), (line, type(result))
+        assert con.execute("SELECT count(*) FROM lesions").fetchall() == [(3,)], line
+    con.close()
+
+
+
 def test_connect_cannot_write_into_the_catalog_folder(home: Path, tmp_path: Path) -> None:
     """COPY ... TO into the catalog is refused, by the folder's own path or the views' file names
     (a live file overwritten in place included); nothing in the folder changes."""
