@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
-
 from dermground.ingest.partitions import ids_hash
 from dermground.ingest.writer import catalog_file_name
 from dermground.platform.catalog import Catalog
+from dermground.platform.catalog_files import rows_by_source
 from dermground.platform.settings import Settings
 from dermground.platform.store import open_collections, open_store, point_id
 from dermground.platform.store.schema import PAYLOAD_KEYS
@@ -115,14 +114,17 @@ def _check_ledger(catalog: Catalog, collection: str, report: CheckReport) -> set
     report.add("partitions committed more than once in the ledger", _repeated([str(r["partition_id"]) for r in rows]))
     ids: set[str] = set()
     broken: list[str] = []
+    # Each partition's rows by the file the writer named after it, also once a compaction merged it.
+    folder = catalog.dir / "lesions"
+    written = rows_by_source(folder, ["isic_id"], prefix=catalog_file_name(collection, "")) if folder.is_dir() else {}
     for row in rows:
         report.ledger_points += int(row["n_points"])
-        path = catalog.dir / "lesions" / f"{catalog_file_name(collection, str(row['partition_id']))}.parquet"
-        if not path.exists():
+        part = written.get(catalog_file_name(collection, str(row["partition_id"])))
+        if part is None:
             if row["n_points"]:
                 broken.append(f"{row['partition_id']} (no lesions file)")
             continue
-        part_ids = [str(x) for x in pq.read_table(path, columns=["isic_id"]).column("isic_id").to_pylist()]
+        part_ids = [str(x) for x in part.column("isic_id").to_pylist()]
         if len(part_ids) != row["n_points"] or ids_hash(part_ids) != row["ids_hash"]:
             broken.append(f"{row['partition_id']} (lesions file differs from the ledger)")
         ids.update(part_ids)
