@@ -215,6 +215,27 @@ def test_a_photo_with_a_corrupt_exif_is_read_by_ingest_and_search(tiny_model_dir
     assert list(prepared["error"]) == [""] and prepared["grid_thw"][0].prod() > 0
 
 
+
+def test_eval_predict_skips_a_poison_test_image_naming_it_and_scores_the_rest(
+        tiny_model_dir, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One truncated test image: the run scores the other one and names the skipped record, field
+    and rule (it stopped with "decode: ..." naming no record, and nothing was evaluated)."""
+    from dermground.eval.predictions import evaluate_predictions
+
+    data = tmp_path / "data"
+    generate_dataset(data, patients=6, images=8, seed=13, layout="folder", progress=False, workers=1)
+    test_ids = [r.isic_id for r in read_records(data, split="test")]
+    assert len(test_ids) == 2
+    poison = data / fmt.IMAGE_FOLDER / f"{test_ids[0]}.jpg"
+    poison.write_bytes(poison.read_bytes()[:300])
+    report = evaluate_predictions(data, tiny_model_dir, None, tmp_path / "out", catalog_dir=tmp_path / "catalog",
+                                  collection="c1", attributes=["areaMM2"], samples=0, views=1, progress=False)
+    assert report["areaMM2"]["n"] == 1
+    rows = run_readonly_sql(tmp_path / "catalog", "SELECT isic_id FROM predictions").rows
+    assert rows == [(test_ids[1],)]
+    assert any(test_ids[0] in m and "image" in m and "decode: " in m for m in caplog.messages), caplog.messages
+
+
 # --- SQL ----------------------------------------------------------------------------------------
 def test_sql_cannot_read_duckdbs_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
