@@ -203,12 +203,14 @@ def _reduce_and_release(image: Image.Image, factor: int) -> Image.Image:
 
 
 def check_decoded(image: Image.Image, *, max_pixels: int) -> Image.Image:
-    """The gate for an image already in memory (a caller's PIL image): the same checks and RGB."""
+    """The gate for an image already in memory (a caller's PIL image): the same checks, EXIF
+    orientation (a photo from Image.open is turned like its file; the gate's own images carry no
+    EXIF) and RGB."""
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected(RULE_PIXELS, f"the image has {width}x{height} pixels, over the limit of {max_pixels}")
     processor_size(width, height)
-    return to_rgb(image)
+    return to_rgb(_oriented(image))
 
 
 def _load_malloc_trim():  # noqa: ANN202 - a ctypes function or None

@@ -213,3 +213,19 @@ def test_orientation_survives_the_reduction_of_a_large_image_in_any_mode(mode: s
     large = decode_checked(_encode(Image.new(mode, (4000, 2000)), "PNG", exif=exif), max_pixels=MAX_PIXELS)
     assert small.size == (200, 400)
     assert large.size[0] < large.size[1] and large.size == (1000, 2000)
+
+
+def test_a_photo_handed_in_as_pixels_is_turned_like_the_same_file() -> None:
+    """search() takes a caller's PIL image through check_decoded: a photo opened with Image.open
+    (EXIF orientation 6) becomes the same upright pixels as its file through the gate (ingest, the
+    API), so the same photo embeds the same; before, only the file was turned."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = Image.new("RGB", (40, 20), (200, 30, 30))
+    photo.paste((30, 30, 200), (0, 0, 10, 20))  # a blue left edge shows which way it was turned
+    data = _encode(photo, "PNG", exif=exif)
+    from_file = decode_checked(data, max_pixels=MAX_PIXELS)
+    handed_in = check_decoded(Image.open(io.BytesIO(data)), max_pixels=MAX_PIXELS)
+    assert handed_in.size == from_file.size == (20, 40)
+    assert np.array_equal(np.asarray(handed_in), np.asarray(from_file))
+    assert check_decoded(from_file, max_pixels=MAX_PIXELS).size == (20, 40)  # a gated image is not turned again
