@@ -2,7 +2,8 @@
 
     from dermground import catalog
     con = catalog.connect()                       # DERMGROUND_HOME/catalog, or catalog.connect(home=...)
-    con.sql("SELECT * FROM collections").df()     # pandas; .arrow(), .pl(), .fetchall() as DuckDB does
+    con.sql("SELECT * FROM collections").df()     # pandas; .to_arrow_table(), .pl(), .fetchall() as DuckDB does
+    # (.arrow() is a stream: it holds the connection until read to the end)
 
 Every view and column is described in docs/CATALOG.md (`dermground sql --schema` prints it).
 """

@@ -3,8 +3,9 @@
     python docs/analysis_example.py [--home .dermground] [--out errors_by_site.parquet]
 
 `dermground.catalog.connect()` gives a read-only DuckDB connection with every view (docs/CATALOG.md
-lists them with their columns); results come back as pandas with `.df()` or Arrow with
-`.arrow()`, exactly as in DuckDB. The same SQL runs in `dermground sql` and POST /sql.
+lists them with their columns); results come back as pandas with `.df()` or an Arrow table with
+`.to_arrow_table()`, exactly as in DuckDB (`.arrow()` is a stream that holds the connection until
+read to the end). The same SQL runs in `dermground sql` and POST /sql.
 """
 
 from __future__ import annotations

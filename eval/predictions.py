@@ -12,6 +12,7 @@ format): the paper does not say how it decodes, and the two differ most where th
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ PREDICTION_FILE = "prediction.json"
 GREEDY_PREDICTION_FILE = "prediction_greedy.json"
 FIGURE_FILE = "prediction_r2.png"
 CLIP_R2 = -0.1  # the bar chart's floor
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,20 +125,25 @@ def evaluate_predictions(
     names = list(attributes or ATTRIBUTE_NAMES)
     for name in names:
         get_attribute(name)
-    records = [r for r in read_records(Path(data_dir), split="test") if isinstance(r, LesionRecord)]
+    listed = [r for r in read_records(Path(data_dir), split="test") if isinstance(r, LesionRecord)]
     if max_images is not None:
-        records = records[:max_images]
-    if not records:
+        listed = listed[:max_images]
+    if not listed:
         raise ValueError(f"{data_dir} has no usable test-split images to evaluate on")
     backbone = load_backbone(model_dir, adapter_dir, device=device)
+    records: list = []  # the ones whose image the gate took, in order
     predictions: list[dict] = []
-    with progress_bar(total=len(records), unit="img", desc="predict", disable=not progress) as bar:
-        for start in range(0, len(records), batch_size):
-            chunk = records[start:start + batch_size]
-            predictions += predict_attributes(backbone, [r.load_image() for r in chunk], names, batch_size=batch_size,
-                                              suffix_batch=256, samples=samples, seed=seed,
-                                              views=views, pool=pool)
-            bar.update(len(chunk))
+    with progress_bar(total=len(listed), unit="img", desc="predict", disable=not progress) as bar:
+        for start in range(0, len(listed), batch_size):
+            chunk, images = _loaded(listed[start:start + batch_size])
+            if chunk:
+                predictions += predict_attributes(backbone, images, names, batch_size=batch_size,
+                                                  suffix_batch=256, samples=samples, seed=seed,
+                                                  views=views, pool=pool)
+                records += chunk
+            bar.update(min(batch_size, len(listed) - start))
+    if not records:
+        raise ValueError(f"{data_dir}: the image gate refused every test-split image (see the messages above)")
     truth = [r.attributes for r in records]
     scores = score_predictions(truth, predictions, names)
     report = _report(scores)
@@ -161,6 +169,22 @@ def evaluate_predictions(
         _write_catalog(Path(catalog_dir), records, predictions, scores, names, backbone.fingerprint,
                        str(adapter_dir) if adapter_dir is not None else "", collection, label, decoding)
     return report
+
+
+def _loaded(records: list) -> tuple[list, list]:
+    """(the records whose image the gate takes, their images); a refused one is skipped and named,
+    with the field and the gate's rule, so that one poison test image costs only its own row."""
+    from dermground.platform.images import ImageRejected
+
+    kept, images = [], []
+    for record in records:
+        try:
+            images.append(record.load_image())
+        except (ImageRejected, OSError, KeyError) as exc:
+            _log.warning("eval predict skips test record %s: field image: %s", record.isic_id, exc)
+            continue
+        kept.append(record)
+    return kept, images
 
 
 def decoding_label(samples: int, views: int, pool: str = "mean") -> str:

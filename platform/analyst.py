@@ -2,7 +2,7 @@
 
     con = connect(Path(".dermground/catalog"))
     con.sql("SELECT attribute, avg(abs_error) FROM prediction_errors GROUP BY ALL").df()   # pandas
-    con.sql("SELECT * FROM collections").arrow()                                             # Arrow
+    con.sql("SELECT * FROM collections").to_arrow_table()                                    # Arrow
 
 It is a plain duckdb.DuckDBPyConnection, so notebooks, `duckdb` itself and BI tools take it as
 is. The views live in a database opened read-only (they cannot be dropped or replaced, no table
@@ -94,6 +94,16 @@ def write_table(table: pa.Table, path: Path) -> Path:
     return path
 
 
+def json_default(value: object) -> object:
+    """A value JSON has no type for, as the JSON outputs write it (json.dumps's `default`): a DECIMAL
+    or HUGEINT (what sum() of integers gives) as a number, as POST /sql does; anything else as text."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal) and value.is_finite():
+        return int(value) if value.as_tuple().exponent >= 0 else float(value)
+    return str(value)
+
+
 def _write_json_lines(table: pa.Table, path: Path) -> None:
     import json
     from datetime import date, datetime
@@ -104,4 +114,4 @@ def _write_json_lines(table: pa.Table, path: Path) -> None:
     with open(path, "w", encoding="utf-8") as out:
         for batch in table.to_batches(max_chunksize=65_536):
             for row in batch.to_pylist():
-                out.write(json.dumps({k: cell(v) for k, v in row.items()}, default=str) + "\n")
+                out.write(json.dumps({k: cell(v) for k, v in row.items()}, default=json_default) + "\n")

@@ -263,6 +263,10 @@ def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "
     con.execute(f"SET allowed_directories=[{_sql_literal(prefix + str(catalog_dir))}]")
     con.execute("SET enable_external_access=false")
     con.execute("SET memory_limit='2GB'")
+    # The catalog's times are UTC (docs/CATALOG.md), and once locked nobody can change the zone:
+    # show them in UTC, not in the zone of whatever machine runs the query (GLOBAL: also in the
+    # cursors run_readonly_sql takes).
+    con.execute("SET GLOBAL TimeZone='UTC'")
     con.execute("SET lock_configuration=true")
 
 

@@ -32,7 +32,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dermground.platform.catalog import _LATEST_BY, _STAMP, TABLES, CatalogError, conform_to_schema
-from dermground.platform.catalog_files import COMPACTED_DIR, Manifest, file_identity, live_parts
+from dermground.platform.catalog_files import (
+    COMPACTED_DIR,
+    SOURCE_COLUMN,
+    SOURCE_ROW_COLUMN,
+    Manifest,
+    file_identity,
+    live_parts,
+)
 
 LOCK_FILE = ".compact.lock"
 SMALL_BYTES = 64 * 1024 * 1024  # files at least this large are already compact
@@ -123,7 +130,7 @@ def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, mi
     schema = TABLES[table]
     try:
         # Each file in the table's current schema: columns added since it was written are NULL.
-        merged = pa.concat_tables([conform_to_schema(pq.read_table(p), schema, str(p)) for p in inputs])
+        merged = pa.concat_tables([_with_source(p, schema) for p in inputs])
     except CatalogError as exc:
         raise CatalogError(f"{exc}; nothing was changed") from None
     out_dir = folder / COMPACTED_DIR
@@ -149,6 +156,19 @@ def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, mi
     manifest.write(folder)  # the one atomic step that makes the merged files live
     result.files_merged, result.files_written, result.rows = len(inputs), len(written), merged.num_rows
     return result
+
+
+def _with_source(path: Path, schema: pa.Schema) -> pa.Table:
+    """A file's rows in the table's schema, with the file they were written in and their place in
+    it (SOURCE_COLUMN, SOURCE_ROW_COLUMN: kept from a compacted file, else this file's)."""
+    data = pq.read_table(path)
+    rows = conform_to_schema(data, schema, str(path))
+    if SOURCE_COLUMN in data.column_names and SOURCE_ROW_COLUMN in data.column_names:
+        source, place = data.column(SOURCE_COLUMN), data.column(SOURCE_ROW_COLUMN)
+    else:
+        source = pa.array([path.stem] * data.num_rows, type=pa.string())
+        place = pa.array(range(data.num_rows), type=pa.int64())
+    return rows.append_column(SOURCE_COLUMN, source).append_column(SOURCE_ROW_COLUMN, place)
 
 
 def _split_latest(merged: pa.Table, keys: tuple[str, ...], stamp: str) -> tuple[pa.Table, pa.Table]:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dermground.platform.catalog import TABLES, Catalog
-from dermground.platform.catalog_files import live_files
+from dermground.platform.catalog_files import rows_by_source
 from dermground.platform.store.versions import split_physical
 
 # Tables holding per-collection rows whose file names follow the writer's `<collection>--<part>`.
@@ -45,16 +45,13 @@ def _files_of(catalog: Catalog, table: str, collection: str) -> Iterable[Catalog
     if not folder.is_dir():
         return
     own = f"{collection}{_SEPARATOR}"
-    for path in live_files(folder):  # compacted files included, superseded ones not
-        if not path.stem.startswith(own):
-            # Another writer's file (a test, an older layout) may still hold rows of this collection.
-            column = pq.read_table(path, columns=["collection"]).column("collection")
-            if not pc.any(pc.equal(column, collection)).as_py():
-                continue
-        rows = pq.read_table(path)
+    # By the file each row was written in: a compaction's merged rows go back to their partition's
+    # file (`check` finds a partition's rows by its name); superseded files are not read.
+    for stem, rows in rows_by_source(folder).items():
+        # Another writer's file (a test, an older layout) may still hold rows of this collection.
         rows = rows.filter(pc.equal(rows.column("collection"), collection))
         if rows.num_rows:
-            suffix = path.stem[len(own):] if path.stem.startswith(own) else f"_{path.stem}"
+            suffix = stem[len(own):] if stem.startswith(own) else f"_{stem}"
             yield CatalogFile(table, suffix, rows)
 
 

@@ -264,7 +264,11 @@ def render_markdown(views: list[View]) -> str:
              "(platform/catalog_dictionary.py); a test fails when this file is out of date. The same",
              "dictionary prints with `dermground sql --schema`.", "",
              "Query the views with `dermground sql`, POST /sql, or from Python with",
-             "`dermground.catalog.connect()` (see docs/analysis_example.py).", ""]
+             "`dermground.catalog.connect()` (see docs/analysis_example.py).", "",
+             "Read the tables through these views, not by globbing a table folder's Parquet files:",
+             "`dermground catalog compact` merges them into `_compacted/` and deletes the files it replaced",
+             "an hour later, so a `**/*.parquet` glob counts rows twice during that hour and a `*.parquet`",
+             "glob misses them after it; each folder's `_manifest.json` says which files are live.", ""]
     lines += [f"- [`{v.name}`](#{v.name}) — {v.description.split('. ')[0].rstrip('.')}." for v in views]
     for view in views:
         lines += ["", f"## {view.name}", "", view.description, "", "| column | type | unit | meaning |",

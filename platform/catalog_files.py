@@ -22,11 +22,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 MANIFEST = "_manifest.json"
 COMPACTED_DIR = "_compacted"
+# In a compacted file: the stem of the file each row was written in. A writer's file name carries
+# what the rows do not (the ingest partition: `<collection>--<partition_id>`), so `dermground check`
+# and collection copies find a partition's rows by it once the file itself is merged and gone.
+SOURCE_COLUMN = "_source_file"
+SOURCE_ROW_COLUMN = "_source_row"  # the row's place in that file (the ledger hashes a partition's ids in order)
 
 
 @dataclass
@@ -103,3 +113,36 @@ def _listed(folder: Path, manifest: Manifest) -> list[Path]:
                 continue
         files.append(path)
     return files
+
+
+def rows_by_source(folder: Path, columns: Sequence[str] | None = None, prefix: str = "") -> dict[str, pa.Table]:
+    """A table's live rows (`columns` of them, or all), by the stem of the file they were written
+    in, for the stems that start with `prefix`, in the order they were written: a live file's own
+    rows, else the rows a compaction merged from that file (SOURCE_COLUMN; rows merged before it
+    existed go under the merged file's stem). A file written again under its name after a
+    compaction wins over the merged rows."""
+    wanted = list(columns) if columns is not None else None
+    found: dict[str, list[pa.Table]] = {}
+    parts = live_parts(folder)
+    for path in ([parts.current] if parts.current else []) + parts.older:
+        if SOURCE_COLUMN not in pq.ParquetFile(path).schema_arrow.names:
+            if path.stem.startswith(prefix):
+                found.setdefault(path.stem, []).append(pq.read_table(path, columns=wanted))
+            continue
+        data = pq.read_table(path, columns=None if wanted is None else [*wanted, SOURCE_COLUMN, SOURCE_ROW_COLUMN])
+        sources = data.column(SOURCE_COLUMN)
+        for stem in pc.unique(sources).to_pylist():
+            if stem is not None and stem.startswith(prefix):
+                found.setdefault(stem, []).append(data.filter(pc.equal(sources, stem)))
+    merged = {stem: _in_written_order(pa.concat_tables(tables)) for stem, tables in found.items()}
+    for path in parts.recent:
+        if path.stem.startswith(prefix):
+            merged[path.stem] = pq.read_table(path, columns=wanted)
+    return merged
+
+
+def _in_written_order(rows: pa.Table) -> pa.Table:
+    """Merged rows of one source file back in that file's order, without the source columns."""
+    if SOURCE_ROW_COLUMN not in rows.column_names:
+        return rows
+    return rows.sort_by(SOURCE_ROW_COLUMN).drop_columns([SOURCE_COLUMN, SOURCE_ROW_COLUMN])

@@ -50,7 +50,7 @@ class ReadOnlyCatalogFileSystem(AbstractFileSystem):
         raise PermissionError(
             f"an analyst's connection does not write into the catalog ({self._strip_protocol(path)}): it is "
             "read-only. Keep results in TEMP tables, or write them elsewhere from Python "
-            "(con.sql(...).df() / .arrow()) or with `dermground sql --out FILE`.")
+            "(con.sql(...).df() / .to_arrow_table()) or with `dermground sql --out FILE`.")
 
     # --- reading ----------------------------------------------------------------------------
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
@@ -83,10 +83,11 @@ class PositionedReader:
     """
 
     def __init__(self, path: str) -> None:
+        self.closed = True  # until the file is open: __del__ of a reader whose open failed has nothing to close
         self._fd = os.open(path, os.O_RDONLY)
+        self.closed = False
         self.size = os.fstat(self._fd).st_size
         self._position = threading.local()
-        self.closed = False
 
     def tell(self) -> int:
         return getattr(self._position, "value", 0)

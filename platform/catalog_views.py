@@ -106,7 +106,8 @@ WITH runs AS (
     SELECT collection, fingerprint, count(*) AS ingest_runs,
            count(*) FILTER (WHERE status = 'done') AS runs_done,
            min(started_at) AS first_started_at, max(finished_at) AS last_finished_at,
-           coalesce(sum(n_ingested), 0) AS ingested, coalesce(sum(n_quarantined), 0) AS quarantined
+           -- sum() of BIGINT is HUGEINT (float64 in pandas, decimal in Parquet): counts stay BIGINT
+           coalesce(sum(n_ingested), 0)::BIGINT AS ingested, coalesce(sum(n_quarantined), 0)::BIGINT AS quarantined
     FROM ingest_runs GROUP BY collection, fingerprint
 ), current AS (
     SELECT collection, fingerprint, count(*) AS lesions FROM lesions GROUP BY collection, fingerprint

@@ -20,11 +20,12 @@ import ctypes
 import ctypes.util
 import io
 import math
+import struct
 import threading
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 # Formats decoded at all. EPS (Ghostscript), PDF, PSD and friends are never opened. The JPEG opener
 # also opens MPO, the JPEG many phone cameras write (the image then says format "MPO").
@@ -128,8 +129,7 @@ def decode_checked(data: bytes, *, max_pixels: int, max_bytes: int | None = None
         with warnings.catch_warnings():
             # Pillow's own bomb guard as an error: our max_pixels is the real limit, checked first.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = _decode_reduced(data, max_pixels, keep_pixels)
-            ImageOps.exif_transpose(image, in_place=True)
+            image = _oriented(_decode_reduced(data, max_pixels, keep_pixels))
             rgb = to_rgb(image)
     except ImageRejected:
         raise
@@ -139,7 +139,8 @@ def decode_checked(data: bytes, *, max_pixels: int, max_bytes: int | None = None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses while opening, before our own check: it says how many pixels were declared.
         raise ImageRejected(RULE_PIXELS, f"the image declares far more pixels than allowed ({exc})") from None
-    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, EOFError, MemoryError) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, EOFError, MemoryError,
+            struct.error) as exc:
         # Truncated or corrupt data surfaces as any of these, depending on the format plugin.
         raise ImageRejected(RULE_DECODE, f"the image cannot be decoded ({type(exc).__name__}: {exc})") from None
     processor_size(*rgb.size)  # a reduced image keeps the ratio only to within a pixel: check again
@@ -151,6 +152,20 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     """The gate for images of the server's own data (read through an image reference): no byte
     limit, the default pixel limit unless the caller has the settings' own."""
     return decode_checked(data, max_pixels=max_pixels)
+
+
+# EXIF orientation -> the transpose that shows the image upright (ImageOps.exif_transpose's table).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    """The image turned upright by its EXIF orientation. Only the pixels are turned: the EXIF is
+    dropped anyway, and Pillow's exif_transpose writes it back, which raises on a corrupt block
+    (a tag whose value does not fit its type) that reads fine."""
+    method = _ORIENTATION.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    return image if method is None else image.transpose(method)
 
 
 def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Image:
@@ -188,12 +203,14 @@ def _reduce_and_release(image: Image.Image, factor: int) -> Image.Image:
 
 
 def check_decoded(image: Image.Image, *, max_pixels: int) -> Image.Image:
-    """The gate for an image already in memory (a caller's PIL image): the same checks and RGB."""
+    """The gate for an image already in memory (a caller's PIL image): the same checks, EXIF
+    orientation (a photo from Image.open is turned like its file; the gate's own images carry no
+    EXIF) and RGB."""
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected(RULE_PIXELS, f"the image has {width}x{height} pixels, over the limit of {max_pixels}")
     processor_size(width, height)
-    return to_rgb(image)
+    return to_rgb(_oriented(image))
 
 
 def _load_malloc_trim():  # noqa: ANN202 - a ctypes function or None
@@ -227,6 +244,7 @@ def _reduce(image: Image.Image, factor: int) -> Image.Image:
     for top in range(0, height, step):
         strip = to_rgb(image.crop((0, top, width, min(height, top + step))))
         out.paste(strip.reduce(factor), (0, top // factor))
+    out.info = image.info.copy()  # the EXIF orientation still applies (Image.reduce keeps it too)
     return out
 
 

@@ -32,8 +32,13 @@ def split_statements(text: str) -> list[str]:
 
 
 def complete(buffer: str) -> bool:
-    """True when the buffered text is one or more statements ended by `;`."""
-    return buffer.rstrip().endswith(";")
+    """True when the buffered text is one or more statements ended by `;`: a comment may follow it
+    (`SELECT 1; -- why`), and a `;` in a comment or a string does not count."""
+    try:
+        tokens = [start for start, kind in duckdb.tokenize(buffer) if kind != duckdb.token_type.comment]
+    except duckdb.Error:
+        return buffer.rstrip().endswith(";")
+    return bool(tokens) and buffer[tokens[-1]] == ";"
 
 
 CANCEL = "\x03"  # a line that drops the statement being typed (Ctrl-C at the prompt)
@@ -123,7 +128,7 @@ def terminal_lines(history_file: Path) -> Iterator[str]:
             yield line
             if line.strip().startswith(".") and prompt == PROMPT:
                 continue
-            ended = line.rstrip().endswith(";")
+            ended = complete(line)
             prompt = PROMPT if ended or not buffered else CONTINUE
             buffered = buffered and not ended
     finally:

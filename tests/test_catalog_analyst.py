@@ -73,6 +73,28 @@ def test_connect_is_read_only_guarded_and_gives_pandas_and_arrow(home: Path) -> 
 
 
 
+@pytest.mark.parametrize("module", ["dermground.catalog", "dermground.platform.analyst"])
+def test_the_documented_usage_lines_run_and_leave_the_connection_usable(home: Path, module: str) -> None:
+    """The `con.sql(...)` lines of the module docstrings, verbatim, one after the other: each gives
+    what its comment says, and the connection still takes queries after them (DuckDB's .arrow() is a
+    stream that holds the connection until read to the end: the docs showed it as "Arrow")."""
+    import importlib
+
+    import pandas as pd
+    import pyarrow as pa
+
+    lines = [line.strip() for line in importlib.import_module(module).__doc__.splitlines()]
+    used = [line.split("#")[0].strip() for line in lines if line.startswith("con.sql(")]
+    assert used
+    con = analyst_catalog.connect(home=home)
+    for line in used:
+        result = eval(line, {"con": con})  # noqa: S307 - the docstring's own example line
+        assert isinstance(result, pd.DataFrame | pa.Table), (line, type(result))
+        assert con.execute("SELECT count(*) FROM lesions").fetchall() == [(3,)], line
+    con.close()
+
+
+
 def test_connect_cannot_write_into_the_catalog_folder(home: Path, tmp_path: Path) -> None:
     """COPY ... TO into the catalog is refused, by the folder's own path or the views' file names
     (a live file overwritten in place included); nothing in the folder changes."""
@@ -143,6 +165,23 @@ def test_the_read_only_catalog_files_keep_one_position_per_thread(tmp_path: Path
     assert reader.read() == bytes([253, 254, 255]) and reader.read(5) == b""
     reader.close()
 
+def test_a_catalog_file_gone_before_it_opens_raises_only_its_own_error(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file deleted between DuckDB's listing and its open (a compaction's grace period ended):
+    FileNotFoundError, and no second traceback from the half-made reader's __del__ on stderr."""
+    import gc
+    import sys
+
+    from dermground.platform.catalog_readonly_fs import PositionedReader
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(FileNotFoundError):
+        PositionedReader(str(tmp_path / "gone.parquet"))
+    gc.collect()
+    assert unraisable == []
+
+
 def test_prediction_errors_carry_the_scored_value_and_join_to_lesions(home: Path) -> None:
     cat = Catalog(home / "catalog")
     rows = cat.query("SELECT isic_id, attribute, unit, measured, predicted, error, abs_error, spread "
@@ -180,6 +219,48 @@ def test_attributes_long_and_collection_facts(home: Path) -> None:
     assert versions == [{"collection": "c1", "fingerprint": "fpA", "runs_done": 1, "current_lesions": 2},
                         {"collection": "c1", "fingerprint": "fpOld", "runs_done": 0, "current_lesions": 0},
                         {"collection": "c2", "fingerprint": "fpB", "runs_done": 0, "current_lesions": 1}]
+
+
+
+def test_counts_are_integers_in_every_view(home: Path) -> None:
+    """A count (unit `count`) is a BIGINT in every view, so pandas, Parquet and JSON get integers:
+    collection_versions' sums were HUGEINT (float64 in .df(), decimal128 in `sql --out x.parquet`,
+    the string "2" in `sql --out x.json`)."""
+    counts = [(v.name, c.name, c.type) for v in dictionary() for c in v.columns if c.unit == "count"]
+    assert counts and [x for x in counts if x[2] != "BIGINT"] == []
+    con = analyst_catalog.connect(home=home)
+    frame = con.sql("SELECT ingested, quarantined FROM collection_versions ORDER BY collection, fingerprint").df()
+    con.close()
+    assert str(frame["ingested"].dtype) == "int64" and frame["ingested"].tolist() == [2, 2, 2]
+    assert frame["quarantined"].tolist() == [0, 0, 0]
+    out = home / "versions.json"
+    assert _sql(home, "SELECT ingested FROM collection_versions", "--out", str(out)).exit_code == 0
+    assert [json.loads(line)["ingested"] for line in out.read_text().splitlines()] == [2, 2, 2]
+
+
+
+def test_timestamps_read_in_utc_whatever_the_machines_zone(tmp_path: Path) -> None:
+    """The catalog's times are UTC (docs/CATALOG.md) and a guarded connection cannot change its
+    zone (the configuration is locked): on a machine set to Tokyo a row written at 23:30 UTC still
+    shows as 23:30 on its UTC day, in `dermground sql`, POST /sql and connect() alike."""
+    import os
+    import subprocess
+    import sys
+
+    cat = Catalog(tmp_path / "catalog")
+    cat.append("quarantine", [{"collection": "c1", "isic_id": "ISIC_1", "field": "image", "reason": "r",
+                               "at": datetime(2026, 1, 1, 23, 30, tzinfo=UTC)}])
+    script = (
+        "import json, sys\n"
+        "from dermground import catalog\n"
+        "from dermground.platform.catalog import run_readonly_sql\n"
+        "q = \"SELECT CAST(quarantine.at AS DATE)::VARCHAR, hour(quarantine.at), current_setting('TimeZone') FROM quarantine\"\n"
+        "con = catalog.connect(catalog_dir=sys.argv[1])\n"
+        "print(json.dumps([list(con.execute(q).fetchone()), list(run_readonly_sql(sys.argv[1], q).rows[0])]))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "catalog")], capture_output=True, text=True,
+                          env={**os.environ, "TZ": "Asia/Tokyo"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["2026-01-01", 23, "UTC"]] * 2
 
 
 # --- the data dictionary ------------------------------------------------------------------------
@@ -223,6 +304,18 @@ def test_sql_out_writes_every_row(home: Path, suffix: str) -> None:
     assert bad.exit_code == 2 and ".parquet, .csv or .json" in bad.output
 
 
+def test_sql_json_outputs_write_sums_and_decimals_as_numbers(home: Path) -> None:
+    """sum() of a BIGINT is a HUGEINT and `1.5` a DECIMAL: both JSON outputs write numbers, like
+    POST /sql (`--out x.json` wrote the strings "2" and "1.5", `--format json` the string "1.5")."""
+    query = "SELECT sum(n_points) AS n, 1.5 AS d FROM ingest_partitions"
+    out = home / "sums.json"
+    assert _sql(home, query, "--out", str(out)).exit_code == 0
+    printed = _sql(home, query, "--format", "json")
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(out.read_text()) == json.loads(printed.stdout)[0] == {"n": 2, "d": 1.5}
+    assert isinstance(json.loads(out.read_text())["n"], int)
+
+
 def test_sql_schema_prints_types_units_and_meanings(home: Path) -> None:
     result = _sql(home, "--schema")
     assert result.exit_code == 0, result.output
@@ -255,6 +348,19 @@ def test_statement_splitting_keeps_strings_and_dot_commands_whole() -> None:
     assert split_statements("SELECT ';' AS x; SELECT 2;") == ["SELECT ';' AS x", "SELECT 2"]
     assert list(statements(["SELECT 1\n", "  + 1;\n", ".tables\n", "SELECT 3"])) == \
         ["SELECT 1\n  + 1", ".tables", "SELECT 3"]
+
+
+
+def test_a_comment_after_the_semicolon_still_ends_the_statement(home: Path) -> None:
+    """`SELECT ...; -- why` runs at once, and a dot command after it stays a command; a `;` inside
+    a comment or an unfinished string does not end a statement."""
+    assert list(statements(["SELECT 1; -- the count\n", ".tables\n", "SELECT 2;\n"])) == \
+        ["SELECT 1; -- the count", ".tables", "SELECT 2"]
+    assert list(statements(["SELECT 1 -- not the end;\n", "  + 1;\n"])) == ["SELECT 1 -- not the end;\n  + 1"]
+    assert list(statements(["SELECT 'a;\n", "b' AS s;\n"])) == ["SELECT 'a;\nb' AS s"]
+    result = _sql(home, stdin="SELECT count(*) AS n FROM lesions; -- all collections\n.tables\n")
+    assert result.exit_code == 0, result.output
+    assert "n\n-\n3\n(1 row)" in result.stdout and "prediction_errors" in result.stdout
 
 
 def test_the_sql_guard_sees_new_and_compacted_files(home: Path) -> None:

@@ -165,3 +165,21 @@ def test_compact_if_fragmented_merges_only_tables_past_the_threshold(tmp_path: P
         fcntl.flock(lock, fcntl.LOCK_EX)
         _ingest_like(cat, partitions=5, start=5)
         assert compact_if_fragmented(cat.dir, 5) is None
+
+
+def test_a_partitions_rows_stay_findable_by_their_file_in_written_order_after_compactions(cat: Catalog) -> None:
+    """rows_by_source gives each writer's file's rows, in the order written, after two compactions
+    split them between the current and older files (ISIC_0000 of p0000 was written again later)."""
+    from dermground.platform.catalog_files import rows_by_source
+
+    before = rows_by_source(cat.dir / "lesions", ["isic_id"], prefix="c1--")
+    compact(cat.dir)
+    _ingest_like(cat, 1, start=6)
+    compact(cat.dir)
+    after = rows_by_source(cat.dir / "lesions", ["isic_id"], prefix="c1--")
+    assert not list((cat.dir / "lesions").glob("c1--*.parquet")) or all(
+        p.name in Manifest.read(cat.dir / "lesions").superseded for p in (cat.dir / "lesions").glob("*.parquet"))
+    assert set(after) == set(before) | {"c1--p0006"}
+    for stem, rows in before.items():
+        assert after[stem].column("isic_id").to_pylist() == rows.column("isic_id").to_pylist(), stem
+    assert after["c1--p0000"].column("isic_id").to_pylist() == ["ISIC_0000", "ISIC_0001", "ISIC_0002"]

@@ -189,6 +189,53 @@ def test_the_ingest_stages_quarantine_odd_images_and_embed_the_rest(tiny_model_d
     assert len(set(out["batch_finished"])) == 1 and out["batch_finished"][0] > 0
 
 
+
+def _jpeg_with_corrupt_exif() -> bytes:
+    """A photo turned by EXIF (orientation 6) whose EXIF holds RowsPerStrip as text (Pillow reads it
+    but cannot write it back)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x0131] = "sw"
+    raw = exif.tobytes().replace(b"\x01\x31\x00\x02", b"\x01\x16\x00\x02")  # Software renamed RowsPerStrip
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 60), (120, 80, 60)).save(buffer, format="JPEG", exif=raw)
+    return buffer.getvalue()
+
+
+def test_a_photo_with_a_corrupt_exif_is_read_by_ingest_and_search(tiny_model_dir, tmp_path: Path) -> None:
+    """Nothing is lost to a broken EXIF block: the reader keeps the record, the ingest stage
+    prepares the image (it raised struct.error, which failed the whole task)."""
+    from dermground.ingest.image_prep import prepare_images
+
+    path = tmp_path / "exif.jpg"
+    path.write_bytes(_jpeg_with_corrupt_exif())
+    batch = {"isic_id": np.array(["a"], dtype=object), "image_ref": np.array([str(path)], dtype=object),
+             "part": np.zeros(1, dtype=np.int64)}
+    prepared = prepare_images(batch, str(tiny_model_dir))
+    assert list(prepared["error"]) == [""] and prepared["grid_thw"][0].prod() > 0
+
+
+
+def test_eval_predict_skips_a_poison_test_image_naming_it_and_scores_the_rest(
+        tiny_model_dir, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One truncated test image: the run scores the other one and names the skipped record, field
+    and rule (it stopped with "decode: ..." naming no record, and nothing was evaluated)."""
+    from dermground.eval.predictions import evaluate_predictions
+
+    data = tmp_path / "data"
+    generate_dataset(data, patients=6, images=8, seed=13, layout="folder", progress=False, workers=1)
+    test_ids = [r.isic_id for r in read_records(data, split="test")]
+    assert len(test_ids) == 2
+    poison = data / fmt.IMAGE_FOLDER / f"{test_ids[0]}.jpg"
+    poison.write_bytes(poison.read_bytes()[:300])
+    report = evaluate_predictions(data, tiny_model_dir, None, tmp_path / "out", catalog_dir=tmp_path / "catalog",
+                                  collection="c1", attributes=["areaMM2"], samples=0, views=1, progress=False)
+    assert report["areaMM2"]["n"] == 1
+    rows = run_readonly_sql(tmp_path / "catalog", "SELECT isic_id FROM predictions").rows
+    assert rows == [(test_ids[1],)]
+    assert any(test_ids[0] in m and "image" in m and "decode: " in m for m in caplog.messages), caplog.messages
+
+
 # --- SQL ----------------------------------------------------------------------------------------
 def test_sql_cannot_read_duckdbs_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -247,6 +294,14 @@ def test_odd_shapes_are_422_naming_the_rule_on_every_image_endpoint(client, size
 @pytest.mark.parametrize("mode", ["LA", "P", "I;16", "RGBA", "1"])
 def test_odd_modes_are_made_valid_and_searched(client, mode: str) -> None:
     response = client.post("/search/upload", headers=READ, files={"file": ("q.png", _png((80, 64), mode), "image/png")},
+                           data={"request": json.dumps({"k": 3})})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["hits"]) == 3
+
+
+def test_an_upload_with_a_corrupt_exif_is_searched_not_a_500(client) -> None:
+    response = client.post("/search/upload", headers=READ,
+                           files={"file": ("q.jpg", _jpeg_with_corrupt_exif(), "image/jpeg")},
                            data={"request": json.dumps({"k": 3})})
     assert response.status_code == 200, response.text
     assert len(response.json()["hits"]) == 3

@@ -182,3 +182,50 @@ def test_phone_camera_jpegs_are_accepted() -> None:
     image.save(buffer, format="MPO", save_all=True, append_images=[image.copy()])  # two pictures, as cameras write
     assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
     assert decode_checked(buffer.getvalue(), max_pixels=MAX_PIXELS).size == (64, 48)
+
+
+def _jpeg_with_corrupt_exif(size: tuple[int, int] = (40, 20), fmt: str = "JPEG") -> bytes:
+    """A photo turned by EXIF (orientation 6) whose EXIF also holds RowsPerStrip as text: Pillow reads
+    it, but cannot write it back (a flipped byte in a camera's EXIF does this)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x0131] = "sw"  # Software, ASCII ...
+    raw = exif.tobytes().replace(b"\x01\x31\x00\x02", b"\x01\x16\x00\x02")  # ... renamed RowsPerStrip (a number)
+    return _encode(Image.new("RGB", size, (10, 20, 30)), fmt, exif=raw)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_corrupt_exif_block_is_no_reason_to_fail(fmt: str) -> None:
+    """The gate turns the pixels by the orientation and drops the EXIF: it never writes the EXIF back
+    (Pillow's exif_transpose did, and raised struct.error: a 500 in the API, a failed ingest task)."""
+    out = decode_checked(_jpeg_with_corrupt_exif(fmt=fmt), max_pixels=MAX_PIXELS)
+    assert out.size == (20, 40) and out.mode == "RGB"
+    assert not out.info and not out.getexif()
+
+
+@pytest.mark.parametrize("mode", ["P", "I;16", "1", "RGB"])
+def test_orientation_survives_the_reduction_of_a_large_image_in_any_mode(mode: str) -> None:
+    """A large image is turned like its small copy: the strip-by-strip reduction of palette, 16-bit
+    and 1-bit images kept the pixels but dropped the EXIF, so only they came out lying on their side."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    small = decode_checked(_encode(Image.new(mode, (400, 200)), "PNG", exif=exif), max_pixels=MAX_PIXELS)
+    large = decode_checked(_encode(Image.new(mode, (4000, 2000)), "PNG", exif=exif), max_pixels=MAX_PIXELS)
+    assert small.size == (200, 400)
+    assert large.size[0] < large.size[1] and large.size == (1000, 2000)
+
+
+def test_a_photo_handed_in_as_pixels_is_turned_like_the_same_file() -> None:
+    """search() takes a caller's PIL image through check_decoded: a photo opened with Image.open
+    (EXIF orientation 6) becomes the same upright pixels as its file through the gate (ingest, the
+    API), so the same photo embeds the same; before, only the file was turned."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = Image.new("RGB", (40, 20), (200, 30, 30))
+    photo.paste((30, 30, 200), (0, 0, 10, 20))  # a blue left edge shows which way it was turned
+    data = _encode(photo, "PNG", exif=exif)
+    from_file = decode_checked(data, max_pixels=MAX_PIXELS)
+    handed_in = check_decoded(Image.open(io.BytesIO(data)), max_pixels=MAX_PIXELS)
+    assert handed_in.size == from_file.size == (20, 40)
+    assert np.array_equal(np.asarray(handed_in), np.asarray(from_file))
+    assert check_decoded(from_file, max_pixels=MAX_PIXELS).size == (20, 40)  # a gated image is not turned again

@@ -158,6 +158,32 @@ def test_poison_images_and_bad_rows_are_quarantined_with_a_reason_and_the_rest_i
     assert len(Catalog(tmp_path / "home" / "catalog").query("SELECT * FROM quarantine")) == len(poison)
 
 
+def test_a_quarantined_image_fixed_since_is_ingested_by_the_next_run(tiny_model_dir, ray_session, tmp_path):
+    """The quarantine reason says what to fix; after the fix, a rerun ingests the record. Its
+    partition's id did not change (the image gate refuses after the reader), and the rerun skipped
+    the partition as committed, so the fixed image never came in. `check` counts the partition's
+    latest commit, also when the first one was compacted into a merged file."""
+    from dermground.platform.catalog_compact import compact
+
+    data = tmp_path / "data"
+    generate_dataset(data, patients=3, images=6, seed=5, size=112, layout="folder", progress=False, workers=1)
+    ids = [r.isic_id for r in read_records(data) if isinstance(r, LesionRecord)]
+    photo = data / "train-image" / "image" / f"{ids[2]}.jpg"
+    good = photo.read_bytes()
+    photo.write_bytes(good[: len(good) // 2])
+    first = _ingest(data, tmp_path / "home", tiny_model_dir, partition_size=2)
+    assert (first.ingested, first.quarantined) == (len(ids) - 1, 1)
+    compact(tmp_path / "home" / "catalog")  # the first commit's ledger row now lives in a merged file
+    photo.write_bytes(good)
+    fixed = _ingest(data, tmp_path / "home", tiny_model_dir, partition_size=2)
+    assert (fixed.ingested, fixed.skipped, fixed.quarantined) == (2, len(ids) - 2, 0)
+    with open_store(_settings(tmp_path / "home"), "lesions") as store:
+        assert store.retrieve([point_id(ids[2])], with_payload=False)
+    report = check_collection(_settings(tmp_path / "home"), "lesions")
+    assert report.ok, report.findings
+    assert report.store_points == report.ledger_points == len(ids)
+
+
 def test_a_collection_refuses_another_models_vectors_with_a_clear_cli_error(
         dataset, tiny_model_dir, ray_session, tmp_path):
     from dermground.platform.cli import cli

@@ -211,6 +211,27 @@ def test_a_good_restore_goes_into_a_new_version_with_its_catalog_rows(golden: tu
     assert EdgeCollections(home / "qdrant").versions(NAME) == ["v1"] and _live_points(home) == N
 
 
+
+def test_check_and_a_restore_still_agree_after_the_catalog_is_compacted(home: Path) -> None:
+    """`catalog compact` merges the per-partition files (and, after its grace period, deletes them):
+    `check` still finds each ledger partition's rows, and so does a snapshot taken after it (before,
+    both reported every partition as "no lesions file" and asked for the ingest to be rerun)."""
+    for _ in range(2):  # the second run deletes the files the first one merged
+        compacted = _cli(home, "catalog", "compact", "--keep-minutes", "0")
+        assert compacted.exit_code == 0, compacted.output
+    assert not list((home / "catalog" / "lesions").glob("*.parquet"))
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0, checked.output
+    created = _cli(home, "snapshot", "create", "--collection", NAME)
+    assert created.exit_code == 0, created.output
+    tar = max((home / "snapshots" / NAME).glob("*.tar"), key=lambda p: p.stat().st_mtime_ns)
+    restored = _cli(home, "snapshot", "restore", str(tar), "--collection", NAME, "--yes")
+    assert restored.exit_code == 0, restored.output
+    assert "12 points, 12 catalog rows, version v1 is live" in restored.output
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0, checked.output
+
+
 KILL_AT = ("restore_loaded", "alias_written")  # restore_catalogued: same window, one more kill
 
 

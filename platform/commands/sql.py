@@ -89,8 +89,10 @@ def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out
 
 def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
     if fmt == "json":
+        from dermground.platform.analyst import json_default
+
         records = [{c: _cell(v) for c, v in zip(columns, row, strict=True)} for row in rows]
-        return json.dumps(records, indent=2, default=str)
+        return json.dumps(records, indent=2, default=json_default)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
