@@ -26,9 +26,9 @@ from dermground.platform.store import VectorStore
 def search(request: SearchRequest, *, store: VectorStore, embedder: EmbedderProvider | None,
            settings: Settings) -> SearchResponse:
     """Run one search in any mode; raises SearchError (or a subclass) for requests it cannot serve."""
-    # Every step reads (and caches into) one version, even when the collection is switched meanwhile.
-    with store.pinned() as version:
-        return _search(request, version, embedder, settings)
+    # Every step reads (and caches into) one version, even when the collection is switched meanwhile;
+    # a version dropped meanwhile (a server) runs the search again on the live one.
+    return store.run_pinned(lambda version: _search(request, version, embedder, settings))
 
 
 def _search(request: SearchRequest, store: VectorStore, embedder: EmbedderProvider | None,

@@ -92,3 +92,41 @@ def test_a_store_handed_to_the_app_is_listed_with_its_own_count(home: Path, sear
             listed = client.get("/collections", headers={"X-API-Key": READ})
     assert listed.status_code == 200, listed.text
     assert {v["version"]: v["points"] for v in listed.json()}["v1"] == 34
+
+
+def test_a_server_backed_api_answers_across_a_switch_and_drop_and_says_when_nothing_is_live(tmp_path: Path) -> None:
+    # Qdrant server backend (qdrant-client local mode): `collections switch` then an immediate
+    # `collections drop` of the old version, before the API's next alias check, fails no request;
+    # a collection with no version left is a 503 that says what to do, never a 500.
+    from fastapi.testclient import TestClient
+    from qdrant_client import QdrantClient
+
+    from dermground.platform.store.live import LiveStore
+    from dermground.platform.store.server_versions import ServerCollections
+    from tests.test_collection_versions import build_version
+
+    qdrant = QdrantClient(location=":memory:")
+    admin = ServerCollections(qdrant, owns_client=False)
+    build_version(admin, "lesions", 5, seed=1)
+    build_version(admin, "lesions", 7, seed=2)
+    admin.switch("lesions", "v1")
+    live = LiveStore(ServerCollections(qdrant, owns_client=False), "lesions", refresh_s=3600.0)  # no check due
+    settings = Settings(home=tmp_path, api_read_key=READ, collection="lesions")
+    query = {"isic_id": "ISIC_0000001", "k": 3}
+    try:
+        with TestClient(create_app(settings, store=live), headers={"X-API-Key": READ}) as api:
+            assert api.post("/search", json=query).status_code == 200
+            admin.switch("lesions", "v2")
+            admin.drop("lesions", "v1")
+            searched = api.post("/search", json=query)
+            assert searched.status_code == 200, searched.text
+            assert len(searched.json()["hits"]) == 3
+            examples = api.get("/examples", params={"n": 20})
+            assert examples.status_code == 200 and len(examples.json()) == 7  # v2's points
+            qdrant.delete_collection("lesions__v2")  # deleted with Qdrant's own tools: nothing is live
+            gone = api.get("/examples")
+            assert gone.status_code == 503, gone.text
+            assert "no live version" in gone.json()["detail"] and "collections switch lesions" in gone.json()["detail"]
+            assert api.post("/search", json=query).status_code == 503
+    finally:
+        live.close()

@@ -23,6 +23,7 @@ from dermground.platform.settings import Settings
 from dermground.platform.store import (
     DEFAULT_VECTOR_NAMES,
     CollectionSpec,
+    StoreError,
     StoreLockedError,
     StorePoint,
     VersionError,
@@ -434,3 +435,34 @@ def test_create_version_skips_the_numbers_it_is_told_are_taken(cols: Collections
     build_version(cols, "t", 2)
     cols.drop("t", "v2")  # its catalog rows would stay: the caller passes it as taken
     assert cols.create_version("t", VersionMeta(state=BUILDING), taken={"v2"}) == "v3"
+
+
+def test_a_live_store_on_a_server_follows_a_switch_and_drop_made_before_its_next_check(tmp_path: Path) -> None:
+    # `collections switch c v2` then `collections drop c v1` within the API's refresh interval: the
+    # server cannot know who still reads v1. The next request (and a search pinned to v1) must be
+    # answered from v2, not fail with Qdrant's "collection not found".
+    from dermground.platform.search import search
+    from dermground.platform.search_request import SearchMode, SearchRequest
+
+    client = QdrantClient(location=":memory:")  # one server: the API and the admin are its clients
+    admin = ServerCollections(client, owns_client=False)
+    build_version(admin, "c", 5, seed=1)
+    build_version(admin, "c", 7, seed=2)
+    admin.switch("c", "v1")
+    live = LiveStore(ServerCollections(client, owns_client=False), "c", refresh_s=3600.0)  # no check is due
+    try:
+        assert live.count() == 5 and live.physical == "c__v1"
+        admin.switch("c", "v2")
+        admin.drop("c", "v1")
+        assert live.count() == 7 and live.physical == "c__v2"
+        build_version(admin, "c", 9, seed=3)
+        admin.switch("c", "v3")
+        admin.drop("c", "v2")
+        found = search(SearchRequest(SearchMode.image, isic_id="ISIC_0000001", k=3), store=live, embedder=None,
+                       settings=Settings(home=tmp_path))  # pinned to v2 when it starts, answered from v3
+        assert len(found.hits) == 3 and live.physical == "c__v3"
+        client.delete_collection("c__v3")  # deleted with Qdrant's own tools: no live version is left
+        with pytest.raises(StoreError, match="no live version.*collections switch"):
+            live.count()
+    finally:
+        live.close()

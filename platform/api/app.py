@@ -27,7 +27,7 @@ from dermground.platform.embedder_provider import EmbedderProvider, is_device_ou
 from dermground.platform.names import check_collection_name
 from dermground.platform.search_request import ModelUnavailableError
 from dermground.platform.settings import Settings
-from dermground.platform.store import StoreLockedError, VectorStore, open_live_store
+from dermground.platform.store import CollectionMissingError, StoreLockedError, VectorStore, open_live_store
 
 log = logging.getLogger("dermground.api")
 # A base64 image is 4/3 of its bytes; the rest of a JSON body is small.
@@ -129,6 +129,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "the model ran out of GPU memory on this request; retry in a moment, "
                                        "or ask for fewer candidates (b)"},
                             status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(CollectionMissingError)  # a RuntimeError too: the most specific handler wins
+    async def collection_missing(request: Request, exc: CollectionMissingError) -> JSONResponse:
+        # The served collection has no live version on the server (the store already followed the
+        # alias once): the server is fine, the data is not there. Its message says what to do.
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

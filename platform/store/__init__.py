@@ -10,6 +10,7 @@ from __future__ import annotations
 from dermground.platform.names import check_collection_name
 from dermground.platform.settings import Settings
 from dermground.platform.store.base import (
+    CollectionMissingError,
     CollectionSpec,
     Hit,
     Range,
@@ -98,4 +99,5 @@ __all__ = [
     "Range", "SchemaMismatchError", "SearchFilter", "StoreError", "StoreLockedError", "StorePoint",
     "VectorStore", "build_payload", "open_store", "point_id",
     "Collections", "VersionError", "VersionInfo", "VersionMeta", "open_collections", "open_live_store",
+    "CollectionMissingError",
 ]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,6 +25,8 @@ from dermground.platform.store.schema import (
     SCHEMA_VERSION,
 )
 
+T = TypeVar("T")
+
 
 class StoreError(RuntimeError):
     """A vector store operation failed; the message says what to do next."""
@@ -35,6 +38,11 @@ class SchemaMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """The embedded store folder is held by another process."""
+
+
+class CollectionMissingError(StoreError):
+    """The collection an operation addressed is not there (on a server: a version dropped while a
+    reader still used it, or a collection deleted with Qdrant's own tools)."""
 
 
 @dataclass(frozen=True)
@@ -300,6 +308,12 @@ class VectorStore(abc.ABC):
         """The store one multi-step operation (a search) uses throughout: itself, except for a store
         that follows an alias (store/live.py), which keeps the version the operation started on."""
         return contextlib.nullcontext(self)
+
+    def run_pinned(self, operation: Callable[[VectorStore], T]) -> T:
+        """Run a multi-step operation on `pinned()`. A store that follows an alias runs it once more
+        on the version live now when the pinned one was dropped meanwhile (store/live.py)."""
+        with self.pinned() as store:
+            return operation(store)
 
     def __enter__(self) -> VectorStore:
         return self

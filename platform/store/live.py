@@ -9,6 +9,9 @@ switch is retried on a later request: a switch never fails a request. On the emb
 watcher thread also checks the alias every `refresh_s` while no request comes, so an idle server
 lets go of a replaced version at once and `collections drop` right after a switch succeeds. A collection that did not
 exist yet is looked for again every `refresh_s`, so an API started first serves it once ingested.
+On a server, `collections drop` of the old version cannot wait for its readers: a request that finds
+its version gone re-reads the alias at once and runs again on the version live now (a search pinned
+to the dropped one too); with no version live it fails with a StoreError that says what to do.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from dermground.platform.store.base import (
+    CollectionMissingError,
     CollectionSpec,
     Hit,
     SearchFilter,
@@ -32,6 +37,8 @@ from dermground.platform.store.base import (
     VectorStore,
 )
 from dermground.platform.store.versions import Collections, split_physical
+
+T = TypeVar("T")
 
 log = logging.getLogger("dermground.store")
 
@@ -149,6 +156,29 @@ class LiveStore(VectorStore):
         """The version serving new requests now, kept open until the `with` block ends."""
         return self._use()
 
+    def run_pinned(self, operation: Callable[[VectorStore], T]) -> T:
+        """Run `operation` on one version; when that version was dropped meanwhile (a server cannot
+        wait for its readers), re-read the alias at once and run it once more on the live one."""
+        with self._use() as store:
+            try:
+                return operation(store)
+            except CollectionMissingError as exc:
+                gone, reason = store, exc
+        self._refresh(force=True)  # outside the `with`: the dropped version's use is released first
+        held = self._held
+        if held is not None and held.store is not gone:
+            log.info("collection %r: %s is gone, running the request again on %s",
+                     self.collection, gone.collection, held.physical)
+            with self._use() as store:
+                try:
+                    return operation(store)
+                except CollectionMissingError as exc:
+                    gone, reason = store, exc
+        raise CollectionMissingError(
+            f"collection {self.collection!r} has no live version on this Qdrant now ({gone.collection!r} is gone): "
+            f"switch it to a version (`dermground collections switch {self.collection} vN`; versions: "
+            f"`dermground collections list`) or ingest it again") from reason
+
     def close(self) -> None:
         self._closed.set()
         with self._refreshing, self._lock:  # no switch is half done when we let go
@@ -158,61 +188,48 @@ class LiveStore(VectorStore):
 
     # --- the store interface, delegated ---------------------------------------------------
     def describe(self) -> CollectionSpec | None:
-        with self._use() as store:
-            return store.describe()
+        return self.run_pinned(lambda store: store.describe())
 
     def ensure_collection(self, spec: CollectionSpec) -> CollectionSpec:
-        with self._use() as store:
-            return store.ensure_collection(spec)
+        return self.run_pinned(lambda store: store.ensure_collection(spec))
 
     def upsert(self, points: Sequence[StorePoint], wait: bool = True) -> None:
-        with self._use() as store:
-            store.upsert(points, wait)
+        self.run_pinned(lambda store: store.upsert(points, wait))
 
     def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]], wait: bool = True) -> None:
-        with self._use() as store:
-            store.update_vectors(vectors, wait)
+        self.run_pinned(lambda store: store.update_vectors(vectors, wait))
 
     def set_payload(self, ids: Sequence[str], payload: Mapping[str, object], wait: bool = True) -> None:
-        with self._use() as store:
-            store.set_payload(ids, payload, wait)
+        self.run_pinned(lambda store: store.set_payload(ids, payload, wait))
 
     def delete(self, ids: Sequence[str], wait: bool = True) -> None:
-        with self._use() as store:
-            store.delete(ids, wait)
+        self.run_pinned(lambda store: store.delete(ids, wait))
 
     def query(self, vector_name: str, vector: np.ndarray, k: int, filter: SearchFilter | None = None,
               with_payload: bool = True, with_vectors: VectorSelection = False) -> list[Hit]:
-        with self._use() as store:
-            return store.query(vector_name, vector, k, filter, with_payload, with_vectors)
+        return self.run_pinned(lambda store: store.query(vector_name, vector, k, filter, with_payload, with_vectors))
 
     def prefetch_rescore(self, prefetch_name: str, prefetch_vector: np.ndarray, b: int,
                          rescore_name: str, rescore_vector: np.ndarray, k: int,
                          filter: SearchFilter | None = None, with_payload: bool = True,
                          with_vectors: VectorSelection = False) -> list[Hit]:
-        with self._use() as store:
-            return store.prefetch_rescore(prefetch_name, prefetch_vector, b, rescore_name, rescore_vector, k,
-                                          filter, with_payload, with_vectors)
+        return self.run_pinned(lambda store: store.prefetch_rescore(
+            prefetch_name, prefetch_vector, b, rescore_name, rescore_vector, k, filter, with_payload, with_vectors))
 
     def retrieve(self, ids: Sequence[str], with_payload: bool = True,
                  with_vectors: VectorSelection = False) -> list[StorePoint]:
-        with self._use() as store:
-            return store.retrieve(ids, with_payload, with_vectors)
+        return self.run_pinned(lambda store: store.retrieve(ids, with_payload, with_vectors))
 
     def scroll(self, filter: SearchFilter | None = None, limit: int = 1000, offset: str | None = None,
                with_payload: bool = True, with_vectors: VectorSelection = False,
                ) -> tuple[list[StorePoint], str | None]:
-        with self._use() as store:
-            return store.scroll(filter, limit, offset, with_payload, with_vectors)
+        return self.run_pinned(lambda store: store.scroll(filter, limit, offset, with_payload, with_vectors))
 
     def count(self, filter: SearchFilter | None = None) -> int:
-        with self._use() as store:
-            return store.count(filter)
+        return self.run_pinned(lambda store: store.count(filter))
 
     def optimize(self) -> bool:
-        with self._use() as store:
-            return store.optimize()
-
+        return self.run_pinned(lambda store: store.optimize())
 
 
 __all__ = ["LiveStore"]

@@ -8,15 +8,18 @@ point or sidecar file can drift away from the collection it describes.
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Concatenate, Literal, ParamSpec, TypeVar
 
 import numpy as np
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from dermground.platform.store.base import (
+    CollectionMissingError,
     CollectionSpec,
     Hit,
     SearchFilter,
@@ -57,6 +60,35 @@ def server_filter(flt: SearchFilter | None) -> models.Filter | None:
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _names_missing_collection(exc: Exception, collection: str) -> bool:
+    """Whether qdrant-client's error says `collection` is not there (local mode: a ValueError;
+    a server: 404 "Collection `name` doesn't exist!")."""
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code == 404 and f"`{collection}`" in exc.content.decode("utf-8", "replace")
+    return str(exc) == f"Collection {collection} not found"
+
+
+def _missing_collection_is_a_store_error(
+        method: Callable[Concatenate[ServerStore, _P], _R]) -> Callable[Concatenate[ServerStore, _P], _R]:
+    """Raise CollectionMissingError, not qdrant-client's raw error, when the collection is gone
+    (a version dropped while a reader still used it): store/live.py then follows the alias."""
+
+    @functools.wraps(method)
+    def addressed(self: ServerStore, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except (ValueError, UnexpectedResponse) as exc:
+            if not _names_missing_collection(exc, self.collection):
+                raise
+            raise CollectionMissingError(
+                f"collection {self.collection!r} is not on this Qdrant any more (dropped or deleted); "
+                "see `dermground collections list`") from exc
+
+    return addressed
 
 
 class ServerStore(VectorStore):
@@ -140,6 +172,7 @@ class ServerStore(VectorStore):
         return spec
 
     # --- writes --------------------------------------------------------------------------
+    @_missing_collection_is_a_store_error
     def upsert(self, points: Sequence[StorePoint], wait: bool = True) -> None:
         spec = self.require_spec()
         self._check_points(spec, points)
@@ -150,6 +183,7 @@ class ServerStore(VectorStore):
                    for p in points]
         self._client.upsert(self.collection, points=structs, wait=wait)
 
+    @_missing_collection_is_a_store_error
     def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]], wait: bool = True) -> None:
         spec = self.require_spec()
         for pid, named in vectors.items():
@@ -164,15 +198,18 @@ class ServerStore(VectorStore):
                for pid, named in vectors.items()]
         self._client.update_vectors(self.collection, points=ops, wait=wait)
 
+    @_missing_collection_is_a_store_error
     def set_payload(self, ids: Sequence[str], payload: Mapping[str, object], wait: bool = True) -> None:
         if ids:
             self._client.set_payload(self.collection, payload=dict(payload), points=list(ids), wait=wait)
 
+    @_missing_collection_is_a_store_error
     def delete(self, ids: Sequence[str], wait: bool = True) -> None:
         if ids:
             self._client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=wait)
 
     # --- reads ---------------------------------------------------------------------------
+    @_missing_collection_is_a_store_error
     def query(self, vector_name: str, vector: np.ndarray, k: int, filter: SearchFilter | None = None,
               with_payload: bool = True, with_vectors: VectorSelection = False) -> list[Hit]:
         spec = self.require_spec()
@@ -183,6 +220,7 @@ class ServerStore(VectorStore):
             with_payload=True if with_payload else ["isic_id"], with_vectors=vector_selection(with_vectors))
         return scored_hits(response.points, with_payload)
 
+    @_missing_collection_is_a_store_error
     def prefetch_rescore(self, prefetch_name: str, prefetch_vector: np.ndarray, b: int,
                          rescore_name: str, rescore_vector: np.ndarray, k: int,
                          filter: SearchFilter | None = None, with_payload: bool = True,
@@ -199,6 +237,7 @@ class ServerStore(VectorStore):
             with_payload=True if with_payload else ["isic_id"], with_vectors=vector_selection(with_vectors))
         return scored_hits(response.points, with_payload)
 
+    @_missing_collection_is_a_store_error
     def retrieve(self, ids: Sequence[str], with_payload: bool = True,
                  with_vectors: VectorSelection = False) -> list[StorePoint]:
         if not ids:
@@ -207,6 +246,7 @@ class ServerStore(VectorStore):
                                         with_vectors=vector_selection(with_vectors))
         return in_requested_order(records, ids)
 
+    @_missing_collection_is_a_store_error
     def scroll(self, filter: SearchFilter | None = None, limit: int = 1000, offset: str | None = None,
                with_payload: bool = True, with_vectors: VectorSelection = False,
                ) -> tuple[list[StorePoint], str | None]:
@@ -216,6 +256,7 @@ class ServerStore(VectorStore):
         points = [store_point(r) for r in records]
         return points, None if next_offset is None else str(next_offset)
 
+    @_missing_collection_is_a_store_error
     def count(self, filter: SearchFilter | None = None) -> int:
         return int(self._client.count(self.collection, count_filter=server_filter(filter), exact=True).count)
 
