@@ -8,7 +8,7 @@ DuckDB is only the query engine, over views:
 
     lesions            latest row per (collection, isic_id)   (lesions_history: every row)
     predictions        model-predicted attribute values
-    ingest_runs        latest row per run_id                  (ingest_runs_history: every row)
+    ingest_runs        latest row per (collection, run_id)    (ingest_runs_history: every row)
     ingest_partitions  the ledger: one row per committed partition
     quarantine         rejected records with the field and reason
     evaluations        metrics of evaluation runs
@@ -87,7 +87,8 @@ _STAMP = {"lesions": "written_at", "predictions": "written_at", "ingest_runs": "
           "ingest_partitions": "committed_at", "quarantine": "at", "evaluations": "written_at",
           "retrieval_hits": "written_at"}
 # Tables whose view keeps only the latest row per key (the full history stays readable).
-_LATEST_BY = {"lesions": ("collection", "isic_id"), "ingest_runs": ("run_id",)}
+# A run is keyed by its collection too: a restored or seeded version carries copies of its runs.
+_LATEST_BY = {"lesions": ("collection", "isic_id"), "ingest_runs": ("collection", "run_id")}
 
 
 class CatalogError(ValueError):

@@ -4,7 +4,10 @@ The catalog's `collection` column names the physical version (`lesions__v2`, or 
 so `check` compares a version's points with exactly its own rows and ledger. When a version is
 restored from a snapshot or seeded from another version, its rows are written again under the new
 physical name with the same file names the ingest writer uses (`<collection>--<partition_id>`),
-which is how `check` finds a ledger partition's rows.
+which is how `check` finds a ledger partition's rows. The ingest runs those rows cite are written
+again under the new name too (ingest_runs is keyed by collection and run), so the analysts' views
+(`collections`, `collection_versions`) name the new version as `collections list` does, and the
+source version keeps its own run rows.
 """
 
 from __future__ import annotations
@@ -61,10 +64,19 @@ def collection_files(catalog: Catalog, collection: str) -> list[CatalogFile]:
     run_ids = sorted({r for f in files if "run_id" in f.rows.column_names for r in f.rows.column("run_id").to_pylist()
                       if r is not None})
     if run_ids:
-        runs = catalog.query("SELECT * FROM ingest_runs_history WHERE list_contains(?, run_id)", [run_ids])
+        runs = _own_runs(catalog.query("SELECT * FROM ingest_runs_history WHERE list_contains(?, run_id)", [run_ids]),
+                         collection)
         if runs:
             files.append(CatalogFile(RUNS_TABLE, "runs", pa.Table.from_pylist(runs, schema=TABLES[RUNS_TABLE])))
     return files
+
+
+def _own_runs(rows: list[dict], collection: str) -> list[dict]:
+    """Of each run's status rows, those recorded under `collection`. Copies of a run under other
+    versions would otherwise be carried too; a run recorded only under another collection (copied
+    before runs were written under the copy's name) keeps the rows it has."""
+    own = {r["run_id"] for r in rows if r["collection"] == collection}
+    return [r for r in rows if r["collection"] == collection or r["run_id"] not in own]
 
 
 def write_files(dest_dir: Path, files: Iterable[CatalogFile]) -> list[tuple[str, Path]]:
@@ -89,18 +101,18 @@ def read_files(attachments: dict[str, Path]) -> list[CatalogFile]:
 
 
 def install_files(catalog: Catalog, collection: str, files: Iterable[CatalogFile]) -> int:
-    """Write the rows as `collection`'s (file `<collection>--<suffix>`); ingest runs only when the
-    catalog lacks them. Returns the lesion rows written."""
+    """Write the rows as `collection`'s (file `<collection>--<suffix>`); ingest runs only when
+    `collection` lacks them. Returns the lesion rows written."""
     lesions = 0
     for f in files:
-        rows = f.rows.to_pylist()
+        rows = [{**r, "collection": collection} for r in f.rows.to_pylist()]
         if f.table == RUNS_TABLE:
-            known = {r["run_id"] for r in catalog.query("SELECT DISTINCT run_id FROM ingest_runs_history")}
+            known = {r["run_id"] for r in catalog.query(
+                "SELECT DISTINCT run_id FROM ingest_runs_history WHERE collection = ?", [collection])}
             rows = [r for r in rows if r["run_id"] not in known]
             if rows:
                 catalog.append(RUNS_TABLE, rows)
             continue
-        rows = [{**r, "collection": collection} for r in rows]
         catalog.append(f.table, rows, name=f"{collection}{_SEPARATOR}{f.suffix}")
         lesions += len(rows) if f.table == "lesions" else 0
     return lesions

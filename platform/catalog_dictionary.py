@@ -24,7 +24,9 @@ VIEWS: dict[str, str] = {
     "lesions_history": "Every lesion row ever written (re-ingests included); `lesions` keeps the latest of each.",
     "predictions": "Model answers: one row per evaluation run, image and attribute. Written by `dermground eval "
                    "predict`, one Parquet file per run.",
-    "ingest_runs": "The latest status row per ingest run (running, done, failed, died) with its counts.",
+    "ingest_runs": "The latest status row per ingest run and collection (running, done, failed, died) with its "
+                   "counts. A version restored from a snapshot, or seeded from the live one by an ingest into a served "
+                   "collection, holds copies of the runs its rows came from under its own collection name.",
     "ingest_runs_history": "Every status row of every ingest run (a run writes `running`, then `done` or `failed`; a later ingest marks a killed one `died`).",
     "ingest_partitions": "The ingest ledger: one row per committed partition; a partition counts only once its "
                          "row exists.",

@@ -1,0 +1,133 @@
+"""The analysts' views after a snapshot restore or a seeded version: every view names the version
+the rows now belong to exactly as `collections list` does, and the source version keeps its rows.
+
+(A restored or seeded version's ingest runs used to stay under the source's physical collection:
+`collections` showed a phantom version and `collection_versions` left the new one out.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dermground.ingest.partitions import ids_hash
+from dermground.platform.analyst import connect
+from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.catalog import Catalog
+from dermground.platform.catalog_copy import copy_collection_rows
+from dermground.platform.cli import cli
+from dermground.platform.commands import context
+from dermground.platform.settings import load_settings
+from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, open_store, point_id
+
+N, DIM, FP, NAME = 4, 8, "fp-views", "snap"
+ISIC_IDS = [f"ISIC_{i:07d}" for i in range(N)]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(context, "_current", None)
+    yield
+    monkeypatch.setattr(context, "_current", None)
+
+
+def _cli(home: Path, *args: str) -> str:
+    context._current = None  # each invocation reads its own --home
+    result = CliRunner().invoke(cli, ["--home", str(home), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _ingested_home(home: Path) -> None:
+    """Collection `snap` v0: points, lesions, a ledger partition and a run (`running`, then `done`)."""
+    settings = load_settings(home=home)
+    rng = np.random.default_rng(0)
+    records = [{"isic_id": i, "patient_id": "IP_1", "split": "train", "image_ref": f"/nowhere/{i}.jpg",
+                **{a.name: float(a.low + 1) for a in ATTRIBUTES}} for i in ISIC_IDS]
+    with open_store(settings, NAME) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert([StorePoint(point_id(r["isic_id"]), {n: rng.normal(size=DIM).astype(np.float32)
+                                                          for n in DEFAULT_VECTOR_NAMES}, build_payload(r, FP))
+                      for r in records])
+    catalog = Catalog(settings.catalog_dir)
+    run = {"run_id": "r1", "collection": NAME, "fingerprint": FP}
+    catalog.append("ingest_runs", [{**run, "status": "running"}])
+    catalog.append("ingest_runs", [{**run, "status": "done", "n_ingested": N}])
+    catalog.append("lesions", [{"isic_id": i, "patient_id": "IP_1", "split": "train", "collection": NAME,
+                                "fingerprint": FP, "run_id": "r1"} for i in ISIC_IDS], name=f"{NAME}--p000000-x")
+    catalog.append("ingest_partitions", [{"run_id": "r1", "collection": NAME, "partition_id": "p000000-x",
+                                          "n_points": N, "ids_hash": ids_hash(ISIC_IDS)}], name=f"{NAME}--p000000-x")
+
+
+def _view_rows(home: Path, sql: str) -> list[tuple]:
+    con = connect(home / "catalog")
+    try:
+        return con.sql(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _versions_everywhere(home: Path) -> dict[str, set[str]]:
+    """The versions of `snap` that `collections list` and each analyst view name."""
+    listed = {v["version"] for v in json.loads(_cli(home, "collections", "list", NAME, "--json"))}
+    where = f"WHERE name = '{NAME}'"
+    return {"collections list": listed,
+            "collections": {r[0] for r in _view_rows(home, f"SELECT version FROM collections {where}")},
+            "collection_versions": {r[0] for r in _view_rows(home, f"SELECT version FROM collection_versions {where}")}}
+
+
+def _facts(home: Path, collection: str) -> tuple[tuple, tuple, int]:
+    """(collections row, collection_versions row, ingest_runs_history rows) of one physical collection."""
+    (facts,) = _view_rows(home, f"SELECT lesions, ingest_runs, runs_done, partitions, fingerprints, last_run_id, "
+                                f"last_run_status FROM collections WHERE collection = '{collection}'")
+    (versions,) = _view_rows(home, f"SELECT fingerprint, ingest_runs, runs_done, ingested, current_lesions "
+                                   f"FROM collection_versions WHERE collection = '{collection}'")
+    (history,) = _view_rows(home, f"SELECT count(*) FROM ingest_runs_history WHERE collection = '{collection}'")
+    return facts, versions, history[0]
+
+
+def test_a_restored_version_is_named_in_every_view_as_collections_list_names_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _ingested_home(home)
+    source = _facts(home, NAME)
+    assert source == ((N, 1, 1, 1, 1, "r1", "done"), (FP, 1, 1, N, N), 2)
+    source_runs = _view_rows(home, f"SELECT * FROM ingest_runs WHERE collection = '{NAME}'")
+    _cli(home, "snapshot", "create", "--collection", NAME)
+    (tar,) = (home / "snapshots" / NAME).glob("*.tar")
+
+    # Into the same home: a new version v1 beside v0.
+    assert "version v1 is live" in _cli(home, "snapshot", "restore", str(tar), "--collection", NAME, "--yes")
+    assert _versions_everywhere(home) == dict.fromkeys(("collections list", "collections", "collection_versions"),
+                                                       {"v0", "v1"})
+    assert _facts(home, f"{NAME}__v1") == source  # the restored version's own runs, lesions and ledger
+    assert _facts(home, NAME) == source  # the source version's rows are unaffected
+    assert _view_rows(home, f"SELECT * FROM ingest_runs WHERE collection = '{NAME}'") == source_runs
+
+    # The restored version's snapshot, into a fresh home: only the version it restores as.
+    _cli(home, "snapshot", "create", "--collection", NAME, "--version", "v1")
+    (tar_v1,) = (p for p in (home / "snapshots" / NAME).glob("*.tar") if p != tar)
+    fresh = tmp_path / "fresh"
+    output = _cli(fresh, "snapshot", "restore", str(tar_v1), "--collection", NAME, "--yes")
+    (version,) = json.loads(_cli(fresh, "collections", "list", NAME, "--json"))
+    assert f"version {version['version']} is live" in output
+    assert _versions_everywhere(fresh) == dict.fromkeys(("collections list", "collections", "collection_versions"),
+                                                        {version["version"]})
+    physical = NAME if version["version"] == "v0" else f"{NAME}__{version['version']}"
+    assert _facts(fresh, physical) == source  # carried once: not v0's copies of r1 as well
+    assert "store and catalog agree" in _cli(fresh, "check", "--collection", NAME)
+
+
+def test_a_seeded_version_gets_its_own_copy_of_the_runs_its_rows_came_from(tmp_path: Path) -> None:
+    """What an ingest into a served collection does before it writes the new version
+    (ingest/targets.py): copy the live version's rows under the new version's name."""
+    home = tmp_path / "home"
+    _ingested_home(home)
+    source = _facts(home, NAME)
+    copy_collection_rows(Catalog(home / "catalog"), NAME, f"{NAME}__v1")
+    views = {r[0] for r in _view_rows(home, "SELECT collection FROM collection_versions")}
+    assert views == {NAME, f"{NAME}__v1"}
+    assert _facts(home, f"{NAME}__v1") == source
+    assert _facts(home, NAME) == source
