@@ -34,7 +34,7 @@ class TrainingTuple:
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """The tuples of D_tr and a fingerprint of exactly what they contain."""
+    """The tuples of D_tr, a fingerprint of exactly what they contain, and the records left out."""
 
     tuples: tuple[TrainingTuple, ...]
     fingerprint: str
@@ -42,6 +42,7 @@ class TrainingSet:
     w: int
     seed: int
     multi_attribute: bool
+    left_out: tuple = ()  # LeftOut (train/training_images.py): refused records, with field and reason
 
     def __len__(self) -> int:
         return len(self.tuples)
@@ -78,23 +79,26 @@ def data_fingerprint(tuples: Iterable[TrainingTuple]) -> str:
 
 
 def build_training_set(data_dir: str | Path, w: int = DEFAULT_W, seed: int = 0, multi_attribute: bool = False,
-                       max_images: int | None = None) -> TrainingSet:
-    """D_tr from the training split of an ISIC-format folder (rejected rows are skipped)."""
-    from dermground.platform.records import LesionRecord, read_records
+                       max_images: int | None = None, *, model_dir: str | Path | None = None,
+                       progress: bool = False) -> TrainingSet:
+    """D_tr from the training split of an ISIC-format folder.
 
+    Each image is checked once here (the image gate, and `model_dir`'s patch recipe when given:
+    train/training_images.py); a record refused there or by the reader is left out with a warning
+    naming it, the field and the reason, and listed in `left_out`. ValueError when none is usable.
+    """
+    from dermground.train.training_images import TrainingImages
+
+    images = TrainingImages(data_dir, model_dir, max_images=max_images, command="train", progress=progress)
     tuples: list[TrainingTuple] = []
     n_images = 0
-    for record in read_records(Path(data_dir), split="train"):
-        if not isinstance(record, LesionRecord):
-            continue
+    for record, _ in images:  # the image is decoded to check it; the workers decode it again when they use it
         tuples += tuples_for_image(record.isic_id, record.image_ref, record.attributes, w, seed, multi_attribute)
         n_images += 1
-        if max_images is not None and n_images >= max_images:
-            break
     if not tuples:
-        raise ValueError(f"{data_dir} has no usable training-split images; check the data folder "
-                         "(`dermground synth` makes one)")
-    return TrainingSet(tuple(tuples), data_fingerprint(tuples), n_images, w, seed, multi_attribute)
+        raise images.nothing_usable()
+    return TrainingSet(tuple(tuples), data_fingerprint(tuples), n_images, w, seed, multi_attribute,
+                       tuple(images.left_out))
 
 
 def tuples_to_rows(tuples: Iterable[TrainingTuple]) -> list[dict]:

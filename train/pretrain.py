@@ -97,28 +97,31 @@ def _format(value: float, decimals: int) -> str:
 
 
 def build_pretraining_rows(data_dir: str | Path, questions_per_image: int = len(STATISTICS), seed: int = 0,
-                           max_images: int | None = None) -> list[dict]:
-    """Tuples (as rows) of image-statistics questions for the training-split images of `data_dir`."""
-    from dermground.platform.records import LesionRecord, read_records
+                           max_images: int | None = None, *, model_dir: str | Path | None = None,
+                           left_out: list | None = None) -> list[dict]:
+    """Tuples (as rows) of image-statistics questions for the training-split images of `data_dir`.
+
+    Each image is checked once as it is decoded for its statistics (the image gate, and
+    `model_dir`'s patch recipe when given: train/training_images.py); a refused one is left out
+    with a warning naming the record, the field and the reason, and appended to `left_out`.
+    """
     from dermground.train.dataset import TrainingTuple, tuples_to_rows
+    from dermground.train.training_images import TrainingImages
 
     if not 1 <= questions_per_image <= len(STATISTICS):
         raise ValueError(f"questions_per_image must be between 1 and {len(STATISTICS)}")
+    images = TrainingImages(data_dir, model_dir, max_images=max_images, command="pretrain")
     tuples: list[TrainingTuple] = []
-    n = 0
-    for record in read_records(Path(data_dir), split="train"):
-        if not isinstance(record, LesionRecord):
-            continue
-        values = image_statistics(np.asarray(record.load_image()))
+    for record, image in images:
+        values = image_statistics(np.asarray(image))
         chosen = random.Random(f"{seed}:{record.isic_id}:pretrain").sample(STATISTICS, questions_per_image)
         for stat in chosen:
             tuples.append(TrainingTuple(record.isic_id, record.image_ref, (stat.key,), stat.question,
                                         _format(values[stat.key], stat.decimals)))
-        n += 1
-        if max_images is not None and n >= max_images:
-            break
+    if left_out is not None:
+        left_out += images.left_out
     if not tuples:
-        raise ValueError(f"{data_dir} has no usable training-split images")
+        raise images.nothing_usable()
     return tuples_to_rows(tuples)
 
 
@@ -140,7 +143,9 @@ def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
     out = Path(out_dir)
     if out.resolve() == base.resolve():
         raise ValueError("--out must differ from --base: pre-training writes a new model folder")
-    rows = build_pretraining_rows(data_dir, config.questions_per_image, config.seed, config.max_images)
+    left_out: list = []  # records the image checks refused (each named in a warning)
+    rows = build_pretraining_rows(data_dir, config.questions_per_image, config.seed, config.max_images, model_dir=base,
+                                  left_out=left_out)
     started = time.perf_counter()
     work = out.parent / f".{out.name}.pretrain"
     tower = _tower_stage(data_dir, base, work / "tower", config, progress)
@@ -159,6 +164,7 @@ def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
         "from_fingerprint": fingerprint(base), "fingerprint": fingerprint(out), "steps": int(state["step"]),
         "loss_curve": state["loss_curve"], "seconds": round(time.perf_counter() - started, 2),
         "tower": tower,
+        "n_left_out": len(left_out), "left_out": [item.as_dict() for item in left_out],
     }
     (out / PRETRAIN_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return metadata

@@ -38,6 +38,7 @@ class TrainResult:
     base_fingerprint: str
     n_tuples: int
     hyperparameters: dict = field(default_factory=dict)
+    left_out: tuple = ()  # LeftOut (train/training_images.py): training records refused, with field and reason
 
 
 def default_cpus_per_worker(workers: int) -> int:
@@ -152,8 +153,9 @@ def train_adapter(
 
     config = config or TrainConfig()
     base = check_model_dir(base_dir)
+    # Every image is checked here, on the driver: the workers get only rows whose image passed.
     training_set = build_training_set(data_dir, w=config.w, seed=config.seed, multi_attribute=config.multi_attribute,
-                                      max_images=max_images)
+                                      max_images=max_images, model_dir=base, progress=progress)
     hyper = config.hyperparameters()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +172,7 @@ def train_adapter(
         final_loss=loss_curve[-1][1] if loss_curve else float("nan"), loss_curve=loss_curve,
         seconds=time.perf_counter() - started, data_fingerprint=training_set.fingerprint,
         base_fingerprint=fingerprint(base), n_tuples=len(training_set), hyperparameters=hyper,
+        left_out=training_set.left_out,
     )
     metadata = {
         "hyperparameters": hyper, "base_model_dir": str(base.resolve()), "base_fingerprint": result.base_fingerprint,
@@ -177,6 +180,7 @@ def train_adapter(
         "data_fingerprint": training_set.fingerprint, "n_images": training_set.n_images, "n_tuples": len(training_set),
         "prompt_version": PROMPT_VERSION, "steps": result.steps, "resumed_from_step": result.resumed_from_step,
         "seconds": round(result.seconds, 2), "loss_curve": loss_curve,
+        "n_left_out": len(training_set.left_out), "left_out": [item.as_dict() for item in training_set.left_out],
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return result

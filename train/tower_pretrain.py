@@ -80,29 +80,26 @@ def _model_input_rgb(image, grid_thw: torch.Tensor, patch_size: int) -> np.ndarr
     return np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC))
 
 
-def _encode_images(data_dir: Path, processor, max_images: int | None, progress: bool):  # noqa: ANN001, ANN202
-    """Patches (float16, to halve the memory), grids and region statistics of the train-split images."""
+def _encode_images(data_dir: Path, model_dir: Path, processor, max_images: int | None, progress: bool):  # noqa: ANN001, ANN202
+    """Patches (float16, to halve the memory), grids and region statistics of the usable train-split
+    images (refused ones are left out, each named in a warning: train/training_images.py)."""
     from dermground.platform.progress import progress_bar
+    from dermground.train.training_images import TrainingImages
 
-    from dermground.platform.records import LesionRecord, read_records
-
-    records = [r for r in read_records(data_dir, split="train") if isinstance(r, LesionRecord)]
-    if max_images is not None:
-        records = records[:max_images]
-    if not records:
-        raise ValueError(f"{data_dir} has no usable training-split images")
     patch_size = int(processor.image_processor.patch_size)
     if patch_size * int(processor.image_processor.merge_size) != TOKEN_PIXELS:
         raise ValueError(f"the model's merged tokens are not {TOKEN_PIXELS} px wide (patch {patch_size}, merge "
                          f"{processor.image_processor.merge_size}): tower pre-training supports Qwen2-VL's 14 x 2")
+    images = TrainingImages(data_dir, model_dir, max_images=max_images, command="pretrain (tower)")
     patches, grids, targets = [], [], []
-    for record in progress_bar(records, desc="tower: encode", unit="image", disable=not progress):
-        image = record.load_image()
+    for _, image in progress_bar(images, desc="tower: encode", unit="image", disable=not progress):
         encoded = processor.image_processor(images=[image], return_tensors="pt")
         grid = encoded["image_grid_thw"][0]
         patches.append(encoded["pixel_values"].to(torch.float16))
         grids.append(grid)
         targets.append(region_statistics(_model_input_rgb(image, grid, patch_size)))
+    if not patches:
+        raise images.nothing_usable()
     return patches, torch.stack(grids), np.stack(targets)
 
 
@@ -123,7 +120,7 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
     torch.manual_seed(config.seed)
     backbone = load_backbone(base, device="cpu", dtype="float32", for_training=True)
     model = backbone.core
-    patches, grids, raw_targets = _encode_images(Path(data_dir), backbone.processor, config.max_images, progress)
+    patches, grids, raw_targets = _encode_images(Path(data_dir), base, backbone.processor, config.max_images, progress)
     batch = min(config.batch_size, len(patches))
     curve = _train_tower(model, patches, grids, _standardised(raw_targets), config, batch, progress)
     _save_model(model, base, out)

@@ -36,7 +36,7 @@ def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, ray_address: 
     """Teach the random tiny model generic image-statistics answers (not the 16 attributes)."""
     from dermground.platform.model.loading import BackboneError
     from dermground.train.config import PretrainConfig
-    from dermground.train.pretrain import pretrain_base
+    from dermground.train.pretrain import PRETRAIN_METADATA_FILE, pretrain_base
 
     base = base_dir or current_settings().base_model_dir
     try:
@@ -53,4 +53,7 @@ def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, ray_address: 
                    f"images, final loss {meta['tower']['final_loss']:.4f} (1 = predicting the mean)")
     click.echo(f"pre-trained {meta['steps']} steps on {meta['n_tuples']} questions in {meta['seconds']:.1f} s; "
                f"final loss {curve[-1][1]:.4f}" if curve else "no steps run")
+    if meta["n_left_out"]:
+        click.echo(f"left out {meta['n_left_out']} training records the image checks refused (named above; listed in "
+                   f"{PRETRAIN_METADATA_FILE})")
     click.echo(f"model written to {out_dir} (fingerprint {meta['fingerprint']})")

@@ -87,4 +87,7 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker:
         click.echo(f"step {step:>6}  loss {loss:.4f}")
     click.echo(f"trained {result.steps} steps on {result.n_tuples} tuples in {result.seconds:.1f} s; "
                f"final loss {result.final_loss:.4f}")
+    if result.left_out:
+        click.echo(f"left out {len(result.left_out)} training records the image checks refused (named above; "
+                   f"listed in {METADATA_FILE})")
     click.echo(f"adapter written to {out_dir} (metadata: {METADATA_FILE}, data fingerprint {result.data_fingerprint})")
