@@ -77,6 +77,10 @@ class ImageRejected(ValueError):
         self.detail = detail
         super().__init__(f"{rule}: {detail}")
 
+    def __reduce__(self) -> tuple[type[ImageRejected], tuple[str, str]]:
+        # Rebuilt from both fields when it crosses a process (a Ray task): the default passes only str(self).
+        return type(self), (self.rule, self.detail)
+
     @property
     def too_large(self) -> bool:
         """Whether the refusal is about size (HTTP 413) rather than content (HTTP 422)."""

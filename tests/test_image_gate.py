@@ -229,3 +229,11 @@ def test_a_photo_handed_in_as_pixels_is_turned_like_the_same_file() -> None:
     assert handed_in.size == from_file.size == (20, 40)
     assert np.array_equal(np.asarray(handed_in), np.asarray(from_file))
     assert check_decoded(from_file, max_pixels=MAX_PIXELS).size == (20, 40)  # a gated image is not turned again
+
+
+def test_a_refusal_keeps_its_rule_and_detail_across_processes() -> None:
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(ImageRejected("decode", "the file ends early")))
+    assert (type(copy), copy.rule, copy.detail, str(copy)) == (ImageRejected, "decode", "the file ends early",
+                                                                 "decode: the file ends early")
