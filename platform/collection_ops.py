@@ -25,7 +25,15 @@ from dermground.platform.settings import Settings
 from dermground.platform.store import StoreError, StoreLockedError, open_collections
 from dermground.platform.store.indexing import build_index_if_large
 from dermground.platform.store.snapshots import VerifiedSnapshot, load_snapshot, open_snapshot, write_snapshot
-from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionInfo, VersionMeta, interrupted_note
+from dermground.platform.store.versions import (
+    BUILDING,
+    READY,
+    VersionError,
+    VersionInfo,
+    VersionMeta,
+    interrupted_note,
+    split_physical,
+)
 
 Progress = Callable[[int], None]
 
@@ -77,6 +85,13 @@ class RestorePlan:
     name: str
     snapshot: VerifiedSnapshot
     live: VersionInfo | None
+
+    def source_name(self) -> str | None:
+        """The collection the snapshot was taken of (None when its manifest does not say)."""
+        meta = self.snapshot.manifest.get("meta") or {}
+        physical = self.snapshot.manifest.get("collection")
+        name = meta.get("name") or (split_physical(str(physical))[0] if physical else None)
+        return str(name) if name else None
 
     def describe(self) -> str:
         snap = self.snapshot

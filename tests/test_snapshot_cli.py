@@ -119,3 +119,25 @@ def test_an_unfinished_version_is_not_snapshotted_into_one_that_restores_as_fini
                                       "--version", version])
     assert result.exit_code == 1 and "still 'building'" in result.output, result.output
     assert not list((home / "snapshots" / "snap").glob("*.tar"))  # `collections switch` refuses it; so does this
+
+
+def test_a_snapshot_of_another_collection_needs_collection_named_even_with_yes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _fill(home, 4)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--home", str(home), "snapshot", "create", "--collection", "snap"]).exit_code == 0
+    (tar,) = (home / "snapshots" / "snap").glob("*.tar")
+
+    # The default collection is "lesions": without --collection the backup of "snap" must not land there.
+    refused = runner.invoke(cli, ["--home", str(home), "snapshot", "restore", str(tar), "--yes"])
+    assert refused.exit_code == 1, refused.output
+    assert "--collection snap" in refused.output and "--collection lesions" in refused.output
+    with open_store(load_settings(home=home), "lesions") as store:
+        assert store.describe() is None  # nothing was created
+    assert not any((home / "snapshots" / ".staging").glob("*/points"))  # the unpacked copy went too
+
+    chosen = runner.invoke(cli, ["--home", str(home), "snapshot", "restore", str(tar), "--collection", "lesions",
+                                 "--yes"])
+    assert chosen.exit_code == 0, chosen.output
+    with open_store(load_settings(home=home), "lesions") as store:
+        assert store.count() == 4

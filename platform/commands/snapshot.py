@@ -54,10 +54,10 @@ def list_(collection: str) -> None:
 
 @snapshot.command("restore")
 @click.argument("snapshot_file", type=click.Path(path_type=Path))
-@click.option("--collection", callback=collection_name,
-              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
+@click.option("--collection", callback=collection_name, default=None, show_default="DERMGROUND_COLLECTION",
+              help="The collection to restore into; needed when the snapshot is of another collection.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def restore(snapshot_file: Path, collection: str, yes: bool) -> None:
+def restore(snapshot_file: Path, collection: str | None, yes: bool) -> None:
     """Restore SNAPSHOT_FILE into a new version of the collection and switch to it.
 
     The snapshot is verified in full first; a damaged one is refused and nothing changes.
@@ -68,12 +68,21 @@ def restore(snapshot_file: Path, collection: str, yes: bool) -> None:
     settings = current_settings()
     if not snapshot_file.is_file():
         raise click.ClickException(f"no snapshot file {snapshot_file}; see `dermground snapshot list`")
+    chosen = collection is not None
+    collection = collection if chosen else settings.collection
     try:
         plan = plan_restore(settings, collection, snapshot_file)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     confirmed = False
     try:
+        source = plan.source_name()
+        if not chosen and source is not None and source != collection:
+            # Only the default named the target: never put another collection's backup in its place unasked.
+            raise click.ClickException(
+                f"{snapshot_file.name} is a snapshot of {source!r}, not of the default collection {collection!r}: "
+                f"pass --collection {source} to restore it as itself, or --collection {collection} to restore it "
+                f"in place of {collection!r}")
         click.echo(plan.describe())
         confirmed = yes or click.confirm("Restore it into a new version and switch to it?")
     finally:
