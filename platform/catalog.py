@@ -9,7 +9,7 @@ DuckDB is only the query engine, over views:
     lesions            latest row per (collection, isic_id)   (lesions_history: every row)
     predictions        model-predicted attribute values
     ingest_runs        latest row per (collection, run_id)    (ingest_runs_history: every row)
-    ingest_partitions  the ledger: one row per committed partition
+    ingest_partitions  the ledger: one row per commit of a partition (the latest counts)
     quarantine         rejected records with the field and reason
     evaluations        metrics of evaluation runs
     retrieval_hits     per retrieval-evaluation query, method and attribute: the hits and their percentiles

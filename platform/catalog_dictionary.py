@@ -28,8 +28,9 @@ VIEWS: dict[str, str] = {
                    "counts. A version restored from a snapshot, or seeded from the live one by an ingest into a served "
                    "collection, holds copies of the runs its rows came from under its own collection name.",
     "ingest_runs_history": "Every status row of every ingest run (a run writes `running`, then `done` or `failed`; a later ingest marks a killed one `died`).",
-    "ingest_partitions": "The ingest ledger: one row per committed partition; a partition counts only once its "
-                         "row exists.",
+    "ingest_partitions": "The ingest ledger: one row per commit of a partition; a partition counts only once its "
+                         "row exists. A partition is committed again when a record it quarantined was fixed since: "
+                         "its latest row (committed_at) is the one that counts.",
     "quarantine": "Records that ingest refused, with the field at fault and the reason.",
     "evaluations": "Summary metrics of evaluation runs (R² and parse rate per attribute; retrieval medians and "
                    "quartiles per method and attribute).",
