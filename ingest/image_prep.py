@@ -17,12 +17,10 @@ from functools import lru_cache
 import numpy as np
 
 from dermground.platform.image_sources import load_image_bytes
-from dermground.platform.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+# INPUT_ERRORS and rejection_reason live beside the gate (training uses them too); ingest names them from here.
+from dermground.platform.images import DEFAULT_MAX_PIXELS, INPUT_ERRORS, decode_image, rejection_reason
 from dermground.platform.model.image_inputs import PreparedImage
 from dermground.platform.model.patch_recipe import PatchRecipe
-
-# Errors one bad input can cause: decoding, the recipe's size checks, a missing HDF5 key.
-INPUT_ERRORS = (ImageRejected, ValueError, OSError, KeyError)
 
 
 @lru_cache(maxsize=4)
@@ -34,13 +32,12 @@ def recipe_for(model_dir: str) -> PatchRecipe:
 def prepare_images(batch: dict[str, np.ndarray], model_dir: str,
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
     """The stage's function for `Dataset.map_batches`: one batch of image references in, patches out."""
-    recipe = recipe_for(model_dir)
     n = len(batch["image_ref"])
     errors = [""] * n
     prepared: dict[int, PreparedImage] = {}
     for i, ref in enumerate(batch["image_ref"]):
         try:
-            prepared[i] = recipe.prepare(decode_image(load_image_bytes(str(ref)), max_pixels=max_pixels))
+            prepared[i] = prepare_reference(str(ref), model_dir, max_pixels)
         except INPUT_ERRORS as exc:
             errors[i] = rejection_reason(exc)
     grids = np.zeros((n, 3), dtype=np.int64)
@@ -50,10 +47,9 @@ def prepare_images(batch: dict[str, np.ndarray], model_dir: str,
             "pixel_values": _pixel_column(prepared, n), "grid_thw": grids}
 
 
-def rejection_reason(exc: BaseException) -> str:
-    """The quarantine reason of an image: the gate's own words, else the error's type and text."""
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, ImageRejected) else f"{type(exc).__name__}: {text}"
+def prepare_reference(image_ref: str, model_dir: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+    """One image, read by its reference, through the gate and the checkpoint's recipe (INPUT_ERRORS when refused)."""
+    return recipe_for(model_dir).prepare(decode_image(load_image_bytes(image_ref), max_pixels=max_pixels))
 
 
 def _pixel_column(prepared: dict[int, PreparedImage], n: int) -> np.ndarray:

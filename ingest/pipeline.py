@@ -286,13 +286,13 @@ def _skip_committed(state: _RunState, partitions: Iterable[Partition], committed
         points = committed.get(partition.partition_id)
         if points is not None:
             state.ensure_collection()  # the ledger says the store holds it: the collection must exist
-        store = state.writer.store
-        if points is not None and _store_holds(store, partition, points) and not _quarantined_record_now_passes(
-                store, partition, state.fingerprint, **state.job.prep_arguments()):
-            summary.skipped += points
-            summary.partitions_skipped += 1
-            bar.update(len(partition))  # type: ignore[attr-defined]
-            continue
+            stored = _stored_ids(state.writer.store, partition)
+            if len(stored) >= points and not _quarantined_record_now_passes(
+                    partition, stored, state.fingerprint, **state.job.prep_arguments()):
+                summary.skipped += points
+                summary.partitions_skipped += 1
+                bar.update(len(partition))  # type: ignore[attr-defined]
+                continue
         yield partition
 
 
@@ -314,33 +314,30 @@ def _starting_ray(job: IngestJob, partitions: Iterable[Partition]) -> Iterator[P
         yield partition
 
 
-def _store_holds(store: VectorStore, partition: Partition, n_points: int) -> bool:
-    """Whether the store still has the points the ledger says this partition committed.
+def _stored_ids(store: VectorStore, partition: Partition) -> set[str]:
+    """The ids of the partition's records the store holds.
 
-    The ledger lives in the catalog and the points in the store: a collection folder deleted or
-    restored from an older snapshot behind the catalog's back must be re-ingested, not skipped.
+    The ledger lives in the catalog and the points in the store: a partition whose points are no
+    longer all there (a collection folder deleted or restored from an older snapshot behind the
+    catalog's back) must be re-ingested, not skipped.
     """
-    ids = [point_id(r.isic_id) for r in partition.records]
-    return len(store.retrieve(ids, with_payload=False)) >= n_points
+    return {p.id for p in store.retrieve([point_id(r.isic_id) for r in partition.records], with_payload=False)}
 
 
-def _quarantined_record_now_passes(store: VectorStore, partition: Partition, fingerprint: str,
+def _quarantined_record_now_passes(partition: Partition, stored: set[str], fingerprint: str,
                                    model_dir: str, max_pixels: int) -> bool:
-    """Whether a record of a committed partition that the store lacks (quarantined for its image or
-    a value after the reader) now passes the same checks: fixed since, so the partition is ingested
-    again. Its id cannot say so: it changes with the rows the reader refuses, and these were refused
-    after it."""
-    from dermground.ingest.image_prep import INPUT_ERRORS, recipe_for
-    from dermground.platform.image_sources import load_image_bytes
-    from dermground.platform.images import decode_image
+    """Whether a record of a committed partition that the store lacks (not in `stored`: quarantined
+    for its image or a value after the reader) now passes the same checks: fixed since, so the
+    partition is ingested again. Its id cannot say so: it changes with the rows the reader refuses,
+    and these were refused after it."""
+    from dermground.ingest.image_prep import INPUT_ERRORS, prepare_reference
 
-    stored = {p.id for p in store.retrieve([point_id(r.isic_id) for r in partition.records], with_payload=False)}
     for record in partition.records:
         if point_id(record.isic_id) in stored:
             continue
         try:
             record_payload(record, fingerprint)
-            recipe_for(model_dir).prepare(decode_image(load_image_bytes(record.image_ref), max_pixels=max_pixels))
+            prepare_reference(record.image_ref, model_dir, max_pixels)
         except (PayloadError, *INPUT_ERRORS):
             continue  # still refused: its quarantine row stands
         return True

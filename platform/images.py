@@ -87,6 +87,18 @@ class ImageRejected(ValueError):
         return self.rule in _TOO_LARGE
 
 
+# What one bad input can raise on its way in: the gate's refusals and a patch recipe's size checks
+# (ValueError), an unreadable file (OSError), a missing HDF5 dataset (KeyError). Ingest quarantines
+# such a record and training leaves it out; the rest goes on.
+INPUT_ERRORS = (ImageRejected, ValueError, OSError, KeyError)
+
+
+def rejection_reason(exc: BaseException) -> str:
+    """Why an input was refused, in a record's words: the gate's own (`rule: detail`), else the error's type and text."""
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, ImageRejected) else f"{type(exc).__name__}: {text}"
+
+
 def processor_size(width: int, height: int, factor: int = FACTOR, min_pixels: int = PROCESSOR_MIN_PIXELS,
                    max_pixels: int = PROCESSOR_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) the Qwen2-VL processor resizes an image to; ImageRejected where it would raise.

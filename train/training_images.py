@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from dermground.platform.images import DEFAULT_MAX_PIXELS
+from dermground.platform.images import DEFAULT_MAX_PIXELS, INPUT_ERRORS, rejection_reason
 
 if TYPE_CHECKING:
     from dermground.platform.records import LesionRecord
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 IMAGE_FIELD = "image"
-# What one bad image can raise on its way in: the gate's refusals and the recipe's size checks
-# (ValueError), an unreadable file (OSError), a missing HDF5 dataset (KeyError); as ingest's CPU stage.
-IMAGE_ERRORS = (ValueError, OSError, KeyError)
 MAX_THREADS = 8
 
 
@@ -127,8 +124,8 @@ class TrainingImages:
                         continue
                     try:
                         image = future.result()
-                    except IMAGE_ERRORS as exc:
-                        self._leave_out(LeftOut(record.isic_id, IMAGE_FIELD, _reason(exc)))
+                    except INPUT_ERRORS as exc:  # the same refusals as ingest's CPU stage
+                        self._leave_out(LeftOut(record.isic_id, IMAGE_FIELD, rejection_reason(exc)))
                         continue
                     yield record, image  # type: ignore[misc]
                     kept += 1
@@ -153,11 +150,3 @@ class TrainingImages:
                           f"(first: {self.left_out[0].isic_id or '(no isic_id)'}: field {self.left_out[0].field}: "
                           f"{self.left_out[0].reason}); fix or replace the images the warnings above name, "
                           "then run again")
-
-
-def _reason(exc: BaseException) -> str:
-    """The gate's own words (`rule: detail`), else the error's type and text."""
-    from dermground.platform.images import ImageRejected
-
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, ImageRejected) else f"{type(exc).__name__}: {text}"
