@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from dermground.platform.store.server import ServerStore
 from dermground.platform.store.server_versions import ServerCollections
 from dermground.platform.store.snapshots import load_snapshot, open_snapshot, write_snapshot
 from dermground.platform.store.versions import BUILDING, READY, Collections
+from tests.store_holder import held_by_another_process
 
 DIM = 8
 
@@ -233,16 +233,6 @@ def test_a_live_store_lets_go_of_the_replaced_version_without_another_request(tm
         live.close()
 
 
-HOLDER = textwrap.dedent("""
-    import sys
-    from dermground.platform.store.edge import EdgeStore
-    store = EdgeStore(sys.argv[1], "c")
-    print("ready", flush=True)
-    sys.stdin.readline()
-    store.close()
-""")
-
-
 def test_ingest_into_a_served_collection_seeds_a_new_version_and_switches(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     with open_store(settings, "c") as store:
@@ -250,11 +240,8 @@ def test_ingest_into_a_served_collection_seeds_a_new_version_and_switches(tmp_pa
         store.upsert(_points(9, "fp-1", 0))
     catalog = Catalog(settings.catalog_dir)
     catalog.append("lesions", [{"isic_id": f"ISIC_{i:07d}", "collection": "c"} for i in range(9)], name="c--p0")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_dir / "c")], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     notes: list[str] = []
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with held_by_another_process(settings.store_dir / "c", "c") as holder:
         target = open_target(settings, "c", catalog, source="data", adapter=None, notify=notes.append)
         try:
             assert (target.version, target.seeded_from, target.switch_after) == ("v1", "v0", True)
@@ -270,10 +257,6 @@ def test_ingest_into_a_served_collection_seeds_a_new_version_and_switches(tmp_pa
         rows = catalog.query("SELECT count(*) AS n FROM lesions WHERE collection = 'c__v1'")
         assert rows[0]["n"] == 9  # the seeded version has the live version's catalog rows
         assert any(f"pid {holder.pid}" in n for n in notes)
-    finally:
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(timeout=60)
 
 
 def test_an_ingest_into_a_served_collection_does_not_undo_a_switch_made_while_it_ran(tmp_path: Path) -> None:
@@ -282,10 +265,7 @@ def test_an_ingest_into_a_served_collection_does_not_undo_a_switch_made_while_it
         store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
         store.upsert(_points(9, "fp-1", 0))
     cols = EdgeCollections(settings.store_dir)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_dir / "c")], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with held_by_another_process(settings.store_dir / "c", "c"):
         target = open_target(settings, "c", Catalog(settings.catalog_dir), source="data", adapter=None)
         try:
             assert (target.version, target.seeded_from) == ("v1", "v0")
@@ -300,10 +280,6 @@ def test_an_ingest_into_a_served_collection_does_not_undo_a_switch_made_while_it
             assert target.note is not None and f"collections switch c {target.version}" in target.note
         finally:
             target.close()
-    finally:
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(timeout=60)
 
 
 def test_an_ingest_says_so_when_the_version_it_wrote_stopped_being_live(tmp_path: Path) -> None:
@@ -360,16 +336,9 @@ def test_ingest_checks_the_lock_of_a_named_version_before_anything_else(tmp_path
     settings = Settings(home=tmp_path)
     cols = EdgeCollections(settings.store_dir)
     build_version(cols, "c", 3)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_dir / "c__v1")],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with held_by_another_process(settings.store_dir / "c__v1", "c") as holder:
         with pytest.raises(StoreLockedError, match=f"pid {holder.pid}"):
             open_target(settings, "c", Catalog(settings.catalog_dir), source="data", adapter=None, version="v1")
-    finally:
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(timeout=60)
 
 
 def _exited_process_stamp() -> dict[str, object]:

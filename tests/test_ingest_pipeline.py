@@ -272,43 +272,23 @@ def test_a_busy_embedded_store_gives_a_clear_error_naming_its_holder(dataset, ti
     assert EdgeCollections(tmp_path / "qdrant").versions("lesions") == ["v0"]  # nothing was copied
 
 
-HOLDER = """
-import sys
-from dermground.platform.store.edge import EdgeStore
-store = EdgeStore(sys.argv[1], "lesions")
-print("ready", flush=True)
-sys.stdin.readline()
-store.close()
-"""
-
-
 def test_an_ingest_while_the_store_is_served_writes_a_new_version_and_switches(
         dataset, ingested_home, tiny_model_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     from dermground.platform.store.edge_versions import EdgeCollections
+    from tests.store_holder import held_by_another_process
 
     home = _copy_of(ingested_home, tmp_path)
     records = [r for r in read_records(dataset) if isinstance(r, LesionRecord)]
     with open_store(_settings(home), "lesions") as store:  # one partition's images are "new"
         store.delete([point_id(r.isic_id) for r in records[:PARTITION]])
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "qdrant" / "lesions")],  # `serve`
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     notes: list[str] = []
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with held_by_another_process(home / "qdrant" / "lesions", "lesions") as holder:  # `serve`
         summary = ingest_dataset(dataset, "lesions", _settings(home), model_dir=tiny_model_dir, split="all",
                                  partition_size=PARTITION, batch_size=4, progress=False, notify=notes.append)
         assert (summary.version, summary.switched_from) == ("v1", "v0")
         assert (summary.ingested, summary.skipped) == (PARTITION, N_IMAGES - PARTITION)  # only the new are embedded
         assert any(f"in use by pid {holder.pid}" in n for n in notes)
         assert holder.poll() is None  # the server was never stopped
-    finally:
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(timeout=60)
     report = check_collection(_settings(home), "lesions")  # the live version v1 and its own catalog rows
     assert report.ok and report.store_points == N_IMAGES, report.findings
     assert EdgeCollections(home / "qdrant").live_version("lesions") == "v1"

@@ -27,6 +27,7 @@ from dermground.platform.crash_points import KILL_ENV
 from dermground.platform.settings import load_settings
 from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, open_store, point_id
 from dermground.platform.store.edge_versions import EdgeCollections, copy_sparse, disk_usage
+from tests.store_holder import held_by_another_process
 
 N, DIM, FP, NAME = 12, 8, "fp-snap", "snap"
 ISIC_IDS = [f"ISIC_{i:07d}" for i in range(N)]
@@ -279,29 +280,12 @@ def test_snapshot_is_sized_by_its_data(golden: tuple[Path, Path]) -> None:
     assert tar.stat().st_size <= 2 * disk_usage(home / "qdrant" / NAME)  # the issue's bound, with room to spare
 
 
-HOLDER = """
-import sys
-from dermground.platform.store.edge import EdgeStore
-store = EdgeStore(sys.argv[1], "snap")
-print("ready", flush=True)
-sys.stdin.readline()
-store.close()
-"""
-
-
 def test_a_served_collection_can_be_snapshotted(home: Path, tmp_path: Path) -> None:
     from dermground.platform.store.snapshots import open_snapshot
 
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "qdrant" / NAME)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-    try:
-        assert holder.stdout.readline().strip() == "ready"  # `serve` holds the live version
+    with held_by_another_process(home / "qdrant" / NAME, NAME):  # `serve` holds the live version
         created = _cli(home, "snapshot", "create", "--collection", NAME)
         assert created.exit_code == 0, created.output
-    finally:
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(timeout=60)
     newest = max((home / "snapshots" / NAME).glob("*.tar"), key=lambda p: p.stat().st_mtime)
     snapshot = open_snapshot(newest, tmp_path / "staging")
     assert snapshot.points == N and len(snapshot.attachments) == 3  # lesions, ledger, runs
@@ -467,17 +451,10 @@ def test_the_work_folder_of_a_killed_snapshot_create_is_cleared_by_the_next_one(
 
 
 def test_a_served_collection_whose_copy_does_not_fit_on_disk_gets_a_clear_error(home: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "qdrant" / NAME)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-    try:
-        assert holder.stdout.readline().strip() == "ready"  # `serve` holds the live version: create copies it
+    with held_by_another_process(home / "qdrant" / NAME, NAME):  # `serve` holds the live version: create copies it
         run = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "snapshot", "create",
                               "--collection", NAME], capture_output=True, text=True, timeout=600,
                              preexec_fn=_file_size_limited(1 << 20))  # the engine's log file is larger
-    finally:
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(timeout=60)
     assert run.returncode == 1, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "free space" in run.stderr, run.stderr[-2000:]
     assert EdgeCollections(home / "qdrant").versions(NAME) == ["v0"]  # the scratch copy is gone

@@ -5,10 +5,6 @@ EdgeStore runs in tmp_path (the real embedded engine), ServerStore in qdrant-cli
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +28,7 @@ from dermground.platform.store import (
 from dermground.platform.settings import Settings
 from dermground.platform.store.edge import EdgeStore
 from dermground.platform.store.server import ServerStore
+from tests.store_holder import held_by_another_process
 
 N, DIM, FP = 300, 32, "fp-test-1"
 SPEC = CollectionSpec(dim=DIM, fingerprint=FP)
@@ -282,30 +279,13 @@ def test_edge_persists_across_reopen(tmp_path: Path) -> None:
                      _reference("image", QUERIES[0], 10, FILTERS["combined"]))
 
 
-HOLDER = textwrap.dedent("""
-    import sys
-    from dermground.platform.store.edge import EdgeStore
-    store = EdgeStore(sys.argv[1], "lesions")
-    print("ready", flush=True)
-    sys.stdin.readline()
-    store.close()
-""")
-
-
 def test_edge_second_process_gets_locked_error_naming_holder(tmp_path: Path) -> None:
     root = tmp_path / "store" / "lesions"
     with _open("edge", tmp_path) as s:
         s.ensure_collection(SPEC)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with held_by_another_process(root, "lesions") as holder:
         with pytest.raises(StoreLockedError, match=rf"pid {holder.pid}.*DERMGROUND_QDRANT_URL"):
             EdgeStore(root, "lesions")
-    finally:
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(timeout=60)
     with EdgeStore(root, "lesions") as s:  # the lock goes with the holder
         assert s.describe() == SPEC
 
