@@ -129,26 +129,36 @@ def _source(schema: pa.Schema, files: Sequence[Path], prefix: str = "") -> str:
 
 
 def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "") -> None:
+    # Creating a view binds its query, and binding read_parquet(union_by_name) reads every file's
+    # footer: each view built on `lesions` (attributes_long, collections, ...) would read all of
+    # its files again. So the derived views are bound first against typed empty stand-ins of the
+    # base views, and each base view is then replaced by its real one, reading each file once
+    # (DuckDB binds a view's dependants again at query time; the columns and types are the same).
+    for table, schema in TABLES.items():
+        for name in (table, f"{table}_history") if table in _LATEST_BY else (table,):
+            con.execute(f"CREATE VIEW {name} AS {_source(schema, [], prefix)}")
+    create_analyst_views(con)
     for table, schema in TABLES.items():
         folder = catalog_dir / table
         parts = live_parts(folder) if folder.is_dir() else LiveParts(None, [], [])
         if table not in _LATEST_BY:
-            con.execute(f"CREATE VIEW {table} AS {_source(schema, parts.all, prefix)}")
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS {_source(schema, parts.all, prefix)}")
             continue
         keys = ", ".join(_LATEST_BY[table])
         latest = f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {_STAMP[table]} DESC) = 1"
-        con.execute(f"CREATE VIEW {table}_history AS {_source(schema, parts.all, prefix)}")
         if parts.current is None:
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {table}_history {latest}")
-            continue
-        # A compaction left the latest row per key in one file: only keys written again since
-        # need the window; the rest of that file passes through an anti-join.
-        current, recent = f"({_source(schema, [parts.current], prefix)})", f"({_source(schema, parts.recent, prefix)})"
-        con.execute(f"CREATE VIEW {table} AS "
-                    f"SELECT * FROM {current} c ANTI JOIN {recent} r USING ({keys}) UNION ALL "
-                    f"SELECT * FROM (SELECT * FROM {current} c SEMI JOIN {recent} r USING ({keys}) "
-                    f"UNION ALL SELECT * FROM {recent}) {latest}")
-    create_analyst_views(con)
+            # Before its history view is replaced: bound now, it reads no file.
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {table}_history {latest}")
+        else:
+            # A compaction left the latest row per key in one file: only keys written again since
+            # need the window; the rest of that file passes through an anti-join.
+            current = f"({_source(schema, [parts.current], prefix)})"
+            recent = f"({_source(schema, parts.recent, prefix)})"
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS "
+                        f"SELECT * FROM {current} c ANTI JOIN {recent} r USING ({keys}) UNION ALL "
+                        f"SELECT * FROM (SELECT * FROM {current} c SEMI JOIN {recent} r USING ({keys}) "
+                        f"UNION ALL SELECT * FROM {recent}) {latest}")
+        con.execute(f"CREATE OR REPLACE VIEW {table}_history AS {_source(schema, parts.all, prefix)}")
 
 
 def conform_to_schema(data: pa.Table, schema: pa.Schema, where: str,
