@@ -195,7 +195,8 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "name": ("", "The collection name clients use (the alias; `dermground collections list` shows which version is live)."),
         "version": ("", "The version of that name (v0, v1, ...)."),
         "fingerprint": ("", "Model fingerprint (base weights + adapter): one version of the collection's vectors."),
-        "ingest_runs": ("count", "Ingest runs with this fingerprint."),
+        "ingest_runs": ("count", "Ingest runs with this fingerprint (0 for a version restored by a release "
+                                  "that did not copy its runs: its lesions still count)."),
         "runs_done": ("count", "Of those, runs that finished."),
         "first_started_at": ("UTC", "When the first of them started."),
         "last_finished_at": ("UTC", "When the last of them finished."),

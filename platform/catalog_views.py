@@ -111,13 +111,20 @@ WITH runs AS (
     FROM ingest_runs GROUP BY collection, fingerprint
 ), current AS (
     SELECT collection, fingerprint, count(*) AS lesions FROM lesions GROUP BY collection, fingerprint
+), keys AS (
+    -- Lesions without a run under their collection count too: a version restored by a release
+    -- that did not copy its ingest runs (before they were keyed by collection) has none.
+    SELECT collection, fingerprint FROM runs UNION SELECT collection, fingerprint FROM current
 )
-SELECT r.collection,
-       CASE WHEN regexp_matches(r.collection, '__v[1-9][0-9]*$') THEN regexp_extract(r.collection, '^(.*)__v[0-9]+$', 1) ELSE r.collection END AS name,
-       CASE WHEN regexp_matches(r.collection, '__v[1-9][0-9]*$') THEN 'v' || regexp_extract(r.collection, '__v([0-9]+)$', 1) ELSE 'v0' END AS version,
-       r.fingerprint, r.ingest_runs, r.runs_done, r.first_started_at, r.last_finished_at,
-       r.ingested, r.quarantined, coalesce(c.lesions, 0) AS current_lesions
-FROM runs r LEFT JOIN current c USING (collection, fingerprint)
+SELECT k.collection,
+       CASE WHEN regexp_matches(k.collection, '__v[1-9][0-9]*$') THEN regexp_extract(k.collection, '^(.*)__v[0-9]+$', 1) ELSE k.collection END AS name,
+       CASE WHEN regexp_matches(k.collection, '__v[1-9][0-9]*$') THEN 'v' || regexp_extract(k.collection, '__v([0-9]+)$', 1) ELSE 'v0' END AS version,
+       k.fingerprint, coalesce(r.ingest_runs, 0) AS ingest_runs, coalesce(r.runs_done, 0) AS runs_done,
+       r.first_started_at, r.last_finished_at, coalesce(r.ingested, 0)::BIGINT AS ingested,
+       coalesce(r.quarantined, 0)::BIGINT AS quarantined, coalesce(c.lesions, 0) AS current_lesions
+FROM keys k
+LEFT JOIN runs r ON r.collection = k.collection AND r.fingerprint IS NOT DISTINCT FROM k.fingerprint
+LEFT JOIN current c ON c.collection = k.collection AND c.fingerprint IS NOT DISTINCT FROM k.fingerprint
 """
 
 

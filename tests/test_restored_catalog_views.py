@@ -131,3 +131,21 @@ def test_a_seeded_version_gets_its_own_copy_of_the_runs_its_rows_came_from(tmp_p
     assert views == {NAME, f"{NAME}__v1"}
     assert _facts(home, f"{NAME}__v1") == source
     assert _facts(home, NAME) == source
+
+
+def test_a_version_restored_without_its_runs_still_counts_its_lesions_in_collection_versions(tmp_path: Path) -> None:
+    """A same-home restore by a release before runs were keyed by collection wrote the version's
+    lesions and ledger but no ingest_runs rows: collection_versions left the version out (its
+    current_lesions summed to less than `collections` counts)."""
+    home = tmp_path / "home"
+    _ingested_home(home)
+    catalog = Catalog(home / "catalog")
+    restored = f"{NAME}__v1"
+    for table in ("lesions", "ingest_partitions"):  # what that release's install_files wrote
+        rows = [{**r, "collection": restored} for r in catalog.query(f"SELECT * FROM {table}")]
+        catalog.append(table, rows, name=f"{restored}--p000000-x")
+    assert _view_rows(home, f"SELECT fingerprint, ingest_runs, runs_done, ingested, current_lesions "
+                            f"FROM collection_versions WHERE collection = '{restored}'") == [(FP, 0, 0, 0, N)]
+    assert _view_rows(home, "SELECT collection, sum(current_lesions) FROM collection_versions GROUP BY ALL "
+                            "ORDER BY ALL") == _view_rows(home, "SELECT collection, lesions FROM collections ORDER BY ALL")
+    assert _facts(home, NAME) == ((N, 1, 1, 1, 1, "r1", "done"), (FP, 1, 1, N, N), 2)  # the source is unchanged
