@@ -16,6 +16,7 @@ A Python caller owns the machine's files anyway: the strict one-SELECT rule stay
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -104,14 +105,28 @@ def json_default(value: object) -> object:
     return str(value)
 
 
-def _write_json_lines(table: pa.Table, path: Path) -> None:
-    import json
+def json_value(value: object) -> object:
+    """A result cell as the JSON outputs write it: a time as ISO text, and NaN or an infinity (a
+    corr() over constant values, a division by zero) as null, as POST /sql answers: JSON has no
+    number for them, and `NaN` in a file makes every strict JSON reader fail."""
     from datetime import date, datetime
 
-    def cell(value: object) -> object:
-        return value.isoformat() if isinstance(value, datetime | date) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_value(v) for k, v in value.items()}
+    return value
+
+
+def _write_json_lines(table: pa.Table, path: Path) -> None:
+    import json
 
     with open(path, "w", encoding="utf-8") as out:
         for batch in table.to_batches(max_chunksize=65_536):
             for row in batch.to_pylist():
-                out.write(json.dumps({k: cell(v) for k, v in row.items()}, default=json_default) + "\n")
+                out.write(json.dumps({k: json_value(v) for k, v in row.items()}, default=json_default,
+                                     allow_nan=False) + "\n")

@@ -41,7 +41,8 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.01), default=from_settings("sql_timeout_s"),
               help="Stop the query after this many seconds [default: DERMGROUND_SQL_TIMEOUT_S].")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it.")
+              help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it. "
+                   "JSON writes NaN and infinities as null.")
 @click.option("--schema", "schema", is_flag=True,
               help="Print every view and column with type, unit and meaning (the data dictionary) and exit.")
 def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out: Path | None, schema: bool) -> None:
@@ -89,10 +90,10 @@ def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out
 
 def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
     if fmt == "json":
-        from dermground.platform.analyst import json_default
+        from dermground.platform.analyst import json_default, json_value
 
-        records = [{c: _cell(v) for c, v in zip(columns, row, strict=True)} for row in rows]
-        return json.dumps(records, indent=2, default=json_default)
+        records = [{c: json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+        return json.dumps(records, indent=2, default=json_default, allow_nan=False)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

@@ -1,0 +1,51 @@
+"""`dermground sql` outputs hold what a query can answer: valid JSON for NaN and infinities, and
+every DuckDB type in --out files (intervals, lists, structs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from dermground.platform.cli import cli
+from dermground.platform.commands import context
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(context, "_current", None)
+    yield
+    monkeypatch.setattr(context, "_current", None)
+
+
+def _sql(home: Path, *args: str):
+    context._current = None
+    return CliRunner().invoke(cli, ["--home", str(home), "sql", *args])
+
+
+def _strict_json(text: str) -> object:
+    """json.loads refusing NaN and Infinity, as JavaScript, jq and most JSON readers do."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# corr() over a constant column is NaN: an analyst's everyday way to meet one.
+NON_FINITE = ("SELECT corr(a, b) AS r, 'inf'::DOUBLE AS up, '-inf'::DOUBLE AS down, [1.5, 'nan'::DOUBLE] AS xs "
+              "FROM (VALUES (1.0, 2.0), (1.0, 3.0)) t(a, b)")
+
+
+def test_json_outputs_write_nan_and_infinities_as_null_like_post_sql(tmp_path: Path) -> None:
+    printed = _sql(tmp_path, NON_FINITE, "--format", "json")
+    assert printed.exit_code == 0, printed.output
+    expected = {"r": None, "up": None, "down": None, "xs": [1.5, None]}
+    assert _strict_json(printed.stdout) == [expected]
+    out = tmp_path / "r.json"
+    written = _sql(tmp_path, NON_FINITE, "--out", str(out))
+    assert written.exit_code == 0, written.output
+    assert [_strict_json(line) for line in out.read_text().splitlines()] == [expected]
