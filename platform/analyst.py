@@ -52,18 +52,52 @@ def connect(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int | None = None) -> pa.Table:
+def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int | None = None,
+                out_format: str | None = None) -> pa.Table:
     """One analyst SELECT as an Arrow table (the same guard as run_readonly_sql); for --out files.
-    Raises SqlRejected with the reason."""
+    `out_format` (".parquet", ".csv", ".json") turns the columns that format cannot hold into text
+    (writable_columns). Raises SqlRejected with the reason."""
     con = connect(catalog_dir)
     try:
         with guarded_select(con, sql, Path(catalog_dir).resolve(), timeout_s):
             relation = con.sql(sql)
             if max_rows is not None:
                 relation = relation.limit(max_rows)
+            if out_format is not None:
+                relation = writable_columns(relation, out_format)
             return relation.to_arrow_table()
     finally:
         con.close()
+
+
+_NESTED = frozenset({"list", "array", "struct", "map", "union"})
+
+
+def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duckdb.DuckDBPyRelation:
+    """`relation` with the columns `out_format` has no type for as text: an INTERVAL (what
+    `finished_at - started_at` is) as DuckDB writes it ('1 day 02:00:00'), for Parquet and CSV a
+    UNION or a nested value holding an interval as JSON, and for CSV every list, struct or map as
+    JSON. Other columns, and every column of a relation that needs none of this, stay as they are."""
+    def quoted(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    def text(column: str, kind: duckdb.DuckDBPyType) -> str | None:
+        if kind.id == "interval":
+            return f"CAST({column} AS VARCHAR)"
+        if out_format == ".json" or kind.id not in _NESTED:
+            return None
+        if out_format == ".csv" or kind.id == "union" or "INTERVAL" in str(kind):
+            return f"CAST(to_json({column}) AS VARCHAR)"
+        return None
+
+    names = relation.columns
+    if len(set(names)) != len(names):
+        return relation  # a repeated column name cannot be projected by name
+    changed = {name: text(quoted(name), kind) for name, kind in zip(names, relation.types, strict=True)}
+    if not any(changed.values()):
+        return relation
+    columns = ", ".join(f"{expr or quoted(name)} AS {quoted(name)}" for name, expr in changed.items())
+    return relation.project(columns)
 
 
 OUT_FORMATS = (".parquet", ".csv", ".json")

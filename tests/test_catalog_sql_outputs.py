@@ -49,3 +49,35 @@ def test_json_outputs_write_nan_and_infinities_as_null_like_post_sql(tmp_path: P
     written = _sql(tmp_path, NON_FINITE, "--out", str(out))
     assert written.exit_code == 0, written.output
     assert [_strict_json(line) for line in out.read_text().splitlines()] == [expected]
+
+
+# How long each run took (an INTERVAL), the statuses it went through (a list), a struct: what
+# `--out x.csv` and `--out x.parquet` failed on with a pyarrow traceback.
+RUN_TIMES = ("SELECT run_id, max(finished_at) - min(started_at) AS took, list(status ORDER BY written_at) AS statuses, "
+             "{'n': max(n_ingested)} AS counts FROM ingest_runs_history GROUP BY run_id")
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".json"])
+def test_out_files_take_intervals_lists_and_structs(tmp_path: Path, suffix: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dermground.platform.catalog import Catalog
+
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    run = {"run_id": "r1", "collection": "c1", "started_at": started}
+    Catalog(tmp_path / "catalog").append("ingest_runs", [{**run, "status": "running", "written_at": started}])
+    Catalog(tmp_path / "catalog").append("ingest_runs", [{**run, "status": "done", "n_ingested": 7,
+                                                          "finished_at": started + timedelta(days=1, minutes=90)}])
+    out = tmp_path / f"runs{suffix}"
+    done = _sql(tmp_path, RUN_TIMES, "--out", str(out))
+    assert done.exit_code == 0, done.output
+    if suffix == ".parquet":
+        (row,) = pq.read_table(out).to_pylist()
+        assert row["statuses"] == ["running", "done"] and row["counts"] == {"n": 7}
+    elif suffix == ".csv":
+        (row,) = pcsv.read_csv(out).to_pylist()
+        assert json.loads(row["statuses"]) == ["running", "done"] and json.loads(row["counts"]) == {"n": 7}
+    else:
+        (row,) = [_strict_json(line) for line in out.read_text().splitlines()]
+        assert row["statuses"] == ["running", "done"] and row["counts"] == {"n": 7}
+    assert row["run_id"] == "r1" and row["took"] == "1 day 01:30:00"

@@ -42,7 +42,8 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
               help="Stop the query after this many seconds [default: DERMGROUND_SQL_TIMEOUT_S].")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it. "
-                   "JSON writes NaN and infinities as null.")
+                   "JSON writes NaN and infinities as null; intervals are written as text, and CSV writes lists, "
+                   "structs and maps as JSON text.")
 @click.option("--schema", "schema", is_flag=True,
               help="Print every view and column with type, unit and meaning (the data dictionary) and exit.")
 def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out: Path | None, schema: bool) -> None:
@@ -110,7 +111,8 @@ def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, t
     if out.suffix.lower() not in OUT_FORMATS:
         raise click.BadParameter(f"{out}: use a .parquet, .csv or .json file name", param_hint="--out")
     try:
-        table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=max_rows)
+        table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=max_rows,
+                            out_format=out.suffix.lower())
     except SqlRejected as exc:
         raise click.ClickException(f"{exc}\nOnly one SELECT over the catalog views is allowed "
                                    "(see `dermground sql --help`).") from None
