@@ -81,3 +81,31 @@ def test_out_files_take_intervals_lists_and_structs(tmp_path: Path, suffix: str)
         (row,) = [_strict_json(line) for line in out.read_text().splitlines()]
         assert row["statuses"] == ["running", "done"] and row["counts"] == {"n": 7}
     assert row["run_id"] == "r1" and row["took"] == "1 day 01:30:00"
+
+
+@pytest.mark.parametrize("unusable", ["a folder in its place", "a read-only file system"])
+def test_the_shell_runs_when_its_history_file_cannot_be_read_or_written(tmp_path: Path, unusable: str,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Another user's DERMGROUND_HOME, or one on a read-only mount: the shell stopped with an
+    OSError traceback before its first prompt (history unreadable) or after the last (unwritable)."""
+    import builtins
+
+    from dermground.platform.sql_shell import statements, terminal_lines
+
+    if unusable == "a folder in its place":
+        history = tmp_path / "sql_history"
+        history.mkdir()
+    else:
+        history = Path("/proc/dermground-test/sql_history")  # /proc takes no new files, even from root
+    typed = iter(["SELECT 1;"])
+
+    def fake_input(prompt: str) -> str:  # the terminal (stdlib input), not our code
+        item = next(typed, None)
+        if item is None:
+            raise EOFError
+        return item
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    assert list(statements(terminal_lines(history))) == ["SELECT 1"]
+    assert f"history is not kept: {history}" in capsys.readouterr().err
