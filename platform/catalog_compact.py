@@ -36,6 +36,7 @@ from dermground.platform.catalog_files import (
     COMPACTED_DIR,
     SOURCE_COLUMN,
     SOURCE_ROW_COLUMN,
+    SOURCE_WRITTEN_COLUMN,
     Manifest,
     file_identity,
     live_parts,
@@ -159,16 +160,23 @@ def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, mi
 
 
 def _with_source(path: Path, schema: pa.Schema) -> pa.Table:
-    """A file's rows in the table's schema, with the file they were written in and their place in
-    it (SOURCE_COLUMN, SOURCE_ROW_COLUMN: kept from a compacted file, else this file's)."""
+    """A file's rows in the table's schema, with the file they were written in, their place in it
+    and that write's mtime (SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_WRITTEN_COLUMN: kept from a
+    compacted file, else this file's)."""
+    mtime_ns = path.stat().st_mtime_ns  # before reading: a rewrite after this is merged by a later run
     data = pq.read_table(path)
     rows = conform_to_schema(data, schema, str(path))
     if SOURCE_COLUMN in data.column_names and SOURCE_ROW_COLUMN in data.column_names:
         source, place = data.column(SOURCE_COLUMN), data.column(SOURCE_ROW_COLUMN)
+        # merged by a release before the column: older than any write merged since
+        written = (data.column(SOURCE_WRITTEN_COLUMN) if SOURCE_WRITTEN_COLUMN in data.column_names
+                   else pa.array([0] * data.num_rows, type=pa.int64()))
     else:
         source = pa.array([path.stem] * data.num_rows, type=pa.string())
         place = pa.array(range(data.num_rows), type=pa.int64())
-    return rows.append_column(SOURCE_COLUMN, source).append_column(SOURCE_ROW_COLUMN, place)
+        written = pa.array([mtime_ns] * data.num_rows, type=pa.int64())
+    return (rows.append_column(SOURCE_COLUMN, source).append_column(SOURCE_ROW_COLUMN, place)
+            .append_column(SOURCE_WRITTEN_COLUMN, written))
 
 
 def _split_latest(merged: pa.Table, keys: tuple[str, ...], stamp: str) -> tuple[pa.Table, pa.Table]:

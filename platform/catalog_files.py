@@ -37,6 +37,9 @@ COMPACTED_DIR = "_compacted"
 # and collection copies find a partition's rows by it once the file itself is merged and gone.
 SOURCE_COLUMN = "_source_file"
 SOURCE_ROW_COLUMN = "_source_row"  # the row's place in that file (the ledger hashes a partition's ids in order)
+# The mtime_ns of that file when it was merged: a file written again under its name after a
+# compaction (a partition committed again) is a newer write, whose rows replace the earlier ones.
+SOURCE_WRITTEN_COLUMN = "_source_written"
 
 
 @dataclass
@@ -119,17 +122,24 @@ def rows_by_source(folder: Path, columns: Sequence[str] | None = None, prefix: s
     """A table's live rows (`columns` of them, or all), by the stem of the file they were written
     in, for the stems that start with `prefix`, in the order they were written: a live file's own
     rows, else the rows a compaction merged from that file (SOURCE_COLUMN; rows merged before it
-    existed go under the merged file's stem). A file written again under its name after a
-    compaction wins over the merged rows."""
+    existed go under the merged file's stem). Of a file written more than once under its name, only
+    the last write's rows count, as when the file itself is read: a live file wins over merged
+    rows, and of rows merged from several writes (compacted, written again, compacted again) the
+    latest write's (SOURCE_WRITTEN_COLUMN; merged before it existed counts as older)."""
     wanted = list(columns) if columns is not None else None
     found: dict[str, list[pa.Table]] = {}
     parts = live_parts(folder)
     for path in ([parts.current] if parts.current else []) + parts.older:
-        if SOURCE_COLUMN not in pq.ParquetFile(path).schema_arrow.names:
+        names = pq.ParquetFile(path).schema_arrow.names
+        if SOURCE_COLUMN not in names:
             if path.stem.startswith(prefix):
                 found.setdefault(path.stem, []).append(pq.read_table(path, columns=wanted))
             continue
-        data = pq.read_table(path, columns=None if wanted is None else [*wanted, SOURCE_COLUMN, SOURCE_ROW_COLUMN])
+        written = [SOURCE_WRITTEN_COLUMN] if SOURCE_WRITTEN_COLUMN in names else []
+        data = pq.read_table(path, columns=None if wanted is None else [*wanted, SOURCE_COLUMN, SOURCE_ROW_COLUMN,
+                                                                          *written])
+        if not written:
+            data = data.append_column(SOURCE_WRITTEN_COLUMN, pa.array([0] * data.num_rows, pa.int64()))
         sources = data.column(SOURCE_COLUMN)
         for stem in pc.unique(sources).to_pylist():
             if stem is not None and stem.startswith(prefix):
@@ -142,7 +152,10 @@ def rows_by_source(folder: Path, columns: Sequence[str] | None = None, prefix: s
 
 
 def _in_written_order(rows: pa.Table) -> pa.Table:
-    """Merged rows of one source file back in that file's order, without the source columns."""
+    """Merged rows of one source file, of its latest write only, back in that file's order and
+    without the source columns."""
     if SOURCE_ROW_COLUMN not in rows.column_names:
         return rows
-    return rows.sort_by(SOURCE_ROW_COLUMN).drop_columns([SOURCE_COLUMN, SOURCE_ROW_COLUMN])
+    written = rows.column(SOURCE_WRITTEN_COLUMN)
+    rows = rows.filter(pc.equal(written, pc.max(written)))
+    return rows.sort_by(SOURCE_ROW_COLUMN).drop_columns([SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_WRITTEN_COLUMN])
