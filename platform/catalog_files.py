@@ -5,7 +5,7 @@ Each table folder may hold `_manifest.json`, replaced atomically by a compaction
 
     {"compacted": ["_compacted/<stem>.parquet", ...],
      "current": "_compacted/<stem>.current.parquet" or null,
-     "superseded": {"<file>.parquet": [size, mtime_ns, superseded_at], ...}}
+     "superseded": {"<file>.parquet": [size, mtime_ns, superseded_at, content_digest], ...}}
 
 For the tables whose view keeps the latest row per key (lesions, ingest_runs), a compaction
 writes the latest rows into one `current` file and the rest into another compacted file; the
@@ -14,12 +14,15 @@ view then only has to deduplicate keys that appear again in files written since.
 A reader reads the manifest first, then lists the folder. A compaction writes its merged file
 into `_compacted/` (outside the folder's `*.parquet` listing), then swaps the manifest, and only
 later deletes what it superseded; so a reader sees either every small file or the merged file,
-never both and never neither. A superseded entry names the file's size and mtime: a file that a
-writer later rewrites under the same name (an idempotent retry) is a new file and stays live.
+never both and never neither. A superseded entry names the file's size, mtime and content digest:
+a file that a writer later rewrites under the same name (an idempotent retry) is a new file and
+stays live, and the same file copied elsewhere with new mtimes (`cp -r`, tar, a restored backup)
+is still recognised by its digest (read only when the size matches and the mtime does not).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -47,7 +50,7 @@ class Manifest:
     """A table folder's compaction state (empty when it was never compacted)."""
 
     compacted: list[str] = field(default_factory=list)
-    superseded: dict[str, list[int]] = field(default_factory=dict)
+    superseded: dict[str, list[int | str]] = field(default_factory=dict)
     current: str | None = None  # among `compacted`: the latest row per key at the compaction
 
     @classmethod
@@ -74,6 +77,22 @@ def file_identity(path: Path) -> list[int]:
     """What a superseded entry remembers of a file: [size, mtime_ns]."""
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns]
+
+
+def content_digest(data: bytes) -> str:
+    """The digest a superseded entry keeps of the bytes a compaction merged."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def is_superseded(path: Path, entry: Sequence[int | str]) -> bool:
+    """Whether `path` is the file a superseded entry names: the same size and mtime, or, for a
+    copy with new mtimes, the same size and content. FileNotFoundError when it is gone."""
+    identity = file_identity(path)
+    if identity == list(entry[:2]):
+        return True
+    if identity[0] != entry[0] or len(entry) < 4:  # entries written before the digest: mtime only
+        return False
+    return content_digest(path.read_bytes()) == entry[3]
 
 
 @dataclass(frozen=True)
@@ -110,7 +129,7 @@ def _listed(folder: Path, manifest: Manifest) -> list[Path]:
         gone = manifest.superseded.get(path.name)
         if gone is not None:
             try:
-                if file_identity(path) == gone[:2]:
+                if is_superseded(path, gone):
                     continue
             except FileNotFoundError:  # deleted after its grace period, between listing and stat
                 continue

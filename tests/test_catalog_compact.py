@@ -202,3 +202,31 @@ def test_a_partition_committed_again_between_compactions_is_found_with_its_last_
     rows = rows_by_source(cat.dir / "lesions", ["isic_id"], prefix="c1--")
     assert rows["c1--p0001"].column("isic_id").to_pylist() == ["ISIC_0010", "ISIC_0011", "ISIC_0012", "ISIC_0013"]
     assert rows["c1--p0002"].column("isic_id").to_pylist() == ["ISIC_0020", "ISIC_0021", "ISIC_0022"]
+
+
+@pytest.mark.parametrize("how", ["cp -r", "tar"])
+def test_a_copy_of_a_catalog_made_within_the_grace_period_counts_each_row_once(cat: Catalog, tmp_path: Path,
+                                                                               how: str) -> None:
+    """Superseded files were recognised by size and mtime only: a copy that does not keep mtimes
+    (`cp -r`, tar's whole seconds, a restored backup) read them as live beside the merged file, so
+    every count doubled, and its next compaction left them live for good."""
+    import shutil
+    import tarfile
+
+    before = _snapshot(cat.dir)
+    counts = "SELECT (SELECT count(*) FROM lesions_history) AS h, (SELECT count(*) FROM predictions) AS p"
+    expected = cat.query(counts)
+    compact(cat.dir)  # the small files stay an hour for readers, superseded
+    copy = tmp_path / "copy" / "catalog"
+    if how == "cp -r":
+        shutil.copytree(cat.dir, copy, copy_function=shutil.copyfile)  # contents only: new mtimes
+    else:
+        with tarfile.open(tmp_path / "backup.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+            tar.add(cat.dir, arcname="catalog")
+        with tarfile.open(tmp_path / "backup.tar") as tar:
+            tar.extractall(copy.parent, filter="data")
+    assert Catalog(copy).query(counts) == expected
+    assert _snapshot(copy) == before
+    compact(copy, keep_s=0)  # past the grace period: the copies of the superseded files go
+    assert Catalog(copy).query(counts) == expected
+    assert sorted(p.name for p in (copy / "lesions").glob("*.parquet")) == []
