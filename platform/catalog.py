@@ -259,8 +259,22 @@ def _check_single_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     if len(statements) != 1:
         raise SqlRejected(f"exactly one statement is allowed, got {len(statements)}")
     kind = statements[0].type
+    if kind == duckdb.StatementType.MULTI and _says_pivot(sql):
+        raise SqlRejected("a PIVOT without an IN list runs as several statements (DuckDB first looks up the "
+                          "values to make columns of), and only one SELECT is allowed: list the values, e.g. "
+                          "PIVOT lesions ON split IN ('train', 'test') USING count(*) GROUP BY collection")
     if kind != duckdb.StatementType.SELECT:
         raise SqlRejected(f"only SELECT queries are allowed, this is a {kind.name} statement; the catalog is read-only")
+
+
+def _says_pivot(sql: str) -> bool:
+    """Whether the statement uses the PIVOT keyword (not in a string, comment or name)."""
+    try:
+        tokens = duckdb.tokenize(sql)
+    except duckdb.Error:
+        return False
+    return any(kind == duckdb.token_type.keyword and sql[start:start + 5].lower() == "pivot"
+               and not sql[start + 5:start + 6].isalnum() for start, kind in tokens)
 
 
 def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "") -> None:

@@ -109,3 +109,18 @@ def test_the_shell_runs_when_its_history_file_cannot_be_read_or_written(tmp_path
     monkeypatch.setattr(builtins, "input", fake_input)
     assert list(statements(terminal_lines(history))) == ["SELECT 1"]
     assert f"history is not kept: {history}" in capsys.readouterr().err
+
+
+def test_a_pivot_without_values_is_refused_with_the_form_that_runs(tmp_path: Path) -> None:
+    """PIVOT without an IN list is a MULTI statement to DuckDB: the refusal said 'this is a MULTI
+    statement; the catalog is read-only', which names neither the cause nor the way out."""
+    from dermground.platform.catalog import Catalog
+
+    Catalog(tmp_path / "catalog").append("lesions", [{"isic_id": "ISIC_1", "split": "train", "collection": "c1"}])
+    refused = _sql(tmp_path, "SELECT * FROM (PIVOT lesions ON split USING count(*))")
+    assert refused.exit_code == 1
+    assert "PIVOT without an IN list" in refused.output and "MULTI" not in refused.output
+    listed = _sql(tmp_path, "PIVOT lesions ON split IN ('train', 'test') USING count(*) GROUP BY collection",
+                  "--format", "csv")
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines() == ["collection,train,test", "c1,1,0"]
