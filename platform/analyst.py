@@ -103,6 +103,16 @@ def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duck
 OUT_FORMATS = (".parquet", ".csv", ".json")
 
 
+def refuse_out_in_catalog(catalog_dir: Path, path: Path) -> None:
+    """ValueError when `path` (an --out file) lies in the catalog folder: the views read every
+    Parquet file of a table folder, so a result written there would count as catalog rows."""
+    catalog = Path(catalog_dir).resolve()
+    target = Path(path).resolve()
+    if target == catalog or catalog in target.parents:
+        raise ValueError(f"{path} is inside the catalog folder {catalog}: the catalog is read-only, and a file "
+                         "written there would be read as catalog rows; write the result elsewhere")
+
+
 def write_table(table: pa.Table, path: Path) -> Path:
     """Write a result by its file extension: .parquet, .csv or .json (one JSON object per line),
     atomically (a temporary file renamed into place)."""

@@ -124,3 +124,19 @@ def test_a_pivot_without_values_is_refused_with_the_form_that_runs(tmp_path: Pat
                   "--format", "csv")
     assert listed.exit_code == 0, listed.output
     assert listed.stdout.splitlines() == ["collection,train,test", "c1,1,0"]
+
+
+def test_out_into_the_catalog_folder_is_refused_and_the_catalog_is_unchanged(tmp_path: Path) -> None:
+    """`--out` wrote with Python, past the read-only guard: a result saved in a table folder became
+    a lesions row (NULL collection) and `dermground check` failed reading it."""
+    from dermground.platform.catalog import Catalog
+
+    catalog = Catalog(tmp_path / "catalog")
+    catalog.append("lesions", [{"isic_id": "ISIC_1", "split": "train", "collection": "c1"}])
+    for out in (catalog.dir / "lesions" / "by_split.parquet", catalog.dir / "mine.csv"):
+        refused = _sql(tmp_path, "SELECT split, count(*) AS n FROM lesions GROUP BY split", "--out", str(out))
+        assert refused.exit_code == 2 and "inside the catalog folder" in refused.output
+        assert not out.exists()
+    assert catalog.query("SELECT count(*) AS n FROM lesions_history") == [{"n": 1}]
+    elsewhere = _sql(tmp_path, "SELECT split FROM lesions", "--out", str(tmp_path / "by_split.parquet"))
+    assert elsewhere.exit_code == 0, elsewhere.output

@@ -105,11 +105,15 @@ def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
 
 
 def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, timeout_s: float) -> None:
-    from dermground.platform.analyst import OUT_FORMATS, query_arrow, write_table
+    from dermground.platform.analyst import OUT_FORMATS, query_arrow, refuse_out_in_catalog, write_table
     from dermground.platform.catalog import SqlRejected
 
     if out.suffix.lower() not in OUT_FORMATS:
         raise click.BadParameter(f"{out}: use a .parquet, .csv or .json file name", param_hint="--out")
+    try:
+        refuse_out_in_catalog(catalog_dir, out)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     try:
         table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=max_rows,
                             out_format=out.suffix.lower())
