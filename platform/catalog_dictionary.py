@@ -183,7 +183,7 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "runs_died": ("count", "Runs found dead (killed without a final status row) and marked so by a later ingest."),
         "partitions": ("count", "Distinct partitions committed in the ledger."),
         "quarantined": ("count", "Quarantined records over all runs."),
-        "fingerprints": ("count", "Distinct model fingerprints that ingested (versions, see collection_versions)."),
+        "fingerprints": ("count", "Distinct model fingerprints of its runs and current lesions (its rows in collection_versions)."),
         "last_run_id": ("", "The most recent ingest run."),
         "last_run_status": ("", "Its status."),
         "last_fingerprint": ("", "Its model fingerprint."),

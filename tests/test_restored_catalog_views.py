@@ -146,6 +146,7 @@ def test_a_version_restored_without_its_runs_still_counts_its_lesions_in_collect
         catalog.append(table, rows, name=f"{restored}--p000000-x")
     assert _view_rows(home, f"SELECT fingerprint, ingest_runs, runs_done, ingested, current_lesions "
                             f"FROM collection_versions WHERE collection = '{restored}'") == [(FP, 0, 0, 0, N)]
-    assert _view_rows(home, "SELECT collection, sum(current_lesions) FROM collection_versions GROUP BY ALL "
-                            "ORDER BY ALL") == _view_rows(home, "SELECT collection, lesions FROM collections ORDER BY ALL")
+    assert _view_rows(home, "SELECT collection, sum(current_lesions), count(*) FROM collection_versions GROUP BY ALL "
+                            "ORDER BY ALL") == _view_rows(home, "SELECT collection, lesions, fingerprints FROM collections "
+                                                                "ORDER BY ALL")
     assert _facts(home, NAME) == ((N, 1, 1, 1, 1, "r1", "done"), (FP, 1, 1, N, N), 2)  # the source is unchanged
