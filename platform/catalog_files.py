@@ -92,7 +92,18 @@ def is_superseded(path: Path, entry: Sequence[int | str]) -> bool:
         return True
     if identity[0] != entry[0] or len(entry) < 4:  # entries written before the digest: mtime only
         return False
-    return content_digest(path.read_bytes()) == entry[3]
+    # Readers list the files before every query: a copy's files are hashed once per process.
+    key = (str(path), *identity)
+    digest = _COPY_DIGESTS.get(key)
+    if digest is None:
+        digest = content_digest(path.read_bytes())
+        if len(_COPY_DIGESTS) >= 100_000:
+            _COPY_DIGESTS.clear()
+        _COPY_DIGESTS[key] = digest
+    return digest == entry[3]
+
+
+_COPY_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> content digest
 
 
 @dataclass(frozen=True)
