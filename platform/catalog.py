@@ -21,6 +21,8 @@ platform/catalog_views.py; what every column means is in platform/catalog_dictio
 from __future__ import annotations
 
 import os
+import select
+import signal
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -342,6 +344,41 @@ def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeou
         con.close()
 
 
+_INTERRUPTED = "the query was interrupted (Ctrl-C)"
+
+
+@contextmanager
+def _ctrl_c_interrupts(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """In the main thread (the CLI), Ctrl-C stops the running query at once: DuckDB's client looks
+    at signals only now and then (20 s and more for a scan), so a watcher thread learns of SIGINT
+    from the wake-up fd and interrupts the query, and the Python handler does nothing meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if select.select([read_fd], [], [], 0.1)[0] and signal.SIGINT in os.read(read_fd, 64):
+                con.interrupt()
+
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: None)
+    watcher = threading.Thread(target=watch, name="sql-ctrl-c", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous_handler)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 @contextmanager
 def guarded_select(con: duckdb.DuckDBPyConnection, sql: str, catalog_dir: Path, timeout_s: float) -> Iterator[None]:
     """Run the body (which executes `sql` on `con`) as one analyst SELECT: anything but a single
@@ -349,12 +386,27 @@ def guarded_select(con: duckdb.DuckDBPyConnection, sql: str, catalog_dir: Path, 
     SqlRejected with the reason."""
     # lock_down() still allows COPY ... TO inside the folder: only a SELECT may run.
     _check_single_select(con, sql)
-    timer = threading.Timer(timeout_s, con.interrupt)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        con.interrupt()
+
+    timer = threading.Timer(timeout_s, stop)
     timer.start()
     try:
-        yield
+        with _ctrl_c_interrupts(con):
+            yield
     except duckdb.InterruptException:
+        if not timed_out.is_set():
+            raise SqlRejected(_INTERRUPTED) from None
         raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        # Ctrl-C while DuckDB runs the query: its Python client stops it and raises
+        # RuntimeError('Query interrupted'); the shell goes on with the next statement.
+        if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
+            raise
+        raise SqlRejected(_INTERRUPTED) from None
     except duckdb.Error as exc:
         if not timer.is_alive():
             raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None

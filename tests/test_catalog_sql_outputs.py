@@ -140,3 +140,49 @@ def test_out_into_the_catalog_folder_is_refused_and_the_catalog_is_unchanged(tmp
     assert catalog.query("SELECT count(*) AS n FROM lesions_history") == [{"n": 1}]
     elsewhere = _sql(tmp_path, "SELECT split FROM lesions", "--out", str(tmp_path / "by_split.parquet"))
     assert elsewhere.exit_code == 0, elsewhere.output
+
+
+def test_ctrl_c_during_a_query_stops_it_and_the_shell_takes_the_next(tmp_path: Path) -> None:
+    """At a terminal, Ctrl-C while a query ran ended the shell with 'RuntimeError: Query
+    interrupted' and a traceback (and lost the session); it now stops the query only."""
+    import os
+    import pty
+    import select
+    import signal
+    import sys
+    import time
+
+    from dermground.platform.catalog import Catalog
+
+    Catalog(tmp_path / "catalog").append("lesions", [{"isic_id": "ISIC_1", "collection": "c1"}])
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the shell at a terminal
+        os.environ["DERMGROUND_SQL_TIMEOUT_S"] = "600"  # the stop below is the user's, not the timeout's
+        os.execv(str(Path(sys.executable).parent / "dermground"), ["dermground", "--home", str(tmp_path), "sql"])
+    seen = ""
+
+    def wait_for(text: str, deadline_s: float = 120.0) -> None:
+        nonlocal seen
+        end = time.monotonic() + deadline_s
+        while text not in seen:
+            assert time.monotonic() < end, f"no {text!r} from the shell; it printed:\n{seen}"
+            if select.select([terminal], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(terminal, 65536).decode(errors="replace")
+                except OSError:  # the shell ended
+                    raise AssertionError(f"the shell ended before {text!r}:\n{seen}") from None
+
+    try:
+        wait_for("sql> ")
+        os.write(terminal, b"SELECT count(*) FROM range(100000000000) a, lesions;\n")
+        wait_for("range(100000000000)")  # echoed: the shell has the statement
+        time.sleep(1.0)  # (not a limit: the interrupt is handled wherever it lands)
+        os.write(terminal, b"\x03")
+        wait_for("interrupted (Ctrl-C)")
+        os.write(terminal, b"SELECT 6 * 7 AS answer;\n")
+        wait_for("42")
+        assert "Traceback" not in seen
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(terminal)

@@ -136,6 +136,8 @@ def _shell(catalog_dir: Path, fmt: str, max_rows: int, timeout_s: float, home: P
             result = run_readonly_sql(catalog_dir, statement, max_rows=max_rows, timeout_s=timeout_s)
         except SqlRejected as exc:
             raise ValueError(str(exc)) from None
+        except KeyboardInterrupt:  # Ctrl-C before DuckDB started the query: the shell goes on, as psql does
+            raise ValueError("the query was interrupted (Ctrl-C)") from None
         text = _render(result.columns, result.rows, fmt).rstrip("\n")
         note = f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''}" + (
             f", stopped at {max_rows}; add LIMIT/WHERE)" if result.truncated else ")")
