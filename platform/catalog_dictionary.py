@@ -272,7 +272,11 @@ def render_markdown(views: list[View]) -> str:
              "Read the tables through these views, not by globbing a table folder's Parquet files:",
              "`dermground catalog compact` merges them into `_compacted/` and deletes the files it replaced",
              "an hour later, so a `**/*.parquet` glob counts rows twice during that hour and a `*.parquet`",
-             "glob misses them after it; each folder's `_manifest.json` says which files are live.", ""]
+             "glob misses them after it; each folder's `_manifest.json` says which files are live.",
+             "A copy of the folder (`cp -r`, tar, a restored backup) reads the same: superseded files are",
+             "recognised by their content when the copy changed their times. To keep a result, use",
+             "`dermground sql ... --out FILE` outside the catalog folder (a file in a table folder would be",
+             "read as rows of that table).", ""]
     lines += [f"- [`{v.name}`](#{v.name}) — {v.description.split('. ')[0].rstrip('.')}." for v in views]
     for view in views:
         lines += ["", f"## {view.name}", "", view.description, "", "| column | type | unit | meaning |",

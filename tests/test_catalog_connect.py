@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 
 from dermground.platform.analyst import connect
 from dermground.platform.catalog import Catalog, _create_views
@@ -67,5 +68,21 @@ def test_the_views_built_in_one_pass_read_the_files(tmp_path: Path) -> None:
             (3 * PARTITIONS,)]
         assert con.sql("SELECT current_lesions FROM collection_versions").fetchall() == [(3 * PARTITIONS,)]
         assert con.sql("DESCRIBE lesions").fetchall() == Catalog(cat.dir).connect().sql("DESCRIBE lesions").fetchall()
+    finally:
+        con.close()
+
+
+def test_own_data_joins_the_views_through_register_as_documented(tmp_path: Path) -> None:
+    import pandas as pd
+
+    cat = _catalog(tmp_path)
+    my_frame = pd.DataFrame({"isic_id": ["ISIC_00", "ISIC_51"], "note": ["a", "b"]})
+    con = connect(cat.dir)
+    try:
+        with pytest.raises(duckdb.CatalogException):  # the variable by name: off, as catalog.py says
+            con.sql("SELECT * FROM my_frame").fetchall()
+        con.register("mine", my_frame)
+        assert con.sql("SELECT m.note, l.areaMM2 FROM mine m JOIN lesions l USING (isic_id) "
+                       "ORDER BY m.note").fetchall() == [("a", 0.0), ("b", 1.0)]
     finally:
         con.close()
