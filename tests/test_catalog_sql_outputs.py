@@ -186,3 +186,15 @@ def test_ctrl_c_during_a_query_stops_it_and_the_shell_takes_the_next(tmp_path: P
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(terminal)
+
+
+def test_csv_printed_writes_lists_and_structs_as_json_like_the_out_file(tmp_path: Path) -> None:
+    """`--format csv` printed a struct as Python's repr ({'n': 7}), which no CSV consumer parses."""
+    import csv
+    import io
+
+    printed = _sql(tmp_path, "SELECT [1, 2] AS xs, {'n': 7, 'name': 'a'} AS s, MAP {'k': 1.5} AS m", "--format", "csv")
+    assert printed.exit_code == 0, printed.output
+    (row,) = list(csv.DictReader(io.StringIO(printed.stdout)))
+    assert {k: _strict_json(v) for k, v in row.items()} == {"xs": [1, 2], "s": {"n": 7, "name": "a"},
+                                                            "m": {"k": 1.5}}

@@ -23,6 +23,16 @@ def _cell(value: object) -> object:
     return value
 
 
+def _csv_cell(value: object) -> object:
+    """A CSV field: a list, struct or map as JSON text, as `--out FILE.csv` writes it (Python's
+    repr, {'a': 1}, is no format a reader parses)."""
+    if isinstance(value, list | tuple | dict):
+        from dermground.platform.analyst import json_default, json_value
+
+        return json.dumps(json_value(value), default=json_default)
+    return _cell(value)
+
+
 def _table(columns: list[str], rows: list[tuple]) -> str:
     text = [[("NULL" if v is None else str(_cell(v))) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
@@ -99,7 +109,7 @@ def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([[_cell(v) for v in row] for row in rows])
+        writer.writerows([[_csv_cell(v) for v in row] for row in rows])
         return buffer.getvalue()
     return _table(columns, rows)
 
