@@ -198,3 +198,20 @@ def test_csv_printed_writes_lists_and_structs_as_json_like_the_out_file(tmp_path
     (row,) = list(csv.DictReader(io.StringIO(printed.stdout)))
     assert {k: _strict_json(v) for k, v in row.items()} == {"xs": [1, 2], "s": {"n": 7, "name": "a"},
                                                             "m": {"k": 1.5}}
+
+
+def test_post_sql_answers_lists_and_structs_as_json_not_python_text(tmp_path: Path) -> None:
+    """POST /sql answered a list(...) as the string "[1, 2]" and a struct as "{'n': 7}" (Python's
+    repr), which a client cannot parse as JSON."""
+    from fastapi.testclient import TestClient
+
+    from dermground.platform.api.app import create_app
+    from dermground.platform.settings import Settings
+
+    settings = Settings(home=tmp_path, api_read_key="r" * 16, api_admin_key="a" * 16)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/sql", headers={"X-API-Key": "a" * 16},
+                               json={"query": "SELECT [1, 2] AS xs, {'n': 7, 'at': DATE '2026-01-02'} AS s, "
+                                              "'nan'::DOUBLE AS r"})
+    assert response.status_code == 200, response.text
+    assert response.json()["rows"] == [[[1, 2], {"n": 7, "at": "2026-01-02"}, None]]
