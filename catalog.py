@@ -4,6 +4,8 @@
     con = catalog.connect()                       # DERMGROUND_HOME/catalog, or catalog.connect(home=...)
     con.sql("SELECT * FROM collections").df()     # pandas; .to_arrow_table(), .pl(), .fetchall() as DuckDB does
     # (.arrow() is a stream: it holds the connection until read to the end)
+    con.register("mine", my_frame)                # your own pandas/Arrow data, to join with the views
+    # (`FROM my_frame` by variable name says "Table ... does not exist": it is off on this connection)
 
 Every view and column is described in docs/CATALOG.md (`dermground sql --schema` prints it).
 """

@@ -16,6 +16,7 @@ A Python caller owns the machine's files anyway: the strict one-SELECT rule stay
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -51,21 +52,65 @@ def connect(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int | None = None) -> pa.Table:
+def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int | None = None,
+                out_format: str | None = None) -> pa.Table:
     """One analyst SELECT as an Arrow table (the same guard as run_readonly_sql); for --out files.
-    Raises SqlRejected with the reason."""
+    `out_format` (".parquet", ".csv", ".json") turns the columns that format cannot hold into text
+    (writable_columns). Raises SqlRejected with the reason."""
     con = connect(catalog_dir)
     try:
         with guarded_select(con, sql, Path(catalog_dir).resolve(), timeout_s):
             relation = con.sql(sql)
             if max_rows is not None:
                 relation = relation.limit(max_rows)
+            if out_format is not None:
+                relation = writable_columns(relation, out_format)
             return relation.to_arrow_table()
     finally:
         con.close()
 
 
+_NESTED = frozenset({"list", "array", "struct", "map", "union"})
+
+
+def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duckdb.DuckDBPyRelation:
+    """`relation` with the columns `out_format` has no type for as text: an INTERVAL (what
+    `finished_at - started_at` is) as DuckDB writes it ('1 day 02:00:00'), for Parquet and CSV a
+    UNION or a nested value holding an interval as JSON, and for CSV every list, struct or map as
+    JSON. Other columns, and every column of a relation that needs none of this, stay as they are."""
+    def quoted(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    def text(column: str, kind: duckdb.DuckDBPyType) -> str | None:
+        if kind.id == "interval":
+            return f"CAST({column} AS VARCHAR)"
+        if out_format == ".json" or kind.id not in _NESTED:
+            return None
+        if out_format == ".csv" or kind.id == "union" or "INTERVAL" in str(kind):
+            return f"CAST(to_json({column}) AS VARCHAR)"
+        return None
+
+    names = relation.columns
+    if len(set(names)) != len(names):
+        return relation  # a repeated column name cannot be projected by name
+    changed = {name: text(quoted(name), kind) for name, kind in zip(names, relation.types, strict=True)}
+    if not any(changed.values()):
+        return relation
+    columns = ", ".join(f"{expr or quoted(name)} AS {quoted(name)}" for name, expr in changed.items())
+    return relation.project(columns)
+
+
 OUT_FORMATS = (".parquet", ".csv", ".json")
+
+
+def refuse_out_in_catalog(catalog_dir: Path, path: Path) -> None:
+    """ValueError when `path` (an --out file) lies in the catalog folder: the views read every
+    Parquet file of a table folder, so a result written there would count as catalog rows."""
+    catalog = Path(catalog_dir).resolve()
+    target = Path(path).resolve()
+    if target == catalog or catalog in target.parents:
+        raise ValueError(f"{path} is inside the catalog folder {catalog}: the catalog is read-only, and a file "
+                         "written there would be read as catalog rows; write the result elsewhere")
 
 
 def write_table(table: pa.Table, path: Path) -> Path:
@@ -104,14 +149,28 @@ def json_default(value: object) -> object:
     return str(value)
 
 
-def _write_json_lines(table: pa.Table, path: Path) -> None:
-    import json
+def json_value(value: object) -> object:
+    """A result cell as the JSON outputs write it: a time as ISO text, and NaN or an infinity (a
+    corr() over constant values, a division by zero) as null, as POST /sql answers: JSON has no
+    number for them, and `NaN` in a file makes every strict JSON reader fail."""
     from datetime import date, datetime
 
-    def cell(value: object) -> object:
-        return value.isoformat() if isinstance(value, datetime | date) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_value(v) for k, v in value.items()}
+    return value
+
+
+def _write_json_lines(table: pa.Table, path: Path) -> None:
+    import json
 
     with open(path, "w", encoding="utf-8") as out:
         for batch in table.to_batches(max_chunksize=65_536):
             for row in batch.to_pylist():
-                out.write(json.dumps({k: cell(v) for k, v in row.items()}, default=json_default) + "\n")
+                out.write(json.dumps({k: json_value(v) for k, v in row.items()}, default=json_default,
+                                     allow_nan=False) + "\n")

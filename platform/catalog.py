@@ -21,6 +21,8 @@ platform/catalog_views.py; what every column means is in platform/catalog_dictio
 from __future__ import annotations
 
 import os
+import select
+import signal
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -129,26 +131,36 @@ def _source(schema: pa.Schema, files: Sequence[Path], prefix: str = "") -> str:
 
 
 def _create_views(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "") -> None:
+    # Creating a view binds its query, and binding read_parquet(union_by_name) reads every file's
+    # footer: each view built on `lesions` (attributes_long, collections, ...) would read all of
+    # its files again. So the derived views are bound first against typed empty stand-ins of the
+    # base views, and each base view is then replaced by its real one, reading each file once
+    # (DuckDB binds a view's dependants again at query time; the columns and types are the same).
+    for table, schema in TABLES.items():
+        for name in (table, f"{table}_history") if table in _LATEST_BY else (table,):
+            con.execute(f"CREATE VIEW {name} AS {_source(schema, [], prefix)}")
+    create_analyst_views(con)
     for table, schema in TABLES.items():
         folder = catalog_dir / table
         parts = live_parts(folder) if folder.is_dir() else LiveParts(None, [], [])
         if table not in _LATEST_BY:
-            con.execute(f"CREATE VIEW {table} AS {_source(schema, parts.all, prefix)}")
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS {_source(schema, parts.all, prefix)}")
             continue
         keys = ", ".join(_LATEST_BY[table])
         latest = f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {_STAMP[table]} DESC) = 1"
-        con.execute(f"CREATE VIEW {table}_history AS {_source(schema, parts.all, prefix)}")
         if parts.current is None:
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {table}_history {latest}")
-            continue
-        # A compaction left the latest row per key in one file: only keys written again since
-        # need the window; the rest of that file passes through an anti-join.
-        current, recent = f"({_source(schema, [parts.current], prefix)})", f"({_source(schema, parts.recent, prefix)})"
-        con.execute(f"CREATE VIEW {table} AS "
-                    f"SELECT * FROM {current} c ANTI JOIN {recent} r USING ({keys}) UNION ALL "
-                    f"SELECT * FROM (SELECT * FROM {current} c SEMI JOIN {recent} r USING ({keys}) "
-                    f"UNION ALL SELECT * FROM {recent}) {latest}")
-    create_analyst_views(con)
+            # Before its history view is replaced: bound now, it reads no file.
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {table}_history {latest}")
+        else:
+            # A compaction left the latest row per key in one file: only keys written again since
+            # need the window; the rest of that file passes through an anti-join.
+            current = f"({_source(schema, [parts.current], prefix)})"
+            recent = f"({_source(schema, parts.recent, prefix)})"
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS "
+                        f"SELECT * FROM {current} c ANTI JOIN {recent} r USING ({keys}) UNION ALL "
+                        f"SELECT * FROM (SELECT * FROM {current} c SEMI JOIN {recent} r USING ({keys}) "
+                        f"UNION ALL SELECT * FROM {recent}) {latest}")
+        con.execute(f"CREATE OR REPLACE VIEW {table}_history AS {_source(schema, parts.all, prefix)}")
 
 
 def conform_to_schema(data: pa.Table, schema: pa.Schema, where: str,
@@ -249,8 +261,22 @@ def _check_single_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     if len(statements) != 1:
         raise SqlRejected(f"exactly one statement is allowed, got {len(statements)}")
     kind = statements[0].type
+    if kind == duckdb.StatementType.MULTI and _says_pivot(sql):
+        raise SqlRejected("a PIVOT without an IN list runs as several statements (DuckDB first looks up the "
+                          "values to make columns of), and only one SELECT is allowed: list the values, e.g. "
+                          "PIVOT lesions ON split IN ('train', 'test') USING count(*) GROUP BY collection")
     if kind != duckdb.StatementType.SELECT:
         raise SqlRejected(f"only SELECT queries are allowed, this is a {kind.name} statement; the catalog is read-only")
+
+
+def _says_pivot(sql: str) -> bool:
+    """Whether the statement uses the PIVOT keyword (not in a string, comment or name)."""
+    try:
+        tokens = duckdb.tokenize(sql)
+    except duckdb.Error:
+        return False
+    return any(kind == duckdb.token_type.keyword and sql[start:start + 5].lower() == "pivot"
+               and not sql[start + 5:start + 6].isalnum() for start, kind in tokens)
 
 
 def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "") -> None:
@@ -318,6 +344,41 @@ def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeou
         con.close()
 
 
+_INTERRUPTED = "the query was interrupted (Ctrl-C)"
+
+
+@contextmanager
+def _ctrl_c_interrupts(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """In the main thread (the CLI), Ctrl-C stops the running query at once: DuckDB's client looks
+    at signals only now and then (20 s and more for a scan), so a watcher thread learns of SIGINT
+    from the wake-up fd and interrupts the query, and the Python handler does nothing meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if select.select([read_fd], [], [], 0.1)[0] and signal.SIGINT in os.read(read_fd, 64):
+                con.interrupt()
+
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: None)
+    watcher = threading.Thread(target=watch, name="sql-ctrl-c", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous_handler)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 @contextmanager
 def guarded_select(con: duckdb.DuckDBPyConnection, sql: str, catalog_dir: Path, timeout_s: float) -> Iterator[None]:
     """Run the body (which executes `sql` on `con`) as one analyst SELECT: anything but a single
@@ -325,12 +386,27 @@ def guarded_select(con: duckdb.DuckDBPyConnection, sql: str, catalog_dir: Path, 
     SqlRejected with the reason."""
     # lock_down() still allows COPY ... TO inside the folder: only a SELECT may run.
     _check_single_select(con, sql)
-    timer = threading.Timer(timeout_s, con.interrupt)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        con.interrupt()
+
+    timer = threading.Timer(timeout_s, stop)
     timer.start()
     try:
-        yield
+        with _ctrl_c_interrupts(con):
+            yield
     except duckdb.InterruptException:
+        if not timed_out.is_set():
+            raise SqlRejected(_INTERRUPTED) from None
         raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        # Ctrl-C while DuckDB runs the query: its Python client stops it and raises
+        # RuntimeError('Query interrupted'); the shell goes on with the next statement.
+        if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
+            raise
+        raise SqlRejected(_INTERRUPTED) from None
     except duckdb.Error as exc:
         if not timer.is_alive():
             raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None

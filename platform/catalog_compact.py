@@ -36,8 +36,11 @@ from dermground.platform.catalog_files import (
     COMPACTED_DIR,
     SOURCE_COLUMN,
     SOURCE_ROW_COLUMN,
+    SOURCE_WRITTEN_COLUMN,
     Manifest,
+    content_digest,
     file_identity,
+    is_superseded,
     live_parts,
 )
 
@@ -130,7 +133,8 @@ def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, mi
     schema = TABLES[table]
     try:
         # Each file in the table's current schema: columns added since it was written are NULL.
-        merged = pa.concat_tables([_with_source(p, schema) for p in inputs])
+        read = {p: _with_source(p, schema) for p in inputs}
+        merged = pa.concat_tables([rows for rows, _ in read.values()])
     except CatalogError as exc:
         raise CatalogError(f"{exc}; nothing was changed") from None
     out_dir = folder / COMPACTED_DIR
@@ -151,24 +155,34 @@ def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, mi
     if latest_by:
         manifest.current = new_names[0]
     for path, identity in identities.items():
-        # [size, mtime_ns, superseded_at]: readers compare the first two, deletion reads the third
-        manifest.superseded[path.relative_to(folder).as_posix()] = [*identity, int(now)]
+        # [size, mtime_ns, superseded_at, digest of the bytes merged]: readers compare the first two
+        # (the digest when only the mtime differs: a copied catalog), deletion reads the third
+        manifest.superseded[path.relative_to(folder).as_posix()] = [*identity, int(now), read[path][1]]
     manifest.write(folder)  # the one atomic step that makes the merged files live
     result.files_merged, result.files_written, result.rows = len(inputs), len(written), merged.num_rows
     return result
 
 
-def _with_source(path: Path, schema: pa.Schema) -> pa.Table:
-    """A file's rows in the table's schema, with the file they were written in and their place in
-    it (SOURCE_COLUMN, SOURCE_ROW_COLUMN: kept from a compacted file, else this file's)."""
-    data = pq.read_table(path)
+def _with_source(path: Path, schema: pa.Schema) -> tuple[pa.Table, str]:
+    """A file's rows in the table's schema, with the file they were written in, their place in it
+    and that write's mtime (SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_WRITTEN_COLUMN: kept from a
+    compacted file, else this file's); and the digest of the bytes read."""
+    mtime_ns = path.stat().st_mtime_ns  # before reading: a rewrite after this is merged by a later run
+    raw = path.read_bytes()
+    data = pq.read_table(pa.BufferReader(raw))
     rows = conform_to_schema(data, schema, str(path))
     if SOURCE_COLUMN in data.column_names and SOURCE_ROW_COLUMN in data.column_names:
         source, place = data.column(SOURCE_COLUMN), data.column(SOURCE_ROW_COLUMN)
+        # merged by a release before the column: older than any write merged since
+        written = (data.column(SOURCE_WRITTEN_COLUMN) if SOURCE_WRITTEN_COLUMN in data.column_names
+                   else pa.array([0] * data.num_rows, type=pa.int64()))
     else:
         source = pa.array([path.stem] * data.num_rows, type=pa.string())
         place = pa.array(range(data.num_rows), type=pa.int64())
-    return rows.append_column(SOURCE_COLUMN, source).append_column(SOURCE_ROW_COLUMN, place)
+        written = pa.array([mtime_ns] * data.num_rows, type=pa.int64())
+    rows = (rows.append_column(SOURCE_COLUMN, source).append_column(SOURCE_ROW_COLUMN, place)
+            .append_column(SOURCE_WRITTEN_COLUMN, written))
+    return rows, content_digest(raw)
 
 
 def _split_latest(merged: pa.Table, keys: tuple[str, ...], stamp: str) -> tuple[pa.Table, pa.Table]:
@@ -208,7 +222,7 @@ def _delete_expired(folder: Path, keep_s: float) -> int:
     for name in expired:
         path = folder / name
         try:
-            if file_identity(path) == manifest.superseded[name][:2]:
+            if is_superseded(path, manifest.superseded[name]):
                 path.unlink()
                 deleted += 1
         except FileNotFoundError:

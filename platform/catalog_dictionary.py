@@ -183,7 +183,7 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "runs_died": ("count", "Runs found dead (killed without a final status row) and marked so by a later ingest."),
         "partitions": ("count", "Distinct partitions committed in the ledger."),
         "quarantined": ("count", "Quarantined records over all runs."),
-        "fingerprints": ("count", "Distinct model fingerprints that ingested (versions, see collection_versions)."),
+        "fingerprints": ("count", "Distinct model fingerprints of its runs and current lesions (its rows in collection_versions)."),
         "last_run_id": ("", "The most recent ingest run."),
         "last_run_status": ("", "Its status."),
         "last_fingerprint": ("", "Its model fingerprint."),
@@ -195,7 +195,8 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "name": ("", "The collection name clients use (the alias; `dermground collections list` shows which version is live)."),
         "version": ("", "The version of that name (v0, v1, ...)."),
         "fingerprint": ("", "Model fingerprint (base weights + adapter): one version of the collection's vectors."),
-        "ingest_runs": ("count", "Ingest runs with this fingerprint."),
+        "ingest_runs": ("count", "Ingest runs with this fingerprint (0 for a version restored by a release "
+                                  "that did not copy its runs: its lesions still count)."),
         "runs_done": ("count", "Of those, runs that finished."),
         "first_started_at": ("UTC", "When the first of them started."),
         "last_finished_at": ("UTC", "When the last of them finished."),
@@ -271,7 +272,11 @@ def render_markdown(views: list[View]) -> str:
              "Read the tables through these views, not by globbing a table folder's Parquet files:",
              "`dermground catalog compact` merges them into `_compacted/` and deletes the files it replaced",
              "an hour later, so a `**/*.parquet` glob counts rows twice during that hour and a `*.parquet`",
-             "glob misses them after it; each folder's `_manifest.json` says which files are live.", ""]
+             "glob misses them after it; each folder's `_manifest.json` says which files are live.",
+             "A copy of the folder (`cp -r`, tar, a restored backup) reads the same: superseded files are",
+             "recognised by their content when the copy changed their times. To keep a result, use",
+             "`dermground sql ... --out FILE` outside the catalog folder (a file in a table folder would be",
+             "read as rows of that table).", ""]
     lines += [f"- [`{v.name}`](#{v.name}) — {v.description.split('. ')[0].rstrip('.')}." for v in views]
     for view in views:
         lines += ["", f"## {view.name}", "", view.description, "", "| column | type | unit | meaning |",

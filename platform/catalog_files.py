@@ -5,7 +5,7 @@ Each table folder may hold `_manifest.json`, replaced atomically by a compaction
 
     {"compacted": ["_compacted/<stem>.parquet", ...],
      "current": "_compacted/<stem>.current.parquet" or null,
-     "superseded": {"<file>.parquet": [size, mtime_ns, superseded_at], ...}}
+     "superseded": {"<file>.parquet": [size, mtime_ns, superseded_at, content_digest], ...}}
 
 For the tables whose view keeps the latest row per key (lesions, ingest_runs), a compaction
 writes the latest rows into one `current` file and the rest into another compacted file; the
@@ -14,12 +14,15 @@ view then only has to deduplicate keys that appear again in files written since.
 A reader reads the manifest first, then lists the folder. A compaction writes its merged file
 into `_compacted/` (outside the folder's `*.parquet` listing), then swaps the manifest, and only
 later deletes what it superseded; so a reader sees either every small file or the merged file,
-never both and never neither. A superseded entry names the file's size and mtime: a file that a
-writer later rewrites under the same name (an idempotent retry) is a new file and stays live.
+never both and never neither. A superseded entry names the file's size, mtime and content digest:
+a file that a writer later rewrites under the same name (an idempotent retry) is a new file and
+stays live, and the same file copied elsewhere with new mtimes (`cp -r`, tar, a restored backup)
+is still recognised by its digest (read only when the size matches and the mtime does not).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -37,6 +40,9 @@ COMPACTED_DIR = "_compacted"
 # and collection copies find a partition's rows by it once the file itself is merged and gone.
 SOURCE_COLUMN = "_source_file"
 SOURCE_ROW_COLUMN = "_source_row"  # the row's place in that file (the ledger hashes a partition's ids in order)
+# The mtime_ns of that file when it was merged: a file written again under its name after a
+# compaction (a partition committed again) is a newer write, whose rows replace the earlier ones.
+SOURCE_WRITTEN_COLUMN = "_source_written"
 
 
 @dataclass
@@ -44,7 +50,7 @@ class Manifest:
     """A table folder's compaction state (empty when it was never compacted)."""
 
     compacted: list[str] = field(default_factory=list)
-    superseded: dict[str, list[int]] = field(default_factory=dict)
+    superseded: dict[str, list[int | str]] = field(default_factory=dict)
     current: str | None = None  # among `compacted`: the latest row per key at the compaction
 
     @classmethod
@@ -71,6 +77,33 @@ def file_identity(path: Path) -> list[int]:
     """What a superseded entry remembers of a file: [size, mtime_ns]."""
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns]
+
+
+def content_digest(data: bytes) -> str:
+    """The digest a superseded entry keeps of the bytes a compaction merged."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def is_superseded(path: Path, entry: Sequence[int | str]) -> bool:
+    """Whether `path` is the file a superseded entry names: the same size and mtime, or, for a
+    copy with new mtimes, the same size and content. FileNotFoundError when it is gone."""
+    identity = file_identity(path)
+    if identity == list(entry[:2]):
+        return True
+    if identity[0] != entry[0] or len(entry) < 4:  # entries written before the digest: mtime only
+        return False
+    # Readers list the files before every query: a copy's files are hashed once per process.
+    key = (str(path), *identity)
+    digest = _COPY_DIGESTS.get(key)
+    if digest is None:
+        digest = content_digest(path.read_bytes())
+        if len(_COPY_DIGESTS) >= 100_000:
+            _COPY_DIGESTS.clear()
+        _COPY_DIGESTS[key] = digest
+    return digest == entry[3]
+
+
+_COPY_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> content digest
 
 
 @dataclass(frozen=True)
@@ -107,7 +140,7 @@ def _listed(folder: Path, manifest: Manifest) -> list[Path]:
         gone = manifest.superseded.get(path.name)
         if gone is not None:
             try:
-                if file_identity(path) == gone[:2]:
+                if is_superseded(path, gone):
                     continue
             except FileNotFoundError:  # deleted after its grace period, between listing and stat
                 continue
@@ -119,17 +152,24 @@ def rows_by_source(folder: Path, columns: Sequence[str] | None = None, prefix: s
     """A table's live rows (`columns` of them, or all), by the stem of the file they were written
     in, for the stems that start with `prefix`, in the order they were written: a live file's own
     rows, else the rows a compaction merged from that file (SOURCE_COLUMN; rows merged before it
-    existed go under the merged file's stem). A file written again under its name after a
-    compaction wins over the merged rows."""
+    existed go under the merged file's stem). Of a file written more than once under its name, only
+    the last write's rows count, as when the file itself is read: a live file wins over merged
+    rows, and of rows merged from several writes (compacted, written again, compacted again) the
+    latest write's (SOURCE_WRITTEN_COLUMN; merged before it existed counts as older)."""
     wanted = list(columns) if columns is not None else None
     found: dict[str, list[pa.Table]] = {}
     parts = live_parts(folder)
     for path in ([parts.current] if parts.current else []) + parts.older:
-        if SOURCE_COLUMN not in pq.ParquetFile(path).schema_arrow.names:
+        names = pq.ParquetFile(path).schema_arrow.names
+        if SOURCE_COLUMN not in names:
             if path.stem.startswith(prefix):
                 found.setdefault(path.stem, []).append(pq.read_table(path, columns=wanted))
             continue
-        data = pq.read_table(path, columns=None if wanted is None else [*wanted, SOURCE_COLUMN, SOURCE_ROW_COLUMN])
+        written = [SOURCE_WRITTEN_COLUMN] if SOURCE_WRITTEN_COLUMN in names else []
+        data = pq.read_table(path, columns=None if wanted is None else [*wanted, SOURCE_COLUMN, SOURCE_ROW_COLUMN,
+                                                                          *written])
+        if not written:
+            data = data.append_column(SOURCE_WRITTEN_COLUMN, pa.array([0] * data.num_rows, pa.int64()))
         sources = data.column(SOURCE_COLUMN)
         for stem in pc.unique(sources).to_pylist():
             if stem is not None and stem.startswith(prefix):
@@ -142,7 +182,10 @@ def rows_by_source(folder: Path, columns: Sequence[str] | None = None, prefix: s
 
 
 def _in_written_order(rows: pa.Table) -> pa.Table:
-    """Merged rows of one source file back in that file's order, without the source columns."""
+    """Merged rows of one source file, of its latest write only, back in that file's order and
+    without the source columns."""
     if SOURCE_ROW_COLUMN not in rows.column_names:
         return rows
-    return rows.sort_by(SOURCE_ROW_COLUMN).drop_columns([SOURCE_COLUMN, SOURCE_ROW_COLUMN])
+    written = rows.column(SOURCE_WRITTEN_COLUMN)
+    rows = rows.filter(pc.equal(written, pc.max(written)))
+    return rows.sort_by(SOURCE_ROW_COLUMN).drop_columns([SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_WRITTEN_COLUMN])

@@ -70,7 +70,6 @@ WITH names AS (
            count(*) FILTER (WHERE status = 'failed') AS runs_failed,
            count(*) FILTER (WHERE status = 'running') AS runs_running,
            count(*) FILTER (WHERE status = 'died') AS runs_died,
-           count(DISTINCT fingerprint) AS fingerprints,
            arg_max(run_id, coalesce(finished_at, started_at, written_at)) AS last_run_id,
            arg_max(status, coalesce(finished_at, started_at, written_at)) AS last_run_status,
            arg_max(fingerprint, coalesce(finished_at, started_at, written_at)) AS last_fingerprint,
@@ -80,6 +79,11 @@ WITH names AS (
     SELECT collection, count(DISTINCT partition_id) AS partitions FROM ingest_partitions GROUP BY collection
 ), quarantine_facts AS (
     SELECT collection, count(*) AS quarantined FROM quarantine GROUP BY collection
+), fingerprint_facts AS (
+    -- as collection_versions counts them: lesions without a run under their collection count too
+    SELECT collection, count(DISTINCT fingerprint) AS fingerprints
+    FROM (SELECT collection, fingerprint FROM ingest_runs UNION SELECT collection, fingerprint FROM lesions)
+    GROUP BY collection
 )
 SELECT n.collection,
        CASE WHEN regexp_matches(n.collection, '__v[1-9][0-9]*$') THEN regexp_extract(n.collection, '^(.*)__v[0-9]+$', 1) ELSE n.collection END AS name,
@@ -90,13 +94,14 @@ SELECT n.collection,
        coalesce(r.runs_failed, 0) AS runs_failed, coalesce(r.runs_running, 0) AS runs_running,
        coalesce(r.runs_died, 0) AS runs_died,
        coalesce(p.partitions, 0) AS partitions, coalesce(q.quarantined, 0) AS quarantined,
-       coalesce(r.fingerprints, 0) AS fingerprints, r.last_run_id, r.last_run_status, r.last_fingerprint,
+       coalesce(f.fingerprints, 0) AS fingerprints, r.last_run_id, r.last_run_status, r.last_fingerprint,
        r.last_finished_at, l.last_written_at
 FROM names n
 LEFT JOIN lesion_facts l USING (collection)
 LEFT JOIN run_facts r USING (collection)
 LEFT JOIN partition_facts p USING (collection)
 LEFT JOIN quarantine_facts q USING (collection)
+LEFT JOIN fingerprint_facts f USING (collection)
 """
 
 
@@ -111,13 +116,20 @@ WITH runs AS (
     FROM ingest_runs GROUP BY collection, fingerprint
 ), current AS (
     SELECT collection, fingerprint, count(*) AS lesions FROM lesions GROUP BY collection, fingerprint
+), keys AS (
+    -- Lesions without a run under their collection count too: a version restored by a release
+    -- that did not copy its ingest runs (before they were keyed by collection) has none.
+    SELECT collection, fingerprint FROM runs UNION SELECT collection, fingerprint FROM current
 )
-SELECT r.collection,
-       CASE WHEN regexp_matches(r.collection, '__v[1-9][0-9]*$') THEN regexp_extract(r.collection, '^(.*)__v[0-9]+$', 1) ELSE r.collection END AS name,
-       CASE WHEN regexp_matches(r.collection, '__v[1-9][0-9]*$') THEN 'v' || regexp_extract(r.collection, '__v([0-9]+)$', 1) ELSE 'v0' END AS version,
-       r.fingerprint, r.ingest_runs, r.runs_done, r.first_started_at, r.last_finished_at,
-       r.ingested, r.quarantined, coalesce(c.lesions, 0) AS current_lesions
-FROM runs r LEFT JOIN current c USING (collection, fingerprint)
+SELECT k.collection,
+       CASE WHEN regexp_matches(k.collection, '__v[1-9][0-9]*$') THEN regexp_extract(k.collection, '^(.*)__v[0-9]+$', 1) ELSE k.collection END AS name,
+       CASE WHEN regexp_matches(k.collection, '__v[1-9][0-9]*$') THEN 'v' || regexp_extract(k.collection, '__v([0-9]+)$', 1) ELSE 'v0' END AS version,
+       k.fingerprint, coalesce(r.ingest_runs, 0) AS ingest_runs, coalesce(r.runs_done, 0) AS runs_done,
+       r.first_started_at, r.last_finished_at, coalesce(r.ingested, 0)::BIGINT AS ingested,
+       coalesce(r.quarantined, 0)::BIGINT AS quarantined, coalesce(c.lesions, 0) AS current_lesions
+FROM keys k
+LEFT JOIN runs r ON r.collection = k.collection AND r.fingerprint IS NOT DISTINCT FROM k.fingerprint
+LEFT JOIN current c ON c.collection = k.collection AND c.fingerprint IS NOT DISTINCT FROM k.fingerprint
 """
 
 

@@ -105,11 +105,16 @@ def terminal_lines(history_file: Path) -> Iterator[str]:
         import readline
     except ImportError:  # not on every platform: the shell still works, without history
         readline = None  # type: ignore[assignment]
+    keep_history = readline is not None
     if readline is not None:
-        history_file.parent.mkdir(parents=True, exist_ok=True)
-        if history_file.exists():
-            readline.read_history_file(history_file)
         readline.set_history_length(2000)
+        try:
+            history_file.parent.mkdir(parents=True, exist_ok=True)
+            if history_file.exists():
+                readline.read_history_file(history_file)
+        except OSError as exc:  # another user's home, a read-only mount: the shell works without it
+            _history_not_kept(history_file, exc)
+            keep_history = False
     prompt = PROMPT
     buffered = False
     try:
@@ -132,5 +137,15 @@ def terminal_lines(history_file: Path) -> Iterator[str]:
             prompt = PROMPT if ended or not buffered else CONTINUE
             buffered = buffered and not ended
     finally:
-        if readline is not None:
-            readline.write_history_file(history_file)
+        if keep_history:
+            try:
+                readline.write_history_file(history_file)
+            except OSError as exc:
+                _history_not_kept(history_file, exc)
+
+
+def _history_not_kept(history_file: Path, exc: OSError) -> None:
+    import sys
+
+    print(f"note: the shell's history is not kept: {history_file}: {exc.strerror or exc} (the shell works; "
+          "statements typed now are not remembered for the next session)", file=sys.stderr)

@@ -183,3 +183,50 @@ def test_a_partitions_rows_stay_findable_by_their_file_in_written_order_after_co
     for stem, rows in before.items():
         assert after[stem].column("isic_id").to_pylist() == rows.column("isic_id").to_pylist(), stem
     assert after["c1--p0000"].column("isic_id").to_pylist() == ["ISIC_0000", "ISIC_0001", "ISIC_0002"]
+
+
+def test_a_partition_committed_again_between_compactions_is_found_with_its_last_rows_only(cat: Catalog) -> None:
+    """A partition whose quarantined record was fixed is committed again under its file name: its
+    rows merged by one compaction and the new file merged by the next were both given to it
+    (`dermground check`: 'p0001 (lesions file differs from the ledger)'; a copy carried both)."""
+    from dermground.platform.catalog_files import rows_by_source
+
+    compact(cat.dir)
+    again = [{"isic_id": f"ISIC_001{j}", "split": "train", "collection": "c1", "areaMM2": 1.0,
+              "written_at": T0 + timedelta(days=2)} for j in (0, 1, 2, 3)]  # the fixed record is the 4th
+    cat.append("lesions", again, name="c1--p0001")
+    assert rows_by_source(cat.dir / "lesions", ["isic_id"], prefix="c1--p0001")["c1--p0001"].num_rows == 4
+    compact(cat.dir)
+    compact(cat.dir, keep_s=0)  # the written file itself is gone: only the merged rows are left
+    assert not (cat.dir / "lesions" / "c1--p0001.parquet").exists()
+    rows = rows_by_source(cat.dir / "lesions", ["isic_id"], prefix="c1--")
+    assert rows["c1--p0001"].column("isic_id").to_pylist() == ["ISIC_0010", "ISIC_0011", "ISIC_0012", "ISIC_0013"]
+    assert rows["c1--p0002"].column("isic_id").to_pylist() == ["ISIC_0020", "ISIC_0021", "ISIC_0022"]
+
+
+@pytest.mark.parametrize("how", ["cp -r", "tar"])
+def test_a_copy_of_a_catalog_made_within_the_grace_period_counts_each_row_once(cat: Catalog, tmp_path: Path,
+                                                                               how: str) -> None:
+    """Superseded files were recognised by size and mtime only: a copy that does not keep mtimes
+    (`cp -r`, tar's whole seconds, a restored backup) read them as live beside the merged file, so
+    every count doubled, and its next compaction left them live for good."""
+    import shutil
+    import tarfile
+
+    before = _snapshot(cat.dir)
+    counts = "SELECT (SELECT count(*) FROM lesions_history) AS h, (SELECT count(*) FROM predictions) AS p"
+    expected = cat.query(counts)
+    compact(cat.dir)  # the small files stay an hour for readers, superseded
+    copy = tmp_path / "copy" / "catalog"
+    if how == "cp -r":
+        shutil.copytree(cat.dir, copy, copy_function=shutil.copyfile)  # contents only: new mtimes
+    else:
+        with tarfile.open(tmp_path / "backup.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+            tar.add(cat.dir, arcname="catalog")
+        with tarfile.open(tmp_path / "backup.tar") as tar:
+            tar.extractall(copy.parent, filter="data")
+    assert Catalog(copy).query(counts) == expected
+    assert _snapshot(copy) == before
+    compact(copy, keep_s=0)  # past the grace period: the copies of the superseded files go
+    assert Catalog(copy).query(counts) == expected
+    assert sorted(p.name for p in (copy / "lesions").glob("*.parquet")) == []

@@ -131,3 +131,51 @@ def test_a_seeded_version_gets_its_own_copy_of_the_runs_its_rows_came_from(tmp_p
     assert views == {NAME, f"{NAME}__v1"}
     assert _facts(home, f"{NAME}__v1") == source
     assert _facts(home, NAME) == source
+
+
+def test_a_version_restored_without_its_runs_still_counts_its_lesions_in_collection_versions(tmp_path: Path) -> None:
+    """A same-home restore by a release before runs were keyed by collection wrote the version's
+    lesions and ledger but no ingest_runs rows: collection_versions left the version out (its
+    current_lesions summed to less than `collections` counts)."""
+    home = tmp_path / "home"
+    _ingested_home(home)
+    catalog = Catalog(home / "catalog")
+    restored = f"{NAME}__v1"
+    for table in ("lesions", "ingest_partitions"):  # what that release's install_files wrote
+        rows = [{**r, "collection": restored} for r in catalog.query(f"SELECT * FROM {table}")]
+        catalog.append(table, rows, name=f"{restored}--p000000-x")
+    assert _view_rows(home, f"SELECT fingerprint, ingest_runs, runs_done, ingested, current_lesions "
+                            f"FROM collection_versions WHERE collection = '{restored}'") == [(FP, 0, 0, 0, N)]
+    assert _view_rows(home, "SELECT collection, sum(current_lesions), count(*) FROM collection_versions GROUP BY ALL "
+                            "ORDER BY ALL") == _view_rows(home, "SELECT collection, lesions, fingerprints FROM collections "
+                                                                "ORDER BY ALL")
+    assert _facts(home, NAME) == ((N, 1, 1, 1, 1, "r1", "done"), (FP, 1, 1, N, N), 2)  # the source is unchanged
+
+
+def test_a_catalog_compacted_by_a_release_without_row_origins_still_checks_and_restores(tmp_path: Path) -> None:
+    """A compaction before `_source_file`/`_source_row` left merged files that say nothing of the
+    partition each row came from: `check` counts those rows together, by number, and a snapshot
+    restored from such a catalog checks too (no false finding, no wrong count in the views)."""
+    import pyarrow.parquet as pq
+
+    from dermground.platform.catalog_compact import compact
+    from dermground.platform.catalog_files import (SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_WRITTEN_COLUMN,
+                                                   live_parts)
+
+    home = tmp_path / "home"
+    _ingested_home(home)
+    compact(home / "catalog")
+    for folder in (home / "catalog").iterdir():  # the merged files as that release wrote them
+        for path in live_parts(folder).all if folder.is_dir() else []:
+            data = pq.read_table(path)
+            origin = [c for c in (SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_WRITTEN_COLUMN) if c in data.column_names]
+            pq.write_table(data.drop_columns(origin), path)
+    compact(home / "catalog", keep_s=0)  # its grace period over: the partitions' own files are gone
+    assert not list((home / "catalog" / "lesions").glob("*.parquet"))
+    assert "store and catalog agree" in _cli(home, "check", "--collection", NAME)
+    assert _facts(home, NAME) == ((N, 1, 1, 1, 1, "r1", "done"), (FP, 1, 1, N, N), 2)
+    _cli(home, "snapshot", "create", "--collection", NAME)
+    (tar,) = (home / "snapshots" / NAME).glob("*.tar")
+    fresh = tmp_path / "fresh"
+    _cli(fresh, "snapshot", "restore", str(tar), "--collection", NAME, "--yes")
+    assert "store and catalog agree" in _cli(fresh, "check", "--collection", NAME)

@@ -184,6 +184,10 @@ def _json_cell(value: object) -> object:
         return float(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, list | tuple):  # a list() or a struct: JSON arrays and objects, not Python's repr
+        return [_json_cell(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_cell(v) for k, v in value.items()}
     return str(value)
 
 

@@ -23,6 +23,16 @@ def _cell(value: object) -> object:
     return value
 
 
+def _csv_cell(value: object) -> object:
+    """A CSV field: a list, struct or map as JSON text, as `--out FILE.csv` writes it (Python's
+    repr, {'a': 1}, is no format a reader parses)."""
+    if isinstance(value, list | tuple | dict):
+        from dermground.platform.analyst import json_default, json_value
+
+        return json.dumps(json_value(value), default=json_default)
+    return _cell(value)
+
+
 def _table(columns: list[str], rows: list[tuple]) -> str:
     text = [[("NULL" if v is None else str(_cell(v))) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
@@ -41,7 +51,9 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.01), default=from_settings("sql_timeout_s"),
               help="Stop the query after this many seconds [default: DERMGROUND_SQL_TIMEOUT_S].")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it.")
+              help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it. "
+                   "JSON writes NaN and infinities as null; intervals are written as text, and CSV writes lists, "
+                   "structs and maps as JSON text.")
 @click.option("--schema", "schema", is_flag=True,
               help="Print every view and column with type, unit and meaning (the data dictionary) and exit.")
 def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out: Path | None, schema: bool) -> None:
@@ -89,27 +101,32 @@ def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out
 
 def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
     if fmt == "json":
-        from dermground.platform.analyst import json_default
+        from dermground.platform.analyst import json_default, json_value
 
-        records = [{c: _cell(v) for c, v in zip(columns, row, strict=True)} for row in rows]
-        return json.dumps(records, indent=2, default=json_default)
+        records = [{c: json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+        return json.dumps(records, indent=2, default=json_default, allow_nan=False)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([[_cell(v) for v in row] for row in rows])
+        writer.writerows([[_csv_cell(v) for v in row] for row in rows])
         return buffer.getvalue()
     return _table(columns, rows)
 
 
 def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, timeout_s: float) -> None:
-    from dermground.platform.analyst import OUT_FORMATS, query_arrow, write_table
+    from dermground.platform.analyst import OUT_FORMATS, query_arrow, refuse_out_in_catalog, write_table
     from dermground.platform.catalog import SqlRejected
 
     if out.suffix.lower() not in OUT_FORMATS:
         raise click.BadParameter(f"{out}: use a .parquet, .csv or .json file name", param_hint="--out")
     try:
-        table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=max_rows)
+        refuse_out_in_catalog(catalog_dir, out)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
+    try:
+        table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=max_rows,
+                            out_format=out.suffix.lower())
     except SqlRejected as exc:
         raise click.ClickException(f"{exc}\nOnly one SELECT over the catalog views is allowed "
                                    "(see `dermground sql --help`).") from None
@@ -129,6 +146,8 @@ def _shell(catalog_dir: Path, fmt: str, max_rows: int, timeout_s: float, home: P
             result = run_readonly_sql(catalog_dir, statement, max_rows=max_rows, timeout_s=timeout_s)
         except SqlRejected as exc:
             raise ValueError(str(exc)) from None
+        except KeyboardInterrupt:  # Ctrl-C before DuckDB started the query: the shell goes on, as psql does
+            raise ValueError("the query was interrupted (Ctrl-C)") from None
         text = _render(result.columns, result.rows, fmt).rstrip("\n")
         note = f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''}" + (
             f", stopped at {max_rows}; add LIMIT/WHERE)" if result.truncated else ")")

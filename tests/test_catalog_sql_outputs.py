@@ -1,0 +1,217 @@
+"""`dermground sql` outputs hold what a query can answer: valid JSON for NaN and infinities, and
+every DuckDB type in --out files (intervals, lists, structs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from dermground.platform.cli import cli
+from dermground.platform.commands import context
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(context, "_current", None)
+    yield
+    monkeypatch.setattr(context, "_current", None)
+
+
+def _sql(home: Path, *args: str):
+    context._current = None
+    return CliRunner().invoke(cli, ["--home", str(home), "sql", *args])
+
+
+def _strict_json(text: str) -> object:
+    """json.loads refusing NaN and Infinity, as JavaScript, jq and most JSON readers do."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# corr() over a constant column is NaN: an analyst's everyday way to meet one.
+NON_FINITE = ("SELECT corr(a, b) AS r, 'inf'::DOUBLE AS up, '-inf'::DOUBLE AS down, [1.5, 'nan'::DOUBLE] AS xs "
+              "FROM (VALUES (1.0, 2.0), (1.0, 3.0)) t(a, b)")
+
+
+def test_json_outputs_write_nan_and_infinities_as_null_like_post_sql(tmp_path: Path) -> None:
+    printed = _sql(tmp_path, NON_FINITE, "--format", "json")
+    assert printed.exit_code == 0, printed.output
+    expected = {"r": None, "up": None, "down": None, "xs": [1.5, None]}
+    assert _strict_json(printed.stdout) == [expected]
+    out = tmp_path / "r.json"
+    written = _sql(tmp_path, NON_FINITE, "--out", str(out))
+    assert written.exit_code == 0, written.output
+    assert [_strict_json(line) for line in out.read_text().splitlines()] == [expected]
+
+
+# How long each run took (an INTERVAL), the statuses it went through (a list), a struct: what
+# `--out x.csv` and `--out x.parquet` failed on with a pyarrow traceback.
+RUN_TIMES = ("SELECT run_id, max(finished_at) - min(started_at) AS took, list(status ORDER BY written_at) AS statuses, "
+             "{'n': max(n_ingested)} AS counts FROM ingest_runs_history GROUP BY run_id")
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".json"])
+def test_out_files_take_intervals_lists_and_structs(tmp_path: Path, suffix: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dermground.platform.catalog import Catalog
+
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    run = {"run_id": "r1", "collection": "c1", "started_at": started}
+    Catalog(tmp_path / "catalog").append("ingest_runs", [{**run, "status": "running", "written_at": started}])
+    Catalog(tmp_path / "catalog").append("ingest_runs", [{**run, "status": "done", "n_ingested": 7,
+                                                          "finished_at": started + timedelta(days=1, minutes=90)}])
+    out = tmp_path / f"runs{suffix}"
+    done = _sql(tmp_path, RUN_TIMES, "--out", str(out))
+    assert done.exit_code == 0, done.output
+    if suffix == ".parquet":
+        (row,) = pq.read_table(out).to_pylist()
+        assert row["statuses"] == ["running", "done"] and row["counts"] == {"n": 7}
+    elif suffix == ".csv":
+        (row,) = pcsv.read_csv(out).to_pylist()
+        assert json.loads(row["statuses"]) == ["running", "done"] and json.loads(row["counts"]) == {"n": 7}
+    else:
+        (row,) = [_strict_json(line) for line in out.read_text().splitlines()]
+        assert row["statuses"] == ["running", "done"] and row["counts"] == {"n": 7}
+    assert row["run_id"] == "r1" and row["took"] == "1 day 01:30:00"
+
+
+@pytest.mark.parametrize("unusable", ["a folder in its place", "a read-only file system"])
+def test_the_shell_runs_when_its_history_file_cannot_be_read_or_written(tmp_path: Path, unusable: str,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Another user's DERMGROUND_HOME, or one on a read-only mount: the shell stopped with an
+    OSError traceback before its first prompt (history unreadable) or after the last (unwritable)."""
+    import builtins
+
+    from dermground.platform.sql_shell import statements, terminal_lines
+
+    if unusable == "a folder in its place":
+        history = tmp_path / "sql_history"
+        history.mkdir()
+    else:
+        history = Path("/proc/dermground-test/sql_history")  # /proc takes no new files, even from root
+    typed = iter(["SELECT 1;"])
+
+    def fake_input(prompt: str) -> str:  # the terminal (stdlib input), not our code
+        item = next(typed, None)
+        if item is None:
+            raise EOFError
+        return item
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    assert list(statements(terminal_lines(history))) == ["SELECT 1"]
+    assert f"history is not kept: {history}" in capsys.readouterr().err
+
+
+def test_a_pivot_without_values_is_refused_with_the_form_that_runs(tmp_path: Path) -> None:
+    """PIVOT without an IN list is a MULTI statement to DuckDB: the refusal said 'this is a MULTI
+    statement; the catalog is read-only', which names neither the cause nor the way out."""
+    from dermground.platform.catalog import Catalog
+
+    Catalog(tmp_path / "catalog").append("lesions", [{"isic_id": "ISIC_1", "split": "train", "collection": "c1"}])
+    refused = _sql(tmp_path, "SELECT * FROM (PIVOT lesions ON split USING count(*))")
+    assert refused.exit_code == 1
+    assert "PIVOT without an IN list" in refused.output and "MULTI" not in refused.output
+    listed = _sql(tmp_path, "PIVOT lesions ON split IN ('train', 'test') USING count(*) GROUP BY collection",
+                  "--format", "csv")
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines() == ["collection,train,test", "c1,1,0"]
+
+
+def test_out_into_the_catalog_folder_is_refused_and_the_catalog_is_unchanged(tmp_path: Path) -> None:
+    """`--out` wrote with Python, past the read-only guard: a result saved in a table folder became
+    a lesions row (NULL collection) and `dermground check` failed reading it."""
+    from dermground.platform.catalog import Catalog
+
+    catalog = Catalog(tmp_path / "catalog")
+    catalog.append("lesions", [{"isic_id": "ISIC_1", "split": "train", "collection": "c1"}])
+    for out in (catalog.dir / "lesions" / "by_split.parquet", catalog.dir / "mine.csv"):
+        refused = _sql(tmp_path, "SELECT split, count(*) AS n FROM lesions GROUP BY split", "--out", str(out))
+        assert refused.exit_code == 2 and "inside the catalog folder" in refused.output
+        assert not out.exists()
+    assert catalog.query("SELECT count(*) AS n FROM lesions_history") == [{"n": 1}]
+    elsewhere = _sql(tmp_path, "SELECT split FROM lesions", "--out", str(tmp_path / "by_split.parquet"))
+    assert elsewhere.exit_code == 0, elsewhere.output
+
+
+def test_ctrl_c_during_a_query_stops_it_and_the_shell_takes_the_next(tmp_path: Path) -> None:
+    """At a terminal, Ctrl-C while a query ran ended the shell with 'RuntimeError: Query
+    interrupted' and a traceback (and lost the session); it now stops the query only."""
+    import os
+    import pty
+    import select
+    import signal
+    import sys
+    import time
+
+    from dermground.platform.catalog import Catalog
+
+    Catalog(tmp_path / "catalog").append("lesions", [{"isic_id": "ISIC_1", "collection": "c1"}])
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the shell at a terminal
+        os.environ["DERMGROUND_SQL_TIMEOUT_S"] = "600"  # the stop below is the user's, not the timeout's
+        os.execv(str(Path(sys.executable).parent / "dermground"), ["dermground", "--home", str(tmp_path), "sql"])
+    seen = ""
+
+    def wait_for(text: str, deadline_s: float = 120.0) -> None:
+        nonlocal seen
+        end = time.monotonic() + deadline_s
+        while text not in seen:
+            assert time.monotonic() < end, f"no {text!r} from the shell; it printed:\n{seen}"
+            if select.select([terminal], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(terminal, 65536).decode(errors="replace")
+                except OSError:  # the shell ended
+                    raise AssertionError(f"the shell ended before {text!r}:\n{seen}") from None
+
+    try:
+        wait_for("sql> ")
+        os.write(terminal, b"SELECT count(*) FROM range(100000000000) a, lesions;\n")
+        wait_for("range(100000000000)")  # echoed: the shell has the statement
+        time.sleep(1.0)  # (not a limit: the interrupt is handled wherever it lands)
+        os.write(terminal, b"\x03")
+        wait_for("interrupted (Ctrl-C)")
+        os.write(terminal, b"SELECT 6 * 7 AS answer;\n")
+        wait_for("42")
+        assert "Traceback" not in seen
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(terminal)
+
+
+def test_csv_printed_writes_lists_and_structs_as_json_like_the_out_file(tmp_path: Path) -> None:
+    """`--format csv` printed a struct as Python's repr ({'n': 7}), which no CSV consumer parses."""
+    import csv
+    import io
+
+    printed = _sql(tmp_path, "SELECT [1, 2] AS xs, {'n': 7, 'name': 'a'} AS s, MAP {'k': 1.5} AS m", "--format", "csv")
+    assert printed.exit_code == 0, printed.output
+    (row,) = list(csv.DictReader(io.StringIO(printed.stdout)))
+    assert {k: _strict_json(v) for k, v in row.items()} == {"xs": [1, 2], "s": {"n": 7, "name": "a"},
+                                                            "m": {"k": 1.5}}
+
+
+def test_post_sql_answers_lists_and_structs_as_json_not_python_text(tmp_path: Path) -> None:
+    """POST /sql answered a list(...) as the string "[1, 2]" and a struct as "{'n': 7}" (Python's
+    repr), which a client cannot parse as JSON."""
+    from fastapi.testclient import TestClient
+
+    from dermground.platform.api.app import create_app
+    from dermground.platform.settings import Settings
+
+    settings = Settings(home=tmp_path, api_read_key="r" * 16, api_admin_key="a" * 16)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/sql", headers={"X-API-Key": "a" * 16},
+                               json={"query": "SELECT [1, 2] AS xs, {'n': 7, 'at': DATE '2026-01-02'} AS s, "
+                                              "'nan'::DOUBLE AS r"})
+    assert response.status_code == 200, response.text
+    assert response.json()["rows"] == [[[1, 2], {"n": 7, "at": "2026-01-02"}, None]]
