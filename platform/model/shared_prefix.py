@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import DynamicCache, Qwen2VLForConditionalGeneration
+from transformers.cache_utils import DynamicLayer
 
 from dermground.platform.model.image_inputs import PreparedImage, prepare_pixels
 from dermground.platform.model.loading import Backbone
@@ -123,12 +124,15 @@ class SuffixState:
 
 
 def run_suffixes(
-    backbone: Backbone, state: PrefixState, image_rows: Sequence[int], suffixes: Sequence[Sequence[int]]
+    backbone: Backbone, state: PrefixState, image_rows: Sequence[int], suffixes: Sequence[Sequence[int]],
+    *, copy_prefix: bool = False,
 ) -> tuple[torch.Tensor, SuffixState]:
     """Continue prefix rows `image_rows[i]` with token lists `suffixes[i]` in one batched pass.
 
     Suffixes are right padded; returns the last-layer state of each row's last real token [r, d]
-    and the state needed to keep decoding from there (greedy generation).
+    and the state needed to keep decoding from there (greedy generation). The rows share their
+    image's prefix cache (`_SharedPrefixLayer`); copy_prefix=True copies it per row first, the
+    previous path, kept only as the reference for tests and benchmarks/embed.py.
     """
     device = backbone.device
     rows = torch.tensor(list(image_rows), device=device)
@@ -141,7 +145,10 @@ def run_suffixes(
     attention_mask = torch.cat([state.attention_mask[rows], suffix_mask], dim=1)
     start = state.next_position[rows]
     positions = (start[:, None] + torch.arange(width, device=device)[None]).unsqueeze(0).expand(3, -1, -1)
-    cache = DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in state.cache])
+    if copy_prefix:
+        cache = DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in state.cache])
+    else:
+        cache = _shared_prefix_cache(state.cache, image_rows)
     hidden = _decode(backbone.core, ids, attention_mask, positions, cache)
     last = hidden[torch.arange(len(suffixes), device=device), lengths - 1]
     return last, SuffixState(cache=cache, attention_mask=attention_mask, last_position=start + lengths - 1)
@@ -161,6 +168,57 @@ def _decode(core: Qwen2VLForConditionalGeneration, ids: torch.Tensor, attention_
     out = core.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
                      use_cache=True, **{_CACHE_KWARG: cache})
     return out.last_hidden_state
+
+
+class _SharedPrefixLayer(DynamicLayer):
+    """One layer's cache for suffix rows that continue the images of a prefix pass, without a copy per row.
+
+    Until the suffix pass writes its keys, the layer holds the prefix pass's own tensors ([images,
+    heads, L, dim], shared by every row of an image); the first update writes each row's prefix
+    and its suffix into one new tensor, once (the stock layer copied each row's prefix twice before
+    that: an index and its own first concatenation). Later updates (decoding) concatenate as usual.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, runs: list[tuple[int, int, int]], rows: int) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values  # the prefix's: read, never written
+        self.device = keys.device
+        self.is_initialized = True
+        self._runs = runs  # (image, first row, end row): consecutive rows continuing one image
+        self._rows: int | None = rows
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
+               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rows is None:
+            return super().update(key_states, value_states, *args, **kwargs)
+        self.keys = self._gather(self.keys, key_states)
+        self.values = self._gather(self.values, value_states)
+        self._rows = None
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return int(self.keys.shape[-2])
+
+    def _gather(self, prefix: torch.Tensor, suffix: torch.Tensor) -> torch.Tensor:
+        length = prefix.shape[-2]
+        out = prefix.new_empty((self._rows, prefix.shape[1], length + suffix.shape[-2], prefix.shape[-1]))
+        for image, first, end in self._runs:
+            out[first:end, :, :length].copy_(prefix[image : image + 1])  # broadcast over the image's rows
+        out[:, :, length:].copy_(suffix)
+        return out
+
+
+def _shared_prefix_cache(prefix: DynamicCache, image_rows: Sequence[int]) -> DynamicCache:
+    """A cache whose rows continue prefix rows `image_rows` (any order) without copying them yet."""
+    runs: list[tuple[int, int, int]] = []
+    for row, image in enumerate(image_rows):
+        if runs and runs[-1][0] == image and runs[-1][2] == row:
+            runs[-1] = (image, runs[-1][1], row + 1)
+        else:
+            runs.append((int(image), row, row + 1))
+    cache = DynamicCache()
+    cache.layers = [_SharedPrefixLayer(keys, values, runs, len(image_rows)) for keys, values, *_ in prefix]
+    return cache
 
 
 def _output_cache(out: object) -> DynamicCache | None:
