@@ -19,6 +19,7 @@ from transformers.cache_utils import DynamicLayer
 
 from dermground.platform.model.image_inputs import PreparedImage, prepare_pixels
 from dermground.platform.model.loading import Backbone
+from dermground.platform.model.patch_dtype import patch_dtype_of
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor
 from dermground.platform.model.prompts import image_prefix, question_suffix
 
@@ -49,12 +50,18 @@ def prefix_inputs(processor: ImageOnlyQwen2VLProcessor, prepared: Sequence[Prepa
              for i in range(len(prepared))]
     tokens = processor.tokenizer(texts, padding=True, return_tensors="pt")
     mm_types = processor.create_mm_token_type_ids(tokens["input_ids"].tolist())
+    dtypes = {patch_dtype_of(p.pixel_values) for p in prepared}
+    if len(dtypes) > 1:
+        raise ValueError(f"one model pass got image patches of several dtypes ({', '.join(sorted(dtypes))})")
     pixels = np.concatenate([p.pixel_values for p in prepared]) if len(prepared) > 1 else prepared[0].pixel_values
+    pixel_values = torch.from_numpy(np.ascontiguousarray(pixels))
+    if dtypes == {"bfloat16"}:
+        pixel_values = pixel_values.view(torch.bfloat16)  # the bit patterns patch_dtype.py made: no copy
     return {
         "input_ids": tokens["input_ids"].to(device),
         "attention_mask": tokens["attention_mask"].to(device),
         "mm_token_type_ids": torch.tensor(mm_types, dtype=torch.long, device=device),
-        "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels)).to(device),
+        "pixel_values": pixel_values.to(device),
         "image_grid_thw": torch.from_numpy(grids).to(device),
     }
 
@@ -76,6 +83,10 @@ def encode_prepared_prefix(backbone: Backbone, prepared: Sequence[PreparedImage]
     actors get them from a CPU stage and run only the model."""
     core = backbone.core
     inputs = prefix_inputs(backbone.processor, prepared, backbone.device)
+    if inputs["pixel_values"].dtype not in (torch.float32, backbone.dtype):
+        # Rounded for another model: widening them back cannot restore what the rounding lost.
+        raise TypeError(f"image patches in {inputs['pixel_values'].dtype} for a model running in {backbone.dtype}; "
+                        "prepare them in float32 or in the model's dtype")
     mask = inputs["attention_mask"]
     positions, _ = core.model.get_rope_index(
         inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"], attention_mask=mask
