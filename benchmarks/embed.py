@@ -83,7 +83,8 @@ def measure(model_dir: Path, images: list[Image.Image], configs: list[tuple[int,
     return result
 
 
-def embed_seconds(embedder: Embedder, images: list[Image.Image], copy_prefix: bool) -> tuple[float, float, EmbeddingBatch]:
+def embed_seconds(embedder: Embedder, images: list[Image.Image],
+                  copy_prefix: bool) -> tuple[float, float, EmbeddingBatch]:
     """(wall s, CPU s, vectors) of `embedder.embed`, its suffix rows sharing or copying the prefix cache."""
     # The Embedder calls run_suffixes by this module-level name; the copying path is its reference mode.
     embed_module.run_suffixes = functools.partial(shared_prefix.run_suffixes, copy_prefix=copy_prefix)
@@ -110,7 +111,8 @@ def compare_prefix_sharing(model_dir: Path, images: list[Image.Image], config: t
     per_image = {c: (min(w for w, _ in t) / len(images) * 1e3, min(p for _, p in t) / len(images) * 1e3)
                  for c, t in times.items()}
     print(f"  prefix cache (batch_size, suffix_batch) {config}, {rounds} rounds: copied per row "
-          f"{per_image[True][0]:.2f} ms/image wall, {per_image[True][1]:.2f} CPU; shared {per_image[False][0]:.2f} wall, "
+          f"{per_image[True][0]:.2f} ms/image wall, {per_image[True][1]:.2f} CPU; "
+          f"shared {per_image[False][0]:.2f} wall, "
           f"{per_image[False][1]:.2f} CPU; shared / copied x{per_image[False][0] / per_image[True][0]:.3f} wall, "
           f"x{per_image[False][1] / per_image[True][1]:.3f} CPU; max abs diff {diff:.1e}")
     grown = {c: _suffix_pass_peak_mib(model_dir, images, c) for c in (True, False)}

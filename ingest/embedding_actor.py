@@ -66,7 +66,8 @@ class EmbeddingActor:
         if patch_dtype != "float32" and getattr(torch, patch_dtype) != backbone.dtype:
             # The CPU stage rounded the patches for another dtype than this model's (job.py predicts it).
             raise RuntimeError(f"the CPU stage sends image patches in {patch_dtype}, but the model on this actor "
-                               f"runs in {backbone.dtype}; set DERMGROUND_DTYPE explicitly (auto, float32, bfloat16, float16)")
+                               f"runs in {backbone.dtype}; set DERMGROUND_DTYPE explicitly "
+                               "(auto, float32, bfloat16, float16)")
         self.patch_dtype = ARRAY_DTYPES[patch_dtype]
         self.embedder = Embedder(backbone, batch_size=batch_size,
                                  suffix_batch=suffix_rows(batch_size, backbone.device.type))

@@ -49,7 +49,9 @@ def test_a_bfloat16_model_embeds_bfloat16_patches_exactly_as_float32_ones(tiny_m
     as_float32 = prepare_images(batch, str(tiny_model_dir), patch_dtype="float32")
     as_bfloat16 = prepare_images(batch, str(tiny_model_dir), patch_dtype="bfloat16")
     assert {row.dtype for row in as_bfloat16["pixel_values"]} == {np.dtype(np.uint16)}
-    assert sum(row.nbytes for row in as_bfloat16["pixel_values"]) * 2 == sum(row.nbytes for row in as_float32["pixel_values"])
+    sent_bytes = {name: sum(row.nbytes for row in batch["pixel_values"])
+                  for name, batch in (("float32", as_float32), ("bfloat16", as_bfloat16))}
+    assert sent_bytes["bfloat16"] * 2 == sent_bytes["float32"]
     arguments = {"model_dir": str(tiny_model_dir), "adapter_dir": None,
                  "expected_fingerprint": fingerprint(tiny_model_dir, None), "device": "cpu", "dtype": "bfloat16"}
     sent_rounded = EmbeddingActor(**arguments, patch_dtype="bfloat16")(as_bfloat16)
