@@ -21,6 +21,7 @@ import numpy as np
 
 from dermground.ingest.image_prep import INPUT_ERRORS, recipe_for, rejection_reason
 from dermground.platform.model.image_inputs import PreparedImage
+from dermground.platform.model.patch_dtype import ARRAY_DTYPES, PatchDtype
 from dermground.platform.model.patch_recipe import PatchRecipe
 from dermground.platform.store.schema import DEFAULT_VECTOR_NAMES, IMAGE_VECTOR
 
@@ -40,7 +41,8 @@ class EmbeddingActor:
     """Callable class for `Dataset.map_batches(..., compute=ActorPoolStrategy(...))`."""
 
     def __init__(self, model_dir: str, adapter_dir: str | None, expected_fingerprint: str,
-                 device: str = "auto", dtype: str = "auto", batch_size: int = 4, num_threads: int = 1) -> None:
+                 device: str = "auto", dtype: str = "auto", batch_size: int = 4, num_threads: int = 1,
+                 patch_dtype: PatchDtype = "float32") -> None:
         import torch
 
         # Imported here, in the actor: the driver imports this module without torch.
@@ -61,6 +63,12 @@ class EmbeddingActor:
             # transformers' processor makes of it. They must agree, or every vector is subtly off.
             raise RuntimeError(f"the image settings in {model_dir} ({recipe}) differ from its image processor's; "
                                "report this checkpoint's processor config")
+        if patch_dtype != "float32" and getattr(torch, patch_dtype) != backbone.dtype:
+            # The CPU stage rounded the patches for another dtype than this model's (job.py predicts it).
+            raise RuntimeError(f"the CPU stage sends image patches in {patch_dtype}, but the model on this actor "
+                               f"runs in {backbone.dtype}; set DERMGROUND_DTYPE explicitly "
+                               "(auto, float32, bfloat16, float16)")
+        self.patch_dtype = ARRAY_DTYPES[patch_dtype]
         self.embedder = Embedder(backbone, batch_size=batch_size,
                                  suffix_batch=suffix_rows(batch_size, backbone.device.type))
         self.dim = backbone.hidden_size
@@ -70,8 +78,12 @@ class EmbeddingActor:
         errors = [str(e) for e in batch["error"]]
         n = len(errors)
         good = [i for i in range(n) if not errors[i]]
-        images = [PreparedImage(np.asarray(batch["pixel_values"][i], dtype=np.float32),
+        images = [PreparedImage(np.asarray(batch["pixel_values"][i]),
                                 tuple(int(x) for x in batch["grid_thw"][i])) for i in good]  # type: ignore[arg-type]
+        wrong = {str(image.pixel_values.dtype) for image in images} - {str(self.patch_dtype)}
+        if wrong:  # a casting read would turn bit patterns into numbers: never guess
+            raise RuntimeError(f"image patches arrived as {', '.join(sorted(wrong))}, this actor expects "
+                               f"{self.patch_dtype} (the CPU stage and the actors were set up differently)")
         vectors = np.zeros((n, len(VECTOR_NAMES), self.dim), dtype=np.float32)
         # The model's results come back as numpy arrays, so a GPU has finished when the clock stops.
         started = time.perf_counter()

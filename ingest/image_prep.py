@@ -6,8 +6,9 @@ numpy and PIL only, so a worker starts in about a second, without torch). The em
 then get ready tensors and spend their time on the model only.
 
 Input batch columns: `isic_id`, `image_ref`, `part`. Output: the same ids, `error` ("" when
-prepared, else why the image was rejected), `pixel_values` (per row a float32 [patches, patch
-values] array; empty on rejected rows) and `grid_thw` (int64 [n, 3]; zeros on rejected rows).
+prepared, else why the image was rejected), `pixel_values` (per row a [patches, patch values] array
+in the model's dtype, platform/model/patch_dtype.py; empty on rejected rows) and `grid_thw`
+(int64 [n, 3]; zeros on rejected rows).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dermground.platform.image_sources import load_image_bytes
 # INPUT_ERRORS and rejection_reason live beside the gate (training uses them too); ingest names them from here.
 from dermground.platform.images import DEFAULT_MAX_PIXELS, INPUT_ERRORS, decode_image, rejection_reason
 from dermground.platform.model.image_inputs import PreparedImage
+from dermground.platform.model.patch_dtype import ARRAY_DTYPES, PatchDtype, encode_patches
 from dermground.platform.model.patch_recipe import PatchRecipe
 
 
@@ -29,22 +31,24 @@ def recipe_for(model_dir: str) -> PatchRecipe:
     return PatchRecipe.from_model_dir(model_dir)
 
 
-def prepare_images(batch: dict[str, np.ndarray], model_dir: str,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
-    """The stage's function for `Dataset.map_batches`: one batch of image references in, patches out."""
+def prepare_images(batch: dict[str, np.ndarray], model_dir: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   patch_dtype: PatchDtype = "float32") -> dict[str, np.ndarray]:
+    """The stage's function for `Dataset.map_batches`: one batch of image references in, patches out
+    (in `patch_dtype`, the actors' model's: half the bytes of float32 for a bfloat16 model)."""
     n = len(batch["image_ref"])
     errors = [""] * n
     prepared: dict[int, PreparedImage] = {}
     for i, ref in enumerate(batch["image_ref"]):
         try:
-            prepared[i] = prepare_reference(str(ref), model_dir, max_pixels)
+            item = prepare_reference(str(ref), model_dir, max_pixels)
+            prepared[i] = PreparedImage(encode_patches(item.pixel_values, patch_dtype), item.grid_thw)
         except INPUT_ERRORS as exc:
             errors[i] = rejection_reason(exc)
     grids = np.zeros((n, 3), dtype=np.int64)
     for i, item in prepared.items():
         grids[i] = item.grid_thw
     return {"isic_id": batch["isic_id"], "part": batch["part"], "error": np.array(errors, dtype=object),
-            "pixel_values": _pixel_column(prepared, n), "grid_thw": grids}
+            "pixel_values": _pixel_column(prepared, n, ARRAY_DTYPES[patch_dtype]), "grid_thw": grids}
 
 
 def prepare_reference(image_ref: str, model_dir: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
@@ -52,7 +56,7 @@ def prepare_reference(image_ref: str, model_dir: str, max_pixels: int = DEFAULT_
     return recipe_for(model_dir).prepare(decode_image(load_image_bytes(image_ref), max_pixels=max_pixels))
 
 
-def _pixel_column(prepared: dict[int, PreparedImage], n: int) -> np.ndarray:
+def _pixel_column(prepared: dict[int, PreparedImage], n: int, dtype: np.dtype) -> np.ndarray:
     # One [n, patches, values] tensor when every row has the same shape (the common case: Ray Data
     # stores it as a fixed-shape tensor column); else one array per row (a variable-shaped column).
     shapes = {item.pixel_values.shape for item in prepared.values()}
@@ -61,5 +65,5 @@ def _pixel_column(prepared: dict[int, PreparedImage], n: int) -> np.ndarray:
     width = next(iter(shapes))[1] if shapes else 0
     column = np.empty(n, dtype=object)
     for i in range(n):
-        column[i] = prepared[i].pixel_values if i in prepared else np.zeros((0, width), dtype=np.float32)
+        column[i] = prepared[i].pixel_values if i in prepared else np.zeros((0, width), dtype=dtype)
     return column

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from dermground.ingest.partitions import DEFAULT_PARTITION_SIZE
+from dermground.platform.model.patch_dtype import PatchDtype, model_patch_dtype
 from dermground.platform.names import check_collection_name
 from dermground.platform.records import Split
 from dermground.platform.settings import Settings
@@ -96,9 +97,16 @@ class IngestJob:
         """The embedding actor's constructor arguments (plain values: they travel to Ray workers)."""
         return {"model_dir": str(self.model_dir), "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
                 "expected_fingerprint": fingerprint, "device": self.options.device, "dtype": self.options.dtype,
-                "batch_size": self.options.batch_size, "num_threads": max(1, threads)}
+                "batch_size": self.options.batch_size, "num_threads": max(1, threads),
+                "patch_dtype": self.patch_dtype}
 
     def prep_arguments(self) -> dict[str, object]:
         """The CPU stage's constructor arguments (ingest/image_prep.py): where the image processor
-        is and the image gate's pixel limit."""
-        return {"model_dir": str(self.model_dir), "max_pixels": self.settings.max_image_pixels}
+        is, the image gate's pixel limit and the dtype the patches travel in."""
+        return {"model_dir": str(self.model_dir), "max_pixels": self.settings.max_image_pixels,
+                "patch_dtype": self.patch_dtype}
+
+    @property
+    def patch_dtype(self) -> PatchDtype:
+        """The dtype the CPU stage sends image patches in: the actors' model's (patch_dtype.py)."""
+        return model_patch_dtype(self.options.device, self.options.dtype, self.options.gpus_per_actor)

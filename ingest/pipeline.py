@@ -288,7 +288,8 @@ def _skip_committed(state: _RunState, partitions: Iterable[Partition], committed
             state.ensure_collection()  # the ledger says the store holds it: the collection must exist
             stored = _stored_ids(state.writer.store, partition)
             if len(stored) >= points and not _quarantined_record_now_passes(
-                    partition, stored, state.fingerprint, **state.job.prep_arguments()):
+                    partition, stored, state.fingerprint, str(state.job.model_dir),
+                    state.job.settings.max_image_pixels):
                 summary.skipped += points
                 summary.partitions_skipped += 1
                 bar.update(len(partition))  # type: ignore[attr-defined]

@@ -104,3 +104,30 @@ def test_works_with_a_lora_adapter(tiny_model_dir, tmp_path, images, reference, 
     # The adapter is really in the computation: the vectors moved away from the base model's.
     assert cosines(fast.h_im_a["areaMM2"], reference.h_im_a["areaMM2"][-2:]).max() < 0.9999
     assert fast.fingerprint != reference.fingerprint
+
+
+def test_rows_sharing_the_prefix_cache_equal_rows_with_their_own_copy(tiny_backbone, images):
+    # The suffix rows read their image's prefix cache in place (shared_prefix._SharedPrefixLayer);
+    # the previous path copied it per row. Same numbers, bit for bit, for rows in any order (greedy
+    # and sampled prediction interleave images), through decoding steps after the suffix pass, and
+    # the prefix cache is left as it was for the next pass over the same images.
+    import torch
+
+    from dermground.platform.model.shared_prefix import encode_prefix, run_suffixes, step, tokenize_suffixes
+
+    suffixes = tokenize_suffixes(tiny_backbone, ["What is the lesion's area?", "Which colour?", "deltaB?"])
+    image_rows = [0, 0, 2, 1, 0, 4, 4, 3]
+    row_suffixes = [suffixes[i % len(suffixes)] for i in range(len(image_rows))]
+    with torch.inference_mode():
+        state = encode_prefix(tiny_backbone, images)
+        prefix_keys = [keys.clone() for keys, *_ in state.cache]
+        results = {}
+        for copy_prefix in (True, False):
+            last, suffix_state = run_suffixes(tiny_backbone, state, image_rows, row_suffixes, copy_prefix=copy_prefix)
+            tokens = torch.arange(len(image_rows)) + 5
+            results[copy_prefix] = [last, step(tiny_backbone, suffix_state, tokens),
+                                    step(tiny_backbone, suffix_state, tokens + 1)]
+        for keys, before in zip((keys for keys, *_ in state.cache), prefix_keys, strict=True):
+            assert torch.equal(keys, before)
+    for copied, shared in zip(results[True], results[False], strict=True):
+        assert torch.equal(copied, shared)

@@ -27,7 +27,7 @@ def test_build_resolves_defaults_from_the_settings(tmp_path: Path):
     args = job.actor_arguments("fp", threads=0)
     assert args["num_threads"] == 1 and args["adapter_dir"] == str(tmp_path / "adapter")
     prep = job.prep_arguments()
-    assert prep == {"model_dir": str(settings.base_model_dir), "max_pixels": 4096}
+    assert prep == {"model_dir": str(settings.base_model_dir), "max_pixels": 4096, "patch_dtype": "float32"}
     json.loads(json.dumps(args)), json.loads(json.dumps(prep))  # plain values only: they travel to Ray workers
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.collection = "other"  # type: ignore[misc]

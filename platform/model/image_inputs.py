@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 class PreparedImage:
     """One image as the vision tower takes it: its flattened patches and their (t, h, w) grid."""
 
-    pixel_values: np.ndarray  # float32 [t*h*w, channels * temporal_patch * patch * patch]
+    # float32 [t*h*w, channels * temporal_patch * patch * patch]; ingest's CPU stage may send them in
+    # the model's dtype instead (float16, or bfloat16 as uint16 bit patterns: patch_dtype.py).
+    pixel_values: np.ndarray
     grid_thw: tuple[int, int, int]
 
     def __post_init__(self) -> None:

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import DynamicCache, Qwen2VLForConditionalGeneration
+from transformers.cache_utils import DynamicLayer
 
 from dermground.platform.model.image_inputs import PreparedImage, prepare_pixels
 from dermground.platform.model.loading import Backbone
+from dermground.platform.model.patch_dtype import patch_dtype_of
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor
 from dermground.platform.model.prompts import image_prefix, question_suffix
 
@@ -48,12 +50,18 @@ def prefix_inputs(processor: ImageOnlyQwen2VLProcessor, prepared: Sequence[Prepa
              for i in range(len(prepared))]
     tokens = processor.tokenizer(texts, padding=True, return_tensors="pt")
     mm_types = processor.create_mm_token_type_ids(tokens["input_ids"].tolist())
+    dtypes = {patch_dtype_of(p.pixel_values) for p in prepared}
+    if len(dtypes) > 1:
+        raise ValueError(f"one model pass got image patches of several dtypes ({', '.join(sorted(dtypes))})")
     pixels = np.concatenate([p.pixel_values for p in prepared]) if len(prepared) > 1 else prepared[0].pixel_values
+    pixel_values = torch.from_numpy(np.ascontiguousarray(pixels))
+    if dtypes == {"bfloat16"}:
+        pixel_values = pixel_values.view(torch.bfloat16)  # the bit patterns patch_dtype.py made: no copy
     return {
         "input_ids": tokens["input_ids"].to(device),
         "attention_mask": tokens["attention_mask"].to(device),
         "mm_token_type_ids": torch.tensor(mm_types, dtype=torch.long, device=device),
-        "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels)).to(device),
+        "pixel_values": pixel_values.to(device),
         "image_grid_thw": torch.from_numpy(grids).to(device),
     }
 
@@ -75,6 +83,10 @@ def encode_prepared_prefix(backbone: Backbone, prepared: Sequence[PreparedImage]
     actors get them from a CPU stage and run only the model."""
     core = backbone.core
     inputs = prefix_inputs(backbone.processor, prepared, backbone.device)
+    if inputs["pixel_values"].dtype not in (torch.float32, backbone.dtype):
+        # Rounded for another model: widening them back cannot restore what the rounding lost.
+        raise TypeError(f"image patches in {inputs['pixel_values'].dtype} for a model running in {backbone.dtype}; "
+                        "prepare them in float32 or in the model's dtype")
     mask = inputs["attention_mask"]
     positions, _ = core.model.get_rope_index(
         inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"], attention_mask=mask
@@ -123,12 +135,15 @@ class SuffixState:
 
 
 def run_suffixes(
-    backbone: Backbone, state: PrefixState, image_rows: Sequence[int], suffixes: Sequence[Sequence[int]]
+    backbone: Backbone, state: PrefixState, image_rows: Sequence[int], suffixes: Sequence[Sequence[int]],
+    *, copy_prefix: bool = False,
 ) -> tuple[torch.Tensor, SuffixState]:
     """Continue prefix rows `image_rows[i]` with token lists `suffixes[i]` in one batched pass.
 
     Suffixes are right padded; returns the last-layer state of each row's last real token [r, d]
-    and the state needed to keep decoding from there (greedy generation).
+    and the state needed to keep decoding from there (greedy generation). The rows share their
+    image's prefix cache (`_SharedPrefixLayer`); copy_prefix=True copies it per row first, the
+    previous path, kept only as the reference for tests and benchmarks/embed.py.
     """
     device = backbone.device
     rows = torch.tensor(list(image_rows), device=device)
@@ -141,7 +156,10 @@ def run_suffixes(
     attention_mask = torch.cat([state.attention_mask[rows], suffix_mask], dim=1)
     start = state.next_position[rows]
     positions = (start[:, None] + torch.arange(width, device=device)[None]).unsqueeze(0).expand(3, -1, -1)
-    cache = DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in state.cache])
+    if copy_prefix:
+        cache = DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in state.cache])
+    else:
+        cache = _shared_prefix_cache(state.cache, image_rows)
     hidden = _decode(backbone.core, ids, attention_mask, positions, cache)
     last = hidden[torch.arange(len(suffixes), device=device), lengths - 1]
     return last, SuffixState(cache=cache, attention_mask=attention_mask, last_position=start + lengths - 1)
@@ -161,6 +179,57 @@ def _decode(core: Qwen2VLForConditionalGeneration, ids: torch.Tensor, attention_
     out = core.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
                      use_cache=True, **{_CACHE_KWARG: cache})
     return out.last_hidden_state
+
+
+class _SharedPrefixLayer(DynamicLayer):
+    """One layer's cache for suffix rows that continue the images of a prefix pass, without a copy per row.
+
+    Until the suffix pass writes its keys, the layer holds the prefix pass's own tensors ([images,
+    heads, L, dim], shared by every row of an image); the first update writes each row's prefix
+    and its suffix into one new tensor, once (the stock layer copied each row's prefix twice before
+    that: an index and its own first concatenation). Later updates (decoding) concatenate as usual.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, runs: list[tuple[int, int, int]], rows: int) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values  # the prefix's: read, never written
+        self.device = keys.device
+        self.is_initialized = True
+        self._runs = runs  # (image, first row, end row): consecutive rows continuing one image
+        self._rows: int | None = rows
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
+               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rows is None:
+            return super().update(key_states, value_states, *args, **kwargs)
+        self.keys = self._gather(self.keys, key_states)
+        self.values = self._gather(self.values, value_states)
+        self._rows = None
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return int(self.keys.shape[-2])
+
+    def _gather(self, prefix: torch.Tensor, suffix: torch.Tensor) -> torch.Tensor:
+        length = prefix.shape[-2]
+        out = prefix.new_empty((self._rows, prefix.shape[1], length + suffix.shape[-2], prefix.shape[-1]))
+        for image, first, end in self._runs:
+            out[first:end, :, :length].copy_(prefix[image : image + 1])  # broadcast over the image's rows
+        out[:, :, length:].copy_(suffix)
+        return out
+
+
+def _shared_prefix_cache(prefix: DynamicCache, image_rows: Sequence[int]) -> DynamicCache:
+    """A cache whose rows continue prefix rows `image_rows` (any order) without copying them yet."""
+    runs: list[tuple[int, int, int]] = []
+    for row, image in enumerate(image_rows):
+        if runs and runs[-1][0] == image and runs[-1][2] == row:
+            runs[-1] = (image, runs[-1][1], row + 1)
+        else:
+            runs.append((int(image), row, row + 1))
+    cache = DynamicCache()
+    cache.layers = [_SharedPrefixLayer(keys, values, runs, len(image_rows)) for keys, values, *_ in prefix]
+    return cache
 
 
 def _output_cache(out: object) -> DynamicCache | None:
