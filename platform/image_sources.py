@@ -64,7 +64,13 @@ def load_image_bytes(image_ref: str) -> bytes:
         h5 = open_hdf5(Path(path))
         if isic_id not in h5:
             raise KeyError(f"no image {isic_id!r} in {path}")
-        value = h5[isic_id][()]
+        entry = h5[isic_id]
+        # A group or an empty (null-shaped) dataset holds no bytes: refused like a bad image, naming
+        # the entry, instead of h5py's TypeError/AttributeError, which no caller quarantines.
+        if not isinstance(getattr(entry, "shape", None), tuple):
+            raise ValueError(f"{isic_id!r} in {path} is {'a group' if hasattr(entry, 'keys') else 'empty'}, "
+                             "not a dataset of encoded image bytes")
+        value = entry[()]
         # Real files store scalar bytes strings; ours store opaque (np.void); some use uint8 arrays.
         if isinstance(value, bytes):
             return value

@@ -28,7 +28,7 @@ from PIL import Image
 from dermground.platform import isic_format as fmt
 from dermground.platform.attributes import get_attribute
 from dermground.platform.image_sources import hdf5_image_ref, load_image_bytes, open_hdf5
-from dermground.platform.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from dermground.platform.images import DEFAULT_MAX_PIXELS, INPUT_ERRORS, decode_image, rejection_reason
 from dermground.platform.metadata_fields import METADATA_FIELDS, MetadataField
 from dermground.platform.names import InvalidNameError, check_plain_file_name
 
@@ -204,8 +204,8 @@ def read_records(data_dir: Path, split: str | None = None,
             if check_images:
                 try:
                     decode_image(load_image_bytes(image_ref), max_pixels=max_pixels)
-                except (ImageRejected, OSError, KeyError) as exc:
-                    yield RejectedRecord(isic_id, "image", str(exc))
+                except INPUT_ERRORS as exc:  # the same refusals as ingest's CPU stage
+                    yield RejectedRecord(isic_id, "image", rejection_reason(exc))
                     continue
             metadata = {f.name: _metadata_value(f, row.get(f.name)) for f in METADATA_FIELDS}
             yield LesionRecord(isic_id, patient_id, side, attributes, metadata, image_ref)

@@ -1,0 +1,60 @@
+"""Odd inputs found in the hunt of round 16: each one quarantined with a reason naming the record
+and the field (or refused with a 4xx), while everything else goes on."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dermground.ingest.synth import generate_dataset
+from dermground.platform import isic_format as fmt
+from dermground.platform.records import LesionRecord, RejectedRecord, read_records
+
+
+def _ids(folder: Path) -> list[str]:
+    with open(folder / fmt.METADATA_FILE, newline="") as handle:
+        return [row["isic_id"] for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def hdf5_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("odd") / "hdf5"
+    generate_dataset(out, patients=3, images=4, seed=12, layout="hdf5", progress=False, workers=1)
+    return out
+
+
+def test_hdf5_entries_that_hold_no_bytes_are_quarantined_naming_the_entry(hdf5_data: Path, tmp_path: Path,
+                                                                           tiny_model_dir) -> None:
+    """A group or an empty dataset where an image should be: quarantined by the reader and by
+    ingest's CPU stage, the other images prepared (h5py's TypeError/AttributeError stopped both)."""
+    import shutil
+
+    import h5py
+
+    from dermground.ingest.image_prep import prepare_images
+
+    data = tmp_path / "data"
+    shutil.copytree(hdf5_data, data)
+    ids = _ids(data)
+    with h5py.File(data / fmt.HDF5_FILE, "a") as h5:
+        del h5[ids[0]]
+        h5.create_group(ids[0])
+        del h5[ids[1]]
+        h5.create_dataset(ids[1], data=h5py.Empty("f"))
+    records = list(read_records(data, check_images=True))
+    rejected = {r.isic_id: r for r in records if isinstance(r, RejectedRecord)}
+    assert set(rejected) == {ids[0], ids[1]}
+    assert rejected[ids[0]].field == "image" and "is a group" in rejected[ids[0]].reason
+    assert "is empty" in rejected[ids[1]].reason and ids[1] in rejected[ids[1]].reason
+    assert sorted(r.isic_id for r in records if isinstance(r, LesionRecord)) == sorted(ids[2:])
+
+    listed = [r for r in read_records(data) if isinstance(r, LesionRecord)]
+    batch = {"isic_id": np.array([r.isic_id for r in listed], dtype=object),
+             "image_ref": np.array([r.image_ref for r in listed], dtype=object),
+             "part": np.zeros(len(listed), dtype=np.int64)}
+    errors = dict(zip(batch["isic_id"], prepare_images(batch, str(tiny_model_dir))["error"]))
+    assert "is a group" in errors[ids[0]] and "is empty" in errors[ids[1]]
+    assert errors[ids[2]] == "" and errors[ids[3]] == ""
