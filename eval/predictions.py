@@ -146,14 +146,15 @@ def evaluate_predictions(
         raise ValueError(f"{data_dir}: the image gate refused every test-split image (see the messages above)")
     truth = [r.attributes for r in records]
     scores = score_predictions(truth, predictions, names)
-    report = _report(scores)
+    skipped = len(listed) - len(records)
+    report = _report(scores, skipped)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / PREDICTION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     if samples or views > 1:
         greedy = [{n: greedy_prediction(get_attribute(n), p[n].raw) for n in names} for p in predictions]
-        (out / GREEDY_PREDICTION_FILE).write_text(json.dumps(_report(score_predictions(truth, greedy, names)),
+        (out / GREEDY_PREDICTION_FILE).write_text(json.dumps(_report(score_predictions(truth, greedy, names), skipped),
                                                              indent=2) + "\n")
     elif (out / GREEDY_PREDICTION_FILE).exists():  # a plain greedy run: a sidecar from an earlier sampled run would mislead
         (out / GREEDY_PREDICTION_FILE).unlink()
@@ -174,14 +175,14 @@ def evaluate_predictions(
 def _loaded(records: list) -> tuple[list, list]:
     """(the records whose image the gate takes, their images); a refused one is skipped and named,
     with the field and the gate's rule, so that one poison test image costs only its own row."""
-    from dermground.platform.images import ImageRejected
+    from dermground.platform.images import INPUT_ERRORS, rejection_reason
 
     kept, images = [], []
     for record in records:
         try:
             images.append(record.load_image())
-        except (ImageRejected, OSError, KeyError) as exc:
-            _log.warning("eval predict skips test record %s: field image: %s", record.isic_id, exc)
+        except INPUT_ERRORS as exc:  # the same refusals as ingest's CPU stage and training
+            _log.warning("eval predict skips test record %s: field image: %s", record.isic_id, rejection_reason(exc))
             continue
         kept.append(record)
     return kept, images
@@ -193,8 +194,9 @@ def decoding_label(samples: int, views: int, pool: str = "mean") -> str:
     return what if views == 1 else f"{what} x {views} views"
 
 
-def _report(scores: dict[str, AttributeScore]) -> dict[str, dict[str, float]]:
-    return {n: {"r2": s.r2, "parse_rate": s.parse_rate, "n": s.n} for n, s in scores.items()}
+def _report(scores: dict[str, AttributeScore], skipped: int = 0) -> dict[str, dict[str, float]]:
+    # skipped: test images left out because their image was refused (each named in a warning)
+    return {n: {"r2": s.r2, "parse_rate": s.parse_rate, "n": s.n, "skipped": skipped} for n, s in scores.items()}
 
 
 def _write_catalog(catalog_dir: Path, records, predictions, scores, names, fingerprint: str, adapter: str,  # noqa: ANN001

@@ -11,7 +11,7 @@ import pytest
 
 from dermground.ingest.synth import generate_dataset
 from dermground.platform import isic_format as fmt
-from dermground.platform.records import LesionRecord, RejectedRecord, read_records
+from dermground.platform.records import LesionRecord, RejectedRecord, assign_split, read_records
 
 
 def _ids(folder: Path) -> list[str]:
@@ -22,7 +22,7 @@ def _ids(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def hdf5_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("odd") / "hdf5"
-    generate_dataset(out, patients=3, images=4, seed=12, layout="hdf5", progress=False, workers=1)
+    generate_dataset(out, patients=6, images=8, seed=13, layout="hdf5", progress=False, workers=1)
     return out
 
 
@@ -58,3 +58,29 @@ def test_hdf5_entries_that_hold_no_bytes_are_quarantined_naming_the_entry(hdf5_d
     errors = dict(zip(batch["isic_id"], prepare_images(batch, str(tiny_model_dir))["error"]))
     assert "is a group" in errors[ids[0]] and "is empty" in errors[ids[1]]
     assert errors[ids[2]] == "" and errors[ids[3]] == ""
+
+
+def test_eval_predict_skips_what_ingest_quarantines_and_counts_it(hdf5_data: Path, tmp_path: Path, tiny_model_dir,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A test image that is not image bytes (a ValueError, which ingest quarantines): the
+    evaluation scores the rest, names the record and counts it (it stopped the whole run)."""
+    import json
+    import shutil
+
+    import h5py
+
+    from dermground.eval.predictions import PREDICTION_FILE, evaluate_predictions
+
+    data = tmp_path / "data"
+    shutil.copytree(hdf5_data, data)
+    with open(data / fmt.METADATA_FILE, newline="") as handle:  # not read_records: it would hold the file open
+        test_ids = [row["isic_id"] for row in csv.DictReader(handle) if assign_split(row["patient_id"]) == "test"]
+    assert len(test_ids) >= 2
+    with h5py.File(data / fmt.HDF5_FILE, "a") as h5:
+        del h5[test_ids[0]]
+        h5.create_group(test_ids[0])
+    report = evaluate_predictions(data, tiny_model_dir, None, tmp_path / "out", attributes=["areaMM2"],
+                                  samples=0, views=1, progress=False)
+    assert report["areaMM2"]["n"] == len(test_ids) - 1 and report["areaMM2"]["skipped"] == 1
+    assert json.loads((tmp_path / "out" / PREDICTION_FILE).read_text())["areaMM2"]["skipped"] == 1
+    assert any(test_ids[0] in m and "field image" in m and "is a group" in m for m in caplog.messages), caplog.messages
