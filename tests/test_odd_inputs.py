@@ -84,3 +84,51 @@ def test_eval_predict_skips_what_ingest_quarantines_and_counts_it(hdf5_data: Pat
     assert report["areaMM2"]["n"] == len(test_ids) - 1 and report["areaMM2"]["skipped"] == 1
     assert json.loads((tmp_path / "out" / PREDICTION_FILE).read_text())["areaMM2"]["skipped"] == 1
     assert any(test_ids[0] in m and "field image" in m and "is a group" in m for m in caplog.messages), caplog.messages
+
+
+@pytest.fixture()
+def eval_home_with_lost_images(tmp_path: Path, search_collection) -> tuple[Path, str, str]:
+    """The search collection copied into a HOME, one train and one test point's image gone (a
+    collection restored from a backup without its data folder, or a file since overwritten)."""
+    import shutil
+
+    from dermground.platform.settings import load_settings
+    from dermground.platform.store import open_store, point_id
+
+    home = tmp_path / "home"
+    shutil.copytree(search_collection["store_root"], home / "qdrant" / "lesions")
+    records = search_collection["records"]
+    train = next(r.isic_id for r in records if r.split == "train")
+    test = next(r.isic_id for r in records if r.split == "test")
+    truncated = tmp_path / "not-a-jpeg.jpg"
+    truncated.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+    with open_store(load_settings(home=home), "lesions") as store:
+        store.set_payload([point_id(train)], {"image_ref": str(tmp_path / "gone.jpg")})
+        store.set_payload([point_id(test)], {"image_ref": str(truncated)})
+    return home, train, test
+
+
+def test_eval_retrieval_baseline_leaves_out_images_it_cannot_read(eval_home_with_lost_images,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The baseline reads every image: a missing train image is left out of its candidates, a test
+    query whose image is refused is dropped from every method (so all compare the same queries);
+    both named with the reason, the rest evaluated (a FileNotFoundError traceback stopped the run)."""
+    from dermground.eval.retrieval import TABLE_FILE, evaluate_retrieval
+    from dermground.platform.settings import load_settings
+
+    home, train, test = eval_home_with_lost_images
+    settings = load_settings(home=home)
+    out = home / "eval"
+    summary = evaluate_retrieval(settings, "lesions", out, methods=["image", "baseline"], attributes=["areaMM2"],
+                                 k=3, catalog_dir=settings.catalog_dir, progress=False)
+    n_test = summary["image"]["areaMM2"]["n"]
+    assert summary["baseline"]["areaMM2"]["n"] == n_test
+    assert any(train in m and "image_ref" in m and "FileNotFoundError" in m for m in caplog.messages), caplog.messages
+    assert any(test in m and "image_ref" in m and "format: " in m for m in caplog.messages), caplog.messages
+    from dermground.platform.catalog import Catalog
+
+    hits = Catalog(settings.catalog_dir).query("SELECT query_isic_id, hit_isic_id, method FROM retrieval_hits")
+    assert hits and test not in {h["query_isic_id"] for h in hits}
+    assert train not in {h["hit_isic_id"] for h in hits if h["method"] == "baseline"}
+    assert "1 train image(s) left out" in (out / TABLE_FILE).read_text()
+    assert "1 test query(ies) dropped" in (out / TABLE_FILE).read_text()
