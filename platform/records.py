@@ -35,6 +35,9 @@ from dermground.platform.names import InvalidNameError, check_plain_file_name
 Split = Literal["train", "test"]
 DEFAULT_TEST_FRACTION = 0.3  # the paper's split is about 70/30 by images
 _SPLIT_SALT = "dermground-split-v1"
+# UTF-8 with or without the byte-order mark Excel's "CSV UTF-8" writes (plain utf-8 would read it
+# as part of the first column's name, "\ufeffisic_id", and report isic_id missing).
+CSV_ENCODING = "utf-8-sig"
 
 
 def patient_unit_interval(patient_id: str) -> float:
@@ -162,7 +165,7 @@ def read_records(data_dir: Path, split: str | None = None,
     layout = detect_layout(data_dir)
     h5 = open_hdf5(data_dir / fmt.HDF5_FILE) if layout == "hdf5" else None
     image_dir = data_dir / fmt.IMAGE_FOLDER
-    with open(csv_path, newline="", encoding="utf-8") as handle:
+    with open(csv_path, newline="", encoding=CSV_ENCODING) as handle:
         reader = csv.DictReader(handle)
         check_columns(reader.fieldnames or [], csv_path)
         for line, row in enumerate(reader, start=2):
@@ -222,5 +225,5 @@ def _folder_image(image_dir: Path, isic_id: str) -> Path:
 
 def count_records(data_dir: Path) -> int:
     """Number of data rows in the metadata CSV (cheap: no parsing of values, no images)."""
-    with open(_csv_path(data_dir), newline="", encoding="utf-8") as handle:
+    with open(_csv_path(data_dir), newline="", encoding=CSV_ENCODING) as handle:
         return max(0, sum(1 for _ in csv.reader(handle)) - 1)

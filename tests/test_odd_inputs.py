@@ -132,3 +132,29 @@ def test_eval_retrieval_baseline_leaves_out_images_it_cannot_read(eval_home_with
     assert train not in {h["hit_isic_id"] for h in hits if h["method"] == "baseline"}
     assert "1 train image(s) left out" in (out / TABLE_FILE).read_text()
     assert "1 test query(ies) dropped" in (out / TABLE_FILE).read_text()
+
+
+@pytest.fixture(scope="module")
+def folder_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("odd") / "folder"
+    generate_dataset(out, patients=3, images=4, seed=12, layout="folder", progress=False, workers=1)
+    return out
+
+
+def _copy_with_csv(source: Path, target: Path, content: bytes) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    (target / fmt.METADATA_FILE).write_bytes(content)
+    return target
+
+
+def test_a_csv_saved_by_excel_with_a_byte_order_mark_is_read(folder_data: Path, tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: every row is read (it said "lacks required column(s): isic_id")."""
+    from dermground.platform.records import count_records
+
+    text = (folder_data / fmt.METADATA_FILE).read_bytes()
+    data = _copy_with_csv(folder_data, tmp_path / "bom", b"\xef\xbb\xbf" + text.replace(b"\n", b"\r\n"))
+    records = list(read_records(data))
+    assert [r.isic_id for r in records if isinstance(r, LesionRecord)] == _ids(folder_data)
+    assert count_records(data) == len(records)
