@@ -165,11 +165,18 @@ def read_records(data_dir: Path, split: str | None = None,
     layout = detect_layout(data_dir)
     h5 = open_hdf5(data_dir / fmt.HDF5_FILE) if layout == "hdf5" else None
     image_dir = data_dir / fmt.IMAGE_FOLDER
-    with open(csv_path, newline="", encoding=CSV_ENCODING) as handle:
+    # Bytes that are not UTF-8 (a CSV saved as Latin-1) come through as escapes and reject their row
+    # by name, instead of a UnicodeDecodeError that would stop the whole file at that row.
+    with open(csv_path, newline="", encoding=CSV_ENCODING, errors="surrogateescape") as handle:
         reader = csv.DictReader(handle)
         check_columns(reader.fieldnames or [], csv_path)
         for line, row in enumerate(reader, start=2):
             isic_id = (row.get("isic_id") or "").strip()
+            undecodable = _undecodable_column(row)
+            if undecodable is not None:
+                yield RejectedRecord(_escaped(isic_id), undecodable,
+                                     f"not UTF-8 text ({_escaped(row[undecodable])[:60]!r}); save the CSV as UTF-8")
+                continue
             if not isic_id:
                 yield RejectedRecord("", "isic_id", f"missing isic_id on CSV line {line}")
                 continue
@@ -214,6 +221,22 @@ def read_records(data_dir: Path, split: str | None = None,
             yield LesionRecord(isic_id, patient_id, side, attributes, metadata, image_ref)
 
 
+def _undecodable_column(row: dict[str | None, object]) -> str | None:
+    """The first column whose value holds bytes that were not UTF-8 (surrogate escapes), else None."""
+    for column, value in row.items():
+        if column is not None and isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return _escaped(column)
+    return None
+
+
+def _escaped(text: str) -> str:
+    """`text` with undecodable bytes as \\xNN, so that it can be printed and stored (a catalog row)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _folder_image(image_dir: Path, isic_id: str) -> Path:
     """The image file of a plain-file-name id in the folder layout; InvalidNameError when that file
     (through a link) lies outside the image folder."""
@@ -225,5 +248,5 @@ def _folder_image(image_dir: Path, isic_id: str) -> Path:
 
 def count_records(data_dir: Path) -> int:
     """Number of data rows in the metadata CSV (cheap: no parsing of values, no images)."""
-    with open(_csv_path(data_dir), newline="", encoding=CSV_ENCODING) as handle:
+    with open(_csv_path(data_dir), newline="", encoding=CSV_ENCODING, errors="surrogateescape") as handle:
         return max(0, sum(1 for _ in csv.reader(handle)) - 1)

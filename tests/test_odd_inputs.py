@@ -158,3 +158,28 @@ def test_a_csv_saved_by_excel_with_a_byte_order_mark_is_read(folder_data: Path, 
     records = list(read_records(data))
     assert [r.isic_id for r in records if isinstance(r, LesionRecord)] == _ids(folder_data)
     assert count_records(data) == len(records)
+
+
+def test_bytes_that_are_not_utf8_reject_their_row_by_name_and_the_rest_is_read(folder_data: Path,
+                                                                                tmp_path: Path) -> None:
+    """A CSV saved as Latin-1: the rows with a non-UTF-8 byte are rejected naming the column, the
+    other rows are read (a UnicodeDecodeError stopped the whole file at the first such row)."""
+    from dermground.platform.records import count_records
+
+    ids = _ids(folder_data)
+    with open(folder_data / fmt.METADATA_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0]["anatom_site_general"] = "épaule"
+    rows[1]["isic_id"] = ids[1] + "é"
+    buffer = __import__("io").StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    data = _copy_with_csv(folder_data, tmp_path / "latin1", buffer.getvalue().encode("latin-1"))
+    records = list(read_records(data))
+    rejected = {r.isic_id: r for r in records if isinstance(r, RejectedRecord)}
+    assert set(rejected) == {ids[0], ids[1] + "\\xe9"}
+    assert rejected[ids[0]].field == "anatom_site_general" and "not UTF-8" in rejected[ids[0]].reason
+    assert rejected[ids[1] + "\\xe9"].field == "isic_id"
+    assert [r.isic_id for r in records if isinstance(r, LesionRecord)] == ids[2:]
+    assert count_records(data) == len(ids)
