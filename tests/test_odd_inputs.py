@@ -183,3 +183,27 @@ def test_bytes_that_are_not_utf8_reject_their_row_by_name_and_the_rest_is_read(f
     assert rejected[ids[1] + "\\xe9"].field == "isic_id"
     assert [r.isic_id for r in records if isinstance(r, LesionRecord)] == ids[2:]
     assert count_records(data) == len(ids)
+
+
+def test_a_search_candidate_whose_stored_entry_holds_no_bytes_is_skipped(tiny_backbone, search_collection,
+                                                                         tmp_path: Path) -> None:
+    """A hierarchical search re-embeds its candidates from their stored images: one whose HDF5
+    entry is a group is skipped like a missing file (its ValueError failed the whole query, a 500)."""
+    import h5py
+
+    from dermground.platform.candidate_embedding import UnreadableCandidate, embed_candidates, read_point_image
+    from dermground.platform.embed import Embedder
+    from dermground.platform.embedder_provider import EmbedderProvider
+    from dermground.platform.image_sources import hdf5_image_ref
+    from dermground.platform.images import DEFAULT_MAX_PIXELS
+
+    odd = tmp_path / "odd.hdf5"
+    with h5py.File(odd, "w") as h5:
+        h5.create_group("ISIC_GROUP")
+    payloads = [{"isic_id": r.isic_id, "image_ref": r.image_ref} for r in search_collection["records"][:3]]
+    payloads[1] = {"isic_id": "ISIC_GROUP", "image_ref": hdf5_image_ref(odd, "ISIC_GROUP")}
+    with pytest.raises(UnreadableCandidate, match="'ISIC_GROUP'.*is a group"):
+        read_point_image(payloads[1], DEFAULT_MAX_PIXELS)
+    found = embed_candidates(EmbedderProvider.of(Embedder(tiny_backbone)), payloads, ["areaMM2"],
+                             max_pixels=DEFAULT_MAX_PIXELS, workers=1)
+    assert found.skipped == [1] and sorted(found.vectors) == [0, 2]
