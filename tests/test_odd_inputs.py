@@ -207,3 +207,28 @@ def test_a_search_candidate_whose_stored_entry_holds_no_bytes_is_skipped(tiny_ba
     found = embed_candidates(EmbedderProvider.of(Embedder(tiny_backbone)), payloads, ["areaMM2"],
                              max_pixels=DEFAULT_MAX_PIXELS, workers=1)
     assert found.skipped == [1] and sorted(found.vectors) == [0, 2]
+
+
+def test_an_hdf5_id_holding_a_hash_sign_is_read(hdf5_data: Path, tmp_path: Path) -> None:
+    """An image reference is `hdf5:<path>#<id>`: an id with a '#' (a plain file name may hold one),
+    in a folder whose name holds one too, is read (it was split at the id's '#' and quarantined as
+    "FileNotFoundError: .../train-image.hdf5#ISIC")."""
+    import shutil
+
+    import h5py
+
+    data = tmp_path / "copy#2" / "data"
+    shutil.copytree(hdf5_data, data)
+    with open(data / fmt.METADATA_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    old, rows[0]["isic_id"] = rows[0]["isic_id"], "ISIC#0000001"
+    with h5py.File(data / fmt.HDF5_FILE, "a") as h5:
+        h5.move(old, "ISIC#0000001")
+    with open(data / fmt.METADATA_FILE, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    records = list(read_records(data, check_images=True))
+    assert [r.isic_id for r in records if isinstance(r, RejectedRecord)] == []
+    hashed = next(r for r in records if r.isic_id == "ISIC#0000001")
+    assert hashed.load_image().size[0] > 0
