@@ -232,3 +232,38 @@ def test_an_hdf5_id_holding_a_hash_sign_is_read(hdf5_data: Path, tmp_path: Path)
     assert [r.isic_id for r in records if isinstance(r, RejectedRecord)] == []
     hashed = next(r for r in records if r.isic_id == "ISIC#0000001")
     assert hashed.load_image().size[0] > 0
+
+
+def test_the_api_addresses_every_id_the_reader_ingests(search_collection, tiny_backbone, tmp_path: Path) -> None:
+    """An id the reader takes (any plain file name: a dot, a space, a '#', non-ASCII letters) can be
+    searched by and its image fetched through the API, as with `dermground search --id` (the API
+    allowed only [A-Za-z0-9_-]{1,64}: a 422 for a lesion it had just listed as a hit)."""
+    import shutil
+    from urllib.parse import quote
+
+    from fastapi.testclient import TestClient
+
+    from dermground.platform.api import create_app
+    from dermground.platform.settings import Settings, load_settings
+    from dermground.platform.store import StorePoint, open_store, point_id
+
+    home = tmp_path / "home"
+    shutil.copytree(search_collection["store_root"], home / "qdrant" / "lesions")
+    twin_of = search_collection["records"][0].isic_id
+    odd_ids = ["ISIC_0000001.v2", "Läsion #7 (rechts)", "x" * 200]
+    with open_store(load_settings(home=home), "lesions") as store:
+        source = store.retrieve([point_id(twin_of)], with_payload=True, with_vectors=True)[0]
+        store.upsert([StorePoint(point_id(odd), source.vectors, {**source.payload, "isic_id": odd}) for odd in odd_ids])
+    settings = Settings(home=home, api_read_key="odd-read", api_admin_key="odd-admin")
+    with TestClient(create_app(settings, backbone=tiny_backbone), raise_server_exceptions=False) as client:
+        read = {"X-API-Key": "odd-read"}
+        found = client.post("/search", headers=read, json={"isic_id": twin_of, "k": 4})
+        assert found.status_code == 200, found.text
+        assert set(odd_ids) <= {hit["isic_id"] for hit in found.json()["hits"]}
+        for odd in odd_ids:
+            by_id = client.post("/search", headers=read, json={"isic_id": odd, "k": 2})
+            assert by_id.status_code == 200 and by_id.json()["query_isic_id"] == odd, by_id.text
+            image = client.get(f"/images/{quote(odd, safe='')}", headers=read)
+            assert image.status_code == 200 and image.content[:2] == b"\xff\xd8", image.text
+        assert client.get(f"/images/{'y' * 201}", headers=read).status_code == 422  # longer than any id read
+        assert client.get("/images/.hidden", headers=read).status_code == 422
