@@ -56,10 +56,10 @@ def assign_split(patient_id: str, test_fraction: float = DEFAULT_TEST_FRACTION) 
 class MissingColumnsError(ValueError):
     """The metadata CSV lacks columns the reader needs."""
 
-    def __init__(self, path: Path, missing: list[str]) -> None:
+    def __init__(self, path: Path, missing: list[str], hint: str = "") -> None:
         self.missing = missing
         super().__init__(f"{path} lacks required column(s): {', '.join(missing)}; "
-                         "it must follow the ISIC 2024 train-metadata.csv format")
+                         f"it must follow the ISIC 2024 train-metadata.csv format{hint}")
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,21 @@ def _csv_path(data_dir: Path) -> Path:
 
 def check_columns(header: Iterable[str], path: Path = Path(fmt.METADATA_FILE)) -> None:
     """Raise MissingColumnsError naming every required column absent from `header`."""
-    present = set(header)
-    missing = [c for c in fmt.REQUIRED_COLUMNS if c not in present]
+    names = list(header)
+    missing = [c for c in fmt.REQUIRED_COLUMNS if c not in set(names)]
     if missing:
-        raise MissingColumnsError(path, missing)
+        raise MissingColumnsError(path, missing, _separator_hint(names))
+
+
+def _separator_hint(names: list[str]) -> str:
+    """Why every column is missing when the file is separated by something else than commas (Excel
+    in many locales saves ';'), else ""."""
+    if len(names) == 1:
+        for separator, called in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if names[0].count(separator) >= 2:
+                return (f" (its header is one column holding {called}: the file is separated by {called}, "
+                        "not commas; save it as comma-separated CSV)")
+    return ""
 
 
 def _metadata_value(field: MetadataField, text: str | None) -> str | int | float | None:

@@ -267,3 +267,16 @@ def test_the_api_addresses_every_id_the_reader_ingests(search_collection, tiny_b
             assert image.status_code == 200 and image.content[:2] == b"\xff\xd8", image.text
         assert client.get(f"/images/{'y' * 201}", headers=read).status_code == 422  # longer than any id read
         assert client.get("/images/.hidden", headers=read).status_code == 422
+
+
+@pytest.mark.parametrize(("separator", "called"), [(";", "semicolons"), ("\t", "tabs")])
+def test_a_csv_separated_by_semicolons_says_so(folder_data: Path, tmp_path: Path, separator: str,
+                                                called: str) -> None:
+    """Excel in many locales saves ';': the error says the file is separated by them (it listed all
+    20 required columns as missing, with no hint why)."""
+    from dermground.platform.records import MissingColumnsError
+
+    text = (folder_data / fmt.METADATA_FILE).read_text().replace(",", separator)
+    data = _copy_with_csv(folder_data, tmp_path / "semicolons", text.encode())
+    with pytest.raises(MissingColumnsError, match=f"separated by {called}, not commas; save it as comma-separated"):
+        list(read_records(data))
