@@ -161,6 +161,20 @@ def _parse_attributes(row: dict[str, str]) -> tuple[dict[str, float], RejectedRe
     return values, None
 
 
+def _implausible_metadata(isic_id: str, metadata: dict[str, str | int | float | None]) -> RejectedRecord | None:
+    """The rejection of a metadata number no patient can have (a negative age), else None; an
+    absent value (empty, NaN) is fine."""
+    for field in METADATA_FIELDS:
+        value = metadata[field.name]
+        if field.plausible is None or not isinstance(value, (int, float)) or math.isnan(value):
+            continue
+        low, high = field.plausible
+        if not low <= value <= high:
+            return RejectedRecord(isic_id, field.name, f"out of range: {value:g} is outside the plausible range "
+                                                       f"[{low:g}, {high:g}] of {field.name}")
+    return None
+
+
 def read_records(data_dir: Path, split: str | None = None,
                  test_fraction: float = DEFAULT_TEST_FRACTION, check_images: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[LesionRecord | RejectedRecord]:
@@ -207,6 +221,11 @@ def read_records(data_dir: Path, split: str | None = None,
             if rejected is not None:
                 yield rejected
                 continue
+            metadata = {f.name: _metadata_value(f, row.get(f.name)) for f in METADATA_FIELDS}
+            rejected = _implausible_metadata(isic_id, metadata)
+            if rejected is not None:
+                yield rejected
+                continue
             if h5 is not None:
                 if isic_id not in h5:
                     yield RejectedRecord(isic_id, "image", f"no image {isic_id!r} in {fmt.HDF5_FILE}")
@@ -228,7 +247,6 @@ def read_records(data_dir: Path, split: str | None = None,
                 except INPUT_ERRORS as exc:  # the same refusals as ingest's CPU stage
                     yield RejectedRecord(isic_id, "image", rejection_reason(exc))
                     continue
-            metadata = {f.name: _metadata_value(f, row.get(f.name)) for f in METADATA_FIELDS}
             yield LesionRecord(isic_id, patient_id, side, attributes, metadata, image_ref)
 
 

@@ -280,3 +280,25 @@ def test_a_csv_separated_by_semicolons_says_so(folder_data: Path, tmp_path: Path
     data = _copy_with_csv(folder_data, tmp_path / "semicolons", text.encode())
     with pytest.raises(MissingColumnsError, match=f"separated by {called}, not commas; save it as comma-separated"):
         list(read_records(data))
+
+
+def test_ages_no_patient_can_have_are_quarantined_and_missing_ones_kept(folder_data: Path, tmp_path: Path) -> None:
+    """A negative or thousand-year age is a data error: quarantined naming age_approx and the range
+    (it was stored and answered age filters); NaN and empty stay an absent age, 0 and 85 are kept."""
+    with open(folder_data / fmt.METADATA_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    ages = ["-5", "1000", "nan", ""]
+    for row, age in zip(rows, ages, strict=False):
+        row["age_approx"] = age
+    buffer = __import__("io").StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    data = _copy_with_csv(folder_data, tmp_path / "ages", buffer.getvalue().encode())
+    records = list(read_records(data))
+    rejected = {r.isic_id: r for r in records if isinstance(r, RejectedRecord)}
+    assert set(rejected) == {rows[0]["isic_id"], rows[1]["isic_id"]}
+    assert all(r.field == "age_approx" and "[0, 120]" in r.reason for r in rejected.values())
+    assert "-5 is outside" in rejected[rows[0]["isic_id"]].reason
+    kept = {r.isic_id: r.metadata["age_approx"] for r in records if isinstance(r, LesionRecord)}
+    assert kept[rows[3]["isic_id"]] is None and kept[rows[2]["isic_id"]] != kept[rows[2]["isic_id"]]  # NaN: absent
