@@ -118,14 +118,20 @@ def evaluate_predictions(
     """Predict every attribute for every test-split image; write prediction.json, the PNG and catalog rows."""
     from dermground.platform.progress import progress_bar
 
-    from dermground.platform.records import LesionRecord, read_records
+    from dermground.platform.records import DUPLICATE_REASON, LesionRecord, read_records, unique_records
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.predict import greedy_prediction, predict_attributes
 
     names = list(attributes or ATTRIBUTE_NAMES)
     for name in names:
         get_attribute(name)
-    listed = [r for r in read_records(Path(data_dir), split="test") if isinstance(r, LesionRecord)]
+    listed, duplicates = [], 0
+    for item in unique_records(read_records(Path(data_dir), split="test")):
+        if isinstance(item, LesionRecord):
+            listed.append(item)
+        elif item.reason == DUPLICATE_REASON:  # scored once, like ingest stores it once
+            _log.warning("eval predict skips test record %s: field isic_id: %s", item.isic_id, item.reason)
+            duplicates += 1
     if max_images is not None:
         listed = listed[:max_images]
     if not listed:
@@ -146,7 +152,7 @@ def evaluate_predictions(
         raise ValueError(f"{data_dir}: the image gate refused every test-split image (see the messages above)")
     truth = [r.attributes for r in records]
     scores = score_predictions(truth, predictions, names)
-    skipped = len(listed) - len(records)
+    skipped = duplicates + len(listed) - len(records)
     report = _report(scores, skipped)
 
     out = Path(out_dir)

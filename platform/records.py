@@ -38,6 +38,7 @@ _SPLIT_SALT = "dermground-split-v1"
 # UTF-8 with or without the byte-order mark Excel's "CSV UTF-8" writes (plain utf-8 would read it
 # as part of the first column's name, "\ufeffisic_id", and report isic_id missing).
 CSV_ENCODING = "utf-8-sig"
+DUPLICATE_REASON = "duplicate isic_id: an earlier row has the same id"
 
 
 def patient_unit_interval(patient_id: str) -> float:
@@ -264,6 +265,19 @@ def _undecodable_column(row: dict[str | None, object]) -> str | None:
 def _escaped(text: str) -> str:
     """`text` with undecodable bytes as \\xNN, so that it can be printed and stored (a catalog row)."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unique_records(stream: Iterable[LesionRecord | RejectedRecord]) -> Iterator[LesionRecord | RejectedRecord]:
+    """Turn a repeated isic_id into a rejection (field isic_id): one id, one point, one catalog row,
+    one evaluated image."""
+    seen: set[str] = set()
+    for item in stream:
+        if isinstance(item, LesionRecord):
+            if item.isic_id in seen:
+                yield RejectedRecord(item.isic_id, "isic_id", DUPLICATE_REASON)
+                continue
+            seen.add(item.isic_id)
+        yield item
 
 
 def _folder_image(image_dir: Path, isic_id: str) -> Path:

@@ -302,3 +302,27 @@ def test_ages_no_patient_can_have_are_quarantined_and_missing_ones_kept(folder_d
     assert "-5 is outside" in rejected[rows[0]["isic_id"]].reason
     kept = {r.isic_id: r.metadata["age_approx"] for r in records if isinstance(r, LesionRecord)}
     assert kept[rows[3]["isic_id"]] is None and kept[rows[2]["isic_id"]] != kept[rows[2]["isic_id"]]  # NaN: absent
+
+
+def test_eval_predict_scores_a_repeated_test_row_once(hdf5_data: Path, tmp_path: Path, tiny_model_dir,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A test row repeated in the CSV is scored once and named, like ingest stores it once (it was
+    scored twice: double weight in R² and two predictions rows per attribute for one isic_id)."""
+    import shutil
+
+    from dermground.eval.predictions import evaluate_predictions
+    from dermground.platform.catalog import run_readonly_sql
+
+    data = tmp_path / "data"
+    shutil.copytree(hdf5_data, data)
+    with open(data / fmt.METADATA_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    test_rows = [row for row in rows if assign_split(row["patient_id"]) == "test"]
+    with open(data / fmt.METADATA_FILE, "a", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=list(rows[0])).writerow(test_rows[0])
+    report = evaluate_predictions(data, tiny_model_dir, None, tmp_path / "out", catalog_dir=tmp_path / "catalog",
+                                  collection="c1", attributes=["areaMM2"], samples=0, views=1, progress=False)
+    assert report["areaMM2"]["n"] == len(test_rows) and report["areaMM2"]["skipped"] == 1
+    counts = run_readonly_sql(tmp_path / "catalog", "SELECT isic_id, count(*) FROM predictions GROUP BY isic_id").rows
+    assert sorted(counts) == sorted((row["isic_id"], 1) for row in test_rows)
+    assert any(test_rows[0]["isic_id"] in m and "field isic_id: duplicate" in m for m in caplog.messages)

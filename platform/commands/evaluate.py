@@ -71,8 +71,8 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
                f"parse rate {statistics.mean(row['parse_rate'] for row in report.values()):.3f}")
     skipped = next(iter(report.values()), {}).get("skipped", 0)
     if skipped:
-        click.echo(f"skipped {skipped} test image(s) whose image was refused (each named above with its reason); "
-                   "fix or replace those files to score them too")
+        click.echo(f"skipped {skipped} test record(s): an image that was refused or a repeated isic_id "
+                   "(each named above with its reason)")
     click.echo(f"wrote {out_dir / PREDICTION_FILE} and {out_dir / FIGURE_FILE}")
 
 
