@@ -129,8 +129,14 @@ def _separator_hint(names: list[str]) -> str:
     return ""
 
 
+# How spreadsheets, R and pandas write a missing number ("NA" is R's write.csv): an absent value.
+_MISSING_NUMBER_SPELLINGS = frozenset({"na", "n/a", "#n/a", "<na>", "null", "none", "nan", "-nan"})
+
+
 def _metadata_value(field: MetadataField, text: str | None) -> str | int | float | None:
     if text is None or text.strip() == "":
+        return None
+    if field.numeric and text.strip().lower() in _MISSING_NUMBER_SPELLINGS:
         return None
     if field.numeric:
         try:

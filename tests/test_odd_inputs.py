@@ -301,7 +301,7 @@ def test_ages_no_patient_can_have_are_quarantined_and_missing_ones_kept(folder_d
     assert all(r.field == "age_approx" and "[0, 120]" in r.reason for r in rejected.values())
     assert "-5 is outside" in rejected[rows[0]["isic_id"]].reason
     kept = {r.isic_id: r.metadata["age_approx"] for r in records if isinstance(r, LesionRecord)}
-    assert kept[rows[3]["isic_id"]] is None and kept[rows[2]["isic_id"]] != kept[rows[2]["isic_id"]]  # NaN: absent
+    assert kept[rows[3]["isic_id"]] is None and kept[rows[2]["isic_id"]] is None
 
 
 def test_eval_predict_scores_a_repeated_test_row_once(hdf5_data: Path, tmp_path: Path, tiny_model_dir,
@@ -326,3 +326,23 @@ def test_eval_predict_scores_a_repeated_test_row_once(hdf5_data: Path, tmp_path:
     counts = run_readonly_sql(tmp_path / "catalog", "SELECT isic_id, count(*) FROM predictions GROUP BY isic_id").rows
     assert sorted(counts) == sorted((row["isic_id"], 1) for row in test_rows)
     assert any(test_rows[0]["isic_id"] in m and "field isic_id: duplicate" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("spelling", ["NA", "N/A", "#N/A", "null", "None", "<NA>"])
+def test_a_missing_age_written_by_r_or_a_spreadsheet_is_an_absent_age(folder_data: Path, tmp_path: Path,
+                                                                       spelling: str) -> None:
+    """R's write.csv writes a missing age as NA: the record keeps an absent age and gets a payload
+    (ingest quarantined it: "age_approx: not a number: 'NA'")."""
+    from dermground.ingest.writer import record_payload
+
+    with open(folder_data / fmt.METADATA_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0]["age_approx"] = spelling
+    buffer = __import__("io").StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    data = _copy_with_csv(folder_data, tmp_path / "na", buffer.getvalue().encode())
+    record = next(r for r in read_records(data) if r.isic_id == rows[0]["isic_id"])
+    assert isinstance(record, LesionRecord) and record.metadata["age_approx"] is None
+    assert record_payload(record, "fp")["age_approx"] is None
