@@ -346,3 +346,17 @@ def test_a_missing_age_written_by_r_or_a_spreadsheet_is_an_absent_age(folder_dat
     record = next(r for r in read_records(data) if r.isic_id == rows[0]["isic_id"])
     assert isinstance(record, LesionRecord) and record.metadata["age_approx"] is None
     assert record_payload(record, "fp")["age_approx"] is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+def test_search_by_an_image_file_that_cannot_be_read_says_so(tmp_path: Path) -> None:
+    """A query image that exists but cannot be read (here an I/O error; no permission is the same
+    OSError): an error naming the file, not a traceback."""
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "search", "--mode", "image",
+                                      "--image", "/proc/self/mem"])
+    assert result.exit_code == 1 and not isinstance(result.exception, OSError), result.output
+    assert "/proc/self/mem cannot be read: Input/output error" in result.output
