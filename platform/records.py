@@ -92,6 +92,18 @@ class RejectedRecord:
     reason: str
 
 
+class UnreadableImageFileError(ValueError):
+    """The data folder's HDF5 image file cannot be opened at all (truncated, not HDF5)."""
+
+
+def _open_image_file(path: Path):  # noqa: ANN202 - an h5py.File
+    try:
+        return open_hdf5(path)
+    except OSError as exc:  # h5py's "truncated file", "file signature not found", ...
+        raise UnreadableImageFileError(f"{path} cannot be opened as HDF5 ({exc}); it may be truncated or still being "
+                                       "copied: copy it again (or regenerate it with `dermground synth`)") from None
+
+
 def detect_layout(data_dir: Path) -> str:
     """"hdf5" when `train-image.hdf5` exists, else "folder" when `train-image/image/` does."""
     data_dir = Path(data_dir)
@@ -195,7 +207,7 @@ def read_records(data_dir: Path, split: str | None = None,
     data_dir = Path(data_dir).resolve()
     csv_path = _csv_path(data_dir)
     layout = detect_layout(data_dir)
-    h5 = open_hdf5(data_dir / fmt.HDF5_FILE) if layout == "hdf5" else None
+    h5 = _open_image_file(data_dir / fmt.HDF5_FILE) if layout == "hdf5" else None
     image_dir = data_dir / fmt.IMAGE_FOLDER
     # Bytes that are not UTF-8 (a CSV saved as Latin-1) come through as escapes and reject their row
     # by name, instead of a UnicodeDecodeError that would stop the whole file at that row.

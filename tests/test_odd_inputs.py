@@ -360,3 +360,24 @@ def test_search_by_an_image_file_that_cannot_be_read_says_so(tmp_path: Path) -> 
                                       "--image", "/proc/self/mem"])
     assert result.exit_code == 1 and not isinstance(result.exception, OSError), result.output
     assert "/proc/self/mem cannot be read: Input/output error" in result.output
+
+
+def test_a_truncated_hdf5_file_is_an_error_naming_it_not_a_traceback(hdf5_data: Path, tmp_path: Path) -> None:
+    """A train-image.hdf5 cut short (a copy that did not finish): `dermground ingest` names the
+    file and what to do (h5py's OSError ended in a traceback from the checkpoint check's sample)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+    from dermground.platform.records import UnreadableImageFileError
+
+    data = tmp_path / "data"
+    shutil.copytree(hdf5_data, data)
+    whole = (data / fmt.HDF5_FILE).read_bytes()
+    (data / fmt.HDF5_FILE).write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(UnreadableImageFileError, match="train-image.hdf5 cannot be opened as HDF5"):
+        list(read_records(data))
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "ingest", "--data", str(data)])
+    assert result.exit_code == 1 and not isinstance(result.exception, OSError), result.output
+    assert "cannot be opened as HDF5" in result.output and "copy it again" in result.output
