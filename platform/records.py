@@ -214,12 +214,21 @@ def read_records(data_dir: Path, split: str | None = None,
     with open(csv_path, newline="", encoding=CSV_ENCODING, errors="surrogateescape") as handle:
         reader = csv.DictReader(handle)
         check_columns(reader.fieldnames or [], csv_path)
-        for line, row in enumerate(reader, start=2):
+        for line, last_line, row in _csv_rows(reader, csv_path):
             isic_id = (row.get("isic_id") or "").strip()
             undecodable = _undecodable_column(row)
             if undecodable is not None:
                 yield RejectedRecord(_escaped(isic_id), undecodable,
                                      f"not UTF-8 text ({_escaped(row[undecodable])[:60]!r}); save the CSV as UTF-8")
+                continue
+            if last_line > line and (None in row or None in row.values()):
+                # A quoted field over several lines is fine; one that leaves the row with the wrong
+                # number of columns is a quote never closed, which swallowed the rows after it.
+                column = next((c for c, v in row.items() if c is not None and isinstance(v, str) and "\n" in v), "row")
+                yield RejectedRecord(_escaped(isic_id), _escaped(column),
+                                     f"CSV lines {line}-{last_line} were read as this one row: a quote in {column} "
+                                     f"is never closed, so the {last_line - line} line(s) after it became part of "
+                                     "it; close the quote and rerun")
                 continue
             if not isic_id:
                 yield RejectedRecord("", "isic_id", f"missing isic_id on CSV line {line}")
@@ -267,6 +276,26 @@ def read_records(data_dir: Path, split: str | None = None,
                     yield RejectedRecord(isic_id, "image", rejection_reason(exc))
                     continue
             yield LesionRecord(isic_id, patient_id, side, attributes, metadata, image_ref)
+
+
+class MalformedCsvError(ValueError):
+    """The metadata CSV cannot be parsed on from some line (the csv module gave up)."""
+
+
+def _csv_rows(reader: csv.DictReader, path: Path) -> Iterator[tuple[int, int, dict[str | None, object]]]:
+    """(first line, last line, row) of each data row; MalformedCsvError naming the line where the
+    csv module gives up (a field over its size limit: a quote never closed swallowed the rest)."""
+    last = reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise MalformedCsvError(f"{path}: from line {last + 1}: {exc}; a quote that is never closed makes the rest "
+                                    f"of the file one field: close it (the rows before line {last + 1} were read)") from None
+        yield last + 1, reader.line_num, row
+        last = reader.line_num
 
 
 def _undecodable_column(row: dict[str | None, object]) -> str | None:

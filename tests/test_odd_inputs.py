@@ -381,3 +381,38 @@ def test_a_truncated_hdf5_file_is_an_error_naming_it_not_a_traceback(hdf5_data: 
     result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "ingest", "--data", str(data)])
     assert result.exit_code == 1 and not isinstance(result.exception, OSError), result.output
     assert "cannot be opened as HDF5" in result.output and "copy it again" in result.output
+
+
+def _csv_text(rows: list[dict[str, str]]) -> str:
+    buffer = __import__("io").StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def test_a_quote_never_closed_is_named_with_the_lines_it_swallowed(folder_data: Path, tmp_path: Path) -> None:
+    """One stray quote made the rows after it part of one field: they vanished without a word (a
+    small file) or the reader died with csv's "field larger than field limit" (a large one). Now
+    the row is rejected naming the column and the lines, and a large file is a clear error; a
+    legitimately quoted field over two lines is still read."""
+    from dermground.platform.records import MalformedCsvError
+
+    with open(folder_data / fmt.METADATA_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0]["anatom_site_general"] = "head/neck\n(left)"  # a quoted newline: fine
+    lines = _csv_text(rows).splitlines()
+    stray = lines[3].replace(",IP_", ',"IP_', 1)  # row 2 (CSV line 4) opens a quote in patient_id, never closed
+    data = _copy_with_csv(folder_data, tmp_path / "stray", "\n".join([*lines[:3], stray, *lines[4:]]).encode() + b"\n")
+    records = list(read_records(data))
+    assert isinstance(records[0], LesionRecord) and records[0].metadata["anatom_site_general"] == "head/neck\n(left)"
+    assert len(records) == 2 and isinstance(records[1], RejectedRecord)
+    assert records[1].isic_id == rows[1]["isic_id"] and records[1].field == "patient_id"
+    assert f"CSV lines 4-{len(lines)}" in records[1].reason and "never closed" in records[1].reason
+
+    many = [dict(rows[2], isic_id=f"ISIC_9{i:06d}") for i in range(600)]
+    big = _csv_text(rows + many).splitlines()
+    big[3] = big[3].replace(",IP_", ',"IP_', 1)
+    data = _copy_with_csv(folder_data, tmp_path / "stray-big", ("\n".join(big) + "\n").encode())
+    with pytest.raises(MalformedCsvError, match="from line 4: field larger than field limit.*never closed"):
+        list(read_records(data))
