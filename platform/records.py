@@ -262,10 +262,15 @@ def read_records(data_dir: Path, split: str | None = None,
             else:
                 try:
                     path = _folder_image(image_dir, isic_id)
+                    present = path.is_file()
                 except InvalidNameError as exc:
                     yield RejectedRecord(isic_id, "isic_id", str(exc))
                     continue
-                if not path.is_file():
+                except OSError as exc:  # a name the file system cannot hold (over 255 bytes), a link loop
+                    yield RejectedRecord(isic_id, "isic_id", f"its image file {isic_id}.jpg cannot be looked up in "
+                                                             f"{image_dir}: {exc.strerror or exc}")
+                    continue
+                if not present:
                     yield RejectedRecord(isic_id, "image", f"no image file {path}")
                     continue
                 image_ref = str(path)

@@ -416,3 +416,17 @@ def test_a_quote_never_closed_is_named_with_the_lines_it_swallowed(folder_data: 
     data = _copy_with_csv(folder_data, tmp_path / "stray-big", ("\n".join(big) + "\n").encode())
     with pytest.raises(MalformedCsvError, match="from line 4: field larger than field limit.*never closed"):
         list(read_records(data))
+
+
+def test_an_id_too_long_for_the_file_system_is_quarantined_not_fatal(folder_data: Path, tmp_path: Path) -> None:
+    """130 non-ASCII letters are a plain file name of 200 characters or less but 260 bytes, over
+    the file system's 255: that record is quarantined naming isic_id, the rest read (the reader
+    died with "OSError: File name too long", and ingest with it)."""
+    with open(folder_data / fmt.METADATA_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0]["isic_id"] = "ä" * 130
+    data = _copy_with_csv(folder_data, tmp_path / "long", _csv_text(rows).encode())
+    records = list(read_records(data, check_images=True))
+    assert isinstance(records[0], RejectedRecord) and records[0].field == "isic_id"
+    assert "File name too long" in records[0].reason
+    assert [r.isic_id for r in records[1:] if isinstance(r, LesionRecord)] == [row["isic_id"] for row in rows[1:]]
