@@ -137,6 +137,11 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
     notes: list[str] = []
     with open_store(settings, collection) as store:
         population = _population(store, queries, seed)
+        if k > len(population.train_ids):
+            # Every method would return the whole train split (median 50 by construction), and random
+            # could not draw k: refuse before any search.
+            raise ValueError(f"k={k} is more than the {len(population.train_ids)} train images of {collection!r}; "
+                             f"use --k {len(population.train_ids)} or less")
         if "baseline" in methods:
             # Read before any search: a query whose image is gone is dropped from every method, so
             # that all methods are compared on the same queries.

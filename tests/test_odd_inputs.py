@@ -430,3 +430,26 @@ def test_an_id_too_long_for_the_file_system_is_quarantined_not_fatal(folder_data
     assert isinstance(records[0], RejectedRecord) and records[0].field == "isic_id"
     assert "File name too long" in records[0].reason
     assert [r.isic_id for r in records[1:] if isinstance(r, LesionRecord)] == [row["isic_id"] for row in rows[1:]]
+
+
+def test_eval_retrieval_refuses_a_k_above_the_train_split(search_collection, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--k above the number of train images: a message saying so (random ended in numpy's "Cannot
+    take a larger sample than population", the other methods scored the whole split as top-k)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+    from dermground.platform.commands import context
+
+    home = tmp_path / "home"
+    shutil.copytree(search_collection["store_root"], home / "qdrant" / "lesions")
+    monkeypatch.setattr(context, "_current", None)
+    n_train = sum(r.split == "train" for r in search_collection["records"])
+    result = CliRunner().invoke(cli, ["--home", str(home), "eval", "retrieval", "--collection", "lesions",
+                                      "--out", str(tmp_path / "out"), "--methods", "image,random",
+                                      "--k", str(n_train + 1)])
+    assert result.exit_code == 1, result.output
+    assert f"k={n_train + 1} is more than the {n_train} train images" in result.output
+    assert not (tmp_path / "out").exists()
