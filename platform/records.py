@@ -343,5 +343,6 @@ def _folder_image(image_dir: Path, isic_id: str) -> Path:
 
 def count_records(data_dir: Path) -> int:
     """Number of data rows in the metadata CSV (cheap: no parsing of values, no images)."""
-    with open(_csv_path(data_dir), newline="", encoding=CSV_ENCODING, errors="surrogateescape") as handle:
-        return max(0, sum(1 for _ in csv.reader(handle)) - 1)
+    path = _csv_path(data_dir)
+    with open(path, newline="", encoding=CSV_ENCODING, errors="surrogateescape") as handle:
+        return sum(1 for _ in _csv_rows(csv.DictReader(handle), path))

@@ -396,7 +396,7 @@ def test_a_quote_never_closed_is_named_with_the_lines_it_swallowed(folder_data: 
     small file) or the reader died with csv's "field larger than field limit" (a large one). Now
     the row is rejected naming the column and the lines, and a large file is a clear error; a
     legitimately quoted field over two lines is still read."""
-    from dermground.platform.records import MalformedCsvError
+    from dermground.platform.records import MalformedCsvError, count_records
 
     with open(folder_data / fmt.METADATA_FILE, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -416,6 +416,8 @@ def test_a_quote_never_closed_is_named_with_the_lines_it_swallowed(folder_data: 
     data = _copy_with_csv(folder_data, tmp_path / "stray-big", ("\n".join(big) + "\n").encode())
     with pytest.raises(MalformedCsvError, match="from line 4: field larger than field limit.*never closed"):
         list(read_records(data))
+    with pytest.raises(MalformedCsvError, match="from line 4"):  # ingest's progress total reads it first
+        count_records(data)
 
 
 def test_an_id_too_long_for_the_file_system_is_quarantined_not_fatal(folder_data: Path, tmp_path: Path) -> None:
