@@ -118,14 +118,20 @@ def evaluate_predictions(
     """Predict every attribute for every test-split image; write prediction.json, the PNG and catalog rows."""
     from dermground.platform.progress import progress_bar
 
-    from dermground.platform.records import LesionRecord, read_records
+    from dermground.platform.records import DUPLICATE_REASON, LesionRecord, read_records, unique_records
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.predict import greedy_prediction, predict_attributes
 
     names = list(attributes or ATTRIBUTE_NAMES)
     for name in names:
         get_attribute(name)
-    listed = [r for r in read_records(Path(data_dir), split="test") if isinstance(r, LesionRecord)]
+    listed, duplicates = [], 0
+    for item in unique_records(read_records(Path(data_dir), split="test")):
+        if isinstance(item, LesionRecord):
+            listed.append(item)
+        elif item.reason == DUPLICATE_REASON:  # scored once, like ingest stores it once
+            _log.warning("eval predict skips test record %s: field isic_id: %s", item.isic_id, item.reason)
+            duplicates += 1
     if max_images is not None:
         listed = listed[:max_images]
     if not listed:
@@ -146,14 +152,15 @@ def evaluate_predictions(
         raise ValueError(f"{data_dir}: the image gate refused every test-split image (see the messages above)")
     truth = [r.attributes for r in records]
     scores = score_predictions(truth, predictions, names)
-    report = _report(scores)
+    skipped = duplicates + len(listed) - len(records)
+    report = _report(scores, skipped)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / PREDICTION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     if samples or views > 1:
         greedy = [{n: greedy_prediction(get_attribute(n), p[n].raw) for n in names} for p in predictions]
-        (out / GREEDY_PREDICTION_FILE).write_text(json.dumps(_report(score_predictions(truth, greedy, names)),
+        (out / GREEDY_PREDICTION_FILE).write_text(json.dumps(_report(score_predictions(truth, greedy, names), skipped),
                                                              indent=2) + "\n")
     elif (out / GREEDY_PREDICTION_FILE).exists():  # a plain greedy run: a sidecar from an earlier sampled run would mislead
         (out / GREEDY_PREDICTION_FILE).unlink()
@@ -174,14 +181,14 @@ def evaluate_predictions(
 def _loaded(records: list) -> tuple[list, list]:
     """(the records whose image the gate takes, their images); a refused one is skipped and named,
     with the field and the gate's rule, so that one poison test image costs only its own row."""
-    from dermground.platform.images import ImageRejected
+    from dermground.platform.images import INPUT_ERRORS, rejection_reason
 
     kept, images = [], []
     for record in records:
         try:
             images.append(record.load_image())
-        except (ImageRejected, OSError, KeyError) as exc:
-            _log.warning("eval predict skips test record %s: field image: %s", record.isic_id, exc)
+        except INPUT_ERRORS as exc:  # the same refusals as ingest's CPU stage and training
+            _log.warning("eval predict skips test record %s: field image: %s", record.isic_id, rejection_reason(exc))
             continue
         kept.append(record)
     return kept, images
@@ -193,8 +200,9 @@ def decoding_label(samples: int, views: int, pool: str = "mean") -> str:
     return what if views == 1 else f"{what} x {views} views"
 
 
-def _report(scores: dict[str, AttributeScore]) -> dict[str, dict[str, float]]:
-    return {n: {"r2": s.r2, "parse_rate": s.parse_rate, "n": s.n} for n, s in scores.items()}
+def _report(scores: dict[str, AttributeScore], skipped: int = 0) -> dict[str, dict[str, float]]:
+    # skipped: test images left out because their image was refused (each named in a warning)
+    return {n: {"r2": s.r2, "parse_rate": s.parse_rate, "n": s.n, "skipped": skipped} for n, s in scores.items()}
 
 
 def _write_catalog(catalog_dir: Path, records, predictions, scores, names, fingerprint: str, adapter: str,  # noqa: ANN001

@@ -11,9 +11,10 @@ train images (eval/retrieval_metrics.py). Methods:
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from dermground.platform.store import SearchFilter, VectorStore, open_store
 METHODS = ("image_text", "hierarchical", "image", "image_untuned", "baseline", "random")
 RESULT_FILE, FIGURE_FILE, TABLE_FILE = "retrieval.json", "retrieval_boxplots.png", "retrieval_medians.md"
 TRAIN_ONLY = SearchFilter(split="train")
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,20 +82,40 @@ def _values_of(ids: list[list[str]], population: _Population, attribute: str) ->
     return population.train_values[attribute][rows]
 
 
-def _baseline_hits(population: _Population, k: int, progress: bool) -> list[list[str]]:
+def _baseline_vectors(population: _Population, ids: list[str], label: str, progress: bool) -> dict[str, np.ndarray]:
+    """The baseline embedding of each id whose image can be read; the others are named in a
+    warning with the reason (the refusals ingest quarantines: a stored image may since have gone)."""
     from dermground.platform.progress import progress_bar
 
     from dermground.platform.image_sources import load_image_bytes
-    from dermground.platform.images import decode_image
+    from dermground.platform.images import INPUT_ERRORS, decode_image, rejection_reason
     from dermground.eval.baseline_embedding import baseline_embedding
 
-    def embed(ids: list[str], label: str) -> np.ndarray:
-        return np.stack([baseline_embedding(decode_image(load_image_bytes(population.image_refs[i])))
-                         for i in progress_bar(ids, desc=f"baseline {label}", disable=not progress, leave=False)])
+    vectors = {}
+    for isic_id in progress_bar(ids, desc=f"baseline {label}", disable=not progress, leave=False):
+        try:
+            vectors[isic_id] = baseline_embedding(decode_image(load_image_bytes(population.image_refs[isic_id])))
+        except INPUT_ERRORS as exc:
+            _log.warning("eval retrieval: the baseline leaves out %s record %s: field image_ref: %s", label, isic_id,
+                         rejection_reason(exc))
+    return vectors
 
-    train, query = embed(population.train_ids, "train"), embed(population.query_ids, "queries")
-    top = np.argsort(-(query @ train.T), axis=1)[:, :k]
-    return [[population.train_ids[j] for j in row] for row in top]
+
+def _baseline_hits(population: _Population, train: dict[str, np.ndarray], queries: dict[str, np.ndarray],
+                   k: int) -> list[list[str]]:
+    """Top-k train ids per query by the baseline embedding (every query in `queries`, candidates `train`)."""
+    train_ids = [i for i in population.train_ids if i in train]
+    if len(train_ids) < k:
+        raise ValueError(f"the baseline can read only {len(train_ids)} train image(s), fewer than k={k}")
+    query = np.stack([queries[i] for i in population.query_ids])
+    top = np.argsort(-(query @ np.stack([train[i] for i in train_ids]).T), axis=1)[:, :k]
+    return [[train_ids[j] for j in row] for row in top]
+
+
+def _without_queries(population: _Population, dropped: set[str]) -> _Population:
+    keep = [q for q, isic_id in enumerate(population.query_ids) if isic_id not in dropped]
+    return replace(population, query_ids=[population.query_ids[q] for q in keep],
+                   query_values={a: values[keep] for a, values in population.query_values.items()})
 
 
 def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
@@ -111,8 +134,29 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
     names = tuple(a.name for a in resolve_attributes(list(attributes) if attributes else None))
     # method -> attribute -> the hit ids per query (methods that ignore the attribute share one list)
     hits: dict[str, dict[str, list[list[str]]]] = {}
+    notes: list[str] = []
     with open_store(settings, collection) as store:
         population = _population(store, queries, seed)
+        if k > len(population.train_ids):
+            # Every method would return the whole train split (median 50 by construction), and random
+            # could not draw k: refuse before any search.
+            raise ValueError(f"k={k} is more than the {len(population.train_ids)} train images of {collection!r}; "
+                             f"use --k {len(population.train_ids)} or less")
+        if "baseline" in methods:
+            # Read before any search: a query whose image is gone is dropped from every method, so
+            # that all methods are compared on the same queries.
+            train_vectors = _baseline_vectors(population, population.train_ids, "train", progress)
+            query_vectors = _baseline_vectors(population, population.query_ids, "test", progress)
+            dropped = set(population.query_ids) - set(query_vectors)
+            if len(dropped) == len(population.query_ids):
+                raise ValueError("the baseline cannot read the image of any test query (see the warnings above); "
+                                 "leave it out with --methods or restore the data folder the collection was ingested from")
+            population = _without_queries(population, dropped)
+            left_out = len(population.train_ids) - len(train_vectors)
+            if left_out or dropped:
+                notes.append(f"{left_out} train image(s) left out of the baseline's candidates and {len(dropped)} "
+                             "test query(ies) dropped from every method: their image could not be read "
+                             "(each named in a warning with its reason).")
 
         def per_query(mode: SearchMode, label: str, attrs: tuple[str, ...], on: VectorStore) -> list[list[str]]:
             return [_hit_ids(on, settings, mode, q, attrs, k, b)
@@ -127,7 +171,7 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
         with open_store(settings, untuned_collection) as untuned:
             hits["image_untuned"] = dict.fromkeys(names, per_query(SearchMode.image, "image untuned", (), untuned))
     if "baseline" in methods:
-        hits["baseline"] = dict.fromkeys(names, _baseline_hits(population, k, progress))
+        hits["baseline"] = dict.fromkeys(names, _baseline_hits(population, train_vectors, query_vectors, k))
     if "random" in methods:
         rng = np.random.default_rng(seed)
         picks = [[population.train_ids[j] for j in rng.choice(len(population.train_ids), k, replace=False)]
@@ -143,7 +187,7 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
     plot_boxplots(ranks, out_dir / FIGURE_FILE,
                   title=f"{collection}: {len(population.query_ids)} test queries, top-{k} of "
                         f"{len(population.train_ids)} train images")
-    (out_dir / TABLE_FILE).write_text(medians_table(summary))
+    (out_dir / TABLE_FILE).write_text(medians_table(summary) + "".join(f"\n{note}\n" for note in notes))
     if catalog_dir is not None:
         _record(catalog_dir, collection, summary, k=k, b=b,
                 hit_rows=_hit_rows(population, hits, ranks, collection, untuned_collection))

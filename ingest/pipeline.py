@@ -41,7 +41,7 @@ from dermground.ingest.writer import (
 )
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_compact import compact_if_fragmented
-from dermground.platform.records import LesionRecord, RejectedRecord, read_records
+from dermground.platform.records import LesionRecord, RejectedRecord, read_records, unique_records
 from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, point_id
 from dermground.platform.store.indexing import IndexReport, build_index_if_large
@@ -110,18 +110,6 @@ def model_identity(model_dir: Path, adapter_dir: Path | None) -> tuple[int, str]
     config = json.loads((path / "config.json").read_text())
     dim = int(config.get("text_config", {}).get("hidden_size") or config["hidden_size"])
     return dim, fingerprint(path, adapter_dir)
-
-
-def _unique(stream: Iterable[LesionRecord | RejectedRecord]) -> Iterator[LesionRecord | RejectedRecord]:
-    """Turn a repeated isic_id into a rejection: one id, one point, one catalog row."""
-    seen: set[str] = set()
-    for item in stream:
-        if isinstance(item, LesionRecord):
-            if item.isic_id in seen:
-                yield RejectedRecord(item.isic_id, "isic_id", "duplicate isic_id: an earlier row has the same id")
-                continue
-            seen.add(item.isic_id)
-        yield item
 
 
 def _prepare(partition: Partition, fingerprint: str) -> tuple[list[ReadyRecord], list[Rejection]]:
@@ -262,7 +250,7 @@ def _run(state: _RunState, catalog: Catalog, progress: bool) -> None:
 
     job, writer = state.job, state.writer
     committed = committed_partitions(catalog, writer.collection, state.fingerprint)
-    stream = _unique(read_records(job.data_dir, split=job.reader_split, max_pixels=job.settings.max_image_pixels))
+    stream = unique_records(read_records(job.data_dir, split=job.reader_split, max_pixels=job.settings.max_image_pixels))
     total = None
     if job.options.split == "all":
         from dermground.platform.records import count_records

@@ -57,7 +57,7 @@ class UnreadableCandidate(ValueError):
 def read_point_image(payload: Mapping[str, object], max_pixels: int) -> Image.Image:
     """The stored image of a point (its payload image_ref) through the image gate; UnreadableCandidate if unreadable."""
     from dermground.platform.image_sources import load_image_bytes
-    from dermground.platform.images import ImageRejected, decode_image
+    from dermground.platform.images import INPUT_ERRORS, decode_image, rejection_reason
 
     ref = payload.get("image_ref")
     who = payload.get("isic_id")
@@ -65,8 +65,8 @@ def read_point_image(payload: Mapping[str, object], max_pixels: int) -> Image.Im
         raise UnreadableCandidate(f"point {who!r} has no image_ref in its payload; re-ingest it")
     try:
         return decode_image(load_image_bytes(ref), max_pixels=max_pixels)
-    except (ImageRejected, OSError, KeyError) as exc:
-        raise UnreadableCandidate(f"cannot read the image of {who!r} ({ref}): {exc}") from None
+    except INPUT_ERRORS as exc:  # the same refusals as ingest's CPU stage
+        raise UnreadableCandidate(f"cannot read the image of {who!r} ({ref}): {rejection_reason(exc)}") from None
 
 
 def image_preparer(image_processor: object) -> Callable[[Image.Image], PreparedImage]:

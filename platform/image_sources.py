@@ -57,14 +57,32 @@ def open_hdf5(path: Path) -> Any:
         return _open_files[key]
 
 
+def _split_hdf5_ref(location: str) -> tuple[str, str]:
+    """(file path, dataset name) of `<path>#<isic_id>`. Either side may hold a '#' itself (an id is
+    any plain file name): the split is at the '#' whose left side is an existing file, else at the
+    last one (then the missing file is what the error names)."""
+    path, _, name = location.rpartition("#")
+    if location.count("#") > 1 and not Path(path).is_file():
+        for i in (i for i, char in enumerate(location) if char == "#"):
+            if Path(location[:i]).is_file():
+                return location[:i], location[i + 1:]
+    return path, name
+
+
 def load_image_bytes(image_ref: str) -> bytes:
     """The encoded bytes an image reference points at (HDF5 dataset or image file)."""
     if image_ref.startswith(HDF5_PREFIX):
-        path, _, isic_id = image_ref[len(HDF5_PREFIX):].rpartition("#")
+        path, isic_id = _split_hdf5_ref(image_ref[len(HDF5_PREFIX):])
         h5 = open_hdf5(Path(path))
         if isic_id not in h5:
             raise KeyError(f"no image {isic_id!r} in {path}")
-        value = h5[isic_id][()]
+        entry = h5[isic_id]
+        # A group or an empty (null-shaped) dataset holds no bytes: refused like a bad image, naming
+        # the entry, instead of h5py's TypeError/AttributeError, which no caller quarantines.
+        if not isinstance(getattr(entry, "shape", None), tuple):
+            raise ValueError(f"{isic_id!r} in {path} is {'a group' if hasattr(entry, 'keys') else 'empty'}, "
+                             "not a dataset of encoded image bytes")
+        value = entry[()]
         # Real files store scalar bytes strings; ours store opaque (np.void); some use uint8 arrays.
         if isinstance(value, bytes):
             return value

@@ -30,6 +30,7 @@ class MetadataField:
     max_filter_values: int = 0  # most values one API request may list for an any_of filter
     vocabulary: tuple[str | int, ...] | None = None  # the values ISIC 2024 uses, where fixed
     enforced: bool = False  # True: a stored value outside the vocabulary refuses the record
+    plausible: tuple[float, float] | None = None  # a number outside [low, high] refuses the record (a data error)
 
     @property
     def numeric(self) -> bool:
@@ -39,7 +40,7 @@ class MetadataField:
 # Stored fields first, in payload and catalog column order. Metadata is often absent in ISIC
 # (age_approx empty, sex empty): an absent value is stored as null, never invented.
 METADATA_FIELDS: tuple[MetadataField, ...] = (
-    MetadataField("age_approx", "float", "Approximate age of the patient.", unit="years"),
+    MetadataField("age_approx", "float", "Approximate age of the patient.", unit="years", plausible=(0.0, 120.0)),
     MetadataField("sex", "text", "Sex of the patient as recorded (male, female or empty).",
                   filter="any_of", max_filter_values=16, vocabulary=("male", "female")),
     MetadataField("anatom_site_general", "text",

@@ -18,7 +18,9 @@ from dermground.platform.store.schema import NUMERIC_FIELDS
 AttributeName = enum.Enum("AttributeName", {name: name for name in ATTRIBUTE_NAMES}, type=str)
 RangeField = enum.Enum("RangeField", {name: name for name in NUMERIC_FIELDS}, type=str)
 
-ISIC_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+# Every id the reader ingests (a plain file name, platform/names.py): up to 200 characters, no
+# separator or control character, not hidden.
+ISIC_ID_PATTERN = r"^[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]{0,199}$"
 # Hard ceilings; the configured settings.max_k / max_b (smaller) are checked per request.
 K_CEILING = 10_000
 B_CEILING = 1_000_000

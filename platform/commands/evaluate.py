@@ -69,6 +69,10 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
     click.echo(f"median R2 {statistics.median(r2) if r2 else float('nan'):.3f}, "
                f"min R2 {min(r2) if r2 else float('nan'):.3f}, "
                f"parse rate {statistics.mean(row['parse_rate'] for row in report.values()):.3f}")
+    skipped = next(iter(report.values()), {}).get("skipped", 0)
+    if skipped:
+        click.echo(f"skipped {skipped} test record(s): an image that was refused or a repeated isic_id "
+                   "(each named above with its reason)")
     click.echo(f"wrote {out_dir / PREDICTION_FILE} and {out_dir / FIGURE_FILE}")
 
 

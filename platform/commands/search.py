@@ -101,6 +101,8 @@ def search(image_path: Path | None, isic_id: str | None, mode: str, attributes: 
             image = decode_image(image_path.read_bytes(), max_pixels=settings.max_image_pixels)
         except ImageRejected as exc:
             raise click.ClickException(f"{image_path}: {exc}") from None
+        except OSError as exc:  # no permission, an I/O error: the file is there but cannot be read
+            raise click.ClickException(f"{image_path} cannot be read: {exc.strerror or exc}") from None
 
     def load_model():  # noqa: ANN202 - only when the query needs it
         from dermground.platform.model.loading import BackboneError, load_backbone_from_settings
