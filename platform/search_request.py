@@ -66,6 +66,11 @@ def validate_request(request: SearchRequest, settings: Settings) -> tuple[str, .
         raise SearchError(f"k must be between 1 and {settings.max_k} (DERMGROUND_MAX_K), got {request.k}")
     if request.b is not None and not 1 <= request.b <= settings.max_b:
         raise SearchError(f"b must be between 1 and {settings.max_b} (DERMGROUND_MAX_B), got {request.b}")
+    if request.b is not None and request.b < request.k and request.mode in (SearchMode.hierarchical,
+                                                                             SearchMode.prefetch):
+        # The mode ranks only the b image-nearest candidates: fewer than k would come back, without a word.
+        raise SearchError(f"mode {request.mode.value!r} ranks the b image-nearest candidates, so b must be at "
+                          f"least k: got b={request.b} and k={request.k}; raise b or lower k")
     names: list[str] = []
     for name in request.attributes:
         try:

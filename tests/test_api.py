@@ -189,6 +189,8 @@ def _bad_requests(jpeg: bytes, ids: list[str]):
     yield "unknown isic_id", 404, ("post", "/search", {"json": {"isic_id": "ISIC_9999999"}})
     yield "infinite range", 422, ("post", "/search", {"content": b'{"isic_id": "%s", "filters": {"ranges": {"A": {"gte": 1e999}}}}' % ids[0].encode(),
                                                        "headers": {"Content-Type": "application/json"}})
+    yield "range whose bounds are swapped", 422, ("post", "/search", {"json": {"isic_id": ids[0], "filters": {"ranges": {"A": {"gte": 5, "lte": 1}}}}})
+    yield "b below k", 422, ("post", "/search", {"json": {"isic_id": ids[0], "mode": "hierarchical", "attributes": ["A"], "k": 5, "b": 3}})
     yield "range on a keyword", 422, ("post", "/search", {"json": {"isic_id": ids[0], "filters": {"ranges": {"sex": {"gte": 1}}}}})
     yield "image mode with attributes", 422, ("post", "/search", {"json": {"isic_id": ids[0], "attributes": ["A"]}})
     yield "exclude patient of an upload", 422, ("post", "/search", {"json": {"image_base64": b64, "exclude_query_patient": True}})
@@ -199,10 +201,10 @@ def _bad_requests(jpeg: bytes, ids: list[str]):
                                                                "headers": {"Content-Type": "application/json"}})
 
 
-@pytest.mark.parametrize("case", range(24))
+@pytest.mark.parametrize("case", range(26))
 def test_bad_input_gets_the_right_4xx_without_a_traceback(client, jpeg, ids, case) -> None:
     cases = list(_bad_requests(jpeg, ids))
-    assert len(cases) == 24
+    assert len(cases) == 26
     name, expected, (method, path, kwargs) = cases[case]
     headers = {**R, **kwargs.pop("headers", {})}
     response = client.request(method.upper(), path, headers=headers, **kwargs)

@@ -55,6 +55,9 @@ def test_search_by_image_file_prints_a_table(run, search_collection, tmp_path) -
     (["--id", "ISIC_0000001", "--mode", "image", "--filter", "color=red"], "cannot filter"),
     (["--id", "ISIC_0000001", "--mode", "image", "--filter", "target=yes"], "target is one of 0, 1"),
     (["--id", "ISIC_0000001", "--mode", "image", "--range", "areaMM2=a:b"], "--range"),
+    (["--id", "ISIC_0000001", "--mode", "image", "--range", "areaMM2=5:1"], "above its high bound"),
+    (["--id", "ISIC_0000001", "--mode", "prefetch", "--attribute", "areaMM2", "--k", "5", "--b", "3"],
+     "b must be at least k"),
 ])
 def test_search_errors_are_messages_not_tracebacks(run, args, message) -> None:
     result = run("search", *args)

@@ -44,6 +44,8 @@ class NumericRange(_Strict):
         for bound in (self.gte, self.lte):
             if bound is not None and not math.isfinite(bound):
                 raise ValueError("bounds must be finite numbers")
+        if self.gte is not None and self.lte is not None and self.gte > self.lte:
+            raise ValueError(f"gte ({self.gte:g}) is above lte ({self.lte:g}): the range matches no value")
         return self
 
 

@@ -128,6 +128,13 @@ class Range:
             raise ValueError("a Range needs at least one bound")
         if not all(math.isfinite(b) for b in bounds):
             raise ValueError(f"Range bounds must be finite numbers: {self}")
+        low = max((b for b in (self.gte, self.gt) if b is not None), default=None)
+        high = min((b for b in (self.lte, self.lt) if b is not None), default=None)
+        # A range no value can fall in matches nothing: almost surely its bounds were swapped.
+        if low is not None and high is not None and (low > high or (low == high and (
+                self.gt == low or self.lt == high))):
+            raise ValueError(f"the range matches no value: its low bound {low:g} is above its high bound {high:g} "
+                             "(swapped?)")
 
 
 @dataclass(frozen=True)
