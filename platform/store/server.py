@@ -33,6 +33,7 @@ from dermground.platform.store.base import (
     vector_selection,
 )
 from dermground.platform.store.schema import PAYLOAD_INDEXES
+from dermground.platform.store.server_client import connect_server
 
 METADATA_KEY = "dermground"
 
@@ -116,8 +117,10 @@ class ServerStore(VectorStore):
                 self._client = QdrantClient(path=str(path))
             elif location == ":memory:":
                 self._client = QdrantClient(location=":memory:")
-            else:
-                self._client = QdrantClient(url=location, api_key=api_key, timeout=timeout_s)
+            else:  # its failures are StoreErrors naming the URL and the setting to fix
+                self._client = connect_server(location, api_key=api_key, timeout_s=timeout_s)
+        except StoreError:
+            raise
         except Exception as exc:  # qdrant-client raises many types (RuntimeError for a held path)
             raise StoreError(f"cannot open Qdrant at {location or path}: {exc}") from exc
         self._spec: CollectionSpec | None = None
