@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,21 @@ def test_a_closed_port_or_a_tls_mismatch_says_which(tmp_path: Path) -> None:
     finally:
         plain.shutdown()
         plain.server_close()
+
+
+def test_the_grpc_port_is_named(tmp_path: Path) -> None:
+    import grpc  # qdrant-client's own dependency: a real gRPC server, as on Qdrant's port 6334
+
+    server = grpc.server(ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(StoreUnavailableError) as raised:
+            open_store(_settings(tmp_path, url), "lesions")
+        _assert_says_what_to_do(str(raised.value), url, "REST port (6333")
+    finally:
+        server.stop(None)
 
 
 @pytest.mark.parametrize("stand_in", ["401"], indirect=True)

@@ -112,6 +112,10 @@ class _TranslatingClient:
         if isinstance(source, httpx.UnsupportedProtocol | httpx.InvalidURL):
             return StoreError(f"cannot use Qdrant URL {url!r} ({_first_line(source)}): set {URL_SETTING} to the "
                               "server's http(s)://host:port")
+        if isinstance(source, httpx.RemoteProtocolError):  # e.g. Qdrant's gRPC port, which speaks only HTTP/2
+            return StoreUnavailableError(
+                f"the server at {url} broke off the answer ({_first_line(source)}): set {URL_SETTING} to Qdrant's "
+                "REST port (6333; 6334 is gRPC), else check the server's log")
         if isinstance(source, httpx.TransportError | OSError):
             return StoreUnavailableError(
                 f"cannot reach Qdrant at {url} ({_first_line(source)}): start the server or fix {URL_SETTING} "
