@@ -51,7 +51,8 @@ def open_store(settings: Settings, collection: str | None = None) -> VectorStore
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         store = ServerStore(name, settings.qdrant_url, api_key=api_key, timeout_s=settings.qdrant_timeout_s,
                             shards=settings.qdrant_shards, replication=settings.qdrant_replication,
-                            on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization)
+                            on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization,
+                            max_request_mb=settings.qdrant_max_request_mb)
         # Resolved here, on the store's own client (":memory:" is one database per client).
         store.collection = ServerCollections(store._client, owns_client=False).resolve(name)
         return store
@@ -75,7 +76,8 @@ def open_collections(settings: Settings) -> Collections:
         client = (QdrantClient(location=":memory:") if settings.qdrant_url == ":memory:" else
                   connect_server(settings.qdrant_url, api_key=api_key, timeout_s=settings.qdrant_timeout_s))
         return ServerCollections(client, shards=settings.qdrant_shards, replication=settings.qdrant_replication,
-                                 on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization)
+                                 on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization,
+                                 max_request_mb=settings.qdrant_max_request_mb)
     return _edge_collections(settings)
 
 

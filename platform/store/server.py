@@ -9,8 +9,9 @@ point or sidecar file can drift away from the collection it describes.
 from __future__ import annotations
 
 import functools
+import json
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Concatenate, Literal, ParamSpec, TypeVar
 
@@ -61,6 +62,34 @@ def server_filter(flt: SearchFilter | None) -> models.Filter | None:
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
+# Qdrant's default service.max_request_size_mb; DERMGROUND_QDRANT_MAX_REQUEST_MB when the server's differs.
+DEFAULT_MAX_REQUEST_MB = 32
+_REQUEST_SHARE = 0.9  # of the limit a write's estimated body may take (headers, the rest of the body)
+_FLOAT_JSON_BYTES = 25  # the longest JSON of one float: "-1.2345678901234567e-100,"
+_T = TypeVar("_T")
+
+
+def _json_size_bound(vectors: Mapping[str, object], payload: Mapping[str, object]) -> int:
+    """An upper bound of one point's share of a write request's JSON body."""
+    floats = sum(int(np.size(v)) for v in vectors.values())
+    names = sum(len(n) + 8 for n in vectors)
+    return floats * _FLOAT_JSON_BYTES + names + len(json.dumps(payload, default=str)) + 120
+
+
+def _request_batches(items: Sequence[_T], sizes: Sequence[int], budget: int) -> Iterator[list[_T]]:
+    """`items` in order, cut into runs whose sizes add up to at most `budget` (a larger item alone)."""
+    batch: list[_T] = []
+    used = 0
+    for item, size in zip(items, sizes, strict=True):
+        if batch and used + size > budget:
+            yield batch
+            batch, used = [], 0
+        batch.append(item)
+        used += size
+    if batch:
+        yield batch
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -98,7 +127,8 @@ class ServerStore(VectorStore):
     def __init__(self, collection: str, location: str | None = None, *, path: Path | None = None,
                  api_key: str | None = None, timeout_s: int = 60, shards: int = 1, replication: int = 1,
                  on_disk: bool = False, quantization: Quantization = "none",
-                 client: QdrantClient | None = None, creation_metadata: Mapping[str, object] | None = None) -> None:
+                 client: QdrantClient | None = None, creation_metadata: Mapping[str, object] | None = None,
+                 max_request_mb: int = DEFAULT_MAX_REQUEST_MB) -> None:
         if client is None and (location is None) == (path is None):
             raise ValueError("give exactly one of location (url or ':memory:') and path")
         self.collection = collection
@@ -124,6 +154,10 @@ class ServerStore(VectorStore):
         except Exception as exc:  # qdrant-client raises many types (RuntimeError for a held path)
             raise StoreError(f"cannot open Qdrant at {location or path}: {exc}") from exc
         self._spec: CollectionSpec | None = None
+        # A Qdrant server refuses a request body over its service.max_request_size_mb (400): writes
+        # are split into requests whose estimated size stays below it (one partition of the 2B
+        # model's points is ~125 MiB of JSON; the server's default limit is 32 MiB).
+        self._request_budget = int(max_request_mb * 2**20 * _REQUEST_SHARE)
         # Quantized vectors are approximate: rescore the oversampled candidates with full vectors.
         self._search_params = (models.SearchParams(quantization=models.QuantizationSearchParams(
             rescore=True, oversampling=2.0)) if quantization != "none" else None)
@@ -184,7 +218,9 @@ class ServerStore(VectorStore):
         structs = [models.PointStruct(id=p.id, vector={n: np.asarray(v, dtype=np.float32).tolist()
                                                        for n, v in p.vectors.items()}, payload=p.payload)
                    for p in points]
-        self._client.upsert(self.collection, points=structs, wait=wait)
+        sizes = [_json_size_bound(p.vectors, p.payload) for p in points]
+        for batch in _request_batches(structs, sizes, self._request_budget):
+            self._client.upsert(self.collection, points=batch, wait=wait)
 
     @_missing_collection_is_a_store_error
     def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]], wait: bool = True) -> None:
@@ -199,7 +235,9 @@ class ServerStore(VectorStore):
         ops = [models.PointVectors(id=pid, vector={n: np.asarray(v, dtype=np.float32).tolist()
                                                    for n, v in named.items()})
                for pid, named in vectors.items()]
-        self._client.update_vectors(self.collection, points=ops, wait=wait)
+        sizes = [_json_size_bound(named, {}) for named in vectors.values()]
+        for batch in _request_batches(ops, sizes, self._request_budget):
+            self._client.update_vectors(self.collection, points=batch, wait=wait)
 
     @_missing_collection_is_a_store_error
     def set_payload(self, ids: Sequence[str], payload: Mapping[str, object], wait: bool = True) -> None:

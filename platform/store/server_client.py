@@ -30,6 +30,7 @@ from dermground.platform.store.base import StoreError, StoreUnavailableError
 URL_SETTING = "DERMGROUND_QDRANT_URL"
 KEY_SETTING = "DERMGROUND_QDRANT_API_KEY"
 TIMEOUT_SETTING = "DERMGROUND_QDRANT_TIMEOUT_S"
+MAX_REQUEST_SETTING = "DERMGROUND_QDRANT_MAX_REQUEST_MB"
 _SERVER_TEXT_LIMIT = 200
 
 # qdrant-client's background version check warns (two lines, with a file path) whenever it cannot
@@ -132,6 +133,9 @@ class _TranslatingClient:
             return StoreUnavailableError(f"Qdrant at {url} refused the request ({status} {exc.reason_phrase}): {fix}")
         if status is not None and status >= 500:
             return StoreUnavailableError(f"Qdrant at {url} failed ({answer}): check the server's log, then retry")
+        if status == 400 and said is not None and "larger than allowed" in said:
+            return StoreError(f"Qdrant at {url} refused a write as too large ({said}): set {MAX_REQUEST_SETTING} "
+                              "to the server's service.max_request_size_mb")
         if status == 404 and _is_qdrant_body(exc.content):
             return None  # Qdrant's own "not found" (a collection): store/server.py reads it
         if status == 404:

@@ -41,7 +41,7 @@ class ServerCollections(Collections):
     def __init__(self, client: QdrantClient, *, owns_client: bool = True, **create_options: object) -> None:
         self._client = client
         self._owns_client = owns_client
-        self._create_options = create_options  # shards, replication, on_disk, quantization
+        self._create_options = create_options  # shards, replication, on_disk, quantization, max_request_mb
         self._pending: dict[tuple[str, str], VersionMeta] = {}  # created, not yet on the server
 
     def close(self) -> None:
