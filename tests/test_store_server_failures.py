@@ -160,11 +160,14 @@ def test_a_missing_key_is_named_as_missing(stand_in: _StandIn, tmp_path: Path) -
         open_store(_settings(tmp_path, stand_in.url, key=None), "lesions")
 
 
-def test_credentials_in_the_url_are_not_shown(tmp_path: Path) -> None:
+@pytest.mark.parametrize("port", ["", ":99999"], ids=["closed port", "port out of range"])
+def test_credentials_in_the_url_are_not_shown(tmp_path: Path, port: str) -> None:
     url = _closed_port_url().replace("http://", "http://admin:hunter2@")
+    url = url.rpartition(":")[0] + port if port else url
     with pytest.raises(StoreError) as raised:
         open_store(_settings(tmp_path, url), "lesions")
     assert "hunter2" not in str(raised.value) and "127.0.0.1" in str(raised.value)
+    assert "DERMGROUND_QDRANT_URL" in str(raised.value)
 
 
 @pytest.mark.parametrize("stand_in", ["401"], indirect=True)

@@ -42,12 +42,10 @@ def shown_url(url: str) -> str:
     """The URL as it may appear in a message or a log: no user:password, no query string."""
     try:
         parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
     except ValueError:  # not even a URL: say only that
         return "<the configured URL>"
+    host = parts.netloc.rpartition("@")[2]  # a port that does not parse is shown as given
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def connect_server(url: str, *, api_key: str | None, timeout_s: int) -> QdrantClient:
@@ -55,7 +53,8 @@ def connect_server(url: str, *, api_key: str | None, timeout_s: int) -> QdrantCl
     try:
         client = QdrantClient(url=url, api_key=api_key, timeout=timeout_s)
     except Exception as exc:  # qdrant-client raises many types for a malformed URL
-        raise StoreError(f"cannot use Qdrant URL {shown_url(url)!r} ({exc}): set {URL_SETTING} to the server's "
+        reason = str(exc).replace(url, shown_url(url))  # its message may repeat the URL, credentials and all
+        raise StoreError(f"cannot use Qdrant URL {shown_url(url)!r} ({reason}): set {URL_SETTING} to the server's "
                          "http(s)://host:port (6333 is Qdrant's REST port), or unset it for the embedded store") from None
     return cast(QdrantClient, _TranslatingClient(client, shown_url(url), timeout_s, api_key is not None))
 
