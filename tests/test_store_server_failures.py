@@ -154,6 +154,18 @@ def test_the_grpc_port_is_named(tmp_path: Path) -> None:
         server.stop(None)
 
 
+def test_a_url_without_a_port_says_which_port_was_tried(tmp_path: Path) -> None:
+    # qdrant-client adds :6333 to a URL without a port, even https:// behind a proxy on 443.
+    url = "https://127.0.0.2"  # nothing listens on 127.0.0.2:6333
+    with pytest.raises(StoreUnavailableError) as raised:
+        open_store(_settings(tmp_path, url), "lesions")
+    assert "port 6333 was used" in str(raised.value) and "https://host:443" in str(raised.value)
+    _assert_says_what_to_do(str(raised.value), url, "DERMGROUND_QDRANT_URL")
+    with pytest.raises(StoreUnavailableError) as with_port:
+        open_store(_settings(tmp_path, _closed_port_url()), "lesions")
+    assert "6333" not in str(with_port.value)
+
+
 @pytest.mark.parametrize("stand_in", ["401"], indirect=True)
 def test_a_missing_key_is_named_as_missing(stand_in: _StandIn, tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailableError, match="set DERMGROUND_QDRANT_API_KEY to the server's key"):

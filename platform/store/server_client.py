@@ -31,6 +31,7 @@ URL_SETTING = "DERMGROUND_QDRANT_URL"
 KEY_SETTING = "DERMGROUND_QDRANT_API_KEY"
 TIMEOUT_SETTING = "DERMGROUND_QDRANT_TIMEOUT_S"
 MAX_REQUEST_SETTING = "DERMGROUND_QDRANT_MAX_REQUEST_MB"
+DEFAULT_PORT = 6333  # what qdrant-client adds to a URL without a port
 _SERVER_TEXT_LIMIT = 200
 
 # qdrant-client's background version check warns (two lines, with a file path) whenever it cannot
@@ -56,17 +57,30 @@ def connect_server(url: str, *, api_key: str | None, timeout_s: int) -> QdrantCl
         reason = str(exc).replace(url, shown_url(url))  # its message may repeat the URL, credentials and all
         raise StoreError(f"cannot use Qdrant URL {shown_url(url)!r} ({reason}): set {URL_SETTING} to the server's "
                          "http(s)://host:port (6333 is Qdrant's REST port), or unset it for the embedded store") from None
-    return cast(QdrantClient, _TranslatingClient(client, shown_url(url), timeout_s, api_key is not None))
+    return cast(QdrantClient, _TranslatingClient(client, shown_url(url), timeout_s, api_key is not None,
+                                                 names_port=_names_port(url)))
+
+
+def _names_port(url: str) -> bool:
+    """Whether the URL says its port (qdrant-client uses 6333 when it does not, even for https://)."""
+    try:
+        return urlsplit(url if "//" in url else f"//{url}").port is not None
+    except ValueError:
+        return True  # a port that does not parse: that is the message
 
 
 class _TranslatingClient:
     """Delegates to a QdrantClient; a failed call raises a StoreError instead of qdrant-client's error."""
 
-    def __init__(self, client: QdrantClient, url: str, timeout_s: int, has_key: bool) -> None:
+    def __init__(self, client: QdrantClient, url: str, timeout_s: int, has_key: bool, names_port: bool = True) -> None:
         self._qdrant = client
         self._url = url
         self._timeout_s = timeout_s
         self._has_key = has_key
+        # A URL without a port reaches port 6333, not 80/443: say so where the server was not found.
+        self._port_note = "" if names_port else (
+            f" (the URL names no port, so port {DEFAULT_PORT} was used: write the port, e.g. https://host:443 "
+            "for a server behind a proxy)")
 
     def __getattr__(self, name: str) -> Any:
         if name == "_qdrant":  # not set yet (a copy being built): no recursion
@@ -90,6 +104,12 @@ class _TranslatingClient:
 
     def translate(self, exc: Exception) -> StoreError | None:
         """The StoreError that says what went wrong with the server and what to do; None to let it through."""
+        translated = self._translate(exc)
+        if translated is not None and self._port_note and not isinstance(exc, UnexpectedResponse | ResourceExhaustedResponse):
+            return type(translated)(f"{translated}{self._port_note}")  # not found where it was looked for
+        return translated
+
+    def _translate(self, exc: Exception) -> StoreError | None:
         url = self._url
         if isinstance(exc, ResourceExhaustedResponse):
             return StoreUnavailableError(f"Qdrant at {url} is over its rate limit ({exc.message}): "
