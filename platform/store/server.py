@@ -34,9 +34,12 @@ from dermground.platform.store.base import (
     vector_selection,
 )
 from dermground.platform.store.schema import PAYLOAD_INDEXES
+from dermground.platform.store.versions import VersionTakenError
 from dermground.platform.store.server_client import connect_server
 
 METADATA_KEY = "dermground"
+# Written with a new version's collection by the ServerCollections that reserved its number.
+CREATOR_KEY = "dermground_creator"
 
 _INDEX_TYPES = {"keyword": models.PayloadSchemaType.KEYWORD, "integer": models.PayloadSchemaType.INTEGER,
                 "float": models.PayloadSchemaType.FLOAT}
@@ -154,6 +157,7 @@ class ServerStore(VectorStore):
         except Exception as exc:  # qdrant-client raises many types (RuntimeError for a held path)
             raise StoreError(f"cannot open Qdrant at {location or path}: {exc}") from exc
         self._spec: CollectionSpec | None = None
+        self._created_here = False
         # A Qdrant server refuses a request body over its service.max_request_size_mb (400): writes
         # are split into requests whose estimated size stays below it (one partition of the 2B
         # model's points is ~125 MiB of JSON; the server's default limit is 32 MiB).
@@ -183,6 +187,7 @@ class ServerStore(VectorStore):
     def ensure_collection(self, spec: CollectionSpec) -> CollectionSpec:
         stored = self.describe()
         if stored is not None:
+            self._check_not_taken()
             spec.check_compatible(stored, self.collection)
             return stored
         options = self._create_options
@@ -197,16 +202,40 @@ class ServerStore(VectorStore):
                 type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
         elif options["quantization"] == "binary":
             quantization = models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
-        self._client.create_collection(
-            self.collection, vectors_config=vectors, shard_number=options["shards"],
-            replication_factor=options["replication"], quantization_config=quantization,
-            metadata={**self._creation_metadata, METADATA_KEY: spec.to_dict()})
+        try:
+            self._client.create_collection(
+                self.collection, vectors_config=vectors, shard_number=options["shards"],
+                replication_factor=options["replication"], quantization_config=quantization,
+                metadata={**self._creation_metadata, METADATA_KEY: spec.to_dict()})
+        except Exception:
+            if self._client.collection_exists(self.collection):
+                self._check_not_taken()  # another process created it between our check and our request
+            raise
+        self._created_here = True
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # local mode warns that indexes have no effect there
             for field, kind in PAYLOAD_INDEXES.items():
                 self._client.create_payload_index(self.collection, field, _INDEX_TYPES[kind], wait=True)
         self._spec = spec
         return spec
+
+    def _check_not_taken(self) -> None:
+        """A store opened to create a new version refuses a collection another process created under
+        the same number: two builds that reserved the same vN at once must not write into one
+        collection (the embedded store reserves a number with its folder; a server has no such step)."""
+        token = self._creation_metadata.get(CREATOR_KEY)
+        if token is None or self._created_here:
+            return
+        metadata = self._client.get_collection(self.collection).config.metadata or {}
+        if metadata.get(CREATOR_KEY) == token:
+            return  # created by this process's collections, through another store
+        from dermground.platform.store.server_versions import VERSION_METADATA_KEY
+
+        record = metadata.get(VERSION_METADATA_KEY) or {}
+        raise VersionTakenError(
+            f"{self.collection!r} was created at the same time by another process building a new version "
+            f"({record.get('source') or 'unknown source'}); nothing was written to it from here, and it is not "
+            "this run's to drop. Run this again: it picks its version anew.")
 
     # --- writes --------------------------------------------------------------------------
     @_missing_collection_is_a_store_error
