@@ -31,6 +31,7 @@ from dermground.platform.store.versions import (
     VersionError,
     VersionInfo,
     VersionMeta,
+    VersionTakenError,
     interrupted_note,
     split_physical,
 )
@@ -153,6 +154,8 @@ def restore_snapshot(settings: Settings, plan: RestorePlan, progress: Progress |
                 built = collections.read_meta(plan.name, version)
                 collections.write_meta(plan.name, version, VersionMeta(built.created_at, built.source, built.adapter,
                                                                        READY, points))
+            except VersionTakenError:
+                raise  # the number was taken by another process's build: that version is not ours to drop
             except (StoreError, OSError, ValueError) as exc:  # a full disk, the engine, catalog rows that do not fit
                 raise StoreError(f"{exc}\nThe restore stopped: version {version} of {plan.name!r} is left unfinished and "
                                  f"unswitched; drop it with `dermground collections drop {plan.name} {version}` and run "

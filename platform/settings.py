@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     qdrant_on_disk: bool = False
     qdrant_quantization: Literal["none", "scalar", "binary"] = "none"
     qdrant_timeout_s: int = Field(60, ge=1)
+    qdrant_max_request_mb: int = Field(32, ge=1, description="the Qdrant server's service.max_request_size_mb: "
+                                       "writes are split into requests below it")
 
     # --- Ray -----------------------------------------------------------------------------
     ray_address: str | None = Field(None, description="Existing Ray cluster; unset = local Ray")

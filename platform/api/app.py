@@ -27,7 +27,7 @@ from dermground.platform.embedder_provider import EmbedderProvider, is_device_ou
 from dermground.platform.names import check_collection_name
 from dermground.platform.search_request import ModelUnavailableError
 from dermground.platform.settings import Settings
-from dermground.platform.store import CollectionMissingError, StoreLockedError, VectorStore, open_live_store
+from dermground.platform.store import CollectionMissingError, StoreError, StoreLockedError, VectorStore, open_live_store
 
 log = logging.getLogger("dermground.api")
 # A base64 image is 4/3 of its bytes; the rest of a JSON body is small.
@@ -136,6 +136,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         # alias once): the server is fine, the data is not there. Its message says what to do.
         log.warning("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(StoreError)  # CollectionMissingError keeps its own handler (the most specific wins)
+    async def store_unavailable(request: Request, exc: StoreError) -> JSONResponse:
+        # The vector store failed under any endpoint (a Qdrant server down, slow, refusing the key):
+        # the request was fine, the store is not; its message names the URL and the setting to fix.
+        log.warning("%s %s: the vector store failed: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

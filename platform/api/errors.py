@@ -67,7 +67,7 @@ _REASONS = {
 _COMMON = (400, 408, 413, 422, 500)
 # What each operation adds (by method and path template).
 _EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
-    ("get", "/health"): (503,),  # the collection's version was deleted and none is live
+    ("get", "/health"): (503,),  # the Qdrant server is unavailable, or the collection has no live version
     ("get", "/attributes"): (),
     ("get", "/examples"): (503,),
     ("post", "/search"): (404, 429, 503),

@@ -19,6 +19,7 @@ from dermground.platform.store.base import (
     StoreError,
     StoreLockedError,
     StorePoint,
+    StoreUnavailableError,
     VectorStore,
 )
 from dermground.platform.store.schema import (
@@ -50,7 +51,8 @@ def open_store(settings: Settings, collection: str | None = None) -> VectorStore
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         store = ServerStore(name, settings.qdrant_url, api_key=api_key, timeout_s=settings.qdrant_timeout_s,
                             shards=settings.qdrant_shards, replication=settings.qdrant_replication,
-                            on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization)
+                            on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization,
+                            max_request_mb=settings.qdrant_max_request_mb)
         # Resolved here, on the store's own client (":memory:" is one database per client).
         store.collection = ServerCollections(store._client, owns_client=False).resolve(name)
         return store
@@ -66,16 +68,16 @@ def open_collections(settings: Settings) -> Collections:
     if settings.qdrant_url:
         from qdrant_client import QdrantClient
 
+        from dermground.platform.store.server_client import connect_server
         from dermground.platform.store.server_versions import ServerCollections
 
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        try:
-            client = (QdrantClient(location=":memory:") if settings.qdrant_url == ":memory:" else
-                      QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=settings.qdrant_timeout_s))
-        except Exception as exc:  # qdrant-client raises many types
-            raise StoreError(f"cannot open Qdrant at {settings.qdrant_url}: {exc}") from exc
+        # A server's failures (down, slow, wrong key) are StoreErrors naming the URL and the setting.
+        client = (QdrantClient(location=":memory:") if settings.qdrant_url == ":memory:" else
+                  connect_server(settings.qdrant_url, api_key=api_key, timeout_s=settings.qdrant_timeout_s))
         return ServerCollections(client, shards=settings.qdrant_shards, replication=settings.qdrant_replication,
-                                 on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization)
+                                 on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization,
+                                 max_request_mb=settings.qdrant_max_request_mb)
     return _edge_collections(settings)
 
 
@@ -99,5 +101,5 @@ __all__ = [
     "Range", "SchemaMismatchError", "SearchFilter", "StoreError", "StoreLockedError", "StorePoint",
     "VectorStore", "build_payload", "open_store", "point_id",
     "Collections", "VersionError", "VersionInfo", "VersionMeta", "open_collections", "open_live_store",
-    "CollectionMissingError",
+    "CollectionMissingError", "StoreUnavailableError",
 ]

@@ -45,6 +45,11 @@ class CollectionMissingError(StoreError):
     reader still used it, or a collection deleted with Qdrant's own tools)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The Qdrant server cannot be reached, did not answer in time, refused the API key or failed;
+    the message names the URL and the setting or step that fixes it."""
+
+
 @dataclass(frozen=True)
 class CollectionSpec:
     """What a collection holds: vector size, model fingerprint, named vectors, which get HNSW."""

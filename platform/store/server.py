@@ -9,8 +9,9 @@ point or sidecar file can drift away from the collection it describes.
 from __future__ import annotations
 
 import functools
+import json
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Concatenate, Literal, ParamSpec, TypeVar
 
@@ -33,8 +34,12 @@ from dermground.platform.store.base import (
     vector_selection,
 )
 from dermground.platform.store.schema import PAYLOAD_INDEXES
+from dermground.platform.store.versions import VersionTakenError
+from dermground.platform.store.server_client import connect_server
 
 METADATA_KEY = "dermground"
+# Written with a new version's collection by the ServerCollections that reserved its number.
+CREATOR_KEY = "dermground_creator"
 
 _INDEX_TYPES = {"keyword": models.PayloadSchemaType.KEYWORD, "integer": models.PayloadSchemaType.INTEGER,
                 "float": models.PayloadSchemaType.FLOAT}
@@ -58,6 +63,34 @@ def server_filter(flt: SearchFilter | None) -> models.Filter | None:
     if flt.exclude_ids:
         must_not.append(models.HasIdCondition(has_id=list(flt.exclude_ids)))
     return models.Filter(must=must or None, must_not=must_not or None)
+
+
+# Qdrant's default service.max_request_size_mb; DERMGROUND_QDRANT_MAX_REQUEST_MB when the server's differs.
+DEFAULT_MAX_REQUEST_MB = 32
+_REQUEST_SHARE = 0.9  # of the limit a write's estimated body may take (headers, the rest of the body)
+_FLOAT_JSON_BYTES = 25  # the longest JSON of one float: "-1.2345678901234567e-100,"
+_T = TypeVar("_T")
+
+
+def _json_size_bound(vectors: Mapping[str, object], payload: Mapping[str, object]) -> int:
+    """An upper bound of one point's share of a write request's JSON body."""
+    floats = sum(int(np.size(v)) for v in vectors.values())
+    names = sum(len(n) + 8 for n in vectors)
+    return floats * _FLOAT_JSON_BYTES + names + len(json.dumps(payload, default=str)) + 120
+
+
+def _request_batches(items: Sequence[_T], sizes: Sequence[int], budget: int) -> Iterator[list[_T]]:
+    """`items` in order, cut into runs whose sizes add up to at most `budget` (a larger item alone)."""
+    batch: list[_T] = []
+    used = 0
+    for item, size in zip(items, sizes, strict=True):
+        if batch and used + size > budget:
+            yield batch
+            batch, used = [], 0
+        batch.append(item)
+        used += size
+    if batch:
+        yield batch
 
 
 _P = ParamSpec("_P")
@@ -97,7 +130,8 @@ class ServerStore(VectorStore):
     def __init__(self, collection: str, location: str | None = None, *, path: Path | None = None,
                  api_key: str | None = None, timeout_s: int = 60, shards: int = 1, replication: int = 1,
                  on_disk: bool = False, quantization: Quantization = "none",
-                 client: QdrantClient | None = None, creation_metadata: Mapping[str, object] | None = None) -> None:
+                 client: QdrantClient | None = None, creation_metadata: Mapping[str, object] | None = None,
+                 max_request_mb: int = DEFAULT_MAX_REQUEST_MB) -> None:
         if client is None and (location is None) == (path is None):
             raise ValueError("give exactly one of location (url or ':memory:') and path")
         self.collection = collection
@@ -116,11 +150,18 @@ class ServerStore(VectorStore):
                 self._client = QdrantClient(path=str(path))
             elif location == ":memory:":
                 self._client = QdrantClient(location=":memory:")
-            else:
-                self._client = QdrantClient(url=location, api_key=api_key, timeout=timeout_s)
+            else:  # its failures are StoreErrors naming the URL and the setting to fix
+                self._client = connect_server(location, api_key=api_key, timeout_s=timeout_s)
+        except StoreError:
+            raise
         except Exception as exc:  # qdrant-client raises many types (RuntimeError for a held path)
             raise StoreError(f"cannot open Qdrant at {location or path}: {exc}") from exc
         self._spec: CollectionSpec | None = None
+        self._created_here = False
+        # A Qdrant server refuses a request body over its service.max_request_size_mb (400): writes
+        # are split into requests whose estimated size stays below it (one partition of the 2B
+        # model's points is ~125 MiB of JSON; the server's default limit is 32 MiB).
+        self._request_budget = int(max_request_mb * 2**20 * _REQUEST_SHARE)
         # Quantized vectors are approximate: rescore the oversampled candidates with full vectors.
         self._search_params = (models.SearchParams(quantization=models.QuantizationSearchParams(
             rescore=True, oversampling=2.0)) if quantization != "none" else None)
@@ -146,6 +187,7 @@ class ServerStore(VectorStore):
     def ensure_collection(self, spec: CollectionSpec) -> CollectionSpec:
         stored = self.describe()
         if stored is not None:
+            self._check_not_taken()
             spec.check_compatible(stored, self.collection)
             return stored
         options = self._create_options
@@ -160,16 +202,40 @@ class ServerStore(VectorStore):
                 type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
         elif options["quantization"] == "binary":
             quantization = models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
-        self._client.create_collection(
-            self.collection, vectors_config=vectors, shard_number=options["shards"],
-            replication_factor=options["replication"], quantization_config=quantization,
-            metadata={**self._creation_metadata, METADATA_KEY: spec.to_dict()})
+        try:
+            self._client.create_collection(
+                self.collection, vectors_config=vectors, shard_number=options["shards"],
+                replication_factor=options["replication"], quantization_config=quantization,
+                metadata={**self._creation_metadata, METADATA_KEY: spec.to_dict()})
+        except Exception:
+            if self._client.collection_exists(self.collection):
+                self._check_not_taken()  # another process created it between our check and our request
+            raise
+        self._created_here = True
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # local mode warns that indexes have no effect there
             for field, kind in PAYLOAD_INDEXES.items():
                 self._client.create_payload_index(self.collection, field, _INDEX_TYPES[kind], wait=True)
         self._spec = spec
         return spec
+
+    def _check_not_taken(self) -> None:
+        """A store opened to create a new version refuses a collection another process created under
+        the same number: two builds that reserved the same vN at once must not write into one
+        collection (the embedded store reserves a number with its folder; a server has no such step)."""
+        token = self._creation_metadata.get(CREATOR_KEY)
+        if token is None or self._created_here:
+            return
+        metadata = self._client.get_collection(self.collection).config.metadata or {}
+        if metadata.get(CREATOR_KEY) == token:
+            return  # created by this process's collections, through another store
+        from dermground.platform.store.server_versions import VERSION_METADATA_KEY
+
+        record = metadata.get(VERSION_METADATA_KEY) or {}
+        raise VersionTakenError(
+            f"{self.collection!r} was created at the same time by another process building a new version "
+            f"({record.get('source') or 'unknown source'}); nothing was written to it from here, and it is not "
+            "this run's to drop. Run this again: it picks its version anew.")
 
     # --- writes --------------------------------------------------------------------------
     @_missing_collection_is_a_store_error
@@ -181,7 +247,9 @@ class ServerStore(VectorStore):
         structs = [models.PointStruct(id=p.id, vector={n: np.asarray(v, dtype=np.float32).tolist()
                                                        for n, v in p.vectors.items()}, payload=p.payload)
                    for p in points]
-        self._client.upsert(self.collection, points=structs, wait=wait)
+        sizes = [_json_size_bound(p.vectors, p.payload) for p in points]
+        for batch in _request_batches(structs, sizes, self._request_budget):
+            self._client.upsert(self.collection, points=batch, wait=wait)
 
     @_missing_collection_is_a_store_error
     def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]], wait: bool = True) -> None:
@@ -196,7 +264,9 @@ class ServerStore(VectorStore):
         ops = [models.PointVectors(id=pid, vector={n: np.asarray(v, dtype=np.float32).tolist()
                                                    for n, v in named.items()})
                for pid, named in vectors.items()]
-        self._client.update_vectors(self.collection, points=ops, wait=wait)
+        sizes = [_json_size_bound(named, {}) for named in vectors.values()]
+        for batch in _request_batches(ops, sizes, self._request_budget):
+            self._client.update_vectors(self.collection, points=batch, wait=wait)
 
     @_missing_collection_is_a_store_error
     def set_payload(self, ids: Sequence[str], payload: Mapping[str, object], wait: bool = True) -> None:

@@ -7,6 +7,7 @@ version's meta lives in the collection's metadata next to the CollectionSpec.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from qdrant_client import QdrantClient, models
 
 from dermground.platform.store.base import StoreError, VectorStore
-from dermground.platform.store.server import ServerStore
+from dermground.platform.store.server import CREATOR_KEY, ServerStore
 from dermground.platform.store.versions import (
     BUILDING,
     LEGACY_VERSION,
@@ -41,8 +42,11 @@ class ServerCollections(Collections):
     def __init__(self, client: QdrantClient, *, owns_client: bool = True, **create_options: object) -> None:
         self._client = client
         self._owns_client = owns_client
-        self._create_options = create_options  # shards, replication, on_disk, quantization
+        self._create_options = create_options  # shards, replication, on_disk, quantization, max_request_mb
         self._pending: dict[tuple[str, str], VersionMeta] = {}  # created, not yet on the server
+        # Marks the collections of the versions this instance creates: another process that reserved
+        # the same number at the same moment finds the collection is not its own (ServerStore).
+        self._token = uuid.uuid4().hex
 
     def close(self) -> None:
         if self._owns_client:
@@ -82,7 +86,7 @@ class ServerCollections(Collections):
         # A version created here and not yet on the server gets its record in the request that
         # creates its collection: a process killed right after can never leave one that reads as ready.
         pending = self._pending.get((name, version))
-        record = {VERSION_METADATA_KEY: pending.to_dict()} if pending is not None else None
+        record = {VERSION_METADATA_KEY: pending.to_dict(), CREATOR_KEY: self._token} if pending is not None else None
         return ServerStore(physical_name(name, version), client=self._client, creation_metadata=record,  # type: ignore[arg-type]
                            **self._create_options)
 

@@ -38,6 +38,11 @@ class VersionError(StoreError):
     """A version operation cannot be done (unknown version, the live one, not ready, ...)."""
 
 
+class VersionTakenError(VersionError):
+    """The version number this process reserved was taken by another process's build at the same
+    time (a server has no atomic reservation step): that version is the other process's."""
+
+
 def version_number(version: str) -> int:
     """The N of "vN" (ValueError for anything else)."""
     match = _VERSION.match(version)
@@ -289,6 +294,6 @@ class Collections(abc.ABC):
         self.close()
 
 
-__all__ = ["BUILDING", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionMeta", "check_name",
+__all__ = ["BUILDING", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionTakenError", "VersionMeta", "check_name",
            "interrupted_note", "physical_name", "process_alive", "process_stamp", "split_physical",
            "stamped_for_write", "version_number"]
