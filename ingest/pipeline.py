@@ -41,7 +41,7 @@ from dermground.ingest.writer import (
 )
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_compact import compact_if_fragmented
-from dermground.platform.records import LesionRecord, RejectedRecord, read_records, unique_records
+from dermground.platform.records import read_records, unique_records
 from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, PayloadError, VectorStore, point_id
 from dermground.platform.store.indexing import IndexReport, build_index_if_large

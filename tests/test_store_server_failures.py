@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from dermground.platform.api import create_app
 from dermground.platform.cli import cli
-from dermground.platform.settings import Settings, load_settings
+from dermground.platform.settings import Settings
 from dermground.platform.store import StoreError, StoreUnavailableError, open_collections, open_store
 from dermground.platform.store.server import ServerStore
 

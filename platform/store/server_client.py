@@ -15,7 +15,6 @@ import functools
 import json
 import ssl
 import warnings
-from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
