@@ -200,26 +200,55 @@ def load_backbone(
 
 
 def _adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202 - a peft PeftConfig
-    """The adapter's peft config; a transformers-4.x adapter's target_modules is matched on 4.x names.
+    """The adapter's peft config; a transformers-4.x adapter's module selection is evaluated on 4.x names.
 
     A regex such as ms-swift's `^(model(?=\\.).*\\.(q_proj|...|gate_proj))$` meant the decoder when the
     decoder was `model.*`; on v5 names it also matches the vision tower (`model.visual.*`, whose
     Qwen2.5-VL MLP has gate/up/down_proj), which would get LoRA layers the file has no weights for.
-    A list is matched as name suffixes: a full 4.x path (model.layers.0.self_attn.q_proj) gets its v5 name.
+    A full 4.x path in a list (model.layers.0.self_attn.q_proj) is no suffix of its v5 name, and the
+    same holds for exclude_modules, layers_pattern, rank_pattern and alpha_pattern: so every field
+    that selects modules is applied to the 4.x names, and the result is written as explicit v5 names.
     """
     from peft import PeftConfig
 
     config = PeftConfig.from_pretrained(str(adapter_path))
-    pattern = getattr(config, "target_modules", None)
-    if pattern in (None, "all-linear") or not any(_v5_adapter_key(key) != key
-                                                  for key in _stored_adapter_keys(adapter_path)):
-        return config  # (peft resolves "all-linear" on the model itself)
-    if isinstance(pattern, str):
-        config.target_modules = {name for name, _ in model.named_modules()
-                                 if (old := _v4_module_name(name)) is not None and re.fullmatch(pattern, old)}
-    else:
-        config.target_modules = {_v5_name(name) for name in pattern}
+    if getattr(config, "target_modules", None) is None or not any(
+            _v5_adapter_key(key) != key for key in _stored_adapter_keys(adapter_path)):
+        return config
+    return _select_on_v4_names(config, model)
+
+
+def _select_on_v4_names(config, model: torch.nn.Module):  # noqa: ANN001, ANN202 - a peft LoraConfig
+    """`config` with its module selection (targets, exclusions, layers, rank/alpha patterns) made on 4.x names.
+
+    peft's own matching (check_target_module_exists) decides on each module's 4.x name what it would
+    have decided under transformers 4.x; the chosen modules and per-module ranks/alphas are then
+    written as exact v5 names, so nothing is matched on v5 names again.
+    """
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+
+    v4_names = {name: old for name, _ in model.named_modules() if (old := _v4_module_name(name)) is not None}
+    if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
+        # peft resolves it to the model's linear layers by their (v5) names; matched below on 4.x names.
+        linear = _maybe_include_all_linear_layers(config, model).target_modules
+        config.target_modules = {v4_names.get(name, name) for name in linear}
+    targets = {name for name, old in v4_names.items() if check_target_module_exists(config, old)}
+    patterns = {field: getattr(config, field, None) or {} for field in ("rank_pattern", "alpha_pattern")}
+    config.target_modules = targets
+    # Already applied above, on 4.x names (peft would match them against v5 names and miss).
+    config.exclude_modules = None
+    config.layers_to_transform = None
+    config.layers_pattern = None
+    for field, pattern in patterns.items():
+        if pattern:
+            setattr(config, field, {re.escape(name): pattern[key] for name in sorted(targets)
+                                    if (key := _pattern_key(pattern, v4_names[name])) is not None})
     return config
+
+
+def _pattern_key(pattern: dict, name: str) -> str | None:
+    """The first key of a rank/alpha pattern that selects module `name`, by peft's rule (get_pattern_key)."""
+    return next((key for key in pattern if re.match(rf"(.*\.)?({key})$", name)), None)
 
 
 def _v5_name(name: str) -> str:
