@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
 
+from dermground.platform.model.adapter_fit import require_adapter_fits
 from dermground.platform.model.checkpoint_check import (
     REDOWNLOAD,
-    adapter_problems,
     file_problems,
     tokenizer_problems,
 )
@@ -172,13 +172,11 @@ def load_backbone(
     adapter_path = None
     if adapter_dir is not None:
         adapter_path = Path(adapter_dir)
-        adapter_files = adapter_problems(adapter_path)
-        if adapter_files:
-            raise BackboneError(f"adapter {adapter_path}: {adapter_files[0]}")
+        require_adapter_fits(adapter_path, path)  # one clear error from the files, before peft's size mismatches
         from peft import PeftModel  # imported here: only adapters need it
 
         try:
-            model = PeftModel.from_pretrained(model, adapter_path, config=_adapter_config(adapter_path, model),
+            model = PeftModel.from_pretrained(model, adapter_path, config=peft_adapter_config(adapter_path, model),
                                               is_trainable=for_training, key_mapping=V4_ADAPTER_KEY_MAPPING)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise BackboneError(f"adapter {adapter_path} does not fit model {path}: {exc}") from None
@@ -199,7 +197,7 @@ def load_backbone(
     )
 
 
-def _adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202 - a peft PeftConfig
+def peft_adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202 - a peft PeftConfig
     """The adapter's peft config; a transformers-4.x adapter's module selection is evaluated on 4.x names.
 
     A regex such as ms-swift's `^(model(?=\\.).*\\.(q_proj|...|gate_proj))$` meant the decoder when the
@@ -213,7 +211,7 @@ def _adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202
 
     config = PeftConfig.from_pretrained(str(adapter_path))
     if getattr(config, "target_modules", None) is None or not any(
-            _v5_adapter_key(key) != key for key in _stored_adapter_keys(adapter_path)):
+            v5_adapter_key(key) != key for key in _stored_adapter_keys(adapter_path)):
         return config
     return _select_on_v4_names(config, model)
 
@@ -260,7 +258,7 @@ def _v5_name(name: str) -> str:
     return name
 
 
-def _v5_adapter_key(key: str) -> str:
+def v5_adapter_key(key: str) -> str:
     """A stored adapter weight's name under transformers v5 (what peft makes of it with V4_ADAPTER_KEY_MAPPING)."""
     prefix = "base_model.model."
     return prefix + _v5_name(key.removeprefix(prefix)) if key.startswith(prefix) else key
@@ -296,7 +294,7 @@ def _require_adapter_weights_applied(model: torch.nn.Module, adapter_path: Path,
     from peft import get_peft_model_state_dict
 
     expected = set(get_peft_model_state_dict(model))
-    stored = {_v5_adapter_key(key) for key in _stored_adapter_keys(adapter_path)}
+    stored = {v5_adapter_key(key) for key in _stored_adapter_keys(adapter_path)}
     # A stored full weight of the model itself (peft's save_embedding_layers: embed_tokens, lm_head) is loaded too.
     missing, unused = sorted(expected - stored), sorted(stored - expected - set(model.state_dict()))
     if missing or unused:
