@@ -112,3 +112,31 @@ def test_serve_refuses_an_adapter_that_does_not_fit_at_start(tiny_model_dir, fit
     assert result.exit_code == 1, result.output
     assert f"adapter {adapter} does not fit base model {tiny_model_dir}" in result.output
     assert "Serving collection" not in result.output
+
+
+def _hub_cache(adapter, out):
+    snapshot = out / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(adapter, snapshot)
+    return out, snapshot
+
+
+def _trainer_output(adapter, out):
+    for step in (500, 1000, 50):  # the last by step number, not by name
+        shutil.copytree(adapter, out / f"checkpoint-{step}")
+    return out, out / "checkpoint-1000"
+
+
+def _merged_model(_adapter, out):
+    from dermground.platform.model.tiny import save_tiny_model
+
+    return save_tiny_model(out, seed=1), "pass it as --model and leave --adapter out"
+
+
+@pytest.mark.parametrize("layout", [_hub_cache, _trainer_output, _merged_model], ids=lambda f: f.__name__[1:])
+def test_a_folder_around_an_adapter_or_a_whole_model_passed_as_adapter_gets_the_folder_to_pass(
+        tiny_model_dir, fitting_adapter, tmp_path, layout):
+    # Before: "has no adapter_config.json; pass the folder a training run saved" for all three.
+    folder, hint = layout(fitting_adapter, tmp_path / "given")
+    with pytest.raises(BackboneError, match="has no adapter_config.json") as error:
+        load_backbone(tiny_model_dir, folder, device="cpu", dtype="float32")
+    assert str(hint) in str(error.value)

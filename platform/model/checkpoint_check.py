@@ -136,7 +136,8 @@ def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
     copy_again = "copy the adapter folder again"
     if not (path / "adapter_config.json").is_file():
         return [CheckpointProblem("adapter_config.json", f"adapter directory {path} has no adapter_config.json",
-                                  "pass the folder a training run saved (or leave --adapter out to use the base model)")]
+                                  _adapter_elsewhere(path) or "pass the folder a training run saved "
+                                  "(or leave --adapter out to use the base model)")]
     try:
         json.loads((path / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:
@@ -146,6 +147,21 @@ def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
         return [CheckpointProblem(weights.name, f"adapter directory {path} has no weights (adapter_model.safetensors)",
                                   copy_again)]
     return damaged_weight_files([weights] if weights.is_file() else [], redownload=copy_again)
+
+
+def _adapter_elsewhere(path: Path) -> str | None:
+    """Where the adapter is when `path` is a folder around it (hub cache, trainer output) or a whole model."""
+    snapshots = sorted(path.glob("snapshots/*/adapter_config.json"), key=lambda p: p.stat().st_mtime)
+    if snapshots:  # `huggingface-cli download ORG/ADAPTER` without --local-dir: models--ORG--ADAPTER/snapshots/<rev>/
+        return f"it is a Hugging Face cache folder: point --adapter at its snapshot folder {snapshots[-1].parent}"
+    steps = {int(p.parent.name.removeprefix("checkpoint-")): p.parent
+             for p in path.glob("checkpoint-*/adapter_config.json") if p.parent.name[11:].isdigit()}
+    if steps:  # a transformers/TRL Trainer output_dir saves the adapter per checkpoint-<step>/
+        return f"it holds training checkpoints: point --adapter at the last one, {steps[max(steps)]}, or another one"
+    if (path / "config.json").is_file():
+        return ("it holds a whole model (config.json), not a LoRA adapter: pass it as --model and leave --adapter out "
+                "(a merged export already contains its adapter)")
+    return None
 
 
 def damaged_weight_files(files: Iterable[Path], redownload: str = REDOWNLOAD) -> list[CheckpointProblem]:
