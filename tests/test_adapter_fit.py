@@ -140,3 +140,11 @@ def test_a_folder_around_an_adapter_or_a_whole_model_passed_as_adapter_gets_the_
     with pytest.raises(BackboneError, match="has no adapter_config.json") as error:
         load_backbone(tiny_model_dir, folder, device="cpu", dtype="float32")
     assert str(hint) in str(error.value)
+
+
+def test_an_adapter_folder_passed_as_the_model_is_named_as_an_adapter(tiny_model_dir, fitting_adapter, tmp_path):
+    # Before: "has no config.json, so it is not a Hugging Face checkpoint; build a local model with init-tiny".
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "check", str(fitting_adapter)])
+    assert result.exit_code == 1
+    assert "is a LoRA adapter folder (adapter_config.json), not a base checkpoint" in result.output
+    assert f"pass it as --adapter and its base model as --model (it records {tiny_model_dir})" in result.output

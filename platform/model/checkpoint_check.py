@@ -74,6 +74,11 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
         if snapshots:
             return [CheckpointProblem("config.json", f"{path} is a Hugging Face cache folder, not a checkpoint",
                                       f"point --model at its snapshot folder {snapshots[-1].parent}")]
+        if (path / "adapter_config.json").is_file():
+            base = _recorded_base(path / "adapter_config.json")
+            return [CheckpointProblem("config.json", f"{path} is a LoRA adapter folder (adapter_config.json), not a base "
+                                      "checkpoint", "pass it as --adapter and its base model as --model"
+                                      + (f" (it records {base})" if base else ""))]
         return [CheckpointProblem("config.json", f"{path} has no config.json, so it is not a Hugging Face checkpoint",
                                   INIT_HINT)]
     try:
@@ -108,6 +113,14 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
                                           "(preprocessor_config.json); the checkpoint is incomplete",
                                           "copy preprocessor_config.json from the model's hub page or " + REDOWNLOAD))
     return problems
+
+
+def _recorded_base(adapter_config: Path) -> str | None:
+    """The base_model_name_or_path an adapter's config records, if readable."""
+    try:
+        return json.loads(adapter_config.read_text()).get("base_model_name_or_path") or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _weight_problems(path: Path) -> list[CheckpointProblem]:
