@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -102,3 +103,33 @@ def test_the_hub_cache_folder_of_a_repo_points_at_its_snapshot_which_loads(tiny_
     assert not report.ok and f"point --model at its snapshot folder {snapshot}" in report.summary()
     assert check_checkpoint(snapshot).ok
     assert load_backbone(snapshot, device="cpu", dtype="float32").model_dir == snapshot
+
+
+def test_a_snapshot_copied_out_of_the_hub_cache_without_its_blobs_is_named_as_such(
+        tiny_model_dir, make_tiny_adapter, tmp_path):
+    # `cp -r snapshots/<rev> DIR` copies the links into ../../blobs/, which then point nowhere. Before: the
+    # model folder "has no config.json, so it is not a Hugging Face checkpoint" (init-tiny hint), the adapter
+    # "has no adapter_config.json", and a dangling model.safetensors alone passed `model check`.
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    cache = tmp_path / "hub"
+    for name, source in (("model", tiny_model_dir), ("adapter", make_tiny_adapter(tiny_model_dir, tmp_path / "a"))):
+        snapshot = cache / f"models--Org--{name}" / "snapshots" / "895c3a49bc3fa70a340399125c650a463535e71c"
+        snapshot.mkdir(parents=True)
+        for index, file in enumerate(sorted(source.iterdir())):
+            blob = cache / f"models--Org--{name}" / "blobs" / f"{index:040x}"
+            blob.parent.mkdir(exist_ok=True)
+            shutil.copy(file, blob)
+            (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
+        shutil.copytree(snapshot, tmp_path / "copied" / name, symlinks=True)  # what `cp -r` does
+    copied = tmp_path / "copied"
+    report = check_checkpoint(copied / "model")
+    assert not report.ok and "symbolic links to files that do not exist" in report.summary()
+    assert "config.json" in report.summary() and "cp -rL" in report.summary()
+    with pytest.raises(BackboneError, match="symbolic links to files that do not exist"):
+        load_backbone(tiny_model_dir, copied / "adapter", device="cpu", dtype="float32")
+    only_weights = tmp_path / "only_weights"
+    shutil.copytree(tiny_model_dir, only_weights)
+    (only_weights / "model.safetensors").unlink()
+    (only_weights / "model.safetensors").symlink_to("../blobs/0123")
+    assert "model.safetensors: 1 file(s)" in check_checkpoint(only_weights).summary()

@@ -67,6 +67,9 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
     path = Path(model_dir)
     if not path.is_dir():
         return [CheckpointProblem("", f"model directory {path} does not exist", INIT_HINT)]
+    dangling = dangling_links(path)
+    if dangling:
+        return [dangling]
     config_file = path / "config.json"
     if not config_file.is_file():
         # The hub cache's folder of a repo (models--Org--Name) holds the checkpoint in snapshots/<revision>/.
@@ -147,6 +150,9 @@ def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
     """Problems of a LoRA adapter folder visible from its files alone (whether it fits a model needs the model)."""
     path = Path(adapter_dir)
     copy_again = "copy the adapter folder again"
+    dangling = dangling_links(path) if path.is_dir() else None
+    if dangling:
+        return [dangling]
     if not (path / "adapter_config.json").is_file():
         return [CheckpointProblem("adapter_config.json", f"adapter directory {path} has no adapter_config.json",
                                   _adapter_elsewhere(path) or "pass the folder a training run saved "
@@ -160,6 +166,24 @@ def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
         return [CheckpointProblem(weights.name, f"adapter directory {path} has no weights (adapter_model.safetensors)",
                                   copy_again)]
     return damaged_weight_files([weights] if weights.is_file() else [], redownload=copy_again)
+
+
+def dangling_links(path: Path) -> CheckpointProblem | None:
+    """The folder's files that are symbolic links to nothing, as one problem (None when there are none).
+
+    A snapshot folder of the Hugging Face cache holds links into ../../blobs/; copied with `cp -r`, the
+    links come along and point nowhere, and every file looks missing.
+    """
+    names = sorted(entry.name for entry in path.iterdir() if entry.is_symlink() and not entry.exists()
+                   and not entry.name.endswith(".md") and not entry.name.startswith((".", "LICENSE")))  # docs
+    if not names:
+        return None
+    target = (path / names[0]).readlink()
+    return CheckpointProblem(names[0], f"{len(names)} file(s) of {path} are symbolic links to files that do not exist "
+                             f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; {names[0]} -> {target}): the "
+                             "folder was copied out of the Hugging Face cache without the blobs its links point to, "
+                             "or the cache was cleaned", "copy the snapshot folder with the links followed (`cp -rL "
+                             "SNAPSHOT DIR`), or download it with `huggingface-cli download REPO --local-dir DIR`")
 
 
 def _adapter_elsewhere(path: Path) -> str | None:
