@@ -148,3 +148,13 @@ def test_an_adapter_folder_passed_as_the_model_is_named_as_an_adapter(tiny_model
     assert result.exit_code == 1
     assert "is a LoRA adapter folder (adapter_config.json), not a base checkpoint" in result.output
     assert f"pass it as --adapter and its base model as --model (it records {tiny_model_dir})" in result.output
+
+
+def test_model_check_checks_an_adapter_against_the_base(tiny_model_dir, fitting_adapter, tmp_path):
+    home = ["--home", str(tmp_path / "home")]
+    ok = CliRunner().invoke(cli, [*home, "model", "check", str(tiny_model_dir), "--adapter", str(fitting_adapter)])
+    assert ok.exit_code == 0, ok.output
+    assert f"adapter      {fitting_adapter} fits" in ok.output
+    bad = CliRunner().invoke(cli, [*home, "model", "check", str(tiny_model_dir), "--adapter",
+                                   str(_rank_mismatch(fitting_adapter, tmp_path / "rank"))])
+    assert bad.exit_code == 1 and "trained with rank 4 where adapter_config.json says r=8" in bad.output
