@@ -194,3 +194,19 @@ def test_a_transformers_4_adapter_selecting_modules_by_4_x_names_applies_like_th
     v4_adapter = _v4_copy(v5_adapter, tmp_path / "v4", **{field: v4_value})
     expected = _logits(tiny_model_dir, v5_adapter)
     torch.testing.assert_close(_logits(tiny_model_dir, v4_adapter), expected, rtol=0, atol=1e-6)
+
+
+def test_an_adapter_with_only_adapter_model_bin_loads_and_a_damaged_one_is_named(tiny_model_dir, v5_adapter, tmp_path):
+    # Before: a Git LFS pointer in adapter_model.bin ended in torch's UnpicklingError traceback, a cut-short one in
+    # "does not fit model: [Errno 22] Invalid argument".
+    pickled = tmp_path / "bin"
+    pickled.mkdir()
+    shutil.copy(v5_adapter / "adapter_config.json", pickled)
+    torch.save(load_file(v5_adapter / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    torch.testing.assert_close(_logits(tiny_model_dir, pickled), _logits(tiny_model_dir, v5_adapter), rtol=0, atol=0)
+    whole = (pickled / "adapter_model.bin").read_bytes()
+    for damage, message in ((b"version https://git-lfs.github.com/spec/v1\n", "is a Git LFS pointer"),
+                            (whole[:len(whole) // 2], "cannot be read .*it is cut short")):
+        (pickled / "adapter_model.bin").write_bytes(damage)
+        with pytest.raises(BackboneError, match=f"adapter {pickled}: adapter_model.bin: {message}"):
+            load_backbone(tiny_model_dir, pickled, device="cpu", dtype="float32")

@@ -165,7 +165,30 @@ def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
     if not weights.is_file() and not (path / "adapter_model.bin").is_file():
         return [CheckpointProblem(weights.name, f"adapter directory {path} has no weights (adapter_model.safetensors)",
                                   copy_again)]
-    return damaged_weight_files([weights] if weights.is_file() else [], redownload=copy_again)
+    if not weights.is_file():
+        return _damaged_pickled_weights(path / "adapter_model.bin", copy_again)
+    return damaged_weight_files([weights], redownload=copy_again)
+
+
+def _damaged_pickled_weights(file: Path, fix: str) -> list[CheckpointProblem]:
+    """A torch-pickled weight file that cannot be read (a Git LFS pointer, a cut-short copy), as a problem.
+
+    Unlike a safetensors header, a pickle says nothing about its length: it is read whole (adapters are small).
+    """
+    with open(file, "rb") as handle:
+        if handle.read(8) == b"version ":
+            return [CheckpointProblem(file.name, f"is a Git LFS pointer ({file.stat().st_size} bytes), not the weights; "
+                                      "the weights cannot be read", "fetch the weights with `git lfs pull` in the "
+                                      "folder, or " + fix)]
+    import torch
+
+    try:
+        torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises pickle, zip, OS and runtime errors for a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [CheckpointProblem(file.name, f"cannot be read ({reason}; {file.stat().st_size:,} bytes): it is cut "
+                                  "short or not a torch weight file", fix)]
+    return []
 
 
 def dangling_links(path: Path) -> CheckpointProblem | None:
