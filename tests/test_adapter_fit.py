@@ -158,3 +158,14 @@ def test_model_check_checks_an_adapter_against_the_base(tiny_model_dir, fitting_
     bad = CliRunner().invoke(cli, [*home, "model", "check", str(tiny_model_dir), "--adapter",
                                    str(_rank_mismatch(fitting_adapter, tmp_path / "rank"))])
     assert bad.exit_code == 1 and "trained with rank 4 where adapter_config.json says r=8" in bad.output
+
+
+def test_a_file_given_for_the_model_or_the_adapter_folder_points_at_its_folder(tiny_model_dir, fitting_adapter):
+    # Before: "model directory .../config.json does not exist" (it does) and "adapter directory
+    # .../adapter_model.safetensors has no adapter_config.json".
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    summary = check_checkpoint(tiny_model_dir / "config.json").summary()
+    assert "config.json is a file" in summary and f"point --model at the folder {tiny_model_dir}" in summary
+    with pytest.raises(BackboneError, match=f"point --adapter at the folder {fitting_adapter}"):
+        load_backbone(tiny_model_dir, fitting_adapter / "adapter_model.safetensors", device="cpu")

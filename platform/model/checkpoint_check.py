@@ -65,6 +65,9 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
     The first problem that makes the rest meaningless (no folder, no config) stops the listing.
     """
     path = Path(model_dir)
+    if path.is_file():
+        return [CheckpointProblem("", f"{path} is a file; a checkpoint is the folder of its files",
+                                  f"point --model at the folder {path.parent}")]
     if not path.is_dir():
         return [CheckpointProblem("", f"model directory {path} does not exist", INIT_HINT)]
     dangling = dangling_links(path)
@@ -150,6 +153,9 @@ def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
     """Problems of a LoRA adapter folder visible from its files alone (whether it fits a model needs the model)."""
     path = Path(adapter_dir)
     copy_again = "copy the adapter folder again"
+    if path.is_file():
+        return [CheckpointProblem("", f"{path} is a file; an adapter is the folder of adapter_config.json and its "
+                                  "weights", f"point --adapter at the folder {path.parent}")]
     dangling = dangling_links(path) if path.is_dir() else None
     if dangling:
         return [dangling]
