@@ -66,11 +66,23 @@ def _other_family(_adapter, out):
     return out
 
 
+def _prefix_tuning(adapter, out):
+    """A prompt-learning adapter (virtual tokens) for the same base, which the shared-prefix embedder cannot apply."""
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import Qwen2VLForConditionalGeneration
+
+    base_dir = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = Qwen2VLForConditionalGeneration.from_pretrained(base_dir, local_files_only=True)
+    get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).save_pretrained(out)
+    return out
+
+
 MISFITS = {  # how the adapter was made -> what the error must say
     "rank": (_rank_mismatch, r"\[4, 64\] in the file but \[8, 64\] .*trained with rank 4 where adapter_config.json says r=8"),
     "hidden_size": (_wider_base, r"other shapes .*hidden size 128.*trained on a base with other layer sizes"),
     "target_modules": (_absent_targets, r"target_modules \['c_attn', 'c_proj'\] cannot be applied"),
     "family": (_other_family, r"name no module of the base \(Qwen2-VL.*mlp\.down_proj"),
+    "prompt_learning": (_prefix_tuning, r"it is a PREFIX_TUNING adapter, which adds virtual tokens"),
 }
 
 

@@ -46,6 +46,11 @@ def adapter_fit_problem(adapter_dir: str | Path, model_dir: str | Path) -> str |
     from dermground.platform.model.families import family_for
 
     adapter_path, model_path = Path(adapter_dir), Path(model_dir)
+    kind = _prompt_learning_kind(adapter_path)
+    if kind is not None:
+        return (f"it is a {kind} adapter, which adds virtual tokens to every prompt; dermground embeds with adapters "
+                "that change the layers' weights (LoRA, and peft's LoHa, LoKr, IA3), because its shared-prefix "
+                "embedder reuses the prompt's cache across questions. Train a LoRA adapter (`dermground train`)")
     family = family_for(json.loads((model_path / "config.json").read_text()).get("model_type"))
     config = family.config_class.from_pretrained(model_path, local_files_only=True)
     with torch.device("meta"):
@@ -74,6 +79,14 @@ def adapter_fit_problem(adapter_dir: str | Path, model_dir: str | Path) -> str |
                   f"e.g. {missing[:2]}"] if missing else []
         return " and ".join(found) + ": it was trained on another model (family or number of layers) or saved from a sub-module"
     return None
+
+
+def _prompt_learning_kind(adapter_path: Path) -> str | None:
+    """The peft_type of a prompt-learning adapter (prefix/prompt/p-tuning), None for any other."""
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(adapter_path))
+    return str(getattr(config.peft_type, "value", config.peft_type)) if config.is_prompt_learning else None
 
 
 def _expected_shapes(adapter_path: Path, skeleton: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], str | None]:
