@@ -133,3 +133,29 @@ def test_a_snapshot_copied_out_of_the_hub_cache_without_its_blobs_is_named_as_su
     (only_weights / "model.safetensors").unlink()
     (only_weights / "model.safetensors").symlink_to("../blobs/0123")
     assert "model.safetensors: 1 file(s)" in check_checkpoint(only_weights).summary()
+
+
+def test_torch_pickled_weights_are_checked_like_safetensors(tiny_model_dir, tmp_path):
+    # Before: `model check` passed a pytorch_model.bin that was a Git LFS pointer or cut short (and a
+    # pytorch_model.bin.index.json whose shard was missing); loading then ended in torch's UnpicklingError traceback.
+    import torch
+
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    assert check_checkpoint(pickled).ok
+    assert load_backbone(pickled, device="cpu", dtype="float32").hidden_size == 128
+    whole = (pickled / "pytorch_model.bin").read_bytes()
+    for damage, reason in ((b"version https://git-lfs.github.com/spec/v1\n", "is a Git LFS pointer"),
+                           (whole[:len(whole) // 2], "is cut short or not a torch weight file")):
+        (pickled / "pytorch_model.bin").write_bytes(damage)
+        assert f"pytorch_model.bin: {reason}" in check_checkpoint(pickled).summary()
+        with pytest.raises(BackboneError, match=reason):
+            load_backbone(pickled, device="cpu", dtype="float32")
+    (pickled / "pytorch_model.bin").rename(pickled / "pytorch_model-00001-of-00002.bin")
+    (pickled / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {
+        "a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}}))
+    assert "2 weight shard(s) and 1 are missing (pytorch_model-00002-of-00002.bin)" in check_checkpoint(pickled).summary()

@@ -130,8 +130,10 @@ def _recorded_base(adapter_config: Path) -> str | None:
 
 
 def _weight_problems(path: Path) -> list[CheckpointProblem]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
+    # In transformers' order of preference: safetensors first, torch-pickled (pytorch_model*.bin) only without them.
+    for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
+        if not index.is_file():
+            continue
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as exc:
@@ -141,12 +143,12 @@ def _weight_problems(path: Path) -> list[CheckpointProblem]:
             return [CheckpointProblem(missing[0], f"{index.name} lists {len(shards)} weight shard(s) and "
                                       f"{len(missing)} are missing ({', '.join(missing)}); the download is incomplete",
                                       REDOWNLOAD)]
-        return damaged_weight_files(path / s for s in shards if s.endswith(".safetensors"))
+        return damaged_weight_files(path / s for s in shards)
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         return [CheckpointProblem("model.safetensors", f"{path} has a config but no weights (*.safetensors); "
                                   "the checkpoint is incomplete", REDOWNLOAD)]
-    single = path / "model.safetensors"
-    return damaged_weight_files([single] if single.is_file() else [])
+    single = next((f for f in (path / "model.safetensors", path / "pytorch_model.bin") if f.is_file()), None)
+    return damaged_weight_files([single] if single is not None else [])
 
 
 def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
@@ -234,12 +236,31 @@ def damaged_weight_files(files: Iterable[Path], redownload: str = REDOWNLOAD) ->
     """Weight files that cannot be read: Git LFS pointers, cut-short copies (header and size only, no tensor read)."""
     problems: list[CheckpointProblem] = []
     for file in files:
-        reason = _safetensors_damage(file)
+        reason = _safetensors_damage(file) if file.suffix == ".safetensors" else _torch_file_damage(file)
         if reason is not None:
             fix = ("fetch the weights with `git lfs pull` in the folder, or " + redownload
                    if "Git LFS" in reason else redownload)
             problems.append(CheckpointProblem(file.name, f"{reason}; the weights cannot be read", fix))
     return problems
+
+
+def _torch_file_damage(file: Path) -> str | None:
+    """Why a torch-pickled weight file (pytorch_model*.bin) is not whole, or None (reads its first and last bytes).
+
+    torch.save writes a zip archive, whose directory is at the end: a cut-short copy has none.
+    """
+    import zipfile
+
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+    if head == b"version ":
+        return f"is a Git LFS pointer ({size} bytes), not the weights"
+    if head[:1] == b"\x80":  # a pickle of torch < 1.6 (no zip): nothing cheap to check
+        return None
+    if not zipfile.is_zipfile(file):
+        return f"is cut short or not a torch weight file ({size:,} bytes)"
+    return None
 
 
 def _safetensors_damage(file: Path) -> str | None:
