@@ -77,7 +77,8 @@ def adapter_fit_problem(adapter_dir: str | Path, model_dir: str | Path) -> str |
                  f"e.g. {unused[:2]}"] if unused else []
         found += [f"{len(missing)} LoRA weights its adapter_config.json asks for are not in the file, "
                   f"e.g. {missing[:2]}"] if missing else []
-        return " and ".join(found) + ": it was trained on another model (family or number of layers) or saved from a sub-module"
+        return (" and ".join(found)
+                + ": it was trained on another model (family or number of layers) or saved from a sub-module")
     return None
 
 
