@@ -91,17 +91,17 @@ def model_identity(model_dir: Path, adapter_dir: Path | None) -> tuple[int, str]
     """(embedding dimension, fingerprint) of a model without loading its weights.
 
     Also checks that the CPU stage can prepare its images (platform/model/patch_recipe.py) and the
-    adapter folder's files."""
-    from dermground.platform.model.checkpoint_check import adapter_problems
+    adapter folder (its files, and that it fits the base: platform/model/adapter_fit.py)."""
+    from dermground.platform.model.adapter_fit import require_adapter_fits
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import BackboneError, check_model_dir
     from dermground.platform.model.patch_recipe import PatchRecipe, RecipeUnsupported
 
     path = check_model_dir(model_dir)
-    # The embedding actors load the adapter; checked here, a bad folder stops the run before Ray starts.
-    adapter_files = [] if adapter_dir is None else adapter_problems(adapter_dir)
-    if adapter_files:
-        raise BackboneError(f"adapter {adapter_dir}: {adapter_files[0]}")
+    # The embedding actors load the adapter; checked here (files, and that it fits the base), a bad
+    # adapter stops the run before Ray starts.
+    if adapter_dir is not None:
+        require_adapter_fits(adapter_dir, path)
     try:
         PatchRecipe.from_model_dir(path)
     except RecipeUnsupported as exc:

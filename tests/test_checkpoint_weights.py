@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -102,3 +103,59 @@ def test_the_hub_cache_folder_of_a_repo_points_at_its_snapshot_which_loads(tiny_
     assert not report.ok and f"point --model at its snapshot folder {snapshot}" in report.summary()
     assert check_checkpoint(snapshot).ok
     assert load_backbone(snapshot, device="cpu", dtype="float32").model_dir == snapshot
+
+
+def test_a_snapshot_copied_out_of_the_hub_cache_without_its_blobs_is_named_as_such(
+        tiny_model_dir, make_tiny_adapter, tmp_path):
+    # `cp -r snapshots/<rev> DIR` copies the links into ../../blobs/, which then point nowhere. Before: the
+    # model folder "has no config.json, so it is not a Hugging Face checkpoint" (init-tiny hint), the adapter
+    # "has no adapter_config.json", and a dangling model.safetensors alone passed `model check`.
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    cache = tmp_path / "hub"
+    for name, source in (("model", tiny_model_dir), ("adapter", make_tiny_adapter(tiny_model_dir, tmp_path / "a"))):
+        snapshot = cache / f"models--Org--{name}" / "snapshots" / "895c3a49bc3fa70a340399125c650a463535e71c"
+        snapshot.mkdir(parents=True)
+        for index, file in enumerate(sorted(source.iterdir())):
+            blob = cache / f"models--Org--{name}" / "blobs" / f"{index:040x}"
+            blob.parent.mkdir(exist_ok=True)
+            shutil.copy(file, blob)
+            (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
+        shutil.copytree(snapshot, tmp_path / "copied" / name, symlinks=True)  # what `cp -r` does
+    copied = tmp_path / "copied"
+    report = check_checkpoint(copied / "model")
+    assert not report.ok and "symbolic links to files that do not exist" in report.summary()
+    assert "config.json" in report.summary() and "cp -rL" in report.summary()
+    with pytest.raises(BackboneError, match="symbolic links to files that do not exist"):
+        load_backbone(tiny_model_dir, copied / "adapter", device="cpu", dtype="float32")
+    only_weights = tmp_path / "only_weights"
+    shutil.copytree(tiny_model_dir, only_weights)
+    (only_weights / "model.safetensors").unlink()
+    (only_weights / "model.safetensors").symlink_to("../blobs/0123")
+    assert "model.safetensors: 1 file(s)" in check_checkpoint(only_weights).summary()
+
+
+def test_torch_pickled_weights_are_checked_like_safetensors(tiny_model_dir, tmp_path):
+    # Before: `model check` passed a pytorch_model.bin that was a Git LFS pointer or cut short (and a
+    # pytorch_model.bin.index.json whose shard was missing); loading then ended in torch's UnpicklingError traceback.
+    import torch
+
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    assert check_checkpoint(pickled).ok
+    assert load_backbone(pickled, device="cpu", dtype="float32").hidden_size == 128
+    whole = (pickled / "pytorch_model.bin").read_bytes()
+    for damage, reason in ((b"version https://git-lfs.github.com/spec/v1\n", "is a Git LFS pointer"),
+                           (whole[:len(whole) // 2], "is cut short or not a torch weight file")):
+        (pickled / "pytorch_model.bin").write_bytes(damage)
+        assert f"pytorch_model.bin: {reason}" in check_checkpoint(pickled).summary()
+        with pytest.raises(BackboneError, match=reason):
+            load_backbone(pickled, device="cpu", dtype="float32")
+    (pickled / "pytorch_model.bin").rename(pickled / "pytorch_model-00001-of-00002.bin")
+    (pickled / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {
+        "a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}}))
+    assert "2 weight shard(s) and 1 are missing (pytorch_model-00002-of-00002.bin)" in check_checkpoint(pickled).summary()

@@ -23,12 +23,13 @@ def _logits(model_dir, adapter_dir=None) -> torch.Tensor:
         return backbone.model(input_ids=IDS).logits[0, -1]
 
 
-def _save_adapter(module: torch.nn.Module, out, seed: int = 0):
+def _save_adapter(module: torch.nn.Module, out, seed: int = 0, **fields):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
     # A name list, as most trainers write it (LLaMA-Factory, the peft docs): it matches on v4 and v5 names alike.
-    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj", "qkv", "fc1"])
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj", "qkv", "fc1"],
+                        **fields)
     get_peft_model(module, config).save_pretrained(out)
     return out
 
@@ -41,7 +42,7 @@ def v5_adapter(tiny_model_dir, tmp_path_factory):
     return _save_adapter(base, tmp_path_factory.mktemp("adapters") / "v5")
 
 
-def _v4_copy(v5_adapter, out, target_modules=None):
+def _v4_copy(v5_adapter, out, target_modules=None, **fields):
     """The adapter as transformers 4.x saved it: base_model.model.model.layers.* and base_model.model.visual.*"""
     weights = load_file(v5_adapter / "adapter_model.safetensors")
     v4 = {k.replace("base_model.model.model.language_model.", "base_model.model.model.")
@@ -51,7 +52,7 @@ def _v4_copy(v5_adapter, out, target_modules=None):
     out.mkdir()
     config = json.loads((v5_adapter / "adapter_config.json").read_text())
     (out / "adapter_config.json").write_text(json.dumps(config | ({"target_modules": target_modules}
-                                                                  if target_modules else {})))
+                                                                  if target_modules else {}) | fields))
     save_file(v4, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     return out
 
@@ -168,3 +169,44 @@ def test_ingest_checks_the_adapter_folder_before_ray_starts(tiny_model_dir, v5_a
     with pytest.raises(BackboneError, match="git lfs pull"):
         model_identity(tiny_model_dir, pointer)
     assert model_identity(tiny_model_dir, v5_adapter)[0] == load_backbone(tiny_model_dir, device="cpu").hidden_size
+
+
+# Each: the field as peft writes it for the v5 model, and the same selection in transformers-4.x names.
+V4_SELECTION_FIELDS = {
+    "alpha_pattern": ({"model.language_model.layers.0.self_attn.q_proj": 64}, {"model.layers.0.self_attn.q_proj": 64}),
+    "rank_pattern": ({"model.language_model.layers.1.self_attn.v_proj": 8}, {"model.layers.1.self_attn.v_proj": 8}),
+    "exclude_modules": (r"model\.language_model\.layers\.0\..*", r"model\.layers\.0\..*"),
+    "layers_pattern": (["language_model.layers", "blocks"], ["model.layers", "blocks"]),
+}
+
+
+@pytest.mark.parametrize("field", sorted(V4_SELECTION_FIELDS))
+def test_a_transformers_4_adapter_selecting_modules_by_4_x_names_applies_like_the_v5_adapter(
+        tiny_model_dir, tmp_path, field):
+    # Before: only target_modules and the weights were renamed. alpha_pattern on a 4.x name silently kept the
+    # default alpha (other vectors); rank_pattern, exclude_modules and layers_pattern refused a good adapter.
+    from transformers import Qwen2VLForConditionalGeneration
+
+    v5_value, v4_value = V4_SELECTION_FIELDS[field]
+    extra = {"layers_to_transform": [1]} if field == "layers_pattern" else {}
+    base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, local_files_only=True)
+    v5_adapter = _save_adapter(base, tmp_path / "v5", **{field: v5_value}, **extra)
+    v4_adapter = _v4_copy(v5_adapter, tmp_path / "v4", **{field: v4_value})
+    expected = _logits(tiny_model_dir, v5_adapter)
+    torch.testing.assert_close(_logits(tiny_model_dir, v4_adapter), expected, rtol=0, atol=1e-6)
+
+
+def test_an_adapter_with_only_adapter_model_bin_loads_and_a_damaged_one_is_named(tiny_model_dir, v5_adapter, tmp_path):
+    # Before: a Git LFS pointer in adapter_model.bin ended in torch's UnpicklingError traceback, a cut-short one in
+    # "does not fit model: [Errno 22] Invalid argument".
+    pickled = tmp_path / "bin"
+    pickled.mkdir()
+    shutil.copy(v5_adapter / "adapter_config.json", pickled)
+    torch.save(load_file(v5_adapter / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    torch.testing.assert_close(_logits(tiny_model_dir, pickled), _logits(tiny_model_dir, v5_adapter), rtol=0, atol=0)
+    whole = (pickled / "adapter_model.bin").read_bytes()
+    for damage, message in ((b"version https://git-lfs.github.com/spec/v1\n", "is a Git LFS pointer"),
+                            (whole[:len(whole) // 2], "cannot be read .*it is cut short")):
+        (pickled / "adapter_model.bin").write_bytes(damage)
+        with pytest.raises(BackboneError, match=f"adapter {pickled}: adapter_model.bin: {message}"):
+            load_backbone(tiny_model_dir, pickled, device="cpu", dtype="float32")

@@ -90,13 +90,18 @@ def info(model_dir: Path | None, adapter_dir: Path | None) -> None:
 @click.argument("model_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="ISIC-format data folder: also check how many image tokens its crops become.")
-def check(model_dir: Path | None, data_dir: Path | None) -> None:
-    """Check a checkpoint folder before a long job: files, tokenizer, image settings (no weights loaded).
+@click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path), default=None,
+              help="LoRA adapter folder: also check that it fits this base (family, sizes, rank, target modules).")
+def check(model_dir: Path | None, data_dir: Path | None, adapter_dir: Path | None) -> None:
+    """Check a checkpoint folder (and an adapter) before a long job: files, tokenizer, image settings, whether the
+    adapter fits the base (no weights loaded).
 
     Every problem names the file and the fix; the exit status is 1 when there is any. `train`,
     `ingest` and `serve` run the same check at start.
     """
+    from dermground.platform.model.adapter_fit import require_adapter_fits
     from dermground.platform.model.checkpoint_check import check_checkpoint, sample_crop_sizes
+    from dermground.platform.model.loading import BackboneError
 
     path = model_dir or current_settings().base_model_dir
     report = check_checkpoint(path, sample_crop_sizes(data_dir) if data_dir is not None else ())
@@ -104,6 +109,12 @@ def check(model_dir: Path | None, data_dir: Path | None) -> None:
         click.echo(f"{key:<13}{value}")
     if not report.ok:
         raise click.ClickException(report.summary())
+    if adapter_dir is not None:
+        try:
+            require_adapter_fits(adapter_dir, path)
+        except BackboneError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"adapter      {adapter_dir} fits")
     click.echo(f"ok: {path} can be used")
 
 

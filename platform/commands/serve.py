@@ -64,12 +64,15 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
             host = LOOPBACK
         else:
             click.echo("No API key is set: the read endpoints are open to this machine only.", err=True)
+    from dermground.platform.model.adapter_fit import require_adapter_fits
     from dermground.platform.model.checkpoint_check import require_usable_checkpoint
     from dermground.platform.model.loading import BackboneError
 
     try:  # the model loads on the first request; a bad folder should stop us now, not then
         if settings.base_model_dir.exists():
             require_usable_checkpoint(settings.base_model_dir)
+            if settings.adapter_dir is not None:  # an adapter of another base would fail every image search
+                require_adapter_fits(settings.adapter_dir, settings.base_model_dir)
         else:  # a deployment may mount the model later; id searches and /sql work without it
             click.echo(f"No model at {settings.base_model_dir} yet: image searches and /predict will fail until one "
                        "is there (`dermground model check DIR` checks a folder).", err=True)

@@ -65,8 +65,14 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
     The first problem that makes the rest meaningless (no folder, no config) stops the listing.
     """
     path = Path(model_dir)
+    if path.is_file():
+        return [CheckpointProblem("", f"{path} is a file; a checkpoint is the folder of its files",
+                                  f"point --model at the folder {path.parent}")]
     if not path.is_dir():
         return [CheckpointProblem("", f"model directory {path} does not exist", INIT_HINT)]
+    dangling = dangling_links(path)
+    if dangling:
+        return [dangling]
     config_file = path / "config.json"
     if not config_file.is_file():
         # The hub cache's folder of a repo (models--Org--Name) holds the checkpoint in snapshots/<revision>/.
@@ -74,6 +80,11 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
         if snapshots:
             return [CheckpointProblem("config.json", f"{path} is a Hugging Face cache folder, not a checkpoint",
                                       f"point --model at its snapshot folder {snapshots[-1].parent}")]
+        if (path / "adapter_config.json").is_file():
+            base = _recorded_base(path / "adapter_config.json")
+            return [CheckpointProblem("config.json", f"{path} is a LoRA adapter folder (adapter_config.json), not a base "
+                                      "checkpoint", "pass it as --adapter and its base model as --model"
+                                      + (f" (it records {base})" if base else ""))]
         return [CheckpointProblem("config.json", f"{path} has no config.json, so it is not a Hugging Face checkpoint",
                                   INIT_HINT)]
     try:
@@ -110,9 +121,19 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
     return problems
 
 
+def _recorded_base(adapter_config: Path) -> str | None:
+    """The base_model_name_or_path an adapter's config records, if readable."""
+    try:
+        return json.loads(adapter_config.read_text()).get("base_model_name_or_path") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _weight_problems(path: Path) -> list[CheckpointProblem]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
+    # In transformers' order of preference: safetensors first, torch-pickled (pytorch_model*.bin) only without them.
+    for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
+        if not index.is_file():
+            continue
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as exc:
@@ -122,21 +143,28 @@ def _weight_problems(path: Path) -> list[CheckpointProblem]:
             return [CheckpointProblem(missing[0], f"{index.name} lists {len(shards)} weight shard(s) and "
                                       f"{len(missing)} are missing ({', '.join(missing)}); the download is incomplete",
                                       REDOWNLOAD)]
-        return damaged_weight_files(path / s for s in shards if s.endswith(".safetensors"))
+        return damaged_weight_files(path / s for s in shards)
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         return [CheckpointProblem("model.safetensors", f"{path} has a config but no weights (*.safetensors); "
                                   "the checkpoint is incomplete", REDOWNLOAD)]
-    single = path / "model.safetensors"
-    return damaged_weight_files([single] if single.is_file() else [])
+    single = next((f for f in (path / "model.safetensors", path / "pytorch_model.bin") if f.is_file()), None)
+    return damaged_weight_files([single] if single is not None else [])
 
 
 def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
     """Problems of a LoRA adapter folder visible from its files alone (whether it fits a model needs the model)."""
     path = Path(adapter_dir)
     copy_again = "copy the adapter folder again"
+    if path.is_file():
+        return [CheckpointProblem("", f"{path} is a file; an adapter is the folder of adapter_config.json and its "
+                                  "weights", f"point --adapter at the folder {path.parent}")]
+    dangling = dangling_links(path) if path.is_dir() else None
+    if dangling:
+        return [dangling]
     if not (path / "adapter_config.json").is_file():
         return [CheckpointProblem("adapter_config.json", f"adapter directory {path} has no adapter_config.json",
-                                  "pass the folder a training run saved (or leave --adapter out to use the base model)")]
+                                  _adapter_elsewhere(path) or "pass the folder a training run saved "
+                                  "(or leave --adapter out to use the base model)")]
     try:
         json.loads((path / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:
@@ -145,19 +173,94 @@ def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
     if not weights.is_file() and not (path / "adapter_model.bin").is_file():
         return [CheckpointProblem(weights.name, f"adapter directory {path} has no weights (adapter_model.safetensors)",
                                   copy_again)]
-    return damaged_weight_files([weights] if weights.is_file() else [], redownload=copy_again)
+    if not weights.is_file():
+        return _damaged_pickled_weights(path / "adapter_model.bin", copy_again)
+    return damaged_weight_files([weights], redownload=copy_again)
+
+
+def _damaged_pickled_weights(file: Path, fix: str) -> list[CheckpointProblem]:
+    """A torch-pickled weight file that cannot be read (a Git LFS pointer, a cut-short copy), as a problem.
+
+    Unlike a safetensors header, a pickle says nothing about its length: it is read whole (adapters are small).
+    """
+    with open(file, "rb") as handle:
+        if handle.read(8) == b"version ":
+            return [CheckpointProblem(file.name, f"is a Git LFS pointer ({file.stat().st_size} bytes), not the weights; "
+                                      "the weights cannot be read", "fetch the weights with `git lfs pull` in the "
+                                      "folder, or " + fix)]
+    import torch
+
+    try:
+        torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises pickle, zip, OS and runtime errors for a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [CheckpointProblem(file.name, f"cannot be read ({reason}; {file.stat().st_size:,} bytes): it is cut "
+                                  "short or not a torch weight file", fix)]
+    return []
+
+
+def dangling_links(path: Path) -> CheckpointProblem | None:
+    """The folder's files that are symbolic links to nothing, as one problem (None when there are none).
+
+    A snapshot folder of the Hugging Face cache holds links into ../../blobs/; copied with `cp -r`, the
+    links come along and point nowhere, and every file looks missing.
+    """
+    names = sorted(entry.name for entry in path.iterdir() if entry.is_symlink() and not entry.exists()
+                   and not entry.name.endswith(".md") and not entry.name.startswith((".", "LICENSE")))  # docs
+    if not names:
+        return None
+    target = (path / names[0]).readlink()
+    return CheckpointProblem(names[0], f"{len(names)} file(s) of {path} are symbolic links to files that do not exist "
+                             f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; {names[0]} -> {target}): the "
+                             "folder was copied out of the Hugging Face cache without the blobs its links point to, "
+                             "or the cache was cleaned", "copy the snapshot folder with the links followed (`cp -rL "
+                             "SNAPSHOT DIR`), or download it with `huggingface-cli download REPO --local-dir DIR`")
+
+
+def _adapter_elsewhere(path: Path) -> str | None:
+    """Where the adapter is when `path` is a folder around it (hub cache, trainer output) or a whole model."""
+    snapshots = sorted(path.glob("snapshots/*/adapter_config.json"), key=lambda p: p.stat().st_mtime)
+    if snapshots:  # `huggingface-cli download ORG/ADAPTER` without --local-dir: models--ORG--ADAPTER/snapshots/<rev>/
+        return f"it is a Hugging Face cache folder: point --adapter at its snapshot folder {snapshots[-1].parent}"
+    steps = {int(p.parent.name.removeprefix("checkpoint-")): p.parent
+             for p in path.glob("checkpoint-*/adapter_config.json") if p.parent.name[11:].isdigit()}
+    if steps:  # a transformers/TRL Trainer output_dir saves the adapter per checkpoint-<step>/
+        return f"it holds training checkpoints: point --adapter at the last one, {steps[max(steps)]}, or another one"
+    if (path / "config.json").is_file():
+        return ("it holds a whole model (config.json), not a LoRA adapter: pass it as --model and leave --adapter out "
+                "(a merged export already contains its adapter)")
+    return None
 
 
 def damaged_weight_files(files: Iterable[Path], redownload: str = REDOWNLOAD) -> list[CheckpointProblem]:
     """Weight files that cannot be read: Git LFS pointers, cut-short copies (header and size only, no tensor read)."""
     problems: list[CheckpointProblem] = []
     for file in files:
-        reason = _safetensors_damage(file)
+        reason = _safetensors_damage(file) if file.suffix == ".safetensors" else _torch_file_damage(file)
         if reason is not None:
             fix = ("fetch the weights with `git lfs pull` in the folder, or " + redownload
                    if "Git LFS" in reason else redownload)
             problems.append(CheckpointProblem(file.name, f"{reason}; the weights cannot be read", fix))
     return problems
+
+
+def _torch_file_damage(file: Path) -> str | None:
+    """Why a torch-pickled weight file (pytorch_model*.bin) is not whole, or None (reads its first and last bytes).
+
+    torch.save writes a zip archive, whose directory is at the end: a cut-short copy has none.
+    """
+    import zipfile
+
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+    if head == b"version ":
+        return f"is a Git LFS pointer ({size} bytes), not the weights"
+    if head[:1] == b"\x80":  # a pickle of torch < 1.6 (no zip): nothing cheap to check
+        return None
+    if not zipfile.is_zipfile(file):
+        return f"is cut short or not a torch weight file ({size:,} bytes)"
+    return None
 
 
 def _safetensors_damage(file: Path) -> str | None:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
 
+from dermground.platform.model.adapter_fit import require_adapter_fits
 from dermground.platform.model.checkpoint_check import (
     REDOWNLOAD,
-    adapter_problems,
     file_problems,
     tokenizer_problems,
 )
@@ -172,13 +172,11 @@ def load_backbone(
     adapter_path = None
     if adapter_dir is not None:
         adapter_path = Path(adapter_dir)
-        adapter_files = adapter_problems(adapter_path)
-        if adapter_files:
-            raise BackboneError(f"adapter {adapter_path}: {adapter_files[0]}")
+        require_adapter_fits(adapter_path, path)  # one clear error from the files, before peft's size mismatches
         from peft import PeftModel  # imported here: only adapters need it
 
         try:
-            model = PeftModel.from_pretrained(model, adapter_path, config=_adapter_config(adapter_path, model),
+            model = PeftModel.from_pretrained(model, adapter_path, config=peft_adapter_config(adapter_path, model),
                                               is_trainable=for_training, key_mapping=V4_ADAPTER_KEY_MAPPING)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise BackboneError(f"adapter {adapter_path} does not fit model {path}: {exc}") from None
@@ -199,27 +197,56 @@ def load_backbone(
     )
 
 
-def _adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202 - a peft PeftConfig
-    """The adapter's peft config; a transformers-4.x adapter's target_modules is matched on 4.x names.
+def peft_adapter_config(adapter_path: Path, model: torch.nn.Module):  # noqa: ANN202 - a peft PeftConfig
+    """The adapter's peft config; a transformers-4.x adapter's module selection is evaluated on 4.x names.
 
     A regex such as ms-swift's `^(model(?=\\.).*\\.(q_proj|...|gate_proj))$` meant the decoder when the
     decoder was `model.*`; on v5 names it also matches the vision tower (`model.visual.*`, whose
     Qwen2.5-VL MLP has gate/up/down_proj), which would get LoRA layers the file has no weights for.
-    A list is matched as name suffixes: a full 4.x path (model.layers.0.self_attn.q_proj) gets its v5 name.
+    A full 4.x path in a list (model.layers.0.self_attn.q_proj) is no suffix of its v5 name, and the
+    same holds for exclude_modules, layers_pattern, rank_pattern and alpha_pattern: so every field
+    that selects modules is applied to the 4.x names, and the result is written as explicit v5 names.
     """
     from peft import PeftConfig
 
     config = PeftConfig.from_pretrained(str(adapter_path))
-    pattern = getattr(config, "target_modules", None)
-    if pattern in (None, "all-linear") or not any(_v5_adapter_key(key) != key
-                                                  for key in _stored_adapter_keys(adapter_path)):
-        return config  # (peft resolves "all-linear" on the model itself)
-    if isinstance(pattern, str):
-        config.target_modules = {name for name, _ in model.named_modules()
-                                 if (old := _v4_module_name(name)) is not None and re.fullmatch(pattern, old)}
-    else:
-        config.target_modules = {_v5_name(name) for name in pattern}
+    if getattr(config, "target_modules", None) is None or not any(
+            v5_adapter_key(key) != key for key in _stored_adapter_keys(adapter_path)):
+        return config
+    return _select_on_v4_names(config, model)
+
+
+def _select_on_v4_names(config, model: torch.nn.Module):  # noqa: ANN001, ANN202 - a peft LoraConfig
+    """`config` with its module selection (targets, exclusions, layers, rank/alpha patterns) made on 4.x names.
+
+    peft's own matching (check_target_module_exists) decides on each module's 4.x name what it would
+    have decided under transformers 4.x; the chosen modules and per-module ranks/alphas are then
+    written as exact v5 names, so nothing is matched on v5 names again.
+    """
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+
+    v4_names = {name: old for name, _ in model.named_modules() if (old := _v4_module_name(name)) is not None}
+    if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
+        # peft resolves it to the model's linear layers by their (v5) names; matched below on 4.x names.
+        linear = _maybe_include_all_linear_layers(config, model).target_modules
+        config.target_modules = {v4_names.get(name, name) for name in linear}
+    targets = {name for name, old in v4_names.items() if check_target_module_exists(config, old)}
+    patterns = {field: getattr(config, field, None) or {} for field in ("rank_pattern", "alpha_pattern")}
+    config.target_modules = targets
+    # Already applied above, on 4.x names (peft would match them against v5 names and miss).
+    config.exclude_modules = None
+    config.layers_to_transform = None
+    config.layers_pattern = None
+    for field, pattern in patterns.items():
+        if pattern:
+            setattr(config, field, {re.escape(name): pattern[key] for name in sorted(targets)
+                                    if (key := _pattern_key(pattern, v4_names[name])) is not None})
     return config
+
+
+def _pattern_key(pattern: dict, name: str) -> str | None:
+    """The first key of a rank/alpha pattern that selects module `name`, by peft's rule (get_pattern_key)."""
+    return next((key for key in pattern if re.match(rf"(.*\.)?({key})$", name)), None)
 
 
 def _v5_name(name: str) -> str:
@@ -231,7 +258,7 @@ def _v5_name(name: str) -> str:
     return name
 
 
-def _v5_adapter_key(key: str) -> str:
+def v5_adapter_key(key: str) -> str:
     """A stored adapter weight's name under transformers v5 (what peft makes of it with V4_ADAPTER_KEY_MAPPING)."""
     prefix = "base_model.model."
     return prefix + _v5_name(key.removeprefix(prefix)) if key.startswith(prefix) else key
@@ -267,7 +294,7 @@ def _require_adapter_weights_applied(model: torch.nn.Module, adapter_path: Path,
     from peft import get_peft_model_state_dict
 
     expected = set(get_peft_model_state_dict(model))
-    stored = {_v5_adapter_key(key) for key in _stored_adapter_keys(adapter_path)}
+    stored = {v5_adapter_key(key) for key in _stored_adapter_keys(adapter_path)}
     # A stored full weight of the model itself (peft's save_embedding_layers: embed_tokens, lm_head) is loaded too.
     missing, unused = sorted(expected - stored), sorted(stored - expected - set(model.state_dict()))
     if missing or unused:
