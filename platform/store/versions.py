@@ -80,13 +80,18 @@ class VersionMeta:
     # The process that began building it (pid, host, start, command), while it is "building":
     # lets a listing tell a build in progress from one whose process was killed.
     builder: Mapping[str, object] | None = None
+    # Points copied into it from the live version it was seeded from (an ingest while `serve` holds
+    # the live one), recorded once the copy and its catalog rows are complete: only such a version
+    # may be resumed by a rerun of the ingest that was killed while writing it.
+    seed_copied: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> VersionMeta:
-        known = {k: data[k] for k in ("created_at", "source", "adapter", "state", "points", "builder") if k in data}
+        fields = ("created_at", "source", "adapter", "state", "points", "builder", "seed_copied")
+        known = {k: data[k] for k in fields if k in data}
         if not isinstance(known.get("builder"), Mapping):
             known.pop("builder", None)
         return cls(**known)  # type: ignore[arg-type]
@@ -133,6 +138,9 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
                 "(the snapshot is untouched)")
     elif source.startswith("snapshot of "):
         step = f"a scratch copy left by `snapshot create`: drop it with `dermground collections drop {name} {version}`"
+    elif meta.seed_copied is not None:  # a copy of the served version (ingest/targets.py)
+        step = (f"rerun the same `dermground ingest` while {source.split(' ', 1)[0]} is live: it resumes here and "
+                f"switches when complete; or drop it with `dermground collections drop {name} {version}`")
     else:
         step = (f"resume it with `dermground ingest <data> --collection {name} --version {version}`, or drop it "
                 f"with `dermground collections drop {name} {version}`")
