@@ -11,12 +11,14 @@ mid-switch leaves one of the two live.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -219,25 +221,38 @@ class EdgeCollections(Collections):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is unreadable ({exc})") from None
 
+    @contextmanager
+    def _name_lock(self, name: str) -> Iterator[None]:
+        """Switches and drops of one collection name, one at a time (across processes): a drop
+        that checked a version was not live must not remove it while another admin's switch makes
+        it live. Held for the check and the alias write or the move, never for the delete."""
+        folder = self.store_dir / ALIAS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f".{check_collection_name(name)}.lock", "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # the other's step takes a moment: wait for it
+            yield
+
     def switch(self, name: str, version: str) -> str | None:
-        self.check_switchable(name, version)
-        before = self.live_version(name)
-        durable_write_json(self._alias_path(name), {"name": name, "version": version,
-                                                    "physical": physical_name(name, version),
-                                                    "switched_at": _now(), "previous": before},
-                           crash_point="alias_written")
+        with self._name_lock(name):
+            self.check_switchable(name, version)
+            before = self.live_version(name)
+            durable_write_json(self._alias_path(name), {"name": name, "version": version,
+                                                        "physical": physical_name(name, version),
+                                                        "switched_at": _now(), "previous": before},
+                               crash_point="alias_written")
         return before
 
     def drop(self, name: str, version: str) -> None:
-        self.require_version(name, version)
-        if self.live_version(name) == version:
-            raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
-                               "version first (`dermground collections switch`)")
-        folder = self._folder(name, version)
-        with self.open_version(name, version):
-            pass  # raises StoreLockedError when a process still holds this version
-        trash = self.store_dir / f".dropped-{folder.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(folder, trash)  # gone from listings at once; the delete below may take a while
+        with self._name_lock(name):
+            self.require_version(name, version)
+            if self.live_version(name) == version:
+                raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
+                                   "version first (`dermground collections switch`)")
+            folder = self._folder(name, version)
+            with self.open_version(name, version):
+                pass  # raises StoreLockedError when a process still holds this version
+            trash = self.store_dir / f".dropped-{folder.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(folder, trash)  # gone from listings at once; the delete below may take a while
         shutil.rmtree(trash, ignore_errors=True)
 
     def info(self, name: str, version: str, held: Mapping[str, VectorStore] | None = None,
