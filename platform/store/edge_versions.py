@@ -46,6 +46,7 @@ VERSION_FILE = "version.json"
 _META_FILE = "collection.json"  # written by EdgeStore.ensure_collection
 _SHARD_DIR = "shard"
 _OWNER_FILE = "owner.json"  # written by EdgeStore while a process holds the folder
+_DROPPED = ".dropped-"  # a dropped version's folder, renamed out of the listings until it is deleted
 # Copied when a version is seeded from another; owner.json names a process that does not hold the copy.
 _SKIP_ON_COPY = {"owner.json", VERSION_FILE, "temp_segments"}
 
@@ -165,6 +166,7 @@ class EdgeCollections(Collections):
     def create_version(self, name: str, meta: VersionMeta, taken: Iterable[str] = ()) -> str:
         check_name(name)
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_dropped()  # a new version needs the space
         numbers = [version_number(v) for v in (*self.versions(name), *taken)]
         aliased = self._read_alias(name)
         if aliased is not None:
@@ -251,9 +253,18 @@ class EdgeCollections(Collections):
             folder = self._folder(name, version)
             with self.open_version(name, version):
                 pass  # raises StoreLockedError when a process still holds this version
-            trash = self.store_dir / f".dropped-{folder.name}-{uuid.uuid4().hex[:8]}"
+            trash = self.store_dir / f"{_DROPPED}{folder.name}-{uuid.uuid4().hex[:8]}"
             os.replace(folder, trash)  # gone from listings at once; the delete below may take a while
+        maybe_crash("drop_moved")
         shutil.rmtree(trash, ignore_errors=True)
+        self._clear_dropped()
+
+    def _clear_dropped(self) -> None:
+        """Delete what drops killed mid-delete left: hidden from every listing, it would hold its
+        disk space for good. (Another drop deleting its own at the same time does no harm.)"""
+        if self.store_dir.is_dir():
+            for trash in self.store_dir.glob(f"{_DROPPED}*"):
+                shutil.rmtree(trash, ignore_errors=True)
 
     def info(self, name: str, version: str, held: Mapping[str, VectorStore] | None = None,
              count: bool = True) -> VersionInfo:
