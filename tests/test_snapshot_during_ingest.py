@@ -1,6 +1,7 @@
 """`snapshot create` of a version an ingest is writing: refused while the ingest runs (a snapshot
 then would carry the points of a partition whose catalog rows and ledger are not written yet, and
-its restore would fail `dermground check`), taken once the ingest is gone."""
+its restore would fail `dermground check`), taken once the ingest is gone. And `check` of a version
+another process holds (serve): it checks a copy instead of refusing."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from dermground.platform.catalog import Catalog
 from dermground.platform.cli import cli
 from dermground.platform.commands import context
 from dermground.platform.settings import load_settings
-from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, open_store, point_id
+from dermground.platform.store import (
+    DEFAULT_VECTOR_NAMES,
+    CollectionSpec,
+    StorePoint,
+    build_payload,
+    open_collections,
+    open_store,
+    point_id,
+)
 from tests.store_holder import held_by_another_process
 
 DIM, FP, NAME = 8, "fp-snap", "snap"
@@ -90,3 +99,21 @@ def test_a_snapshot_is_refused_while_an_ingest_writes_the_version_and_taken_once
     assert restored.exit_code == 0, restored.output
     checked = _cli(home, "check", "--collection", NAME)
     assert checked.exit_code == 0 and "store 10 points, catalog 10 rows" in checked.output, checked.output
+
+
+def test_check_runs_while_serve_holds_the_live_version(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(home=home)
+    catalog = Catalog(settings.catalog_dir)
+    ids = [f"ISIC_{i:07d}" for i in range(4)]
+    with open_store(settings, NAME) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert(_points(ids, 0))
+    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
+    _commit(catalog, "r1", "p000000-a", ids)
+    with held_by_another_process(home / "qdrant" / NAME, NAME):  # `dermground serve`
+        checked = _cli(home, "check", "--collection", NAME)
+        assert checked.exit_code == 0, checked.output  # it said "in use by pid ...: stop that process"
+        assert "store 4 points, catalog 4 rows" in checked.output and "ok:" in checked.output
+    with open_collections(settings) as cols:
+        assert cols.versions(NAME) == ["v0"]  # the copy it checked is gone

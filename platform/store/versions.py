@@ -136,8 +136,9 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
     if source.startswith("restore "):
         step = (f"drop it with `dermground collections drop {name} {version}` and run the restore again "
                 "(the snapshot is untouched)")
-    elif source.startswith("snapshot of "):
-        step = f"a scratch copy left by `snapshot create`: drop it with `dermground collections drop {name} {version}`"
+    elif source.startswith(("snapshot of ", "check of ")):
+        step = (f"a scratch copy left by `{'snapshot create' if source.startswith('snapshot') else 'check'}`: drop "
+                f"it with `dermground collections drop {name} {version}`")
     elif meta.seed_copied is not None:  # a copy of the served version (ingest/targets.py)
         step = (f"rerun the same `dermground ingest` while {source.split(' ', 1)[0]} is live: it resumes here and "
                 f"switches when complete; or drop it with `dermground collections drop {name} {version}`")
