@@ -257,7 +257,17 @@ class Collections(abc.ABC):
              count: bool = True) -> list[VersionInfo]:
         """Every version of one collection (or of all collections)."""
         names = [name] if name is not None else self.names()
-        return [self.info(n, v, held, count) for n in names for v in self.versions(n)]
+        found = []
+        for n in names:
+            for version in self.versions(n):
+                try:
+                    found.append(self.info(n, version, held, count))
+                except VersionError:
+                    if version in self.versions(n):
+                        raise
+                    # Dropped since it was listed (another admin, or the scratch copy of a
+                    # `snapshot create` or `check`): no longer a version to show.
+        return found
 
     def copy_points(self, name: str, source: str, target: str, page_size: int = 512) -> int:
         """Seed version `target` (created, empty) with every point of `source`; returns the count."""
