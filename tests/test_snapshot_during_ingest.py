@@ -16,6 +16,7 @@ from dermground.ingest.run_locks import hold_run_lock
 from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.catalog import Catalog
 from dermground.platform.cli import cli
+from dermground.platform.collection_ops import create_snapshot
 from dermground.platform.commands import context
 from dermground.platform.settings import load_settings
 from dermground.platform.store import (
@@ -27,6 +28,7 @@ from dermground.platform.store import (
     open_store,
     point_id,
 )
+from dermground.platform.store.versions import VersionError
 from tests.store_holder import held_by_another_process
 
 DIM, FP, NAME = 8, "fp-snap", "snap"
@@ -117,3 +119,22 @@ def test_check_runs_while_serve_holds_the_live_version(tmp_path: Path) -> None:
         assert "store 4 points, catalog 4 rows" in checked.output and "ok:" in checked.output
     with open_collections(settings) as cols:
         assert cols.versions(NAME) == ["v0"]  # the copy it checked is gone
+
+
+def test_a_snapshot_during_which_an_ingest_began_writing_the_version_is_discarded(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(home=home)
+    catalog = Catalog(settings.catalog_dir)
+    ids = [f"ISIC_{i:07d}" for i in range(3)]
+    with open_store(settings, NAME) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert(_points(ids, 0))
+    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
+    _commit(catalog, "r1", "p000000-a", ids)
+
+    def an_ingest_starts(points: int) -> None:  # called while the points are exported
+        catalog.append("ingest_runs", [{"run_id": "r2", "collection": NAME, "fingerprint": FP, "status": "running"}])
+
+    with pytest.raises(VersionError, match="while its snapshot was taken, so the snapshot was discarded"):
+        create_snapshot(settings, NAME, progress=an_ingest_starts)
+    assert not list((home / "snapshots" / NAME).glob("*.tar"))
