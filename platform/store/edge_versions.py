@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from dermground.platform.names import check_collection_name
 from dermground.platform.store.base import CollectionSpec, StoreError, StoreLockedError, VectorStore
 from dermground.platform.store.versions import (
     LEGACY_VERSION,
+    READY,
     Collections,
     VersionError,
     check_name,
@@ -46,6 +48,8 @@ VERSION_FILE = "version.json"
 _META_FILE = "collection.json"  # written by EdgeStore.ensure_collection
 _SHARD_DIR = "shard"
 _OWNER_FILE = "owner.json"  # written by EdgeStore while a process holds the folder
+# How long `drop` waits for a process to let go of the version (a `serve` right after a switch).
+DROP_WAIT_S = 10.0
 _DROPPED = ".dropped-"  # a dropped version's folder, renamed out of the listings until it is deleted
 # Copied when a version is seeded from another; owner.json names a process that does not hold the copy.
 _SKIP_ON_COPY = {"owner.json", VERSION_FILE, "temp_segments"}
@@ -251,13 +255,33 @@ class EdgeCollections(Collections):
                 raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
                                    "version first (`dermground collections switch`)")
             folder = self._folder(name, version)
-            with self.open_version(name, version):
-                pass  # raises StoreLockedError when a process still holds this version
+            self._wait_until_let_go(name, version)
             trash = self.store_dir / f"{_DROPPED}{folder.name}-{uuid.uuid4().hex[:8]}"
             os.replace(folder, trash)  # gone from listings at once; the delete below may take a while
         maybe_crash("drop_moved")
         shutil.rmtree(trash, ignore_errors=True)
         self._clear_dropped()
+
+    def _wait_until_let_go(self, name: str, version: str) -> None:
+        """Return once no process holds the version; StoreLockedError naming the holder after
+        DROP_WAIT_S. A `serve` lets go of the version it served before a switch within a second
+        of its last request on it (store/live.py): a drop right after the switch waits for that."""
+        meta = self.read_meta(name, version)
+        building = meta.state != READY and process_alive(meta.builder) is not False  # it will not let go soon
+        deadline = time.monotonic() + (0.0 if building else DROP_WAIT_S)
+        while True:
+            try:
+                with self.open_version(name, version):
+                    return
+            except StoreLockedError as exc:
+                if time.monotonic() >= deadline:
+                    holder = str(exc).split(" is in use by ", 1)[-1].split(". Stop", 1)[0]
+                    raise StoreLockedError(
+                        f"version {version} of {name!r} is still open in {holder}. A `dermground serve` lets go of "
+                        "the version it served before a switch once its requests on it have finished: run the drop "
+                        "again in a moment. Any other process (an ingest or a restore building it): stop it "
+                        "first.") from None
+            time.sleep(0.2)
 
     def _clear_dropped(self) -> None:
         """Delete what drops killed mid-delete left: hidden from every listing, it would hold its
