@@ -23,7 +23,8 @@ from dermground.ingest.writer import catalog_file_name
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_files import live_files, rows_by_source
 from dermground.platform.settings import Settings
-from dermground.platform.store import open_collections, open_store, point_id
+from dermground.platform.store import StoreLockedError, VectorStore, open_collections, open_store, point_id
+from dermground.platform.store.versions import BUILDING, Collections, VersionMeta, split_physical
 from dermground.platform.store.schema import PAYLOAD_KEYS
 
 _MAX_LISTED = 5  # ids named per finding; the count says how many there are
@@ -56,7 +57,13 @@ def check_collection(settings: Settings, collection: str) -> CheckReport:
     report = CheckReport(collection)
     with open_collections(settings) as collections:
         collection = collections.resolve(collection)  # the live version: the catalog names it so
-    store_ids = _check_store(settings, collection, report)
+        try:
+            with open_store(settings, collection) as store:
+                store_ids = _check_store(store, collection, report)
+        except StoreLockedError:
+            if settings.qdrant_url:
+                raise
+            store_ids = _check_copy(collections, collection, report)
     catalog = Catalog(settings.catalog_dir)
     rows = catalog.query("SELECT isic_id FROM lesions WHERE collection = ?", [collection])
     catalog_ids = [str(r["isic_id"]) for r in rows]
@@ -73,31 +80,43 @@ def check_collection(settings: Settings, collection: str) -> CheckReport:
     return report
 
 
-def _check_store(settings: Settings, collection: str, report: CheckReport) -> set[str]:
+def _check_copy(collections: Collections, physical: str, report: CheckReport) -> set[str]:
+    """The embedded engine has one opener: check a copy of a version another process holds (`serve`;
+    sparse files stay sparse, as `snapshot create` does), then drop the copy."""
+    name, version = split_physical(physical)
+    scratch = collections.create_version(name, VersionMeta(source=f"check of {version}", state=BUILDING))
+    try:
+        collections.copy_points(name, version, scratch)
+        with collections.open_version(name, scratch) as store:
+            return _check_store(store, physical, report)
+    finally:
+        collections.drop(name, scratch)
+
+
+def _check_store(store: VectorStore, collection: str, report: CheckReport) -> set[str]:
     isic_ids: list[str] = []
     bad_id: list[str] = []
     missing_vectors: dict[str, list[str]] = {}
     missing_keys: dict[str, list[str]] = {}
     other_model: list[str] = []
-    with open_store(settings, collection) as store:
-        spec = store.describe()
-        if spec is None:
-            report.findings.append(f"collection {collection!r} does not exist in the store")
-            return set()
-        report.store_points = store.count()
-        for point in store.iter_points(page_size=256, with_payload=True, with_vectors=True):
-            payload = point.payload or {}
-            isic_id = str(payload.get("isic_id", f"<no isic_id: point {point.id}>"))
-            isic_ids.append(isic_id)
-            if "isic_id" not in payload or point.id != point_id(isic_id):
-                bad_id.append(isic_id)
-            for name in set(spec.vector_names) - set(point.vectors or {}):
-                missing_vectors.setdefault(name, []).append(isic_id)
-            for key in PAYLOAD_KEYS:
-                if key not in payload:
-                    missing_keys.setdefault(key, []).append(isic_id)
-            if payload.get("fingerprint") != spec.fingerprint:
-                other_model.append(isic_id)
+    spec = store.describe()
+    if spec is None:
+        report.findings.append(f"collection {collection!r} does not exist in the store")
+        return set()
+    report.store_points = store.count()
+    for point in store.iter_points(page_size=256, with_payload=True, with_vectors=True):
+        payload = point.payload or {}
+        isic_id = str(payload.get("isic_id", f"<no isic_id: point {point.id}>"))
+        isic_ids.append(isic_id)
+        if "isic_id" not in payload or point.id != point_id(isic_id):
+            bad_id.append(isic_id)
+        for name in set(spec.vector_names) - set(point.vectors or {}):
+            missing_vectors.setdefault(name, []).append(isic_id)
+        for key in PAYLOAD_KEYS:
+            if key not in payload:
+                missing_keys.setdefault(key, []).append(isic_id)
+        if payload.get("fingerprint") != spec.fingerprint:
+            other_model.append(isic_id)
     if len(isic_ids) != report.store_points:
         report.findings.append(f"the store counts {report.store_points} points but scrolls {len(isic_ids)}")
     report.add("points whose id is not uuid5 of their isic_id", bad_id)

@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dermground.platform.catalog import Catalog
+from dermground.platform.ingest_activity import RUN_LOCK_DIR as LOCK_DIR
+from dermground.platform.ingest_activity import dead_lock_info, run_lock_path
 from dermground.platform.processes import pid_alive
 
-LOCK_DIR = "ingest-runs"
 DIED = "died"
 # SIGTERM, then SIGKILL for what is left after this long (Ray's orphaned dashboard and runtime-env
 # agents do not end on SIGTERM: measured, they were still there after 10 s).
@@ -88,8 +89,8 @@ def reap_dead_runs(catalog: Catalog, home: Path) -> list[DeadRun]:
     rows = catalog.query("SELECT * FROM ingest_runs WHERE status = 'running'")
     dead = []
     for row in rows:
-        path = Path(home) / LOCK_DIR / f"{row['run_id']}.lock"
-        info = _dead_lock_info(path)
+        path = run_lock_path(home, str(row["run_id"]))
+        info = dead_lock_info(path)
         if info is None:
             continue  # its driver is alive
         stopped: tuple[int, ...] = ()
@@ -101,23 +102,6 @@ def reap_dead_runs(catalog: Catalog, home: Path) -> list[DeadRun]:
         path.unlink(missing_ok=True)
         dead.append(DeadRun(str(row["run_id"]), str(row["collection"]), stopped))
     return dead
-
-
-def _dead_lock_info(path: Path) -> dict[str, object] | None:
-    """The lock file's content when no process holds it (or {} when it is gone); None while held."""
-    try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115
-    except FileNotFoundError:
-        return {}  # a run from before lock files, or one whose file was removed: nobody holds it
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        try:
-            return json.loads(handle.read() or "{}")
-        except json.JSONDecodeError:
-            return {}
 
 
 def session_processes(session_dir: str) -> list[int]:

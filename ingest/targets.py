@@ -22,7 +22,14 @@ from dermground.ingest.collection_lock import CollectionLock, hold_collection_lo
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_copy import copy_collection_rows, versions_in_catalog
 from dermground.platform.store import CollectionSpec, StoreLockedError, VectorStore, open_collections
-from dermground.platform.store.versions import BUILDING, READY, Collections, VersionMeta, physical_name
+from dermground.platform.store.versions import (
+    BUILDING,
+    READY,
+    Collections,
+    VersionMeta,
+    physical_name,
+    process_alive,
+)
 from dermground.platform.settings import Settings
 
 
@@ -131,13 +138,24 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
         live_spec = collections.info(name, live, count=False).spec
         if spec is not None and live_spec is not None:
             spec.check_compatible(live_spec, name)  # another model: --new-version, nothing copied
-        created = collections.create_version(name, replace(building, source=f"{live} + ingest {source}"), taken)
+        seeded = replace(building, source=f"{live} + ingest {source}")
+        resumed = _interrupted_copy(collections, name, seeded, spec)
+        if resumed is not None:
+            # A rerun after a kill: carry on in the copy the killed run was filling (its committed
+            # partitions are skipped by the ledger) instead of copying and embedding everything again.
+            collections.write_meta(name, resumed, replace(collections.read_meta(name, resumed), builder=None))
+            notify(f"Resuming version {resumed}, the copy of {live} an interrupted ingest of the same data was "
+                   f"filling; {name!r} switches to it when the ingest completes.")
+            return IngestTarget(collections, name, resumed, collections.open_version(name, resumed),
+                                switch_after=True, seeded_from=live)
+        created = collections.create_version(name, seeded, taken)
         notify(f"Ingesting into a new version {created} seeded with a copy of {live}; {name!r} switches "
                f"to it when the ingest completes (the server follows; {live} stays until "
                f"`dermground collections drop {name} {live}`).")
         try:
             copied = collections.copy_points(name, live, created)
             copy_collection_rows(catalog, physical_name(name, live), physical_name(name, created))
+            collections.write_meta(name, created, replace(collections.read_meta(name, created), seed_copied=copied))
             notify(f"copied {copied} points of {live} into {created}")
             return IngestTarget(collections, name, created, collections.open_version(name, created),
                                 switch_after=True, seeded_from=live)
@@ -145,6 +163,21 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
             notify(f"seeding {created} failed; it is left unswitched (drop it with "
                    f"`dermground collections drop {name} {created}`)")
             raise
+
+
+def _interrupted_copy(collections: Collections, name: str, seeded: VersionMeta,
+                      spec: CollectionSpec | None) -> str | None:
+    """The newest version an ingest like this one (same live version copied, same data folder and
+    adapter) was filling when its process died, once its copy was complete; None if there is none."""
+    for version in reversed(collections.versions(name)):
+        meta = collections.read_meta(name, version)
+        if (meta.state != BUILDING or meta.seed_copied is None or meta.source != seeded.source
+                or meta.adapter != seeded.adapter or process_alive(meta.builder) is not False):
+            continue
+        found = collections.info(name, version, count=False).spec
+        if spec is None or found is None or found.fingerprint == spec.fingerprint:
+            return version
+    return None
 
 
 __all__ = ["IngestTarget", "open_target"]

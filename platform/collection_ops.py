@@ -21,6 +21,7 @@ from dermground.platform.catalog_copy import (
     write_files,
 )
 from dermground.platform.crash_points import maybe_crash
+from dermground.platform.ingest_activity import active_ingests, runs_of
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreError, StoreLockedError, open_collections
 from dermground.platform.store.indexing import build_index_if_large
@@ -58,25 +59,53 @@ def create_snapshot(settings: Settings, name: str, version: str | None = None,
                                "finish), and its snapshot would restore as a finished version: "
                                + (interrupted_note(name, version, meta) or "finish it first, or drop it"))
         catalog = Catalog(settings.catalog_dir)
+        runs_before = runs_of(catalog, physical)
+        _refuse_while_ingesting(settings, catalog, name, version, physical)
         with tempfile.TemporaryDirectory(prefix=".snapshot-rows-") as tmp:
             attachments = write_files(Path(tmp), collection_files(catalog, physical))
             label, info = f"{name}-{version}", {"name": name, "version": version, **meta.to_dict()}
+            written: Path | None = None
             try:
                 with collections.open_version(name, version) as store:
-                    return write_snapshot(store, snapshot_dir(settings, name), label, progress=progress,
-                                          attachments=attachments, meta=info)
+                    written = write_snapshot(store, snapshot_dir(settings, name), label, progress=progress,
+                                             attachments=attachments, meta=info)
             except StoreLockedError:
                 pass  # served: export a copy of it instead (below)
-            # The embedded engine has one opener: copy the held version (cheap: sparse files stay
-            # sparse), export the copy, drop it.
-            scratch = collections.create_version(name, VersionMeta(source=f"snapshot of {version}", state=BUILDING))
-            try:
-                collections.copy_points(name, version, scratch)
-                with collections.open_version(name, scratch) as store:
-                    return write_snapshot(store, snapshot_dir(settings, name), label, progress=progress,
-                                          attachments=attachments, meta=info)
-            finally:
-                collections.drop(name, scratch)
+            if written is None:
+                # The embedded engine has one opener: copy the held version (cheap: sparse files stay
+                # sparse), export the copy, drop it.
+                scratch = collections.create_version(name, VersionMeta(source=f"snapshot of {version}",
+                                                                       state=BUILDING))
+                try:
+                    collections.copy_points(name, version, scratch)
+                    with collections.open_version(name, scratch) as store:
+                        written = write_snapshot(store, snapshot_dir(settings, name), label, progress=progress,
+                                                 attachments=attachments, meta=info)
+                finally:
+                    collections.drop(name, scratch)
+        assert written is not None
+        if runs_of(catalog, physical) != runs_before:
+            # An ingest began writing the version while it was exported (a server takes writers
+            # beside readers): the points and the catalog rows may be of different moments.
+            written.unlink(missing_ok=True)
+            _refuse_while_ingesting(settings, catalog, name, version, physical)
+            raise VersionError(f"an ingest wrote version {version} of {name!r} while its snapshot was taken, so the "
+                               "snapshot was discarded (its points and catalog rows could disagree): run "
+                               "`dermground snapshot create` again")
+        return written
+
+
+def _refuse_while_ingesting(settings: Settings, catalog: Catalog, name: str, version: str, physical: str) -> None:
+    """VersionError naming the ingest that is writing the version: a snapshot now would carry the
+    points of a partition whose catalog rows and ledger row are not written yet, and a restore of it
+    would not pass `dermground check`."""
+    writers = active_ingests(catalog, settings.home, physical)
+    if writers:
+        raise VersionError(
+            f"version {version} of {name!r} is being written by {'; '.join(w.describe() for w in writers)}. A "
+            "snapshot now could hold points whose catalog rows are not written yet, and its restore would not pass "
+            "`dermground check`. Run `dermground snapshot create` again once that ingest has finished (it says "
+            "\"ingested N, ...\"; `dermground sql \"SELECT * FROM ingest_runs\"` shows its status).")
 
 
 @dataclass

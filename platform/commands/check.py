@@ -15,7 +15,8 @@ from dermground.platform.commands.context import collection_name, current_settin
               help="Qdrant server URL [default: DERMGROUND_QDRANT_URL, else the embedded store under HOME].")
 def check(collection: str, qdrant_url: str | None) -> None:
     """Compare store and catalog: missing, phantom or duplicate ids, points missing a named
-    vector or payload key, ledger partitions, counts. Exits 1 on any finding."""
+    vector or payload key, ledger partitions, counts. Exits 1 on any finding. While `serve` holds
+    the live version of the embedded store, a copy of it is checked."""
     from dermground.ingest.consistency import check_collection
     from dermground.platform.store import StoreError
 

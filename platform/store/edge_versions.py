@@ -11,12 +11,15 @@ mid-switch leaves one of the two live.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +29,7 @@ from dermground.platform.names import check_collection_name
 from dermground.platform.store.base import CollectionSpec, StoreError, StoreLockedError, VectorStore
 from dermground.platform.store.versions import (
     LEGACY_VERSION,
+    READY,
     Collections,
     VersionError,
     check_name,
@@ -44,6 +48,9 @@ VERSION_FILE = "version.json"
 _META_FILE = "collection.json"  # written by EdgeStore.ensure_collection
 _SHARD_DIR = "shard"
 _OWNER_FILE = "owner.json"  # written by EdgeStore while a process holds the folder
+# How long `drop` waits for a process to let go of the version (a `serve` right after a switch).
+DROP_WAIT_S = 10.0
+_DROPPED = ".dropped-"  # a dropped version's folder, renamed out of the listings until it is deleted
 # Copied when a version is seeded from another; owner.json names a process that does not hold the copy.
 _SKIP_ON_COPY = {"owner.json", VERSION_FILE, "temp_segments"}
 
@@ -163,6 +170,7 @@ class EdgeCollections(Collections):
     def create_version(self, name: str, meta: VersionMeta, taken: Iterable[str] = ()) -> str:
         check_name(name)
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_dropped()  # a new version needs the space
         numbers = [version_number(v) for v in (*self.versions(name), *taken)]
         aliased = self._read_alias(name)
         if aliased is not None:
@@ -219,26 +227,68 @@ class EdgeCollections(Collections):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is unreadable ({exc})") from None
 
+    @contextmanager
+    def _name_lock(self, name: str) -> Iterator[None]:
+        """Switches and drops of one collection name, one at a time (across processes): a drop
+        that checked a version was not live must not remove it while another admin's switch makes
+        it live. Held for the check and the alias write or the move, never for the delete."""
+        folder = self.store_dir / ALIAS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f".{check_collection_name(name)}.lock", "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # the other's step takes a moment: wait for it
+            yield
+
     def switch(self, name: str, version: str) -> str | None:
-        self.check_switchable(name, version)
-        before = self.live_version(name)
-        durable_write_json(self._alias_path(name), {"name": name, "version": version,
-                                                    "physical": physical_name(name, version),
-                                                    "switched_at": _now(), "previous": before},
-                           crash_point="alias_written")
+        with self._name_lock(name):
+            self.check_switchable(name, version)
+            before = self.live_version(name)
+            durable_write_json(self._alias_path(name), {"name": name, "version": version,
+                                                        "physical": physical_name(name, version),
+                                                        "switched_at": _now(), "previous": before},
+                               crash_point="alias_written")
         return before
 
     def drop(self, name: str, version: str) -> None:
-        self.require_version(name, version)
-        if self.live_version(name) == version:
-            raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
-                               "version first (`dermground collections switch`)")
-        folder = self._folder(name, version)
-        with self.open_version(name, version):
-            pass  # raises StoreLockedError when a process still holds this version
-        trash = self.store_dir / f".dropped-{folder.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(folder, trash)  # gone from listings at once; the delete below may take a while
+        with self._name_lock(name):
+            self.require_version(name, version)
+            if self.live_version(name) == version:
+                raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
+                                   "version first (`dermground collections switch`)")
+            folder = self._folder(name, version)
+            self._wait_until_let_go(name, version)
+            trash = self.store_dir / f"{_DROPPED}{folder.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(folder, trash)  # gone from listings at once; the delete below may take a while
+        maybe_crash("drop_moved")
         shutil.rmtree(trash, ignore_errors=True)
+        self._clear_dropped()
+
+    def _wait_until_let_go(self, name: str, version: str) -> None:
+        """Return once no process holds the version; StoreLockedError naming the holder after
+        DROP_WAIT_S. A `serve` lets go of the version it served before a switch within a second
+        of its last request on it (store/live.py): a drop right after the switch waits for that."""
+        meta = self.read_meta(name, version)
+        building = meta.state != READY and process_alive(meta.builder) is not False  # it will not let go soon
+        deadline = time.monotonic() + (0.0 if building else DROP_WAIT_S)
+        while True:
+            try:
+                with self.open_version(name, version):
+                    return
+            except StoreLockedError as exc:
+                if time.monotonic() >= deadline:
+                    holder = str(exc).split(" is in use by ", 1)[-1].split(". Stop", 1)[0]
+                    raise StoreLockedError(
+                        f"version {version} of {name!r} is still open in {holder}. A `dermground serve` lets go of "
+                        "the version it served before a switch once its requests on it have finished: run the drop "
+                        "again in a moment. Any other process (an ingest or a restore building it): stop it "
+                        "first.") from None
+            time.sleep(0.2)
+
+    def _clear_dropped(self) -> None:
+        """Delete what drops killed mid-delete left: hidden from every listing, it would hold its
+        disk space for good. (Another drop deleting its own at the same time does no harm.)"""
+        if self.store_dir.is_dir():
+            for trash in self.store_dir.glob(f"{_DROPPED}*"):
+                shutil.rmtree(trash, ignore_errors=True)
 
     def info(self, name: str, version: str, held: Mapping[str, VectorStore] | None = None,
              count: bool = True) -> VersionInfo:

@@ -85,13 +85,18 @@ class VersionMeta:
     # The process that began building it (pid, host, start, command), while it is "building":
     # lets a listing tell a build in progress from one whose process was killed.
     builder: Mapping[str, object] | None = None
+    # Points copied into it from the live version it was seeded from (an ingest while `serve` holds
+    # the live one), recorded once the copy and its catalog rows are complete: only such a version
+    # may be resumed by a rerun of the ingest that was killed while writing it.
+    seed_copied: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> VersionMeta:
-        known = {k: data[k] for k in ("created_at", "source", "adapter", "state", "points", "builder") if k in data}
+        fields = ("created_at", "source", "adapter", "state", "points", "builder", "seed_copied")
+        known = {k: data[k] for k in fields if k in data}
         if not isinstance(known.get("builder"), Mapping):
             known.pop("builder", None)
         return cls(**known)  # type: ignore[arg-type]
@@ -136,8 +141,12 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
     if source.startswith("restore "):
         step = (f"drop it with `dermground collections drop {name} {version}` and run the restore again "
                 "(the snapshot is untouched)")
-    elif source.startswith("snapshot of "):
-        step = f"a scratch copy left by `snapshot create`: drop it with `dermground collections drop {name} {version}`"
+    elif source.startswith(("snapshot of ", "check of ")):
+        step = (f"a scratch copy left by `{'snapshot create' if source.startswith('snapshot') else 'check'}`: drop "
+                f"it with `dermground collections drop {name} {version}`")
+    elif meta.seed_copied is not None:  # a copy of the served version (ingest/targets.py)
+        step = (f"rerun the same `dermground ingest` while {source.split(' ', 1)[0]} is live: it resumes here and "
+                f"switches when complete; or drop it with `dermground collections drop {name} {version}`")
     else:
         step = (f"resume it with `dermground ingest <data> --collection {name} --version {version}`, or drop it "
                 f"with `dermground collections drop {name} {version}`")
@@ -253,7 +262,17 @@ class Collections(abc.ABC):
              count: bool = True) -> list[VersionInfo]:
         """Every version of one collection (or of all collections)."""
         names = [name] if name is not None else self.names()
-        return [self.info(n, v, held, count) for n in names for v in self.versions(n)]
+        found = []
+        for n in names:
+            for version in self.versions(n):
+                try:
+                    found.append(self.info(n, version, held, count))
+                except VersionError:
+                    if version in self.versions(n):
+                        raise
+                    # Dropped since it was listed (another admin, or the scratch copy of a
+                    # `snapshot create` or `check`): no longer a version to show.
+        return found
 
     def copy_points(self, name: str, source: str, target: str, page_size: int = 512) -> int:
         """Seed version `target` (created, empty) with every point of `source`; returns the count."""

@@ -1,0 +1,140 @@
+"""`snapshot create` of a version an ingest is writing: refused while the ingest runs (a snapshot
+then would carry the points of a partition whose catalog rows and ledger are not written yet, and
+its restore would fail `dermground check`), taken once the ingest is gone. And `check` of a version
+another process holds (serve): it checks a copy instead of refusing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dermground.ingest.partitions import ids_hash
+from dermground.ingest.run_locks import hold_run_lock
+from dermground.platform.attributes import ATTRIBUTES
+from dermground.platform.catalog import Catalog
+from dermground.platform.cli import cli
+from dermground.platform.collection_ops import create_snapshot
+from dermground.platform.commands import context
+from dermground.platform.settings import load_settings
+from dermground.platform.store import (
+    DEFAULT_VECTOR_NAMES,
+    CollectionSpec,
+    StorePoint,
+    build_payload,
+    open_collections,
+    open_store,
+    point_id,
+)
+from dermground.platform.store.versions import VersionError
+from tests.store_holder import held_by_another_process
+
+DIM, FP, NAME = 8, "fp-snap", "snap"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(context, "_current", None)
+    yield
+    monkeypatch.setattr(context, "_current", None)
+
+
+def _cli(home: Path, *args: str):
+    return CliRunner().invoke(cli, ["--home", str(home), *args])
+
+
+def _points(ids: list[str], seed: int) -> list[StorePoint]:
+    rng = np.random.default_rng(seed)
+    records = [{"isic_id": i, "patient_id": "IP_1", "split": "train", "image_ref": f"/nowhere/{i}.jpg",
+                **{a.name: float(a.low + 1) for a in ATTRIBUTES}} for i in ids]
+    return [StorePoint(point_id(r["isic_id"]), {n: rng.normal(size=DIM).astype(np.float32) for n in DEFAULT_VECTOR_NAMES},
+                       build_payload(r, FP)) for r in records]
+
+
+def _commit(catalog: Catalog, run_id: str, partition: str, ids: list[str]) -> None:
+    """What the ingest writer writes after a partition's upsert: its catalog rows, then its ledger row."""
+    name = f"{NAME}--{partition}"
+    catalog.append("lesions", [{"isic_id": i, "patient_id": "IP_1", "split": "train", "collection": NAME,
+                                "fingerprint": FP, "run_id": run_id} for i in ids], name=name)
+    catalog.append("ingest_partitions", [{"run_id": run_id, "collection": NAME, "partition_id": partition,
+                                          "n_points": len(ids), "ids_hash": ids_hash(ids)}], name=name)
+
+
+def test_a_snapshot_is_refused_while_an_ingest_writes_the_version_and_taken_once_it_is_gone(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(home=home)
+    catalog = Catalog(settings.catalog_dir)
+    first, second = [f"ISIC_{i:07d}" for i in range(6)], [f"ISIC_{i:07d}" for i in range(6, 10)]
+    with open_store(settings, NAME) as store:  # a finished run: points, rows and ledger
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert(_points(first, 0))
+    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
+    _commit(catalog, "r1", "p000000-a", first)
+
+    # A second ingest in place, as its writer leaves the version between a partition's upsert and its
+    # catalog rows: its run lock held and its `running` row written (ingest/pipeline.py), the points stored.
+    lock = hold_run_lock(home, "r2")
+    try:
+        catalog.append("ingest_runs", [{"run_id": "r2", "collection": NAME, "fingerprint": FP,
+                                        "source": "/data/new", "status": "running"}])
+        with open_store(settings, NAME) as store:
+            store.upsert(_points(second, 1))
+        with held_by_another_process(home / "qdrant" / NAME, NAME):  # the running ingest holds the version open
+            refused = _cli(home, "snapshot", "create", "--collection", NAME)
+        assert refused.exit_code == 1, refused.output
+        assert "ingest run r2" in refused.output and "/data/new" in refused.output, refused.output
+        assert "snapshot create" in refused.output and "finished" in refused.output, refused.output  # the next step
+        assert not list((home / "snapshots" / NAME).glob("*.tar"))
+    finally:
+        lock.release()
+
+    # The ingest finished its partition and its run: the snapshot restores to a version `check` passes.
+    _commit(catalog, "r2", "p000001-b", second)
+    catalog.append("ingest_runs", [{"run_id": "r2", "collection": NAME, "fingerprint": FP, "source": "/data/new",
+                                    "status": "done"}])
+    created = _cli(home, "snapshot", "create", "--collection", NAME)
+    assert created.exit_code == 0, created.output
+    (tar,) = (home / "snapshots" / NAME).glob("*.tar")
+    restored = _cli(home, "snapshot", "restore", str(tar), "--collection", NAME, "--yes")
+    assert restored.exit_code == 0, restored.output
+    checked = _cli(home, "check", "--collection", NAME)
+    assert checked.exit_code == 0 and "store 10 points, catalog 10 rows" in checked.output, checked.output
+
+
+def test_check_runs_while_serve_holds_the_live_version(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(home=home)
+    catalog = Catalog(settings.catalog_dir)
+    ids = [f"ISIC_{i:07d}" for i in range(4)]
+    with open_store(settings, NAME) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert(_points(ids, 0))
+    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
+    _commit(catalog, "r1", "p000000-a", ids)
+    with held_by_another_process(home / "qdrant" / NAME, NAME):  # `dermground serve`
+        checked = _cli(home, "check", "--collection", NAME)
+        assert checked.exit_code == 0, checked.output  # it said "in use by pid ...: stop that process"
+        assert "store 4 points, catalog 4 rows" in checked.output and "ok:" in checked.output
+    with open_collections(settings) as cols:
+        assert cols.versions(NAME) == ["v0"]  # the copy it checked is gone
+
+
+def test_a_snapshot_during_which_an_ingest_began_writing_the_version_is_discarded(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(home=home)
+    catalog = Catalog(settings.catalog_dir)
+    ids = [f"ISIC_{i:07d}" for i in range(3)]
+    with open_store(settings, NAME) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert(_points(ids, 0))
+    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
+    _commit(catalog, "r1", "p000000-a", ids)
+
+    def an_ingest_starts(points: int) -> None:  # called while the points are exported
+        catalog.append("ingest_runs", [{"run_id": "r2", "collection": NAME, "fingerprint": FP, "status": "running"}])
+
+    with pytest.raises(VersionError, match="while its snapshot was taken, so the snapshot was discarded"):
+        create_snapshot(settings, NAME, progress=an_ingest_starts)
+    assert not list((home / "snapshots" / NAME).glob("*.tar"))
