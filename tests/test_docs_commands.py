@@ -1,0 +1,92 @@
+"""The command lines users copy (README, docs, error messages' next steps) parse with today's CLI.
+
+A command line "parses" when click finds every subcommand, option and argument it names; values
+that are placeholders (DIR, N, a path that does not exist here) are not judged.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+
+from dermground.platform.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def usage_problem(command_line: str) -> str | None:
+    """Why `command_line` (starting with `dermground`) does not parse, or None when it does."""
+    argv = shlex.split(command_line)
+    assert argv[0] == "dermground", command_line
+    try:
+        ctx = cli.make_context("dermground", argv[1:])
+        command: click.Command = cli
+        rest = argv[1:]
+        while isinstance(command, click.Group):
+            name, sub, rest = command.resolve_command(ctx, ctx.protected_args + ctx.args)
+            assert sub is not None and name is not None
+            command = sub
+            if isinstance(sub, click.Group):
+                ctx = sub.make_context(name, rest, parent=ctx)
+        if "--help" in rest or "-h" in rest:
+            return None
+        # the parser alone: it knows the options and arguments, and does not judge the values
+        # (DIR, N, a folder that is not here) or whether a required option is given
+        leaf = click.Context(command, parent=ctx, info_name=command.name)
+        _, left_over, _ = command.make_parser(leaf).parse_args(list(rest))
+    except click.exceptions.Exit:
+        return None  # --help, --version
+    except click.UsageError as exc:  # unknown command or option, an option without its value
+        return f"{type(exc).__name__}: {exc.format_message()}"
+    if left_over:
+        return f"unexpected extra arguments {left_over}"
+    return None
+
+
+def test_the_parse_check_tells_a_wrong_command_line() -> None:
+    assert usage_problem("dermground check --collection lesions") is None
+    assert usage_problem("dermground ingest --data DIR --collection lesions --version v2") is None
+    assert "extra argument" in (usage_problem("dermground check lesions") or "")
+    assert "No such option" in (usage_problem("dermground ingest --data DIR --colection x") or "")
+    assert "No such command" in (usage_problem("dermground collections remove lesions v1") or "")
+
+
+def backticked_commands(text: str) -> list[str]:
+    return re.findall(r"`(dermground [^`]+)`", text)
+
+
+def dead_builder() -> dict[str, object]:
+    """A `builder` stamp of a process that has ended (a killed ingest)."""
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return {"pid": ended.pid, "host": socket.gethostname(), "started": None, "command": "dermground ingest"}
+
+
+def test_an_interrupted_versions_next_steps_parse(tmp_path: Path) -> None:
+    """`collections list` told users to resume with `dermground ingest <data> --collection ...`:
+    ingest takes the folder as --data, so the command as shown failed with "Got unexpected extra
+    argument". The step now names --data with the folder (and adapter) the version was built from."""
+    from dermground.platform.store.versions import BUILDING, VersionMeta, interrupted_note
+
+    data = tmp_path / "my data"
+    meta = VersionMeta(source=f"v1 + ingest {data}", adapter=str(tmp_path / "adapter"), state=BUILDING,
+                       builder=dead_builder())
+    note = interrupted_note("lesions", "v2", meta)
+    assert note is not None and "interrupted" in note
+    steps = backticked_commands(note)
+    assert any(step.startswith("dermground ingest") and "--version" in step for step in steps), note
+    for step in steps:
+        assert usage_problem(step) is None, step
+    resume = next(step for step in steps if step.startswith("dermground ingest") and "--version" in step)
+    argv = shlex.split(resume)
+    assert argv[argv.index("--data") + 1] == str(data)
+    assert argv[argv.index("--adapter") + 1] == str(tmp_path / "adapter")
+    assert argv[argv.index("--version") + 1] == "v2"
