@@ -38,8 +38,12 @@ def usage_problem(command_line: str) -> str | None:
         # (DIR, N, a folder that is not here) or whether a required option is given
         leaf = click.Context(command, parent=ctx, info_name=command.name)
         _, left_over, _ = command.make_parser(leaf).parse_args(list(rest))
-    except click.exceptions.Exit:
-        return None  # --help, --version
+    except (click.exceptions.Exit, click.exceptions.NoArgsIsHelpError):
+        return None  # --help, --version; a group named alone (`dermground model ...`)
+    except click.BadOptionUsage as exc:
+        if "requires an argument" in exc.format_message() and argv[-1] == exc.option_name:
+            return None  # a flag named in prose (`search --filter`): it exists, its value is elsewhere
+        return f"{type(exc).__name__}: {exc.format_message()}"
     except click.UsageError as exc:  # unknown command or option, an option without its value
         return f"{type(exc).__name__}: {exc.format_message()}"
     if left_over:
@@ -90,3 +94,35 @@ def test_an_interrupted_versions_next_steps_parse(tmp_path: Path) -> None:
     assert argv[argv.index("--data") + 1] == str(data)
     assert argv[argv.index("--adapter") + 1] == str(tmp_path / "adapter")
     assert argv[argv.index("--version") + 1] == "v2"
+
+
+USER_DOCS = ["README.md", "docs/DEPLOY.md", "docs/EVALUATION.md", "docs/ARCHITECTURE.md", "docs/CATALOG.md"]
+
+
+def alternatives(command_line: str) -> list[str]:
+    """`snapshot create\\|list\\|restore` -> one line per choice; `[--json]` -> `--json`; `...` dropped."""
+    line = command_line.replace("\\|", "|").replace("[", " ").replace("]", " ").replace("...", " ")
+    match = re.search(r"(\S+)\|(\S+)", line)
+    if match is None or match.group(0).startswith(("'", '"')):
+        return [line]
+    word = match.group(0)
+    return [variant for choice in word.split("|") for variant in alternatives(line.replace(word, choice, 1))]
+
+
+def documented_command_lines(text: str) -> list[str]:
+    """Every `dermground ...` in inline code, and every line of a code block that runs dermground."""
+    found = [line for line in backticked_commands(text) if "\n" not in line]
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            match = re.match(r"^\s*(?:[A-Z_]+=\S+\s+)*(dermground\s.*?)(\s+#.*)?$", line)
+            if match:
+                found.append(match.group(1))
+    return [variant for line in found for variant in alternatives(line) if '"$@"' not in variant]
+
+
+@pytest.mark.parametrize("doc", USER_DOCS)
+def test_every_documented_command_line_parses(doc: str) -> None:
+    lines = documented_command_lines((ROOT / doc).read_text(encoding="utf-8"))
+    assert lines or doc.endswith(("ARCHITECTURE.md", "CATALOG.md"))
+    problems = [f"{line!r}: {problem}" for line in lines if (problem := usage_problem(line))]
+    assert not problems, "\n".join(problems)
