@@ -126,3 +126,23 @@ def test_every_documented_command_line_parses(doc: str) -> None:
     assert lines or doc.endswith(("ARCHITECTURE.md", "CATALOG.md"))
     problems = [f"{line!r}: {problem}" for line in lines if (problem := usage_problem(line))]
     assert not problems, "\n".join(problems)
+
+
+def every_command(command: click.Command, path: tuple[str, ...] = ("dermground",)) -> list[tuple[str, click.Command]]:
+    found = [(" ".join(path), command)]
+    if isinstance(command, click.Group):
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, f"{' '.join(path)} lists {name} but has no such command"
+            found += every_command(sub, (*path, name))
+    return found
+
+
+def test_every_command_and_option_says_what_it_does() -> None:
+    """`snapshot create --help` and `snapshot list --help` showed `--collection TEXT` with no text."""
+    silent = [f"{path}: the command" for path, command in every_command(cli) if not (command.help or "").strip()]
+    silent += [f"{path}: {param.opts[0]}" for path, command in every_command(cli) for param in command.params
+               if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()
+               and param.name != "help"]
+    assert not silent, "no --help text:\n" + "\n".join(silent)
