@@ -146,3 +146,20 @@ def test_every_command_and_option_says_what_it_does() -> None:
                if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()
                and param.name != "help"]
     assert not silent, "no --help text:\n" + "\n".join(silent)
+
+
+def test_snapshot_lists_next_step_snapshots_the_listed_collection(tmp_path: Path) -> None:
+    """`snapshot list --collection derm2` without snapshots said to run `dermground snapshot
+    create`, which backs up the default collection (`lesions`), not derm2."""
+    from click.testing import CliRunner
+
+    listed = CliRunner().invoke(cli, ["--home", str(tmp_path), "snapshot", "list", "--collection", "derm2"])
+    assert listed.exit_code == 0 and "no snapshots of 'derm2'" in listed.output, listed.output
+    (step,) = backticked_commands(listed.output)
+    assert usage_problem(step) is None
+    group = cli.get_command(click.Context(cli), "snapshot")
+    assert isinstance(group, click.Group)
+    create = group.commands["create"]
+    argv = shlex.split(step)
+    assert argv[:3] == ["dermground", "snapshot", "create"]
+    assert create.make_context("create", argv[3:]).params["collection"] == "derm2"

@@ -49,7 +49,7 @@ def list_(collection: str) -> None:
     folder = snapshot_dir(current_settings(), collection)
     names = sorted((p for p in folder.glob("*.tar")), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     if not names:
-        click.echo(f"no snapshots of {collection!r}; make one with `dermground snapshot create`")
+        click.echo(f"no snapshots of {collection!r}; make one with `dermground snapshot create --collection {collection}`")
     for path in names:
         click.echo(str(path))
 
