@@ -163,3 +163,22 @@ def test_snapshot_lists_next_step_snapshots_the_listed_collection(tmp_path: Path
     argv = shlex.split(step)
     assert argv[:3] == ["dermground", "snapshot", "create"]
     assert create.make_context("create", argv[3:]).params["collection"] == "derm2"
+
+
+def every_option_name() -> set[str]:
+    return {name for _, command in every_command(cli) for param in command.params
+            if isinstance(param, click.Option) for name in (*param.opts, *param.secondary_opts)}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_names_the_setting_that_asked_for_it() -> None:
+    """DERMGROUND_DEVICE=cuda on a machine without CUDA said "use --device cpu or auto", but no
+    command has a --device flag: the device comes from DERMGROUND_DEVICE only."""
+    from dermground.platform.model.loading import BackboneError, resolve_device
+
+    with pytest.raises(BackboneError) as refused:
+        resolve_device("cuda")
+    message = str(refused.value)
+    assert "DERMGROUND_DEVICE" in message
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", message))
+    assert flags <= every_option_name(), f"{message!r} names flags no command has: {flags - every_option_name()}"
