@@ -182,3 +182,18 @@ def test_cuda_without_a_gpu_names_the_setting_that_asked_for_it() -> None:
     assert "DERMGROUND_DEVICE" in message
     flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", message))
     assert flags <= every_option_name(), f"{message!r} names flags no command has: {flags - every_option_name()}"
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_a_missing_base_model_names_the_flag_the_command_has(tmp_path: Path, command: str) -> None:
+    """`train` and `pretrain` take the backbone as --base, but a missing or wrong folder said
+    "point --model at a Qwen2-VL checkpoint" (`train --model` is "No such option")."""
+    from click.testing import CliRunner
+
+    data = tmp_path / "data"
+    made = CliRunner().invoke(cli, ["synth", "--out", str(data), "--patients", "2", "--images", "4", "--seed", "1"])
+    assert made.exit_code == 0, made.output
+    refused = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), command, "--data", str(data),
+                                       "--base", str(tmp_path / "no-model"), "--out", str(tmp_path / "out")])
+    assert refused.exit_code != 0 and "does not exist" in refused.output, refused.output
+    assert re.search(r"(?<![\w-])--base(?![\w-])", refused.output), refused.output
