@@ -21,7 +21,8 @@ def snapshot() -> None:
 
 @snapshot.command("create")
 @click.option("--collection", callback=collection_name,
-              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+              help="The collection to back up (its live version unless --version).")
 @click.option("--version", default=None, help="Version to back up (v1, v2, ...) [default: the live one].")
 def create(collection: str, version: str | None) -> None:
     """Write a snapshot of the collection's points and catalog rows and print where it is."""
@@ -39,7 +40,8 @@ def create(collection: str, version: str | None) -> None:
 
 @snapshot.command("list")
 @click.option("--collection", callback=collection_name,
-              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION")
+              default=from_settings("collection"), show_default="DERMGROUND_COLLECTION",
+              help="The collection whose snapshots to list.")
 def list_(collection: str) -> None:
     """List the collection's snapshots, oldest first."""
     from dermground.platform.collection_ops import snapshot_dir
@@ -47,7 +49,7 @@ def list_(collection: str) -> None:
     folder = snapshot_dir(current_settings(), collection)
     names = sorted((p for p in folder.glob("*.tar")), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     if not names:
-        click.echo(f"no snapshots of {collection!r}; make one with `dermground snapshot create`")
+        click.echo(f"no snapshots of {collection!r}; make one with `dermground snapshot create --collection {collection}`")
     for path in names:
         click.echo(str(path))
 

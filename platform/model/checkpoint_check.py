@@ -16,7 +16,10 @@ from pathlib import Path
 
 from dermground.platform.model.families import FAMILIES, REFUSED_FAMILIES
 
-INIT_HINT = "build a local model with `dermground model init-tiny --out DIR` or point --model at a Qwen2-VL checkpoint"
+# The backbone is --model for most commands and --base for train and pretrain.
+MODEL_FLAG_NOTE = "(train and pretrain take it as --base)"
+INIT_HINT = ("build a local model with `dermground model init-tiny --out DIR` or point --model at a Qwen2-VL "
+             f"checkpoint {MODEL_FLAG_NOTE}")
 REDOWNLOAD = "download the checkpoint again (e.g. `huggingface-cli download Qwen/Qwen2-VL-2B-Instruct --local-dir DIR`)"
 # Tokens the prompt is written with (platform/model/prompts.py); each must be one token.
 PROMPT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
@@ -79,11 +82,11 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
         snapshots = sorted(path.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
         if snapshots:
             return [CheckpointProblem("config.json", f"{path} is a Hugging Face cache folder, not a checkpoint",
-                                      f"point --model at its snapshot folder {snapshots[-1].parent}")]
+                                      f"point --model at its snapshot folder {snapshots[-1].parent} {MODEL_FLAG_NOTE}")]
         if (path / "adapter_config.json").is_file():
             base = _recorded_base(path / "adapter_config.json")
             return [CheckpointProblem("config.json", f"{path} is a LoRA adapter folder (adapter_config.json), not a base "
-                                      "checkpoint", "pass it as --adapter and its base model as --model"
+                                      "checkpoint", f"pass it as --adapter and its base model as --model {MODEL_FLAG_NOTE}"
                                       + (f" (it records {base})" if base else ""))]
         return [CheckpointProblem("config.json", f"{path} has no config.json, so it is not a Hugging Face checkpoint",
                                   INIT_HINT)]
@@ -94,10 +97,11 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
     model_type = config.get("model_type")
     if model_type in REFUSED_FAMILIES:
         return [CheckpointProblem("config.json", f"{path} holds a {model_type!r} model. {REFUSED_FAMILIES[model_type]}",
-                                  "point --model at a supported checkpoint")]
+                                  f"point --model at a supported checkpoint {MODEL_FLAG_NOTE}")]
     if model_type not in FAMILIES:
         return [CheckpointProblem("config.json", f"{path} holds a {model_type!r} model; dermground needs one of "
-                                  f"{tuple(FAMILIES)}", "point --model at a Qwen2-VL or Qwen2.5-VL checkpoint")]
+                                  f"{tuple(FAMILIES)}",
+                                  f"point --model at a Qwen2-VL or Qwen2.5-VL checkpoint {MODEL_FLAG_NOTE}")]
     problems = _weight_problems(path)
     quantization = config.get("quantization_config")
     if isinstance(quantization, dict):
@@ -107,7 +111,7 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
             "config.json", f"{path} holds a {quantization.get('quant_method', 'quantized')}-quantized model; dermground "
             "embeds with, trains LoRA on and merges into full-precision (bfloat16/float32) weights",
             "point --model at the unquantized checkpoint (e.g. Qwen/Qwen2-VL-7B-Instruct, not its -AWQ or -GPTQ-Int4 "
-            "variant)"))
+            f"variant) {MODEL_FLAG_NOTE}"))
     if not (path / "tokenizer.json").is_file() and not (
             (path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
         problems.append(CheckpointProblem("tokenizer.json", "no tokenizer files (tokenizer.json, or vocab.json + "

@@ -78,7 +78,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise BackboneError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
+        raise BackboneError("device 'cuda' requested (DERMGROUND_DEVICE) but no CUDA device is available; "
+                            "set DERMGROUND_DEVICE=auto (CUDA when present, else CPU) or cpu")
     return torch.device(device)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import os
 import re
+import shlex
 import socket
 import sys
 from collections.abc import Iterable, Mapping
@@ -130,6 +131,16 @@ def stamped_for_write(meta: VersionMeta) -> VersionMeta:
     return meta
 
 
+def resume_command(name: str, version: str, meta: VersionMeta) -> str:
+    """The ingest that resumes an interrupted build: the data folder and adapter it was built
+    from (its `source` is "ingest FOLDER" or "vN + ingest FOLDER"), as a command line to copy."""
+    _, found, folder = (meta.source or "").partition("ingest ")
+    parts = ["dermground", "ingest", "--data", shlex.quote(folder) if found and folder else "DIR"]
+    if meta.adapter:
+        parts += ["--adapter", shlex.quote(meta.adapter)]
+    return " ".join([*parts, "--collection", name, "--version", version])
+
+
 def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
     """For a version still "building" whose building process is gone: what happened and the next
     step. Nothing is deleted automatically: an interrupted ingest can be resumed into its version,
@@ -148,7 +159,7 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
         step = (f"rerun the same `dermground ingest` while {source.split(' ', 1)[0]} is live: it resumes here and "
                 f"switches when complete; or drop it with `dermground collections drop {name} {version}`")
     else:
-        step = (f"resume it with `dermground ingest <data> --collection {name} --version {version}`, or drop it "
+        step = (f"resume it with `{resume_command(name, version, meta)}`, or drop it "
                 f"with `dermground collections drop {name} {version}`")
     return (f"interrupted: the process that was building it (pid {builder.get('pid')}, "
             f"`{builder.get('command') or '?'}`, started {meta.created_at or '?'}) is gone and it was never live; "

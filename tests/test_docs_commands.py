@@ -1,0 +1,199 @@
+"""The command lines users copy (README, docs, error messages' next steps) parse with today's CLI.
+
+A command line "parses" when click finds every subcommand, option and argument it names; values
+that are placeholders (DIR, N, a path that does not exist here) are not judged.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+
+from dermground.platform.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def usage_problem(command_line: str) -> str | None:
+    """Why `command_line` (starting with `dermground`) does not parse, or None when it does."""
+    argv = shlex.split(command_line)
+    assert argv[0] == "dermground", command_line
+    try:
+        ctx = cli.make_context("dermground", argv[1:])
+        command: click.Command = cli
+        rest = argv[1:]
+        while isinstance(command, click.Group):
+            name, sub, rest = command.resolve_command(ctx, ctx.protected_args + ctx.args)
+            assert sub is not None and name is not None
+            command = sub
+            if isinstance(sub, click.Group):
+                ctx = sub.make_context(name, rest, parent=ctx)
+        if "--help" in rest or "-h" in rest:
+            return None
+        # the parser alone: it knows the options and arguments, and does not judge the values
+        # (DIR, N, a folder that is not here) or whether a required option is given
+        leaf = click.Context(command, parent=ctx, info_name=command.name)
+        _, left_over, _ = command.make_parser(leaf).parse_args(list(rest))
+    except (click.exceptions.Exit, click.exceptions.NoArgsIsHelpError):
+        return None  # --help, --version; a group named alone (`dermground model ...`)
+    except click.BadOptionUsage as exc:
+        if "requires an argument" in exc.format_message() and argv[-1] == exc.option_name:
+            return None  # a flag named in prose (`search --filter`): it exists, its value is elsewhere
+        return f"{type(exc).__name__}: {exc.format_message()}"
+    except click.UsageError as exc:  # unknown command or option, an option without its value
+        return f"{type(exc).__name__}: {exc.format_message()}"
+    if left_over:
+        return f"unexpected extra arguments {left_over}"
+    return None
+
+
+def test_the_parse_check_tells_a_wrong_command_line() -> None:
+    assert usage_problem("dermground check --collection lesions") is None
+    assert usage_problem("dermground ingest --data DIR --collection lesions --version v2") is None
+    assert "extra argument" in (usage_problem("dermground check lesions") or "")
+    assert "No such option" in (usage_problem("dermground ingest --data DIR --colection x") or "")
+    assert "No such command" in (usage_problem("dermground collections remove lesions v1") or "")
+
+
+def backticked_commands(text: str) -> list[str]:
+    return re.findall(r"`(dermground [^`]+)`", text)
+
+
+def dead_builder() -> dict[str, object]:
+    """A `builder` stamp of a process that has ended (a killed ingest)."""
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return {"pid": ended.pid, "host": socket.gethostname(), "started": None, "command": "dermground ingest"}
+
+
+def test_an_interrupted_versions_next_steps_parse(tmp_path: Path) -> None:
+    """`collections list` told users to resume with `dermground ingest <data> --collection ...`:
+    ingest takes the folder as --data, so the command as shown failed with "Got unexpected extra
+    argument". The step now names --data with the folder (and adapter) the version was built from."""
+    from dermground.platform.store.versions import BUILDING, VersionMeta, interrupted_note
+
+    data = tmp_path / "my data"
+    meta = VersionMeta(source=f"v1 + ingest {data}", adapter=str(tmp_path / "adapter"), state=BUILDING,
+                       builder=dead_builder())
+    note = interrupted_note("lesions", "v2", meta)
+    assert note is not None and "interrupted" in note
+    steps = backticked_commands(note)
+    assert any(step.startswith("dermground ingest") and "--version" in step for step in steps), note
+    for step in steps:
+        assert usage_problem(step) is None, step
+    resume = next(step for step in steps if step.startswith("dermground ingest") and "--version" in step)
+    argv = shlex.split(resume)
+    assert argv[argv.index("--data") + 1] == str(data)
+    assert argv[argv.index("--adapter") + 1] == str(tmp_path / "adapter")
+    assert argv[argv.index("--version") + 1] == "v2"
+
+
+USER_DOCS = ["README.md", "docs/DEPLOY.md", "docs/EVALUATION.md", "docs/ARCHITECTURE.md", "docs/CATALOG.md"]
+
+
+def alternatives(command_line: str) -> list[str]:
+    """`snapshot create\\|list\\|restore` -> one line per choice; `[--json]` -> `--json`; `...` dropped."""
+    line = command_line.replace("\\|", "|").replace("[", " ").replace("]", " ").replace("...", " ")
+    match = re.search(r"(\S+)\|(\S+)", line)
+    if match is None or match.group(0).startswith(("'", '"')):
+        return [line]
+    word = match.group(0)
+    return [variant for choice in word.split("|") for variant in alternatives(line.replace(word, choice, 1))]
+
+
+def documented_command_lines(text: str) -> list[str]:
+    """Every `dermground ...` in inline code, and every line of a code block that runs dermground."""
+    found = [line for line in backticked_commands(text) if "\n" not in line]
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            match = re.match(r"^\s*(?:[A-Z_]+=\S+\s+)*(dermground\s.*?)(\s+#.*)?$", line)
+            if match:
+                found.append(match.group(1))
+    return [variant for line in found for variant in alternatives(line) if '"$@"' not in variant]
+
+
+@pytest.mark.parametrize("doc", USER_DOCS)
+def test_every_documented_command_line_parses(doc: str) -> None:
+    lines = documented_command_lines((ROOT / doc).read_text(encoding="utf-8"))
+    assert lines or doc.endswith(("ARCHITECTURE.md", "CATALOG.md"))
+    problems = [f"{line!r}: {problem}" for line in lines if (problem := usage_problem(line))]
+    assert not problems, "\n".join(problems)
+
+
+def every_command(command: click.Command, path: tuple[str, ...] = ("dermground",)) -> list[tuple[str, click.Command]]:
+    found = [(" ".join(path), command)]
+    if isinstance(command, click.Group):
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, f"{' '.join(path)} lists {name} but has no such command"
+            found += every_command(sub, (*path, name))
+    return found
+
+
+def test_every_command_and_option_says_what_it_does() -> None:
+    """`snapshot create --help` and `snapshot list --help` showed `--collection TEXT` with no text."""
+    silent = [f"{path}: the command" for path, command in every_command(cli) if not (command.help or "").strip()]
+    silent += [f"{path}: {param.opts[0]}" for path, command in every_command(cli) for param in command.params
+               if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()
+               and param.name != "help"]
+    assert not silent, "no --help text:\n" + "\n".join(silent)
+
+
+def test_snapshot_lists_next_step_snapshots_the_listed_collection(tmp_path: Path) -> None:
+    """`snapshot list --collection derm2` without snapshots said to run `dermground snapshot
+    create`, which backs up the default collection (`lesions`), not derm2."""
+    from click.testing import CliRunner
+
+    listed = CliRunner().invoke(cli, ["--home", str(tmp_path), "snapshot", "list", "--collection", "derm2"])
+    assert listed.exit_code == 0 and "no snapshots of 'derm2'" in listed.output, listed.output
+    (step,) = backticked_commands(listed.output)
+    assert usage_problem(step) is None
+    group = cli.get_command(click.Context(cli), "snapshot")
+    assert isinstance(group, click.Group)
+    create = group.commands["create"]
+    argv = shlex.split(step)
+    assert argv[:3] == ["dermground", "snapshot", "create"]
+    assert create.make_context("create", argv[3:]).params["collection"] == "derm2"
+
+
+def every_option_name() -> set[str]:
+    return {name for _, command in every_command(cli) for param in command.params
+            if isinstance(param, click.Option) for name in (*param.opts, *param.secondary_opts)}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_names_the_setting_that_asked_for_it() -> None:
+    """DERMGROUND_DEVICE=cuda on a machine without CUDA said "use --device cpu or auto", but no
+    command has a --device flag: the device comes from DERMGROUND_DEVICE only."""
+    from dermground.platform.model.loading import BackboneError, resolve_device
+
+    with pytest.raises(BackboneError) as refused:
+        resolve_device("cuda")
+    message = str(refused.value)
+    assert "DERMGROUND_DEVICE" in message
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", message))
+    assert flags <= every_option_name(), f"{message!r} names flags no command has: {flags - every_option_name()}"
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_a_missing_base_model_names_the_flag_the_command_has(tmp_path: Path, command: str) -> None:
+    """`train` and `pretrain` take the backbone as --base, but a missing or wrong folder said
+    "point --model at a Qwen2-VL checkpoint" (`train --model` is "No such option")."""
+    from click.testing import CliRunner
+
+    data = tmp_path / "data"
+    made = CliRunner().invoke(cli, ["synth", "--out", str(data), "--patients", "2", "--images", "4", "--seed", "1"])
+    assert made.exit_code == 0, made.output
+    refused = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), command, "--data", str(data),
+                                       "--base", str(tmp_path / "no-model"), "--out", str(tmp_path / "out")])
+    assert refused.exit_code != 0 and "does not exist" in refused.output, refused.output
+    assert re.search(r"(?<![\w-])--base(?![\w-])", refused.output), refused.output
