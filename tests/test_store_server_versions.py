@@ -6,6 +6,10 @@ on one server (one qdrant-client engine)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
@@ -13,7 +17,8 @@ from qdrant_client import QdrantClient
 from dermground.platform.store import CollectionSpec, StorePoint, VersionMeta, point_id
 from dermground.platform.store.schema import DEFAULT_VECTOR_NAMES
 from dermground.platform.store.server_versions import ServerCollections
-from dermground.platform.store.versions import BUILDING, READY, VersionTakenError
+from dermground.platform.processes import process_start
+from dermground.platform.store.versions import BUILDING, READY, VersionError, VersionTakenError
 
 SPEC = CollectionSpec(dim=8, fingerprint="fp-race")
 
@@ -55,3 +60,46 @@ def test_a_version_reserved_by_two_processes_at_once_is_written_by_one() -> None
         store.ensure_collection(SPEC)
         store.upsert(_points(10, 2))
     assert retry == "v3" and again.read_meta("lesions", retry).source == "restore /snaps/b.tar"
+
+
+def test_a_version_another_process_still_builds_is_not_dropped_on_a_server() -> None:
+    # A server has no folder lock a builder holds: `collections drop` of a version an ingest on
+    # another container is still writing deleted it under the ingest.
+    server = QdrantClient(location=":memory:")
+    cols = ServerCollections(server, owns_client=False)
+    live = cols.create_version("lesions", VersionMeta(source="ingest /data/a", state=READY))
+    with cols.open_version("lesions", live) as store:
+        store.ensure_collection(SPEC)
+    cols.switch("lesions", live)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        builders = {
+            "running here": {"pid": sleeper.pid, "host": socket.gethostname(), "started": process_start(sleeper.pid),
+                             "command": "dermground ingest --data /data/b"},
+            "another host": {"pid": 4242, "host": "ingest-container-7", "started": None,
+                             "command": "dermground ingest --data /data/c"},
+            "gone": {"pid": 4242, "host": "ingest-container-7", "started": None, "command": "dermground ingest"},
+        }
+        versions = {}
+        for what, builder in builders.items():
+            versions[what] = cols.create_version("lesions", VersionMeta(source="ingest /data/b", state=BUILDING,
+                                                                         builder=builder))
+            with cols.open_version("lesions", versions[what]) as store:
+                store.ensure_collection(SPEC)
+        with pytest.raises(VersionError, match="which still runs"):
+            cols.drop("lesions", versions["running here"])
+        with pytest.raises(VersionError, match="--builder-gone") as refused:
+            cols.drop("lesions", versions["another host"])
+        assert "ingest-container-7" in str(refused.value) and "/data/c" in str(refused.value)
+        assert set(versions.values()) <= set(cols.versions("lesions")), "refused drops keep their versions"
+        cols.drop("lesions", versions["gone"], builder_gone=True)  # the admin's word
+        assert versions["gone"] not in cols.versions("lesions")
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=30)
+    cols.drop("lesions", versions["running here"])  # its builder has stopped
+    scratch = cols.create_version("lesions", VersionMeta(source="check of v1", state=BUILDING))
+    with cols.open_version("lesions", scratch) as store:
+        store.ensure_collection(SPEC)
+    cols.drop("lesions", scratch)  # built by this very process: a `check` drops its own copy
+    assert cols.versions("lesions") == [live, versions["another host"]]

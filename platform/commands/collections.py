@@ -93,7 +93,10 @@ def switch(name: str, version: str) -> None:
 @click.argument("name", callback=collection_name)
 @click.argument("version")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def drop(name: str, version: str, yes: bool) -> None:
+@click.option("--builder-gone", is_flag=True,
+              help="On a Qdrant server: drop a version still marked 'building' by a process on another host, "
+                   "which you know has stopped.")
+def drop(name: str, version: str, yes: bool, builder_gone: bool) -> None:
     """Delete VERSION of NAME for good (never the live one)."""
     from dermground.platform.store import StoreError
 
@@ -104,7 +107,7 @@ def drop(name: str, version: str, yes: bool) -> None:
                 cols.drop(name, version)  # refuses with the next step
             if not yes:
                 click.confirm(f"Delete {_line(found).strip()}?", abort=True)
-            cols.drop(name, version)
+            cols.drop(name, version, builder_gone=builder_gone)
         except (StoreError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(f"dropped {name} {version}")

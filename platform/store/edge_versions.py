@@ -248,12 +248,14 @@ class EdgeCollections(Collections):
                                crash_point="alias_written")
         return before
 
-    def drop(self, name: str, version: str) -> None:
+    def drop(self, name: str, version: str, *, builder_gone: bool = False) -> None:
+        # builder_gone is not needed here: a builder holds the version's folder lock while it runs.
         with self._name_lock(name):
             self.require_version(name, version)
             if self.live_version(name) == version:
                 raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
-                                   "version first (`dermground collections switch`)")
+                                   f"version first (`dermground collections switch {name} VERSION`; "
+                                   f"`dermground collections list {name}` shows its versions)")
             folder = self._folder(name, version)
             self._wait_until_let_go(name, version)
             trash = self.store_dir / f"{_DROPPED}{folder.name}-{uuid.uuid4().hex[:8]}"

@@ -24,6 +24,7 @@ from dermground.platform.store.versions import (
     check_name,
     VersionInfo,
     VersionMeta,
+    building_elsewhere,
     interrupted_note,
     physical_name,
     split_physical,
@@ -126,11 +127,16 @@ class ServerCollections(Collections):
         self._client.update_collection_aliases(operations)  # one request: the server applies it atomically
         return before
 
-    def drop(self, name: str, version: str) -> None:
+    def drop(self, name: str, version: str, *, builder_gone: bool = False) -> None:
         physical = self.require_version(name, version)
         if self.live_version(name) == version:
             raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
-                               "version first (`dermground collections switch`)")
+                               f"version first (`dermground collections switch {name} VERSION`; "
+                               f"`dermground collections list {name}` shows its versions)")
+        # A server has no lock a builder holds (the embedded store's folder lock): its stamp decides.
+        refusal = building_elsewhere(name, version, self.read_meta(name, version), builder_gone)
+        if refusal:
+            raise VersionError(refusal)
         self._client.delete_collection(physical)
 
     def info(self, name: str, version: str, held: Mapping[str, VectorStore] | None = None,

@@ -131,6 +131,32 @@ def stamped_for_write(meta: VersionMeta) -> VersionMeta:
     return meta
 
 
+def building_elsewhere(name: str, version: str, meta: VersionMeta, builder_gone: bool) -> str | None:
+    """Why `version` may not be dropped while another process may still build it (None: it may).
+
+    A version this process builds (a scratch copy of `check` or `snapshot create`) or whose builder
+    is known to be gone may go; one whose builder runs may not; one built on another host (a
+    container beside this one, a Qdrant server shared by several machines) only on the admin's word.
+    """
+    builder = meta.builder or {}
+    if meta.state == READY or not builder:
+        return None
+    if builder.get("host") == socket.gethostname() and builder.get("pid") == os.getpid():
+        return None
+    alive = process_alive(builder)
+    if alive is False:
+        return None
+    who = f"pid {builder.get('pid')} on {builder.get('host')} (`{builder.get('command') or '?'}`)"
+    if alive:
+        return (f"version {version} of {name!r} is being built by {who}, which still runs: let it finish, or stop "
+                "it, before dropping the version")
+    if builder_gone:
+        return None
+    return (f"version {version} of {name!r} is still being built by {who}, a process this machine cannot check: "
+            f"once it has stopped, drop the version with `dermground collections drop {name} {version} "
+            "--builder-gone`")
+
+
 def resume_command(name: str, version: str, meta: VersionMeta) -> str:
     """The ingest that resumes an interrupted build: the data folder and adapter it was built
     from (its `source` is "ingest FOLDER" or "vN + ingest FOLDER"), as a command line to copy."""
@@ -258,8 +284,10 @@ class Collections(abc.ABC):
         """
 
     @abc.abstractmethod
-    def drop(self, name: str, version: str) -> None:
-        """Delete a version that is not live (refuses the live one: switch first)."""
+    def drop(self, name: str, version: str, *, builder_gone: bool = False) -> None:
+        """Delete a version that is not live (refuses the live one: switch first), nor one a running
+        process is building. `builder_gone`: the admin vouches that the process a "building"
+        version names has stopped, where that cannot be checked from here (another host)."""
 
     @abc.abstractmethod
     def info(self, name: str, version: str, held: Mapping[str, VectorStore] | None = None,
@@ -324,6 +352,6 @@ class Collections(abc.ABC):
         self.close()
 
 
-__all__ = ["BUILDING", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionTakenError", "VersionMeta", "check_name",
+__all__ = ["BUILDING", "building_elsewhere", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionTakenError", "VersionMeta", "check_name",
            "interrupted_note", "physical_name", "process_alive", "process_stamp", "split_physical",
            "stamped_for_write", "version_number"]
