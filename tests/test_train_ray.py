@@ -183,13 +183,15 @@ def test_two_workers_train_with_ddp(ray_session, small_data, tiny_model_dir, tmp
     """More than one worker: DDP over Ray Train's process group; each worker gets 1 of the 2 CPUs.
 
     With view augmentation: both workers draw the same views (a shared seed), images turned as patches.
+    One image's 5 tuples in batches of 4: the second step's batch holds one tuple for two workers
+    (the worker left without one used to hang DDP's all-reduce; it is topped up now).
     """
     from dermground.train.ray_train import train_adapter
 
     out = tmp_path / "adapter_ddp"
     config = TrainConfig(workers=2, batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, augment_views=8)
-    result = train_adapter(small_data, tiny_model_dir, out, config, cpus_per_worker=1, progress=False)
-    assert result.steps == 2
+    result = train_adapter(small_data, tiny_model_dir, out, config, cpus_per_worker=1, progress=False, max_images=1)
+    assert result.steps == 2 and result.n_tuples == 5
     assert (out / "adapter_model.safetensors").is_file()
     meta = json.loads((out / "dermground_adapter.json").read_text())
     assert meta["hyperparameters"]["workers"] == 2 and meta["hyperparameters"]["augment_views"] == 8
