@@ -153,6 +153,11 @@ def train_adapter(
 
     config = config or TrainConfig()
     base = check_model_dir(base_dir)
+    if Path(out_dir).resolve() == base.resolve():
+        # The adapter's files (adapter_config.json, README.md) would land in the base model's folder:
+        # its model card is overwritten and loaders then take the base for an adapter of itself.
+        raise ValueError(f"--out {out_dir} is the base model's folder ({base}); write the adapter to a folder of "
+                         f"its own, e.g. --out {base.parent / (base.name + '-adapter')}")
     # Every image is checked here, on the driver: the workers get only rows whose image passed.
     training_set = build_training_set(data_dir, w=config.w, seed=config.seed, multi_attribute=config.multi_attribute,
                                       max_images=max_images, model_dir=base, progress=progress)
