@@ -68,6 +68,22 @@ def test_rerun_resumes_from_the_checkpoint_step(trained):
     assert json.loads((out / "dermground_adapter.json").read_text())["resumed_from_step"] == 2
 
 
+def test_rerun_says_at_its_start_that_it_resumes(trained, tiny_model_dir):
+    """A re-run's log said "resumed from step N" only after the whole run; a long run that restarted
+    from scratch (another flag, another base) said nothing. Its first line after Ray starts says which now."""
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+
+    out, _, _ = trained
+    data_dir = json.loads((out / "dermground_adapter.json").read_text())["data_dir"]
+    result = CliRunner().invoke(cli, ["train", "--data", data_dir, "--base", str(tiny_model_dir), "--out", str(out), "--batch-size", "4",
+                                      "--lr", "0.005", "--checkpoint-every", "1", "--seed", "0", "--max-steps", "4",
+                                      "--cpus-per-worker", "2"])
+    assert result.exit_code == 0, result.output
+    assert "train: resuming from step 4 of 4 (checkpoint in" in result.stderr  # with the progress lines
+
+
 def test_trained_adapter_changes_the_outputs(trained, tiny_model_dir, tiny_backbone):
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.model.prompts import build_prompt

@@ -336,6 +336,8 @@ class _Progress:
         self._queue = queue if worker.rank == 0 else None
         self._worker, self._first_step = worker, worker.step
         self._started, self._last = time.perf_counter(), 0.0
+        if self._queue is not None:  # where the run starts: a log says "resumed" or "from scratch" before it trains
+            self._queue.put({"start": worker.step, "total": worker.steps, "resumed_from": worker.resumed_from})
 
     def step(self, loss: float) -> None:
         worker, now = self._worker, time.perf_counter()
