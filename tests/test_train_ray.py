@@ -68,6 +68,22 @@ def test_rerun_resumes_from_the_checkpoint_step(trained):
     assert json.loads((out / "dermground_adapter.json").read_text())["resumed_from_step"] == 2
 
 
+def test_rerun_says_at_its_start_that_it_resumes(trained, tiny_model_dir):
+    """A re-run's log said "resumed from step N" only after the whole run; a long run that restarted
+    from scratch (another flag, another base) said nothing. Its first line after Ray starts says which now."""
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+
+    out, _, _ = trained
+    data_dir = json.loads((out / "dermground_adapter.json").read_text())["data_dir"]
+    result = CliRunner().invoke(cli, ["train", "--data", data_dir, "--base", str(tiny_model_dir), "--out", str(out), "--batch-size", "4",
+                                      "--lr", "0.005", "--checkpoint-every", "1", "--seed", "0", "--max-steps", "4",
+                                      "--cpus-per-worker", "2"])
+    assert result.exit_code == 0, result.output
+    assert "train: resuming from step 4 of 4 (checkpoint in" in result.stderr  # with the progress lines
+
+
 def test_trained_adapter_changes_the_outputs(trained, tiny_model_dir, tiny_backbone):
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.model.prompts import build_prompt
@@ -183,13 +199,15 @@ def test_two_workers_train_with_ddp(ray_session, small_data, tiny_model_dir, tmp
     """More than one worker: DDP over Ray Train's process group; each worker gets 1 of the 2 CPUs.
 
     With view augmentation: both workers draw the same views (a shared seed), images turned as patches.
+    One image's 5 tuples in batches of 4: the second step's batch holds one tuple for two workers
+    (the worker left without one used to hang DDP's all-reduce; it is topped up now).
     """
     from dermground.train.ray_train import train_adapter
 
     out = tmp_path / "adapter_ddp"
     config = TrainConfig(workers=2, batch_size=4, lr=5e-3, max_steps=2, checkpoint_every=0, seed=0, augment_views=8)
-    result = train_adapter(small_data, tiny_model_dir, out, config, cpus_per_worker=1, progress=False)
-    assert result.steps == 2
+    result = train_adapter(small_data, tiny_model_dir, out, config, cpus_per_worker=1, progress=False, max_images=1)
+    assert result.steps == 2 and result.n_tuples == 5
     assert (out / "adapter_model.safetensors").is_file()
     meta = json.loads((out / "dermground_adapter.json").read_text())
     assert meta["hyperparameters"]["workers"] == 2 and meta["hyperparameters"]["augment_views"] == 8

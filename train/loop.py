@@ -73,6 +73,20 @@ def epoch_views(n: int, seed: int, epoch: int, views: int) -> list[int]:
     return [draw.randrange(views) for _ in range(n)]
 
 
+def batch_share(order: list[int], in_epoch: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """Tuple indices worker `rank` of `world` trains on in batch `in_epoch` of an epoch's `order`.
+
+    An epoch's last batch (or a whole data set) smaller than the worker count would leave a worker
+    with nothing to run, and DDP's gradient all-reduce then waits for it forever. Such a batch is
+    topped up with the epoch's first tuples, as torch's DistributedSampler pads; batches that gave
+    every worker a share are unchanged.
+    """
+    batch = order[in_epoch * batch_size:(in_epoch + 1) * batch_size]
+    if len(batch) < world:
+        batch = batch + [order[i % len(order)] for i in range(world - len(batch))]
+    return batch[rank::world]
+
+
 class ExampleCache:
     """Encoded training examples by tuple index, up to a memory budget.
 
@@ -276,8 +290,7 @@ class _Batches:
             n, seed = len(self.tuples), self._config.seed
             self._epoch, self._order = epoch, epoch_order(n, seed, epoch)
             self._views = epoch_views(n, seed, epoch, self._config.augment_views)
-        size = self._config.batch_size
-        return self._order[in_epoch * size:(in_epoch + 1) * size][self._worker.rank::self._worker.world]
+        return batch_share(self._order, in_epoch, self._config.batch_size, self._worker.rank, self._worker.world)
 
     def inputs(self, chunk: list[int]) -> dict[str, Any]:
         """The padded batch of these tuples (each in this epoch's view of its image) on the worker's device."""
@@ -323,6 +336,8 @@ class _Progress:
         self._queue = queue if worker.rank == 0 else None
         self._worker, self._first_step = worker, worker.step
         self._started, self._last = time.perf_counter(), 0.0
+        if self._queue is not None:  # where the run starts: a log says "resumed" or "from scratch" before it trains
+            self._queue.put({"start": worker.step, "total": worker.steps, "resumed_from": worker.resumed_from})
 
     def step(self, loss: float) -> None:
         worker, now = self._worker, time.perf_counter()

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,14 @@ def run_identity(config: TrainConfig | PretrainConfig, base_dir: str | Path, row
     return identity
 
 
+def start_line(desc: str, resumed_from: int | None, total: int, run_folder: Path) -> str:
+    """The line a run's log opens with: whether it resumed (and from which step) or starts from scratch."""
+    if resumed_from is not None:
+        return f"{desc}: resuming from step {resumed_from} of {total} (checkpoint in {run_folder})"
+    return (f"{desc}: starting from step 0 of {total}; no checkpoint of this configuration in {run_folder.parent} "
+            f"(a re-run of the same command resumes from {run_folder})")
+
+
 def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | PretrainConfig, *,
         cpus_per_worker: int | None, ray_address: str | None, progress: bool, desc: str,
         cache_mb: int | None = None) -> tuple[dict, Path]:
@@ -82,12 +91,13 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
     job = WorkerJob(config=config, base_dir=str(Path(base_dir).resolve()), rows=rows, threads=cpus,
                     cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb, progress_queue=queue)
     storage = Path(storage).resolve()
+    name = run_name(run_identity(config, base_dir, rows))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={JOB_KEY: job},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(name=run_name(run_identity(config, base_dir, rows)), storage_path=str(storage),
+        run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     outcome: dict = {}
@@ -109,6 +119,8 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
         except Empty:
             continue
         bar.total = item["total"]
+        if "start" in item and progress:
+            bar.write(start_line(desc, item["resumed_from"], item["total"], storage / name), file=sys.stderr)
         if "loss" in item:
             bar.n = item["step"]
             bar.set_postfix(loss=f"{item['loss']:.4f}", refresh=False)
@@ -153,6 +165,11 @@ def train_adapter(
 
     config = config or TrainConfig()
     base = check_model_dir(base_dir)
+    if Path(out_dir).resolve() == base.resolve():
+        # The adapter's files (adapter_config.json, README.md) would land in the base model's folder:
+        # its model card is overwritten and loaders then take the base for an adapter of itself.
+        raise ValueError(f"--out {out_dir} is the base model's folder ({base}); write the adapter to a folder of "
+                         f"its own, e.g. --out {base.parent / (base.name + '-adapter')}")
     # Every image is checked here, on the driver: the workers get only rows whose image passed.
     training_set = build_training_set(data_dir, w=config.w, seed=config.seed, multi_attribute=config.multi_attribute,
                                       max_images=max_images, model_dir=base, progress=progress)
