@@ -263,8 +263,9 @@ def test_a_busy_embedded_store_gives_a_clear_error_naming_its_holder(dataset, ti
         assert ingest.exit_code == 1, ingest.output
         assert f"is in use by pid {os.getpid()}" in ingest.output and "--new-version" in ingest.output
         check = CliRunner().invoke(cli, ["--home", str(tmp_path), "check", "--collection", "lesions"])
-        assert check.exit_code == 1, check.output
-        assert f"is in use by pid {os.getpid()}" in check.output and "DERMGROUND_QDRANT_URL" in check.output
+        # `check` of a held store checks a copy of it (as `snapshot create` does) and drops the copy.
+        assert check.exit_code == 0, check.output
+        assert "ok: store and catalog agree" in check.output
         assert "Traceback" not in ingest.output + check.output
     assert not (tmp_path / "catalog" / "ingest_runs").exists()  # nothing was started
     from dermground.platform.store.edge_versions import EdgeCollections

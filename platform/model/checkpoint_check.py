@@ -86,8 +86,8 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
         if (path / "adapter_config.json").is_file():
             base = _recorded_base(path / "adapter_config.json")
             return [CheckpointProblem("config.json", f"{path} is a LoRA adapter folder (adapter_config.json), not a base "
-                                      "checkpoint", f"pass it as --adapter and its base model as --model {MODEL_FLAG_NOTE}"
-                                      + (f" (it records {base})" if base else ""))]
+                                      "checkpoint", "pass it as --adapter and its base model as --model"
+                                      + (f" (it records {base})" if base else "") + f" {MODEL_FLAG_NOTE}")]
         return [CheckpointProblem("config.json", f"{path} has no config.json, so it is not a Hugging Face checkpoint",
                                   INIT_HINT)]
     try:
