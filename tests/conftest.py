@@ -140,3 +140,14 @@ def hub_checkpoints(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_dir
         return built[family]
 
     return get
+
+
+@pytest.fixture
+def fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
+    """The CLI's process-wide settings (commands/context.py) cleared before and after a test, so
+    each CliRunner invocation reads its own --home and environment."""
+    from dermground.platform.commands import context
+
+    monkeypatch.setattr(context, "_current", None)
+    yield
+    monkeypatch.setattr(context, "_current", None)

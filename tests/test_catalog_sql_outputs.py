@@ -15,11 +15,8 @@ from dermground.platform.cli import cli
 from dermground.platform.commands import context
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(context, "_current", None)
-    yield
-    monkeypatch.setattr(context, "_current", None)
+# The CLI keeps the settings it loaded for the process: each test's --home must be read afresh.
+pytestmark = pytest.mark.usefixtures("fresh_cli_settings")
 
 
 def _sql(home: Path, *args: str):

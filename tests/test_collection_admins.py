@@ -9,13 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.settings import load_settings
-from dermground.platform.store import CollectionSpec, StorePoint, build_payload, open_collections, point_id
+from dermground.platform.store import open_collections
 from dermground.platform.store.edge_versions import copy_sparse
-from dermground.platform.store.versions import BUILDING, READY, VersionMeta
+from tests.version_homes import home_with_versions
 
 ROUNDS = 5
 
@@ -35,24 +32,9 @@ for line in sys.stdin:
 """
 
 
-def _home_with_two_versions(home: Path) -> None:
-    spec = CollectionSpec(dim=4, fingerprint="fp", vector_names=("image",))
-    record = {"isic_id": "ISIC_0000001", "patient_id": "IP_1", "split": "train", "image_ref": "/x.jpg",
-              **{a.name: float(a.low + 1) for a in ATTRIBUTES}}
-    with open_collections(load_settings(home=home)) as cols:
-        for _ in range(2):
-            version = cols.create_version("lesions", VersionMeta(state=BUILDING))
-            with cols.open_version("lesions", version) as store:
-                store.ensure_collection(spec)
-                store.upsert([StorePoint(point_id("ISIC_0000001"), {"image": np.ones(4, dtype=np.float32)},
-                                         build_payload(record, "fp"))])
-            cols.write_meta("lesions", version, VersionMeta(state=READY, points=1))
-        cols.switch("lesions", "v1")
-
-
 def test_a_drop_and_a_switch_of_one_version_at_once_never_leave_the_name_on_a_deleted_version(tmp_path: Path) -> None:
     golden = tmp_path / "golden"
-    _home_with_two_versions(golden)
+    home_with_versions(golden, 2)
     admins = {op: subprocess.Popen([sys.executable, "-c", _ADMIN, op], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    text=True) for op in ("drop", "switch")}
     try:

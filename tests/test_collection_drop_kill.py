@@ -12,40 +12,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.cli import cli
 from dermground.platform.crash_points import KILL_ENV
 from dermground.platform.settings import load_settings
-from dermground.platform.store import CollectionSpec, StoreLockedError, StorePoint, build_payload, open_collections, point_id
+from dermground.platform.store import StoreLockedError, open_collections
 from dermground.platform.store import edge_versions
 from dermground.platform.store.edge_versions import EdgeCollections
 from dermground.platform.store.live import LiveStore
-from dermground.platform.store.versions import BUILDING, READY, VersionMeta
 from tests.store_holder import held_by_another_process
-
-
-def _home_with_versions(home: Path, n: int) -> None:
-    spec = CollectionSpec(dim=4, fingerprint="fp", vector_names=("image",))
-    record = {"isic_id": "ISIC_0000001", "patient_id": "IP_1", "split": "train", "image_ref": "/x.jpg",
-              **{a.name: float(a.low + 1) for a in ATTRIBUTES}}
-    with open_collections(load_settings(home=home)) as cols:
-        for _ in range(n):
-            version = cols.create_version("lesions", VersionMeta(state=BUILDING))
-            with cols.open_version("lesions", version) as store:
-                store.ensure_collection(spec)
-                store.upsert([StorePoint(point_id("ISIC_0000001"), {"image": np.ones(4, dtype=np.float32)},
-                                         build_payload(record, "fp"))])
-            cols.write_meta("lesions", version, VersionMeta(state=READY, points=1))
-        cols.switch("lesions", "v1")
+from tests.version_homes import home_with_versions
 
 
 def test_a_drop_killed_while_deleting_leaves_no_hidden_files_after_the_next_drop(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    _home_with_versions(home, 3)
+    home_with_versions(home, 3)
     killed = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "collections", "drop", "lesions",
                              "v2", "--yes"], capture_output=True, text=True, timeout=300,
                             env={**os.environ, KILL_ENV: "drop_moved"})
@@ -64,7 +47,7 @@ def test_a_drop_killed_while_deleting_leaves_no_hidden_files_after_the_next_drop
 
 def test_a_drop_right_after_a_switch_waits_for_the_server_to_let_go_of_the_old_version(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    _home_with_versions(home, 2)
+    home_with_versions(home, 2)
     served = LiveStore(EdgeCollections(home / "qdrant"), "lesions")  # what `serve` holds: v1
     try:
         assert served.count() == 1 and served.physical == "lesions__v1"
@@ -83,7 +66,7 @@ def test_a_drop_of_a_version_another_process_keeps_open_says_what_to_do(tmp_path
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(edge_versions, "DROP_WAIT_S", 0.5)
     home = tmp_path / "home"
-    _home_with_versions(home, 2)
+    home_with_versions(home, 2)
     with held_by_another_process(home / "qdrant" / "lesions__v2", "lesions__v2") as holder:
         with open_collections(load_settings(home=home)) as cols, pytest.raises(StoreLockedError) as refused:
             cols.drop("lesions", "v2")

@@ -27,11 +27,8 @@ N, DIM, FP, NAME = 4, 8, "fp-views", "snap"
 ISIC_IDS = [f"ISIC_{i:07d}" for i in range(N)]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(context, "_current", None)
-    yield
-    monkeypatch.setattr(context, "_current", None)
+# The CLI keeps the settings it loaded for the process: each test's --home must be read afresh.
+pytestmark = pytest.mark.usefixtures("fresh_cli_settings")
 
 
 def _cli(home: Path, *args: str) -> str:

@@ -12,11 +12,8 @@ from dermground.platform.commands import context
 from dermground.platform.settings import SettingsError, load_settings
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(context, "_current", None)
-    yield
-    monkeypatch.setattr(context, "_current", None)
+# The CLI keeps the settings it loaded for the process: each test's --home must be read afresh.
+pytestmark = pytest.mark.usefixtures("fresh_cli_settings")
 
 
 def test_defaults_live_under_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

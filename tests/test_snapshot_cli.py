@@ -10,16 +10,12 @@ from click.testing import CliRunner
 
 from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.cli import cli
-from dermground.platform.commands import context
 from dermground.platform.settings import load_settings
 from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, open_store, point_id
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(context, "_current", None)
-    yield
-    monkeypatch.setattr(context, "_current", None)
+# The CLI keeps the settings it loaded for the process: each test's --home must be read afresh.
+pytestmark = pytest.mark.usefixtures("fresh_cli_settings")
 
 
 def _fill(home: Path, n: int) -> list[str]:

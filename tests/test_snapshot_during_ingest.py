@@ -17,7 +17,6 @@ from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.catalog import Catalog
 from dermground.platform.cli import cli
 from dermground.platform.collection_ops import create_snapshot
-from dermground.platform.commands import context
 from dermground.platform.settings import load_settings
 from dermground.platform.store import (
     DEFAULT_VECTOR_NAMES,
@@ -34,11 +33,8 @@ from tests.store_holder import held_by_another_process
 DIM, FP, NAME = 8, "fp-snap", "snap"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(context, "_current", None)
-    yield
-    monkeypatch.setattr(context, "_current", None)
+# The CLI keeps the settings it loaded for the process: each test's --home must be read afresh.
+pytestmark = pytest.mark.usefixtures("fresh_cli_settings")
 
 
 def _cli(home: Path, *args: str):

@@ -22,7 +22,6 @@ from dermground.ingest.partitions import ids_hash
 from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.catalog import Catalog
 from dermground.platform.cli import cli
-from dermground.platform.commands import context
 from dermground.platform.crash_points import KILL_ENV
 from dermground.platform.settings import load_settings
 from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, open_store, point_id
@@ -33,11 +32,8 @@ N, DIM, FP, NAME = 12, 8, "fp-snap", "snap"
 ISIC_IDS = [f"ISIC_{i:07d}" for i in range(N)]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cli_settings(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(context, "_current", None)
-    yield
-    monkeypatch.setattr(context, "_current", None)
+# The CLI keeps the settings it loaded for the process: each test's --home must be read afresh.
+pytestmark = pytest.mark.usefixtures("fresh_cli_settings")
 
 
 def _cli(home: Path, *args: str):
