@@ -80,3 +80,24 @@ def test_pretraining_rows_and_tower_images_leave_out_poison_images(
     assert _named(caplog.messages, poisoned), caplog.messages
     patches, grids, targets = _encode_images(data, tiny_model_dir, tiny_backbone.processor, None, progress=False)
     assert len(patches) == len(grids) == len(targets) == len(train_ids) - len(poisoned)
+
+
+def test_a_repeated_training_row_is_left_out_once_named_as_ingest_names_it(tmp_path: Path) -> None:
+    """A row repeated in train-metadata.csv was trained on twice (ingest and eval keep it once)."""
+    from dermground.ingest.synth import generate_dataset
+    from dermground.platform.records import DUPLICATE_REASON
+    from dermground.train.training_images import TrainingImages
+
+    data = tmp_path / "data"
+    generate_dataset(data, patients=3, images=6, seed=5, size=64, layout="folder", progress=False, workers=1)
+    csv = data / fmt.METADATA_FILE
+    lines = csv.read_text().splitlines(keepends=True)
+    images = TrainingImages(data)
+    train_ids = [record.isic_id for record, _ in images]
+    assert train_ids and not images.left_out
+    repeated = next(line for line in lines[1:] if line.split(",")[0] == train_ids[0])
+    csv.write_text("".join(lines) + repeated)
+    images = TrainingImages(data)
+    assert [record.isic_id for record, _ in images] == train_ids
+    assert [(item.isic_id, item.field, item.reason) for item in images.left_out] == [
+        (train_ids[0], "isic_id", DUPLICATE_REASON)]

@@ -98,13 +98,14 @@ class TrainingImages:
     def __iter__(self) -> Iterator[tuple[LesionRecord, Image.Image]]:
         """(LesionRecord, RGB image) for each usable record, in the CSV's order, up to max_images of them."""
         from dermground.platform.progress import progress_bar
-        from dermground.platform.records import LesionRecord, RejectedRecord, read_records
+        from dermground.platform.records import LesionRecord, RejectedRecord, read_records, unique_records
 
         if self.max_images is not None and self.max_images < 1:
             return
         kept = 0
         pending: deque[tuple[LesionRecord | RejectedRecord, Future | None]] = deque()
-        records = iter(read_records(self.data_dir, split="train"))
+        # A repeated row is left out as ingest and eval leave it out: it would weigh twice in the loss.
+        records = iter(unique_records(read_records(self.data_dir, split="train")))
         with ThreadPoolExecutor(self.threads, thread_name_prefix="train-image-check") as pool, \
                 progress_bar(desc=f"{self.command}: check images", unit="img", disable=not self.progress) as bar:
             try:
