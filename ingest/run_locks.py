@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dermground.platform.catalog import Catalog
-from dermground.platform.ingest_activity import RUN_LOCK_DIR as LOCK_DIR
 from dermground.platform.ingest_activity import dead_lock_info, run_lock_path
 from dermground.platform.processes import pid_alive
 
@@ -59,9 +58,8 @@ class RunLock:
 def hold_run_lock(home: Path, run_id: str) -> RunLock:
     """Take the lock of a new run (this process's pid and host are written into it)."""
     global _active
-    folder = Path(home) / LOCK_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{run_id}.lock"
+    path = run_lock_path(home, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's lifetime
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     lock = RunLock(path, run_id, handle, {"pid": os.getpid(), "host": socket.gethostname()})

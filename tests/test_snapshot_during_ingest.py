@@ -58,16 +58,21 @@ def _commit(catalog: Catalog, run_id: str, partition: str, ids: list[str]) -> No
                                           "n_points": len(ids), "ids_hash": ids_hash(ids)}], name=name)
 
 
+def _finished_run(settings, catalog: Catalog, ids: list[str]) -> None:
+    """A finished ingest run r1 of `ids` in version v0: points, catalog rows and ledger."""
+    with open_store(settings, NAME) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
+        store.upsert(_points(ids, 0))
+    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
+    _commit(catalog, "r1", "p000000-a", ids)
+
+
 def test_a_snapshot_is_refused_while_an_ingest_writes_the_version_and_taken_once_it_is_gone(tmp_path: Path) -> None:
     home = tmp_path / "home"
     settings = load_settings(home=home)
     catalog = Catalog(settings.catalog_dir)
     first, second = [f"ISIC_{i:07d}" for i in range(6)], [f"ISIC_{i:07d}" for i in range(6, 10)]
-    with open_store(settings, NAME) as store:  # a finished run: points, rows and ledger
-        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
-        store.upsert(_points(first, 0))
-    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
-    _commit(catalog, "r1", "p000000-a", first)
+    _finished_run(settings, catalog, first)
 
     # A second ingest in place, as its writer leaves the version between a partition's upsert and its
     # catalog rows: its run lock held and its `running` row written (ingest/pipeline.py), the points stored.
@@ -103,12 +108,7 @@ def test_check_runs_while_serve_holds_the_live_version(tmp_path: Path) -> None:
     home = tmp_path / "home"
     settings = load_settings(home=home)
     catalog = Catalog(settings.catalog_dir)
-    ids = [f"ISIC_{i:07d}" for i in range(4)]
-    with open_store(settings, NAME) as store:
-        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
-        store.upsert(_points(ids, 0))
-    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
-    _commit(catalog, "r1", "p000000-a", ids)
+    _finished_run(settings, catalog, [f"ISIC_{i:07d}" for i in range(4)])
     with held_by_another_process(home / "qdrant" / NAME, NAME):  # `dermground serve`
         checked = _cli(home, "check", "--collection", NAME)
         assert checked.exit_code == 0, checked.output  # it said "in use by pid ...: stop that process"
@@ -121,12 +121,7 @@ def test_a_snapshot_during_which_an_ingest_began_writing_the_version_is_discarde
     home = tmp_path / "home"
     settings = load_settings(home=home)
     catalog = Catalog(settings.catalog_dir)
-    ids = [f"ISIC_{i:07d}" for i in range(3)]
-    with open_store(settings, NAME) as store:
-        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint=FP))
-        store.upsert(_points(ids, 0))
-    catalog.append("ingest_runs", [{"run_id": "r1", "collection": NAME, "fingerprint": FP, "status": "done"}])
-    _commit(catalog, "r1", "p000000-a", ids)
+    _finished_run(settings, catalog, [f"ISIC_{i:07d}" for i in range(3)])
 
     def an_ingest_starts(points: int) -> None:  # called while the points are exported
         catalog.append("ingest_runs", [{"run_id": "r2", "collection": NAME, "fingerprint": FP, "status": "running"}])
