@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from dermground.platform.attributes import ATTRIBUTES
-from dermground.platform.settings import load_settings
+from dermground.platform.settings import Settings, load_settings
 from dermground.platform.store import CollectionSpec, StorePoint, build_payload, open_store, point_id
+from tests.qdrant_front import qdrant_front
 
 DIM = 16
 
@@ -56,3 +57,23 @@ def test_settings_shape_the_created_collection(monkeypatch: pytest.MonkeyPatch, 
     hits = store.query("image", images[7], k=1)
     assert hits[0].isic_id == "ISIC_0000007"
     store.close()
+
+
+@pytest.mark.parametrize(("built", "reader"), [("binary", "none"), ("scalar", "binary"), ("none", "scalar")])
+def test_search_follows_the_collections_quantization_not_the_readers_settings(tmp_path, built: str, reader: str) -> None:
+    """A collection built quantized is searched with rescoring by a process whose settings say
+    otherwise (the API of another deployment, a CLI with other defaults), and one built without
+    quantization gets no quantization parameters: what the collection records decides."""
+    points, images = _points(20)
+    with qdrant_front() as front:
+        with open_store(Settings(home=tmp_path, qdrant_url=front.url, qdrant_quantization=built), "q") as builder:
+            builder.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-cfg"))
+            builder.upsert(points)
+        with open_store(Settings(home=tmp_path, qdrant_url=front.url, qdrant_quantization=reader), "q") as store:
+            assert store.query("image", images[3], k=1)[0].isic_id == "ISIC_0000003"
+            store.prefetch_rescore("image", images[3], 10, "q_areaMM2", points[3].vectors["q_areaMM2"], 1)
+        query, prefetched = (r.body for r in front.sent("POST", "/points/query"))
+    expected = {"rescore": True, "oversampling": 2.0} if built != "none" else None
+    assert (query.get("params") or {}).get("quantization") == expected
+    assert (prefetched["prefetch"].get("params") or {}).get("quantization") == expected
+    assert (prefetched.get("params") or {}).get("quantization") == expected

@@ -93,6 +93,21 @@ def _request_batches(items: Sequence[_T], sizes: Sequence[int], budget: int) -> 
         yield batch
 
 
+def search_params(quantized: bool) -> models.SearchParams | None:
+    """A search's parameters for a collection that is (or is not) quantized: quantized vectors are
+    approximate, so the oversampled candidates are rescored with the full vectors."""
+    if not quantized:
+        return None
+    return models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True, oversampling=2.0))
+
+
+def _is_quantized(config: models.CollectionConfig) -> bool:
+    """Whether the collection (or one of its named vectors) stores quantized vectors."""
+    vectors = config.params.vectors if isinstance(config.params.vectors, dict) else {"": config.params.vectors}
+    return config.quantization_config is not None or any(
+        params is not None and params.quantization_config is not None for params in vectors.values())
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -162,9 +177,8 @@ class ServerStore(VectorStore):
         # are split into requests whose estimated size stays below it (one partition of the 2B
         # model's points is ~125 MiB of JSON; the server's default limit is 32 MiB).
         self._request_budget = int(max_request_mb * 2**20 * _REQUEST_SHARE)
-        # Quantized vectors are approximate: rescore the oversampled candidates with full vectors.
-        self._search_params = (models.SearchParams(quantization=models.QuantizationSearchParams(
-            rescore=True, oversampling=2.0)) if quantization != "none" else None)
+        # Set from what the collection records (describe), not from this process's settings.
+        self._search_params: models.SearchParams | None = None
 
     def close(self) -> None:
         if self._owns_client:
@@ -176,12 +190,14 @@ class ServerStore(VectorStore):
             return self._spec
         if not self._client.collection_exists(self.collection):
             return None
-        metadata = self._client.get_collection(self.collection).config.metadata or {}
+        config = self._client.get_collection(self.collection).config
+        metadata = config.metadata or {}
         if METADATA_KEY not in metadata:
             raise StoreError(
                 f"collection {self.collection!r} on this Qdrant has no {METADATA_KEY!r} metadata: it was not "
                 "created by dermground (or the server is older than 1.16). Use another collection name.")
         self._spec = CollectionSpec.from_dict(metadata[METADATA_KEY])
+        self._search_params = search_params(_is_quantized(config))
         return self._spec
 
     def ensure_collection(self, spec: CollectionSpec) -> CollectionSpec:
@@ -212,6 +228,7 @@ class ServerStore(VectorStore):
                 self._check_not_taken()  # another process created it between our check and our request
             raise
         self._created_here = True
+        self._search_params = search_params(quantization is not None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # local mode warns that indexes have no effect there
             for field, kind in PAYLOAD_INDEXES.items():
