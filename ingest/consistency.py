@@ -5,6 +5,8 @@ Findings (any one means the two disagree and `dermground check` exits non-zero):
 - a point whose id is not uuid5 of its isic_id, two points with one isic_id, duplicate catalog
   rows;
 - a point missing a named vector or a payload key, or stamped with another model's fingerprint;
+- payload indexes the schema names that the collection lacks (a server collection whose creation
+  was killed before them);
 - a ledger partition whose catalog file is missing or holds other ids than its latest commit recorded
   (rows a compaction merged are traced to their partition's file; rows merged without that record,
   by a compaction of an older release, are counted together, by number),
@@ -104,6 +106,12 @@ def _check_store(store: VectorStore, collection: str, report: CheckReport) -> se
         report.findings.append(f"collection {collection!r} does not exist in the store")
         return set()
     report.store_points = store.count()
+    unindexed = store.missing_payload_indexes()
+    if unindexed:
+        report.findings.append(
+            f"payload indexes missing on {len(unindexed)} field(s): {', '.join(unindexed[:_MAX_LISTED])}"
+            f"{' ...' if len(unindexed) > _MAX_LISTED else ''} (its creation was interrupted; filtered searches "
+            "scan every point): run `dermground ingest` into this collection again, which creates them")
     for point in store.iter_points(page_size=256, with_payload=True, with_vectors=True):
         payload = point.payload or {}
         isic_id = str(payload.get("isic_id", f"<no isic_id: point {point.id}>"))

@@ -305,6 +305,11 @@ class VectorStore(abc.ABC):
         """All point ids (matching the filter)."""
         return [p.id for p in self.iter_points(filter, page_size=2000, with_payload=False)]
 
+    def missing_payload_indexes(self) -> list[str]:
+        """Payload fields of the schema's indexes (schema.PAYLOAD_INDEXES) the collection lacks;
+        ensure_collection creates them. A backend whose create cannot stop half-way keeps none missing."""
+        return []
+
     # --- maintenance ---------------------------------------------------------------------
     @abc.abstractmethod
     def optimize(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Concatenate, Literal, ParamSpec, TypeVar
 import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.local.qdrant_local import QdrantLocal
 
 from dermground.platform.store.base import (
     CollectionMissingError,
@@ -106,6 +107,11 @@ def _is_quantized(config: models.CollectionConfig) -> bool:
     vectors = config.params.vectors if isinstance(config.params.vectors, dict) else {"": config.params.vectors}
     return config.quantization_config is not None or any(
         params is not None and params.quantization_config is not None for params in vectors.values())
+
+
+def _is_local_mode(client: QdrantClient) -> bool:
+    """Whether the client runs qdrant-client's local engine (":memory:" or a folder), not a server."""
+    return isinstance(getattr(client, "_client", None), QdrantLocal)
 
 
 _P = ParamSpec("_P")
@@ -205,6 +211,7 @@ class ServerStore(VectorStore):
         if stored is not None:
             self._check_not_taken()
             spec.check_compatible(stored, self.collection)
+            self._create_payload_indexes(self.missing_payload_indexes())  # a create killed before them
             return stored
         options = self._create_options
         no_hnsw = models.HnswConfigDiff(m=0)
@@ -229,12 +236,26 @@ class ServerStore(VectorStore):
             raise
         self._created_here = True
         self._search_params = search_params(quantization is not None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # local mode warns that indexes have no effect there
-            for field, kind in PAYLOAD_INDEXES.items():
-                self._client.create_payload_index(self.collection, field, _INDEX_TYPES[kind], wait=True)
+        # Not part of the creating request (Qdrant has no such field): a process killed before
+        # they exist leaves them missing; the next ensure_collection creates them.
+        self._create_payload_indexes(list(PAYLOAD_INDEXES))
         self._spec = spec
         return spec
+
+    def missing_payload_indexes(self) -> list[str]:
+        """The payload fields the schema indexes that the collection has no index on (none in
+        qdrant-client's local mode, which keeps no indexes and searches without them)."""
+        if _is_local_mode(self._client):
+            return []
+        indexed = self._client.get_collection(self.collection).payload_schema or {}
+        return [field for field in PAYLOAD_INDEXES if field not in indexed]
+
+    def _create_payload_indexes(self, fields: Sequence[str]) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # local mode warns that indexes have no effect there
+            for field in fields:
+                self._client.create_payload_index(self.collection, field, _INDEX_TYPES[PAYLOAD_INDEXES[field]],
+                                                  wait=True)
 
     def _check_not_taken(self) -> None:
         """A store opened to create a new version refuses a collection another process created under
