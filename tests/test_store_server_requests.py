@@ -22,6 +22,7 @@ from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, StoreError, StorePoint, open_store, point_id
 from dermground.platform.store.schema import DEFAULT_VECTOR_NAMES
 from dermground.platform.store.server import ServerStore
+from tests.qdrant_front import qdrant_front
 
 DIM, N = 32, 300
 LIMIT_MB = 1
@@ -149,3 +150,24 @@ def test_a_server_with_a_lower_limit_names_the_setting(qdrant: _LimitedQdrant) -
         store.upsert(_points() * 12)  # ~37 MiB as JSON: over the server's 1 MiB, under the 32 MiB assumed
     assert "DERMGROUND_QDRANT_MAX_REQUEST_MB" in str(raised.value) and qdrant.url in str(raised.value)
     assert qdrant.engine.count("lesions").count == 0
+
+
+def test_reads_of_large_vectors_are_split_into_pages_below_the_request_limit(tmp_path) -> None:
+    """snapshot create and check read every point with its vectors (iter_points): at a real model's
+    dimension a page sized by points alone is hundreds of MB of JSON; it is sized by bytes."""
+    spec = CollectionSpec(dim=1536, fingerprint="fp-wide")  # Qwen2-VL-2B's hidden size, 17 vectors
+    rng = np.random.default_rng(5)
+    points = [StorePoint(point_id(f"ISIC_{i:07d}"), {n: rng.normal(size=1536).astype(np.float32)
+                                                     for n in DEFAULT_VECTOR_NAMES},
+                         {"isic_id": f"ISIC_{i:07d}", "split": "train"}) for i in range(8)]
+    with qdrant_front() as front:
+        settings = Settings(home=tmp_path, qdrant_url=front.url, qdrant_max_request_mb=2)
+        with open_store(settings, "wide") as store:
+            store.ensure_collection(spec)
+            store.upsert(points)
+            read = list(store.iter_points(page_size=500, with_payload=True, with_vectors=True))
+        pages = front.sent("POST", "/points/scroll")
+    assert sorted(p.id for p in read) == sorted(p.id for p in points)
+    first = next(p for p in points if p.id == read[0].id)
+    np.testing.assert_allclose(read[0].vectors["q_areaMM2"], _unit(first.vectors["q_areaMM2"]), rtol=1e-5)
+    assert len(pages) > 2 and max(p.answer_bytes for p in pages) <= 2 * 2**20

@@ -70,6 +70,7 @@ def server_filter(flt: SearchFilter | None) -> models.Filter | None:
 DEFAULT_MAX_REQUEST_MB = 32
 _REQUEST_SHARE = 0.9  # of the limit a write's estimated body may take (headers, the rest of the body)
 _FLOAT_JSON_BYTES = 25  # the longest JSON of one float: "-1.2345678901234567e-100,"
+_PAYLOAD_JSON_BYTES = 4096  # a point's payload, ids and names in a page read (~1 KB measured)
 _T = TypeVar("_T")
 
 
@@ -358,6 +359,14 @@ class ServerStore(VectorStore):
     def scroll(self, filter: SearchFilter | None = None, limit: int = 1000, offset: str | None = None,
                with_payload: bool = True, with_vectors: VectorSelection = False,
                ) -> tuple[list[StorePoint], str | None]:
+        spec = self.describe() if with_vectors else None
+        if spec is not None:
+            # Fewer points than `limit` when their vectors would make the answer larger than a request
+            # may be (one point of the 2B model's 17 vectors is up to 0.65 MB of JSON); the offset
+            # says where the next page starts, so iter_points (snapshot create, check) reads them all.
+            names = len(spec.vector_names) if with_vectors is True else len(list(with_vectors))  # type: ignore[arg-type]
+            point_bytes = names * spec.dim * _FLOAT_JSON_BYTES + _PAYLOAD_JSON_BYTES
+            limit = max(1, min(limit, self._request_budget // point_bytes))
         records, next_offset = self._client.scroll(
             self.collection, scroll_filter=server_filter(filter), limit=limit, offset=offset,
             with_payload=with_payload, with_vectors=vector_selection(with_vectors))
