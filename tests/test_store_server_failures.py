@@ -11,11 +11,14 @@ import http.server
 import json
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
@@ -24,6 +27,7 @@ from dermground.platform.cli import cli
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreError, StoreUnavailableError, open_collections, open_store
 from dermground.platform.store.server import ServerStore
+from dermground.platform.store.server_client import COMPOSE_QDRANT_HOST, connect_server
 
 API_KEY = "qdrant-key-never-shown-7f3a"
 READ = "read-key-failures"
@@ -212,3 +216,18 @@ def test_api_answers_503_with_a_reason_never_500(stand_in: _StandIn, tmp_path: P
                 assert stand_in.url in detail and API_KEY not in detail, (path, detail)
     finally:
         store.close()
+
+
+def test_the_insecure_key_warning_is_silenced_for_the_compose_service_only() -> None:
+    """docker/compose.yaml reaches Qdrant as http://qdrant:6333 on the compose network: the key never
+    leaves that network, and qdrant-client's warning would show on every command. Any other http://
+    URL with a key keeps the warning."""
+    compose = yaml.safe_load((Path(__file__).parents[1] / "docker" / "compose.yaml").read_text())
+    compose_url = compose["x-dermground-env"]["DERMGROUND_QDRANT_URL"]
+    assert urlsplit(compose_url).hostname == COMPOSE_QDRANT_HOST
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        connect_server(compose_url, api_key=API_KEY, timeout_s=1).close()
+        assert not [w for w in shown if "insecure connection" in str(w.message)]
+        connect_server(_closed_port_url(), api_key=API_KEY, timeout_s=1).close()
+        assert [w for w in shown if "insecure connection" in str(w.message)]

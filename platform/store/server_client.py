@@ -32,6 +32,9 @@ TIMEOUT_SETTING = "DERMGROUND_QDRANT_TIMEOUT_S"
 MAX_REQUEST_SETTING = "DERMGROUND_QDRANT_MAX_REQUEST_MB"
 DEFAULT_PORT = 6333  # what qdrant-client adds to a URL without a port
 _SERVER_TEXT_LIMIT = 200
+# The Qdrant service's name in docker/compose.yaml (its URL there: http://qdrant:6333).
+COMPOSE_QDRANT_HOST = "qdrant"
+_INSECURE_KEY_WARNING = "Api key is used with an insecure connection"
 
 # qdrant-client's background version check warns (two lines, with a file path) whenever it cannot
 # reach the server; the failed request itself now says why, in one line.
@@ -51,13 +54,27 @@ def shown_url(url: str) -> str:
 def connect_server(url: str, *, api_key: str | None, timeout_s: int) -> QdrantClient:
     """A client for the Qdrant server at `url` whose calls raise StoreErrors (see the module doc)."""
     try:
-        client = QdrantClient(url=url, api_key=api_key, timeout=timeout_s)
+        with warnings.catch_warnings():
+            if _is_compose_service(url):
+                warnings.filterwarnings("ignore", message=_INSECURE_KEY_WARNING, category=UserWarning)
+            client = QdrantClient(url=url, api_key=api_key, timeout=timeout_s)
     except Exception as exc:  # qdrant-client raises many types for a malformed URL
         reason = str(exc).replace(url, shown_url(url))  # its message may repeat the URL, credentials and all
         raise StoreError(f"cannot use Qdrant URL {shown_url(url)!r} ({reason}): set {URL_SETTING} to the server's "
                          "http(s)://host:port (6333 is Qdrant's REST port), or unset it for the embedded store") from None
     return cast(QdrantClient, _TranslatingClient(client, shown_url(url), timeout_s, api_key is not None,
                                                  names_port=_names_port(url)))
+
+
+def _is_compose_service(url: str) -> bool:
+    """Whether `url` is docker/compose.yaml's Qdrant service: plain http to the host `qdrant`, a name
+    only Docker's DNS on the compose network resolves, so the key never crosses a network of its own.
+    Every other http:// URL with a key keeps qdrant-client's warning."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme == "http" and parts.hostname == COMPOSE_QDRANT_HOST
 
 
 def _names_port(url: str) -> bool:
