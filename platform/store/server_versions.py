@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from qdrant_client import QdrantClient, models
 
+from dermground.platform.names import InvalidNameError, check_collection_name
 from dermground.platform.store.base import StoreError, VectorStore
 from dermground.platform.store.server import CREATOR_KEY, ServerStore
 from dermground.platform.store.versions import (
@@ -54,11 +55,14 @@ class ServerCollections(Collections):
             self._client.close()
 
     # --- naming --------------------------------------------------------------------------
+    # A shared server holds other applications' collections and aliases too, named as Qdrant allows
+    # ("rag.docs", "chat history"): only names dermground could have made are its collections.
     def _aliases(self) -> dict[str, str]:
-        return {a.alias_name: a.collection_name for a in self._client.get_aliases().aliases}
+        return {a.alias_name: a.collection_name for a in self._client.get_aliases().aliases
+                if _could_be_ours(a.alias_name)}
 
     def _collections(self) -> list[str]:
-        return [c.name for c in self._client.get_collections().collections]
+        return [c.name for c in self._client.get_collections().collections if _could_be_ours(c.name)]
 
     def names(self) -> list[str]:
         return sorted(set(self._aliases()) | {split_physical(c)[0] for c in self._collections()})
@@ -160,6 +164,16 @@ class ServerCollections(Collections):
         note = note or interrupted_note(name, version, meta)
         return VersionInfo(name=name, version=version, physical=physical, live=self.live_version(name) == version,
                            meta=meta, spec=spec, points=points, size_bytes=None, note=note)
+
+
+def _could_be_ours(physical: str) -> bool:
+    """Whether a collection or alias name is one dermground could have made (a valid collection name,
+    bare or with its version suffix)."""
+    try:
+        check_collection_name(split_physical(physical)[0])
+    except InvalidNameError:
+        return False
+    return True
 
 
 def _now() -> str:
