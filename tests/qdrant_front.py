@@ -42,6 +42,9 @@ class QdrantFront(http.server.ThreadingHTTPServer):
         self.indexes: dict[str, dict[str, str]] = {}  # collection -> field -> index type
         self.requests: list[Request] = []
         self.lock = threading.Lock()
+        # Set: a reverse proxy's body limit in front of the server (nginx's client_max_body_size),
+        # answered as nginx does, with 413 and an HTML page.
+        self.proxy_body_limit: int | None = None
 
     @property
     def url(self) -> str:
@@ -79,7 +82,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _handle(self) -> None:
         path = self.path.split("?")[0]
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else {}
+        raw = self.rfile.read(length)
+        if self.server.proxy_body_limit is not None and length > self.server.proxy_body_limit:
+            page = b"<html><head><title>413 Request Entity Too Large</title></head><body>nginx</body></html>"
+            self.send_response(413)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
+        body = json.loads(raw) if length else {}
         request = Request(self.command, path, body)
         with self.server.lock:
             self.server.requests.append(request)

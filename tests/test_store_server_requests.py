@@ -171,3 +171,17 @@ def test_reads_of_large_vectors_are_split_into_pages_below_the_request_limit(tmp
     first = next(p for p in points if p.id == read[0].id)
     np.testing.assert_allclose(read[0].vectors["q_areaMM2"], _unit(first.vectors["q_areaMM2"]), rtol=1e-5)
     assert len(pages) > 2 and max(p.answer_bytes for p in pages) <= 2 * 2**20
+
+
+def test_a_proxys_body_limit_names_the_setting(tmp_path) -> None:
+    """Qdrant behind a reverse proxy (TLS, docs/DEPLOY.md): nginx refuses bodies over its
+    client_max_body_size (1 MB by default) with a 413 HTML page before Qdrant sees them."""
+    with qdrant_front() as front:
+        with ServerStore("lesions", front.url, timeout_s=30) as store:
+            store.ensure_collection(SPEC)
+            front.proxy_body_limit = 2**20
+            with pytest.raises(StoreError) as raised:
+                store.upsert(_points())  # ~3 MiB of JSON: one request under the 32 MiB assumed
+        assert front.engine.count("lesions").count == 0
+    message = str(raised.value)
+    assert "DERMGROUND_QDRANT_MAX_REQUEST_MB" in message and "413" in message and front.url in message, message

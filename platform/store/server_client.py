@@ -171,6 +171,11 @@ class _TranslatingClient:
         if status == 400 and said is not None and "larger than allowed" in said:
             return StoreError(f"Qdrant at {url} refused a write as too large ({said}): set {MAX_REQUEST_SETTING} "
                               "to the server's service.max_request_size_mb")
+        if status == 413:  # a reverse proxy's body limit (nginx: client_max_body_size, 1 MB by default)
+            return StoreError(f"the server at {url} refused a request as too large ({status} {exc.reason_phrase}): set "
+                              f"{MAX_REQUEST_SETTING} to the smallest body limit on the way to Qdrant (a proxy's, "
+                              "e.g. nginx's client_max_body_size, or Qdrant's service.max_request_size_mb), "
+                              "or raise that limit")
         if status == 404 and _is_qdrant_body(exc.content):
             return None  # Qdrant's own "not found" (a collection): store/server.py reads it
         if status == 404:
