@@ -45,6 +45,8 @@ class QdrantFront(http.server.ThreadingHTTPServer):
         # Set: a reverse proxy's body limit in front of the server (nginx's client_max_body_size),
         # answered as nginx does, with 413 and an HTML page.
         self.proxy_body_limit: int | None = None
+        # False: a server older than Qdrant 1.16, which ignores collection metadata in requests.
+        self.keeps_metadata = True
 
     @property
     def url(self) -> str:
@@ -128,12 +130,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return front.collection_info(name)
         if rest == "" and method == "PUT":
             create = _model(models.CreateCollection, body)
-            engine.create_collection(name, vectors_config=create.vectors, metadata=create.metadata)
+            engine.create_collection(name, vectors_config=create.vectors,
+                                     metadata=create.metadata if front.keeps_metadata else None)
             if create.quantization_config is not None:
                 front.quantization[name] = create.quantization_config.model_dump(mode="json", exclude_none=True)
             return True
         if rest == "" and method == "PATCH":
-            engine.update_collection(name, metadata=_model(models.UpdateCollection, body).metadata)
+            if front.keeps_metadata:
+                engine.update_collection(name, metadata=_model(models.UpdateCollection, body).metadata)
             return True
         if rest == "" and method == "DELETE":
             front.quantization.pop(name, None)

@@ -7,7 +7,17 @@ import pytest
 
 from dermground.platform.attributes import ATTRIBUTES
 from dermground.platform.settings import Settings, load_settings
-from dermground.platform.store import CollectionSpec, StorePoint, build_payload, open_store, point_id
+from dermground.platform.store import (
+    CollectionSpec,
+    StoreError,
+    StorePoint,
+    VersionMeta,
+    build_payload,
+    open_collections,
+    open_store,
+    point_id,
+)
+from dermground.platform.store.versions import BUILDING
 from tests.qdrant_front import qdrant_front
 
 DIM = 16
@@ -77,3 +87,18 @@ def test_search_follows_the_collections_quantization_not_the_readers_settings(tm
     assert (query.get("params") or {}).get("quantization") == expected
     assert (prefetched["prefetch"].get("params") or {}).get("quantization") == expected
     assert (prefetched.get("params") or {}).get("quantization") == expected
+
+
+def test_a_server_that_drops_collection_metadata_is_refused_before_anything_is_written(tmp_path) -> None:
+    """A Qdrant server older than 1.16 accepts the creating request without its metadata: an ingest
+    used to write the whole collection, then fail to switch to it ('still building') and leave it
+    unreadable. The create is refused at once, and the empty collection is not left behind."""
+    with qdrant_front() as front:
+        front.keeps_metadata = False
+        with open_collections(Settings(home=tmp_path, qdrant_url=front.url)) as cols:
+            version = cols.create_version("lesions", VersionMeta(state=BUILDING))
+            with cols.open_version("lesions", version) as store, pytest.raises(StoreError) as refused:
+                store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-cfg"))
+        assert "older than 1.16" in str(refused.value) and "Upgrade the server" in str(refused.value)
+        assert front.engine.get_collections().collections == []
+        assert not front.sent("PUT", "/points"), "nothing was written"

@@ -236,12 +236,26 @@ class ServerStore(VectorStore):
                 self._check_not_taken()  # another process created it between our check and our request
             raise
         self._created_here = True
+        self._refuse_a_server_without_metadata()
         self._search_params = search_params(quantization is not None)
         # Not part of the creating request (Qdrant has no such field): a process killed before
         # they exist leaves them missing; the next ensure_collection creates them.
         self._create_payload_indexes(list(PAYLOAD_INDEXES))
         self._spec = spec
         return spec
+
+    def _refuse_a_server_without_metadata(self) -> None:
+        """A Qdrant server older than 1.16 accepts the creating request but drops its metadata: the
+        collection would be written in full and then be unreadable (no spec, a version never ready).
+        Checked before anything is written; the empty collection made here is deleted again."""
+        if METADATA_KEY in (self._client.get_collection(self.collection).config.metadata or {}):
+            return
+        self._client.delete_collection(self.collection)
+        raise StoreError(
+            f"this Qdrant server does not keep collection metadata (Qdrant older than 1.16), where dermground "
+            f"records what a collection holds; {self.collection!r} was not created. Upgrade the server to "
+            "1.16 or later (docker/compose.yaml runs the version qdrant-client matches), or unset "
+            "DERMGROUND_QDRANT_URL to use the embedded store.")
 
     def missing_payload_indexes(self) -> list[str]:
         """The payload fields the schema indexes that the collection has no index on (none in
