@@ -150,6 +150,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if rest == "/points" and method == "PUT":
             engine.upsert(name, points=_model(models.PointsList, body).points)
             return {"operation_id": 0, "status": "completed"}
+        if rest == "/points/delete":
+            engine.delete(name, points_selector=_model(models.PointIdsList, body))
+            return {"operation_id": 0, "status": "completed"}
+        if rest == "/points/payload":
+            asked = _model(models.SetPayload, body)
+            engine.set_payload(name, payload=asked.payload, points=asked.points)
+            return {"operation_id": 0, "status": "completed"}
+        if rest == "/points/vectors":
+            engine.update_vectors(name, points=_model(models.UpdateVectors, body).points)
+            return {"operation_id": 0, "status": "completed"}
         if rest == "/points" and method == "POST":
             asked = _model(models.PointRequest, body)
             records = engine.retrieve(name, ids=asked.ids, with_payload=asked.with_payload,
