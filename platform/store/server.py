@@ -70,7 +70,7 @@ def server_filter(flt: SearchFilter | None) -> models.Filter | None:
 DEFAULT_MAX_REQUEST_MB = 32
 _REQUEST_SHARE = 0.9  # of the limit a write's estimated body may take (headers, the rest of the body)
 _FLOAT_JSON_BYTES = 25  # the longest JSON of one float: "-1.2345678901234567e-100,"
-_PAYLOAD_JSON_BYTES = 4096  # a point's payload, ids and names in a page read (~1 KB measured)
+_PAYLOAD_JSON_BYTES = 4096  # a point's payload, id and vector names in a page read (a full payload: ~0.8 KB)
 _T = TypeVar("_T")
 
 
