@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,12 +87,15 @@ def content_digest(data: bytes) -> str:
 
 def is_superseded(path: Path, entry: Sequence[int | str]) -> bool:
     """Whether `path` is the file a superseded entry names: the same size and mtime, or, for a
-    copy with new mtimes, the same size and content. FileNotFoundError when it is gone."""
+    copy with new mtimes, the same size and content (for an entry written before the digest, the
+    same write stamps as the merged rows). FileNotFoundError when it is gone."""
     identity = file_identity(path)
     if identity == list(entry[:2]):
         return True
-    if identity[0] != entry[0] or len(entry) < 4:  # entries written before the digest: mtime only
+    if identity[0] != entry[0]:
         return False
+    if len(entry) < 4:  # an entry written before the digest: the merged rows' stamps tell
+        return _rows_were_merged(path, entry)
     # Readers list the files before every query: a copy's files are hashed once per process.
     key = (str(path), *identity)
     digest = _COPY_DIGESTS.get(key)
@@ -104,6 +108,63 @@ def is_superseded(path: Path, entry: Sequence[int | str]) -> bool:
 
 
 _COPY_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> content digest
+
+
+def _rows_were_merged(path: Path, entry: Sequence[int | str]) -> bool:
+    """For a superseded entry without a digest (a compaction by an earlier release) and a file of
+    its size but another mtime (a copy of the catalog): whether the live compacted files hold this
+    file's rows, told by their write stamps (written_at, committed_at, at). Every write stamps its
+    rows with its own time, so a file written again under the name since is not taken for the one
+    merged. Rows merged with their file's name (SOURCE_COLUMN) are compared with that file's rows
+    only, and with the write the entry names (SOURCE_WRITTEN_COLUMN) where it is recorded."""
+    from dermground.platform.catalog import _STAMP  # catalog imports this module
+
+    key = (str(path), *file_identity(path))
+    known = _COPY_MERGED.get(key)
+    if known is not None:
+        return known
+    stamp = _STAMP.get(path.parent.name)
+    try:
+        mine = Counter(_stamps(pq.read_table(path, columns=[stamp]), stamp)) if stamp else Counter()
+    except (pa.ArrowException, OSError):  # not a catalog file: not what a compaction merged
+        mine = Counter()
+    traced: list[int] = []
+    untraced: list[int] = []
+    for name in Manifest.read(path.parent).compacted if mine else []:
+        rows = _merged_stamps(path.parent / name, stamp)
+        untraced.extend(_stamps(rows, stamp))
+        if SOURCE_COLUMN not in rows.column_names:
+            continue
+        rows = rows.filter(pc.equal(rows.column(SOURCE_COLUMN), path.stem))
+        if SOURCE_WRITTEN_COLUMN in rows.column_names:
+            rows = rows.filter(pc.equal(rows.column(SOURCE_WRITTEN_COLUMN), int(entry[1])))
+        traced.extend(_stamps(rows, stamp))
+    # Rows merged under this file's name, else (merged without names, or merged again under an
+    # earlier compacted file's name) among all merged rows.
+    found = bool(mine) and mine <= Counter(traced or untraced)
+    _COPY_MERGED[key] = found
+    return found
+
+
+def _stamps(rows: pa.Table, stamp: str) -> list[int]:
+    return rows.column(stamp).cast(pa.int64()).to_pylist()
+
+
+def _merged_stamps(path: Path, stamp: str) -> pa.Table:
+    """A compacted file's write stamps and row origins, read once per process (the files are immutable)."""
+    key = (str(path), *file_identity(path))
+    rows = _MERGED_STAMPS.get(key)
+    if rows is None:
+        names = pq.ParquetFile(path).schema_arrow.names
+        rows = pq.read_table(path, columns=[c for c in (stamp, SOURCE_COLUMN, SOURCE_WRITTEN_COLUMN) if c in names])
+        if len(_MERGED_STAMPS) >= 64:
+            _MERGED_STAMPS.clear()
+        _MERGED_STAMPS[key] = rows
+    return rows
+
+
+_COPY_MERGED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) -> its rows were merged
+_MERGED_STAMPS: dict[tuple[str, int, int], pa.Table] = {}  # (compacted path, size, mtime_ns) -> stamps
 
 
 @dataclass(frozen=True)
