@@ -276,7 +276,11 @@ def render_markdown(views: list[View]) -> str:
              "A copy of the folder (`cp -r`, tar, a restored backup) reads the same: superseded files are",
              "recognised by their content when the copy changed their times. To keep a result, use",
              "`dermground sql ... --out FILE` outside the catalog folder (a file in a table folder would be",
-             "read as rows of that table).", ""]
+             "read as rows of that table).", "",
+             "A file in a table folder that no catalog writer wrote (not Parquet, or without the table's",
+             "time column: `written_at`, `committed_at` or `at`) is left out of every view, `dermground check`",
+             "and compaction, and named in a warning (ForeignCatalogFile) and by `check`: move it out.", "",
+]
     lines += [f"- [`{v.name}`](#{v.name}) — {v.description.split('. ')[0].rstrip('.')}." for v in views]
     for view in views:
         lines += ["", f"## {view.name}", "", view.description, "", "| column | type | unit | meaning |",

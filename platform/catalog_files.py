@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -199,14 +200,68 @@ def _listed(folder: Path, manifest: Manifest) -> list[Path]:
     files = []
     for path in sorted(folder.glob("*.parquet")):
         gone = manifest.superseded.get(path.name)
-        if gone is not None:
-            try:
-                if is_superseded(path, gone):
-                    continue
-            except FileNotFoundError:  # deleted after its grace period, between listing and stat
+        try:
+            if gone is not None and is_superseded(path, gone):
                 continue
+            if not_a_catalog_file(path) is not None:
+                continue
+        except FileNotFoundError:  # deleted after its grace period, between listing and stat
+            continue
         files.append(path)
     return files
+
+
+class ForeignCatalogFile(UserWarning):
+    """A file in a table folder that no catalog writer wrote: the views, `check` and compaction leave it out."""
+
+
+def not_a_catalog_file(path: Path) -> str | None:
+    """Why `path`, a `*.parquet` file in a table folder, holds no rows of that table (None when it
+    does): not Parquet, or without the table's write stamp (written_at, committed_at, at), which
+    every catalog writer has filled since the first release. Someone's own file dropped there would
+    otherwise count as rows of NULLs in every view (a file that is no Parquet failed them all), and
+    a compaction would merge it and delete it. Warns (ForeignCatalogFile) once per file and process."""
+    from dermground.platform.catalog import _STAMP  # catalog imports this module
+
+    key = (str(path), *file_identity(path))
+    if key in _FOREIGN:
+        return _FOREIGN[key]
+    stamp = _STAMP.get(path.parent.name)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        reason: str | None = f"not a Parquet file: {exc}"
+    else:
+        found = schema.field(stamp).type if stamp in schema.names else None
+        reason = (None if stamp is None or (found is not None and pa.types.is_timestamp(found)) else
+                  f"no {stamp} timestamp column, so no {path.parent.name} rows written by dermground")
+    if reason is not None:
+        # Named after the catalog, not after this line: the CLI prints it as it is.
+        warnings.warn_explicit(f"{path} is not a catalog file ({reason}): every view, `dermground check` and "
+                               "`catalog compact` leave it out; move it out of the catalog folder",
+                               ForeignCatalogFile, filename="dermground catalog", lineno=0)
+    if len(_FOREIGN) >= 100_000:
+        _FOREIGN.clear()
+    _FOREIGN[key] = reason
+    return reason
+
+
+_FOREIGN: dict[tuple[str, int, int], str | None] = {}  # (path, size, mtime_ns) -> why it is no catalog file
+
+
+def foreign_files(folder: Path) -> list[tuple[Path, str]]:
+    """The `*.parquet` files of a table folder that are no catalog files, with the reason."""
+    found = []
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        try:
+            reason = not_a_catalog_file(path)
+        except FileNotFoundError:
+            continue
+        if reason is not None:
+            found.append((path, reason))
+    return found
 
 
 def rows_by_source(folder: Path, columns: Sequence[str] | None = None, prefix: str = "") -> dict[str, pa.Table]:

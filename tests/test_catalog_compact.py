@@ -282,3 +282,27 @@ def test_a_copy_of_a_catalog_an_earlier_release_compacted_counts_each_row_once(c
     compact(cat.dir, keep_s=3600)  # the original's next compaction: the digests are back
     entries = json.loads((cat.dir / "lesions" / MANIFEST).read_text())["superseded"]
     assert entries and all(len(entry) == 4 for entry in entries.values())
+
+
+def test_a_file_someone_dropped_into_a_table_folder_is_left_out_named_and_kept(cat: Catalog) -> None:
+    """Someone's own Parquet file in lesions/ counted as rows of NULLs in every view, and `catalog
+    compact` merged those into the catalog and then deleted the file; a file that is no Parquet
+    failed every query (connect() too) and crashed compact with ArrowInvalid."""
+    from dermground.platform.catalog_files import ForeignCatalogFile, foreign_files
+
+    before = _snapshot(cat.dir)
+    mine = cat.dir / "lesions" / "my_results.parquet"
+    pq.write_table(pa.table({"isic_id": ["ISIC_0000"], "score": [0.5]}), mine)
+    junk = cat.dir / "lesions" / "notes.parquet"
+    junk.write_bytes(b"not parquet")
+    with pytest.warns(ForeignCatalogFile, match="my_results.parquet is not a catalog file .*move it out"):
+        assert _snapshot(cat.dir) == before
+    assert connect(cat.dir).execute("SELECT count(*) FROM lesions_history").fetchone() == (19,)
+    assert [(p.name, why.split(":")[0]) for p, why in foreign_files(cat.dir / "lesions")] == [
+        ("my_results.parquet", "no written_at timestamp column, so no lesions rows written by dermground"),
+        ("notes.parquet", "not a Parquet file")]
+    compact(cat.dir)
+    compact(cat.dir, keep_s=0)
+    assert _snapshot(cat.dir) == before
+    assert sorted(p.name for p in (cat.dir / "lesions").glob("*.parquet")) == ["my_results.parquet", "notes.parquet"]
+
