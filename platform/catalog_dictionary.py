@@ -280,7 +280,10 @@ def render_markdown(views: list[View]) -> str:
              "A file in a table folder that no catalog writer wrote (not Parquet, or without the table's",
              "time column: `written_at`, `committed_at` or `at`) is left out of every view, `dermground check`",
              "and compaction, and named in a warning (ForeignCatalogFile) and by `check`: move it out.", "",
-]
+             "A `connect()` connection reads the files that were live when it was made: connect again to see",
+             "later writes. After a compaction it keeps reading the files it listed until their grace period",
+             "(`catalog compact --keep-minutes`, 60 by default) is over; then a query on it fails with",
+             "`... is gone: ... Connect again`, and a new connection reads the merged files.", ""]
     lines += [f"- [`{v.name}`](#{v.name}) — {v.description.split('. ')[0].rstrip('.')}." for v in views]
     for view in views:
         lines += ["", f"## {view.name}", "", view.description, "", "| column | type | unit | meaning |",

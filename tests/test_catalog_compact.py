@@ -306,3 +306,16 @@ def test_a_file_someone_dropped_into_a_table_folder_is_left_out_named_and_kept(c
     assert _snapshot(cat.dir) == before
     assert sorted(p.name for p in (cat.dir / "lesions").glob("*.parquet")) == ["my_results.parquet", "notes.parquet"]
 
+
+def test_a_connection_older_than_the_grace_period_says_to_connect_again(cat: Catalog) -> None:
+    """A connection made before a compaction whose superseded files were since deleted failed with
+    DuckDB's bare 'No files found that match the pattern'."""
+    import duckdb
+
+    early = connect(cat.dir)
+    compact(cat.dir)
+    compact(cat.dir, keep_s=0)  # the grace period (shortened) is over: the files it bound are gone
+    with pytest.raises(duckdb.Error, match=r"\.parquet is gone: this connection reads the catalog's files "
+                                           r"as they were when it was made.*Connect again"):
+        early.execute("SELECT count(*) FROM lesions_history").fetchone()
+    assert connect(cat.dir).execute("SELECT count(*) FROM lesions_history").fetchone() == (19,)
