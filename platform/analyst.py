@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -71,11 +72,14 @@ def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int 
 
 
 _NESTED = frozenset({"list", "array", "struct", "map", "union"})
+# Offset written after a CSV time, by type: the connection's zone is UTC (catalog.lock_down).
+_ISO_ZONE = {"timestamp with time zone": "+00:00", "timestamp": ""}
 
 
 def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duckdb.DuckDBPyRelation:
     """`relation` with the columns `out_format` has no type for as text: an INTERVAL (what
-    `finished_at - started_at` is) as DuckDB writes it ('1 day 02:00:00'), for Parquet and CSV a
+    `finished_at - started_at` is) as DuckDB writes it ('1 day 02:00:00'), for CSV a time as the
+    printed formats write it (ISO 8601: '2026-01-01T10:00:00+00:00'), for Parquet and CSV a
     UNION or a nested value holding an interval as JSON, and for CSV every list, struct or map as
     JSON. Other columns, and every column of a relation that needs none of this, stay as they are."""
     def quoted(name: str) -> str:
@@ -84,6 +88,10 @@ def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duck
     def text(column: str, kind: duckdb.DuckDBPyType) -> str | None:
         if kind.id == "interval":
             return f"CAST({column} AS VARCHAR)"
+        if out_format == ".csv" and kind.id in _ISO_ZONE:  # ISO 8601 as the printed formats write it
+            whole, zone = "'%Y-%m-%dT%H:%M:%S", _ISO_ZONE[kind.id] + "'"
+            return (f"CASE WHEN microsecond({column}) % 1000000 = 0 THEN strftime({column}, {whole}{zone}) "
+                    f"ELSE strftime({column}, {whole}.%f{zone}) END")
         if out_format == ".json" or kind.id not in _NESTED:
             return None
         if out_format == ".csv" or kind.id == "union" or "INTERVAL" in str(kind):
@@ -149,16 +157,42 @@ def json_default(value: object) -> object:
     return str(value)
 
 
+_DAY_US = 86_400_000_000
+
+
+def interval_text(value: timedelta | pa.MonthDayNano) -> str:
+    """An interval as DuckDB writes it ('1 month 2 days 03:00:00', '-00:00:01'), as every output of
+    `dermground sql` does. A Python timedelta (what DuckDB gives for an interval inside a list or a
+    struct) has no months: DuckDB counted each as 30 days, and its days and time are split anew."""
+    if isinstance(value, timedelta):
+        total = value // timedelta(microseconds=1)
+        months, days = 0, int(total / _DAY_US)
+        micros = total - days * _DAY_US
+    else:
+        months, days, micros = value.months, value.days, value.nanoseconds // 1000
+    years = int(months / 12)
+    parts = [f"{n} {unit}{'' if abs(n) == 1 else 's'}"
+             for n, unit in ((years, "year"), (months - 12 * years, "month"), (days, "day")) if n]
+    if micros or not parts:
+        seconds, fraction = divmod(abs(micros), 1_000_000)
+        clock = f"{'-' if micros < 0 else ''}{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        parts.append(clock + (f".{fraction:06d}".rstrip("0") if fraction else ""))
+    return " ".join(parts)
+
+
 def json_value(value: object) -> object:
-    """A result cell as the JSON outputs write it: a time as ISO text, and NaN or an infinity (a
-    corr() over constant values, a division by zero) as null, as POST /sql answers: JSON has no
-    number for them, and `NaN` in a file makes every strict JSON reader fail."""
+    """A result cell as the JSON outputs write it: a time as ISO text, an interval as DuckDB writes
+    it (interval_text), and NaN or an infinity (a corr() over constant values, a division by zero)
+    as null, as POST /sql answers: JSON has no number for them, and `NaN` in a file makes every
+    strict JSON reader fail."""
     from datetime import date, datetime
 
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, timedelta | pa.MonthDayNano):  # before tuple: a MonthDayNano is one
+        return interval_text(value)
     if isinstance(value, list | tuple):
         return [json_value(v) for v in value]
     if isinstance(value, dict):

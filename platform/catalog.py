@@ -269,6 +269,16 @@ def _check_single_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise SqlRejected(f"only SELECT queries are allowed, this is a {kind.name} statement; the catalog is read-only")
 
 
+def without_closing_semicolon(sql: str) -> str:
+    """One statement's text without its closing `;` and the comments after it: a relation built on
+    it (a LIMIT, a projection) wraps it in a subquery, where `SELECT 1; -- why` does not parse."""
+    try:
+        tokens = [start for start, kind in duckdb.tokenize(sql) if kind != duckdb.token_type.comment]
+    except duckdb.Error:
+        return sql
+    return sql[:tokens[-1]] if tokens and sql[tokens[-1]] == ";" else sql
+
+
 def _says_pivot(sql: str) -> bool:
     """Whether the statement uses the PIVOT keyword (not in a string, comment or name)."""
     try:
@@ -335,10 +345,14 @@ def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeou
     catalog_dir = Path(catalog_dir).resolve()
     con = _guarded_database(catalog_dir).cursor()  # a cursor: its own query state, the shared views
     try:
+        from dermground.platform.analyst import writable_columns  # analyst imports this module
+
         with guarded_select(con, sql, catalog_dir, timeout_s):
-            cursor = con.execute(sql)
-            columns = [d[0] for d in cursor.description or []]
-            rows = cursor.fetchmany(max_rows + 1)
+            # An INTERVAL column as DuckDB writes it, as `--out` files have it: a Python timedelta
+            # has no months (DuckDB makes each 30 days) and prints -1 s as '-1 day, 23:59:59'.
+            relation = writable_columns(con.sql(without_closing_semicolon(sql)), ".json")
+            columns = list(relation.columns)
+            rows = relation.limit(max_rows + 1).fetchall()
         return SqlResult(columns, [tuple(r) for r in rows[:max_rows]], len(rows) > max_rows)
     finally:
         con.close()

@@ -212,3 +212,36 @@ def test_post_sql_answers_lists_and_structs_as_json_not_python_text(tmp_path: Pa
                                               "'nan'::DOUBLE AS r"})
     assert response.status_code == 200, response.text
     assert response.json()["rows"] == [[[1, 2], {"n": 7, "at": "2026-01-02"}, None]]
+
+
+# A month, a negative duration, intervals in a list, times with and without fractions.
+TIMES = ("SELECT INTERVAL 1 MONTH + INTERVAL 2 DAY + INTERVAL 3 HOUR AS took, -INTERVAL 1 SECOND AS early, "
+         "[INTERVAL 1 DAY, INTERVAL 90 MINUTE] AS laps, TIMESTAMPTZ '2026-01-01 10:00:00+00' AS at, "
+         "TIMESTAMPTZ '2026-01-01 10:00:00.25+00' AS at_frac")
+TIMES_WRITTEN = {"took": "1 month 2 days 03:00:00", "early": "-00:00:01", "laps": ["1 day", "01:30:00"],
+                 "at": "2026-01-01T10:00:00+00:00", "at_frac": "2026-01-01T10:00:00.250000+00:00"}
+
+
+def test_every_output_writes_intervals_and_times_alike(tmp_path: Path) -> None:
+    """`--format` printed intervals as Python does ('32 days, 3:00:00' for a month and two days,
+    '-1 day, 23:59:59' for minus one second, a list as [datetime.timedelta(days=1)]) while `--out`
+    wrote DuckDB's text ('1 month 2 days 03:00:00', a list in JSON as [[0, 1, 0]]), and `--out x.csv`
+    wrote times as '2026-01-01 10:00:00.000000Z'. Now every output writes intervals as DuckDB does
+    and times as ISO 8601."""
+    import csv
+    import io
+
+    def from_csv(text: str) -> dict:
+        (row,) = list(csv.DictReader(io.StringIO(text)))
+        return {**row, "laps": json.loads(row["laps"])}
+
+    printed = {fmt: _sql(tmp_path, TIMES, "--format", fmt) for fmt in ("json", "csv", "table")}
+    assert all(r.exit_code == 0 for r in printed.values()), {f: r.output for f, r in printed.items()}
+    assert _strict_json(printed["json"].stdout) == [TIMES_WRITTEN]
+    assert from_csv(printed["csv"].stdout) == TIMES_WRITTEN
+    assert printed["table"].stdout.splitlines()[2].split("  ")[:3] == [
+        "1 month 2 days 03:00:00", "-00:00:01", '["1 day", "01:30:00"]']
+    for suffix in (".json", ".csv"):
+        out = tmp_path / f"times{suffix}"
+        assert _sql(tmp_path, TIMES, "--out", str(out)).exit_code == 0
+        assert (_strict_json(out.read_text()) if suffix == ".json" else from_csv(out.read_text())) == TIMES_WRITTEN

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -20,6 +20,14 @@ from dermground.platform.commands.context import current_settings, from_settings
 def _cell(value: object) -> object:
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, timedelta):  # inside a list or struct: top-level intervals come as DuckDB's text
+        from dermground.platform.analyst import interval_text
+
+        return interval_text(value)
+    if isinstance(value, list | tuple | dict):  # as the JSON outputs write it, not Python's repr
+        from dermground.platform.analyst import json_default, json_value
+
+        return json.dumps(json_value(value), default=json_default)
     return value
 
 
@@ -52,8 +60,9 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
               help="Stop the query after this many seconds [default: DERMGROUND_SQL_TIMEOUT_S].")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it. "
-                   "JSON writes NaN and infinities as null; intervals are written as text, and CSV writes lists, "
-                   "structs and maps as JSON text.")
+                   "JSON writes NaN and infinities as null; times are ISO 8601 text in CSV and JSON and intervals "
+                   "text as DuckDB writes them ('1 month 2 days 03:00:00'), as --format prints them; CSV writes "
+                   "lists, structs and maps as JSON text.")
 @click.option("--schema", "schema", is_flag=True,
               help="Print every view and column with type, unit and meaning (the data dictionary) and exit.")
 def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out: Path | None, schema: bool) -> None:
