@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from dermground.platform.catalog import _create_views, guarded_select, lock_down
+from dermground.platform.catalog import _create_views, guarded_select, lock_down, without_closing_semicolon
 from dermground.platform.catalog_readonly_fs import PREFIX, ReadOnlyCatalogFileSystem
 
 
@@ -61,7 +61,7 @@ def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int 
     con = connect(catalog_dir)
     try:
         with guarded_select(con, sql, Path(catalog_dir).resolve(), timeout_s):
-            relation = con.sql(sql)
+            relation = con.sql(without_closing_semicolon(sql))
             if max_rows is not None:
                 relation = relation.limit(max_rows)
             if out_format is not None:

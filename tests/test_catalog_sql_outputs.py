@@ -245,3 +245,12 @@ def test_every_output_writes_intervals_and_times_alike(tmp_path: Path) -> None:
         out = tmp_path / f"times{suffix}"
         assert _sql(tmp_path, TIMES, "--out", str(out)).exit_code == 0
         assert (_strict_json(out.read_text()) if suffix == ".json" else from_csv(out.read_text())) == TIMES_WRITTEN
+
+
+def test_out_with_max_rows_takes_a_statement_ended_by_a_semicolon_and_a_comment(tmp_path: Path) -> None:
+    """`--out` with --max-rows (or a column written as text) wraps the statement in a subquery:
+    `SELECT ...; -- why`, as an analyst keeps it in a file, failed with 'syntax error at or near ";"'."""
+    out = tmp_path / "r.csv"
+    done = _sql(tmp_path, "SELECT range AS n FROM range(5); -- the first rows", "--max-rows", "2", "--out", str(out))
+    assert done.exit_code == 0, done.output
+    assert pcsv.read_csv(out).to_pylist() == [{"n": 0}, {"n": 1}]
