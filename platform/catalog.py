@@ -101,6 +101,15 @@ class SqlRejected(ValueError):
     """An analyst query that the read-only SQL endpoint refuses, with the reason."""
 
 
+class SqlFailed(SqlRejected):
+    """An analyst SELECT the guard allowed that did not finish: DuckDB's error (a misspelt column,
+    a type mismatch), a timeout or Ctrl-C."""
+
+
+class SqlTimedOut(SqlFailed):
+    """An analyst SELECT stopped after its time limit."""
+
+
 class SqlResult(NamedTuple):
     columns: list[str]
     rows: list[tuple]
@@ -413,20 +422,20 @@ def guarded_select(con: duckdb.DuckDBPyConnection, sql: str, catalog_dir: Path, 
             yield
     except duckdb.InterruptException:
         if not timed_out.is_set():
-            raise SqlRejected(_INTERRUPTED) from None
-        raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+            raise SqlFailed(_INTERRUPTED) from None
+        raise SqlTimedOut(f"the query ran longer than {timeout_s:g} s and was stopped") from None
     except (KeyboardInterrupt, RuntimeError) as exc:
         # Ctrl-C while DuckDB runs the query: its Python client stops it and raises
         # RuntimeError('Query interrupted'); the shell goes on with the next statement.
         if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
             raise
-        raise SqlRejected(_INTERRUPTED) from None
+        raise SqlFailed(_INTERRUPTED) from None
     except duckdb.Error as exc:
         if not timer.is_alive():
-            raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+            raise SqlTimedOut(f"the query ran longer than {timeout_s:g} s and was stopped") from None
         if isinstance(exc, duckdb.PermissionException):
             raise SqlRejected("the query tried to use a file outside the catalog folder; only the catalog "
                               f"views (and files under {catalog_dir}) can be read: {exc}") from None
-        raise SqlRejected(f"query failed: {exc}") from None
+        raise SqlFailed(f"query failed: {exc}") from None
     finally:
         timer.cancel()

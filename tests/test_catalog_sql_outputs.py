@@ -254,3 +254,14 @@ def test_out_with_max_rows_takes_a_statement_ended_by_a_semicolon_and_a_comment(
     done = _sql(tmp_path, "SELECT range AS n FROM range(5); -- the first rows", "--max-rows", "2", "--out", str(out))
     assert done.exit_code == 0, done.output
     assert pcsv.read_csv(out).to_pylist() == [{"n": 0}, {"n": 1}]
+
+
+def test_a_failed_select_is_not_told_that_only_one_select_is_allowed(tmp_path: Path) -> None:
+    """Every error ended with 'Only one SELECT over the catalog views is allowed', also a misspelt
+    column in what was one SELECT: the next step that fits a failed query is the schema."""
+    failed = _sql(tmp_path, "SELECT nope FROM lesions")
+    assert failed.exit_code == 1
+    assert 'query failed: Binder Error: Referenced column "nope" not found' in failed.output
+    assert "Only one SELECT" not in failed.output and "`dermground sql --schema` lists every view" in failed.output
+    refused = _sql(tmp_path, "DELETE FROM lesions")
+    assert refused.exit_code == 1 and "Only one SELECT over the catalog views is allowed" in refused.output

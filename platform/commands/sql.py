@@ -101,11 +101,24 @@ def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out
     try:
         result = run_readonly_sql(catalog_dir, query, max_rows=max_rows, timeout_s=timeout_s)
     except SqlRejected as exc:
-        raise click.ClickException(f"{exc}\nOnly one SELECT over the catalog views is allowed "
-                                   "(see `dermground sql --help`).") from None
+        raise _sql_error(exc) from None
     click.echo(_render(result.columns, result.rows, fmt), nl=fmt != "csv")
     if result.truncated:
         click.echo(f"(stopped at {max_rows} rows; raise --max-rows or add LIMIT/WHERE)", err=True)
+
+
+def _sql_error(exc: Exception) -> click.ClickException:
+    """The CLI's error for a refused or failed query, with the next step that fits it: a query
+    that failed was one SELECT, so the rule about one SELECT is no help there."""
+    from dermground.platform.catalog import SqlFailed, SqlTimedOut
+
+    if isinstance(exc, SqlTimedOut):
+        hint = "Raise --timeout, or narrow the query (WHERE, LIMIT)."
+    elif isinstance(exc, SqlFailed):
+        hint = "(`dermground sql --schema` lists every view and column.)" if str(exc).startswith("query failed") else ""
+    else:
+        hint = "Only one SELECT over the catalog views is allowed (see `dermground sql --help`)."
+    return click.ClickException(f"{exc}\n{hint}".rstrip())
 
 
 def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
@@ -137,8 +150,7 @@ def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, t
         table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=max_rows,
                             out_format=out.suffix.lower())
     except SqlRejected as exc:
-        raise click.ClickException(f"{exc}\nOnly one SELECT over the catalog views is allowed "
-                                   "(see `dermground sql --help`).") from None
+        raise _sql_error(exc) from None
     write_table(table, out)
     click.echo(f"wrote {table.num_rows} rows x {table.num_columns} columns to {out}", err=True)
 
