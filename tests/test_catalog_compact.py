@@ -299,7 +299,7 @@ def test_a_file_someone_dropped_into_a_table_folder_is_left_out_named_and_kept(c
         assert _snapshot(cat.dir) == before
     assert connect(cat.dir).execute("SELECT count(*) FROM lesions_history").fetchone() == (19,)
     assert [(p.name, why.split(":")[0]) for p, why in foreign_files(cat.dir / "lesions")] == [
-        ("my_results.parquet", "no written_at timestamp column, so no lesions rows written by dermground"),
+        ("my_results.parquet", "no written_at column, so no lesions rows written by dermground"),
         ("notes.parquet", "not a Parquet file")]
     compact(cat.dir)
     compact(cat.dir, keep_s=0)
