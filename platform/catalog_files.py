@@ -227,9 +227,11 @@ def not_a_catalog_file(path: Path) -> str | None:
     if key in _FOREIGN:
         return _FOREIGN[key]
     stamp = _STAMP.get(path.parent.name)
-    footer = _parquet_footer(path)
+    footer = _parquet_footer(path) if not path.is_dir() else None
     reason: str | None = None
-    if footer is None:
+    if path.is_dir():
+        reason = "a folder (a data set another tool wrote?), not a Parquet file"
+    elif footer is None:
         reason = "not a Parquet file: no PAR1 marks at its start and end"
     elif stamp is not None and _thrift_string(stamp) not in footer:
         reason = f"no {stamp} column, so no {path.parent.name} rows written by dermground"

@@ -295,16 +295,19 @@ def test_a_file_someone_dropped_into_a_table_folder_is_left_out_named_and_kept(c
     pq.write_table(pa.table({"isic_id": ["ISIC_0000"], "score": [0.5]}), mine)
     junk = cat.dir / "lesions" / "notes.parquet"
     junk.write_bytes(b"not parquet")
+    (cat.dir / "lesions" / "spark_out.parquet").mkdir()  # what Spark and pandas' partitioned writes make
     with pytest.warns(ForeignCatalogFile, match="my_results.parquet is not a catalog file .*move it out"):
         assert _snapshot(cat.dir) == before
     assert connect(cat.dir).execute("SELECT count(*) FROM lesions_history").fetchone() == (19,)
     assert [(p.name, why.split(":")[0]) for p, why in foreign_files(cat.dir / "lesions")] == [
         ("my_results.parquet", "no written_at column, so no lesions rows written by dermground"),
-        ("notes.parquet", "not a Parquet file")]
+        ("notes.parquet", "not a Parquet file"), ("spark_out.parquet", "a folder (a data set another tool wrote?), "
+                                                                       "not a Parquet file")]
     compact(cat.dir)
     compact(cat.dir, keep_s=0)
     assert _snapshot(cat.dir) == before
-    assert sorted(p.name for p in (cat.dir / "lesions").glob("*.parquet")) == ["my_results.parquet", "notes.parquet"]
+    assert sorted(p.name for p in (cat.dir / "lesions").glob("*.parquet")) == ["my_results.parquet", "notes.parquet",
+                                                                              "spark_out.parquet"]
 
 
 def test_a_connection_older_than_the_grace_period_says_to_connect_again(cat: Catalog) -> None:
