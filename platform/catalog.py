@@ -298,6 +298,9 @@ def _says_pivot(sql: str) -> bool:
                and not sql[start + 5:start + 6].isalnum() for start, kind in tokens)
 
 
+ANALYST_MEMORY_LIMIT = "2GB"  # DuckDB's memory for one analyst connection (lock_down)
+
+
 def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "") -> None:
     """The analyst guard's settings: read files under catalog_dir only (named with `prefix`, as the
     views name them), no other external access, bounded memory, and the configuration frozen so a
@@ -308,7 +311,7 @@ def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "
     con.execute("SET temp_directory=''")
     con.execute(f"SET allowed_directories=[{_sql_literal(prefix + str(catalog_dir))}]")
     con.execute("SET enable_external_access=false")
-    con.execute("SET memory_limit='2GB'")
+    con.execute(f"SET memory_limit='{ANALYST_MEMORY_LIMIT}'")
     # The catalog's times are UTC (docs/CATALOG.md), and once locked nobody can change the zone:
     # show them in UTC, not in the zone of whatever machine runs the query (GLOBAL: also in the
     # cursors run_readonly_sql takes).
@@ -433,6 +436,12 @@ def guarded_select(con: duckdb.DuckDBPyConnection, sql: str, catalog_dir: Path, 
     except duckdb.Error as exc:
         if not timer.is_alive():
             raise SqlTimedOut(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            # DuckDB's own advice (a temp_directory, more memory, fewer threads) cannot be taken:
+            # lock_down froze the settings.
+            raise SqlFailed(f"the query needed more memory than an analyst's query has ({ANALYST_MEMORY_LIMIT}, "
+                            "without spilling to disk; the settings are fixed): aggregate or filter in the query "
+                            "(GROUP BY, WHERE) or select fewer columns, so that less is held at once") from None
         if isinstance(exc, duckdb.PermissionException):
             raise SqlRejected("the query tried to use a file outside the catalog folder; only the catalog "
                               f"views (and files under {catalog_dir}) can be read: {exc}") from None
