@@ -200,11 +200,32 @@ def json_value(value: object) -> object:
     return value
 
 
+def unique_names(columns: list[str]) -> list[str]:
+    """Column names for JSON objects, a repeated one numbered as DuckDB's .df() does (`a`, `a_1`):
+    `SELECT * FROM lesions l JOIN predictions p ON ...` repeats isic_id, and an object keeps only
+    the last value of a key."""
+    taken = set(columns)
+    seen: set[str] = set()
+    names = []
+    for name in columns:
+        if name in seen:
+            n = 1
+            while f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+            taken.add(name)
+        seen.add(name)
+        names.append(name)
+    return names
+
+
 def _write_json_lines(table: pa.Table, path: Path) -> None:
     import json
 
+    names = unique_names(table.column_names)
     with open(path, "w", encoding="utf-8") as out:
         for batch in table.to_batches(max_chunksize=65_536):
-            for row in batch.to_pylist():
-                out.write(json.dumps({k: json_value(v) for k, v in row.items()}, default=json_default,
-                                     allow_nan=False) + "\n")
+            columns = [column.to_pylist() for column in batch.columns]  # by position: names may repeat
+            for row in zip(*columns, strict=True):
+                out.write(json.dumps({k: json_value(v) for k, v in zip(names, row, strict=True)},
+                                     default=json_default, allow_nan=False) + "\n")

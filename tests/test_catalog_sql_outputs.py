@@ -265,3 +265,17 @@ def test_a_failed_select_is_not_told_that_only_one_select_is_allowed(tmp_path: P
     assert "Only one SELECT" not in failed.output and "`dermground sql --schema` lists every view" in failed.output
     refused = _sql(tmp_path, "DELETE FROM lesions")
     assert refused.exit_code == 1 and "Only one SELECT over the catalog views is allowed" in refused.output
+
+
+def test_json_outputs_keep_every_column_of_a_join_that_repeats_names(tmp_path: Path) -> None:
+    """`SELECT * FROM a JOIN b ON ...` repeats column names, and the JSON outputs kept only the
+    last value of each: one table's written_at silently replaced the other's. Repeated names are
+    numbered as DuckDB's .df() numbers them."""
+    query = "SELECT * FROM (SELECT 1 AS id, 'early' AS at) l JOIN (SELECT 1 AS id, 'late' AS at) r ON l.id = r.id"
+    expected = {"id": 1, "at": "early", "id_1": 1, "at_1": "late"}
+    printed = _sql(tmp_path, query, "--format", "json")
+    assert printed.exit_code == 0, printed.output
+    assert _strict_json(printed.stdout) == [expected]
+    out = tmp_path / "joined.json"
+    assert _sql(tmp_path, query, "--out", str(out)).exit_code == 0
+    assert [_strict_json(line) for line in out.read_text().splitlines()] == [expected]

@@ -123,9 +123,10 @@ def _sql_error(exc: Exception) -> click.ClickException:
 
 def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
     if fmt == "json":
-        from dermground.platform.analyst import json_default, json_value
+        from dermground.platform.analyst import json_default, json_value, unique_names
 
-        records = [{c: json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+        names = unique_names(columns)
+        records = [{c: json_value(v) for c, v in zip(names, row, strict=True)} for row in rows]
         return json.dumps(records, indent=2, default=json_default, allow_nan=False)
     if fmt == "csv":
         buffer = io.StringIO()
