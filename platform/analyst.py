@@ -98,13 +98,13 @@ def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duck
             return f"CAST(to_json({column}) AS VARCHAR)"
         return None
 
+    # Columns by position (#1, #2, ...): a join's result may repeat a name (isic_id of both sides).
     names = relation.columns
-    if len(set(names)) != len(names):
-        return relation  # a repeated column name cannot be projected by name
-    changed = {name: text(quoted(name), kind) for name, kind in zip(names, relation.types, strict=True)}
-    if not any(changed.values()):
+    changed = [text(f"#{i}", kind) for i, kind in enumerate(relation.types, start=1)]
+    if not any(changed):
         return relation
-    columns = ", ".join(f"{expr or quoted(name)} AS {quoted(name)}" for name, expr in changed.items())
+    columns = ", ".join(f"{expr or f'#{i}'} AS {quoted(name)}"
+                        for i, (name, expr) in enumerate(zip(names, changed, strict=True), start=1))
     return relation.project(columns)
 
 
@@ -134,7 +134,8 @@ def write_table(table: pa.Table, path: Path) -> Path:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            pq.write_table(table, tmp)
+            # A repeated name (a join's isic_id) makes a file pyarrow and pandas refuse to read.
+            pq.write_table(table.rename_columns(unique_names(table.column_names)), tmp)
         elif suffix == ".csv":
             import pyarrow.csv as pcsv
 

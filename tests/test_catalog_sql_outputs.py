@@ -279,3 +279,19 @@ def test_json_outputs_keep_every_column_of_a_join_that_repeats_names(tmp_path: P
     out = tmp_path / "joined.json"
     assert _sql(tmp_path, query, "--out", str(out)).exit_code == 0
     assert [_strict_json(line) for line in out.read_text().splitlines()] == [expected]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_out_files_of_a_join_that_repeats_names_write_intervals_and_lists(tmp_path: Path, suffix: str) -> None:
+    """A result repeating a column name was written without its intervals and lists turned into
+    text (they were projected by name): --out x.csv and x.parquet failed with a pyarrow traceback,
+    and a Parquet file with a repeated name is one pyarrow and pandas refuse to read."""
+    query = ("SELECT * FROM (SELECT 1 AS id, INTERVAL 90 MINUTE AS took, [1, 2] AS xs) l "
+             "JOIN (SELECT 1 AS id) r ON l.id = r.id")
+    out = tmp_path / f"joined{suffix}"
+    done = _sql(tmp_path, query, "--out", str(out))
+    assert done.exit_code == 0, done.output
+    if suffix == ".parquet":
+        assert pq.read_table(out).to_pylist() == [{"id": 1, "took": "01:30:00", "xs": [1, 2], "id_1": 1}]
+    else:
+        assert out.read_text().splitlines() == ['"id","took","xs","id"', '1,"01:30:00","[1,2]",1']
