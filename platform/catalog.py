@@ -360,11 +360,18 @@ def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeou
         from dermground.platform.analyst import writable_columns  # analyst imports this module
 
         with guarded_select(con, sql, catalog_dir, timeout_s):
-            # An INTERVAL column as DuckDB writes it, as `--out` files have it: a Python timedelta
-            # has no months (DuckDB makes each 30 days) and prints -1 s as '-1 day, 23:59:59'.
-            relation = writable_columns(con.sql(without_closing_semicolon(sql)), ".json")
-            columns = list(relation.columns)
-            rows = relation.limit(max_rows + 1).fetchall()
+            cursor = con.execute(sql)
+            columns = [d[0] for d in cursor.description or []]
+            if any(d[1].id == "interval" for d in cursor.description or []):
+                # An INTERVAL column as DuckDB writes it, as `--out` files have it: a Python
+                # timedelta has no months (DuckDB makes each 30 days) and prints -1 s as
+                # '-1 day, 23:59:59'. Such a query runs again (binding a wrapped query costs as
+                # much as running it on an uncompacted catalog: the others do not pay for it).
+                cursor.abort()  # the connection takes no other statement while a result is pending
+                relation = writable_columns(con.sql(without_closing_semicolon(sql)), ".json")
+                rows = relation.limit(max_rows + 1).fetchall()
+            else:
+                rows = cursor.fetchmany(max_rows + 1)
         return SqlResult(columns, [tuple(r) for r in rows[:max_rows]], len(rows) > max_rows)
     finally:
         con.close()
