@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     if latest is not None:
         run_id = latest[0]
         print(f"\n== prediction errors of the latest run {run_id}: per attribute")
+        # R² as eval scores it: over the parsed answers only (error is NULL for the others).
         per_attribute = con.execute(
             "SELECT attribute, unit, count(*) AS n, avg(ok::INT) AS parsed, avg(abs_error) AS mae, "
-            "1 - sum(error * error) / (count(error) * var_pop(measured)) AS r2 "
+            "1 - sum(error * error) / (count(error) * var_pop(measured) FILTER (WHERE error IS NOT NULL)) AS r2 "
             "FROM prediction_errors WHERE run_id = ? GROUP BY ALL ORDER BY r2 DESC NULLS LAST", [run_id]).df()
         print(per_attribute.to_string(index=False))
 

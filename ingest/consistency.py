@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from dermground.ingest.partitions import ids_hash
 from dermground.ingest.writer import catalog_file_name
 from dermground.platform.catalog import Catalog
-from dermground.platform.catalog_files import live_files, rows_by_source
+from dermground.platform.catalog_files import foreign_files, live_files, rows_by_source
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, VectorStore, open_collections, open_store, point_id
 from dermground.platform.store.versions import BUILDING, Collections, VersionMeta, split_physical
@@ -74,6 +74,9 @@ def check_collection(settings: Settings, collection: str) -> CheckReport:
     catalog_set = set(catalog_ids)
     report.add("in the catalog but missing from the store", catalog_set - store_ids)
     report.add("in the store but not in the catalog (phantom points)", store_ids - catalog_set)
+    for table in ("lesions", "ingest_partitions"):
+        report.add(f"files in catalog/{table} that are not catalog files (left out of every view: move them out "
+                   "of the catalog folder)", {f"{path.name} ({why})" for path, why in foreign_files(catalog.dir / table)})
     ledger_ids = _check_ledger(catalog, collection, report)
     report.add("catalog rows of no committed partition (an interrupted ingest: rerun it)", catalog_set - ledger_ids)
     report.add("committed by the ledger but missing from the store", ledger_ids - store_ids)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from dermground.platform.catalog import _create_views, guarded_select, lock_down
+from dermground.platform.catalog import _create_views, guarded_select, lock_down, without_closing_semicolon
 from dermground.platform.catalog_readonly_fs import PREFIX, ReadOnlyCatalogFileSystem
 
 
@@ -60,7 +61,7 @@ def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int 
     con = connect(catalog_dir)
     try:
         with guarded_select(con, sql, Path(catalog_dir).resolve(), timeout_s):
-            relation = con.sql(sql)
+            relation = con.sql(without_closing_semicolon(sql))
             if max_rows is not None:
                 relation = relation.limit(max_rows)
             if out_format is not None:
@@ -71,11 +72,14 @@ def query_arrow(catalog_dir: Path, sql: str, *, timeout_s: float, max_rows: int 
 
 
 _NESTED = frozenset({"list", "array", "struct", "map", "union"})
+# Offset written after a CSV time, by type: the connection's zone is UTC (catalog.lock_down).
+_ISO_ZONE = {"timestamp with time zone": "+00:00", "timestamp": ""}
 
 
 def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duckdb.DuckDBPyRelation:
     """`relation` with the columns `out_format` has no type for as text: an INTERVAL (what
-    `finished_at - started_at` is) as DuckDB writes it ('1 day 02:00:00'), for Parquet and CSV a
+    `finished_at - started_at` is) as DuckDB writes it ('1 day 02:00:00'), for CSV a time as the
+    printed formats write it (ISO 8601: '2026-01-01T10:00:00+00:00'), for Parquet and CSV a
     UNION or a nested value holding an interval as JSON, and for CSV every list, struct or map as
     JSON. Other columns, and every column of a relation that needs none of this, stay as they are."""
     def quoted(name: str) -> str:
@@ -84,19 +88,23 @@ def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duck
     def text(column: str, kind: duckdb.DuckDBPyType) -> str | None:
         if kind.id == "interval":
             return f"CAST({column} AS VARCHAR)"
+        if out_format == ".csv" and kind.id in _ISO_ZONE:  # ISO 8601 as the printed formats write it
+            whole, zone = "'%Y-%m-%dT%H:%M:%S", _ISO_ZONE[kind.id] + "'"
+            return (f"CASE WHEN microsecond({column}) % 1000000 = 0 THEN strftime({column}, {whole}{zone}) "
+                    f"ELSE strftime({column}, {whole}.%f{zone}) END")
         if out_format == ".json" or kind.id not in _NESTED:
             return None
         if out_format == ".csv" or kind.id == "union" or "INTERVAL" in str(kind):
             return f"CAST(to_json({column}) AS VARCHAR)"
         return None
 
+    # Columns by position (#1, #2, ...): a join's result may repeat a name (isic_id of both sides).
     names = relation.columns
-    if len(set(names)) != len(names):
-        return relation  # a repeated column name cannot be projected by name
-    changed = {name: text(quoted(name), kind) for name, kind in zip(names, relation.types, strict=True)}
-    if not any(changed.values()):
+    changed = [text(f"#{i}", kind) for i, kind in enumerate(relation.types, start=1)]
+    if not any(changed):
         return relation
-    columns = ", ".join(f"{expr or quoted(name)} AS {quoted(name)}" for name, expr in changed.items())
+    columns = ", ".join(f"{expr or f'#{i}'} AS {quoted(name)}"
+                        for i, (name, expr) in enumerate(zip(names, changed, strict=True), start=1))
     return relation.project(columns)
 
 
@@ -126,7 +134,8 @@ def write_table(table: pa.Table, path: Path) -> Path:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            pq.write_table(table, tmp)
+            # A repeated name (a join's isic_id) makes a file pyarrow and pandas refuse to read.
+            pq.write_table(table.rename_columns(unique_names(table.column_names)), tmp)
         elif suffix == ".csv":
             import pyarrow.csv as pcsv
 
@@ -149,16 +158,42 @@ def json_default(value: object) -> object:
     return str(value)
 
 
+_DAY_US = 86_400_000_000
+
+
+def interval_text(value: timedelta | pa.MonthDayNano) -> str:
+    """An interval as DuckDB writes it ('1 month 2 days 03:00:00', '-00:00:01'), as every output of
+    `dermground sql` does. A Python timedelta (what DuckDB gives for an interval inside a list or a
+    struct) has no months: DuckDB counted each as 30 days, and its days and time are split anew."""
+    if isinstance(value, timedelta):
+        total = value // timedelta(microseconds=1)
+        months, days = 0, int(total / _DAY_US)
+        micros = total - days * _DAY_US
+    else:
+        months, days, micros = value.months, value.days, value.nanoseconds // 1000
+    years = int(months / 12)
+    parts = [f"{n} {unit}{'' if abs(n) == 1 else 's'}"
+             for n, unit in ((years, "year"), (months - 12 * years, "month"), (days, "day")) if n]
+    if micros or not parts:
+        seconds, fraction = divmod(abs(micros), 1_000_000)
+        clock = f"{'-' if micros < 0 else ''}{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        parts.append(clock + (f".{fraction:06d}".rstrip("0") if fraction else ""))
+    return " ".join(parts)
+
+
 def json_value(value: object) -> object:
-    """A result cell as the JSON outputs write it: a time as ISO text, and NaN or an infinity (a
-    corr() over constant values, a division by zero) as null, as POST /sql answers: JSON has no
-    number for them, and `NaN` in a file makes every strict JSON reader fail."""
+    """A result cell as the JSON outputs write it: a time as ISO text, an interval as DuckDB writes
+    it (interval_text), and NaN or an infinity (a corr() over constant values, a division by zero)
+    as null, as POST /sql answers: JSON has no number for them, and `NaN` in a file makes every
+    strict JSON reader fail."""
     from datetime import date, datetime
 
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, timedelta | pa.MonthDayNano):  # before tuple: a MonthDayNano is one
+        return interval_text(value)
     if isinstance(value, list | tuple):
         return [json_value(v) for v in value]
     if isinstance(value, dict):
@@ -166,11 +201,32 @@ def json_value(value: object) -> object:
     return value
 
 
+def unique_names(columns: list[str]) -> list[str]:
+    """Column names for JSON objects, a repeated one numbered as DuckDB's .df() does (`a`, `a_1`):
+    `SELECT * FROM lesions l JOIN predictions p ON ...` repeats isic_id, and an object keeps only
+    the last value of a key."""
+    taken = set(columns)
+    seen: set[str] = set()
+    names = []
+    for name in columns:
+        if name in seen:
+            n = 1
+            while f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+            taken.add(name)
+        seen.add(name)
+        names.append(name)
+    return names
+
+
 def _write_json_lines(table: pa.Table, path: Path) -> None:
     import json
 
+    names = unique_names(table.column_names)
     with open(path, "w", encoding="utf-8") as out:
         for batch in table.to_batches(max_chunksize=65_536):
-            for row in batch.to_pylist():
-                out.write(json.dumps({k: json_value(v) for k, v in row.items()}, default=json_default,
-                                     allow_nan=False) + "\n")
+            columns = [column.to_pylist() for column in batch.columns]  # by position: names may repeat
+            for row in zip(*columns, strict=True):
+                out.write(json.dumps({k: json_value(v) for k, v in zip(names, row, strict=True)},
+                                     default=json_default, allow_nan=False) + "\n")

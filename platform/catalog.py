@@ -101,6 +101,15 @@ class SqlRejected(ValueError):
     """An analyst query that the read-only SQL endpoint refuses, with the reason."""
 
 
+class SqlFailed(SqlRejected):
+    """An analyst SELECT the guard allowed that did not finish: DuckDB's error (a misspelt column,
+    a type mismatch), a timeout or Ctrl-C."""
+
+
+class SqlTimedOut(SqlFailed):
+    """An analyst SELECT stopped after its time limit."""
+
+
 class SqlResult(NamedTuple):
     columns: list[str]
     rows: list[tuple]
@@ -269,6 +278,16 @@ def _check_single_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise SqlRejected(f"only SELECT queries are allowed, this is a {kind.name} statement; the catalog is read-only")
 
 
+def without_closing_semicolon(sql: str) -> str:
+    """One statement's text without its closing `;` and the comments after it: a relation built on
+    it (a LIMIT, a projection) wraps it in a subquery, where `SELECT 1; -- why` does not parse."""
+    try:
+        tokens = [start for start, kind in duckdb.tokenize(sql) if kind != duckdb.token_type.comment]
+    except duckdb.Error:
+        return sql
+    return sql[:tokens[-1]] if tokens and sql[tokens[-1]] == ";" else sql
+
+
 def _says_pivot(sql: str) -> bool:
     """Whether the statement uses the PIVOT keyword (not in a string, comment or name)."""
     try:
@@ -277,6 +296,9 @@ def _says_pivot(sql: str) -> bool:
         return False
     return any(kind == duckdb.token_type.keyword and sql[start:start + 5].lower() == "pivot"
                and not sql[start + 5:start + 6].isalnum() for start, kind in tokens)
+
+
+ANALYST_MEMORY_LIMIT = "2GB"  # DuckDB's memory for one analyst connection (lock_down)
 
 
 def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "") -> None:
@@ -289,7 +311,7 @@ def lock_down(con: duckdb.DuckDBPyConnection, catalog_dir: Path, prefix: str = "
     con.execute("SET temp_directory=''")
     con.execute(f"SET allowed_directories=[{_sql_literal(prefix + str(catalog_dir))}]")
     con.execute("SET enable_external_access=false")
-    con.execute("SET memory_limit='2GB'")
+    con.execute(f"SET memory_limit='{ANALYST_MEMORY_LIMIT}'")
     # The catalog's times are UTC (docs/CATALOG.md), and once locked nobody can change the zone:
     # show them in UTC, not in the zone of whatever machine runs the query (GLOBAL: also in the
     # cursors run_readonly_sql takes).
@@ -335,10 +357,21 @@ def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeou
     catalog_dir = Path(catalog_dir).resolve()
     con = _guarded_database(catalog_dir).cursor()  # a cursor: its own query state, the shared views
     try:
+        from dermground.platform.analyst import writable_columns  # analyst imports this module
+
         with guarded_select(con, sql, catalog_dir, timeout_s):
             cursor = con.execute(sql)
             columns = [d[0] for d in cursor.description or []]
-            rows = cursor.fetchmany(max_rows + 1)
+            if any(d[1].id == "interval" for d in cursor.description or []):
+                # An INTERVAL column as DuckDB writes it, as `--out` files have it: a Python
+                # timedelta has no months (DuckDB makes each 30 days) and prints -1 s as
+                # '-1 day, 23:59:59'. Such a query runs again (binding a wrapped query costs as
+                # much as running it on an uncompacted catalog: the others do not pay for it).
+                cursor.abort()  # the connection takes no other statement while a result is pending
+                relation = writable_columns(con.sql(without_closing_semicolon(sql)), ".json")
+                rows = relation.limit(max_rows + 1).fetchall()
+            else:
+                rows = cursor.fetchmany(max_rows + 1)
         return SqlResult(columns, [tuple(r) for r in rows[:max_rows]], len(rows) > max_rows)
     finally:
         con.close()
@@ -399,20 +432,26 @@ def guarded_select(con: duckdb.DuckDBPyConnection, sql: str, catalog_dir: Path, 
             yield
     except duckdb.InterruptException:
         if not timed_out.is_set():
-            raise SqlRejected(_INTERRUPTED) from None
-        raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+            raise SqlFailed(_INTERRUPTED) from None
+        raise SqlTimedOut(f"the query ran longer than {timeout_s:g} s and was stopped") from None
     except (KeyboardInterrupt, RuntimeError) as exc:
         # Ctrl-C while DuckDB runs the query: its Python client stops it and raises
         # RuntimeError('Query interrupted'); the shell goes on with the next statement.
         if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
             raise
-        raise SqlRejected(_INTERRUPTED) from None
+        raise SqlFailed(_INTERRUPTED) from None
     except duckdb.Error as exc:
         if not timer.is_alive():
-            raise SqlRejected(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+            raise SqlTimedOut(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            # DuckDB's own advice (a temp_directory, more memory, fewer threads) cannot be taken:
+            # lock_down froze the settings.
+            raise SqlFailed(f"the query needed more memory than an analyst's query has ({ANALYST_MEMORY_LIMIT}, "
+                            "without spilling to disk; the settings are fixed): aggregate or filter in the query "
+                            "(GROUP BY, WHERE) or select fewer columns, so that less is held at once") from None
         if isinstance(exc, duckdb.PermissionException):
             raise SqlRejected("the query tried to use a file outside the catalog folder; only the catalog "
                               f"views (and files under {catalog_dir}) can be read: {exc}") from None
-        raise SqlRejected(f"query failed: {exc}") from None
+        raise SqlFailed(f"query failed: {exc}") from None
     finally:
         timer.cancel()

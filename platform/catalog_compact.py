@@ -118,6 +118,7 @@ def compact_if_fragmented(catalog_dir: Path, min_recent_files: int) -> CompactSu
 def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, min_files: int) -> TableCompaction:
     result = TableCompaction(table)
     result.files_deleted = _delete_expired(folder, keep_s)
+    _add_missing_digests(folder)
     parts = live_parts(folder)
     latest_by = _LATEST_BY.get(table)
     if latest_by:
@@ -211,6 +212,26 @@ def _write_verified(data: pa.Table, target: Path, table: str) -> Path:
         raise CatalogError(f"{table}: the compacted file did not read back with {data.num_rows} rows; "
                            "nothing was changed")
     return target
+
+
+def _add_missing_digests(folder: Path) -> None:
+    """Give the superseded entries an earlier release wrote without a digest the digest of their
+    file, while it is still the file merged: a copy of the catalog made later then recognises it
+    by its bytes (platform/catalog_files.is_superseded)."""
+    manifest = Manifest.read(folder)
+    added = False
+    for name, entry in manifest.superseded.items():
+        if len(entry) != 3:
+            continue
+        try:
+            raw = (folder / name).read_bytes()  # before the check: a rewrite since then fails it
+            if is_superseded(folder / name, entry):
+                entry.append(content_digest(raw))
+                added = True
+        except FileNotFoundError:
+            pass
+    if added:
+        manifest.write(folder)
 
 
 def _delete_expired(folder: Path, keep_s: float) -> int:

@@ -268,7 +268,12 @@ def render_markdown(views: list[View]) -> str:
              "(platform/catalog_dictionary.py); a test fails when this file is out of date. The same",
              "dictionary prints with `dermground sql --schema`.", "",
              "Query the views with `dermground sql`, POST /sql, or from Python with",
-             "`dermground.catalog.connect()` (see docs/analysis_example.py).", "",
+             "`dermground.catalog.connect()` (see docs/analysis_example.py). `dermground sql` prints and",
+             "writes (`--format`, `--out`) times as ISO 8601 (`2026-01-01T10:00:00+00:00`) and intervals as",
+             "DuckDB writes them (`1 month 2 days 03:00:00`, `-00:00:01`). Each of these connections has",
+             "2 GB of memory and does not spill to disk, and its settings are fixed: DuckDB's advice on an",
+             "out-of-memory error (`SET memory_limit`, `temp_directory`, `threads`) cannot be taken there;",
+             "aggregate or filter in the query instead.", "",
              "Read the tables through these views, not by globbing a table folder's Parquet files:",
              "`dermground catalog compact` merges them into `_compacted/` and deletes the files it replaced",
              "an hour later, so a `**/*.parquet` glob counts rows twice during that hour and a `*.parquet`",
@@ -276,7 +281,14 @@ def render_markdown(views: list[View]) -> str:
              "A copy of the folder (`cp -r`, tar, a restored backup) reads the same: superseded files are",
              "recognised by their content when the copy changed their times. To keep a result, use",
              "`dermground sql ... --out FILE` outside the catalog folder (a file in a table folder would be",
-             "read as rows of that table).", ""]
+             "read as rows of that table).", "",
+             "A file in a table folder that no catalog writer wrote (not Parquet, or without the table's",
+             "time column: `written_at`, `committed_at` or `at`) is left out of every view, `dermground check`",
+             "and compaction, and named in a warning (ForeignCatalogFile) and by `check`: move it out.", "",
+             "A `connect()` connection reads the files that were live when it was made: connect again to see",
+             "later writes. After a compaction it keeps reading the files it listed until their grace period",
+             "(`catalog compact --keep-minutes`, 60 by default) is over; then a query on it fails with",
+             "`... is gone: ... Connect again`, and a new connection reads the merged files.", ""]
     lines += [f"- [`{v.name}`](#{v.name}) — {v.description.split('. ')[0].rstrip('.')}." for v in views]
     for view in views:
         lines += ["", f"## {view.name}", "", view.description, "", "| column | type | unit | meaning |",

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,12 +88,15 @@ def content_digest(data: bytes) -> str:
 
 def is_superseded(path: Path, entry: Sequence[int | str]) -> bool:
     """Whether `path` is the file a superseded entry names: the same size and mtime, or, for a
-    copy with new mtimes, the same size and content. FileNotFoundError when it is gone."""
+    copy with new mtimes, the same size and content (for an entry written before the digest, the
+    same write stamps as the merged rows). FileNotFoundError when it is gone."""
     identity = file_identity(path)
     if identity == list(entry[:2]):
         return True
-    if identity[0] != entry[0] or len(entry) < 4:  # entries written before the digest: mtime only
+    if identity[0] != entry[0]:
         return False
+    if len(entry) < 4:  # an entry written before the digest: the merged rows' stamps tell
+        return _rows_were_merged(path, entry)
     # Readers list the files before every query: a copy's files are hashed once per process.
     key = (str(path), *identity)
     digest = _COPY_DIGESTS.get(key)
@@ -104,6 +109,63 @@ def is_superseded(path: Path, entry: Sequence[int | str]) -> bool:
 
 
 _COPY_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> content digest
+
+
+def _rows_were_merged(path: Path, entry: Sequence[int | str]) -> bool:
+    """For a superseded entry without a digest (a compaction by an earlier release) and a file of
+    its size but another mtime (a copy of the catalog): whether the live compacted files hold this
+    file's rows, told by their write stamps (written_at, committed_at, at). Every write stamps its
+    rows with its own time, so a file written again under the name since is not taken for the one
+    merged. Rows merged with their file's name (SOURCE_COLUMN) are compared with that file's rows
+    only, and with the write the entry names (SOURCE_WRITTEN_COLUMN) where it is recorded."""
+    from dermground.platform.catalog import _STAMP  # catalog imports this module
+
+    key = (str(path), *file_identity(path))
+    known = _COPY_MERGED.get(key)
+    if known is not None:
+        return known
+    stamp = _STAMP.get(path.parent.name)
+    try:
+        mine = Counter(_stamps(pq.read_table(path, columns=[stamp]), stamp)) if stamp else Counter()
+    except (pa.ArrowException, OSError):  # not a catalog file: not what a compaction merged
+        mine = Counter()
+    traced: list[int] = []
+    untraced: list[int] = []
+    for name in Manifest.read(path.parent).compacted if mine else []:
+        rows = _merged_stamps(path.parent / name, stamp)
+        untraced.extend(_stamps(rows, stamp))
+        if SOURCE_COLUMN not in rows.column_names:
+            continue
+        rows = rows.filter(pc.equal(rows.column(SOURCE_COLUMN), path.stem))
+        if SOURCE_WRITTEN_COLUMN in rows.column_names:
+            rows = rows.filter(pc.equal(rows.column(SOURCE_WRITTEN_COLUMN), int(entry[1])))
+        traced.extend(_stamps(rows, stamp))
+    # Rows merged under this file's name, else (merged without names, or merged again under an
+    # earlier compacted file's name) among all merged rows.
+    found = bool(mine) and mine <= Counter(traced or untraced)
+    _COPY_MERGED[key] = found
+    return found
+
+
+def _stamps(rows: pa.Table, stamp: str) -> list[int]:
+    return rows.column(stamp).cast(pa.int64()).to_pylist()
+
+
+def _merged_stamps(path: Path, stamp: str) -> pa.Table:
+    """A compacted file's write stamps and row origins, read once per process (the files are immutable)."""
+    key = (str(path), *file_identity(path))
+    rows = _MERGED_STAMPS.get(key)
+    if rows is None:
+        names = pq.ParquetFile(path).schema_arrow.names
+        rows = pq.read_table(path, columns=[c for c in (stamp, SOURCE_COLUMN, SOURCE_WRITTEN_COLUMN) if c in names])
+        if len(_MERGED_STAMPS) >= 64:
+            _MERGED_STAMPS.clear()
+        _MERGED_STAMPS[key] = rows
+    return rows
+
+
+_COPY_MERGED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) -> its rows were merged
+_MERGED_STAMPS: dict[tuple[str, int, int], pa.Table] = {}  # (compacted path, size, mtime_ns) -> stamps
 
 
 @dataclass(frozen=True)
@@ -138,14 +200,96 @@ def _listed(folder: Path, manifest: Manifest) -> list[Path]:
     files = []
     for path in sorted(folder.glob("*.parquet")):
         gone = manifest.superseded.get(path.name)
-        if gone is not None:
-            try:
-                if is_superseded(path, gone):
-                    continue
-            except FileNotFoundError:  # deleted after its grace period, between listing and stat
+        try:
+            if gone is not None and is_superseded(path, gone):
                 continue
+            if not_a_catalog_file(path) is not None:
+                continue
+        except FileNotFoundError:  # deleted after its grace period, between listing and stat
+            continue
         files.append(path)
     return files
+
+
+class ForeignCatalogFile(UserWarning):
+    """A file in a table folder that no catalog writer wrote: the views, `check` and compaction leave it out."""
+
+
+def not_a_catalog_file(path: Path) -> str | None:
+    """Why `path`, a `*.parquet` file in a table folder, holds no rows of that table (None when it
+    does): not Parquet, or without a column named as the table's write stamp (written_at,
+    committed_at, at), which every catalog writer has filled since the first release. Someone's own file dropped there would
+    otherwise count as rows of NULLs in every view (a file that is no Parquet failed them all), and
+    a compaction would merge it and delete it. Warns (ForeignCatalogFile) once per file and process."""
+    from dermground.platform.catalog import _STAMP  # catalog imports this module
+
+    key = (str(path), *file_identity(path))
+    if key in _FOREIGN:
+        return _FOREIGN[key]
+    stamp = _STAMP.get(path.parent.name)
+    footer = _parquet_footer(path) if not path.is_dir() else None
+    reason: str | None = None
+    if path.is_dir():
+        reason = "a folder (a data set another tool wrote?), not a Parquet file"
+    elif footer is None:
+        reason = "not a Parquet file: no PAR1 marks at its start and end"
+    elif stamp is not None and _thrift_string(stamp) not in footer:
+        reason = f"no {stamp} column, so no {path.parent.name} rows written by dermground"
+    if reason is not None:
+        # Named after the catalog, not after this line: the CLI prints it as it is.
+        warnings.warn_explicit(f"{path} is not a catalog file ({reason}): every view, `dermground check` and "
+                               "`catalog compact` leave it out; move it out of the catalog folder",
+                               ForeignCatalogFile, filename="dermground catalog", lineno=0)
+    if len(_FOREIGN) >= 100_000:
+        _FOREIGN.clear()
+    _FOREIGN[key] = reason
+    return reason
+
+
+_FOREIGN: dict[tuple[str, int, int], str | None] = {}  # (path, size, mtime_ns) -> why it is no catalog file
+
+
+def _parquet_footer(path: Path) -> bytes | None:
+    """A Parquet file's footer (its schema, Thrift-encoded), None when the file is no Parquet. Read
+    by hand: pyarrow's reader costs about 1 ms a file, and each `dermground sql` lists every file of
+    a catalog (thousands before a compaction) once."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size < 12:
+            return None
+        head = file.read(4)
+        file.seek(size - 8)
+        tail = file.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if head != b"PAR1" or tail[4:] != b"PAR1" or length > size - 12:
+            return None
+        file.seek(size - 8 - length)
+        return file.read(length)
+
+
+def _thrift_string(text: str) -> bytes:
+    """`text` as the footer stores a column name (Thrift compact protocol: varint length, UTF-8):
+    every file holding the column holds these bytes."""
+    data = text.encode()
+    length, prefix = len(data), bytearray()
+    while length > 0x7F:
+        prefix.append(length & 0x7F | 0x80)
+        length >>= 7
+    prefix.append(length)
+    return bytes(prefix) + data
+
+
+def foreign_files(folder: Path) -> list[tuple[Path, str]]:
+    """The `*.parquet` files of a table folder that are no catalog files, with the reason."""
+    found = []
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        try:
+            reason = not_a_catalog_file(path)
+        except FileNotFoundError:
+            continue
+        if reason is not None:
+            found.append((path, reason))
+    return found
 
 
 def rows_by_source(folder: Path, columns: Sequence[str] | None = None, prefix: str = "") -> dict[str, pa.Table]:

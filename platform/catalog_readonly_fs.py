@@ -58,6 +58,18 @@ class ReadOnlyCatalogFileSystem(AbstractFileSystem):
             self._refuse(path)
         return PositionedReader(self._local_path(path))
 
+    def glob(self, path: str, **kwargs: Any) -> Any:
+        # The views name each file, and DuckDB globs every name before it reads it: a file gone
+        # since the connection was made (a compaction deletes what it merged after its grace
+        # period) would only get DuckDB's bare "No files found that match the pattern".
+        if not any(c in path for c in "*?[") and not os.path.exists(self._local_path(path)):
+            raise FileNotFoundError(
+                f"{self._local_path(path)} is gone: this connection reads the catalog's files as they were "
+                "when it was made, and `dermground catalog compact` deletes the files it merged once its grace "
+                "period (--keep-minutes, 60 by default) is over. Connect again (dermground.catalog.connect()) "
+                "to read the merged files.")
+        return super().glob(path, **kwargs)
+
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         return self._local.info(self._local_path(path))
 

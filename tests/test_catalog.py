@@ -183,3 +183,19 @@ def test_cli_row_cap_and_refusal(home: Path) -> None:
     assert refused.exit_code == 1
     assert "only SELECT queries are allowed, this is a DROP statement" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_a_query_out_of_memory_is_told_what_it_can_change(tmp_path: Path) -> None:
+    """DuckDB's out-of-memory error advised SET temp_directory, memory_limit or threads, none of
+    which a locked analyst connection can do (here a connection with a small limit stands in for
+    the 2 GB one, so the test needs little memory)."""
+    import duckdb
+
+    from dermground.platform.catalog import SqlFailed, guarded_select
+
+    con = duckdb.connect(":memory:", config={"memory_limit": "32MB", "threads": "1"})
+    sql = "SELECT list(range) FROM range(20000000)"
+    with pytest.raises(SqlFailed, match=r"needed more memory than an analyst's query has \(2GB.*GROUP BY, WHERE") as err:
+        with guarded_select(con, sql, tmp_path, timeout_s=60):
+            con.execute(sql).fetchall()
+    assert "temp_directory" not in str(err.value)

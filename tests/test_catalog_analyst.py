@@ -416,3 +416,21 @@ def test_terminal_input_keeps_a_history_and_prompts_for_continuations(tmp_path: 
     assert list(statements(terminal_lines(history))) == ["SELECT 1\n  AS one", ".tables", "SELECT 2"]
     assert prompts == [PROMPT, CONTINUE, PROMPT, PROMPT, CONTINUE, PROMPT, PROMPT]
     assert history.exists()
+
+
+def test_the_documented_r2_is_the_r2_eval_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/analysis_example.py divided by the variance of every measured value of the run, also
+    of the images whose answer did not parse, while eval scores R² over the parsed answers only
+    (eval/predictions.score_predictions): 0.96 printed for an R² of 0.25."""
+    import runpy
+
+    from dermground.eval.predictions import r2_score
+
+    measured, predicted = [1.0, 2.0, 3.0, 10.0], [1.5, 2.5, 2.0, None]
+    Catalog(tmp_path / "catalog").append("predictions", [
+        {"run_id": "e1", "collection": "c1", "isic_id": f"ISIC_{i}", "attribute": "areaMM2", "value": p,
+         "ok": p is not None, "measured": m} for i, (m, p) in enumerate(zip(measured, predicted, strict=True))])
+    runpy.run_path(str(REPO / "docs" / "analysis_example.py"))["main"](["--home", str(tmp_path)])
+    (line,) = [li for li in capsys.readouterr().out.splitlines() if li.strip().startswith("areaMM2")]
+    expected = r2_score(measured[:3], predicted[:3])
+    assert expected == 0.25 and float(line.split()[-1]) == pytest.approx(expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -230,3 +231,94 @@ def test_a_copy_of_a_catalog_made_within_the_grace_period_counts_each_row_once(c
     compact(copy, keep_s=0)  # past the grace period: the copies of the superseded files go
     assert Catalog(copy).query(counts) == expected
     assert sorted(p.name for p in (copy / "lesions").glob("*.parquet")) == []
+
+
+def _as_an_earlier_release_compacted(catalog_dir: Path, *, source_written: bool) -> None:
+    """Strip what later fixes added: the superseded entries' digests, and (source_written=False)
+    the merged rows' _source_written."""
+    from dermground.platform.catalog_files import MANIFEST, SOURCE_WRITTEN_COLUMN
+
+    for folder in (p for p in catalog_dir.iterdir() if p.is_dir()):
+        if not source_written:
+            for path in live_parts(folder).all:
+                data = pq.read_table(path)
+                if SOURCE_WRITTEN_COLUMN in data.column_names:
+                    pq.write_table(data.drop_columns([SOURCE_WRITTEN_COLUMN]), path)
+        if (folder / MANIFEST).exists():
+            manifest = json.loads((folder / MANIFEST).read_text())
+            manifest["superseded"] = {name: entry[:3] for name, entry in manifest["superseded"].items()}
+            (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("source_written", [False, True])
+def test_a_copy_of_a_catalog_an_earlier_release_compacted_counts_each_row_once(cat: Catalog, tmp_path: Path,
+                                                                               source_written: bool) -> None:
+    """A compaction by a release before the content digests left superseded entries of size and
+    mtime only: a copy (new mtimes) read the superseded files as live beside the merged ones, every
+    count doubled, and the copy's next compaction left them live for good. Now such a file is
+    recognised by its rows' write stamps; a file written again under its name since stays live;
+    the original's next compaction adds the missing digests."""
+    import shutil
+
+    from dermground.platform.catalog_files import MANIFEST
+
+    counts = ("SELECT (SELECT count(*) FROM lesions_history) AS h, (SELECT count(*) FROM predictions) AS p, "
+              "(SELECT count(*) FROM ingest_partitions) AS g")
+    compact(cat.dir)
+    _as_an_earlier_release_compacted(cat.dir, source_written=source_written)
+    # Written again since under a superseded name (a retried ledger write): new stamps, live.
+    cat.append("ingest_partitions", [{"run_id": "r2", "collection": "c1", "partition_id": "p0003", "n_points": 3,
+                                      "ids_hash": "h"}], name="c1--p0003")
+    before, expected = _snapshot(cat.dir), cat.query(counts)
+    assert expected == [{"h": 19, "p": 2, "g": 7}]
+    copy = tmp_path / "copy" / "catalog"
+    shutil.copytree(cat.dir, copy, copy_function=shutil.copyfile)  # contents only: new mtimes
+    assert Catalog(copy).query(counts) == expected
+    assert _snapshot(copy) == before
+    compact(copy, keep_s=0)  # past the grace period: the copies of the superseded files go
+    assert Catalog(copy).query(counts) == expected and _snapshot(copy) == before
+    compact(copy, keep_s=0)  # and p0003's retry, merged by the last one
+    assert Catalog(copy).query(counts) == expected and not list(copy.glob("*/*.parquet"))
+    compact(cat.dir, keep_s=3600)  # the original's next compaction: the digests are back
+    entries = json.loads((cat.dir / "lesions" / MANIFEST).read_text())["superseded"]
+    assert entries and all(len(entry) == 4 for entry in entries.values())
+
+
+def test_a_file_someone_dropped_into_a_table_folder_is_left_out_named_and_kept(cat: Catalog) -> None:
+    """Someone's own Parquet file in lesions/ counted as rows of NULLs in every view, and `catalog
+    compact` merged those into the catalog and then deleted the file; a file that is no Parquet
+    failed every query (connect() too) and crashed compact with ArrowInvalid."""
+    from dermground.platform.catalog_files import ForeignCatalogFile, foreign_files
+
+    before = _snapshot(cat.dir)
+    mine = cat.dir / "lesions" / "my_results.parquet"
+    pq.write_table(pa.table({"isic_id": ["ISIC_0000"], "score": [0.5]}), mine)
+    junk = cat.dir / "lesions" / "notes.parquet"
+    junk.write_bytes(b"not parquet")
+    (cat.dir / "lesions" / "spark_out.parquet").mkdir()  # what Spark and pandas' partitioned writes make
+    with pytest.warns(ForeignCatalogFile, match="my_results.parquet is not a catalog file .*move it out"):
+        assert _snapshot(cat.dir) == before
+    assert connect(cat.dir).execute("SELECT count(*) FROM lesions_history").fetchone() == (19,)
+    assert [(p.name, why.split(":")[0]) for p, why in foreign_files(cat.dir / "lesions")] == [
+        ("my_results.parquet", "no written_at column, so no lesions rows written by dermground"),
+        ("notes.parquet", "not a Parquet file"), ("spark_out.parquet", "a folder (a data set another tool wrote?), "
+                                                                       "not a Parquet file")]
+    compact(cat.dir)
+    compact(cat.dir, keep_s=0)
+    assert _snapshot(cat.dir) == before
+    assert sorted(p.name for p in (cat.dir / "lesions").glob("*.parquet")) == ["my_results.parquet", "notes.parquet",
+                                                                              "spark_out.parquet"]
+
+
+def test_a_connection_older_than_the_grace_period_says_to_connect_again(cat: Catalog) -> None:
+    """A connection made before a compaction whose superseded files were since deleted failed with
+    DuckDB's bare 'No files found that match the pattern'."""
+    import duckdb
+
+    early = connect(cat.dir)
+    compact(cat.dir)
+    compact(cat.dir, keep_s=0)  # the grace period (shortened) is over: the files it bound are gone
+    with pytest.raises(duckdb.Error, match=r"\.parquet is gone: this connection reads the catalog's files "
+                                           r"as they were when it was made.*Connect again"):
+        early.execute("SELECT count(*) FROM lesions_history").fetchone()
+    assert connect(cat.dir).execute("SELECT count(*) FROM lesions_history").fetchone() == (19,)

@@ -212,3 +212,86 @@ def test_post_sql_answers_lists_and_structs_as_json_not_python_text(tmp_path: Pa
                                               "'nan'::DOUBLE AS r"})
     assert response.status_code == 200, response.text
     assert response.json()["rows"] == [[[1, 2], {"n": 7, "at": "2026-01-02"}, None]]
+
+
+# A month, a negative duration, intervals in a list, times with and without fractions.
+TIMES = ("SELECT INTERVAL 1 MONTH + INTERVAL 2 DAY + INTERVAL 3 HOUR AS took, -INTERVAL 1 SECOND AS early, "
+         "[INTERVAL 1 DAY, INTERVAL 90 MINUTE] AS laps, TIMESTAMPTZ '2026-01-01 10:00:00+00' AS at, "
+         "TIMESTAMPTZ '2026-01-01 10:00:00.25+00' AS at_frac")
+TIMES_WRITTEN = {"took": "1 month 2 days 03:00:00", "early": "-00:00:01", "laps": ["1 day", "01:30:00"],
+                 "at": "2026-01-01T10:00:00+00:00", "at_frac": "2026-01-01T10:00:00.250000+00:00"}
+
+
+def test_every_output_writes_intervals_and_times_alike(tmp_path: Path) -> None:
+    """`--format` printed intervals as Python does ('32 days, 3:00:00' for a month and two days,
+    '-1 day, 23:59:59' for minus one second, a list as [datetime.timedelta(days=1)]) while `--out`
+    wrote DuckDB's text ('1 month 2 days 03:00:00', a list in JSON as [[0, 1, 0]]), and `--out x.csv`
+    wrote times as '2026-01-01 10:00:00.000000Z'. Now every output writes intervals as DuckDB does
+    and times as ISO 8601."""
+    import csv
+    import io
+
+    def from_csv(text: str) -> dict:
+        (row,) = list(csv.DictReader(io.StringIO(text)))
+        return {**row, "laps": json.loads(row["laps"])}
+
+    printed = {fmt: _sql(tmp_path, TIMES, "--format", fmt) for fmt in ("json", "csv", "table")}
+    assert all(r.exit_code == 0 for r in printed.values()), {f: r.output for f, r in printed.items()}
+    assert _strict_json(printed["json"].stdout) == [TIMES_WRITTEN]
+    assert from_csv(printed["csv"].stdout) == TIMES_WRITTEN
+    assert printed["table"].stdout.splitlines()[2].split("  ")[:3] == [
+        "1 month 2 days 03:00:00", "-00:00:01", '["1 day", "01:30:00"]']
+    for suffix in (".json", ".csv"):
+        out = tmp_path / f"times{suffix}"
+        assert _sql(tmp_path, TIMES, "--out", str(out)).exit_code == 0
+        assert (_strict_json(out.read_text()) if suffix == ".json" else from_csv(out.read_text())) == TIMES_WRITTEN
+
+
+def test_out_with_max_rows_takes_a_statement_ended_by_a_semicolon_and_a_comment(tmp_path: Path) -> None:
+    """`--out` with --max-rows (or a column written as text) wraps the statement in a subquery:
+    `SELECT ...; -- why`, as an analyst keeps it in a file, failed with 'syntax error at or near ";"'."""
+    out = tmp_path / "r.csv"
+    done = _sql(tmp_path, "SELECT range AS n FROM range(5); -- the first rows", "--max-rows", "2", "--out", str(out))
+    assert done.exit_code == 0, done.output
+    assert pcsv.read_csv(out).to_pylist() == [{"n": 0}, {"n": 1}]
+
+
+def test_a_failed_select_is_not_told_that_only_one_select_is_allowed(tmp_path: Path) -> None:
+    """Every error ended with 'Only one SELECT over the catalog views is allowed', also a misspelt
+    column in what was one SELECT: the next step that fits a failed query is the schema."""
+    failed = _sql(tmp_path, "SELECT nope FROM lesions")
+    assert failed.exit_code == 1
+    assert 'query failed: Binder Error: Referenced column "nope" not found' in failed.output
+    assert "Only one SELECT" not in failed.output and "`dermground sql --schema` lists every view" in failed.output
+    refused = _sql(tmp_path, "DELETE FROM lesions")
+    assert refused.exit_code == 1 and "Only one SELECT over the catalog views is allowed" in refused.output
+
+
+def test_json_outputs_keep_every_column_of_a_join_that_repeats_names(tmp_path: Path) -> None:
+    """`SELECT * FROM a JOIN b ON ...` repeats column names, and the JSON outputs kept only the
+    last value of each: one table's written_at silently replaced the other's. Repeated names are
+    numbered as DuckDB's .df() numbers them."""
+    query = "SELECT * FROM (SELECT 1 AS id, 'early' AS at) l JOIN (SELECT 1 AS id, 'late' AS at) r ON l.id = r.id"
+    expected = {"id": 1, "at": "early", "id_1": 1, "at_1": "late"}
+    printed = _sql(tmp_path, query, "--format", "json")
+    assert printed.exit_code == 0, printed.output
+    assert _strict_json(printed.stdout) == [expected]
+    out = tmp_path / "joined.json"
+    assert _sql(tmp_path, query, "--out", str(out)).exit_code == 0
+    assert [_strict_json(line) for line in out.read_text().splitlines()] == [expected]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_out_files_of_a_join_that_repeats_names_write_intervals_and_lists(tmp_path: Path, suffix: str) -> None:
+    """A result repeating a column name was written without its intervals and lists turned into
+    text (they were projected by name): --out x.csv and x.parquet failed with a pyarrow traceback,
+    and a Parquet file with a repeated name is one pyarrow and pandas refuse to read."""
+    query = ("SELECT * FROM (SELECT 1 AS id, INTERVAL 90 MINUTE AS took, [1, 2] AS xs) l "
+             "JOIN (SELECT 1 AS id) r ON l.id = r.id")
+    out = tmp_path / f"joined{suffix}"
+    done = _sql(tmp_path, query, "--out", str(out))
+    assert done.exit_code == 0, done.output
+    if suffix == ".parquet":
+        assert pq.read_table(out).to_pylist() == [{"id": 1, "took": "01:30:00", "xs": [1, 2], "id_1": 1}]
+    else:
+        assert out.read_text().splitlines() == ['"id","took","xs","id"', '1,"01:30:00","[1,2]",1']

@@ -176,3 +176,17 @@ def test_a_catalog_compacted_by_a_release_without_row_origins_still_checks_and_r
     fresh = tmp_path / "fresh"
     _cli(fresh, "snapshot", "restore", str(tar), "--collection", NAME, "--yes")
     assert "store and catalog agree" in _cli(fresh, "check", "--collection", NAME)
+
+
+def test_check_names_a_file_someone_dropped_into_the_catalog_and_checks_the_rest(tmp_path: Path) -> None:
+    """A file that is no Parquet in lesions/ crashed `check` with DuckDB's InvalidInputException."""
+    home = tmp_path / "home"
+    _ingested_home(home)
+    (home / "catalog" / "lesions" / "notes.parquet").write_bytes(b"not parquet")
+    context._current = None
+    result = CliRunner().invoke(cli, ["--home", str(home), "check", "--collection", NAME])
+    assert result.exit_code == 1, result.output
+    assert ("FINDING files in catalog/lesions that are not catalog files (left out of every view: move them out of "
+            "the catalog folder): 1: notes.parquet (not a Parquet file") in result.output
+    assert f"store {N} points, catalog {N} rows, ledger 1 partitions / {N} points" in result.output
+    assert result.output.count("FINDING") == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -20,6 +20,14 @@ from dermground.platform.commands.context import current_settings, from_settings
 def _cell(value: object) -> object:
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, timedelta):  # inside a list or struct: top-level intervals come as DuckDB's text
+        from dermground.platform.analyst import interval_text
+
+        return interval_text(value)
+    if isinstance(value, list | tuple | dict):  # as the JSON outputs write it, not Python's repr
+        from dermground.platform.analyst import json_default, json_value
+
+        return json.dumps(json_value(value), default=json_default)
     return value
 
 
@@ -52,8 +60,9 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
               help="Stop the query after this many seconds [default: DERMGROUND_SQL_TIMEOUT_S].")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it. "
-                   "JSON writes NaN and infinities as null; intervals are written as text, and CSV writes lists, "
-                   "structs and maps as JSON text.")
+                   "JSON writes NaN and infinities as null; times are ISO 8601 text in CSV and JSON and intervals "
+                   "text as DuckDB writes them ('1 month 2 days 03:00:00'), as --format prints them; CSV writes "
+                   "lists, structs and maps as JSON text.")
 @click.option("--schema", "schema", is_flag=True,
               help="Print every view and column with type, unit and meaning (the data dictionary) and exit.")
 def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out: Path | None, schema: bool) -> None:
@@ -92,18 +101,32 @@ def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out
     try:
         result = run_readonly_sql(catalog_dir, query, max_rows=max_rows, timeout_s=timeout_s)
     except SqlRejected as exc:
-        raise click.ClickException(f"{exc}\nOnly one SELECT over the catalog views is allowed "
-                                   "(see `dermground sql --help`).") from None
+        raise _sql_error(exc) from None
     click.echo(_render(result.columns, result.rows, fmt), nl=fmt != "csv")
     if result.truncated:
         click.echo(f"(stopped at {max_rows} rows; raise --max-rows or add LIMIT/WHERE)", err=True)
 
 
+def _sql_error(exc: Exception) -> click.ClickException:
+    """The CLI's error for a refused or failed query, with the next step that fits it: a query
+    that failed was one SELECT, so the rule about one SELECT is no help there."""
+    from dermground.platform.catalog import SqlFailed, SqlTimedOut
+
+    if isinstance(exc, SqlTimedOut):
+        hint = "Raise --timeout, or narrow the query (WHERE, LIMIT)."
+    elif isinstance(exc, SqlFailed):
+        hint = "(`dermground sql --schema` lists every view and column.)" if str(exc).startswith("query failed") else ""
+    else:
+        hint = "Only one SELECT over the catalog views is allowed (see `dermground sql --help`)."
+    return click.ClickException(f"{exc}\n{hint}".rstrip())
+
+
 def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
     if fmt == "json":
-        from dermground.platform.analyst import json_default, json_value
+        from dermground.platform.analyst import json_default, json_value, unique_names
 
-        records = [{c: json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+        names = unique_names(columns)
+        records = [{c: json_value(v) for c, v in zip(names, row, strict=True)} for row in rows]
         return json.dumps(records, indent=2, default=json_default, allow_nan=False)
     if fmt == "csv":
         buffer = io.StringIO()
@@ -128,8 +151,7 @@ def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, t
         table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=max_rows,
                             out_format=out.suffix.lower())
     except SqlRejected as exc:
-        raise click.ClickException(f"{exc}\nOnly one SELECT over the catalog views is allowed "
-                                   "(see `dermground sql --help`).") from None
+        raise _sql_error(exc) from None
     write_table(table, out)
     click.echo(f"wrote {table.num_rows} rows x {table.num_columns} columns to {out}", err=True)
 
