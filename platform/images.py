@@ -180,8 +180,18 @@ def _oriented(image: Image.Image) -> Image.Image:
     """The image turned upright by its EXIF orientation. Only the pixels are turned: the EXIF is
     dropped anyway, and Pillow's exif_transpose writes it back, which raises on a corrupt block
     (a tag whose value does not fit its type) that reads fine."""
-    method = _ORIENTATION.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    method = _ORIENTATION.get(_orientation(image))
     return image if method is None else image.transpose(method)
+
+
+def _orientation(image: Image.Image) -> object:
+    """The EXIF orientation tag (1, upright, when there is none). An EXIF block that does not parse
+    at all (PNG's eXIf or WebP's EXIF chunk holding no TIFF structure, which Pillow raises on, where
+    its JPEG reader only warns) says nothing about orientation: the pixels are still good."""
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (SyntaxError, ValueError, struct.error, EOFError, OSError):
+        return 1
 
 
 def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Image:
