@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from dermground.platform.png_checksums import check_png_checksums
+
 # Formats decoded at all. EPS (Ghostscript), PDF, PSD and friends are never opened. The JPEG opener
 # also opens MPO, the JPEG many phone cameras write (the image then says format "MPO").
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
@@ -196,7 +198,7 @@ def _orientation(image: Image.Image) -> object:
 
 def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Image:
     """Open, check the header, decode (reduced when large) and let go of the full-size pixels."""
-    opened = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    opened = _open(data)
     width, height = opened.size  # from the header: nothing decoded yet
     if width * height > max_pixels:
         raise ImageRejected(RULE_PIXELS, f"the image has {width}x{height} pixels, over the limit of "
@@ -219,6 +221,24 @@ def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Ima
             return _reduce_and_release(opened, factor)
         finally:
             _return_freed_memory()
+
+
+def _open(data: bytes) -> Image.Image:
+    """The opened (not yet decoded) image. A PNG Pillow refuses is opened as libpng reads it: without
+    its ancillary chunks (comments, profiles) whose checksum is wrong; one whose IHDR, PLTE or IDAT
+    chunk fails its checksum is refused as corrupt, naming the chunk, not as an unknown format."""
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        checked = check_png_checksums(data)
+        if checked is None:
+            raise
+        if checked.broken_critical is not None:
+            raise ImageRejected(RULE_DECODE, f"the PNG file is corrupt: its {checked.broken_critical} chunk fails its "
+                                             "checksum (CRC); export or copy the image again") from None
+        if not checked.dropped:
+            raise
+        return Image.open(io.BytesIO(checked.repaired), formats=ALLOWED_FORMATS)
 
 
 def _reduce_and_release(image: Image.Image, factor: int) -> Image.Image:

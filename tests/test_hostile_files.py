@@ -5,12 +5,14 @@ browsers and libpng do, and keeps its refusals for images that really cannot be 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dermground.platform.images import check_decoded, decode_checked
+from dermground.platform.images import ImageRejected, check_decoded, decode_checked
 
 MAX_PIXELS = 40_000_000
 
@@ -19,6 +21,11 @@ def _encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    crc = zlib.crc32(kind + data) if crc is None else crc
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc & 0xFFFFFFFF)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
@@ -34,3 +41,19 @@ def test_an_exif_block_that_does_not_parse_is_no_reason_to_refuse_the_pixels(fmt
     handed_in = check_decoded(Image.open(io.BytesIO(data)), max_pixels=MAX_PIXELS)
     assert handed_in.size == (40, 20)
 
+
+def test_a_png_whose_text_chunk_fails_its_checksum_is_read_and_a_broken_critical_chunk_named() -> None:
+    """A tEXt chunk with a wrong CRC (an editor that rewrote the comment without the checksum):
+    libpng and browsers skip the chunk and show the image; the gate refused it as `format: not an
+    image in an accepted format`, which a PNG is. A bad checksum in a chunk the pixels need stays a
+    refusal, named as a corrupt PNG (`decode`), not as an unknown format."""
+    png = _encode(Image.new("RGB", (30, 30), (10, 200, 30)))
+    after_header = 8 + 25  # signature, IHDR
+    with_bad_text = png[:after_header] + _chunk(b"tEXt", b"Comment\x00edited", crc=1234) + png[after_header:]
+    out = decode_checked(with_bad_text, max_pixels=MAX_PIXELS)
+    assert out.size == (30, 30) and out.getpixel((5, 5)) == (10, 200, 30)
+
+    bad_header = png[:29] + bytes([png[29] ^ 0xFF]) + png[30:]  # the IHDR's checksum
+    with pytest.raises(ImageRejected) as caught:
+        decode_checked(bad_header, max_pixels=MAX_PIXELS)
+    assert caught.value.rule == "decode" and "IHDR" in str(caught.value) and "PNG" in str(caught.value)
