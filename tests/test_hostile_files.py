@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,3 +58,33 @@ def test_a_png_whose_text_chunk_fails_its_checksum_is_read_and_a_broken_critical
     with pytest.raises(ImageRejected) as caught:
         decode_checked(bad_header, max_pixels=MAX_PIXELS)
     assert caught.value.rule == "decode" and "IHDR" in str(caught.value) and "PNG" in str(caught.value)
+
+
+def test_hdf5_entries_holding_references_or_variable_length_arrays_are_quarantined_naming_the_entry(
+        tmp_path: Path, tiny_model_dir) -> None:
+    """An object reference or a variable-length array where the image's bytes should be: the reader
+    and ingest's CPU stage quarantine it naming the entry and what it holds, the next image is
+    prepared. A reference raised AttributeError (no `tobytes`), which no caller quarantines: the
+    ingest task, training and `eval` stopped on it; a variable-length array was read as the 8 bytes
+    of a pointer and refused as `format`."""
+    import h5py
+
+    from dermground.ingest.image_prep import prepare_images
+    from dermground.platform.image_sources import hdf5_image_ref, load_image_bytes
+
+    path = tmp_path / "train-image.hdf5"
+    jpeg = _encode(Image.new("RGB", (50, 50), (200, 100, 50)), "JPEG")
+    with h5py.File(path, "w") as h5:
+        h5["good"] = np.void(jpeg)
+        h5["reference"] = h5["good"].ref
+        ragged = h5.create_dataset("ragged", shape=(1,), dtype=h5py.vlen_dtype(np.uint8))
+        ragged[0] = np.frombuffer(jpeg, np.uint8)
+    for name in ("reference", "ragged"):
+        with pytest.raises(ValueError, match=rf"'{name}' in .*holds .*not .*encoded image bytes"):
+            load_image_bytes(hdf5_image_ref(path, name))
+    ids = ["reference", "ragged", "good"]
+    batch = {"isic_id": np.array(ids, dtype=object),
+             "image_ref": np.array([hdf5_image_ref(path, i) for i in ids], dtype=object),
+             "part": np.zeros(3, dtype=np.int64)}
+    errors = list(prepare_images(batch, str(tiny_model_dir))["error"])
+    assert "'reference'" in errors[0] and "'ragged'" in errors[1] and errors[2] == ""
