@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from dermground.platform.api import create_app
 from dermground.platform.cli import cli
@@ -14,20 +18,25 @@ from dermground.platform.settings import Settings
 READ_JSON = {"X-API-Key": "read-requests", "Content-Type": "application/json"}
 
 
+@pytest.fixture(scope="module")
+def client(search_collection, tiny_backbone):
+    settings = Settings(home=search_collection["home"], api_read_key="read-requests", api_admin_key="admin-requests")
+    with TestClient(create_app(settings, backbone=tiny_backbone), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
 @pytest.mark.parametrize(("field", "filters"), [("sex", '"sex": ["\\ud800"]'),
                                                 ("patient_id", '"patient_id": ["IP_1", "x\\udfff"]')])
 def test_a_filter_value_that_is_not_unicode_text_is_a_422_naming_the_filter(
-        search_collection, tiny_backbone, field: str, filters: str) -> None:
+        client, search_collection, field: str, filters: str) -> None:
     """JSON may escape a lone surrogate (`"\\ud800"`), which no UTF-8 text holds: pydantic let it
     through in a filter's list, and the store's filter raised TypeError (UnicodeEncodeError), a 500."""
-    settings = Settings(home=search_collection["home"], api_read_key="read-requests", api_admin_key="admin-requests")
     query = search_collection["records"][0].isic_id
-    with TestClient(create_app(settings, backbone=tiny_backbone), raise_server_exceptions=False) as client:
-        response = client.post("/search", headers=READ_JSON,
-                               content=f'{{"isic_id": "{query}", "filters": {{{filters}}}}}'.encode())
-        assert response.status_code == 422, response.text
-        assert field in response.json()["detail"] and "Unicode" in response.json()["detail"]
-        assert client.post("/search", headers=READ_JSON, json={"isic_id": query, "k": 2}).status_code == 200
+    response = client.post("/search", headers=READ_JSON,
+                           content=f'{{"isic_id": "{query}", "filters": {{{filters}}}}}'.encode())
+    assert response.status_code == 422, response.text
+    assert field in response.json()["detail"] and "Unicode" in response.json()["detail"]
+    assert client.post("/search", headers=READ_JSON, json={"isic_id": query, "k": 2}).status_code == 200
 
 
 @pytest.mark.parametrize(("args", "named"), [(["--filter", "sex=\udcff"], "sex"), ([], "isic_id")])
@@ -40,3 +49,20 @@ def test_a_cli_search_argument_that_is_not_utf8_is_an_error_naming_it(
                                       "--mode", "image", "--exclude-patient", *args])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert named in result.output and "UTF-8" in result.output
+
+
+def test_base64_wrapped_in_lines_as_the_base64_tool_writes_it_is_searched(client) -> None:
+    """`base64 photo.jpg` and Python's base64.encodebytes wrap lines (MIME, RFC 2045), and browsers'
+    atob() skips the line breaks: the API refused such an image as `image_base64 is not valid base64`.
+    A character outside the alphabet is still refused, now naming it and where it is."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (150, 90, 60)).save(buffer, format="PNG")
+    wrapped = base64.encodebytes(buffer.getvalue()).decode()
+    assert "\n" in wrapped.strip()
+    response = client.post("/search", headers=READ_JSON, json={"image_base64": wrapped, "k": 2})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["hits"]) == 2
+    url_safe = base64.urlsafe_b64encode(b"\xfb\xff" + buffer.getvalue()).decode()
+    refused = client.post("/search", headers=READ_JSON, json={"image_base64": url_safe, "k": 2})
+    assert refused.status_code == 422 and refused.json()["rule"] == "base64"
+    assert "'-'" in refused.json()["detail"] and "position 0" in refused.json()["detail"]
