@@ -88,3 +88,41 @@ def test_hdf5_entries_holding_references_or_variable_length_arrays_are_quarantin
              "part": np.zeros(3, dtype=np.int64)}
     errors = list(prepare_images(batch, str(tiny_model_dir))["error"])
     assert "'reference'" in errors[0] and "'ragged'" in errors[1] and errors[2] == ""
+
+
+@pytest.mark.parametrize("layout", ["folder", "hdf5"])
+def test_an_id_whose_image_is_named_in_the_other_unicode_normal_form_is_read(tmp_path: Path, layout: str) -> None:
+    """The CSV spells an id composed (NFC, as typed), its image file or HDF5 entry is named decomposed
+    (NFD, as macOS and zip archives from it write names), or the other way round: the same text on
+    screen. The record was lost as 'no image file ...Läsion.jpg' next to a file shown with that name."""
+    import csv
+    import unicodedata
+
+    import h5py
+
+    from dermground.ingest.synth import generate_dataset
+    from dermground.platform import isic_format as fmt
+    from dermground.platform.records import LesionRecord, read_records
+
+    data = tmp_path / "data"
+    generate_dataset(data, patients=2, images=3, seed=5, size=64, layout=layout, progress=False, workers=1)
+    with open(data / fmt.METADATA_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    renamed = {rows[0]["isic_id"]: "Läsion_1", rows[1]["isic_id"]: unicodedata.normalize("NFD", "Läsion_2")}
+    for old, composed_or_not in renamed.items():
+        on_disk = unicodedata.normalize("NFD" if composed_or_not == "Läsion_1" else "NFC", composed_or_not)
+        if layout == "folder":
+            (data / fmt.IMAGE_FOLDER / f"{old}.jpg").rename(data / fmt.IMAGE_FOLDER / f"{on_disk}.jpg")
+        else:
+            with h5py.File(data / fmt.HDF5_FILE, "a") as h5:
+                h5.move(old, on_disk)
+    for row in rows:
+        row["isic_id"] = renamed.get(row["isic_id"], row["isic_id"])
+    with open(data / fmt.METADATA_FILE, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    records = list(read_records(data, check_images=True))
+    assert all(isinstance(r, LesionRecord) for r in records), records
+    assert {r.isic_id for r in records} == {row["isic_id"] for row in rows}  # the ids as the CSV spells them
+    assert all(r.load_image().size == (64, 64) for r in records)
