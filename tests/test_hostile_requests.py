@@ -39,13 +39,23 @@ def test_a_filter_value_that_is_not_unicode_text_is_a_422_naming_the_filter(
     assert client.post("/search", headers=READ_JSON, json={"isic_id": query, "k": 2}).status_code == 200
 
 
+@pytest.fixture(scope="module")
+def cli_home(search_collection, tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the collection for the CLI: the module's API client holds the original open."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("cli_home")
+    shutil.copytree(search_collection["store_root"], home / "qdrant" / "lesions")
+    return home
+
+
 @pytest.mark.parametrize(("args", "named"), [(["--filter", "sex=\udcff"], "sex"), ([], "isic_id")])
 def test_a_cli_search_argument_that_is_not_utf8_is_an_error_naming_it(
-        search_collection, fresh_cli_settings, args: list[str], named: str) -> None:
+        search_collection, cli_home, fresh_cli_settings, args: list[str], named: str) -> None:
     """A shell argument holding bytes that are not UTF-8 reaches Python as a surrogate escape
     (`\\udcff`): `dermground search` ended in a UnicodeEncodeError/TypeError traceback."""
     query = search_collection["records"][0].isic_id if args else "ISIC_\udcff"
-    result = CliRunner().invoke(cli, ["--home", str(search_collection["home"]), "search", "--id", query,
+    result = CliRunner().invoke(cli, ["--home", str(cli_home), "search", "--id", query,
                                       "--mode", "image", "--exclude-patient", *args])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert named in result.output and "UTF-8" in result.output
@@ -66,3 +76,4 @@ def test_base64_wrapped_in_lines_as_the_base64_tool_writes_it_is_searched(client
     refused = client.post("/search", headers=READ_JSON, json={"image_base64": url_safe, "k": 2})
     assert refused.status_code == 422 and refused.json()["rule"] == "base64"
     assert "'-'" in refused.json()["detail"] and "position 0" in refused.json()["detail"]
+
