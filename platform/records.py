@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from dermground.platform.attributes import get_attribute
 from dermground.platform.image_sources import hdf5_image_ref, load_image_bytes, open_hdf5
 from dermground.platform.images import DEFAULT_MAX_PIXELS, INPUT_ERRORS, decode_image, rejection_reason
 from dermground.platform.metadata_fields import METADATA_FIELDS, MetadataField
-from dermground.platform.names import InvalidNameError, check_plain_file_name
+from dermground.platform.names import InvalidNameError, check_plain_file_name, unicode_spellings
 
 Split = Literal["train", "test"]
 DEFAULT_TEST_FRACTION = 0.3  # the paper's split is about 70/30 by images
@@ -256,7 +255,7 @@ def read_records(data_dir: Path, split: str | None = None,
                 yield rejected
                 continue
             if h5 is not None:
-                entry = next((name for name in _normal_forms(isic_id) if name in h5), None)
+                entry = next((name for name in unicode_spellings(isic_id) if name in h5), None)
                 if entry is None:
                     yield RejectedRecord(isic_id, "image", f"no image {isic_id!r} in {fmt.HDF5_FILE}")
                     continue
@@ -338,25 +337,11 @@ def unique_records(stream: Iterable[LesionRecord | RejectedRecord]) -> Iterator[
         yield item
 
 
-def _normal_forms(name: str) -> list[str]:
-    """`name`, then its composed (NFC) and decomposed (NFD) spellings where they differ: one text on
-    screen, but the CSV may hold one (as typed) and the file names the other (macOS and zip archives
-    made there write names decomposed)."""
-    if name.isascii():
-        return [name]
-    forms = [name]
-    for form in ("NFC", "NFD"):
-        spelled = unicodedata.normalize(form, name)
-        if spelled not in forms:
-            forms.append(spelled)
-    return forms
-
-
 def _folder_image(image_dir: Path, isic_id: str) -> Path:
     """The image file of a plain-file-name id in the folder layout (under the id's other Unicode
     normal form when only that exists); InvalidNameError when that file (through a link) lies
     outside the image folder."""
-    candidates = [image_dir / f"{name}.jpg" for name in _normal_forms(isic_id)]
+    candidates = [image_dir / f"{name}.jpg" for name in unicode_spellings(isic_id)]
     path = next((c for c in candidates if c.exists()), candidates[0])
     if path.exists() and not path.resolve().is_relative_to(image_dir.resolve()):
         raise InvalidNameError(f"isic_id {isic_id!r}: its image {path} links outside the image folder {image_dir}")
