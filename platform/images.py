@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from dermground.platform.png_checksums import check_png_checksums
+from dermground.platform.png_chunks import check_png_checksums, without_text_chunks
 
 # Formats decoded at all. EPS (Ghostscript), PDF, PSD and friends are never opened. The JPEG opener
 # also opens MPO, the JPEG many phone cameras write (the image then says format "MPO").
@@ -197,6 +197,21 @@ def _orientation(image: Image.Image) -> object:
 
 
 def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Image:
+    """The decoded image (reduced when large). A PNG whose text Pillow refuses (a chunk that unpacks
+    to over 1 MB, such as a photo's grown XMP: ValueError) is decoded again without its text chunks,
+    which the gate drops anyway."""
+    try:
+        return _decode_file(data, max_pixels, keep_pixels)
+    except ImageRejected:
+        raise
+    except ValueError:
+        textless = without_text_chunks(data)
+        if textless is None:
+            raise
+        return _decode_file(textless, max_pixels, keep_pixels)
+
+
+def _decode_file(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Image:
     """Open, check the header, decode (reduced when large) and let go of the full-size pixels."""
     opened = _open(data)
     width, height = opened.size  # from the header: nothing decoded yet

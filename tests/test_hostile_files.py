@@ -60,6 +60,20 @@ def test_a_png_whose_text_chunk_fails_its_checksum_is_read_and_a_broken_critical
     assert caught.value.rule == "decode" and "IHDR" in str(caught.value) and "PNG" in str(caught.value)
 
 
+@pytest.mark.parametrize("where", ["before the pixels", "after the pixels"])
+def test_a_png_whose_xmp_text_has_grown_to_megabytes_is_read(where: str) -> None:
+    """A 7 kB PNG whose iTXt XMP unpacks to 2.4 MB (Photoshop's DocumentAncestors list grows with
+    every paste): Pillow refuses text over 1 MB (ValueError, its zip-bomb guard) and the gate refused
+    a good image as `decode`. The text is dropped anyway; the pixels are read without it."""
+    png = _encode(Image.new("RGB", (30, 30), (1, 120, 3)))
+    xmp = zlib.compress(b"<x:xmpmeta>" + b"<rdf:li>xmp.did:0123456789abcdef</rdf:li>" * 60_000 + b"</x:xmpmeta>")
+    text = _chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + xmp)
+    data = png[:33] + text + png[33:] if where == "before the pixels" else png[:-12] + text + png[-12:]
+    assert len(data) < 10_000
+    out = decode_checked(data, max_pixels=MAX_PIXELS)
+    assert out.size == (30, 30) and out.getpixel((3, 3)) == (1, 120, 3)
+
+
 def test_hdf5_entries_holding_references_or_variable_length_arrays_are_quarantined_naming_the_entry(
         tmp_path: Path, tiny_model_dir) -> None:
     """An object reference or a variable-length array where the image's bytes should be: the reader

@@ -1,10 +1,13 @@
-"""PNG chunks whose checksum is wrong: what libpng forgives and Pillow does not.
+"""PNG chunks Pillow refuses and libpng forgives.
 
 libpng, and with it every browser, skips an ancillary chunk (a text comment, a colour profile, a
 time stamp: a chunk whose type starts with a lower-case letter) whose CRC does not match, and
-shows the image; Pillow refuses the whole file, so an editor's sloppy comment cost a record. The
-image gate (platform/images.py) asks here only after Pillow has refused a file: for the file
-without those chunks, or for the name of the chunk the pixels need that is broken.
+shows the image; Pillow refuses the whole file, so an editor's sloppy comment cost a record. Pillow
+also refuses a text chunk that decompresses to more than 1 MB (its guard against zip bombs), such
+as the XMP of a photo edited in Photoshop whose history has grown to megabytes. The image gate
+(platform/images.py) asks here only after Pillow has refused a file: for the file without those
+chunks, or for the name of the chunk the pixels need that is broken. The gate drops every text of
+a file anyway.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ANCILLARY_BIT = 0x20  # bit 5 of a chunk type's first byte (PNG spec, section 5.4)
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,22 @@ def check_png_checksums(data: bytes) -> PngChecksums | None:
             kept.append(data[start:end])
     kept.append(data[end:])  # whatever follows the last whole chunk: Pillow's own error names it
     return PngChecksums(b"".join(kept), tuple(dropped), broken_critical)
+
+
+def without_text_chunks(data: bytes) -> bytes | None:
+    """The PNG file without its text chunks (tEXt, zTXt, iTXt), or None when `data` is not a PNG
+    file or holds none."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    kept, found = [data[:len(PNG_SIGNATURE)]], False
+    end = len(PNG_SIGNATURE)
+    for kind, start, end, _ in _chunks(data):
+        if kind in _TEXT_CHUNKS:
+            found = True
+        else:
+            kept.append(data[start:end])
+    kept.append(data[end:])
+    return b"".join(kept) if found else None
 
 
 def _chunks(data: bytes) -> Iterator[tuple[bytes, int, int, bool]]:
