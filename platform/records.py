@@ -152,11 +152,19 @@ def _metadata_value(field: MetadataField, text: str | None) -> str | int | float
         return None
     if field.numeric:
         try:
-            number = float(text)
+            number = csv_number(text)
         except ValueError:
             return text
         return int(number) if number.is_integer() else number
     return text
+
+
+def csv_number(text: str) -> float:
+    """The number a CSV cell holds, as spreadsheets, pandas and DuckDB read it: Python's float() also
+    reads '1_5' as 15 (digit grouping in source code), where they see text; ValueError for that."""
+    if "_" in text:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
 
 
 def _parse_attributes(row: dict[str, str]) -> tuple[dict[str, float], RejectedRecord | None]:
@@ -164,7 +172,7 @@ def _parse_attributes(row: dict[str, str]) -> tuple[dict[str, float], RejectedRe
     for column, name in fmt.ATTRIBUTE_COLUMNS.items():
         text = (row.get(column) or "").strip()
         try:
-            value = float(text)
+            value = csv_number(text)
         except ValueError:
             reason = "missing value" if not text else f"not a number: {text[:40]!r}"
             return values, RejectedRecord(row.get("isic_id", ""), column, reason)
