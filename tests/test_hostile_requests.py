@@ -103,3 +103,24 @@ def test_an_id_typed_in_the_other_unicode_normal_form_finds_the_stored_lesion(cl
     image = client.get(f"/images/{quote(TYPED_NFC, safe='')}", headers=READ_JSON)
     assert image.status_code == 200 and image.content[:2] == b"\xff\xd8", image.text
     assert client.post("/search", headers=READ_JSON, json={"isic_id": "Läsion_8"}).status_code == 404
+
+
+
+def test_an_eval_out_folder_that_cannot_be_made_is_refused_before_any_work(search_collection, fresh_cli_settings,
+                                                                           tmp_path) -> None:
+    """`eval retrieval` / `eval predict --out` where the folder cannot be made (a file in its path,
+    no permission): the whole evaluation ran (hours of searching or predicting on real data) and then
+    ended in a NotADirectoryError / PermissionError traceback, its results lost. The folder is now
+    made first, and failing that the command stops naming --out and why."""
+    from dermground.eval.predictions import evaluate_predictions
+
+    taken = tmp_path / "results.txt"
+    taken.write_text("an analyst's notes\n")
+    result = CliRunner().invoke(cli, ["--home", str(search_collection["home"]), "eval", "retrieval",
+                                      "--collection", "lesions", "--methods", "random", "--k", "2",
+                                      "--out", str(taken / "run1")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert str(taken / "run1") in result.output and "--out" in result.output
+    with pytest.raises(ValueError, match="--out"):  # before reading the (missing) data and model
+        evaluate_predictions(tmp_path / "no-data", tmp_path / "no-model", None, taken / "run1", progress=False)
+    assert taken.read_text() == "an analyst's notes\n"
