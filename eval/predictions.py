@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dermground.eval.output_folder import check_output_folder
 from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
 
 PREDICTION_FILE = "prediction.json"
@@ -122,6 +123,7 @@ def evaluate_predictions(
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.predict import greedy_prediction, predict_attributes
 
+    out = check_output_folder(out_dir)  # before any work: a bad --out must not cost the whole run
     names = list(attributes or ATTRIBUTE_NAMES)
     for name in names:
         get_attribute(name)
@@ -155,7 +157,6 @@ def evaluate_predictions(
     skipped = duplicates + len(listed) - len(records)
     report = _report(scores, skipped)
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / PREDICTION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     if samples or views > 1:

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HDF5_PREFIX = "hdf5:"
 
 # Open HDF5 files are cached per process: opening one per image costs far more than reading it.
@@ -86,5 +88,20 @@ def load_image_bytes(image_ref: str) -> bytes:
         # Real files store scalar bytes strings; ours store opaque (np.void); some use uint8 arrays.
         if isinstance(value, bytes):
             return value
-        return value.tobytes()
+        if isinstance(value, np.generic | np.ndarray) and value.dtype.kind != "O":
+            return value.tobytes()
+        # An object reference, a variable-length array: their tobytes() is missing or a pointer's bytes.
+        raise ValueError(f"{isic_id!r} in {path} holds {_held(entry)}, not a dataset of encoded image bytes")
     return Path(image_ref).read_bytes()
+
+
+def _held(entry: Any) -> str:
+    """What an HDF5 dataset holds, in words, for a refusal."""
+    import h5py
+
+    dtype = entry.dtype
+    if h5py.check_dtype(ref=dtype) is not None:
+        return "object references"
+    if h5py.check_dtype(vlen=dtype) is not None:
+        return f"variable-length values (dtype {h5py.check_dtype(vlen=dtype)})"
+    return f"values of dtype {dtype}"

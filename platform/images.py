@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from dermground.platform.png_chunks import check_png_checksums, without_text_chunks
+
 # Formats decoded at all. EPS (Ghostscript), PDF, PSD and friends are never opened. The JPEG opener
 # also opens MPO, the JPEG many phone cameras write (the image then says format "MPO").
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
@@ -180,13 +182,38 @@ def _oriented(image: Image.Image) -> Image.Image:
     """The image turned upright by its EXIF orientation. Only the pixels are turned: the EXIF is
     dropped anyway, and Pillow's exif_transpose writes it back, which raises on a corrupt block
     (a tag whose value does not fit its type) that reads fine."""
-    method = _ORIENTATION.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    method = _ORIENTATION.get(_orientation(image))
     return image if method is None else image.transpose(method)
 
 
+def _orientation(image: Image.Image) -> object:
+    """The EXIF orientation tag (1, upright, when there is none). An EXIF block that does not parse
+    at all (PNG's eXIf or WebP's EXIF chunk holding no TIFF structure, which Pillow raises on, where
+    its JPEG reader only warns) says nothing about orientation: the pixels are still good."""
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (SyntaxError, ValueError, struct.error, EOFError, OSError):
+        return 1
+
+
 def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Image:
+    """The decoded image (reduced when large). A PNG whose text Pillow refuses (a chunk that unpacks
+    to over 1 MB, such as a photo's grown XMP: ValueError) is decoded again without its text chunks,
+    which the gate drops anyway."""
+    try:
+        return _decode_file(data, max_pixels, keep_pixels)
+    except ImageRejected:
+        raise
+    except ValueError:
+        textless = without_text_chunks(data)
+        if textless is None:
+            raise
+        return _decode_file(textless, max_pixels, keep_pixels)
+
+
+def _decode_file(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Image:
     """Open, check the header, decode (reduced when large) and let go of the full-size pixels."""
-    opened = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    opened = _open(data)
     width, height = opened.size  # from the header: nothing decoded yet
     if width * height > max_pixels:
         raise ImageRejected(RULE_PIXELS, f"the image has {width}x{height} pixels, over the limit of "
@@ -209,6 +236,24 @@ def _decode_reduced(data: bytes, max_pixels: int, keep_pixels: int) -> Image.Ima
             return _reduce_and_release(opened, factor)
         finally:
             _return_freed_memory()
+
+
+def _open(data: bytes) -> Image.Image:
+    """The opened (not yet decoded) image. A PNG Pillow refuses is opened as libpng reads it: without
+    its ancillary chunks (comments, profiles) whose checksum is wrong; one whose IHDR, PLTE or IDAT
+    chunk fails its checksum is refused as corrupt, naming the chunk, not as an unknown format."""
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        checked = check_png_checksums(data)
+        if checked is None:
+            raise
+        if checked.broken_critical is not None:
+            raise ImageRejected(RULE_DECODE, f"the PNG file is corrupt: its {checked.broken_critical} chunk fails its "
+                                             "checksum (CRC); export or copy the image again") from None
+        if not checked.dropped:
+            raise
+        return Image.open(io.BytesIO(checked.repaired), formats=ALLOWED_FORMATS)
 
 
 def _reduce_and_release(image: Image.Image, factor: int) -> Image.Image:

@@ -9,6 +9,7 @@ a name with a separator can never reach the file system.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Also the settings' pattern for DERMGROUND_COLLECTION (platform/settings.py).
 COLLECTION_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
@@ -38,3 +39,17 @@ def check_plain_file_name(name: str, what: str = "name") -> str:
         raise InvalidNameError(f"{what} {name[:80]!r} is not a plain file name: no '/', '\\', leading '.', "
                                f"control characters or surrounding spaces, at most {_MAX_FILE_NAME} characters")
     return name
+
+
+def unicode_spellings(name: str) -> list[str]:
+    """`name`, then its composed (NFC) and decomposed (NFD) spellings where they differ: one text on
+    screen, but a CSV may hold one (as typed) and file names the other (macOS and zip archives made
+    there write names decomposed), or a stored id one and a typed query the other."""
+    if name.isascii():
+        return [name]
+    spellings = [name]
+    for form in ("NFC", "NFD"):
+        spelled = unicodedata.normalize(form, name)
+        if spelled not in spellings:
+            spellings.append(spelled)
+    return spellings

@@ -30,7 +30,7 @@ from dermground.platform.attributes import get_attribute
 from dermground.platform.image_sources import hdf5_image_ref, load_image_bytes, open_hdf5
 from dermground.platform.images import DEFAULT_MAX_PIXELS, INPUT_ERRORS, decode_image, rejection_reason
 from dermground.platform.metadata_fields import METADATA_FIELDS, MetadataField
-from dermground.platform.names import InvalidNameError, check_plain_file_name
+from dermground.platform.names import InvalidNameError, check_plain_file_name, unicode_spellings
 
 Split = Literal["train", "test"]
 DEFAULT_TEST_FRACTION = 0.3  # the paper's split is about 70/30 by images
@@ -152,11 +152,19 @@ def _metadata_value(field: MetadataField, text: str | None) -> str | int | float
         return None
     if field.numeric:
         try:
-            number = float(text)
+            number = csv_number(text)
         except ValueError:
             return text
         return int(number) if number.is_integer() else number
     return text
+
+
+def csv_number(text: str) -> float:
+    """The number a CSV cell holds, as spreadsheets, pandas and DuckDB read it: Python's float() also
+    reads '1_5' as 15 (digit grouping in source code), where they see text; ValueError for that."""
+    if "_" in text:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
 
 
 def _parse_attributes(row: dict[str, str]) -> tuple[dict[str, float], RejectedRecord | None]:
@@ -164,7 +172,7 @@ def _parse_attributes(row: dict[str, str]) -> tuple[dict[str, float], RejectedRe
     for column, name in fmt.ATTRIBUTE_COLUMNS.items():
         text = (row.get(column) or "").strip()
         try:
-            value = float(text)
+            value = csv_number(text)
         except ValueError:
             reason = "missing value" if not text else f"not a number: {text[:40]!r}"
             return values, RejectedRecord(row.get("isic_id", ""), column, reason)
@@ -255,10 +263,11 @@ def read_records(data_dir: Path, split: str | None = None,
                 yield rejected
                 continue
             if h5 is not None:
-                if isic_id not in h5:
+                entry = next((name for name in unicode_spellings(isic_id) if name in h5), None)
+                if entry is None:
                     yield RejectedRecord(isic_id, "image", f"no image {isic_id!r} in {fmt.HDF5_FILE}")
                     continue
-                image_ref = hdf5_image_ref(data_dir / fmt.HDF5_FILE, isic_id)
+                image_ref = hdf5_image_ref(data_dir / fmt.HDF5_FILE, entry)
             else:
                 try:
                     path = _folder_image(image_dir, isic_id)
@@ -337,9 +346,11 @@ def unique_records(stream: Iterable[LesionRecord | RejectedRecord]) -> Iterator[
 
 
 def _folder_image(image_dir: Path, isic_id: str) -> Path:
-    """The image file of a plain-file-name id in the folder layout; InvalidNameError when that file
-    (through a link) lies outside the image folder."""
-    path = image_dir / f"{isic_id}.jpg"
+    """The image file of a plain-file-name id in the folder layout (under the id's other Unicode
+    normal form when only that exists); InvalidNameError when that file (through a link) lies
+    outside the image folder."""
+    candidates = [image_dir / f"{name}.jpg" for name in unicode_spellings(isic_id)]
+    path = next((c for c in candidates if c.exists()), candidates[0])
     if path.exists() and not path.resolve().is_relative_to(image_dir.resolve()):
         raise InvalidNameError(f"isic_id {isic_id!r}: its image {path} links outside the image folder {image_dir}")
     return path

@@ -25,7 +25,9 @@ from dermground.platform.search_request import (
 )
 from dermground.platform.search_results import payload_number
 from dermground.platform.settings import Settings
-from dermground.platform.store import IMAGE_VECTOR, SearchFilter, VectorStore, point_id
+from dermground.platform.names import unicode_spellings
+from dermground.platform.store import IMAGE_VECTOR, SearchFilter, StorePoint, VectorStore, point_id
+from dermground.platform.store.base import VectorSelection
 
 
 @dataclass
@@ -59,6 +61,14 @@ def require_model(provider: EmbedderProvider | None, store: VectorStore, why: st
             f"{expected}); the loaded model has fingerprint {provider.fingerprint}. Point --model/--adapter "
             "at that model, or query by isic_id with a mode whose vectors are stored.")
     return provider
+
+
+def find_lesion(store: VectorStore, isic_id: str, with_vectors: VectorSelection = False) -> StorePoint | None:
+    """The stored point (with its payload) of an isic_id, also when it is stored in the other Unicode
+    normal form than the one asked for (NFC as typed, NFD from a CSV written on macOS); None if absent."""
+    found = store.retrieve([point_id(spelling) for spelling in unicode_spellings(isic_id)], with_payload=True,
+                           with_vectors=with_vectors)
+    return found[0] if found else None  # in the order asked: the exact spelling first
 
 
 def embed_to_vectors(provider: EmbedderProvider, images: Sequence[Image.Image], attributes: Sequence[str],
@@ -103,11 +113,12 @@ def query_vectors(request: SearchRequest, attributes: tuple[str, ...], store: Ve
                                    include_image=IMAGE_VECTOR in needed)[0]
         return QueryVectors(vectors, patient_id=request.query_patient_id, model_ran=True)
     assert request.isic_id is not None
-    found = store.retrieve([point_id(request.isic_id)], with_payload=True, with_vectors=needed)
-    if not found:
+    point = find_lesion(store, request.isic_id, with_vectors=needed)
+    if point is None:
         raise QueryNotFoundError(f"isic_id {request.isic_id!r} is not in collection {store.collection!r}")
-    point = found[0]
-    query = QueryVectors({n: v for n, v in point.vectors.items() if n in needed}, isic_id=request.isic_id,
+    # The stored spelling of the id: the query point is excluded from its hits by it.
+    stored_id = str(point.payload.get("isic_id") or request.isic_id)
+    query = QueryVectors({n: v for n, v in point.vectors.items() if n in needed}, isic_id=stored_id,
                          patient_id=str(point.payload.get("patient_id")) if point.payload.get("patient_id") else None,
                          truth={a: payload_number(point.payload.get(a)) for a in ATTRIBUTE_NAMES})
     missing = [n for n in needed if n not in query.vectors]

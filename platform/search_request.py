@@ -62,6 +62,8 @@ def validate_request(request: SearchRequest, settings: Settings) -> tuple[str, .
     """The request's canonical attribute names, or a SearchError saying what to change."""
     if (request.image is None) == (request.isic_id is None):
         raise SearchError("give exactly one query: an image or an isic_id")
+    for what, text in _request_texts(request):
+        _require_unicode(what, text)
     if not 1 <= request.k <= settings.max_k:
         raise SearchError(f"k must be between 1 and {settings.max_k} (DERMGROUND_MAX_K), got {request.k}")
     if request.b is not None and not 1 <= request.b <= settings.max_b:
@@ -85,3 +87,24 @@ def validate_request(request: SearchRequest, settings: Settings) -> tuple[str, .
     if request.mode is not SearchMode.image and not names:
         raise SearchError(f"mode {request.mode.value!r} needs at least one attribute; known: {', '.join(ATTRIBUTE_NAMES)}")
     return tuple(names)
+
+
+def _request_texts(request: SearchRequest) -> list[tuple[str, str]]:
+    """(what, text) of every text of a request that reaches the store."""
+    flt = request.filter
+    texts = [("isic_id", request.isic_id), ("query_patient_id", request.query_patient_id), ("split", flt.split)]
+    texts += [(f"filter {key}", value) for key, value in flt.equals.items()]
+    texts += [(f"filter {key}", value) for key, values in flt.any_of.items() for value in values]
+    texts += [("excluded patient_id", value) for value in flt.exclude_patient_ids]
+    return [(what, text) for what, text in texts if isinstance(text, str)]
+
+
+def _require_unicode(what: str, text: str) -> None:
+    """SearchError naming `what` when `text` holds a lone surrogate: a JSON escape such as "\\ud800",
+    or a shell argument's bytes that were not UTF-8. No stored text can match it, and the store's
+    filter (UTF-8 on the wire) fails on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SearchError(f"{what} {ascii(text)[:80]} is not valid Unicode text: {ascii(text[exc.start])} is a lone "
+                          "surrogate (bytes that are not UTF-8); send it as UTF-8 text") from None

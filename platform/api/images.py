@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from threading import Lock
@@ -18,6 +19,10 @@ from PIL import Image
 
 from dermground.platform.image_sources import load_image_bytes
 from dermground.platform.images import ImageRejected, decode_checked, decode_image, encode_jpeg, encode_thumbnail
+
+
+_ASCII_WHITESPACE = re.compile(r"[\t\n\f\r ]+")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 
 
 class UploadError(ValueError):
@@ -33,19 +38,33 @@ class UploadTooLargeError(UploadError):
 
 
 def decode_base64(text: str, max_bytes: int) -> bytes:
-    """Strict base64 (a data: URL prefix is accepted); UploadError when malformed or too large."""
+    """Strict base64 (a data: URL prefix is accepted, line breaks are skipped); UploadError when
+    malformed or too large."""
     if text.startswith("data:"):
         _, _, text = text.partition(",")
+    # MIME base64 (the `base64` tool, Python's encodebytes) wraps its lines; browsers' atob() skips
+    # ASCII whitespace too. Skipped before the size check, so that a wrapped image is not counted longer.
+    text = _ASCII_WHITESPACE.sub("", text)
     # 4 base64 characters carry 3 bytes: refuse before decoding anything bigger than the cap.
     if len(text) > (max_bytes + 2) // 3 * 4 + 4:
         raise UploadTooLargeError(f"the image is larger than the limit of {max_bytes} bytes", "byte_limit")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise UploadError("image_base64 is not valid base64", "base64") from None
+        raise UploadError(f"image_base64 is not valid base64: {_base64_fault(text)}", "base64") from None
     if not data:
         raise UploadError("image_base64 is empty", "empty")
     return data
+
+
+def _base64_fault(text: str) -> str:
+    """What is wrong with text that base64 refused, with what to do."""
+    stray = _NOT_BASE64.search(text)
+    if stray is not None:
+        hint = " (URL-safe base64: use the standard alphabet, '+' and '/')" if stray.group() in "-_" else ""
+        return (f"the character {stray.group()!r} at position {stray.start()} is not in the base64 alphabet "
+                f"(A-Z, a-z, 0-9, '+', '/', '=' padding){hint}")
+    return f"{len(text)} characters where whole groups of 4 (with '=' padding) were expected; the text may be cut short"
 
 
 def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:

@@ -28,10 +28,11 @@ from dermground.platform.api.viewer import STATIC_DIR
 from dermground.platform.attributes import ATTRIBUTES, get_attribute
 from dermground.platform.metadata_fields import ANY_OF_FILTERS, EQUALS_FILTERS
 from dermground.platform.search import search
+from dermground.platform.search_query import find_lesion
 from dermground.platform.search_request import ModelUnavailableError, QueryNotFoundError, SearchError, SearchRequest
 from dermground.platform.search_results import SearchResponse
 from dermground.platform.settings import Settings
-from dermground.platform.store import Range, SearchFilter, StoreError, VectorStore, point_id
+from dermground.platform.store import Range, SearchFilter, StoreError, VectorStore
 
 router = APIRouter()
 read = [Depends(require_read)]
@@ -128,11 +129,12 @@ def image(request: Request, isic_id: IsicId, size: Literal["thumb", "full"] = "t
     store = _store(request)
     if store.describe() is None:
         raise HTTPException(404, detail=f"no lesion {isic_id!r}: the collection is empty")
-    found = store.retrieve([point_id(isic_id)], with_payload=True)
-    if not found:
+    found = find_lesion(store, isic_id)  # also under the id's other Unicode normal form (NFC/NFD)
+    if found is None:
         raise HTTPException(404, detail=f"no lesion {isic_id!r} in collection {store.collection!r}")
     try:
-        data = request.app.state.thumbnails.get(isic_id, size, found[0].payload, _settings(request).max_image_pixels)
+        data = request.app.state.thumbnails.get(str(found.payload.get("isic_id") or isic_id), size, found.payload,
+                                                _settings(request).max_image_pixels)
     except (OSError, KeyError, ValueError) as exc:
         raise HTTPException(404, detail=f"the image of {isic_id!r} cannot be read on the server ({type(exc).__name__})") from None
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

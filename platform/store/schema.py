@@ -69,6 +69,8 @@ def _missing(value: object) -> bool:
 
 def _number(isic_id: str, field: str, value: object) -> float:
     try:
+        if isinstance(value, str) and "_" in value:  # float() reads '4_0' as 40; a CSV reader sees text
+            raise ValueError(value)
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise PayloadError(isic_id, field, f"not a number: {value!r}") from None
