@@ -129,3 +129,23 @@ def test_a_snapshot_during_which_an_ingest_began_writing_the_version_is_discarde
     with pytest.raises(VersionError, match="while its snapshot was taken, so the snapshot was discarded"):
         create_snapshot(settings, NAME, progress=an_ingest_starts)
     assert not list((home / "snapshots" / NAME).glob("*.tar"))
+
+
+def test_the_scratch_copy_of_a_snapshot_of_a_served_version_is_not_listed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(home=home)
+    _finished_run(settings, Catalog(settings.catalog_dir), [f"ISIC_{i:07d}" for i in range(3)])
+    seen: list[tuple[list[str], str]] = []
+
+    def list_meanwhile(points: int) -> None:  # called while the scratch copy of the held version is exported
+        with open_collections(settings) as cols:
+            listed = [info.version for info in cols.list(NAME, count=False)]
+        seen.append((listed, _cli(home, "collections", "list", NAME).output))
+
+    with held_by_another_process(home / "qdrant" / NAME, NAME):  # `dermground serve`
+        create_snapshot(settings, NAME, progress=list_meanwhile)
+    assert seen, "the export reported no progress"
+    for listed, printed in seen:
+        assert listed == ["v0"], listed  # the copy being exported is the snapshot's business, not a version
+        assert "v1" not in printed and "snapshot of" not in printed, printed
+

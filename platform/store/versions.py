@@ -157,6 +157,18 @@ def building_elsewhere(name: str, version: str, meta: VersionMeta, builder_gone:
             "--builder-gone`")
 
 
+# The sources of the scratch copies `snapshot create` and `check` make of a version another process
+# holds (the embedded engine has one opener); they are dropped when the command ends.
+SCRATCH_SOURCES = ("snapshot of ", "check of ")
+
+
+def is_scratch_in_use(meta: VersionMeta) -> bool:
+    """Whether a version is a scratch copy whose command still runs: not a version of the collection
+    to list. One left by a killed command is listed (with the drop to run: interrupted_note)."""
+    return (meta.state == BUILDING and (meta.source or "").startswith(SCRATCH_SOURCES)
+            and process_alive(meta.builder) is not False)
+
+
 def resume_command(name: str, version: str, meta: VersionMeta) -> str:
     """The ingest that resumes an interrupted build: the data folder and adapter it was built
     from (its `source` is "ingest FOLDER" or "vN + ingest FOLDER"), as a command line to copy."""
@@ -178,7 +190,7 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
     if source.startswith("restore "):
         step = (f"drop it with `dermground collections drop {name} {version}` and run the restore again "
                 "(the snapshot is untouched)")
-    elif source.startswith(("snapshot of ", "check of ")):
+    elif source.startswith(SCRATCH_SOURCES):
         step = (f"a scratch copy left by `{'snapshot create' if source.startswith('snapshot') else 'check'}`: drop "
                 f"it with `dermground collections drop {name} {version}`")
     elif meta.seed_copied is not None:  # a copy of the served version (ingest/targets.py)
@@ -304,6 +316,8 @@ class Collections(abc.ABC):
         found = []
         for n in names:
             for version in self.versions(n):
+                if is_scratch_in_use(self.read_meta(n, version)):
+                    continue  # a copy `snapshot create` or `check` is reading: gone when it ends
                 try:
                     found.append(self.info(n, version, held, count))
                 except VersionError:
@@ -352,6 +366,6 @@ class Collections(abc.ABC):
         self.close()
 
 
-__all__ = ["BUILDING", "building_elsewhere", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionTakenError", "VersionMeta", "check_name",
+__all__ = ["BUILDING", "SCRATCH_SOURCES", "building_elsewhere", "is_scratch_in_use", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionTakenError", "VersionMeta", "check_name",
            "interrupted_note", "physical_name", "process_alive", "process_stamp", "split_physical",
            "stamped_for_write", "version_number"]
