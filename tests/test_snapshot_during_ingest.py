@@ -29,6 +29,7 @@ from dermground.platform.store import (
 )
 from dermground.platform.store.versions import VersionError
 from tests.store_holder import held_by_another_process
+from tests.version_homes import home_with_versions
 
 DIM, FP, NAME = 8, "fp-snap", "snap"
 
@@ -149,3 +150,22 @@ def test_the_scratch_copy_of_a_snapshot_of_a_served_version_is_not_listed(tmp_pa
         assert listed == ["v0"], listed  # the copy being exported is the snapshot's business, not a version
         assert "v1" not in printed and "snapshot of" not in printed, printed
 
+
+def test_switch_refuses_a_version_an_ingest_writes_with_version(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home_with_versions(home, 2)  # v1 live, v2 ready
+    lock = hold_run_lock(home, "r7")  # `dermground ingest --version v2` is adding images to v2
+    try:
+        Catalog(load_settings(home=home).catalog_dir).append("ingest_runs", [
+            {"run_id": "r7", "collection": "lesions__v2", "fingerprint": "fp", "source": "/data/more",
+             "status": "running"}])
+        refused = _cli(home, "collections", "switch", "lesions", "v2")
+        assert refused.exit_code == 1, refused.output
+        assert "ingest run r7" in refused.output and "/data/more" in refused.output, refused.output
+        assert "finished" in refused.output, refused.output  # the next step
+        with open_collections(load_settings(home=home)) as cols:
+            assert cols.live_version("lesions") == "v1"
+    finally:
+        lock.release()
+    switched = _cli(home, "collections", "switch", "lesions", "v2")  # its driver is gone (killed, or finished)
+    assert switched.exit_code == 0, switched.output
