@@ -1,10 +1,13 @@
 """`snapshot create` of a version an ingest is writing: refused while the ingest runs (a snapshot
 then would carry the points of a partition whose catalog rows and ledger are not written yet, and
 its restore would fail `dermground check`), taken once the ingest is gone. And `check` of a version
-another process holds (serve): it checks a copy instead of refusing."""
+another process holds (serve): it checks a copy instead of refusing. Also `collections switch` to a
+version an ingest writes (refused), and `serve` started while an ingest writes the live version
+(it waits for the ingest, answering 503, then serves)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +172,34 @@ def test_switch_refuses_a_version_an_ingest_writes_with_version(tmp_path: Path) 
         lock.release()
     switched = _cli(home, "collections", "switch", "lesions", "v2")  # its driver is gone (killed, or finished)
     assert switched.exit_code == 0, switched.output
+
+
+def test_serve_started_while_an_ingest_writes_the_live_version_in_place_serves_it_once_the_ingest_ends(
+        tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from dermground.ingest.collection_lock import hold_collection_lock
+    from dermground.platform.api import create_app
+    from dermground.platform.commands.serve import open_served_store
+
+    home = tmp_path / "home"
+    settings = load_settings(home=home).model_copy(update={"collection": NAME})
+    _finished_run(settings, Catalog(settings.catalog_dir), [f"ISIC_{i:07d}" for i in range(5)])
+    lock = hold_collection_lock(home, NAME)  # `dermground ingest` adding images to the live version in place
+    try:
+        with held_by_another_process(home / "qdrant" / NAME, NAME) as ingest:
+            store = open_served_store(settings)  # it said "in use by pid ...: stop that process" and exited
+            client = TestClient(create_app(settings, store=store))
+            waiting = client.get("/health")
+            assert waiting.status_code == 503, waiting.text
+            assert f"pid {ingest.pid}" in waiting.json()["detail"] and "as soon as" in waiting.json()["detail"]
+    finally:
+        lock.release()
+    try:
+        deadline = time.monotonic() + 60
+        while (served := client.get("/health")).status_code != 200:  # the watcher opens it once let go
+            assert time.monotonic() < deadline, served.text
+            time.sleep(0.1)
+        assert served.json()["points"] == 5
+    finally:
+        store.close()
