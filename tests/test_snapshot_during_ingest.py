@@ -203,3 +203,24 @@ def test_serve_started_while_an_ingest_writes_the_live_version_in_place_serves_i
         assert served.json()["points"] == 5
     finally:
         store.close()
+
+
+def test_check_of_a_version_an_ingest_is_writing_names_the_ingest_instead_of_reporting_findings(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(home=home)
+    catalog = Catalog(settings.catalog_dir)
+    _finished_run(settings, catalog, [f"ISIC_{i:07d}" for i in range(4)])
+    lock = hold_run_lock(home, "r3")  # an ingest in place, between a partition's upsert and its catalog rows
+    try:
+        catalog.append("ingest_runs", [{"run_id": "r3", "collection": NAME, "fingerprint": FP,
+                                        "source": "/data/more", "status": "running"}])
+        with open_store(settings, NAME) as store:
+            store.upsert(_points([f"ISIC_{i:07d}" for i in range(4, 7)], 1))
+        checked = _cli(home, "check", "--collection", NAME)
+        assert checked.exit_code == 1, checked.output
+        # It reported the partition in progress as phantom points of "an interrupted ingest: rerun it".
+        assert "FINDING" not in checked.output and "interrupted" not in checked.output, checked.output
+        assert "ingest run r3" in checked.output and "once that ingest has finished" in checked.output
+    finally:
+        lock.release()
