@@ -88,3 +88,31 @@ def test_a_rerun_resumes_the_copy_its_killed_run_was_filling(tmp_path: Path) -> 
         finally:
             other.store.close()
             other.close()
+
+
+def test_a_copy_whose_ingest_was_killed_while_copying_is_reported_with_drop_and_rerun(tmp_path: Path) -> None:
+    import socket
+
+    from dermground.platform.store import open_collections
+    from dermground.platform.store.versions import VersionMeta
+
+    home = tmp_path / "home"
+    _served_collection(home)
+    with open_collections(load_settings(home=home)) as cols:
+        # What open_target records before it copies v0 (ingest/targets.py), its copy never finished.
+        copy = cols.create_version(NAME, VersionMeta(source="v0 + ingest /data/new", state=BUILDING))
+        cols.write_meta(NAME, copy, VersionMeta(source="v0 + ingest /data/new", state=BUILDING, builder={
+            "pid": _exited_pid(), "host": socket.gethostname(), "command": "dermground ingest --data /data/new"}))
+        (note,) = [i.note for i in cols.list(NAME) if i.version == copy]
+    assert note is not None and "interrupted" in note, note
+    # It said "resume it with `dermground ingest ... --version v1`": into part of v0's points without
+    # their catalog rows, which would stay as phantom points.
+    assert f"--version {copy}" not in note, note
+    assert f"collections drop {NAME} {copy}" in note and "rerun the same `dermground ingest`" in note, note
+
+
+def _exited_pid() -> int:
+    """The pid of a process that has exited (the killed ingest, as far as a listing can tell)."""
+    child = subprocess.Popen(["true"])  # noqa: S607
+    child.wait()
+    return child.pid

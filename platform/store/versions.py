@@ -30,6 +30,8 @@ from dermground.platform.store.base import CollectionSpec, StoreError, VectorSto
 VERSION_SEPARATOR = "__"
 LEGACY_VERSION = "v0"
 _VERSION = re.compile(r"^v(\d{1,9})$")
+# The source of a version an ingest seeds with a copy of the served one: "v2 + ingest FOLDER".
+_SEEDED_SOURCE = re.compile(r"^(v\d{1,9}) \+ ingest ")
 
 # Version states: an ingest or restore "building" it, or "ready" (complete and verified).
 BUILDING, READY = "building", "ready"
@@ -196,6 +198,12 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
     elif meta.seed_copied is not None:  # a copy of the served version (ingest/targets.py)
         step = (f"rerun the same `dermground ingest` while {source.split(' ', 1)[0]} is live: it resumes here and "
                 f"switches when complete; or drop it with `dermground collections drop {name} {version}`")
+    elif (seeded := _SEEDED_SOURCE.match(source)) is not None:
+        # Killed while copying the served version: part of its points, none of its catalog rows. An
+        # ingest resumed into it would keep the part as points no catalog row accounts for.
+        step = (f"it was stopped while copying {seeded.group(1)}, so it holds part of {seeded.group(1)}'s points "
+                f"and none of its catalog rows: drop it with `dermground collections drop {name} {version}` and "
+                f"rerun the same `dermground ingest` (it copies {seeded.group(1)} again)")
     else:
         step = (f"resume it with `{resume_command(name, version, meta)}`, or drop it "
                 f"with `dermground collections drop {name} {version}`")
