@@ -435,3 +435,20 @@ def test_a_live_store_on_a_server_follows_a_switch_and_drop_made_before_its_next
             live.count()
     finally:
         live.close()
+
+
+
+@pytest.mark.usefixtures("fresh_cli_settings")
+def test_an_unreadable_alias_record_is_repaired_by_the_switch_its_error_names(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+    from tests.version_homes import home_with_versions
+
+    home_with_versions(tmp_path, 2)
+    (tmp_path / "qdrant" / ".aliases" / "lesions.json").write_text('{"version": "v')  # a torn or hand-edited record
+    listed = CliRunner().invoke(cli, ["--home", str(tmp_path), "collections", "list"])
+    assert listed.exit_code == 1 and "collections switch" in listed.output, listed.output
+    repaired = CliRunner().invoke(cli, ["--home", str(tmp_path), "collections", "switch", "lesions", "v2"])
+    assert repaired.exit_code == 0, repaired.output  # it failed with the same "unreadable" error
+    assert EdgeCollections(tmp_path / "qdrant").live_version("lesions") == "v2"

@@ -241,7 +241,10 @@ class EdgeCollections(Collections):
     def switch(self, name: str, version: str) -> str | None:
         with self._name_lock(name):
             self.check_switchable(name, version)
-            before = self.live_version(name)
+            try:
+                before = self.live_version(name)
+            except StoreError:  # an unreadable record, whose error names this switch as the repair
+                before = None
             durable_write_json(self._alias_path(name), {"name": name, "version": version,
                                                         "physical": physical_name(name, version),
                                                         "switched_at": _now(), "previous": before},
@@ -311,7 +314,11 @@ class EdgeCollections(Collections):
                 note = "in use by " + str(exc).split(" is in use by ", 1)[-1].split(". Stop", 1)[0]
         if note is None and not (held and physical in held) and not self._held(name, version):
             note = interrupted_note(name, version, meta)  # a building version whose process is gone
-        return VersionInfo(name=name, version=version, physical=physical, live=self.live_version(name) == version,
+        try:
+            live = self.live_version(name) == version
+        except StoreError:  # an unreadable alias record: `list` says so; a switch (which needs this) repairs it
+            live = False
+        return VersionInfo(name=name, version=version, physical=physical, live=live,
                            meta=meta, spec=spec, points=points, size_bytes=disk_usage(folder), note=note)
 
     def copy_points(self, name: str, source: str, target: str, page_size: int = 512) -> int:

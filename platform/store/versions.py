@@ -323,6 +323,7 @@ class Collections(abc.ABC):
         names = [name] if name is not None else self.names()
         found = []
         for n in names:
+            self.live_version(n)  # an unreadable alias record is an error here, with the switch that repairs it
             for version in self.versions(n):
                 if is_scratch_in_use(self.read_meta(n, version)):
                     continue  # a copy `snapshot create` or `check` is reading: gone when it ends
