@@ -218,6 +218,9 @@ class EdgeCollections(Collections):
             return False
         return isinstance(owner, dict) and process_alive(owner) is not False
 
+    def held_elsewhere(self, name: str, version: str) -> bool:
+        return self._held(name, version)
+
     def _spec(self, name: str, version: str) -> CollectionSpec | None:
         path = self._folder(name, version) / _META_FILE
         try:

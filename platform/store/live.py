@@ -170,6 +170,9 @@ class LiveStore(VectorStore):
     def _open_when_let_go(self, waiting_since: float) -> bool:
         """One try at opening the live version another process held; True once it is open."""
         try:
+            live = self._collections.live_version(self.collection)
+            if live is not None and self._collections.held_elsewhere(self.collection, live):
+                return False  # still held: a failed open would cost a load of the version each round
             self._refresh(force=True)
         except StoreLockedError as exc:
             self._waiting = exc

@@ -284,6 +284,11 @@ class Collections(abc.ABC):
         `taken`: versions gone from the store whose number must not come back (the catalog keeps a
         dropped version's rows under its physical name: a new version of that name would inherit them)."""
 
+    def held_elsewhere(self, name: str, version: str) -> bool:
+        """Whether another running process holds the version open, told without trying to open it
+        (a try costs what loading the version costs); False where a backend has no such holder."""
+        return False
+
     @abc.abstractmethod
     def open_version(self, name: str, version: str) -> VectorStore:
         """A store on one physical version (raises StoreLockedError when another process holds it)."""
