@@ -452,3 +452,27 @@ def test_an_unreadable_alias_record_is_repaired_by_the_switch_its_error_names(tm
     repaired = CliRunner().invoke(cli, ["--home", str(tmp_path), "collections", "switch", "lesions", "v2"])
     assert repaired.exit_code == 0, repaired.output  # it failed with the same "unreadable" error
     assert EdgeCollections(tmp_path / "qdrant").live_version("lesions") == "v2"
+
+
+def test_drop_refuses_a_version_a_running_process_builds_while_it_does_not_hold_it(tmp_path: Path) -> None:
+    import socket
+
+    from dermground.platform.processes import process_start
+
+    cols = EdgeCollections(tmp_path / "qdrant")
+    build_version(cols, "c", 2)
+    # A restore between loading the points (the folder let go) and marking the version ready, or an
+    # ingest copying the served version into it: it runs, but does not hold the version's folder.
+    builder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        version = cols.create_version("c", VersionMeta(source="restore /snaps/a.tar", state=BUILDING))
+        cols.write_meta("c", version, VersionMeta(source="restore /snaps/a.tar", state=BUILDING, builder={
+            "pid": builder.pid, "host": socket.gethostname(), "started": process_start(builder.pid),
+            "command": "dermground snapshot restore /snaps/a.tar"}))
+        with pytest.raises(VersionError, match=f"pid {builder.pid}.*still runs"):
+            cols.drop("c", version)  # it deleted the version under the running restore
+        assert version in cols.versions("c")
+    finally:
+        builder.communicate(timeout=60)
+    cols.drop("c", version)  # its builder is gone: the version may go
+    assert version not in cols.versions("c")

@@ -35,6 +35,7 @@ from dermground.platform.store.versions import (
     check_name,
     VersionInfo,
     VersionMeta,
+    building_elsewhere,
     interrupted_note,
     physical_name,
     process_alive,
@@ -255,13 +256,19 @@ class EdgeCollections(Collections):
         return before
 
     def drop(self, name: str, version: str, *, builder_gone: bool = False) -> None:
-        # builder_gone is not needed here: a builder holds the version's folder lock while it runs.
+        # builder_gone is not needed here: a builder on this machine can be checked (its stamp), and
+        # one elsewhere holds the version's folder lock while it has it open.
         with self._name_lock(name):
             self.require_version(name, version)
             if self.live_version(name) == version:
                 raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
                                    f"version first (`dermground collections switch {name} VERSION`; "
                                    f"`dermground collections list {name}` shows its versions)")
+            # A builder does not hold the folder all along (an ingest copying the served version into
+            # it, a restore writing the catalog rows after loading the points): its stamp decides.
+            refusal = building_elsewhere(name, version, self.read_meta(name, version), builder_gone=True)
+            if refusal:
+                raise VersionError(refusal)
             folder = self._folder(name, version)
             self._wait_until_let_go(name, version)
             trash = self.store_dir / f"{_DROPPED}{folder.name}-{uuid.uuid4().hex[:8]}"
