@@ -476,3 +476,21 @@ def test_drop_refuses_a_version_a_running_process_builds_while_it_does_not_hold_
         builder.communicate(timeout=60)
     cols.drop("c", version)  # its builder is gone: the version may go
     assert version not in cols.versions("c")
+
+
+def test_a_live_store_waiting_for_its_collection_to_be_let_go_says_so_once(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(home=tmp_path)
+    live = LiveStore(EdgeCollections(settings.store_dir), "later", refresh_s=0.0)  # the API, started first
+    try:
+        with open_store(settings, "later") as store:
+            store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+            store.upsert(_points(3, "fp-1", 0))
+        with held_by_another_process(settings.store_dir / "later", "later"), caplog.at_level("WARNING"):
+            for _ in range(5):  # requests while the first ingest writes it
+                assert live.describe() is None
+        # It tried to open the held version and warned on every request (once a second in a server).
+        assert len([r for r in caplog.records if "cannot be opened yet" in r.getMessage()]) == 1
+        assert live.count() == 3  # let go: served
+    finally:
+        live.close()

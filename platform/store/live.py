@@ -76,6 +76,7 @@ class LiveStore(VectorStore):
         self._closed = threading.Event()
         self._notify = notify or log.warning
         self._waiting: StoreLockedError | None = None  # why no version is open yet
+        self._unopenable: str | None = None  # a version the alias names that could not be opened (logged once)
         try:
             self._refresh(force=True)
         except StoreLockedError as exc:
@@ -126,13 +127,21 @@ class LiveStore(VectorStore):
                 return
             try:
                 name, version = split_physical(physical)
+                if (self._held is not None and self._unopenable == physical
+                        and self._collections.held_elsewhere(name, version)):
+                    # Still held (an ingest creating the collection, say), as said already: opened once
+                    # let go. Another try would cost a load of the version on every check.
+                    return
                 store = self._collections.open_version(name, version)
             except StoreError as exc:
                 if self._held is None:
                     raise
-                log.warning("collection %r now points at %s, which cannot be opened yet (%s); still serving %s",
-                            self.collection, physical, exc, self._held.physical)
+                if self._unopenable != physical:  # said once, not on every request while it lasts
+                    self._unopenable = physical
+                    log.warning("collection %r now points at %s, which cannot be opened yet (%s); still serving %s",
+                                self.collection, physical, exc, self._held.physical)
                 return
+            self._unopenable = None
             with self._lock:
                 old, self._held = self._held, _Held(physical, store)
                 self._stamp = stamp
