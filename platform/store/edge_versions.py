@@ -350,8 +350,14 @@ class EdgeCollections(Collections):
             raise StoreError(f"copying version {source} of {name!r} into {target} failed ({detail or exc}); "
                              f"free space under {self.store_dir} and run it again") from None
         shutil.rmtree(dst / _SHARD_DIR / "temp_segments", ignore_errors=True)
-        with self.open_version(name, target) as store:
-            return store.count() if store.describe() is not None else 0
+        try:
+            with self.open_version(name, target) as store:
+                return store.count() if store.describe() is not None else 0
+        except StoreLockedError:
+            raise
+        except StoreError as exc:  # the engine writes files as it opens the copy: a full disk, mostly
+            raise StoreError(f"opening the copy {target} of version {source} of {name!r} failed ({exc}); free space "
+                             f"under {self.store_dir} and run it again") from None
 
 
 def _now() -> str:
