@@ -117,8 +117,11 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
     building = VersionMeta(source=f"ingest {source}", adapter=adapter, state=BUILDING)
     if version is not None:
         collections.require_version(name, version)
-        return IngestTarget(collections, name, version, collections.open_version(name, version),
-                            switch_after=live is None)
+        store = collections.open_version(name, version)  # held elsewhere: StoreLockedError, nothing changed
+        meta = collections.read_meta(name, version)
+        if meta.state == BUILDING:  # resuming an interrupted build: it names this process from now on
+            collections.write_meta(name, version, replace(meta, builder=None))
+        return IngestTarget(collections, name, version, store, switch_after=live is None)
     # A dropped version's catalog rows stay: a new version never takes its number.
     taken = versions_in_catalog(catalog, name)
     if new_version:

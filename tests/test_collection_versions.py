@@ -494,3 +494,38 @@ def test_a_live_store_waiting_for_its_collection_to_be_let_go_says_so_once(tmp_p
         assert live.count() == 3  # let go: served
     finally:
         live.close()
+
+
+_RESUMING_INGEST = """
+import sys
+from dermground.ingest.targets import open_target
+from dermground.platform.catalog import Catalog
+from dermground.platform.settings import Settings
+settings = Settings(home=sys.argv[1])
+target = open_target(settings, "c", Catalog(settings.catalog_dir), source="data", adapter=None, version=sys.argv[2])
+print("ready", flush=True)
+sys.stdin.readline()
+target.store.close()
+target.close()
+"""
+
+
+def test_a_version_resumed_with_version_names_its_new_builder(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    cols = EdgeCollections(settings.store_dir)
+    build_version(cols, "c", 2)
+    killed = cols.create_version("c", VersionMeta(source="ingest data", state=BUILDING))  # an interrupted --new-version
+    with cols.open_version("c", killed) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+    cols.write_meta("c", killed, VersionMeta(source="ingest data", state=BUILDING, builder=_exited_process_stamp()))
+    resuming = subprocess.Popen([sys.executable, "-c", _RESUMING_INGEST, str(tmp_path), killed], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert resuming.stdout is not None and resuming.stdout.readline().strip() == "ready"
+        assert cols.read_meta("c", killed).builder["pid"] == resuming.pid  # type: ignore[index]
+        # It kept the killed process's stamp: a listing without the folder's owner (a server) said
+        # "interrupted", and a drop waited 10 s and then blamed a `serve`.
+        with pytest.raises(VersionError, match=f"pid {resuming.pid}.*still runs"):
+            cols.drop("c", killed)
+    finally:
+        resuming.communicate("\n", timeout=60)
