@@ -174,27 +174,55 @@ def test_switch_refuses_a_version_an_ingest_writes_with_version(tmp_path: Path) 
     assert switched.exit_code == 0, switched.output
 
 
+# `dermground ingest` writing the live version in place: it holds the collection's ingest lock and the version.
+_INGEST_IN_PLACE = """
+import sys
+from dermground.ingest.collection_lock import hold_collection_lock
+from dermground.platform.store.edge import EdgeStore
+lock = hold_collection_lock(sys.argv[1], sys.argv[3])
+store = EdgeStore(sys.argv[2], sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()
+store.close()
+lock.release()
+"""
+
+
 def test_serve_started_while_an_ingest_writes_the_live_version_in_place_serves_it_once_the_ingest_ends(
         tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
     from fastapi.testclient import TestClient
 
     from dermground.ingest.collection_lock import hold_collection_lock
     from dermground.platform.api import create_app
     from dermground.platform.commands.serve import open_served_store
+    from dermground.platform.store import StoreLockedError
 
     home = tmp_path / "home"
     settings = load_settings(home=home).model_copy(update={"collection": NAME})
     _finished_run(settings, Catalog(settings.catalog_dir), [f"ISIC_{i:07d}" for i in range(5)])
-    lock = hold_collection_lock(home, NAME)  # `dermground ingest` adding images to the live version in place
+    # Another serve holds the version while an ingest writes a copy of it: refused, naming that serve.
+    lock = hold_collection_lock(home, NAME)
     try:
-        with held_by_another_process(home / "qdrant" / NAME, NAME) as ingest:
-            store = open_served_store(settings)  # it said "in use by pid ...: stop that process" and exited
-            client = TestClient(create_app(settings, store=store))
-            waiting = client.get("/health")
-            assert waiting.status_code == 503, waiting.text
-            assert f"pid {ingest.pid}" in waiting.json()["detail"] and "as soon as" in waiting.json()["detail"]
+        with held_by_another_process(home / "qdrant" / NAME, NAME) as other_serve:
+            with pytest.raises(StoreLockedError, match=f"pid {other_serve.pid}"):
+                open_served_store(settings)
     finally:
         lock.release()
+
+    ingest = subprocess.Popen([sys.executable, "-c", _INGEST_IN_PLACE, str(home), str(home / "qdrant" / NAME), NAME],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert ingest.stdout is not None and ingest.stdout.readline().strip() == "ready"
+        store = open_served_store(settings)  # it said "in use by pid ...: stop that process" and exited
+        client = TestClient(create_app(settings, store=store))
+        waiting = client.get("/health")
+        assert waiting.status_code == 503, waiting.text
+        assert f"pid {ingest.pid}" in waiting.json()["detail"] and "as soon as" in waiting.json()["detail"]
+    finally:
+        ingest.communicate("\n", timeout=60)
     try:
         deadline = time.monotonic() + 60
         while (served := client.get("/health")).status_code != 200:  # the watcher opens it once let go

@@ -115,8 +115,11 @@ def open_served_store(settings: Settings) -> LiveStore:
         return LiveStore(open_collections(settings), settings.collection)
     except StoreLockedError:
         ingest = None if settings.qdrant_url else collection_lock_holder(settings.home, settings.collection)
-        if ingest is None:
-            raise  # another serve, a restore, ...: say who, as before
+        with open_collections(settings) as collections:
+            live = collections.live_version(settings.collection)
+            owner = collections.holder(settings.collection, live) if live is not None else None
+        if ingest is None or owner is None or owner.get("pid") != ingest.get("pid"):
+            raise  # another serve (an ingest then writes a copy), a restore, ...: say who, as before
     notify = lambda line: click.echo(line, err=True)  # noqa: E731 - the console, beside uvicorn's lines
     store = LiveStore(open_collections(settings), settings.collection, wait_while_held=True, notify=notify)
     if store.waiting is not None:

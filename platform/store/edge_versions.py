@@ -219,8 +219,12 @@ class EdgeCollections(Collections):
             return False
         return isinstance(owner, dict) and process_alive(owner) is not False
 
-    def held_elsewhere(self, name: str, version: str) -> bool:
-        return self._held(name, version)
+    def holder(self, name: str, version: str) -> Mapping[str, object] | None:
+        try:
+            owner = json.loads((self._folder(name, version) / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) and process_alive(owner) is not False else None
 
     def _spec(self, name: str, version: str) -> CollectionSpec | None:
         path = self._folder(name, version) / _META_FILE

@@ -284,10 +284,15 @@ class Collections(abc.ABC):
         `taken`: versions gone from the store whose number must not come back (the catalog keeps a
         dropped version's rows under its physical name: a new version of that name would inherit them)."""
 
+    def holder(self, name: str, version: str) -> Mapping[str, object] | None:
+        """The running process holding the version open (pid, host, command, since), told without
+        trying to open it (a try costs what loading the version costs); None when none, or where a
+        backend has no such holder."""
+        return None
+
     def held_elsewhere(self, name: str, version: str) -> bool:
-        """Whether another running process holds the version open, told without trying to open it
-        (a try costs what loading the version costs); False where a backend has no such holder."""
-        return False
+        """Whether another running process holds the version open (see `holder`)."""
+        return self.holder(name, version) is not None
 
     @abc.abstractmethod
     def open_version(self, name: str, version: str) -> VectorStore:
