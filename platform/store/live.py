@@ -46,8 +46,10 @@ from dermground.platform.store.versions import Collections, split_physical
 T = TypeVar("T")
 
 log = logging.getLogger("dermground.store")
-# While waiting for a held live version, how often the watcher says it still waits.
+# While waiting for a held live version, how often the watcher says it still waits, and how often
+# it tries to open it although its owner file names a running process (that pid may be reused).
 WAIT_NOTE_S = 60.0
+WAIT_TRY_ANYWAY_S = 30.0
 
 
 @dataclass
@@ -157,11 +159,13 @@ class LiveStore(VectorStore):
 
     def _watch(self) -> None:
         """Follow the alias while no request comes (a stat per check), until closed."""
-        waiting_since = noted_at = time.monotonic()
+        waiting_since = noted_at = tried_at = time.monotonic()
         while not self._closed.wait(max(self._refresh_s, 0.05)):
             held = self._held
             if held is None and self._waiting is not None:
-                if self._open_when_let_go(waiting_since):
+                anyway = time.monotonic() - tried_at >= WAIT_TRY_ANYWAY_S
+                tried_at = time.monotonic() if anyway else tried_at
+                if self._open_when_let_go(waiting_since, anyway):
                     continue
                 if time.monotonic() - noted_at >= WAIT_NOTE_S:
                     noted_at = time.monotonic()
@@ -176,11 +180,12 @@ class LiveStore(VectorStore):
             except Exception as exc:  # noqa: BLE001 - the next request or check retries
                 log.warning("checking the alias of collection %r failed: %s", self.collection, exc)
 
-    def _open_when_let_go(self, waiting_since: float) -> bool:
-        """One try at opening the live version another process held; True once it is open."""
+    def _open_when_let_go(self, waiting_since: float, anyway: bool = False) -> bool:
+        """One try at opening the live version another process held; True once it is open.
+        anyway: try even though its owner file names a running process."""
         try:
             live = self._collections.live_version(self.collection)
-            if live is not None and self._collections.held_elsewhere(self.collection, live):
+            if not anyway and live is not None and self._collections.held_elsewhere(self.collection, live):
                 return False  # still held: a failed open would cost a load of the version each round
             self._refresh(force=True)
         except StoreLockedError as exc:
