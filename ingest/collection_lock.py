@@ -65,4 +65,23 @@ def hold_collection_lock(home: Path, name: str) -> CollectionLock:
     return CollectionLock(handle)
 
 
-__all__ = ["CollectionLock", "hold_collection_lock"]
+def collection_lock_holder(home: Path, name: str) -> dict[str, object] | None:
+    """What the ingest holding the lock of `name` wrote (pid, host, command, since); None when no
+    ingest holds it (`serve` uses this to tell an ingest writing the live version in place)."""
+    try:
+        handle = open(Path(home) / LOCK_DIR / f"{name}.lock", encoding="utf-8")  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            return holder if isinstance(holder, dict) else {}
+        return None  # free: nobody holds it (the shared lock is dropped when the file closes)
+
+
+__all__ = ["CollectionLock", "collection_lock_holder", "hold_collection_lock"]

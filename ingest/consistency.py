@@ -24,6 +24,7 @@ from dermground.ingest.partitions import ids_hash
 from dermground.ingest.writer import catalog_file_name
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_files import foreign_files, live_files, rows_by_source
+from dermground.platform.ingest_activity import active_ingests
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, VectorStore, open_collections, open_store, point_id
 from dermground.platform.store.versions import BUILDING, Collections, VersionMeta, split_physical
@@ -57,8 +58,10 @@ class CheckReport:
 def check_collection(settings: Settings, collection: str) -> CheckReport:
     """Compare the store's collection with the catalog's lesions rows and ingest ledger."""
     report = CheckReport(collection)
+    catalog = Catalog(settings.catalog_dir)
     with open_collections(settings) as collections:
         collection = collections.resolve(collection)  # the live version: the catalog names it so
+        _refuse_while_ingesting(settings, catalog, collection)
         try:
             with open_store(settings, collection) as store:
                 store_ids = _check_store(store, collection, report)
@@ -66,7 +69,6 @@ def check_collection(settings: Settings, collection: str) -> CheckReport:
             if settings.qdrant_url:
                 raise
             store_ids = _check_copy(collections, collection, report)
-    catalog = Catalog(settings.catalog_dir)
     rows = catalog.query("SELECT isic_id FROM lesions WHERE collection = ?", [collection])
     catalog_ids = [str(r["isic_id"]) for r in rows]
     report.catalog_rows = len(catalog_ids)
@@ -82,7 +84,20 @@ def check_collection(settings: Settings, collection: str) -> CheckReport:
     report.add("committed by the ledger but missing from the store", ledger_ids - store_ids)
     if report.store_points != report.catalog_rows:
         report.findings.append(f"counts differ: store {report.store_points} points, catalog {report.catalog_rows} rows")
+    _refuse_while_ingesting(settings, catalog, collection)  # one that began meanwhile: its rows may be half there
     return report
+
+
+def _refuse_while_ingesting(settings: Settings, catalog: Catalog, physical: str) -> None:
+    """StoreLockedError naming the ingest that writes the version now: its partition in progress
+    (points stored, catalog rows and ledger not yet) would read as findings of an interrupted run."""
+    writers = active_ingests(catalog, settings.home, physical)
+    if writers:
+        name, version = split_physical(physical)
+        raise StoreLockedError(
+            f"version {version} of {name!r} is being written by {'; '.join(w.describe() for w in writers)}: a "
+            "check now would report the partition it is writing as findings. Run `dermground check` again once "
+            "that ingest has finished (it says \"ingested N, ...\").")
 
 
 def _check_copy(collections: Collections, physical: str, report: CheckReport) -> set[str]:

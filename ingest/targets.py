@@ -117,8 +117,11 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
     building = VersionMeta(source=f"ingest {source}", adapter=adapter, state=BUILDING)
     if version is not None:
         collections.require_version(name, version)
-        return IngestTarget(collections, name, version, collections.open_version(name, version),
-                            switch_after=live is None)
+        store = collections.open_version(name, version)  # held elsewhere: StoreLockedError, nothing changed
+        meta = collections.read_meta(name, version)
+        if meta.state == BUILDING:  # resuming an interrupted build: it names this process from now on
+            collections.write_meta(name, version, replace(meta, builder=None))
+        return IngestTarget(collections, name, version, store, switch_after=live is None)
     # A dropped version's catalog rows stay: a new version never takes its number.
     taken = versions_in_catalog(catalog, name)
     if new_version:
@@ -131,6 +134,17 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
             name, replace(building, state=READY), taken)
         return IngestTarget(collections, name, first, collections.open_version(name, first),
                             switch_before=first != "v0")
+    seeded = replace(building, source=f"{live} + ingest {source}")
+    resumed = _interrupted_copy(collections, name, seeded, spec)
+    if resumed is not None:
+        # A rerun after a kill: carry on in the copy the killed run was filling (its committed
+        # partitions are skipped by the ledger) instead of copying and embedding everything again,
+        # also when `serve` has let go of the live version since (restarted, stopped).
+        collections.write_meta(name, resumed, replace(collections.read_meta(name, resumed), builder=None))
+        notify(f"Resuming version {resumed}, the copy of {live} an interrupted ingest of the same data was "
+               f"filling; {name!r} switches to it when the ingest completes.")
+        return IngestTarget(collections, name, resumed, collections.open_version(name, resumed),
+                            switch_after=True, seeded_from=live)
     try:
         return IngestTarget(collections, name, live, collections.open_version(name, live))
     except StoreLockedError as exc:
@@ -138,16 +152,6 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
         live_spec = collections.info(name, live, count=False).spec
         if spec is not None and live_spec is not None:
             spec.check_compatible(live_spec, name)  # another model: --new-version, nothing copied
-        seeded = replace(building, source=f"{live} + ingest {source}")
-        resumed = _interrupted_copy(collections, name, seeded, spec)
-        if resumed is not None:
-            # A rerun after a kill: carry on in the copy the killed run was filling (its committed
-            # partitions are skipped by the ledger) instead of copying and embedding everything again.
-            collections.write_meta(name, resumed, replace(collections.read_meta(name, resumed), builder=None))
-            notify(f"Resuming version {resumed}, the copy of {live} an interrupted ingest of the same data was "
-                   f"filling; {name!r} switches to it when the ingest completes.")
-            return IngestTarget(collections, name, resumed, collections.open_version(name, resumed),
-                                switch_after=True, seeded_from=live)
         created = collections.create_version(name, seeded, taken)
         notify(f"Ingesting into a new version {created} seeded with a copy of {live}; {name!r} switches "
                f"to it when the ingest completes (the server follows; {live} stays until "

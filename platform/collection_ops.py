@@ -108,6 +108,22 @@ def _refuse_while_ingesting(settings: Settings, catalog: Catalog, name: str, ver
             "\"ingested N, ...\"; `dermground sql \"SELECT * FROM ingest_runs\"` shows its status).")
 
 
+def switch_collection(settings: Settings, name: str, version: str) -> str | None:
+    """`collections switch`: point `name` at `version`; returns the version live before. Refused
+    (VersionError naming the run) while an ingest writes that version (`ingest --version vN`): made
+    live then, it would serve a version still missing images and catalog rows."""
+    with open_collections(settings) as collections:
+        physical = collections.require_version(name, version)
+        writers = active_ingests(Catalog(settings.catalog_dir), settings.home, physical)
+        if writers and collections.live_version(name) != version:
+            raise VersionError(
+                f"version {version} of {name!r} is being written by {'; '.join(w.describe() for w in writers)}: "
+                "made live now, it would serve a version still missing images and catalog rows. Switch once that "
+                "ingest has finished (it says \"ingested N, ...\"; `dermground sql \"SELECT * FROM ingest_runs\"` "
+                "shows its status).")
+        return collections.switch(name, version)
+
+
 @dataclass
 class RestorePlan:
     """A verified snapshot and the live version it would replace (for the confirmation)."""
@@ -195,4 +211,5 @@ def restore_snapshot(settings: Settings, plan: RestorePlan, progress: Progress |
         snap.cleanup()
 
 
-__all__ = ["RestorePlan", "RestoreResult", "create_snapshot", "plan_restore", "restore_snapshot", "snapshot_dir"]
+__all__ = ["RestorePlan", "RestoreResult", "create_snapshot", "plan_restore", "restore_snapshot", "snapshot_dir",
+           "switch_collection"]

@@ -435,3 +435,97 @@ def test_a_live_store_on_a_server_follows_a_switch_and_drop_made_before_its_next
             live.count()
     finally:
         live.close()
+
+
+
+@pytest.mark.usefixtures("fresh_cli_settings")
+def test_an_unreadable_alias_record_is_repaired_by_the_switch_its_error_names(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+    from tests.version_homes import home_with_versions
+
+    home_with_versions(tmp_path, 2)
+    (tmp_path / "qdrant" / ".aliases" / "lesions.json").write_text('{"version": "v')  # a torn or hand-edited record
+    listed = CliRunner().invoke(cli, ["--home", str(tmp_path), "collections", "list"])
+    assert listed.exit_code == 1 and "collections switch" in listed.output, listed.output
+    repaired = CliRunner().invoke(cli, ["--home", str(tmp_path), "collections", "switch", "lesions", "v2"])
+    assert repaired.exit_code == 0, repaired.output  # it failed with the same "unreadable" error
+    assert EdgeCollections(tmp_path / "qdrant").live_version("lesions") == "v2"
+
+
+def test_drop_refuses_a_version_a_running_process_builds_while_it_does_not_hold_it(tmp_path: Path) -> None:
+    import socket
+
+    from dermground.platform.processes import process_start
+
+    cols = EdgeCollections(tmp_path / "qdrant")
+    build_version(cols, "c", 2)
+    # A restore between loading the points (the folder let go) and marking the version ready, or an
+    # ingest copying the served version into it: it runs, but does not hold the version's folder.
+    builder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        version = cols.create_version("c", VersionMeta(source="restore /snaps/a.tar", state=BUILDING))
+        cols.write_meta("c", version, VersionMeta(source="restore /snaps/a.tar", state=BUILDING, builder={
+            "pid": builder.pid, "host": socket.gethostname(), "started": process_start(builder.pid),
+            "command": "dermground snapshot restore /snaps/a.tar"}))
+        with pytest.raises(VersionError, match=f"pid {builder.pid}.*still runs"):
+            cols.drop("c", version)  # it deleted the version under the running restore
+        assert version in cols.versions("c")
+    finally:
+        builder.communicate(timeout=60)
+    cols.drop("c", version)  # its builder is gone: the version may go
+    assert version not in cols.versions("c")
+
+
+def test_a_live_store_waiting_for_its_collection_to_be_let_go_says_so_once(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(home=tmp_path)
+    live = LiveStore(EdgeCollections(settings.store_dir), "later", refresh_s=0.0)  # the API, started first
+    try:
+        with open_store(settings, "later") as store:
+            store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+            store.upsert(_points(3, "fp-1", 0))
+        with held_by_another_process(settings.store_dir / "later", "later"), caplog.at_level("WARNING"):
+            for _ in range(5):  # requests while the first ingest writes it
+                assert live.describe() is None
+        # It tried to open the held version and warned on every request (once a second in a server).
+        assert len([r for r in caplog.records if "cannot be opened yet" in r.getMessage()]) == 1
+        assert live.count() == 3  # let go: served
+    finally:
+        live.close()
+
+
+_RESUMING_INGEST = """
+import sys
+from dermground.ingest.targets import open_target
+from dermground.platform.catalog import Catalog
+from dermground.platform.settings import Settings
+settings = Settings(home=sys.argv[1])
+target = open_target(settings, "c", Catalog(settings.catalog_dir), source="data", adapter=None, version=sys.argv[2])
+print("ready", flush=True)
+sys.stdin.readline()
+target.store.close()
+target.close()
+"""
+
+
+def test_a_version_resumed_with_version_names_its_new_builder(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    cols = EdgeCollections(settings.store_dir)
+    build_version(cols, "c", 2)
+    killed = cols.create_version("c", VersionMeta(source="ingest data", state=BUILDING))  # an interrupted --new-version
+    with cols.open_version("c", killed) as store:
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+    cols.write_meta("c", killed, VersionMeta(source="ingest data", state=BUILDING, builder=_exited_process_stamp()))
+    resuming = subprocess.Popen([sys.executable, "-c", _RESUMING_INGEST, str(tmp_path), killed], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert resuming.stdout is not None and resuming.stdout.readline().strip() == "ready"
+        assert cols.read_meta("c", killed).builder["pid"] == resuming.pid  # type: ignore[index]
+        # It kept the killed process's stamp: a listing without the folder's owner (a server) said
+        # "interrupted", and a drop waited 10 s and then blamed a `serve`.
+        with pytest.raises(VersionError, match=f"pid {resuming.pid}.*still runs"):
+            cols.drop("c", killed)
+    finally:
+        resuming.communicate("\n", timeout=60)

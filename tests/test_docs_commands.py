@@ -81,7 +81,9 @@ def test_an_interrupted_versions_next_steps_parse(tmp_path: Path) -> None:
     from dermground.platform.store.versions import BUILDING, VersionMeta, interrupted_note
 
     data = tmp_path / "my data"
-    meta = VersionMeta(source=f"v1 + ingest {data}", adapter=str(tmp_path / "adapter"), state=BUILDING,
+    # An interrupted `--new-version` build (a copy of the served version killed while copying is
+    # dropped and rerun instead: tests/test_ingest_resume_copy.py).
+    meta = VersionMeta(source=f"ingest {data}", adapter=str(tmp_path / "adapter"), state=BUILDING,
                        builder=dead_builder())
     note = interrupted_note("lesions", "v2", meta)
     assert note is not None and "interrupted" in note

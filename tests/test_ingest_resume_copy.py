@@ -88,3 +88,59 @@ def test_a_rerun_resumes_the_copy_its_killed_run_was_filling(tmp_path: Path) -> 
         finally:
             other.store.close()
             other.close()
+
+
+def test_a_copy_whose_ingest_was_killed_while_copying_is_reported_with_drop_and_rerun(tmp_path: Path) -> None:
+    import socket
+
+    from dermground.platform.store import open_collections
+    from dermground.platform.store.versions import VersionMeta
+
+    home = tmp_path / "home"
+    _served_collection(home)
+    with open_collections(load_settings(home=home)) as cols:
+        # What open_target records before it copies v0 (ingest/targets.py), its copy never finished.
+        copy = cols.create_version(NAME, VersionMeta(source="v0 + ingest /data/new", state=BUILDING))
+        cols.write_meta(NAME, copy, VersionMeta(source="v0 + ingest /data/new", state=BUILDING, builder={
+            "pid": _exited_pid(), "host": socket.gethostname(), "command": "dermground ingest --data /data/new"}))
+        (note,) = [i.note for i in cols.list(NAME) if i.version == copy]
+    assert note is not None and "interrupted" in note, note
+    # It said "resume it with `dermground ingest ... --version v1`": into part of v0's points without
+    # their catalog rows, which would stay as phantom points.
+    assert f"--version {copy}" not in note, note
+    assert f"collections drop {NAME} {copy}" in note and "rerun the same `dermground ingest`" in note, note
+
+
+def _exited_pid() -> int:
+    """The pid of a process that has exited (the killed ingest, as far as a listing can tell)."""
+    child = subprocess.Popen(["true"])  # noqa: S607
+    child.wait()
+    return child.pid
+
+
+def test_a_rerun_resumes_the_killed_copy_also_once_serve_has_let_go_of_the_live_version(tmp_path: Path) -> None:
+    import socket
+
+    from dermground.platform.store import open_collections
+    from dermground.platform.store.versions import VersionMeta
+
+    home = tmp_path / "home"
+    _served_collection(home)
+    settings = load_settings(home=home)
+    with open_collections(settings) as cols:
+        # What an ingest killed while `serve` held v0 leaves: v1, a complete copy of v0 it was filling.
+        copy = cols.create_version(NAME, VersionMeta(source="v0 + ingest /data/new", state=BUILDING))
+        copied = cols.copy_points(NAME, "v0", copy)
+        cols.write_meta(NAME, copy, VersionMeta(source="v0 + ingest /data/new", state=BUILDING, seed_copied=copied,
+                                                builder={"pid": _exited_pid(), "host": socket.gethostname()}))
+    # `serve` was restarted (or stopped) meanwhile: nobody holds v0 when the ingest is run again.
+    messages: list[str] = []
+    target = open_target(settings, NAME, Catalog(settings.catalog_dir), source="/data/new", adapter=None, spec=SPEC,
+                         notify=messages.append)
+    try:
+        # It wrote v0 in place, leaving v1 behind still saying "rerun the same ingest: it resumes here".
+        assert (target.version, target.switch_after, target.seeded_from) == (copy, True, "v0"), messages
+        assert any(f"Resuming version {copy}" in m for m in messages), messages
+    finally:
+        target.store.close()
+        target.close()

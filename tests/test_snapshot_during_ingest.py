@@ -1,10 +1,13 @@
 """`snapshot create` of a version an ingest is writing: refused while the ingest runs (a snapshot
 then would carry the points of a partition whose catalog rows and ledger are not written yet, and
 its restore would fail `dermground check`), taken once the ingest is gone. And `check` of a version
-another process holds (serve): it checks a copy instead of refusing."""
+another process holds (serve): it checks a copy instead of refusing. Also `collections switch` to a
+version an ingest writes (refused), and `serve` started while an ingest writes the live version
+(it waits for the ingest, answering 503, then serves)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from dermground.platform.store import (
 )
 from dermground.platform.store.versions import VersionError
 from tests.store_holder import held_by_another_process
+from tests.version_homes import home_with_versions
 
 DIM, FP, NAME = 8, "fp-snap", "snap"
 
@@ -129,3 +133,122 @@ def test_a_snapshot_during_which_an_ingest_began_writing_the_version_is_discarde
     with pytest.raises(VersionError, match="while its snapshot was taken, so the snapshot was discarded"):
         create_snapshot(settings, NAME, progress=an_ingest_starts)
     assert not list((home / "snapshots" / NAME).glob("*.tar"))
+
+
+def test_the_scratch_copy_of_a_snapshot_of_a_served_version_is_not_listed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(home=home)
+    _finished_run(settings, Catalog(settings.catalog_dir), [f"ISIC_{i:07d}" for i in range(3)])
+    seen: list[tuple[list[str], str]] = []
+
+    def list_meanwhile(points: int) -> None:  # called while the scratch copy of the held version is exported
+        with open_collections(settings) as cols:
+            listed = [info.version for info in cols.list(NAME, count=False)]
+        seen.append((listed, _cli(home, "collections", "list", NAME).output))
+
+    with held_by_another_process(home / "qdrant" / NAME, NAME):  # `dermground serve`
+        create_snapshot(settings, NAME, progress=list_meanwhile)
+    assert seen, "the export reported no progress"
+    for listed, printed in seen:
+        assert listed == ["v0"], listed  # the copy being exported is the snapshot's business, not a version
+        assert "v1" not in printed and "snapshot of" not in printed, printed
+
+
+def test_switch_refuses_a_version_an_ingest_writes_with_version(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home_with_versions(home, 2)  # v1 live, v2 ready
+    lock = hold_run_lock(home, "r7")  # `dermground ingest --version v2` is adding images to v2
+    try:
+        Catalog(load_settings(home=home).catalog_dir).append("ingest_runs", [
+            {"run_id": "r7", "collection": "lesions__v2", "fingerprint": "fp", "source": "/data/more",
+             "status": "running"}])
+        refused = _cli(home, "collections", "switch", "lesions", "v2")
+        assert refused.exit_code == 1, refused.output
+        assert "ingest run r7" in refused.output and "/data/more" in refused.output, refused.output
+        assert "finished" in refused.output, refused.output  # the next step
+        with open_collections(load_settings(home=home)) as cols:
+            assert cols.live_version("lesions") == "v1"
+    finally:
+        lock.release()
+    switched = _cli(home, "collections", "switch", "lesions", "v2")  # its driver is gone (killed, or finished)
+    assert switched.exit_code == 0, switched.output
+
+
+# `dermground ingest` writing the live version in place: it holds the collection's ingest lock and the version.
+_INGEST_IN_PLACE = """
+import sys
+from dermground.ingest.collection_lock import hold_collection_lock
+from dermground.platform.store.edge import EdgeStore
+lock = hold_collection_lock(sys.argv[1], sys.argv[3])
+store = EdgeStore(sys.argv[2], sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()
+store.close()
+lock.release()
+"""
+
+
+def test_serve_started_while_an_ingest_writes_the_live_version_in_place_serves_it_once_the_ingest_ends(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from dermground.ingest.collection_lock import hold_collection_lock
+    from dermground.platform.api import create_app
+    from dermground.platform.commands.serve import open_served_store
+    from dermground.platform.store import StoreLockedError
+
+    home = tmp_path / "home"
+    settings = load_settings(home=home).model_copy(update={"collection": NAME})
+    _finished_run(settings, Catalog(settings.catalog_dir), [f"ISIC_{i:07d}" for i in range(5)])
+    # Another serve holds the version while an ingest writes a copy of it: refused, naming that serve.
+    lock = hold_collection_lock(home, NAME)
+    try:
+        with held_by_another_process(home / "qdrant" / NAME, NAME) as other_serve:
+            with pytest.raises(StoreLockedError, match=f"pid {other_serve.pid}"):
+                open_served_store(settings)
+    finally:
+        lock.release()
+
+    ingest = subprocess.Popen([sys.executable, "-c", _INGEST_IN_PLACE, str(home), str(home / "qdrant" / NAME), NAME],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert ingest.stdout is not None and ingest.stdout.readline().strip() == "ready"
+        store = open_served_store(settings)  # it said "in use by pid ...: stop that process" and exited
+        client = TestClient(create_app(settings, store=store))
+        waiting = client.get("/health")
+        assert waiting.status_code == 503, waiting.text
+        assert f"pid {ingest.pid}" in waiting.json()["detail"] and "as soon as" in waiting.json()["detail"]
+    finally:
+        ingest.communicate("\n", timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while (served := client.get("/health")).status_code != 200:  # the watcher opens it once let go
+            assert time.monotonic() < deadline, served.text
+            time.sleep(0.1)
+        assert served.json()["points"] == 5
+    finally:
+        store.close()
+
+
+def test_check_of_a_version_an_ingest_is_writing_names_the_ingest_instead_of_reporting_findings(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(home=home)
+    catalog = Catalog(settings.catalog_dir)
+    _finished_run(settings, catalog, [f"ISIC_{i:07d}" for i in range(4)])
+    lock = hold_run_lock(home, "r3")  # an ingest in place, between a partition's upsert and its catalog rows
+    try:
+        catalog.append("ingest_runs", [{"run_id": "r3", "collection": NAME, "fingerprint": FP,
+                                        "source": "/data/more", "status": "running"}])
+        with open_store(settings, NAME) as store:
+            store.upsert(_points([f"ISIC_{i:07d}" for i in range(4, 7)], 1))
+        checked = _cli(home, "check", "--collection", NAME)
+        assert checked.exit_code == 1, checked.output
+        # It reported the partition in progress as phantom points of "an interrupted ingest: rerun it".
+        assert "FINDING" not in checked.output and "interrupted" not in checked.output, checked.output
+        assert "ingest run r3" in checked.output and "once that ingest has finished" in checked.output
+    finally:
+        lock.release()

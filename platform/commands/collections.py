@@ -78,13 +78,13 @@ def info(name: str, version: str | None) -> None:
 @click.argument("version")
 def switch(name: str, version: str) -> None:
     """Point NAME at VERSION in one atomic step (a running API follows without a restart)."""
+    from dermground.platform.collection_ops import switch_collection
     from dermground.platform.store import StoreError
 
-    with _open() as cols:
-        try:
-            before = cols.switch(name, version)
-        except (StoreError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
+    try:
+        before = switch_collection(current_settings(), name, version)
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     kept = f"; {before} is kept until `dermground collections drop {name} {before}`" if before and before != version else ""
     click.echo(f"{name} -> {version} (was {before or 'nothing'}){kept}")
 

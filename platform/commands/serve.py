@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dermground.platform.commands.context import collection_name, current_settings, from_settings
+
+if TYPE_CHECKING:
+    from dermground.platform.settings import Settings
+    from dermground.platform.store.live import LiveStore
 
 LOOPBACK = "127.0.0.1"
 
@@ -43,12 +48,13 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
     Clients send the read key (DERMGROUND_API_READ_KEY) as the X-API-Key header; /sql needs
     DERMGROUND_API_ADMIN_KEY. The model loads on the first request that needs it. The API follows
     `dermground collections switch` (and an ingest or restore that switches) without a restart;
-    an ingest while it serves the embedded store writes a new version and switches to it.
+    an ingest while it serves the embedded store writes a new version and switches to it. Started
+    while an ingest writes the live version in place, it answers 503 until that ingest finishes.
     """
     import uvicorn
 
     from dermground.platform.api import create_app
-    from dermground.platform.store import StoreError, StoreLockedError, open_live_store
+    from dermground.platform.store import StoreError, StoreLockedError
 
     overrides: dict[str, object] = {"collection": collection}
     if model_dir is not None:
@@ -81,13 +87,13 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
                                    "(`dermground model check DIR` checks a folder).") from None
     try:
         # Opened here, so a held store stops us with a clear message; it follows `collections switch`.
-        store = open_live_store(settings)
+        store = open_served_store(settings)
     except StoreLockedError as exc:
         raise click.ClickException(f"{exc}\n(`dermground serve` and `dermground ingest` cannot share an embedded store.)") from None
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        if store.describe() is None:
+        if store.waiting is None and store.describe() is None:
             click.echo(f"Collection {collection!r} does not exist yet: searches will fail until "
                        "`dermground ingest` fills it.", err=True)
         click.echo(f"Serving collection {collection!r} on http://{host}:{port}/ (API docs: /docs)", err=True)
@@ -95,3 +101,31 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
                     limit_concurrency=256, timeout_keep_alive=5)
     finally:
         store.close()
+
+
+def open_served_store(settings: Settings) -> LiveStore:
+    """The live store `serve` searches. While an ingest writes the live version of the embedded store
+    in place (it holds the version's folder), the API starts anyway: it answers 503 naming the ingest
+    until the ingest lets go, then serves the version without a restart (store/live.py)."""
+    from dermground.ingest.collection_lock import collection_lock_holder
+    from dermground.platform.store import StoreLockedError, open_collections
+    from dermground.platform.store.live import LiveStore
+
+    try:
+        return LiveStore(open_collections(settings), settings.collection)
+    except StoreLockedError:
+        ingest = None if settings.qdrant_url else collection_lock_holder(settings.home, settings.collection)
+        with open_collections(settings) as collections:
+            live = collections.live_version(settings.collection)
+            owner = collections.holder(settings.collection, live) if live is not None else None
+        if ingest is None or owner is None or owner.get("pid") != ingest.get("pid"):
+            raise  # another serve (an ingest then writes a copy), a restore, ...: say who, as before
+    notify = lambda line: click.echo(line, err=True)  # noqa: E731 - the console, beside uvicorn's lines
+    store = LiveStore(open_collections(settings), settings.collection, wait_while_held=True, notify=notify)
+    if store.waiting is not None:
+        notify(f"An ingest (pid {ingest.get('pid', '?')}, `{ingest.get('command', '?')}`, since "
+               f"{ingest.get('since', '?')}) is adding images to collection {settings.collection!r} in place, so its "
+               "live version cannot be opened yet. The API starts now and answers searches with 503 (naming that "
+               "ingest) until it finishes, then serves the collection without a restart. (Start `dermground serve` "
+               "before an ingest and the ingest writes a copy and switches to it, so the API answers throughout.)")
+    return store

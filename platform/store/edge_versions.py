@@ -35,6 +35,7 @@ from dermground.platform.store.versions import (
     check_name,
     VersionInfo,
     VersionMeta,
+    building_elsewhere,
     interrupted_note,
     physical_name,
     process_alive,
@@ -218,6 +219,13 @@ class EdgeCollections(Collections):
             return False
         return isinstance(owner, dict) and process_alive(owner) is not False
 
+    def holder(self, name: str, version: str) -> Mapping[str, object] | None:
+        try:
+            owner = json.loads((self._folder(name, version) / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) and process_alive(owner) is not False else None
+
     def _spec(self, name: str, version: str) -> CollectionSpec | None:
         path = self._folder(name, version) / _META_FILE
         try:
@@ -241,7 +249,10 @@ class EdgeCollections(Collections):
     def switch(self, name: str, version: str) -> str | None:
         with self._name_lock(name):
             self.check_switchable(name, version)
-            before = self.live_version(name)
+            try:
+                before = self.live_version(name)
+            except StoreError:  # an unreadable record, whose error names this switch as the repair
+                before = None
             durable_write_json(self._alias_path(name), {"name": name, "version": version,
                                                         "physical": physical_name(name, version),
                                                         "switched_at": _now(), "previous": before},
@@ -249,13 +260,19 @@ class EdgeCollections(Collections):
         return before
 
     def drop(self, name: str, version: str, *, builder_gone: bool = False) -> None:
-        # builder_gone is not needed here: a builder holds the version's folder lock while it runs.
+        # builder_gone is not needed here: a builder on this machine can be checked (its stamp), and
+        # one elsewhere holds the version's folder lock while it has it open.
         with self._name_lock(name):
             self.require_version(name, version)
             if self.live_version(name) == version:
                 raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
                                    f"version first (`dermground collections switch {name} VERSION`; "
                                    f"`dermground collections list {name}` shows its versions)")
+            # A builder does not hold the folder all along (an ingest copying the served version into
+            # it, a restore writing the catalog rows after loading the points): its stamp decides.
+            refusal = building_elsewhere(name, version, self.read_meta(name, version), builder_gone=True)
+            if refusal:
+                raise VersionError(refusal)
             folder = self._folder(name, version)
             self._wait_until_let_go(name, version)
             trash = self.store_dir / f"{_DROPPED}{folder.name}-{uuid.uuid4().hex[:8]}"
@@ -311,7 +328,11 @@ class EdgeCollections(Collections):
                 note = "in use by " + str(exc).split(" is in use by ", 1)[-1].split(". Stop", 1)[0]
         if note is None and not (held and physical in held) and not self._held(name, version):
             note = interrupted_note(name, version, meta)  # a building version whose process is gone
-        return VersionInfo(name=name, version=version, physical=physical, live=self.live_version(name) == version,
+        try:
+            live = self.live_version(name) == version
+        except StoreError:  # an unreadable alias record: `list` says so; a switch (which needs this) repairs it
+            live = False
+        return VersionInfo(name=name, version=version, physical=physical, live=live,
                            meta=meta, spec=spec, points=points, size_bytes=disk_usage(folder), note=note)
 
     def copy_points(self, name: str, source: str, target: str, page_size: int = 512) -> int:
@@ -333,8 +354,14 @@ class EdgeCollections(Collections):
             raise StoreError(f"copying version {source} of {name!r} into {target} failed ({detail or exc}); "
                              f"free space under {self.store_dir} and run it again") from None
         shutil.rmtree(dst / _SHARD_DIR / "temp_segments", ignore_errors=True)
-        with self.open_version(name, target) as store:
-            return store.count() if store.describe() is not None else 0
+        try:
+            with self.open_version(name, target) as store:
+                return store.count() if store.describe() is not None else 0
+        except StoreLockedError:
+            raise
+        except StoreError as exc:  # the engine writes files as it opens the copy: a full disk, mostly
+            raise StoreError(f"opening the copy {target} of version {source} of {name!r} failed ({exc}); free space "
+                             f"under {self.store_dir} and run it again") from None
 
 
 def _now() -> str:

@@ -12,6 +12,10 @@ exist yet is looked for again every `refresh_s`, so an API started first serves 
 On a server, `collections drop` of the old version cannot wait for its readers: a request that finds
 its version gone re-reads the alias at once and runs again on the version live now (a search pinned
 to the dropped one too); with no version live it fails with a StoreError that says what to do.
+With `wait_while_held` (`serve` started while an ingest writes the live version in place on the
+embedded store) the store starts without a version: requests fail with a StoreLockedError naming the
+holder (the API's 503) while the watcher tries to open it every `refresh_s`, and once the holder lets
+go it serves as usual.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dermground.platform.store.base import (
     Hit,
     SearchFilter,
     StoreError,
+    StoreLockedError,
     StorePoint,
     VectorSelection,
     VectorStore,
@@ -41,6 +46,10 @@ from dermground.platform.store.versions import Collections, split_physical
 T = TypeVar("T")
 
 log = logging.getLogger("dermground.store")
+# While waiting for a held live version, how often the watcher says it still waits, and how often
+# it tries to open it although its owner file names a running process (that pid may be reused).
+WAIT_NOTE_S = 60.0
+WAIT_TRY_ANYWAY_S = 30.0
 
 
 @dataclass
@@ -54,7 +63,10 @@ class _Held:
 class LiveStore(VectorStore):
     """The live version of `name`, re-resolved before each operation; thread-safe."""
 
-    def __init__(self, collections: Collections, name: str, refresh_s: float = 1.0) -> None:
+    def __init__(self, collections: Collections, name: str, refresh_s: float = 1.0, *,
+                 wait_while_held: bool = False, notify: Callable[[str], None] | None = None) -> None:
+        """wait_while_held: when another process holds the live version, start without it and open it
+        once it is let go (else StoreLockedError). notify: where the waiting is reported (the log)."""
         self.collection = name
         self._collections = collections
         self._refresh_s = refresh_s
@@ -64,13 +76,26 @@ class LiveStore(VectorStore):
         self._checked_at = 0.0
         self._held: _Held | None = None
         self._closed = threading.Event()
-        self._refresh(force=True)
-        if self._held is None:  # the first open must succeed: there is nothing else to serve
+        self._notify = notify or log.warning
+        self._waiting: StoreLockedError | None = None  # why no version is open yet
+        self._unopenable: str | None = None  # a version the alias names that could not be opened (logged once)
+        try:
+            self._refresh(force=True)
+        except StoreLockedError as exc:
+            if not wait_while_held or not collections.stamp_is_cheap:
+                raise
+            self._waiting = exc
+        if self._held is None and self._waiting is None:  # the first open must succeed: nothing else to serve
             raise StoreError(f"cannot open collection {name!r}")
         if collections.stamp_is_cheap:  # the embedded store: one opener, so a replaced version must be let go
             threading.Thread(target=self._watch, name=f"live-store-{name}", daemon=True).start()
 
     # --- following the alias -------------------------------------------------------------
+    @property
+    def waiting(self) -> str | None:
+        """Why no version is served yet (another process holds the live one), or None."""
+        return str(self._waiting) if self._held is None and self._waiting is not None else None
+
     @property
     def physical(self) -> str:
         """The physical collection serving new requests now."""
@@ -104,13 +129,21 @@ class LiveStore(VectorStore):
                 return
             try:
                 name, version = split_physical(physical)
+                if (self._held is not None and self._unopenable == physical
+                        and self._collections.held_elsewhere(name, version)):
+                    # Still held (an ingest creating the collection, say), as said already: opened once
+                    # let go. Another try would cost a load of the version on every check.
+                    return
                 store = self._collections.open_version(name, version)
             except StoreError as exc:
                 if self._held is None:
                     raise
-                log.warning("collection %r now points at %s, which cannot be opened yet (%s); still serving %s",
-                            self.collection, physical, exc, self._held.physical)
+                if self._unopenable != physical:  # said once, not on every request while it lasts
+                    self._unopenable = physical
+                    log.warning("collection %r now points at %s, which cannot be opened yet (%s); still serving %s",
+                                self.collection, physical, exc, self._held.physical)
                 return
+            self._unopenable = None
             with self._lock:
                 old, self._held = self._held, _Held(physical, store)
                 self._stamp = stamp
@@ -126,8 +159,20 @@ class LiveStore(VectorStore):
 
     def _watch(self) -> None:
         """Follow the alias while no request comes (a stat per check), until closed."""
+        waiting_since = noted_at = tried_at = time.monotonic()
         while not self._closed.wait(max(self._refresh_s, 0.05)):
             held = self._held
+            if held is None and self._waiting is not None:
+                anyway = time.monotonic() - tried_at >= WAIT_TRY_ANYWAY_S
+                tried_at = time.monotonic() if anyway else tried_at
+                if self._open_when_let_go(waiting_since, anyway):
+                    continue
+                if time.monotonic() - noted_at >= WAIT_NOTE_S:
+                    noted_at = time.monotonic()
+                    self._notify(f"collection {self.collection!r}: still waiting "
+                                 f"({noted_at - waiting_since:.0f} s) for its live version: "
+                                 f"{str(self._waiting).split('. Stop', 1)[0]}")
+                continue
             if held is None or held.store.describe() is None:
                 continue  # a collection not made yet: requests look for it (and say when it is held)
             try:
@@ -135,8 +180,36 @@ class LiveStore(VectorStore):
             except Exception as exc:  # noqa: BLE001 - the next request or check retries
                 log.warning("checking the alias of collection %r failed: %s", self.collection, exc)
 
+    def _open_when_let_go(self, waiting_since: float, anyway: bool = False) -> bool:
+        """One try at opening the live version another process held; True once it is open.
+        anyway: try even though its owner file names a running process."""
+        try:
+            live = self._collections.live_version(self.collection)
+            if not anyway and live is not None and self._collections.held_elsewhere(self.collection, live):
+                return False  # still held: a failed open would cost a load of the version each round
+            self._refresh(force=True)
+        except StoreLockedError as exc:
+            self._waiting = exc
+            return False
+        except StoreError as exc:  # noqa: BLE001 - tried again on the next round
+            log.warning("opening collection %r failed: %s", self.collection, exc)
+            return False
+        held = self._held
+        if held is None:
+            return False
+        self._notify(f"collection {self.collection!r}: {held.physical} was let go after "
+                     f"{time.monotonic() - waiting_since:.0f} s; serving it now")
+        return True
+
     @contextmanager
     def _use(self) -> Iterator[VectorStore]:
+        if self._held is None and self._waiting is not None and not self._closed.is_set():
+            # Another process (an ingest writing in place) holds the live version: the watcher opens it
+            # once it is let go; until then every request is told why (the API: 503, retry later).
+            holder = str(self._waiting).split(". Stop", 1)[0]
+            raise StoreLockedError(f"collection {self.collection!r} is not served yet: {holder}. This API "
+                                   "serves it as soon as that process lets go of it (an ingest: when it finishes); "
+                                   "retry then.")
         self._refresh()
         with self._lock:
             held = self._held

@@ -30,6 +30,8 @@ from dermground.platform.store.base import CollectionSpec, StoreError, VectorSto
 VERSION_SEPARATOR = "__"
 LEGACY_VERSION = "v0"
 _VERSION = re.compile(r"^v(\d{1,9})$")
+# The source of a version an ingest seeds with a copy of the served one: "v2 + ingest FOLDER".
+_SEEDED_SOURCE = re.compile(r"^(v\d{1,9}) \+ ingest ")
 
 # Version states: an ingest or restore "building" it, or "ready" (complete and verified).
 BUILDING, READY = "building", "ready"
@@ -157,6 +159,18 @@ def building_elsewhere(name: str, version: str, meta: VersionMeta, builder_gone:
             "--builder-gone`")
 
 
+# The sources of the scratch copies `snapshot create` and `check` make of a version another process
+# holds (the embedded engine has one opener); they are dropped when the command ends.
+SCRATCH_SOURCES = ("snapshot of ", "check of ")
+
+
+def is_scratch_in_use(meta: VersionMeta) -> bool:
+    """Whether a version is a scratch copy whose command still runs: not a version of the collection
+    to list. One left by a killed command is listed (with the drop to run: interrupted_note)."""
+    return (meta.state == BUILDING and (meta.source or "").startswith(SCRATCH_SOURCES)
+            and process_alive(meta.builder) is not False)
+
+
 def resume_command(name: str, version: str, meta: VersionMeta) -> str:
     """The ingest that resumes an interrupted build: the data folder and adapter it was built
     from (its `source` is "ingest FOLDER" or "vN + ingest FOLDER"), as a command line to copy."""
@@ -178,12 +192,18 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
     if source.startswith("restore "):
         step = (f"drop it with `dermground collections drop {name} {version}` and run the restore again "
                 "(the snapshot is untouched)")
-    elif source.startswith(("snapshot of ", "check of ")):
+    elif source.startswith(SCRATCH_SOURCES):
         step = (f"a scratch copy left by `{'snapshot create' if source.startswith('snapshot') else 'check'}`: drop "
                 f"it with `dermground collections drop {name} {version}`")
     elif meta.seed_copied is not None:  # a copy of the served version (ingest/targets.py)
         step = (f"rerun the same `dermground ingest` while {source.split(' ', 1)[0]} is live: it resumes here and "
                 f"switches when complete; or drop it with `dermground collections drop {name} {version}`")
+    elif (seeded := _SEEDED_SOURCE.match(source)) is not None:
+        # Killed while copying the served version: part of its points, none of its catalog rows. An
+        # ingest resumed into it would keep the part as points no catalog row accounts for.
+        step = (f"it was stopped while copying {seeded.group(1)}, so it holds part of {seeded.group(1)}'s points "
+                f"and none of its catalog rows: drop it with `dermground collections drop {name} {version}` and "
+                f"rerun the same `dermground ingest` (it copies {seeded.group(1)} again)")
     else:
         step = (f"resume it with `{resume_command(name, version, meta)}`, or drop it "
                 f"with `dermground collections drop {name} {version}`")
@@ -264,6 +284,16 @@ class Collections(abc.ABC):
         `taken`: versions gone from the store whose number must not come back (the catalog keeps a
         dropped version's rows under its physical name: a new version of that name would inherit them)."""
 
+    def holder(self, name: str, version: str) -> Mapping[str, object] | None:
+        """The running process holding the version open (pid, host, command, since), told without
+        trying to open it (a try costs what loading the version costs); None when none, or where a
+        backend has no such holder."""
+        return None
+
+    def held_elsewhere(self, name: str, version: str) -> bool:
+        """Whether another running process holds the version open (see `holder`)."""
+        return self.holder(name, version) is not None
+
     @abc.abstractmethod
     def open_version(self, name: str, version: str) -> VectorStore:
         """A store on one physical version (raises StoreLockedError when another process holds it)."""
@@ -303,7 +333,10 @@ class Collections(abc.ABC):
         names = [name] if name is not None else self.names()
         found = []
         for n in names:
+            self.live_version(n)  # an unreadable alias record is an error here, with the switch that repairs it
             for version in self.versions(n):
+                if is_scratch_in_use(self.read_meta(n, version)):
+                    continue  # a copy `snapshot create` or `check` is reading: gone when it ends
                 try:
                     found.append(self.info(n, version, held, count))
                 except VersionError:
@@ -352,6 +385,6 @@ class Collections(abc.ABC):
         self.close()
 
 
-__all__ = ["BUILDING", "building_elsewhere", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionTakenError", "VersionMeta", "check_name",
+__all__ = ["BUILDING", "SCRATCH_SOURCES", "building_elsewhere", "is_scratch_in_use", "LEGACY_VERSION", "READY", "Collections", "VersionError", "VersionInfo", "VersionTakenError", "VersionMeta", "check_name",
            "interrupted_note", "physical_name", "process_alive", "process_stamp", "split_physical",
            "stamped_for_write", "version_number"]
