@@ -161,8 +161,8 @@ def test_snapshot_lists_next_step_snapshots_the_listed_collection(tmp_path: Path
     assert isinstance(group, click.Group)
     create = group.commands["create"]
     argv = shlex.split(step)
-    assert argv[:3] == ["dermground", "snapshot", "create"]
-    assert create.make_context("create", argv[3:]).params["collection"] == "derm2"
+    assert argv[:5] == ["dermground", "--home", str(tmp_path), "snapshot", "create"]
+    assert create.make_context("create", argv[5:]).params["collection"] == "derm2"
 
 
 def every_option_name() -> set[str]:
@@ -197,3 +197,40 @@ def test_a_missing_base_model_names_the_flag_the_command_has(tmp_path: Path, com
                                        "--base", str(tmp_path / "no-model"), "--out", str(tmp_path / "out")])
     assert refused.exit_code != 0 and "does not exist" in refused.output, refused.output
     assert re.search(r"(?<![\w-])--base(?![\w-])", refused.output), refused.output
+
+
+def test_next_steps_act_on_the_home_the_user_gave(tmp_path: Path, fresh_cli_settings) -> None:
+    """`dermground --home /data/x collections switch ...` was told to run `dermground collections list`,
+    which lists the default home's collections: every next step now carries the --home it was given
+    (quoted), and a later invocation without --home gets plain steps again."""
+    from click.testing import CliRunner
+
+    home = tmp_path / "my home"
+    runs = [CliRunner().invoke(cli, ["--home", str(home), *args]) for args in (
+        ["collections", "switch", "lesions", "v2"], ["collections", "info", "lesions"],
+        ["snapshot", "restore", str(tmp_path / "gone.tar")], ["collections", "list"])]
+    for run in runs:
+        steps = backticked_commands(run.output)
+        assert steps, run.output
+        for step in steps:
+            assert shlex.split(step)[:3] == ["dermground", "--home", str(home)], run.output
+            assert usage_problem(step) is None, step
+    assert "`dermground --home" in runs[0].output and "collections list lesions`" in runs[0].output
+    plain = CliRunner().invoke(cli, ["snapshot", "restore", str(tmp_path / "gone.tar")])
+    assert "`dermground snapshot list`" in plain.output, plain.output
+
+
+def test_a_next_step_carries_a_qdrant_url_flag_as_its_setting() -> None:
+    """`ingest --qdrant-url URL` and `check --qdrant-url URL` act on a server; `collections switch`
+    has no such flag, so a step after them names the server in DERMGROUND_QDRANT_URL."""
+    from dermground.platform.next_step import carry_root_flag, carry_setting, forget_carried, next_command
+
+    try:
+        carry_root_flag("--home", "/data/x")
+        carry_setting("DERMGROUND_QDRANT_URL", "http://qdrant:6333")
+        step = next_command("collections switch lesions v2")
+    finally:
+        forget_carried()
+    assert step == "DERMGROUND_QDRANT_URL=http://qdrant:6333 dermground --home /data/x collections switch lesions v2"
+    assert usage_problem(step.split(" ", 1)[1]) is None
+    assert next_command("collections list") == "dermground collections list"

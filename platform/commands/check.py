@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from dermground.platform.commands.context import collection_name, current_settings, from_settings
+from dermground.platform.next_step import carry_setting
 
 
 @click.command("check")
@@ -23,6 +24,7 @@ def check(collection: str, qdrant_url: str | None) -> None:
     settings = current_settings()
     if qdrant_url:
         settings = settings.model_copy(update={"qdrant_url": qdrant_url})
+        carry_setting("DERMGROUND_QDRANT_URL", qdrant_url)  # suggested commands act on the same server
     try:
         report = check_collection(settings, collection)
     except StoreError as exc:

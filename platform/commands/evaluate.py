@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import collection_name, current_settings
+from dermground.platform.next_step import next_command
 from dermground.platform.settings import MAX_PREDICT_SAMPLES, MAX_VIEWS, PREDICT_POOLS
 
 
@@ -61,7 +62,7 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
     except BackboneError as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"{exc}\nCheck --data (make one with `dermground synth`).") from None
+        raise click.ClickException(f"{exc}\nCheck --data (make one with `{next_command('synth')}`).") from None
     click.echo(f"{'attribute':<24}{'R2':>8}{'parsed':>8}{'n':>6}")
     for name, row in report.items():
         click.echo(f"{name:<24}{row['r2']:>8.3f}{row['parse_rate']:>8.3f}{row['n']:>6}")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from dermground.platform.next_step import next_command
+
 NEXT_STEP = ("pass --model with the base the adapter was trained on (--adapter with an adapter trained on this base), "
              "or leave --adapter out to use the base model alone")
 
@@ -50,7 +52,8 @@ def adapter_fit_problem(adapter_dir: str | Path, model_dir: str | Path) -> str |
     if kind is not None:
         return (f"it is a {kind} adapter, which adds virtual tokens to every prompt; dermground embeds with adapters "
                 "that change the layers' weights (LoRA, and peft's LoHa, LoKr, IA3), because its shared-prefix "
-                "embedder reuses the prompt's cache across questions. Train a LoRA adapter (`dermground train`)")
+                "embedder reuses the prompt's cache across questions. "
+                f"Train a LoRA adapter (`{next_command('train')}`)")
     family = family_for(json.loads((model_path / "config.json").read_text()).get("model_type"))
     config = family.config_class.from_pretrained(model_path, local_files_only=True)
     with torch.device("meta"):

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from dermground.platform.next_step import next_command
 from dermground.platform.store.schema import (
     DEFAULT_VECTOR_NAMES,
     IMAGE_VECTOR,
@@ -243,7 +244,7 @@ class VectorStore(abc.ABC):
     def require_spec(self) -> CollectionSpec:
         spec = self.describe()
         if spec is None:
-            raise StoreError(f"collection {self.collection!r} does not exist; run `dermground ingest` first")
+            raise StoreError(f"collection {self.collection!r} does not exist; run `{next_command('ingest')}` first")
         return spec
 
     # --- writes --------------------------------------------------------------------------

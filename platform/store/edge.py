@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as qe
 
+from dermground.platform.next_step import next_command
 from dermground.platform.store.base import (
     CollectionSpec,
     Hit,
@@ -142,7 +143,7 @@ class EdgeStore(VectorStore):
     def _require_shard(self) -> qe.EdgeShard:
         if self._shard is None:
             raise StoreError(f"collection {self.collection!r} does not exist in {self.root}; "
-                             "run `dermground ingest` first")
+                             f"run `{next_command('ingest')}` first")
         return self._shard
 
     def close(self) -> None:

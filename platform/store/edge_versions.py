@@ -26,6 +26,7 @@ from pathlib import Path
 
 from dermground.platform.crash_points import maybe_crash
 from dermground.platform.names import check_collection_name
+from dermground.platform.next_step import next_command
 from dermground.platform.store.base import CollectionSpec, StoreError, StoreLockedError, VectorStore
 from dermground.platform.store.versions import (
     LEGACY_VERSION,
@@ -124,7 +125,7 @@ class EdgeCollections(Collections):
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"the alias record {self._alias_path(name)} is unreadable ({exc}); "
-                             "point it at a version again with `dermground collections switch`") from None
+                             f"point it at a version again with `{next_command(f'collections switch {name} VERSION')}`") from None
 
     def alias_stamp(self, name: str) -> tuple[int, int] | None:
         """A cheap token that changes whenever the alias record is replaced (inode, mtime)."""
@@ -254,8 +255,8 @@ class EdgeCollections(Collections):
             self.require_version(name, version)
             if self.live_version(name) == version:
                 raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
-                                   f"version first (`dermground collections switch {name} VERSION`; "
-                                   f"`dermground collections list {name}` shows its versions)")
+                                   f"version first (`{next_command(f'collections switch {name} VERSION')}`; "
+                                   f"`{next_command(f'collections list {name}')}` shows its versions)")
             folder = self._folder(name, version)
             self._wait_until_let_go(name, version)
             trash = self.store_dir / f"{_DROPPED}{folder.name}-{uuid.uuid4().hex[:8]}"
