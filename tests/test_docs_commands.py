@@ -234,3 +234,28 @@ def test_a_next_step_carries_a_qdrant_url_flag_as_its_setting() -> None:
     assert step == "DERMGROUND_QDRANT_URL=http://qdrant:6333 dermground --home /data/x collections switch lesions v2"
     assert usage_problem(step.split(" ", 1)[1]) is None
     assert next_command("collections list") == "dermground collections list"
+
+
+def setting_variables() -> set[str]:
+    from dermground.platform.settings import ENV_PREFIX, Settings
+
+    return {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+
+
+def test_a_flag_that_defaults_from_a_setting_names_its_variable() -> None:
+    """The README said every flag defaults from a DERMGROUND_* setting (most do not: --data, --k, ...),
+    and flags that do said "[default: the settings' base model dir]" or "the predict_pool setting",
+    names no user can set. Each flag whose default is a setting names its variable, a real one."""
+    unnamed = []
+    for path, command in every_command(cli):
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name == "help":
+                continue
+            text = f"{param.help or ''} {param.show_default if isinstance(param.show_default, str) else ''}"
+            from_setting = getattr(param.default, "__qualname__", "").startswith("from_settings.")
+            named = set(re.findall(r"DERMGROUND_[A-Z_]+", text))
+            if (from_setting or "setting" in text) and not named:
+                unnamed.append(f"{path} {param.opts[0]}: {text.strip()!r}")
+            if named - setting_variables():
+                unnamed.append(f"{path} {param.opts[0]} names no setting: {sorted(named - setting_variables())}")
+    assert not unnamed, "\n".join(unnamed)

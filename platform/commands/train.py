@@ -15,7 +15,7 @@ from dermground.platform.settings import MAX_VIEWS
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="ISIC-format data folder (train-metadata.csv + images); its train split is used.")
 @click.option("--base", "base_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Base Qwen2-VL checkpoint folder [default: the settings' base model dir].")
+              help="Base Qwen2-VL checkpoint folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Adapter folder to write (re-running the same command resumes from its checkpoints).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
