@@ -270,3 +270,20 @@ def test_every_setting_is_documented_and_every_documented_one_is_real() -> None:
     missing = sorted(v for v in setting_variables() if f"`{v}`" not in tables)
     assert not missing, f"settings in neither README.md nor docs/DEPLOY.md: {missing}"
     assert documented - setting_variables() == set(), "documented variables that are no setting"
+
+
+def test_next_steps_name_the_collection_the_user_gave(tmp_path: Path, fresh_cli_settings) -> None:
+    """`search --collection derm2` on a missing collection said "run `dermground ingest` first" (which
+    needs --data and fills the default collection), and `snapshot restore FILE --collection derm2` of
+    a missing file said "see `dermground snapshot list`" (the default collection's snapshots)."""
+    from click.testing import CliRunner
+
+    runs = [CliRunner().invoke(cli, ["--home", str(tmp_path), *args]) for args in (
+        ["search", "--collection", "derm2", "--id", "ISIC_0000001", "--mode", "image"],
+        ["snapshot", "restore", str(tmp_path / "gone.tar"), "--collection", "derm2"])]
+    for run in runs:
+        assert run.exit_code != 0 and "Traceback" not in run.output, run.output
+        (step,) = backticked_commands(run.output)
+        assert usage_problem(step) is None, step
+        argv = shlex.split(step)
+        assert argv[argv.index("--collection") + 1] == "derm2", run.output

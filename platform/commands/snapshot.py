@@ -71,7 +71,8 @@ def restore(snapshot_file: Path, collection: str | None, yes: bool) -> None:
 
     settings = current_settings()
     if not snapshot_file.is_file():
-        raise click.ClickException(f"no snapshot file {snapshot_file}; see `{next_command('snapshot list')}`")
+        listed = next_command(f"snapshot list --collection {collection}" if collection else "snapshot list")
+        raise click.ClickException(f"no snapshot file {snapshot_file}; see `{listed}`")
     chosen = collection is not None
     collection = collection if chosen else settings.collection
     try:

@@ -29,6 +29,13 @@ from dermground.platform.store.schema import (
 T = TypeVar("T")
 
 
+def ingest_step(collection: str) -> str:
+    """The ingest that fills a collection that does not exist yet, named by its alias (not lesions__v2)."""
+    from dermground.platform.store.versions import split_physical  # versions imports this module
+
+    return next_command(f"ingest --data DIR --collection {split_physical(collection)[0]}")
+
+
 class StoreError(RuntimeError):
     """A vector store operation failed; the message says what to do next."""
 
@@ -244,7 +251,7 @@ class VectorStore(abc.ABC):
     def require_spec(self) -> CollectionSpec:
         spec = self.describe()
         if spec is None:
-            raise StoreError(f"collection {self.collection!r} does not exist; run `{next_command('ingest')}` first")
+            raise StoreError(f"collection {self.collection!r} does not exist; run `{ingest_step(self.collection)}` first")
         return spec
 
     # --- writes --------------------------------------------------------------------------
