@@ -384,3 +384,9 @@ def test_every_422_names_its_rule_and_field(client) -> None:
     assert (both.status_code, both.json()["rule"], both.json()["field"]) == (422, "one_query", "request.isic_id")
     gated = client.post("/search", headers=READ, json={"image_base64": base64.b64encode(_png((1000, 4))).decode()})
     assert (gated.status_code, gated.json()["rule"], gated.json()["field"]) == (422, "aspect_ratio", "image_base64")
+
+
+def test_the_api_description_names_every_key(tmp_path) -> None:
+    """/docs said "admin key: sql": the analyst key (DERMGROUND_API_ANALYST_KEY) opens /sql too."""
+    description = create_app(Settings(home=tmp_path)).openapi()["info"]["description"]
+    assert all(f"{key} key" in description for key in ("read", "analyst", "admin")), description

@@ -84,7 +84,9 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
     check_collection_name(settings.collection)  # settings copied with model_copy skip their validators
     app = FastAPI(title="dermground", version="0.1.0", lifespan=lifespan,
                   description="Attribute-grounded retrieval of skin-lesion images. Send the API key in the "
-                              "X-API-Key header (read key: search, predict, images; admin key: sql).")
+                              "X-API-Key header (read key: search, predict, images, examples, collections; "
+                              "analyst key: sql only; admin key: all of them). Every error body is ErrorBody: "
+                              "detail, and the rule and field that refused the request where one did.")
     app.state.settings = settings
     app.state.store = store
     app.state.thumbnails = ThumbnailCache()
