@@ -18,8 +18,10 @@ import torch
 
 from dermground.platform.next_step import next_command
 
-NEXT_STEP = ("pass --model with the base the adapter was trained on (--adapter with an adapter trained on this base), "
-             "or leave --adapter out to use the base model alone")
+# Named as flag and setting: search has neither flag and takes both folders from the settings.
+NEXT_STEP = ("point --model or DERMGROUND_MODEL_DIR at the base the adapter was trained on (or --adapter or "
+             "DERMGROUND_ADAPTER_DIR at an adapter trained on this base), or leave the adapter out (no --adapter, "
+             "DERMGROUND_ADAPTER_DIR unset) to use the base model alone")
 
 
 def require_adapter_fits(adapter_dir: str | Path, model_dir: str | Path) -> None:
