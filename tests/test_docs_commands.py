@@ -236,6 +236,22 @@ def test_a_next_step_carries_a_qdrant_url_flag_as_its_setting() -> None:
     assert next_command("collections list") == "dermground collections list"
 
 
+
+def test_a_carried_qdrant_url_never_shows_its_password() -> None:
+    """A next step is printed and logged: the --qdrant-url it carries loses any user:password."""
+    from dermground.platform.commands.context import with_qdrant_url
+    from dermground.platform.next_step import forget_carried, next_command
+    from dermground.platform.settings import Settings
+
+    try:
+        settings = with_qdrant_url(Settings(), "https://admin:s3cret@qdrant.example:6333")
+        step = next_command("collections list")
+    finally:
+        forget_carried()
+    assert settings.qdrant_url == "https://admin:s3cret@qdrant.example:6333"  # the command itself uses it all
+    assert step == "DERMGROUND_QDRANT_URL=https://qdrant.example:6333 dermground collections list"
+
+
 def setting_variables() -> set[str]:
     from dermground.platform.settings import ENV_PREFIX, Settings
 

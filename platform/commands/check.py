@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dermground.platform.commands.context import collection_name, current_settings, from_settings
-from dermground.platform.next_step import carry_setting
+from dermground.platform.commands.context import collection_name, current_settings, from_settings, with_qdrant_url
 
 
 @click.command("check")
@@ -21,10 +20,7 @@ def check(collection: str, qdrant_url: str | None) -> None:
     from dermground.ingest.consistency import check_collection
     from dermground.platform.store import StoreError
 
-    settings = current_settings()
-    if qdrant_url:
-        settings = settings.model_copy(update={"qdrant_url": qdrant_url})
-        carry_setting("DERMGROUND_QDRANT_URL", qdrant_url)  # suggested commands act on the same server
+    settings = with_qdrant_url(current_settings(), qdrant_url)
     try:
         report = check_collection(settings, collection)
     except StoreError as exc:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from dermground.platform.commands.context import collection_name, current_settings, from_settings
-from dermground.platform.next_step import carry_setting, next_command
+from dermground.platform.commands.context import collection_name, current_settings, from_settings, with_qdrant_url
+from dermground.platform.next_step import next_command
 
 # Images per embedding batch: on a CPU small batches keep results flowing to the writer; on an
 # H100 batches of 16 were the fastest for the 2B (docs/BENCHMARKS.md, session 6).
@@ -70,10 +70,7 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     from dermground.platform.model.loading import BackboneError
     from dermground.platform.store import SchemaMismatchError, StoreError, StoreLockedError
 
-    settings = current_settings()
-    if qdrant_url:
-        settings = settings.model_copy(update={"qdrant_url": qdrant_url})
-        carry_setting("DERMGROUND_QDRANT_URL", qdrant_url)  # suggested commands act on the same server
+    settings = with_qdrant_url(current_settings(), qdrant_url)
     import ray.data  # noqa: F401 - configures its logger on import; quiet it after
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar replaces Ray Data's chatter
