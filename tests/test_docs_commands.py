@@ -303,3 +303,32 @@ def test_next_steps_name_the_collection_the_user_gave(tmp_path: Path, fresh_cli_
         assert usage_problem(step) is None, step
         argv = shlex.split(step)
         assert argv[argv.index("--collection") + 1] == "derm2", run.output
+
+
+def suggested_command_lines() -> list[tuple[str, str]]:
+    """Every next_command(...) of the source whose argument is written out: (where, command line), the
+    f-string's fields as placeholders."""
+    import ast
+
+    found = []
+    for package in ("platform", "ingest", "train", "eval"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "next_command" and node.args):
+                    continue
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant):
+                    text = str(arg.value)
+                elif isinstance(arg, ast.JoinedStr):
+                    text = "".join(str(v.value) if isinstance(v, ast.Constant) else "X" for v in arg.values)
+                else:
+                    continue  # built elsewhere (resume_command, a query constant): tested where it is built
+                found.append((f"{path.relative_to(ROOT)}:{node.lineno}", f"dermground {text}"))
+    return found
+
+
+def test_every_suggested_next_step_parses() -> None:
+    steps = suggested_command_lines()
+    assert len(steps) > 30, steps
+    problems = [f"{where}: {line!r}: {problem}" for where, line in steps if (problem := usage_problem(line))]
+    assert not problems, "\n".join(problems)
