@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from dermground.ingest.collection_lock import CollectionLock, hold_collection_lock
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_copy import copy_collection_rows, versions_in_catalog
+from dermground.platform.next_step import next_command
 from dermground.platform.store import CollectionSpec, StoreLockedError, VectorStore, open_collections
 from dermground.platform.store.versions import (
     BUILDING,
@@ -68,7 +69,8 @@ class IngestTarget:
                 self.note = (f"{self.name!r} was switched from {self.seeded_from} to {live} while this ingest ran, "
                              f"so it stays on {live}; the new images are in {self.version} (a copy of "
                              f"{self.seeded_from} plus them). Rerun this ingest to add them to {live}, or make "
-                             f"{self.version} live with `dermground collections switch {self.name} {self.version}`.")
+                             f"{self.version} live with "
+                             f"`{next_command(f'collections switch {self.name} {self.version}')}`.")
                 return None
             return self.collections.switch(self.name, self.version)
         if self.wrote_live and live != self.version:
@@ -76,7 +78,7 @@ class IngestTarget:
             self.note = (f"{self.name!r} was switched from {self.version} to {live} while this ingest wrote "
                          f"{self.version}, so the new images are not in the live version. Rerun this ingest to "
                          f"add them to {live}, or switch back with "
-                         f"`dermground collections switch {self.name} {self.version}`.")
+                         f"`{next_command(f'collections switch {self.name} {self.version}')}`.")
         return None
 
     def close(self) -> None:
@@ -155,7 +157,7 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
         created = collections.create_version(name, seeded, taken)
         notify(f"Ingesting into a new version {created} seeded with a copy of {live}; {name!r} switches "
                f"to it when the ingest completes (the server follows; {live} stays until "
-               f"`dermground collections drop {name} {live}`).")
+               f"`{next_command(f'collections drop {name} {live}')}`).")
         try:
             copied = collections.copy_points(name, live, created)
             copy_collection_rows(catalog, physical_name(name, live), physical_name(name, created))
@@ -165,7 +167,7 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
                                 switch_after=True, seeded_from=live)
         except BaseException:
             notify(f"seeding {created} failed; it is left unswitched (drop it with "
-                   f"`dermground collections drop {name} {created}`)")
+                   f"`{next_command(f'collections drop {name} {created}')}`)")
             raise
 
 

@@ -17,6 +17,8 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from dermground.platform.next_step import next_command
+
 PROTOCOL = "dgcatalog"
 PREFIX = f"{PROTOCOL}://"
 
@@ -50,7 +52,7 @@ class ReadOnlyCatalogFileSystem(AbstractFileSystem):
         raise PermissionError(
             f"an analyst's connection does not write into the catalog ({self._strip_protocol(path)}): it is "
             "read-only. Keep results in TEMP tables, or write them elsewhere from Python "
-            "(con.sql(...).df() / .to_arrow_table()) or with `dermground sql --out FILE`.")
+            f"(con.sql(...).df() / .to_arrow_table()) or with `{next_command('sql --out FILE')}`.")
 
     # --- reading ----------------------------------------------------------------------------
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import current_settings, use_settings
+from dermground.platform.next_step import carry_root_flag, forget_carried
 from dermground.platform.settings import SettingsError, load_settings
 
 # command name -> "module:attribute" (module under dermground.platform.commands)
@@ -57,6 +58,9 @@ def cli(home: Path | None) -> None:
     """dermground: find lesions that look alike and match in a chosen attribute."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never call a hub at run time
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    forget_carried()  # one process may run several invocations (tests, `python -m`): nothing of the last one
+    carry_root_flag("--home", home)  # suggested next commands act on the same home
+    click.get_current_context().call_on_close(forget_carried)
     if home is not None:
         try:
             use_settings(load_settings(home=home))

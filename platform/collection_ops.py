@@ -22,6 +22,7 @@ from dermground.platform.catalog_copy import (
 )
 from dermground.platform.crash_points import maybe_crash
 from dermground.platform.ingest_activity import active_ingests, runs_of
+from dermground.platform.next_step import next_command
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreError, StoreLockedError, open_collections
 from dermground.platform.store.indexing import build_index_if_large
@@ -39,6 +40,9 @@ from dermground.platform.store.versions import (
 
 Progress = Callable[[int], None]
 
+# The catalog query that shows whether an ingest is still running.
+INGEST_RUNS_QUERY = 'sql "SELECT * FROM ingest_runs"'
+
 
 def snapshot_dir(settings: Settings, name: str) -> Path:
     """Where snapshots of a collection are written and listed."""
@@ -51,7 +55,7 @@ def create_snapshot(settings: Settings, name: str, version: str | None = None,
     with open_collections(settings) as collections:
         version = version or collections.live_version(name)
         if version is None:
-            raise VersionError(f"collection {name!r} does not exist; see `dermground collections list`")
+            raise VersionError(f"collection {name!r} does not exist; see `{next_command('collections list')}`")
         physical = collections.require_version(name, version)
         meta = collections.read_meta(name, version)
         if meta.state != READY:  # a restore marks what it loads ready: never a version `switch` would refuse
@@ -91,7 +95,7 @@ def create_snapshot(settings: Settings, name: str, version: str | None = None,
             _refuse_while_ingesting(settings, catalog, name, version, physical)
             raise VersionError(f"an ingest wrote version {version} of {name!r} while its snapshot was taken, so the "
                                "snapshot was discarded (its points and catalog rows could disagree): run "
-                               "`dermground snapshot create` again")
+                               f"`{next_command(f'snapshot create --collection {name}')}` again")
         return written
 
 
@@ -104,8 +108,9 @@ def _refuse_while_ingesting(settings: Settings, catalog: Catalog, name: str, ver
         raise VersionError(
             f"version {version} of {name!r} is being written by {'; '.join(w.describe() for w in writers)}. A "
             "snapshot now could hold points whose catalog rows are not written yet, and its restore would not pass "
-            "`dermground check`. Run `dermground snapshot create` again once that ingest has finished (it says "
-            "\"ingested N, ...\"; `dermground sql \"SELECT * FROM ingest_runs\"` shows its status).")
+            f"`{next_command(f'check --collection {name}')}`. Run "
+            f"`{next_command(f'snapshot create --collection {name}')}` again once that ingest has finished (it says "
+            f"\"ingested N, ...\"; `{next_command(INGEST_RUNS_QUERY)}` shows its status).")
 
 
 def switch_collection(settings: Settings, name: str, version: str) -> str | None:
@@ -151,7 +156,7 @@ class RestorePlan:
         points = "an unknown number of" if live.points is None else live.points
         return (f"{holds}.\nIt replaces the live version {live.version} of {self.name!r}: {points} points of model "
                 f"{live.spec.fingerprint if live.spec else '?'} (adapter {live.meta.adapter or 'none'}). "
-                f"{live.version} is kept until `dermground collections drop {self.name} {live.version}`.")
+                f"{live.version} is kept until `{next_command(f'collections drop {self.name} {live.version}')}`.")
 
 
 def plan_restore(settings: Settings, name: str, archive: Path) -> RestorePlan:
@@ -203,7 +208,8 @@ def restore_snapshot(settings: Settings, plan: RestorePlan, progress: Progress |
                 raise  # the number was taken by another process's build: that version is not ours to drop
             except (StoreError, OSError, ValueError) as exc:  # a full disk, the engine, catalog rows that do not fit
                 raise StoreError(f"{exc}\nThe restore stopped: version {version} of {plan.name!r} is left unfinished and "
-                                 f"unswitched; drop it with `dermground collections drop {plan.name} {version}` and run "
+                                 "unswitched; drop it with "
+                                 f"`{next_command(f'collections drop {plan.name} {version}')}` and run "
                                  "the restore again (the snapshot is untouched).") from exc
             replaced = collections.switch(plan.name, version)
         return RestoreResult(version, points, rows, replaced)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dermground.platform.next_step import next_command
+
 
 @dataclass(frozen=True)
 class DemoSize:
@@ -125,8 +127,11 @@ def _recorded_command(marker: Path) -> list[str] | None:
 
 
 def run_stages(home: Path, stages: list[Stage], echo: Callable[[str], None] = print,
-               force: bool = False) -> list[str]:
+               force: bool = False, rerun: str | None = None) -> list[str]:
     """Run unfinished stages in order; return the names of the ones that ran.
+
+    `rerun` is the command a failed stage tells the user to run again (the demo as it was invoked:
+    `make demo` would run the full demo on the default home, not resume this one).
 
     A stage is reused only when it finished with the same command (a changed demo setting reruns
     it). Once a stage runs, every later stage runs too: its inputs may have changed. Idempotent
@@ -152,7 +157,7 @@ def run_stages(home: Path, stages: list[Stage], echo: Callable[[str], None] = pr
         result = subprocess.run(command)
         if result.returncode != 0:
             raise RuntimeError(f"demo stage {stage.name!r} failed (exit {result.returncode}); "
-                               f"fix the error above and run `make demo` again to resume from it")
+                               f"fix the error above and run `{rerun or next_command('demo')}` again to resume from it")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"command": command[2:],
                                       "seconds": round(time.perf_counter() - started, 1)}))

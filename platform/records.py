@@ -31,6 +31,7 @@ from dermground.platform.image_sources import hdf5_image_ref, load_image_bytes, 
 from dermground.platform.images import DEFAULT_MAX_PIXELS, INPUT_ERRORS, decode_image, rejection_reason
 from dermground.platform.metadata_fields import METADATA_FIELDS, MetadataField
 from dermground.platform.names import InvalidNameError, check_plain_file_name, unicode_spellings
+from dermground.platform.next_step import next_command
 
 Split = Literal["train", "test"]
 DEFAULT_TEST_FRACTION = 0.3  # the paper's split is about 70/30 by images
@@ -101,7 +102,8 @@ def _open_image_file(path: Path):  # noqa: ANN202 - an h5py.File
         return open_hdf5(path)
     except OSError as exc:  # h5py's "truncated file", "file signature not found", ...
         raise UnreadableImageFileError(f"{path} cannot be opened as HDF5 ({exc}); it may be truncated or still being "
-                                       "copied: copy it again (or regenerate it with `dermground synth`)") from None
+                                       "copied: copy it again "
+                                       f"(or regenerate it with `{next_command('synth')}`)") from None
 
 
 def detect_layout(data_dir: Path) -> str:
@@ -112,13 +114,13 @@ def detect_layout(data_dir: Path) -> str:
     if (data_dir / fmt.IMAGE_FOLDER).is_dir():
         return "folder"
     raise FileNotFoundError(f"{data_dir} has neither {fmt.HDF5_FILE} nor {fmt.IMAGE_FOLDER}/; "
-                            "point at an ISIC 2024 data folder or run `dermground synth`")
+                            f"point at an ISIC 2024 data folder or run `{next_command('synth')}`")
 
 
 def _csv_path(data_dir: Path) -> Path:
     path = Path(data_dir) / fmt.METADATA_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; point at an ISIC 2024 data folder or run `dermground synth`")
+        raise FileNotFoundError(f"{path} not found; point at an ISIC 2024 data folder or run `{next_command('synth')}`")
     return path
 
 

@@ -141,7 +141,7 @@ def effective_filter(request: SearchRequest, query: QueryVectors) -> SearchFilte
     if request.exclude_query_patient:
         if not query.patient_id:
             raise SearchError("exclude_query_patient needs the query's patient: query by isic_id, or give "
-                              "query_patient_id with the uploaded image")
+                              "query_patient_id with the uploaded image", field="exclude_query_patient")
         flt = replace(flt, exclude_patient_ids=(*flt.exclude_patient_ids, query.patient_id))
     if request.exclude_query_image and query.isic_id is not None:
         flt = replace(flt, exclude_ids=(*flt.exclude_ids, point_id(query.isic_id)))

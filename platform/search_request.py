@@ -24,7 +24,12 @@ class SearchMode(str, enum.Enum):
 
 
 class SearchError(ValueError):
-    """A search request that cannot be served as asked; the message says why and what to do."""
+    """A search request that cannot be served as asked; the message says why and what to do, `field`
+    names the request field at fault when one is (the API's 422 carries it)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class QueryNotFoundError(SearchError):
@@ -65,27 +70,28 @@ def validate_request(request: SearchRequest, settings: Settings) -> tuple[str, .
     for what, text in _request_texts(request):
         _require_unicode(what, text)
     if not 1 <= request.k <= settings.max_k:
-        raise SearchError(f"k must be between 1 and {settings.max_k} (DERMGROUND_MAX_K), got {request.k}")
+        raise SearchError(f"k must be between 1 and {settings.max_k} (DERMGROUND_MAX_K), got {request.k}", field="k")
     if request.b is not None and not 1 <= request.b <= settings.max_b:
-        raise SearchError(f"b must be between 1 and {settings.max_b} (DERMGROUND_MAX_B), got {request.b}")
+        raise SearchError(f"b must be between 1 and {settings.max_b} (DERMGROUND_MAX_B), got {request.b}", field="b")
     if request.b is not None and request.b < request.k and request.mode in (SearchMode.hierarchical,
                                                                              SearchMode.prefetch):
         # The mode ranks only the b image-nearest candidates: fewer than k would come back, without a word.
         raise SearchError(f"mode {request.mode.value!r} ranks the b image-nearest candidates, so b must be at "
-                          f"least k: got b={request.b} and k={request.k}; raise b or lower k")
+                          f"least k: got b={request.b} and k={request.k}; raise b or lower k", field="b")
     names: list[str] = []
     for name in request.attributes:
         try:
             canonical = get_attribute(name).name
         except KeyError as exc:
-            raise SearchError(str(exc.args[0])) from None
+            raise SearchError(str(exc.args[0]), field="attributes") from None
         if canonical not in names:
             names.append(canonical)
     if request.mode is SearchMode.image and names:
         raise SearchError("mode 'image' ranks by h_im and takes no attributes; use image_text, hierarchical "
-                          "or prefetch to search by an attribute")
+                          "or prefetch to search by an attribute", field="attributes")
     if request.mode is not SearchMode.image and not names:
-        raise SearchError(f"mode {request.mode.value!r} needs at least one attribute; known: {', '.join(ATTRIBUTE_NAMES)}")
+        raise SearchError(f"mode {request.mode.value!r} needs at least one attribute; known: {', '.join(ATTRIBUTE_NAMES)}",
+                          field="attributes")
     return tuple(names)
 
 

@@ -95,7 +95,7 @@ def test_an_adapter_that_does_not_fit_is_refused_with_the_folder_the_base_and_wh
         load_backbone(tiny_model_dir, adapter, device="cpu", dtype="float32")
     message = str(error.value)
     assert f"adapter {adapter} does not fit base model {tiny_model_dir}" in message
-    assert "Next: pass --model" in message and "size mismatch" not in message
+    assert "Next: point --model or DERMGROUND_MODEL_DIR" in message and "size mismatch" not in message
 
 
 def test_a_fitting_adapter_passes_the_check(tiny_model_dir, fitting_adapter):

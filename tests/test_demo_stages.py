@@ -44,10 +44,20 @@ def test_a_changed_command_reruns_the_stage_and_everything_after(tmp_path: Path)
     assert run_stages(tmp_path, [changed, second], echo=lambda _: None) == ["first", "second"]
 
 
-def test_a_failing_stage_says_how_to_resume(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="run `make demo` again"):
-        run_stages(tmp_path, [Stage("bad", ["synth", "--out", str(tmp_path / "d"), "--images", "0"])],
-                   echo=lambda _: None)
+def test_a_failing_stage_says_how_to_resume(tmp_path: Path, fresh_cli_settings) -> None:
+    """`dermground --home H demo --small` said "run `make demo` again" when a stage failed: that runs the
+    full demo on the default home, not this one. It names the demo as it was run."""
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+
+    home = tmp_path / "demo home"
+    home.mkdir()
+    (home / "models").mkdir()
+    (home / "models" / "tiny-random").write_text("a file where the model goes: the first stage fails at its flags")
+    failed = CliRunner().invoke(cli, ["--home", str(home), "demo", "--small", "--no-serve"])
+    assert failed.exit_code == 1 and "demo stage 'init-model' failed" in failed.output, failed.output
+    assert f"run `dermground --home '{home}' demo --small` again to resume" in failed.output, failed.output
 
 
 def test_an_idempotent_stage_runs_every_time_without_making_later_stages_stale(tmp_path: Path) -> None:

@@ -297,3 +297,14 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".git", ".venv", ".dermground", "tests", ".env"} <= ignored
     assert "README.md" not in ignored, "pyproject.toml's readme is needed to build the wheel"
+
+
+def test_the_api_service_passes_every_api_key_setting(compose: dict) -> None:
+    """docs/DEPLOY.md lists DERMGROUND_API_ANALYST_KEY among the stack's keys, but the api service did not
+    pass it on: set in docker/.env it never reached the server, and /sql stayed admin-only."""
+    from dermground.platform.settings import Settings
+
+    keys = {ENV_PREFIX + name.upper() for name in Settings.model_fields if name.startswith("api_") and name.endswith("_key")}
+    assert len(keys) == 3, keys
+    assert keys <= set(compose["services"]["api"]["environment"]), "keys the api service does not pass on"
+    assert keys <= set(DERMGROUND_VAR.findall(ENV_EXAMPLE.read_text())), "keys docker/env.example leaves out"

@@ -163,8 +163,8 @@ def test_snapshot_lists_next_step_snapshots_the_listed_collection(tmp_path: Path
     assert isinstance(group, click.Group)
     create = group.commands["create"]
     argv = shlex.split(step)
-    assert argv[:3] == ["dermground", "snapshot", "create"]
-    assert create.make_context("create", argv[3:]).params["collection"] == "derm2"
+    assert argv[:5] == ["dermground", "--home", str(tmp_path), "snapshot", "create"]
+    assert create.make_context("create", argv[5:]).params["collection"] == "derm2"
 
 
 def every_option_name() -> set[str]:
@@ -199,3 +199,138 @@ def test_a_missing_base_model_names_the_flag_the_command_has(tmp_path: Path, com
                                        "--base", str(tmp_path / "no-model"), "--out", str(tmp_path / "out")])
     assert refused.exit_code != 0 and "does not exist" in refused.output, refused.output
     assert re.search(r"(?<![\w-])--base(?![\w-])", refused.output), refused.output
+
+
+def test_next_steps_act_on_the_home_the_user_gave(tmp_path: Path, fresh_cli_settings) -> None:
+    """`dermground --home /data/x collections switch ...` was told to run `dermground collections list`,
+    which lists the default home's collections: every next step now carries the --home it was given
+    (quoted), and a later invocation without --home gets plain steps again."""
+    from click.testing import CliRunner
+
+    home = tmp_path / "my home"
+    runs = [CliRunner().invoke(cli, ["--home", str(home), *args]) for args in (
+        ["collections", "switch", "lesions", "v2"], ["collections", "info", "lesions"],
+        ["snapshot", "restore", str(tmp_path / "gone.tar")], ["collections", "list"])]
+    for run in runs:
+        steps = backticked_commands(run.output)
+        assert steps, run.output
+        for step in steps:
+            assert shlex.split(step)[:3] == ["dermground", "--home", str(home)], run.output
+            assert usage_problem(step) is None, step
+    assert "`dermground --home" in runs[0].output and "collections list lesions`" in runs[0].output
+    plain = CliRunner().invoke(cli, ["snapshot", "restore", str(tmp_path / "gone.tar")])
+    assert "`dermground snapshot list`" in plain.output, plain.output
+
+
+def test_a_next_step_carries_a_qdrant_url_flag_as_its_setting() -> None:
+    """`ingest --qdrant-url URL` and `check --qdrant-url URL` act on a server; `collections switch`
+    has no such flag, so a step after them names the server in DERMGROUND_QDRANT_URL."""
+    from dermground.platform.next_step import carry_root_flag, carry_setting, forget_carried, next_command
+
+    try:
+        carry_root_flag("--home", "/data/x")
+        carry_setting("DERMGROUND_QDRANT_URL", "http://qdrant:6333")
+        step = next_command("collections switch lesions v2")
+    finally:
+        forget_carried()
+    assert step == "DERMGROUND_QDRANT_URL=http://qdrant:6333 dermground --home /data/x collections switch lesions v2"
+    assert usage_problem(step.split(" ", 1)[1]) is None
+    assert next_command("collections list") == "dermground collections list"
+
+
+
+def test_a_carried_qdrant_url_never_shows_its_password() -> None:
+    """A next step is printed and logged: the --qdrant-url it carries loses any user:password."""
+    from dermground.platform.commands.context import with_qdrant_url
+    from dermground.platform.next_step import forget_carried, next_command
+    from dermground.platform.settings import Settings
+
+    try:
+        settings = with_qdrant_url(Settings(), "https://admin:s3cret@qdrant.example:6333")
+        step = next_command("collections list")
+    finally:
+        forget_carried()
+    assert settings.qdrant_url == "https://admin:s3cret@qdrant.example:6333"  # the command itself uses it all
+    assert step == "DERMGROUND_QDRANT_URL=https://qdrant.example:6333 dermground collections list"
+
+
+def setting_variables() -> set[str]:
+    from dermground.platform.settings import ENV_PREFIX, Settings
+
+    return {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+
+
+def test_a_flag_that_defaults_from_a_setting_names_its_variable() -> None:
+    """The README said every flag defaults from a DERMGROUND_* setting (most do not: --data, --k, ...),
+    and flags that do said "[default: the settings' base model dir]" or "the predict_pool setting",
+    names no user can set. Each flag whose default is a setting names its variable, a real one."""
+    unnamed = []
+    for path, command in every_command(cli):
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name == "help":
+                continue
+            text = f"{param.help or ''} {param.show_default if isinstance(param.show_default, str) else ''}"
+            from_setting = getattr(param.default, "__qualname__", "").startswith("from_settings.")
+            named = set(re.findall(r"DERMGROUND_[A-Z_]+", text))
+            if (from_setting or "setting" in text) and not named:
+                unnamed.append(f"{path} {param.opts[0]}: {text.strip()!r}")
+            if named - setting_variables():
+                unnamed.append(f"{path} {param.opts[0]} names no setting: {sorted(named - setting_variables())}")
+    assert not unnamed, "\n".join(unnamed)
+
+
+def test_every_setting_is_documented_and_every_documented_one_is_real() -> None:
+    """Ten settings (DERMGROUND_MAX_UPLOAD_BYTES, _MAX_K, _SQL_TIMEOUT_S, _SEED, ...) were named in no
+    document a user reads: README's table has the main ones, docs/DEPLOY.md section 9 the rest."""
+    texts = {doc: (ROOT / doc).read_text(encoding="utf-8") for doc in [*USER_DOCS, "docker/compose.yaml"]}
+    documented = {name for text in texts.values() for name in re.findall(r"DERMGROUND_[A-Z0-9_]+", text)}
+    tables = texts["README.md"] + texts["docs/DEPLOY.md"]
+    missing = sorted(v for v in setting_variables() if f"`{v}`" not in tables)
+    assert not missing, f"settings in neither README.md nor docs/DEPLOY.md: {missing}"
+    assert documented - setting_variables() == set(), "documented variables that are no setting"
+
+
+def test_next_steps_name_the_collection_the_user_gave(tmp_path: Path, fresh_cli_settings) -> None:
+    """`search --collection derm2` on a missing collection said "run `dermground ingest` first" (which
+    needs --data and fills the default collection), and `snapshot restore FILE --collection derm2` of
+    a missing file said "see `dermground snapshot list`" (the default collection's snapshots)."""
+    from click.testing import CliRunner
+
+    runs = [CliRunner().invoke(cli, ["--home", str(tmp_path), *args]) for args in (
+        ["search", "--collection", "derm2", "--id", "ISIC_0000001", "--mode", "image"],
+        ["snapshot", "restore", str(tmp_path / "gone.tar"), "--collection", "derm2"])]
+    for run in runs:
+        assert run.exit_code != 0 and "Traceback" not in run.output, run.output
+        (step,) = backticked_commands(run.output)
+        assert usage_problem(step) is None, step
+        argv = shlex.split(step)
+        assert argv[argv.index("--collection") + 1] == "derm2", run.output
+
+
+def suggested_command_lines() -> list[tuple[str, str]]:
+    """Every next_command(...) of the source whose argument is written out: (where, command line), the
+    f-string's fields as placeholders."""
+    import ast
+
+    found = []
+    for package in ("platform", "ingest", "train", "eval"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "next_command" and node.args):
+                    continue
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant):
+                    text = str(arg.value)
+                elif isinstance(arg, ast.JoinedStr):
+                    text = "".join(str(v.value) if isinstance(v, ast.Constant) else "X" for v in arg.values)
+                else:
+                    continue  # built elsewhere (resume_command, a query constant): tested where it is built
+                found.append((f"{path.relative_to(ROOT)}:{node.lineno}", f"dermground {text}"))
+    return found
+
+
+def test_every_suggested_next_step_parses() -> None:
+    steps = suggested_command_lines()
+    assert len(steps) > 30, steps
+    problems = [f"{where}: {line!r}: {problem}" for where, line in steps if (problem := usage_problem(line))]
+    assert not problems, "\n".join(problems)

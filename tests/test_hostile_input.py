@@ -274,7 +274,7 @@ def test_a_runtime_error_other_than_a_full_gpu_is_a_500_naming_an_error_id(clien
 def _assert_error_body(response, status: int, rule: str | None = None) -> None:
     assert response.status_code == status, response.text
     body = ErrorBody.model_validate(response.json())
-    assert set(response.json()) <= {"detail", "rule"}
+    assert set(response.json()) <= {"detail", "rule", "field"}
     if rule is not None:
         assert body.rule == rule and str(body.detail).startswith(f"{rule}: ")
 
@@ -356,3 +356,37 @@ def test_hdf5_layout_ids_that_walk_groups_are_quarantined(tmp_path: Path) -> Non
     rejected = {r.isic_id: r.field for r in records if isinstance(r, RejectedRecord)}
     assert rejected == {"/": "isic_id", "../x": "isic_id"}
     assert sum(isinstance(r, LesionRecord) for r in records) == 2
+
+
+def test_every_422_names_its_rule_and_field(client) -> None:
+    # A request that does not fit its schema: the rule `validation`, the (first) field, dotted when nested.
+    out_of_range = client.post("/search", headers=READ, json={"isic_id": "ISIC_0000001", "k": 0})
+    _assert_error_body(out_of_range, 422)
+    assert (out_of_range.json()["rule"], out_of_range.json()["field"]) == ("validation", "k")
+    assert out_of_range.json()["detail"][0]["field"] == "k"
+    nested = client.post("/search", headers=READ, json={"isic_id": "ISIC_0000001", "mode": "image_text",
+                                                        "attributes": ["areaMM2"],
+                                                        "filters": {"ranges": {"areaMM2": {"gte": "big"}}}})
+    assert (nested.status_code, nested.json()["rule"]) == (422, "validation")
+    assert nested.json()["field"] == "filters.ranges.areaMM2.gte"
+    not_json = client.post("/search", headers={**READ, "Content-Type": "application/json"}, content=b"{nope")
+    assert (not_json.status_code, not_json.json()["rule"], not_json.json()["field"]) == (422, "validation", "body")
+    form = client.post("/search/upload", headers=READ, files={"file": ("q.png", _png((40, 40)))},
+                       data={"request": json.dumps({"k": 0})})
+    assert (form.status_code, form.json()["rule"], form.json()["field"]) == (422, "validation", "request.k")
+    # A request that fits the schema but not the search, and the image gate: the same two keys.
+    below_k = client.post("/search", headers=READ, json={"isic_id": "ISIC_0000001", "mode": "hierarchical",
+                                                         "attributes": ["areaMM2"], "k": 5, "b": 2})
+    _assert_error_body(below_k, 422)
+    assert (below_k.json()["rule"], below_k.json()["field"]) == ("search_request", "b")
+    both = client.post("/search/upload", headers=READ, files={"file": ("q.png", _png((40, 40)))},
+                       data={"request": json.dumps({"isic_id": "ISIC_0000001"})})
+    assert (both.status_code, both.json()["rule"], both.json()["field"]) == (422, "one_query", "request.isic_id")
+    gated = client.post("/search", headers=READ, json={"image_base64": base64.b64encode(_png((1000, 4))).decode()})
+    assert (gated.status_code, gated.json()["rule"], gated.json()["field"]) == (422, "aspect_ratio", "image_base64")
+
+
+def test_the_api_description_names_every_key(tmp_path) -> None:
+    """/docs said "admin key: sql": the analyst key (DERMGROUND_API_ANALYST_KEY) opens /sql too."""
+    description = create_app(Settings(home=tmp_path)).openapi()["info"]["description"]
+    assert all(f"{key} key" in description for key in ("read", "analyst", "admin")), description

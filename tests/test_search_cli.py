@@ -67,3 +67,25 @@ def test_search_errors_are_messages_not_tracebacks(run, args, message) -> None:
 def test_loopback_detection() -> None:
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.4", "::", "example.com"))
+
+
+def test_a_model_or_adapter_problem_names_the_settings_search_reads(search_collection, tiny_model_dir,
+                                                                   make_tiny_adapter, tmp_path) -> None:
+    """`search` has no --model or --adapter flag (it reads DERMGROUND_MODEL_DIR / DERMGROUND_ADAPTER_DIR),
+    yet a missing model said only "point --model at ...", an adapter that does not fit "pass --model ...
+    or leave --adapter out": steps search cannot take. Both name the setting now."""
+    import json as json_
+
+    home = search_collection["home"]
+    query = tmp_path / "q.png"
+    query.write_bytes(search_collection["records"][0].image_bytes())
+    adapter = make_tiny_adapter(tiny_model_dir, tmp_path / "adapter")
+    config = json_.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json_.dumps(config | {"r": 8}))  # weights of rank 4
+    for env, setting in (({"DERMGROUND_MODEL_DIR": str(tmp_path / "no-model")}, "DERMGROUND_MODEL_DIR"),
+                         ({"DERMGROUND_MODEL_DIR": str(tiny_model_dir), "DERMGROUND_ADAPTER_DIR": str(adapter)},
+                          "DERMGROUND_ADAPTER_DIR")):
+        result = CliRunner().invoke(cli, ["--home", str(home), "search", "--image", str(query), "--mode", "image"],
+                                    env=env)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert setting in result.output, result.output

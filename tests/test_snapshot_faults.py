@@ -385,7 +385,7 @@ def test_a_restore_that_fails_on_a_full_disk_names_the_version_it_leaves_and_the
                          preexec_fn=_file_size_limited(golden[1].stat().st_size))  # unpacks; the engine's log cannot grow
     assert run.returncode == 1, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "The live version was not switched" in run.stderr, run.stderr[-2000:]
-    assert f"`dermground collections drop {NAME} v1`" in run.stderr, run.stderr[-2000:]
+    assert f"`dermground --home {home} collections drop {NAME} v1`" in run.stderr, run.stderr[-2000:]
     assert _live_points(home) == N and EdgeCollections(home / "qdrant").live_version(NAME) == "v0"
     assert _cli(home, "collections", "drop", NAME, "v1", "--yes").exit_code == 0  # the step it names works
     assert _cli(home, "snapshot", "restore", str(golden[1]), "--collection", NAME, "--yes").exit_code == 0

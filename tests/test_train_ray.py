@@ -192,7 +192,8 @@ def test_eval_predict_on_missing_data_is_a_clear_error(tiny_model_dir, tmp_path)
                                           str(tmp_path / "out")])
     finally:
         use_settings(None)
-    assert result.exit_code != 0 and "dermground synth" in result.output and "Traceback" not in result.output
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"dermground --home {tmp_path / 'home'} synth" in result.output  # the next step acts on the same home
 
 
 def test_two_workers_train_with_ddp(ray_session, small_data, tiny_model_dir, tmp_path):

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dermground.platform.api.errors import document_errors, error_content
+from dermground.platform.api.errors import document_errors, error_content, validation_content
 from dermground.platform.api.images import ThumbnailCache
 from dermground.platform.api.limits import BodyReadLimits, BodySizeLimit
 from dermground.platform.api.routes import router
@@ -84,7 +84,9 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
     check_collection_name(settings.collection)  # settings copied with model_copy skip their validators
     app = FastAPI(title="dermground", version="0.1.0", lifespan=lifespan,
                   description="Attribute-grounded retrieval of skin-lesion images. Send the API key in the "
-                              "X-API-Key header (read key: search, predict, images; admin key: sql).")
+                              "X-API-Key header (read key: search, predict, images, examples, collections; "
+                              "analyst key: sql only; admin key: all of them). Every error body is ErrorBody: "
+                              "detail, and the rule and field that refused the request where one did.")
     app.state.settings = settings
     app.state.store = store
     app.state.thumbnails = ThumbnailCache()
@@ -110,10 +112,7 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Only where and what: never echo the input back (it may be a 10 MB base64 string).
-        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
-                  for e in exc.errors()]
-        return JSONResponse({"detail": errors}, status_code=422)
+        return JSONResponse(validation_content(exc.errors()), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

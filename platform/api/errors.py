@@ -1,13 +1,15 @@
 """One error body for every refusal, and an OpenAPI document that lists every status it can take.
 
 Every 4xx/5xx answer of the API is `ErrorBody`: `detail` (a sentence, or for a request that fails
-validation a list of {loc, msg, type}) and, when a named check refused the input, `rule` (the
-image gate's rule, `rate_limit`, ...). `document_errors(app)` makes the OpenAPI document say so,
-per operation, for each status that operation can answer.
+validation a list of {loc, msg, type, field}), `rule` when a named check refused the input (the
+image gate's rule, `rate_limit`, `validation`, ...) and `field` when one request field is at fault
+(every 422 names both). `document_errors(app)` makes the OpenAPI document say so, per operation,
+for each status that operation can answer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
@@ -15,12 +17,21 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
 
+# The rule of a 422 whose request does not fit its schema (a missing field, a number out of range, ...).
+VALIDATION_RULE = "validation"
+# The rule of a 422 whose request fits its schema but not the search (b below k, an unknown attribute, ...).
+SEARCH_REQUEST_RULE = "search_request"
+# Where pydantic puts a field: the part of the request, then the field's path inside it.
+_REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
+
+
 class ValidationIssue(BaseModel):
-    """One reason a request failed validation: where (loc) and what (msg, type)."""
+    """One reason a request failed validation: where (loc, and as a dotted field) and what (msg, type)."""
 
     loc: list[str | int]
     msg: str
     type: str
+    field: str | None = Field(None, description="the request field at fault, dotted (filters.ranges.areaMM2.gte)")
 
 
 class ErrorBody(BaseModel):
@@ -30,23 +41,53 @@ class ErrorBody(BaseModel):
     rule: str | None = Field(None, description="the named check that refused the input, when one did "
                                                "(image gate: empty, byte_limit, format, pixel_limit, decode, "
                                                "aspect_ratio, min_side; base64; rate_limit; body_limit, "
-                                               "body_timeout, unfinished_bodies, content_length)")
+                                               "body_timeout, unfinished_bodies, content_length; "
+                                               "validation: the request does not fit its schema; "
+                                               "one_query, search_request)")
+    field: str | None = Field(None, description="the request field at fault, when one is (every 422 names it "
+                                                "where the request has one; dotted for nested fields)")
 
 
 class RefusedError(HTTPException):
-    """An HTTPException whose body also names the rule that refused the request."""
+    """An HTTPException whose body also names the rule that refused the request (and the field, if one)."""
 
-    def __init__(self, status_code: int, detail: str, *, rule: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status_code: int, detail: str, *, rule: str, headers: dict[str, str] | None = None,
+                 field: str | None = None) -> None:
         super().__init__(status_code, detail=detail, headers=headers)
         self.rule = rule
+        self.field = field
 
 
 def error_content(exc: HTTPException) -> dict[str, object]:
-    """The ErrorBody of an HTTPException (with its rule when it is a RefusedError)."""
+    """The ErrorBody of an HTTPException (with its rule and field when it is a RefusedError)."""
     body: dict[str, object] = {"detail": exc.detail}
-    rule = getattr(exc, "rule", None)
-    if rule is not None:
-        body["rule"] = rule
+    for key in ("rule", "field"):
+        value = getattr(exc, key, None)
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def field_of(loc: Sequence[str | int]) -> str:
+    """A validation issue's field, dotted and without the request part: ("body", "filters", "k") -> "filters.k".
+
+    The upload form's SearchParams keep their form field: ("body", "request", "k") -> "request.k". A
+    body that is not JSON at all (loc: body and a character position) names the part, "body"."""
+    path = list(loc)
+    part = str(path.pop(0)) if path and path[0] in _REQUEST_PARTS else "body"
+    if not path or (len(path) == 1 and isinstance(path[0], int)):
+        return part
+    return ".".join(str(p) for p in path)
+
+
+def validation_content(errors: Sequence[Mapping[str, Any]]) -> dict[str, object]:
+    """The ErrorBody of a request that fails validation: every issue (never its input: it may be 10 MB of
+    base64), the rule `validation` and the first issue's field."""
+    issues = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", ""),
+               "field": field_of(e.get("loc", ()))} for e in errors]
+    body: dict[str, object] = {"detail": issues, "rule": VALIDATION_RULE}
+    if issues:
+        body["field"] = issues[0]["field"]
     return body
 
 
@@ -57,7 +98,7 @@ _REASONS = {
     404: "Not found: no such lesion, or its image cannot be read",
     408: "The request body did not arrive in time",
     413: "The request body or the image is over the size limit",
-    422: "The request or the image fails validation (the body names the field or the rule)",
+    422: "The request or the image fails validation (the body names the rule, and the field where one is at fault)",
     429: "Too much model work in flight for this client: retry after Retry-After seconds",
     500: "Internal error (the body carries an id for the server log)",
     503: "The vector store or the model is not available, the GPU has no room for the request now, "

@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from dermground.platform.api import schemas
-from dermground.platform.api.errors import RefusedError
+from dermground.platform.api.errors import SEARCH_REQUEST_RULE, RefusedError
 from dermground.platform.api.images import (
     UploadError,
     UploadTooLargeError,
@@ -102,7 +102,8 @@ def search_json(request: Request, body: schemas.SearchBody) -> schemas.SearchRes
         return _run_search(request, body, None)
     with _model_work(request):
         image = _decode(lambda: decode_upload(decode_base64(body.image_base64 or "", settings.max_upload_bytes),
-                                              settings.max_upload_bytes, settings.max_image_pixels))
+                                              settings.max_upload_bytes, settings.max_image_pixels),
+                        field="image_base64")
         return _run_search(request, body, image)
 
 
@@ -116,7 +117,8 @@ def search_upload(request: Request, file: Annotated[UploadFile, File(description
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", "request", *e["loc"])} for e in exc.errors()]) from None
     if parsed.isic_id is not None:
-        raise HTTPException(422, detail="an upload searches by the uploaded image: leave isic_id out")
+        raise RefusedError(422, "an upload searches by the uploaded image: leave isic_id out", rule="one_query",
+                           field="request.isic_id")
     with _model_work(request):
         image = _read_upload(request, file)
         return _run_search(request, parsed, image)
@@ -193,13 +195,13 @@ def _json_cell(value: object) -> object:
     return str(value)
 
 
-def _decode(work) -> Image.Image:  # noqa: ANN001
+def _decode(work, field: str = "file") -> Image.Image:  # noqa: ANN001
     try:
         return work()
     except UploadTooLargeError as exc:
-        raise RefusedError(413, str(exc), rule=exc.rule) from None
+        raise RefusedError(413, str(exc), rule=exc.rule, field=field) from None
     except UploadError as exc:
-        raise RefusedError(422, str(exc), rule=exc.rule) from None
+        raise RefusedError(422, str(exc), rule=exc.rule, field=field) from None
 
 
 def _model_work(request: Request):  # noqa: ANN202 - a context manager
@@ -237,7 +239,7 @@ def _run_search(request: Request, params: schemas.SearchParams, image: Image.Ima
     except ModelUnavailableError as exc:
         raise HTTPException(503, detail=str(exc)) from None
     except SearchError as exc:
-        raise HTTPException(422, detail=str(exc)) from None
+        raise RefusedError(422, str(exc), rule=SEARCH_REQUEST_RULE, field=exc.field) from None
     except StoreError as exc:
         raise HTTPException(503, detail=str(exc)) from None
     return _result(response)

@@ -13,6 +13,7 @@ import hmac
 from fastapi import HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 
+from dermground.platform.next_step import next_command
 from dermground.platform.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
@@ -57,7 +58,7 @@ def require_admin(request: Request, given: str | None = Security(api_key_header)
     if admin_key is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             detail="the SQL endpoint is disabled: set DERMGROUND_API_ADMIN_KEY to enable it "
-                                   "(or use `dermground sql` on the server)")
+                                   f"(or use `{next_command('sql')}` on the server)")
     if not _matches(given, admin_key):
         raise _unauthorized(f"missing or wrong API key: /sql needs the admin key in the {API_KEY_HEADER} header")
 
@@ -69,7 +70,8 @@ def require_sql(request: Request, given: str | None = Security(api_key_header)) 
     if admin_key is None and analyst_key is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             detail="the SQL endpoint is disabled: set DERMGROUND_API_ANALYST_KEY (read-only SQL) "
-                                   "or DERMGROUND_API_ADMIN_KEY to enable it (or use `dermground sql` on the server)")
+                                   f"or DERMGROUND_API_ADMIN_KEY to enable it "
+                                   f"(or use `{next_command('sql')}` on the server)")
     if not (_matches(given, admin_key) or _matches(given, analyst_key)):
         raise _unauthorized(f"missing or wrong API key: /sql needs the analyst or admin key in the "
                             f"{API_KEY_HEADER} header")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dermground.platform.commands.context import collection_name, current_settings, from_settings
+from dermground.platform.commands.context import collection_name, current_settings, from_settings, with_qdrant_url
 
 
 @click.command("check")
@@ -20,9 +20,7 @@ def check(collection: str, qdrant_url: str | None) -> None:
     from dermground.ingest.consistency import check_collection
     from dermground.platform.store import StoreError
 
-    settings = current_settings()
-    if qdrant_url:
-        settings = settings.model_copy(update={"qdrant_url": qdrant_url})
+    settings = with_qdrant_url(current_settings(), qdrant_url)
     try:
         report = check_collection(settings, collection)
     except StoreError as exc:

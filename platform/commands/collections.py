@@ -7,6 +7,7 @@ import json
 import click
 
 from dermground.platform.commands.context import collection_name, current_settings
+from dermground.platform.next_step import next_command
 
 
 def _open():  # noqa: ANN202 - Collections, imported lazily
@@ -51,7 +52,7 @@ def list_(name: str | None, as_json: bool) -> None:
         click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
         return
     if not infos:
-        click.echo("no collections yet; create one with `dermground ingest`")
+        click.echo(f"no collections yet; create one with `{next_command('ingest')}`")
     for info in infos:
         click.echo(_line(info))
 
@@ -67,7 +68,7 @@ def info(name: str, version: str | None) -> None:
         try:
             version = version or cols.live_version(name)
             if version is None:
-                raise click.ClickException(f"no collection {name!r}; see `dermground collections list`")
+                raise click.ClickException(f"no collection {name!r}; see `{next_command('collections list')}`")
             click.echo(json.dumps(cols.info(name, version).to_dict(), indent=2))
         except (StoreError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
@@ -85,7 +86,8 @@ def switch(name: str, version: str) -> None:
         before = switch_collection(current_settings(), name, version)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    kept = f"; {before} is kept until `dermground collections drop {name} {before}`" if before and before != version else ""
+    kept = (f"; {before} is kept until `{next_command(f'collections drop {name} {before}')}`"
+            if before and before != version else "")
     click.echo(f"{name} -> {version} (was {before or 'nothing'}){kept}")
 
 

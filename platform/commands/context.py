@@ -36,6 +36,18 @@ def from_settings(field: str):  # noqa: ANN201 - click accepts any zero-arg call
     return default
 
 
+def with_qdrant_url(settings: Settings, qdrant_url: str | None) -> Settings:
+    """The settings with a command's --qdrant-url, which the next steps it suggests carry too (without
+    a user:password in the URL: a next step is printed and logged)."""
+    if not qdrant_url:
+        return settings
+    from dermground.platform.next_step import carry_setting
+    from dermground.platform.store.server_client import shown_url
+
+    carry_setting("DERMGROUND_QDRANT_URL", shown_url(qdrant_url))
+    return settings.model_copy(update={"qdrant_url": qdrant_url})
+
+
 def collection_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback for --collection flags: the collection name rule (it becomes a folder under HOME)."""
     from dermground.platform.names import InvalidNameError, check_collection_name

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import current_settings
+from dermground.platform.next_step import next_command
 
 
 @click.command("demo")
@@ -27,7 +28,8 @@ def demo(small: bool, force: bool, serve: bool, port: int) -> None:
     home: Path = current_settings().home
     size = SMALL if small else FULL
     try:
-        run_stages(home, plan_stages(home, size), echo=click.echo, force=force)
+        run_stages(home, plan_stages(home, size), echo=click.echo, force=force,
+                   rerun=next_command("demo --small" if small else "demo"))
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     evals = home / "demo" / "eval"

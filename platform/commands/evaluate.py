@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import collection_name, current_settings
+from dermground.platform.next_step import next_command
 from dermground.platform.settings import MAX_PREDICT_SAMPLES, MAX_VIEWS, PREDICT_POOLS
 
 
@@ -19,7 +20,7 @@ def evaluate() -> None:
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="ISIC-format data folder; its test split is evaluated.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Base checkpoint folder [default: the settings' base model dir].")
+              help="Base checkpoint folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
 @click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="LoRA adapter folder (leave out to evaluate the base model).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -30,15 +31,15 @@ def evaluate() -> None:
               help="Sampled answers per question and view; the prediction is their mean (the model's expected "
                    "value). 0: the greedy answer. Unless that is one view's greedy answer, prediction_greedy.json "
                    "scores the greedy answers to the images as given too. "
-                   "[default: the predict_samples setting, 4]")
+                   "[default: DERMGROUND_PREDICT_SAMPLES, 4]")
 @click.option("--views", type=click.IntRange(min=1, max=MAX_VIEWS), default=None,
               help="Ask each image in this many of its 8 turns and mirror images (1, 2, 4 or 8 are whole groups) "
                    "and pool the answers of all views; --samples is per view. 1: the image as given. "
-                   "[default: the predict_views setting, 8]")
+                   "[default: DERMGROUND_PREDICT_VIEWS, 8]")
 @click.option("--pool", type=click.Choice(PREDICT_POOLS), default=None,
               help="How the pooled answers become one value: their mean (the expected value) or their median "
-                   "(robust to a few answers with a slipped decimal point). [default: the predict_pool setting]")
-@click.option("--seed", type=int, default=None, help="Seed of the sampling noise [default: the seed setting].")
+                   "(robust to a few answers with a slipped decimal point). [default: DERMGROUND_PREDICT_POOL, mean]")
+@click.option("--seed", type=int, default=None, help="Seed of the sampling noise [default: DERMGROUND_SEED].")
 @click.option("--no-catalog", is_flag=True, help="Do not write predictions/evaluations into the catalog.")
 def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, out_dir: Path, max_images: int | None,
             batch_size: int, samples: int | None, views: int | None, pool: str | None, seed: int | None,
@@ -62,7 +63,7 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
     except (BackboneError, OutputFolderError) as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"{exc}\nCheck --data (make one with `dermground synth`).") from None
+        raise click.ClickException(f"{exc}\nCheck --data (make one with `{next_command('synth')}`).") from None
     click.echo(f"{'attribute':<24}{'R2':>8}{'parsed':>8}{'n':>6}")
     for name, row in report.items():
         click.echo(f"{name:<24}{row['r2']:>8.3f}{row['parse_rate']:>8.3f}{row['n']:>6}")

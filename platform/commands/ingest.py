@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from dermground.platform.commands.context import collection_name, current_settings, from_settings
+from dermground.platform.commands.context import collection_name, current_settings, from_settings, with_qdrant_url
+from dermground.platform.next_step import next_command
 
 # Images per embedding batch: on a CPU small batches keep results flowing to the writer; on an
 # H100 batches of 16 were the fastest for the 2B (docs/BENCHMARKS.md, session 6).
@@ -69,9 +70,7 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
     from dermground.platform.model.loading import BackboneError
     from dermground.platform.store import SchemaMismatchError, StoreError, StoreLockedError
 
-    settings = current_settings()
-    if qdrant_url:
-        settings = settings.model_copy(update={"qdrant_url": qdrant_url})
+    settings = with_qdrant_url(current_settings(), qdrant_url)
     import ray.data  # noqa: F401 - configures its logger on import; quiet it after
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar replaces Ray Data's chatter
@@ -100,16 +99,16 @@ def ingest(data_dir: Path, collection: str, model_dir: Path | None, adapter_dir:
                f"({summary.partitions} partition(s) committed, {summary.partitions_skipped} skipped; run {summary.run_id})")
     if summary.switched_from:
         click.echo(f"{collection} now points at {summary.version} (was {summary.switched_from}; drop it with "
-                   f"`dermground collections drop {collection} {summary.switched_from}`)")
+                   f"`{next_command(f'collections drop {collection} {summary.switched_from}')}`)")
     elif new_version or version:
         click.echo(f"version {summary.version} is ready; make it live (if it is not) with "
-                   f"`dermground collections switch {collection} {summary.version}`")
+                   f"`{next_command(f'collections switch {collection} {summary.version}')}`")
     if summary.model_busy.fraction is not None:
         click.echo(summary.model_busy.describe())
     if summary.quarantine_reasons:
         reasons = ", ".join(f"{field}: {n}" for field, n in sorted(summary.quarantine_reasons.items()))
-        click.echo(f"quarantined by field: {reasons} "
-                   f"(details: dermground sql \"SELECT * FROM quarantine WHERE run_id = '{summary.run_id}'\")")
+        details = next_command(f"sql \"SELECT * FROM quarantine WHERE run_id = '{summary.run_id}'\"")
+        click.echo(f"quarantined by field: {reasons} (details: {details})")
     if summary.catalog_compaction is not None:
         click.echo(f"catalog compacted: {summary.catalog_compaction}")
     if summary.index is not None and (summary.index.built or summary.index.indexed_points):

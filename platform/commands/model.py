@@ -16,7 +16,7 @@ def model() -> None:
 
 @model.command("init-tiny")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder to write the checkpoint to [default: the settings' base model dir].")
+              help="Folder to write the checkpoint to [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: same seed, same weights.")
 @click.option("--preset", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True,
               help="tiny: 0.7 M params, 224 px (tests); small: ~16 M params, 448 px (benchmarks, demo).")
@@ -54,9 +54,9 @@ def init_tiny(out: Path | None, seed: int, preset: str, image_size: int | None, 
 
 @model.command("info")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint folder [default: the settings' base model dir].")
+              help="Checkpoint folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
 @click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path), default=None,
-              help="LoRA adapter folder [default: the settings' adapter dir, if any].")
+              help="LoRA adapter folder [default: DERMGROUND_ADAPTER_DIR, else none].")
 def info(model_dir: Path | None, adapter_dir: Path | None) -> None:
     """Load a backbone and print its size, embedding dimension and fingerprint."""
     from dermground.platform.model.loading import BackboneError, load_backbone
@@ -120,9 +120,9 @@ def check(model_dir: Path | None, data_dir: Path | None, adapter_dir: Path | Non
 
 @model.command("export")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Base checkpoint folder [default: the settings' base model dir].")
+              help="Base checkpoint folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
 @click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path), default=None,
-              help="LoRA adapter folder a training run wrote [default: the settings' adapter dir].")
+              help="LoRA adapter folder a training run wrote [default: DERMGROUND_ADAPTER_DIR].")
 @click.option("--merge", is_flag=True, help="Merge the adapter into the base weights (required: the adapter "
               "folder itself is already the unmerged export).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,

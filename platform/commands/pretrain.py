@@ -13,7 +13,8 @@ from dermground.platform.commands.context import current_settings, from_settings
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="ISIC-format data folder; the pixels of its train-split images are used.")
 @click.option("--base", "base_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Random tiny model folder (`dermground model init-tiny`) [default: the settings' base model dir].")
+              help="Random tiny model folder (`dermground model init-tiny`) "
+                   "[default: DERMGROUND_MODEL_DIR or HOME/models/base].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the pre-trained model (a new base model; use it as --base / --model later).")
 @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Passes over the questions.")

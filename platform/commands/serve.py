@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dermground.platform.commands.context import collection_name, current_settings, from_settings
+from dermground.platform.next_step import next_command
 
 if TYPE_CHECKING:
     from dermground.platform.settings import Settings
@@ -81,10 +82,10 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
                 require_adapter_fits(settings.adapter_dir, settings.base_model_dir)
         else:  # a deployment may mount the model later; id searches and /sql work without it
             click.echo(f"No model at {settings.base_model_dir} yet: image searches and /predict will fail until one "
-                       "is there (`dermground model check DIR` checks a folder).", err=True)
+                       f"is there (`{next_command('model check DIR')}` checks a folder).", err=True)
     except BackboneError as exc:
         raise click.ClickException(f"{exc}\nPass --model DIR or set DERMGROUND_MODEL_DIR "
-                                   "(`dermground model check DIR` checks a folder).") from None
+                                   f"(`{next_command('model check DIR')}` checks a folder).") from None
     try:
         # Opened here, so a held store stops us with a clear message; it follows `collections switch`.
         store = open_served_store(settings)
@@ -95,7 +96,7 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
     try:
         if store.waiting is None and store.describe() is None:
             click.echo(f"Collection {collection!r} does not exist yet: searches will fail until "
-                       "`dermground ingest` fills it.", err=True)
+                       f"`{next_command(f'ingest --data DIR --collection {collection}')}` fills it.", err=True)
         click.echo(f"Serving collection {collection!r} on http://{host}:{port}/ (API docs: /docs)", err=True)
         uvicorn.run(create_app(settings, store=store), host=host, port=port, log_level=log_level,
                     limit_concurrency=256, timeout_keep_alive=5)

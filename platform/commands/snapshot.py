@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import collection_name, current_settings, from_settings
+from dermground.platform.next_step import next_command
 
 
 @click.group("snapshot")
@@ -49,7 +50,8 @@ def list_(collection: str) -> None:
     folder = snapshot_dir(current_settings(), collection)
     names = sorted((p for p in folder.glob("*.tar")), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     if not names:
-        click.echo(f"no snapshots of {collection!r}; make one with `dermground snapshot create --collection {collection}`")
+        click.echo(f"no snapshots of {collection!r}; make one with "
+                   f"`{next_command(f'snapshot create --collection {collection}')}`")
     for path in names:
         click.echo(str(path))
 
@@ -69,7 +71,8 @@ def restore(snapshot_file: Path, collection: str | None, yes: bool) -> None:
 
     settings = current_settings()
     if not snapshot_file.is_file():
-        raise click.ClickException(f"no snapshot file {snapshot_file}; see `dermground snapshot list`")
+        listed = next_command(f"snapshot list --collection {collection}" if collection else "snapshot list")
+        raise click.ClickException(f"no snapshot file {snapshot_file}; see `{listed}`")
     chosen = collection is not None
     collection = collection if chosen else settings.collection
     try:
@@ -96,7 +99,7 @@ def restore(snapshot_file: Path, collection: str | None, yes: bool) -> None:
         result = restore_snapshot(settings, plan, progress=lambda n: click.echo(f"  {n} points loaded", err=True))
     except StoreError as exc:
         raise click.ClickException(f"{exc}\nThe live version was not switched.") from None
-    replaced = (f"; {result.replaced} stays until `dermground collections drop {collection} {result.replaced}`"
+    replaced = (f"; {result.replaced} stays until `{next_command(f'collections drop {collection} {result.replaced}')}`"
                 if result.replaced else "")
     click.echo(f"restored {collection!r} from {snapshot_file}: {result.points} points, {result.catalog_rows} catalog "
                f"rows, version {result.version} is live{replaced}")

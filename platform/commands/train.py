@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dermground.platform.commands.context import current_settings, from_settings
+from dermground.platform.next_step import next_command
 from dermground.platform.settings import MAX_VIEWS
 
 
@@ -14,7 +15,7 @@ from dermground.platform.settings import MAX_VIEWS
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="ISIC-format data folder (train-metadata.csv + images); its train split is used.")
 @click.option("--base", "base_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Base Qwen2-VL checkpoint folder [default: the settings' base model dir].")
+              help="Base Qwen2-VL checkpoint folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Adapter folder to write (re-running the same command resumes from its checkpoints).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -80,7 +81,8 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker:
     except BackboneError as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"{exc}\nCheck --data (make one with `dermground synth`) and the flags.") from None
+        raise click.ClickException(f"{exc}\nCheck --data (make one with `{next_command('synth')}`) "
+                                   "and the flags.") from None
     if result.resumed_from_step is not None:
         click.echo(f"resumed from step {result.resumed_from_step}")
     for step, loss in result.loss_curve[-5:]:

@@ -16,8 +16,12 @@ from pathlib import Path
 
 import torch
 
-NEXT_STEP = ("pass --model with the base the adapter was trained on (--adapter with an adapter trained on this base), "
-             "or leave --adapter out to use the base model alone")
+from dermground.platform.next_step import next_command
+
+# Named as flag and setting: search has neither flag and takes both folders from the settings.
+NEXT_STEP = ("point --model or DERMGROUND_MODEL_DIR at the base the adapter was trained on (or --adapter or "
+             "DERMGROUND_ADAPTER_DIR at an adapter trained on this base), or leave the adapter out (no --adapter, "
+             "DERMGROUND_ADAPTER_DIR unset) to use the base model alone")
 
 
 def require_adapter_fits(adapter_dir: str | Path, model_dir: str | Path) -> None:
@@ -50,7 +54,8 @@ def adapter_fit_problem(adapter_dir: str | Path, model_dir: str | Path) -> str |
     if kind is not None:
         return (f"it is a {kind} adapter, which adds virtual tokens to every prompt; dermground embeds with adapters "
                 "that change the layers' weights (LoRA, and peft's LoHa, LoKr, IA3), because its shared-prefix "
-                "embedder reuses the prompt's cache across questions. Train a LoRA adapter (`dermground train`)")
+                "embedder reuses the prompt's cache across questions. "
+                f"Train a LoRA adapter (`{next_command('train')}`)")
     family = family_for(json.loads((model_path / "config.json").read_text()).get("model_type"))
     config = family.config_class.from_pretrained(model_path, local_files_only=True)
     with torch.device("meta"):

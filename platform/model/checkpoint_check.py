@@ -16,8 +16,9 @@ from pathlib import Path
 
 from dermground.platform.model.families import FAMILIES, REFUSED_FAMILIES
 
-# The backbone is --model for most commands and --base for train and pretrain.
-MODEL_FLAG_NOTE = "(train and pretrain take it as --base)"
+# The backbone is --model for most commands, --base for train and pretrain, and only the setting for
+# the commands without either flag (search, eval retrieval).
+MODEL_FLAG_NOTE = "(train and pretrain take it as --base; search, without such a flag, reads DERMGROUND_MODEL_DIR)"
 INIT_HINT = ("build a local model with `dermground model init-tiny --out DIR` or point --model at a Qwen2-VL "
              f"checkpoint {MODEL_FLAG_NOTE}")
 REDOWNLOAD = "download the checkpoint again (e.g. `huggingface-cli download Qwen/Qwen2-VL-2B-Instruct --local-dir DIR`)"

@@ -26,6 +26,7 @@ from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
 from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
 from dermground.platform.model.vision_attention import batch_vision_attention
+from dermground.platform.next_step import next_command
 
 if TYPE_CHECKING:
     from dermground.platform.settings import Settings, VisionAttentionMode
@@ -163,7 +164,7 @@ def load_backbone(
                                       if unused else "")
             + "; the folder holds another model, was saved from a wrapper (a 'module.' or 'base_model.model.' "
             f"prefix) or is incomplete: save it again with save_pretrained of the {model_class.__name__} "
-            "(`dermground model export --merge` for base + adapter) or " + REDOWNLOAD
+            f"(`{next_command('model export --merge')}` for base + adapter) or " + REDOWNLOAD
         )
     if vision_attention == "batched":
         batch_vision_attention(model)

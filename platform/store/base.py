@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from dermground.platform.next_step import next_command
 from dermground.platform.store.schema import (
     DEFAULT_VECTOR_NAMES,
     IMAGE_VECTOR,
@@ -26,6 +27,13 @@ from dermground.platform.store.schema import (
 )
 
 T = TypeVar("T")
+
+
+def ingest_step(collection: str) -> str:
+    """The ingest that fills a collection that does not exist yet, named by its alias (not lesions__v2)."""
+    from dermground.platform.store.versions import split_physical  # versions imports this module
+
+    return next_command(f"ingest --data DIR --collection {split_physical(collection)[0]}")
 
 
 class StoreError(RuntimeError):
@@ -243,7 +251,7 @@ class VectorStore(abc.ABC):
     def require_spec(self) -> CollectionSpec:
         spec = self.describe()
         if spec is None:
-            raise StoreError(f"collection {self.collection!r} does not exist; run `dermground ingest` first")
+            raise StoreError(f"collection {self.collection!r} does not exist; run `{ingest_step(self.collection)}` first")
         return spec
 
     # --- writes --------------------------------------------------------------------------

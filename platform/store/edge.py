@@ -31,6 +31,7 @@ from dermground.platform.store.base import (
     VectorSelection,
     VectorStore,
     in_requested_order,
+    ingest_step,
     scored_hits,
     store_point,
     vector_selection,
@@ -142,7 +143,7 @@ class EdgeStore(VectorStore):
     def _require_shard(self) -> qe.EdgeShard:
         if self._shard is None:
             raise StoreError(f"collection {self.collection!r} does not exist in {self.root}; "
-                             "run `dermground ingest` first")
+                             f"run `{ingest_step(self.collection)}` first")
         return self._shard
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from dermground.platform.crash_points import maybe_crash
 from dermground.platform.names import check_collection_name
+from dermground.platform.next_step import next_command
 from dermground.platform.store.base import CollectionSpec, StoreError, StoreLockedError, VectorStore
 from dermground.platform.store.versions import (
     LEGACY_VERSION,
@@ -125,7 +126,7 @@ class EdgeCollections(Collections):
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"the alias record {self._alias_path(name)} is unreadable ({exc}); "
-                             "point it at a version again with `dermground collections switch`") from None
+                             f"point it at a version again with `{next_command(f'collections switch {name} VERSION')}`") from None
 
     def alias_stamp(self, name: str) -> tuple[int, int] | None:
         """A cheap token that changes whenever the alias record is replaced (inode, mtime)."""
@@ -266,8 +267,8 @@ class EdgeCollections(Collections):
             self.require_version(name, version)
             if self.live_version(name) == version:
                 raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
-                                   f"version first (`dermground collections switch {name} VERSION`; "
-                                   f"`dermground collections list {name}` shows its versions)")
+                                   f"version first (`{next_command(f'collections switch {name} VERSION')}`; "
+                                   f"`{next_command(f'collections list {name}')}` shows its versions)")
             # A builder does not hold the folder all along (an ingest copying the served version into
             # it, a restore writing the catalog rows after loading the points): its stamp decides.
             refusal = building_elsewhere(name, version, self.read_meta(name, version), builder_gone=True)

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from dermground.platform.next_step import next_command
 from dermground.platform.store.base import (
     CollectionMissingError,
     CollectionSpec,
@@ -249,8 +250,8 @@ class LiveStore(VectorStore):
                     gone, reason = store, exc
         raise CollectionMissingError(
             f"collection {self.collection!r} has no live version on this Qdrant now ({gone.collection!r} is gone): "
-            f"switch it to a version (`dermground collections switch {self.collection} vN`; versions: "
-            f"`dermground collections list`) or ingest it again") from reason
+            f"switch it to a version (`{next_command(f'collections switch {self.collection} vN')}`; versions: "
+            f"`{next_command(f'collections list {self.collection}')}`) or ingest it again") from reason
 
     def close(self) -> None:
         self._closed.set()

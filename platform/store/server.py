@@ -20,6 +20,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 from qdrant_client.local.qdrant_local import QdrantLocal
 
+from dermground.platform.next_step import next_command
 from dermground.platform.store.base import (
     CollectionMissingError,
     CollectionSpec,
@@ -141,7 +142,7 @@ def _missing_collection_is_a_store_error(
                 raise
             raise CollectionMissingError(
                 f"collection {self.collection!r} is not on this Qdrant any more (dropped or deleted); "
-                "see `dermground collections list`") from exc
+                f"see `{next_command('collections list')}`") from exc
 
     return addressed
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from qdrant_client import QdrantClient, models
 
 from dermground.platform.names import InvalidNameError, check_collection_name
+from dermground.platform.next_step import next_command
 from dermground.platform.store.base import StoreError, VectorStore
 from dermground.platform.store.server import CREATOR_KEY, ServerStore
 from dermground.platform.store.versions import (
@@ -121,8 +122,9 @@ class ServerCollections(Collections):
         if before == LEGACY_VERSION and version != LEGACY_VERSION:
             raise VersionError(
                 f"{name!r} is a plain collection on this Qdrant (v0), and a Qdrant alias cannot share a collection's "
-                f"name. Snapshot it (`dermground snapshot create --collection {name}`), drop it with Qdrant's own "
-                f"tools, then switch: `dermground collections switch {name} {version}`.")
+                f"name. Snapshot it (`{next_command(f'snapshot create --collection {name}')}`), "
+                "drop it with Qdrant's own "
+                f"tools, then switch: `{next_command(f'collections switch {name} {version}')}`.")
         operations: list[models.AliasOperations] = []
         if name in self._aliases():
             operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name)))
@@ -135,8 +137,8 @@ class ServerCollections(Collections):
         physical = self.require_version(name, version)
         if self.live_version(name) == version:
             raise VersionError(f"version {version} is the live version of {name!r}: switch {name!r} to another "
-                               f"version first (`dermground collections switch {name} VERSION`; "
-                               f"`dermground collections list {name}` shows its versions)")
+                               f"version first (`{next_command(f'collections switch {name} VERSION')}`; "
+                               f"`{next_command(f'collections list {name}')}` shows its versions)")
         # A server has no lock a builder holds (the embedded store's folder lock): its stamp decides.
         refusal = building_elsewhere(name, version, self.read_meta(name, version), builder_gone)
         if refusal:

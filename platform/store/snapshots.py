@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dermground.platform.crash_points import maybe_crash
+from dermground.platform.next_step import next_command
 from dermground.platform.store.base import CollectionSpec, StoreError, StorePoint, VectorStore
 from dermground.platform.store.schema import point_id
 
@@ -356,7 +357,7 @@ def open_snapshot(archive: Path, staging_parent: Path) -> VerifiedSnapshot:
     id = uuid5 of isic_id, no duplicates) and the point count."""
     archive = Path(archive)
     if not archive.is_file():
-        raise SnapshotError(f"no snapshot file {archive}; see `dermground snapshot list`")
+        raise SnapshotError(f"no snapshot file {archive}; see `{next_command('snapshot list')}`")
     staging_parent.mkdir(parents=True, exist_ok=True)
     _clear_dead_work(staging_parent, ".restore-")
     folder, lock = _new_work_folder(staging_parent, ".restore-")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 
 from dermground.platform.names import check_collection_name
+from dermground.platform.next_step import next_command
 from dermground.platform.processes import pid_alive, process_start
 from dermground.platform.store.base import CollectionSpec, StoreError, VectorStore
 
@@ -155,8 +156,8 @@ def building_elsewhere(name: str, version: str, meta: VersionMeta, builder_gone:
     if builder_gone:
         return None
     return (f"version {version} of {name!r} is still being built by {who}, a process this machine cannot check: "
-            f"once it has stopped, drop the version with `dermground collections drop {name} {version} "
-            "--builder-gone`")
+            f"once it has stopped, drop the version with "
+            f"`{next_command(f'collections drop {name} {version} --builder-gone')}`")
 
 
 # The sources of the scratch copies `snapshot create` and `check` make of a version another process
@@ -175,10 +176,10 @@ def resume_command(name: str, version: str, meta: VersionMeta) -> str:
     """The ingest that resumes an interrupted build: the data folder and adapter it was built
     from (its `source` is "ingest FOLDER" or "vN + ingest FOLDER"), as a command line to copy."""
     _, found, folder = (meta.source or "").partition("ingest ")
-    parts = ["dermground", "ingest", "--data", shlex.quote(folder) if found and folder else "DIR"]
+    parts = ["ingest", "--data", shlex.quote(folder) if found and folder else "DIR"]
     if meta.adapter:
         parts += ["--adapter", shlex.quote(meta.adapter)]
-    return " ".join([*parts, "--collection", name, "--version", version])
+    return next_command(" ".join([*parts, "--collection", name, "--version", version]))
 
 
 def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
@@ -190,23 +191,24 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
     builder = meta.builder or {}
     source = meta.source or ""
     if source.startswith("restore "):
-        step = (f"drop it with `dermground collections drop {name} {version}` and run the restore again "
+        step = (f"drop it with `{next_command(f'collections drop {name} {version}')}` and run the restore again "
                 "(the snapshot is untouched)")
     elif source.startswith(SCRATCH_SOURCES):
         step = (f"a scratch copy left by `{'snapshot create' if source.startswith('snapshot') else 'check'}`: drop "
-                f"it with `dermground collections drop {name} {version}`")
+                f"it with `{next_command(f'collections drop {name} {version}')}`")
     elif meta.seed_copied is not None:  # a copy of the served version (ingest/targets.py)
-        step = (f"rerun the same `dermground ingest` while {source.split(' ', 1)[0]} is live: it resumes here and "
-                f"switches when complete; or drop it with `dermground collections drop {name} {version}`")
+        step = (f"rerun the same `{next_command('ingest')}` while {source.split(' ', 1)[0]} is live: "
+                "it resumes here and "
+                f"switches when complete; or drop it with `{next_command(f'collections drop {name} {version}')}`")
     elif (seeded := _SEEDED_SOURCE.match(source)) is not None:
         # Killed while copying the served version: part of its points, none of its catalog rows. An
         # ingest resumed into it would keep the part as points no catalog row accounts for.
         step = (f"it was stopped while copying {seeded.group(1)}, so it holds part of {seeded.group(1)}'s points "
-                f"and none of its catalog rows: drop it with `dermground collections drop {name} {version}` and "
-                f"rerun the same `dermground ingest` (it copies {seeded.group(1)} again)")
+                f"and none of its catalog rows: drop it with `{next_command(f'collections drop {name} {version}')}` "
+                f"and rerun the same `{next_command('ingest')}` (it copies {seeded.group(1)} again)")
     else:
         step = (f"resume it with `{resume_command(name, version, meta)}`, or drop it "
-                f"with `dermground collections drop {name} {version}`")
+                f"with `{next_command(f'collections drop {name} {version}')}`")
     return (f"interrupted: the process that was building it (pid {builder.get('pid')}, "
             f"`{builder.get('command') or '?'}`, started {meta.created_at or '?'}) is gone and it was never live; "
             f"{step}")
@@ -273,7 +275,7 @@ class Collections(abc.ABC):
         if version not in found:
             there = ", ".join(found) if found else "none"
             raise VersionError(f"collection {name!r} has no version {version!r} (versions: {there}); "
-                               "see `dermground collections list`")
+                               f"see `{next_command(f'collections list {name}')}`")
         return physical_name(name, version)
 
     # --- versions ------------------------------------------------------------------------
