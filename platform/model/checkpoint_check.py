@@ -411,6 +411,7 @@ def check_checkpoint(model_dir: str | Path, crop_sizes: Sequence[tuple[int, int]
     else:
         report.problems += tokenizer_problems(tokenizer, config)
         report.facts["tokenizer"] = f"{type(tokenizer).__name__}, {len(tokenizer):,} tokens"
+        report.facts["template"] = chat_template_fact(tokenizer, path)
     try:
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -424,6 +425,35 @@ def check_checkpoint(model_dir: str | Path, crop_sizes: Sequence[tuple[int, int]
     report.facts["decoder"] = (f"hidden {text.hidden_size}, layers {text.num_hidden_layers}, "
                                f"vocabulary {text.vocab_size:,}")
     return report
+
+
+def chat_template_fact(tokenizer, model_dir: Path) -> str:  # noqa: ANN001 - HF tokenizer
+    """Where the checkpoint keeps its chat template and whether it writes the prompt dermground writes itself."""
+    from dermground.platform.attributes import ATTRIBUTES
+    from dermground.platform.model.processor import processor_chat_template
+    from dermground.platform.model.prompts import build_prompt
+
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    template = template or processor_chat_template(model_dir)
+    if template is None:
+        return "none (not needed: dermground writes its prompts itself, in the Qwen2-VL-Instruct format)"
+    try:
+        in_config = "chat_template" in json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        in_config = False
+    source = "tokenizer_config.json" if in_config else next(
+        (name for name in ("chat_template.jinja", "chat_template.json") if (model_dir / name).is_file()), "tokenizer")
+    question = ATTRIBUTES[0].question
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=True)
+    except Exception as exc:  # noqa: BLE001 - a template is arbitrary Jinja: any error means it does not render
+        return f"{source}, which does not render ({type(exc).__name__}); not used: dermground writes its prompts itself"
+    if rendered == build_prompt(question):
+        return f"{source}, the same prompt dermground writes"
+    return (f"{source}, which writes another prompt than dermground (the Qwen2-VL-Instruct format); dermground "
+            "uses its own, for training and embedding alike")
 
 
 def require_usable_checkpoint(model_dir: str | Path, data_dir: str | Path | None = None) -> CheckReport:

@@ -24,7 +24,11 @@ from dermground.platform.model.checkpoint_check import (
 )
 from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
-from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
+from dermground.platform.model.processor import (
+    ImageOnlyQwen2VLProcessor,
+    Qwen2VLImageProcessorPil,
+    processor_chat_template,
+)
 from dermground.platform.model.vision_attention import batch_vision_attention
 
 if TYPE_CHECKING:
@@ -122,8 +126,11 @@ def load_processor(model_dir: str | Path) -> ImageOnlyQwen2VLProcessor:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
+    # As transformers' own processor loading does: a template kept only in chat_template.json would
+    # otherwise be lost when the processor is saved (pretrain writes a new model folder with it).
+    chat_template = tokenizer.chat_template or processor_chat_template(path)
     return model_family(path).processor_class(image_processor=image_processor, tokenizer=tokenizer,
-                                              chat_template=tokenizer.chat_template)
+                                              chat_template=chat_template)
 
 
 def load_backbone(

@@ -6,13 +6,16 @@ Importing this module registers the processor with `AutoProcessor`; without that
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2VLConfig
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
 __all__ = ["ImageOnlyQwen2VLProcessor", "ImageOnlyQwen2_5_VLProcessor", "Qwen2VLImageProcessorPil",
-           "fixed_size_image_processor"]
+           "fixed_size_image_processor", "processor_chat_template"]
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -35,6 +38,25 @@ def fixed_size_image_processor(image_size: int) -> Qwen2VLImageProcessorPil:
         raise ValueError(f"image_size must be a multiple of 28 (patch 14 x merge 2), got {image_size}")
     pixels = image_size * image_size
     return Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
+
+
+def processor_chat_template(model_dir: str | Path) -> str | None:
+    """The chat template a checkpoint keeps for its processor rather than in tokenizer_config.json, or None.
+
+    Checkpoints saved by a recent transformers keep it in chat_template.jinja, older processors in
+    chat_template.json ({"chat_template": ...}); the tokenizer reads only the former, the processor both.
+    An unreadable file counts as none: dermground writes its own prompts (prompts.py).
+    """
+    folder = Path(model_dir)
+    try:
+        if (folder / "chat_template.jinja").is_file():
+            return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        if (folder / "chat_template.json").is_file():
+            template = json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+            return template if isinstance(template, str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
 
 
 AutoProcessor.register(Qwen2VLConfig, ImageOnlyQwen2VLProcessor, exist_ok=True)
