@@ -50,3 +50,36 @@ def test_a_chat_template_kept_only_in_chat_template_json_stays_with_the_processo
     check = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "check", str(folder)])
     assert check.exit_code == 0, check.output
     assert "template     chat_template.json, the same prompt dermground writes" in check.output
+
+
+def _single_file_beside_the_shards(hub_dir, out, change):
+    """The hub folder plus model.safetensors holding the shards' tensors, `change`d."""
+    from safetensors.torch import load_file, save_file
+
+    folder = linked_copy(hub_dir, out)
+    tensors = {k: v for shard in sorted(hub_dir.glob("model-*.safetensors")) for k, v in load_file(shard).items()}
+    change(tensors)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_a_stale_single_weight_file_beside_the_shards_is_refused(hub_dir, tmp_path):
+    # Before: model check passed and transformers loaded model.safetensors alone, ignoring the shards.
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+    from dermground.platform.model.loading import BackboneError, load_backbone
+
+    def older_weights(tensors):
+        tensors["model.norm.weight"] = tensors["model.norm.weight"] + 1
+
+    stale = _single_file_beside_the_shards(hub_dir, tmp_path / "stale", older_weights)
+    report = check_checkpoint(stale)
+    assert [p.file for p in report.problems] == ["model.safetensors"], report.summary()
+    assert ("holds model.safetensors beside model.safetensors.index.json and its 2 shard(s) with other weights"
+            in report.summary())
+    assert "transformers loads model.safetensors alone" in report.summary()
+    assert "move the stale one out of the folder" in report.problems[0].fix
+    with pytest.raises(BackboneError, match="ignores the shards"):
+        load_backbone(stale, device="cpu", dtype="float32")
+    # The same weights twice (saved once whole, once sharded) are no problem: whichever loads.
+    same = _single_file_beside_the_shards(hub_dir, tmp_path / "same", lambda tensors: None)
+    assert check_checkpoint(same).ok

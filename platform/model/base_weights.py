@@ -30,12 +30,17 @@ _warned: set[tuple[str, str]] = set()
 
 def base_weights_digest(model_dir: str | Path) -> str:
     """Hex digest (16 chars) of a sample of the checked checkpoint's weight values, by tensor name and shape."""
+    return weights_digest(weight_files(Path(model_dir)))
+
+
+def weights_digest(files: list[Path]) -> str:
+    """base_weights_digest of the weights stored in `files` (safetensors or torch-pickled)."""
     import torch
 
     from dermground.platform.model.hub_layout import hub_tensor_name
 
     samples: dict[str, tuple[list[int], bytes]] = {}
-    for file in weight_files(Path(model_dir)):
+    for file in files:
         for name, shape, values in _tensor_samples(file):
             name = hub_tensor_name(name)
             if name not in _SKIPPED_TENSORS:

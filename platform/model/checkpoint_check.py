@@ -134,6 +134,9 @@ def _recorded_base(adapter_config: Path) -> str | None:
 
 
 def _weight_problems(path: Path) -> list[CheckpointProblem]:
+    stale = _single_file_beside_shards(path)
+    if stale is not None:
+        return [stale]
     # In transformers' order of preference: safetensors first, torch-pickled (pytorch_model*.bin) only without them.
     for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
         if not index.is_file():
@@ -153,6 +156,44 @@ def _weight_problems(path: Path) -> list[CheckpointProblem]:
                                   "the checkpoint is incomplete", REDOWNLOAD)]
     single = next((f for f in (path / "model.safetensors", path / "pytorch_model.bin") if f.is_file()), None)
     return damaged_weight_files([single] if single is not None else [])
+
+
+def _single_file_beside_shards(path: Path) -> CheckpointProblem | None:
+    """A single weight file beside a shard index that holds other weights than the shards, as a problem.
+
+    transformers loads model.safetensors whenever it is there (pytorch_model.bin, when there are no
+    safetensors) and never looks at the index: a file left from an earlier download or save beside a
+    newer sharded one (or the other way round) would be loaded silently.
+    """
+    # transformers' order: model.safetensors, its index, pytorch_model.bin, its index; the first one there loads.
+    single = next((path / name for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+                   if (path / name).is_file()), None)
+    if single is None or single.name.endswith(".index.json"):
+        return None
+    index = next((f for f in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json")
+                  if f.is_file()), None)
+    if index is None:
+        return None
+    damaged = damaged_weight_files([single])
+    if damaged:  # the file transformers would load
+        return damaged[0]
+    try:
+        shards = [path / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None  # the index's own check names it
+    if not shards or not all(s.is_file() for s in shards) or damaged_weight_files(shards):
+        return None  # likewise the missing or damaged shards
+    from dermground.platform.model.base_weights import weights_digest
+
+    if weights_digest([single]) == weights_digest(shards):
+        return None  # the same weights twice: whichever loads
+    age = "newer" if single.stat().st_mtime > max(s.stat().st_mtime for s in shards) else "older"
+    return CheckpointProblem(
+        single.name, f"{path} holds {single.name} beside {index.name} and its {len(shards)} shard(s) with other "
+        f"weights ({single.name} is {age} than the shards); transformers loads {single.name} alone and ignores the "
+        "shards, so one of the two is left over from another download or save",
+        f"move the stale one out of the folder ({single.name}, or {index.name} with its shards), or download the "
+        "checkpoint again into an empty folder")
 
 
 def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
