@@ -83,3 +83,22 @@ def test_a_stale_single_weight_file_beside_the_shards_is_refused(hub_dir, tmp_pa
     # The same weights twice (saved once whole, once sharded) are no problem: whichever loads.
     same = _single_file_beside_the_shards(hub_dir, tmp_path / "same", lambda tensors: None)
     assert check_checkpoint(same).ok
+
+
+def test_pixel_limits_saved_as_size_min_and_max_pixels_are_read_as_such(hub_dir, tmp_path):
+    # Before: `model check` died with a TypeError traceback and loading said "`size` dict must contain
+    # 'shortest_edge' and 'longest_edge' keys": the keys transformers 4.45-4.48 saved, as many fine-tunes have them.
+    from PIL import Image
+
+    from dermground.platform.model.loading import load_processor
+
+    folder = linked_copy(hub_dir, tmp_path / "saved-by-4.47", "preprocessor_config.json")
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config = {k: v for k, v in config.items() if k not in ("min_pixels", "max_pixels")}
+    (folder / "preprocessor_config.json").write_text(json.dumps(config | {"size": {"min_pixels": 3136,
+                                                                                   "max_pixels": 50176}}))
+    check = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "check", str(folder)])
+    assert check.exit_code == 0, check.output
+    assert "image pixels 3136..50176 (patch 14, merge 2)" in check.output
+    grid = load_processor(folder).image_processor(images=[Image.new("RGB", (600, 450))])["image_grid_thw"]
+    assert grid.tolist() == [[1, 12, 18]]  # 50,176 px at most: 168 x 252

@@ -430,7 +430,7 @@ def check_checkpoint(model_dir: str | Path, crop_sizes: Sequence[tuple[int, int]
     """Every check, without loading the weights: files, tokenizer against config, pixels against crops."""
     from transformers import AutoTokenizer
 
-    from dermground.platform.model.processor import Qwen2VLImageProcessorPil
+    from dermground.platform.model.processor import load_image_processor
 
     path = Path(model_dir)
     report = CheckReport(path, file_problems(path))
@@ -454,7 +454,7 @@ def check_checkpoint(model_dir: str | Path, crop_sizes: Sequence[tuple[int, int]
         report.facts["tokenizer"] = f"{type(tokenizer).__name__}, {len(tokenizer):,} tokens"
         report.facts["template"] = chat_template_fact(tokenizer, path)
     try:
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        image_processor = load_image_processor(path)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         report.problems.append(CheckpointProblem("preprocessor_config.json", f"the image processor does not load ({exc})",
                                                  "copy preprocessor_config.json from the model's hub page"))

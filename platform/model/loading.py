@@ -26,7 +26,7 @@ from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
 from dermground.platform.model.processor import (
     ImageOnlyQwen2VLProcessor,
-    Qwen2VLImageProcessorPil,
+    load_image_processor,
     processor_chat_template,
 )
 from dermground.platform.model.vision_attention import batch_vision_attention
@@ -119,7 +119,7 @@ def load_processor(model_dir: str | Path) -> ImageOnlyQwen2VLProcessor:
     """
     path = check_model_dir(model_dir)
     try:
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        image_processor = load_image_processor(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load the tokenizer/image processor from {path}: {exc}") from None

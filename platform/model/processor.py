@@ -15,7 +15,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
 __all__ = ["ImageOnlyQwen2VLProcessor", "ImageOnlyQwen2_5_VLProcessor", "Qwen2VLImageProcessorPil",
-           "fixed_size_image_processor", "processor_chat_template"]
+           "fixed_size_image_processor", "load_image_processor", "processor_chat_template"]
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -38,6 +38,23 @@ def fixed_size_image_processor(image_size: int) -> Qwen2VLImageProcessorPil:
         raise ValueError(f"image_size must be a multiple of 28 (patch 14 x merge 2), got {image_size}")
     pixels = image_size * image_size
     return Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
+
+
+def load_image_processor(model_dir: str | Path) -> Qwen2VLImageProcessorPil:
+    """The checkpoint's image processor; its size saved as {"min_pixels", "max_pixels"} is read as what it means.
+
+    transformers 4.45-4.48 saved the pixel limits under those keys; later versions name them
+    shortest_edge and longest_edge and, without them, fail on the first image. Many fine-tuned
+    checkpoints on the hub were saved that way.
+    """
+    processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir, local_files_only=True)
+    size = processor.size
+    if size.shortest_edge is None and size.longest_edge is None and (size.min_pixels or size.max_pixels):
+        default = Qwen2VLImageProcessorPil.size
+        processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir, local_files_only=True, size={
+            "shortest_edge": size.min_pixels or default["shortest_edge"],
+            "longest_edge": size.max_pixels or default["longest_edge"]})
+    return processor
 
 
 def processor_chat_template(model_dir: str | Path) -> str | None:
