@@ -102,3 +102,24 @@ def test_pixel_limits_saved_as_size_min_and_max_pixels_are_read_as_such(hub_dir,
     assert "image pixels 3136..50176 (patch 14, merge 2)" in check.output
     grid = load_processor(folder).image_processor(images=[Image.new("RGB", (600, 450))])["image_grid_thw"]
     assert grid.tolist() == [[1, 12, 18]]  # 50,176 px at most: 168 x 252
+
+
+@pytest.mark.parametrize("limits", [{"min_pixels": 0}, {"max_pixels": "50176"}], ids=["zero", "string"])
+def test_pixel_limits_that_fail_every_image_are_refused_by_the_check(hub_dir, tmp_path, limits):
+    # Before: the check passed, and the processor then failed on every image ("size dict must contain
+    # 'shortest_edge'" for 0, a TypeError comparing int and str for the string).
+    from PIL import Image
+
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+    from dermground.platform.model.processor import load_image_processor
+
+    folder = linked_copy(hub_dir, tmp_path / "odd", "preprocessor_config.json")
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps(config | limits))
+    with pytest.raises((ValueError, TypeError)):  # what the check spares the user: every image fails
+        load_image_processor(folder)(images=[Image.new("RGB", (112, 112))])
+    report = check_checkpoint(folder, crop_sizes=[(112, 112)])
+    (key, value), = limits.items()
+    assert [str(p) for p in report.problems] == [
+        f"preprocessor_config.json: {key} is {value!r}, not a number of pixels (a whole number, 1 or more); set "
+        "min_pixels and max_pixels to numbers (Qwen2-VL publishes 3136 and 12845056)"]

@@ -366,7 +366,16 @@ def image_problems(image_processor, vision_config,  # noqa: ANN001 - HF image pr
     name = "preprocessor_config.json"
     problems: list[CheckpointProblem] = []
     facts: dict[str, str] = {}
-    min_pixels, max_pixels = int(image_processor.size.shortest_edge), int(image_processor.size.longest_edge)
+    limits = {"min_pixels": image_processor.size.shortest_edge, "max_pixels": image_processor.size.longest_edge}
+    for key, value in limits.items():
+        # transformers takes a string or 0 when loading and fails on every image (TypeError, "size dict must contain").
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+            problems.append(CheckpointProblem(name, f"{key} is {value!r}, not a number of pixels (a whole number, 1 "
+                                              "or more)", "set min_pixels and max_pixels to numbers (Qwen2-VL "
+                                              "publishes 3136 and 12845056)"))
+    if problems:
+        return problems, facts
+    min_pixels, max_pixels = int(limits["min_pixels"]), int(limits["max_pixels"])
     patch, merge = int(image_processor.patch_size), int(image_processor.merge_size)
     for key, ours, theirs in (("patch_size", patch, vision_config.patch_size),
                               ("merge_size", merge, vision_config.spatial_merge_size),
