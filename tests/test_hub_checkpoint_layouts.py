@@ -123,3 +123,13 @@ def test_pixel_limits_that_fail_every_image_are_refused_by_the_check(hub_dir, tm
     assert [str(p) for p in report.problems] == [
         f"preprocessor_config.json: {key} is {value!r}, not a number of pixels (a whole number, 1 or more); set "
         "min_pixels and max_pixels to numbers (Qwen2-VL publishes 3136 and 12845056)"]
+
+
+def test_model_check_data_that_is_no_data_folder_is_a_clear_error(hub_dir, tmp_path):
+    # Before: a FileNotFoundError traceback out of sample_crop_sizes.
+    (tmp_path / "photos").mkdir()
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "check", str(hub_dir), "--data",
+                                      str(tmp_path / "photos")])
+    assert result.exit_code == 1 and not isinstance(result.exception, FileNotFoundError), result.exception
+    assert f"Error: --data {tmp_path / 'photos'}: {tmp_path / 'photos' / 'train-metadata.csv'} not found; point at " \
+           "an ISIC 2024 data folder or run `dermground synth`" in result.output

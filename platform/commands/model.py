@@ -104,7 +104,11 @@ def check(model_dir: Path | None, data_dir: Path | None, adapter_dir: Path | Non
     from dermground.platform.model.loading import BackboneError
 
     path = model_dir or current_settings().base_model_dir
-    report = check_checkpoint(path, sample_crop_sizes(data_dir) if data_dir is not None else ())
+    try:
+        crops = sample_crop_sizes(data_dir) if data_dir is not None else ()
+    except (OSError, ValueError) as exc:  # no metadata CSV, missing columns, unreadable image file
+        raise click.ClickException(f"--data {data_dir}: {exc}") from None
+    report = check_checkpoint(path, crops)
     for key, value in report.facts.items():
         click.echo(f"{key:<13}{value}")
     if not report.ok:
