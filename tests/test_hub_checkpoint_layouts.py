@@ -133,3 +133,21 @@ def test_model_check_data_that_is_no_data_folder_is_a_clear_error(hub_dir, tmp_p
     assert result.exit_code == 1 and not isinstance(result.exception, FileNotFoundError), result.exception
     assert f"Error: --data {tmp_path / 'photos'}: {tmp_path / 'photos' / 'train-metadata.csv'} not found; point at " \
            "an ISIC 2024 data folder or run `dermground synth`" in result.output
+
+
+def test_an_adapter_inside_the_model_folder_is_refused(hub_dir, make_tiny_adapter, tmp_path):
+    # Before: the check passed and transformers applied the adapter whenever the folder loaded (peft is
+    # installed): --model carried an adapter nobody passed, unchecked, and twice with --adapter.
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+    from dermground.platform.model.loading import BackboneError, load_backbone
+
+    adapter = make_tiny_adapter(hub_dir, tmp_path / "adapter")
+    folder = linked_copy(hub_dir, tmp_path / "model-and-adapter")
+    for item in adapter.iterdir():
+        (folder / item.name).symlink_to(item)
+    report = check_checkpoint(folder)
+    assert [p.file for p in report.problems] == ["adapter_config.json"], report.summary()
+    assert "transformers applies it whenever the folder is loaded" in report.summary()
+    assert "move the adapter's files (adapter_config.json, adapter_model.*) to a folder of their own" in report.summary()
+    with pytest.raises(BackboneError, match="holds a LoRA adapter"):
+        load_backbone(folder, device="cpu", dtype="float32")

@@ -103,6 +103,15 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
                                   f"{tuple(FAMILIES)}",
                                   f"point --model at a Qwen2-VL or Qwen2.5-VL checkpoint {MODEL_FLAG_NOTE}")]
     problems = _weight_problems(path)
+    if (path / "adapter_config.json").is_file():
+        # transformers' from_pretrained applies an adapter it finds in the model's folder (peft installed):
+        # --model would carry it unasked, unchecked and outside the fingerprint, or twice with --adapter.
+        problems.append(CheckpointProblem(
+            "adapter_config.json", f"{path} holds a LoRA adapter (adapter_config.json) beside the model's own "
+            "config.json; transformers applies it whenever the folder is loaded, so every vector would silently carry "
+            "that adapter (twice with --adapter, or over weights it is already merged into)",
+            "move the adapter's files (adapter_config.json, adapter_model.*) to a folder of their own and pass it as "
+            "--adapter, or delete them if they are merged into these weights already"))
     quantization = config.get("quantization_config")
     if isinstance(quantization, dict):
         # Loading would stop at an ImportError (gptqmodel, optimum, bitsandbytes), and even with those
