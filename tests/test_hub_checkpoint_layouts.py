@@ -151,3 +151,18 @@ def test_an_adapter_inside_the_model_folder_is_refused(hub_dir, make_tiny_adapte
     assert "move the adapter's files (adapter_config.json, adapter_model.*) to a folder of their own" in report.summary()
     with pytest.raises(BackboneError, match="holds a LoRA adapter"):
         load_backbone(folder, device="cpu", dtype="float32")
+
+
+def test_shards_without_their_index_are_an_incomplete_download(hub_dir, tmp_path):
+    # Before: the check passed, and loading failed with "no file named model.safetensors, or pytorch_model.bin".
+    from dermground.platform.model.checkpoint_check import check_checkpoint
+
+    folder = linked_copy(hub_dir, tmp_path / "interrupted")
+    (folder / "model.safetensors.index.json").unlink()
+    problems = check_checkpoint(folder).problems
+    assert [p.file for p in problems] == ["model.safetensors.index.json"]
+    assert str(problems[0]) == (
+        f"model.safetensors.index.json: {folder} has weight files (model-00001-of-00002.safetensors, "
+        "model-00002-of-00002.safetensors) but no model.safetensors and no shard index (model.safetensors.index.json) "
+        "that transformers loads them by; the download is incomplete; fetch model.safetensors.index.json too, or "
+        "download the checkpoint again (e.g. `huggingface-cli download Qwen/Qwen2-VL-2B-Instruct --local-dir DIR`)")

@@ -164,7 +164,13 @@ def _weight_problems(path: Path) -> list[CheckpointProblem]:
         return [CheckpointProblem("model.safetensors", f"{path} has a config but no weights (*.safetensors); "
                                   "the checkpoint is incomplete", REDOWNLOAD)]
     single = next((f for f in (path / "model.safetensors", path / "pytorch_model.bin") if f.is_file()), None)
-    return damaged_weight_files([single] if single is not None else [])
+    if single is None:  # transformers loads only these two names, or the shards an index lists
+        found = sorted(p.name for p in (*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")))
+        return [CheckpointProblem("model.safetensors.index.json", f"{path} has weight files ({', '.join(found[:3])}"
+                                  f"{', ...' if len(found) > 3 else ''}) but no model.safetensors and no shard index "
+                                  "(model.safetensors.index.json) that transformers loads them by; the download is "
+                                  "incomplete", "fetch model.safetensors.index.json too, or " + REDOWNLOAD)]
+    return damaged_weight_files([single])
 
 
 def _single_file_beside_shards(path: Path) -> CheckpointProblem | None:
