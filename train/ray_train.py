@@ -84,6 +84,7 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
 
     from dermground.platform.ray_runtime import ensure_ray
     from dermground.train.loop import DEFAULT_CACHE_MB, FINAL_DIR, JOB_KEY, STATE_FILE, train_loop_per_worker
+    from dermground.train.run_base import require_same_base
 
     workers = config.workers
     cpus = cpus_per_worker or default_cpus_per_worker(workers)
@@ -93,6 +94,7 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
                     cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb, progress_queue=queue)
     storage = Path(storage).resolve()
     name = run_name(run_identity(config, base_dir, rows))
+    require_same_base(storage / name, Path(base_dir))  # the name holds the base's path, not its weights
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={JOB_KEY: job},
