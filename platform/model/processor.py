@@ -34,8 +34,8 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
 
 def fixed_size_image_processor(image_size: int) -> Qwen2VLImageProcessorPil:
     """An image processor that turns every square image into one fixed image_size x image_size grid."""
-    if image_size % 28:
-        raise ValueError(f"image_size must be a multiple of 28 (patch 14 x merge 2), got {image_size}")
+    if image_size < 28 or image_size % 28:
+        raise ValueError(f"image_size must be a positive multiple of 28 (patch 14 x merge 2), got {image_size}")
     pixels = image_size * image_size
     return Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
 
