@@ -181,3 +181,49 @@ def test_a_file_given_for_the_model_or_the_adapter_folder_points_at_its_folder(t
     assert "config.json is a file" in summary and f"point --model at the folder {tiny_model_dir}" in summary
     with pytest.raises(BackboneError, match=f"point --adapter at the folder {fitting_adapter}"):
         load_backbone(tiny_model_dir, fitting_adapter / "adapter_model.safetensors", device="cpu")
+
+
+def _recorded(adapter, out, base_dir):
+    """The adapter as `dermground train` leaves it: dermground_adapter.json records the base weights digest."""
+    from dermground.platform.model.base_weights import ADAPTER_METADATA_FILE, BASE_WEIGHTS_KEY, base_weights_digest
+
+    shutil.copytree(adapter, out)
+    (out / ADAPTER_METADATA_FILE).write_text(json.dumps({"base_model_dir": str(base_dir),
+                                                         BASE_WEIGHTS_KEY: base_weights_digest(base_dir)}))
+    return out
+
+
+def test_an_adapter_trained_on_another_base_of_the_same_shape_is_refused(tiny_model_dir, fitting_adapter, tmp_path):
+    # Before: same family and sizes, so it loaded on the seed-1 base and every vector was wrong, silently.
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from dermground.platform.model.adapter_fit import require_adapter_fits
+    from dermground.platform.model.tiny import save_tiny_model
+
+    adapter = _recorded(fitting_adapter, tmp_path / "adapter", tiny_model_dir)
+    other = save_tiny_model(tmp_path / "seed1", seed=1, preset="tiny", image_size=112)
+    with pytest.raises(BackboneError, match="it was trained on other base weights") as error:
+        load_backbone(other, adapter, device="cpu", dtype="float32")
+    message = str(error.value)
+    assert f"adapter {adapter} does not fit base model {other}" in message and "Next: pass --model" in message
+    require_adapter_fits(adapter, tiny_model_dir)  # its own base
+    # ... also saved again in bfloat16, in shards: the same weights.
+    resaved = tmp_path / "bf16"
+    Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, local_files_only=True).to(
+        torch.bfloat16).save_pretrained(resaved, max_shard_size="200KB")
+    assert len(list(resaved.glob("*.safetensors"))) > 1
+    require_adapter_fits(adapter, resaved)
+
+
+def test_an_adapter_that_records_no_base_weights_loads_with_a_warning(tiny_model_dir, fitting_adapter, tmp_path,
+                                                                       caplog):
+    from dermground.platform.model.adapter_fit import require_adapter_fits
+
+    adapter = shutil.copytree(fitting_adapter, tmp_path / "peft-saved")  # peft's files only
+    with caplog.at_level("WARNING", logger="dermground.platform.model.base_weights"):
+        require_adapter_fits(adapter, tiny_model_dir)
+    assert f"adapter {adapter} does not record which base weights it was trained on" in caplog.text
+    assert f"adapter_config.json names the base {tiny_model_dir}" in caplog.text
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "check", str(tiny_model_dir),
+                                      "--adapter", str(adapter)])
+    assert result.exit_code == 0 and f"adapter      {adapter} fits by its shapes; adapter" in result.output

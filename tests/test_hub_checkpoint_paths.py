@@ -66,6 +66,9 @@ def test_train_writes_an_adapter_on_vision_and_decoder_that_plain_peft_loads_and
     assert meta["n_tuples"] == n_train * (5 + 1)  # W=5 single questions + one multi-attribute question per image
     assert meta["hyperparameters"]["number_loss"] == 0.3 and meta["hyperparameters"]["multi_attribute"] is True
     assert len(meta["loss_curve"]) >= 1 and all(np.isfinite(loss) and loss > 0 for _, loss in meta["loss_curve"])
+    from dermground.platform.model.base_weights import base_weights_digest
+
+    assert meta["base_weights_digest"] == base_weights_digest(hub_dir)  # loading checks it against the base given
     base = Qwen2VLForConditionalGeneration.from_pretrained(hub_dir, dtype=torch.float32, local_files_only=True)
     model = PeftModel.from_pretrained(base, run["adapter"]).eval()
     lora = [n for n, _ in model.named_parameters() if "lora_A" in n]

@@ -134,3 +134,16 @@ def test_for_training_leaves_the_adapter_trainable(tmp_path, tiny_model_dir, mak
 def test_torchvision_is_not_installed():
     # Its only wheels for this torch are CUDA builds that break transformers at import.
     assert importlib.util.find_spec("torchvision") is None
+
+
+@pytest.mark.parametrize("size", ["0", "-28"])
+def test_init_tiny_refuses_an_image_size_below_28(tmp_path, size):
+    # Before: 0 was taken as "the preset's" (224 px) and -28 built a 28 px model, both without a word.
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "init-tiny", "--out",
+                                      str(tmp_path / "m"), "--image-size", size])
+    assert result.exit_code == 1 and not (tmp_path / "m" / "config.json").exists()
+    assert f"image_size must be a positive multiple of 28 (patch 14 x merge 2), got {size}" in result.output

@@ -68,6 +68,23 @@ def test_rerun_resumes_from_the_checkpoint_step(trained):
     assert json.loads((out / "dermground_adapter.json").read_text())["resumed_from_step"] == 2
 
 
+def test_a_run_resumes_only_on_the_base_weights_it_started_on(trained, tiny_model_dir, tmp_path):
+    """The run folder is named after the base's path: a re-run after another checkpoint was downloaded
+    into the same folder continued the first base's LoRA state on the second. The run records its base."""
+    from dermground.platform.model.base_weights import base_weights_digest
+    from dermground.platform.model.loading import BackboneError
+    from dermground.platform.model.tiny import save_tiny_model
+    from dermground.train.run_base import RUN_BASE_FILE, require_same_base
+
+    out, _, second = trained
+    (record,) = (out / "checkpoints").glob(f"run-*/{RUN_BASE_FILE}")  # written by the first run, resumed by the second
+    assert json.loads(record.read_text())["base_weights_digest"] == base_weights_digest(tiny_model_dir)
+    require_same_base(record.parent, tiny_model_dir)  # the same base resumes
+    replaced = save_tiny_model(tmp_path / "base", seed=1, preset="tiny", image_size=112)  # same shapes, other weights
+    with pytest.raises(BackboneError, match=f"the checkpoints in {record.parent} were trained on other base weights"):
+        require_same_base(record.parent, replaced)
+
+
 def test_rerun_says_at_its_start_that_it_resumes(trained, tiny_model_dir):
     """A re-run's log said "resumed from step N" only after the whole run; a long run that restarted
     from scratch (another flag, another base) said nothing. Its first line after Ray starts says which now."""

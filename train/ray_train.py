@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dermground.platform.model.base_weights import ADAPTER_METADATA_FILE, BASE_WEIGHTS_KEY
 from dermground.platform.model.prompts import PROMPT_VERSION
 from dermground.train.config import PretrainConfig, TrainConfig, WorkerJob
 
-METADATA_FILE = "dermground_adapter.json"
+METADATA_FILE = ADAPTER_METADATA_FILE  # loading reads the base weights digest from it (platform/model/base_weights.py)
 CHECKPOINT_FOLDER = "checkpoints"  # inside the output folder: Ray Train's storage for this run
 
 
@@ -83,6 +84,7 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
 
     from dermground.platform.ray_runtime import ensure_ray
     from dermground.train.loop import DEFAULT_CACHE_MB, FINAL_DIR, JOB_KEY, STATE_FILE, train_loop_per_worker
+    from dermground.train.run_base import require_same_base
 
     workers = config.workers
     cpus = cpus_per_worker or default_cpus_per_worker(workers)
@@ -92,6 +94,7 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
                     cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb, progress_queue=queue)
     storage = Path(storage).resolve()
     name = run_name(run_identity(config, base_dir, rows))
+    require_same_base(storage / name, Path(base_dir))  # the name holds the base's path, not its weights
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={JOB_KEY: job},
@@ -159,6 +162,7 @@ def train_adapter(
 
     The keyword arguments change where and how fast it runs, not what it trains (max_images: tests only).
     """
+    from dermground.platform.model.base_weights import base_weights_digest
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import check_model_dir
     from dermground.train.dataset import build_training_set, tuples_to_rows
@@ -193,6 +197,7 @@ def train_adapter(
     )
     metadata = {
         "hyperparameters": hyper, "base_model_dir": str(base.resolve()), "base_fingerprint": result.base_fingerprint,
+        BASE_WEIGHTS_KEY: base_weights_digest(base),  # checked when the adapter is loaded on a base
         "adapter_fingerprint": fingerprint(base, out), "data_dir": str(Path(data_dir).resolve()),
         "data_fingerprint": training_set.fingerprint, "n_images": training_set.n_images, "n_tuples": len(training_set),
         "prompt_version": PROMPT_VERSION, "steps": result.steps, "resumed_from_step": result.resumed_from_step,

@@ -104,17 +104,26 @@ def check(model_dir: Path | None, data_dir: Path | None, adapter_dir: Path | Non
     from dermground.platform.model.loading import BackboneError
 
     path = model_dir or current_settings().base_model_dir
-    report = check_checkpoint(path, sample_crop_sizes(data_dir) if data_dir is not None else ())
+    try:
+        crops = sample_crop_sizes(data_dir) if data_dir is not None else ()
+    except (OSError, ValueError) as exc:  # no metadata CSV, missing columns, unreadable image file
+        raise click.ClickException(f"--data {data_dir}: {exc}") from None
+    report = check_checkpoint(path, crops)
     for key, value in report.facts.items():
         click.echo(f"{key:<13}{value}")
     if not report.ok:
         raise click.ClickException(report.summary())
     if adapter_dir is not None:
         try:
-            require_adapter_fits(adapter_dir, path)
+            require_adapter_fits(adapter_dir, path, warn_unrecorded=False)  # said below, on stdout
         except BackboneError as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"adapter      {adapter_dir} fits")
+        from dermground.platform.model.base_weights import recorded_base_weights, unrecorded_note
+
+        if recorded_base_weights(adapter_dir) is None:
+            click.echo(f"adapter      {adapter_dir} fits by its shapes; {unrecorded_note(adapter_dir)}")
+        else:
+            click.echo(f"adapter      {adapter_dir} fits (shapes, and the base weights it was trained on)")
     click.echo(f"ok: {path} can be used")
 
 

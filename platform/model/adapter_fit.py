@@ -24,17 +24,22 @@ NEXT_STEP = ("point --model or DERMGROUND_MODEL_DIR at the base the adapter was 
              "DERMGROUND_ADAPTER_DIR unset) to use the base model alone")
 
 
-def require_adapter_fits(adapter_dir: str | Path, model_dir: str | Path) -> None:
+def require_adapter_fits(adapter_dir: str | Path, model_dir: str | Path, warn_unrecorded: bool = True) -> None:
     """BackboneError naming the adapter folder, the base and what does not fit, unless the adapter's files are
-    whole and it fits the (checked) base in `model_dir`."""
+    whole and it fits the (checked) base in `model_dir`: its shapes, and the base weights it records being
+    trained on (a warning is logged when it records none, unless `warn_unrecorded` is False)."""
+    from dermground.platform.model.base_weights import base_mismatch, warn_if_unrecorded
     from dermground.platform.model.checkpoint_check import adapter_problems
     from dermground.platform.model.loading import BackboneError
 
     files = adapter_problems(adapter_dir)
     if files:
         raise BackboneError(f"adapter {adapter_dir}: {files[0]}")
-    problem = adapter_fit_problem(adapter_dir, model_dir)
-    if problem is not None:
+    problem = adapter_fit_problem(adapter_dir, model_dir) or base_mismatch(adapter_dir, model_dir)
+    if problem is None:
+        if warn_unrecorded:
+            warn_if_unrecorded(adapter_dir, model_dir)
+    else:
         trained_on = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
         raise BackboneError(f"adapter {adapter_dir} does not fit base model {model_dir}: {problem}"
                             + (f". The adapter records its base as {trained_on}" if trained_on else "")

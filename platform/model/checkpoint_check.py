@@ -104,6 +104,15 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
                                   f"{tuple(FAMILIES)}",
                                   f"point --model at a Qwen2-VL or Qwen2.5-VL checkpoint {MODEL_FLAG_NOTE}")]
     problems = _weight_problems(path)
+    if (path / "adapter_config.json").is_file():
+        # transformers' from_pretrained applies an adapter it finds in the model's folder (peft installed):
+        # --model would carry it unasked, unchecked and outside the fingerprint, or twice with --adapter.
+        problems.append(CheckpointProblem(
+            "adapter_config.json", f"{path} holds a LoRA adapter (adapter_config.json) beside the model's own "
+            "config.json; transformers applies it whenever the folder is loaded, so every vector would silently carry "
+            "that adapter (twice with --adapter, or over weights it is already merged into)",
+            "move the adapter's files (adapter_config.json, adapter_model.*) to a folder of their own and pass it as "
+            "--adapter, or delete them if they are merged into these weights already"))
     quantization = config.get("quantization_config")
     if isinstance(quantization, dict):
         # Loading would stop at an ImportError (gptqmodel, optimum, bitsandbytes), and even with those
@@ -135,6 +144,9 @@ def _recorded_base(adapter_config: Path) -> str | None:
 
 
 def _weight_problems(path: Path) -> list[CheckpointProblem]:
+    stale = _single_file_beside_shards(path)
+    if stale is not None:
+        return [stale]
     # In transformers' order of preference: safetensors first, torch-pickled (pytorch_model*.bin) only without them.
     for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
         if not index.is_file():
@@ -153,7 +165,51 @@ def _weight_problems(path: Path) -> list[CheckpointProblem]:
         return [CheckpointProblem("model.safetensors", f"{path} has a config but no weights (*.safetensors); "
                                   "the checkpoint is incomplete", REDOWNLOAD)]
     single = next((f for f in (path / "model.safetensors", path / "pytorch_model.bin") if f.is_file()), None)
-    return damaged_weight_files([single] if single is not None else [])
+    if single is None:  # transformers loads only these two names, or the shards an index lists
+        found = sorted(p.name for p in (*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")))
+        return [CheckpointProblem("model.safetensors.index.json", f"{path} has weight files ({', '.join(found[:3])}"
+                                  f"{', ...' if len(found) > 3 else ''}) but no model.safetensors and no shard index "
+                                  "(model.safetensors.index.json) that transformers loads them by; the download is "
+                                  "incomplete", "fetch model.safetensors.index.json too, or " + REDOWNLOAD)]
+    return damaged_weight_files([single])
+
+
+def _single_file_beside_shards(path: Path) -> CheckpointProblem | None:
+    """A single weight file beside a shard index that holds other weights than the shards, as a problem.
+
+    transformers loads model.safetensors whenever it is there (pytorch_model.bin, when there are no
+    safetensors) and never looks at the index: a file left from an earlier download or save beside a
+    newer sharded one (or the other way round) would be loaded silently.
+    """
+    # transformers' order: model.safetensors, its index, pytorch_model.bin, its index; the first one there loads.
+    single = next((path / name for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+                   if (path / name).is_file()), None)
+    if single is None or single.name.endswith(".index.json"):
+        return None
+    index = next((f for f in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json")
+                  if f.is_file()), None)
+    if index is None:
+        return None
+    damaged = damaged_weight_files([single])
+    if damaged:  # the file transformers would load
+        return damaged[0]
+    try:
+        shards = [path / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None  # the index's own check names it
+    if not shards or not all(s.is_file() for s in shards) or damaged_weight_files(shards):
+        return None  # likewise the missing or damaged shards
+    from dermground.platform.model.base_weights import weights_digest
+
+    if weights_digest([single]) == weights_digest(shards):
+        return None  # the same weights twice: whichever loads
+    age = "newer" if single.stat().st_mtime > max(s.stat().st_mtime for s in shards) else "older"
+    return CheckpointProblem(
+        single.name, f"{path} holds {single.name} beside {index.name} and its {len(shards)} shard(s) with other "
+        f"weights ({single.name} is {age} than the shards); transformers loads {single.name} alone and ignores the "
+        "shards, so one of the two is left over from another download or save",
+        f"move the stale one out of the folder ({single.name}, or {index.name} with its shards), or download the "
+        "checkpoint again into an empty folder")
 
 
 def adapter_problems(adapter_dir: str | Path) -> list[CheckpointProblem]:
@@ -326,7 +382,16 @@ def image_problems(image_processor, vision_config,  # noqa: ANN001 - HF image pr
     name = "preprocessor_config.json"
     problems: list[CheckpointProblem] = []
     facts: dict[str, str] = {}
-    min_pixels, max_pixels = int(image_processor.size.shortest_edge), int(image_processor.size.longest_edge)
+    limits = {"min_pixels": image_processor.size.shortest_edge, "max_pixels": image_processor.size.longest_edge}
+    for key, value in limits.items():
+        # transformers takes a string or 0 when loading and fails on every image (TypeError, "size dict must contain").
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+            problems.append(CheckpointProblem(name, f"{key} is {value!r}, not a number of pixels (a whole number, 1 "
+                                              "or more)", "set min_pixels and max_pixels to numbers (Qwen2-VL "
+                                              "publishes 3136 and 12845056)"))
+    if problems:
+        return problems, facts
+    min_pixels, max_pixels = int(limits["min_pixels"]), int(limits["max_pixels"])
     patch, merge = int(image_processor.patch_size), int(image_processor.merge_size)
     for key, ours, theirs in (("patch_size", patch, vision_config.patch_size),
                               ("merge_size", merge, vision_config.spatial_merge_size),
@@ -390,7 +455,7 @@ def check_checkpoint(model_dir: str | Path, crop_sizes: Sequence[tuple[int, int]
     """Every check, without loading the weights: files, tokenizer against config, pixels against crops."""
     from transformers import AutoTokenizer
 
-    from dermground.platform.model.processor import Qwen2VLImageProcessorPil
+    from dermground.platform.model.processor import load_image_processor
 
     path = Path(model_dir)
     report = CheckReport(path, file_problems(path))
@@ -412,8 +477,9 @@ def check_checkpoint(model_dir: str | Path, crop_sizes: Sequence[tuple[int, int]
     else:
         report.problems += tokenizer_problems(tokenizer, config)
         report.facts["tokenizer"] = f"{type(tokenizer).__name__}, {len(tokenizer):,} tokens"
+        report.facts["template"] = chat_template_fact(tokenizer, path)
     try:
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        image_processor = load_image_processor(path)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         report.problems.append(CheckpointProblem("preprocessor_config.json", f"the image processor does not load ({exc})",
                                                  "copy preprocessor_config.json from the model's hub page"))
@@ -425,6 +491,35 @@ def check_checkpoint(model_dir: str | Path, crop_sizes: Sequence[tuple[int, int]
     report.facts["decoder"] = (f"hidden {text.hidden_size}, layers {text.num_hidden_layers}, "
                                f"vocabulary {text.vocab_size:,}")
     return report
+
+
+def chat_template_fact(tokenizer, model_dir: Path) -> str:  # noqa: ANN001 - HF tokenizer
+    """Where the checkpoint keeps its chat template and whether it writes the prompt dermground writes itself."""
+    from dermground.platform.attributes import ATTRIBUTES
+    from dermground.platform.model.processor import processor_chat_template
+    from dermground.platform.model.prompts import build_prompt
+
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    template = template or processor_chat_template(model_dir)
+    if template is None:
+        return "none (not needed: dermground writes its prompts itself, in the Qwen2-VL-Instruct format)"
+    try:
+        in_config = "chat_template" in json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        in_config = False
+    source = "tokenizer_config.json" if in_config else next(
+        (name for name in ("chat_template.jinja", "chat_template.json") if (model_dir / name).is_file()), "tokenizer")
+    question = ATTRIBUTES[0].question
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=True)
+    except Exception as exc:  # noqa: BLE001 - a template is arbitrary Jinja: any error means it does not render
+        return f"{source}, which does not render ({type(exc).__name__}); not used: dermground writes its prompts itself"
+    if rendered == build_prompt(question):
+        return f"{source}, the same prompt dermground writes"
+    return (f"{source}, which writes another prompt than dermground (the Qwen2-VL-Instruct format); dermground "
+            "uses its own, for training and embedding alike")
 
 
 def require_usable_checkpoint(model_dir: str | Path, data_dir: str | Path | None = None) -> CheckReport:

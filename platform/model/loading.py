@@ -24,7 +24,11 @@ from dermground.platform.model.checkpoint_check import (
 )
 from dermground.platform.model.families import FAMILIES, ModelFamily, family_for
 from dermground.platform.model.fingerprint import fingerprint as compute_fingerprint
-from dermground.platform.model.processor import ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil
+from dermground.platform.model.processor import (
+    ImageOnlyQwen2VLProcessor,
+    load_image_processor,
+    processor_chat_template,
+)
 from dermground.platform.model.vision_attention import batch_vision_attention
 from dermground.platform.next_step import next_command
 
@@ -116,15 +120,18 @@ def load_processor(model_dir: str | Path) -> ImageOnlyQwen2VLProcessor:
     """
     path = check_model_dir(model_dir)
     try:
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        image_processor = load_image_processor(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load the tokenizer/image processor from {path}: {exc}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
+    # As transformers' own processor loading does: a template kept only in chat_template.json would
+    # otherwise be lost when the processor is saved (pretrain writes a new model folder with it).
+    chat_template = tokenizer.chat_template or processor_chat_template(path)
     return model_family(path).processor_class(image_processor=image_processor, tokenizer=tokenizer,
-                                              chat_template=tokenizer.chat_template)
+                                              chat_template=chat_template)
 
 
 def load_backbone(

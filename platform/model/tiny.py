@@ -171,7 +171,7 @@ def build_tiny_model(
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.generation_config.do_sample = False
     processor = FAMILIES[family].processor_class(
-        image_processor=fixed_size_image_processor(image_size or spec.image_size),
+        image_processor=fixed_size_image_processor(spec.image_size if image_size is None else image_size),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )

@@ -1,0 +1,133 @@
+"""Which base weights an adapter was trained on: a cheap digest of the base's weight values.
+
+Two bases of one architecture and size (Qwen2-VL-2B and Qwen2-VL-2B-Instruct, or two seeds of the
+tiny model) take each other's adapters without a single shape error, so adapter_fit cannot tell
+them apart: the adapter loads and every vector is garbage. Training records the digest of its base
+in the adapter's dermground_adapter.json; loading recomputes it for the base it is given and
+refuses another. The digest reads a few hundred values of every weight tensor (the first row's
+start), not whole files, so it costs milliseconds where hashing a 7B's files costs minutes; values
+are compared as bfloat16 under the hub's tensor names, so the same weights re-saved in float32,
+under transformers v5's names or in other shards give the same digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+# Written by `dermground train` beside the adapter (train/ray_train.py: METADATA_FILE).
+ADAPTER_METADATA_FILE = "dermground_adapter.json"
+BASE_WEIGHTS_KEY = "base_weights_digest"
+SAMPLE_VALUES = 256  # values read per tensor (the start of its first row)
+# The output embedding is tied to the input one in the 2B/3B checkpoints: stored by some savers, not by others.
+_SKIPPED_TENSORS = ("lm_head.weight",)
+
+log = logging.getLogger(__name__)
+_warned: set[tuple[str, str]] = set()
+
+
+def base_weights_digest(model_dir: str | Path) -> str:
+    """Hex digest (16 chars) of a sample of the checked checkpoint's weight values, by tensor name and shape."""
+    return weights_digest(weight_files(Path(model_dir)))
+
+
+def weights_digest(files: list[Path]) -> str:
+    """base_weights_digest of the weights stored in `files` (safetensors or torch-pickled)."""
+    import torch
+
+    from dermground.platform.model.hub_layout import hub_tensor_name
+
+    samples: dict[str, tuple[list[int], bytes]] = {}
+    for file in files:
+        for name, shape, values in _tensor_samples(file):
+            name = hub_tensor_name(name)
+            if name not in _SKIPPED_TENSORS:
+                samples[name] = (shape, values.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes())
+    digest = hashlib.sha256()
+    for name in sorted(samples):
+        shape, values = samples[name]
+        digest.update(f"{name}\0{shape}\0".encode() + values)
+    return digest.hexdigest()[:16]
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weight files transformers loads from a checkpoint folder, in its order of preference."""
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (path / single).is_file():
+            return [path / single]
+        if (path / index).is_file():
+            return [path / shard for shard in sorted(set(json.loads((path / index).read_text())["weight_map"].values()))]
+    return sorted(path.glob("*.safetensors"))
+
+
+def _tensor_samples(file: Path):  # noqa: ANN202 - yields (name, full shape, sampled values)
+    """(name, shape, the start of the tensor's first row) of every tensor in a weight file, reading no more."""
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                part = handle.get_slice(name)
+                shape = list(part.get_shape())
+                yield name, shape, (part[_first_row(shape)] if shape else handle.get_tensor(name)).flatten()
+        return
+    import torch
+
+    state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    for name, tensor in state.items():
+        shape = list(tensor.shape)
+        yield name, shape, (tensor[_first_row(shape)] if shape else tensor).flatten()
+
+
+def _first_row(shape: list[int]) -> tuple[slice, ...]:
+    return (*[slice(0, 1)] * (len(shape) - 1), slice(0, SAMPLE_VALUES))
+
+
+def recorded_base_weights(adapter_dir: str | Path) -> str | None:
+    """The base weights digest an adapter's dermground_adapter.json records (None: not recorded)."""
+    try:
+        meta = json.loads((Path(adapter_dir) / ADAPTER_METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get(BASE_WEIGHTS_KEY) if isinstance(meta, dict) else None
+
+
+def base_mismatch(adapter_dir: str | Path, model_dir: str | Path) -> str | None:
+    """Why the adapter was trained on other weights than the base in `model_dir` has, or None (same, or unrecorded)."""
+    recorded = recorded_base_weights(adapter_dir)
+    if recorded is None:
+        return None
+    actual = base_weights_digest(model_dir)
+    if actual == recorded:
+        return None
+    return (f"it was trained on other base weights: its {ADAPTER_METADATA_FILE} records base weights {recorded} "
+            f"and {model_dir} has weights {actual}. A base of the same size with other weights (Qwen2-VL-2B "
+            "and Qwen2-VL-2B-Instruct, another seed, a pre-trained tower) takes the adapter without an error, and "
+            "every vector would be wrong")
+
+
+def warn_if_unrecorded(adapter_dir: str | Path, model_dir: str | Path) -> bool:
+    """Log once per adapter and base that the adapter does not say which base weights it was trained on; True then."""
+    if recorded_base_weights(adapter_dir) is not None:
+        return False
+    key = (str(Path(adapter_dir).resolve()), str(Path(model_dir).resolve()))
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s", unrecorded_note(adapter_dir))
+    return True
+
+
+def unrecorded_note(adapter_dir: str | Path) -> str:
+    """What an adapter without a recorded base weights digest leaves unchecked."""
+    try:
+        named = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    return (f"adapter {adapter_dir} does not record which base weights it was trained on (no {BASE_WEIGHTS_KEY} in "
+            f"{ADAPTER_METADATA_FILE}: saved by peft or an older dermground), so only its shapes were checked; "
+            "on another base of the same size (e.g. Qwen2-VL-2B instead of -Instruct) it loads and gives wrong "
+            "vectors" + (f". Its adapter_config.json names the base {named}" if named else "")
+            + ": make sure --model is that base")

@@ -1,0 +1,39 @@
+"""A training run resumes only on the base weights it started on.
+
+A run's folder is named after its configuration and the base folder's path (ray_train.run_identity),
+not the base's weights, and the name must stay stable for interrupted runs to resume. So a re-run
+after another checkpoint was downloaded into the same folder (Qwen2-VL-2B replaced by -2B-Instruct)
+would continue the LoRA weights and optimizer state of the first base on the second, and the adapter
+would then record the second base alone. The run folder keeps the digest of the base it started on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dermground.platform.model.base_weights import BASE_WEIGHTS_KEY, base_weights_digest
+
+RUN_BASE_FILE = "dermground_run_base.json"
+
+
+def require_same_base(run_folder: Path, base_dir: Path) -> None:
+    """Record the base's weights digest in a new run folder; BackboneError when an existing run started on others.
+
+    A run folder from before this record resumes as it did (and gets the record).
+    """
+    from dermground.platform.model.loading import BackboneError
+
+    digest = base_weights_digest(base_dir)
+    record = Path(run_folder) / RUN_BASE_FILE
+    if record.is_file():
+        started_on = json.loads(record.read_text()).get(BASE_WEIGHTS_KEY)
+        if started_on != digest:
+            raise BackboneError(
+                f"the checkpoints in {run_folder} were trained on other base weights ({started_on}) than {base_dir} "
+                f"holds now ({digest}): the folder got another checkpoint since the run started, and resuming would "
+                f"continue one base's training on another. Next: put the first base back in {base_dir}, or delete "
+                f"{run_folder} to start this run over on the new base")
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({BASE_WEIGHTS_KEY: digest, "base_dir": str(Path(base_dir).resolve())}, indent=2))
