@@ -1,0 +1,79 @@
+"""The web viewer against hostile and failing input: ids and metadata that carry HTML, refusals of
+every kind, searches that overlap. One served copy of the test collection (with one lesion whose id
+and patient carry markup) and one browser page for the whole module."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from dermground.platform.settings import Settings
+from tests.test_viewer import KEY, browser_page, serve
+
+pytestmark = pytest.mark.browser
+
+# A file name the reader accepts as an isic_id (no separator, not hidden) that is also markup.
+MARKUP_ID = '<img src=x onerror="document.body.dataset.pwned=1">'
+MARKUP_PATIENT = '<b onmouseover="document.body.dataset.pwned=2">P</b>'
+
+
+@pytest.fixture(scope="module")
+def hostile_home(search_collection, tmp_path_factory):
+    """A copy of the test collection plus one lesion whose isic_id and patient_id are HTML."""
+    from dermground.platform.store import StorePoint, point_id
+    from dermground.platform.store.edge import EdgeStore
+
+    home = tmp_path_factory.mktemp("viewer_hostile") / "home"
+    shutil.copytree(search_collection["home"], home)
+    source = search_collection["records"][0].isic_id
+    with EdgeStore(home / "qdrant" / search_collection["collection"], search_collection["collection"]) as store:
+        original = store.retrieve([point_id(source)], with_payload=True, with_vectors=True)[0]
+        payload = {**original.payload, "isic_id": MARKUP_ID, "patient_id": MARKUP_PATIENT}
+        store.upsert([StorePoint(point_id(MARKUP_ID), original.vectors, payload)])
+    return home
+
+
+@pytest.fixture(scope="module")
+def hostile_server(hostile_home, tiny_backbone):
+    with serve(Settings(home=hostile_home, api_read_key=KEY), tiny_backbone) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def hpage(hostile_server):
+    with browser_page(hostile_server) as opened:
+        yield opened
+
+
+def _open(page, server: str) -> None:
+    page.goto(server + "/")
+    page.fill("#apikey", KEY)
+    page.dispatch_event("#apikey", "change")
+    page.wait_for_selector("#attrs input[data-attribute=areaMM2]")
+
+
+def _searched(page) -> str:
+    """Click Search and wait until the status leaves 'searching…'; the status text."""
+    page.click("#go")
+    page.wait_for_function("() => !document.querySelector('#status').textContent.startsWith('searching')")
+    return page.inner_text("#status")
+
+
+def test_markup_in_an_id_or_a_patient_is_shown_as_text(hpage, hostile_server, search_collection) -> None:
+    _open(hpage, hostile_server)
+    hpage.select_option("#mode", "image")
+    hpage.select_option("#split", "")
+    hpage.uncheck("#exclude")
+    # its twin (same vectors) finds the markup lesion first; then the markup lesion as the query
+    for query, shown in ((search_collection["records"][0].isic_id, "#grid"), (MARKUP_ID, "#query")):
+        hpage.fill("#isic", query)
+        hpage.dispatch_event("#isic", "input")
+        assert "results" in _searched(hpage)
+        hpage.hover("#grid .hit >> nth=0")
+        assert hpage.evaluate("() => document.body.dataset.pwned") is None
+        # no element made from the text: only the query's and the hits' own images
+        assert hpage.locator("#query img, #grid img").count() == 1 + hpage.locator("#grid .hit").count()
+        assert MARKUP_ID in hpage.inner_text(shown)  # the id, shown as the characters it is
+        if shown == "#grid":
+            assert MARKUP_PATIENT in hpage.inner_text(shown)
