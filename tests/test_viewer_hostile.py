@@ -77,3 +77,26 @@ def test_markup_in_an_id_or_a_patient_is_shown_as_text(hpage, hostile_server, se
         assert MARKUP_ID in hpage.inner_text(shown)  # the id, shown as the characters it is
         if shown == "#grid":
             assert MARKUP_PATIENT in hpage.inner_text(shown)
+
+
+def test_refusals_read_as_sentences_with_the_next_step(hpage, hostile_server, search_collection) -> None:
+    _open(hpage, hostile_server)
+    hpage.fill("#isic", search_collection["records"][0].isic_id)
+    hpage.dispatch_event("#isic", "input")
+    hpage.select_option("#mode", "image")
+    hpage.fill("#k", "")  # k left empty: a validation failure, its detail a list
+    status = _searched(hpage)
+    assert status.startswith("422: k: ") and "[" not in status and "{" not in status, status
+    assert hpage.get_attribute("#status", "class") == "error"
+    hpage.fill("#k", "5")
+    # no answer at all (the connection cut): a sentence, not the browser's bare "Failed to fetch"
+    hpage.route("**/search", lambda route: route.abort())
+    try:
+        status = _searched(hpage)
+    finally:
+        hpage.unroute("**/search")
+    assert "did not answer" in status and "dermground serve" in status, status
+    hpage.fill("#apikey", "wrong")
+    hpage.dispatch_event("#apikey", "change")
+    status = _searched(hpage)
+    assert status.startswith("401") and "API key box" in status, status
