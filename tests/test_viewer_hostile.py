@@ -100,3 +100,28 @@ def test_refusals_read_as_sentences_with_the_next_step(hpage, hostile_server, se
     hpage.dispatch_event("#apikey", "change")
     status = _searched(hpage)
     assert status.startswith("401") and "API key box" in status, status
+
+
+def test_an_older_search_answering_late_does_not_replace_newer_results(hpage, hostile_server, search_collection,
+                                                                        tmp_path) -> None:
+    _open(hpage, hostile_server)
+    first, second = search_collection["records"][0], search_collection["records"][1]
+    hpage.select_option("#mode", "image")
+    hpage.select_option("#split", "")
+    hpage.uncheck("#exclude")
+    held = []  # the first search's request, answered only after the second search is shown
+    hpage.route("**/search", lambda route: held.append(route) if not held else route.continue_())
+    try:
+        for record in (first, second):
+            hpage.fill("#isic", record.isic_id)
+            hpage.dispatch_event("#isic", "input")
+            hpage.click("#go")
+        hpage.wait_for_function("() => document.querySelector('#status').textContent.includes('results')")
+        assert second.isic_id in hpage.inner_text("#query")
+        with hpage.expect_response("**/search"):
+            held[0].continue_()
+        hpage.wait_for_timeout(500)  # let the late answer reach the page (it must change nothing)
+    finally:
+        hpage.unroute("**/search")
+    assert second.isic_id in hpage.inner_text("#query") and first.isic_id not in hpage.inner_text("#query")
+    assert "results" in hpage.inner_text("#status")
