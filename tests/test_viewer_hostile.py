@@ -125,3 +125,17 @@ def test_an_older_search_answering_late_does_not_replace_newer_results(hpage, ho
         hpage.unroute("**/search")
     assert second.isic_id in hpage.inner_text("#query") and first.isic_id not in hpage.inner_text("#query")
     assert "results" in hpage.inner_text("#status")
+
+
+def test_typing_an_isic_id_after_an_upload_searches_that_lesion(hpage, hostile_server, search_collection,
+                                                               tmp_path) -> None:
+    _open(hpage, hostile_server)
+    upload = tmp_path / "upload.jpg"
+    upload.write_bytes(search_collection["records"][3].image_bytes())
+    hpage.set_input_files("#file", str(upload))
+    typed = search_collection["records"][1].isic_id
+    hpage.fill("#isic", typed)
+    hpage.select_option("#mode", "image")
+    assert "results" in _searched(hpage)
+    assert typed in hpage.inner_text("#query") and "uploaded image" not in hpage.inner_text("#query")
+    assert hpage.input_value("#file") == ""  # the page no longer offers the upload as the query
