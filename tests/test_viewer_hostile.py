@@ -139,3 +139,17 @@ def test_typing_an_isic_id_after_an_upload_searches_that_lesion(hpage, hostile_s
     assert "results" in _searched(hpage)
     assert typed in hpage.inner_text("#query") and "uploaded image" not in hpage.inner_text("#query")
     assert hpage.input_value("#file") == ""  # the page no longer offers the upload as the query
+
+
+def test_hit_values_carry_their_units(hpage, hostile_server, search_collection) -> None:
+    _open(hpage, hostile_server)
+    records = {r.isic_id: r for r in search_collection["records"]}
+    hpage.fill("#isic", search_collection["records"][0].isic_id)
+    hpage.select_option("#mode", "image_text")
+    hpage.check("#attrs input[data-attribute=norm_color]")  # areaMM2 (mm²) is checked already
+    assert "results" in _searched(hpage)
+    card = hpage.locator("#grid .hit").nth(0)
+    hit = records.get(card.get_attribute("data-isic") or "") or records[search_collection["records"][0].isic_id]
+    text = card.inner_text()
+    assert f"areaMM2 {hit.attributes['areaMM2']:.1f} mm²" in text, text
+    assert f"norm_color {hit.attributes['norm_color']:.2f} (0-10)" in text, text
