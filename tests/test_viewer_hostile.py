@@ -153,3 +153,24 @@ def test_hit_values_carry_their_units(hpage, hostile_server, search_collection) 
     text = card.inner_text()
     assert f"areaMM2 {hit.attributes['areaMM2']:.1f} mm²" in text, text
     assert f"norm_color {hit.attributes['norm_color']:.2f} (0-10)" in text, text
+
+
+def test_a_range_filter_reaches_the_search(hpage, hostile_server, search_collection) -> None:
+    _open(hpage, hostile_server)
+    records = {r.isic_id: r for r in search_collection["records"]}
+    areas = sorted(r.attributes["areaMM2"] for r in search_collection["records"])
+    low, high = areas[len(areas) // 4], areas[len(areas) // 2]  # a quarter of the lesions lie inside
+    hpage.fill("#isic", search_collection["records"][0].isic_id)
+    hpage.select_option("#mode", "image")
+    hpage.select_option("#split", "")
+    hpage.fill("#k", "20")
+    hpage.uncheck("#exclude")
+    hpage.select_option("#range-field", "areaMM2")
+    hpage.fill("#range-gte", str(low))
+    hpage.fill("#range-lte", str(high))
+    assert "results" in _searched(hpage)
+    shown = [hpage.locator("#grid .hit").nth(i).get_attribute("data-isic") for i in range(hpage.locator("#grid .hit").count())]
+    inside = [i for i, r in records.items() if low <= r.attributes["areaMM2"] <= high]
+    assert shown and all(low <= records[i].attributes["areaMM2"] <= high for i in shown if i in records)
+    # the range, not k, bounds the list (the query itself is left out; the markup twin may join)
+    assert len(inside) - 1 <= len(shown) <= len(inside) + 1 < 20
