@@ -174,3 +174,24 @@ def test_a_range_filter_reaches_the_search(hpage, hostile_server, search_collect
     assert shown and all(low <= records[i].attributes["areaMM2"] <= high for i in shown if i in records)
     # the range, not k, bounds the list (the query itself is left out; the markup twin may join)
     assert len(inside) - 1 <= len(shown) <= len(inside) + 1 < 20
+
+
+def test_the_page_works_from_the_keyboard_with_labelled_controls(hpage, hostile_server) -> None:
+    _open(hpage, hostile_server)
+    assert hpage.get_by_label("API key").count() == 1
+    assert hpage.get_by_role("group", name="Attributes").count() == 1
+    assert hpage.get_by_role("status").count() == 1  # messages are announced to screen readers
+    hpage.click("#load-examples")
+    hpage.wait_for_selector("#examples img")
+    hpage.focus("#load-examples")
+    hpage.keyboard.press("Tab")  # the first example is the next stop, and Enter picks it
+    hpage.keyboard.press("Enter")
+    first = hpage.locator("#examples img").nth(0)
+    assert hpage.input_value("#isic") == first.get_attribute("data-isic")
+    assert first.get_attribute("alt")
+    hpage.select_option("#mode", "image")
+    hpage.focus("#go")
+    hpage.keyboard.press("Enter")
+    hpage.wait_for_selector("#grid .hit")
+    assert all(hpage.locator("#grid .hit img").nth(i).get_attribute("alt")
+               for i in range(hpage.locator("#grid .hit img").count()))
