@@ -195,3 +195,15 @@ def test_the_page_works_from_the_keyboard_with_labelled_controls(hpage, hostile_
     hpage.wait_for_selector("#grid .hit")
     assert all(hpage.locator("#grid .hit img").nth(i).get_attribute("alt")
                for i in range(hpage.locator("#grid .hit img").count()))
+
+
+def test_entering_the_key_loads_the_examples(hpage, hostile_server) -> None:
+    hpage.goto(hostile_server + "/")
+    hpage.evaluate("() => localStorage.removeItem('dermground.key')")
+    hpage.reload()
+    hpage.wait_for_function("() => document.querySelector('#status').textContent.startsWith('401')")
+    hpage.fill("#apikey", KEY)
+    hpage.dispatch_event("#apikey", "change")
+    hpage.wait_for_selector("#examples img")  # without another click
+    assert hpage.get_attribute("#status", "class") != "error"
+    assert "example" in hpage.inner_text("#status")
