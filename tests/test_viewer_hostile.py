@@ -193,8 +193,11 @@ def test_the_page_works_from_the_keyboard_with_labelled_controls(hpage, hostile_
     hpage.focus("#go")
     hpage.keyboard.press("Enter")
     hpage.wait_for_selector("#grid .hit")
+    # every picture is named once it is there (and only then: no broken-image icon while it loads)
+    hpage.wait_for_function("() => [...document.querySelectorAll('#grid .hit img')].every(i => i.naturalWidth > 0)")
     assert all(hpage.locator("#grid .hit img").nth(i).get_attribute("alt")
                for i in range(hpage.locator("#grid .hit img").count()))
+    assert hpage.evaluate("() => [...document.querySelectorAll('img')].every(i => i.getAttribute('src') || !i.alt)")
 
 
 def test_entering_the_key_loads_the_examples(hpage, hostile_server) -> None:
