@@ -4,11 +4,13 @@ upload a query image, search, see the top-k with attribute values; a screenshot 
 from __future__ import annotations
 
 import re
-
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,16 +32,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(search_collection, tiny_backbone):
+@contextmanager
+def serve(settings: Settings, backbone) -> Iterator[str]:  # noqa: ANN001 - the tiny backbone
+    """The API (and the viewer) on a free loopback port in a thread; yields its base URL."""
     import uvicorn
 
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium (`make browser` installs it)")
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    settings = Settings(home=search_collection["home"], api_read_key=KEY)
     port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(settings, backbone=tiny_backbone), host="127.0.0.1", port=port,
+    uv = uvicorn.Server(uvicorn.Config(create_app(settings, backbone=backbone), host="127.0.0.1", port=port,
                                        log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -51,13 +53,16 @@ def server(search_collection, tiny_backbone):
             uv.should_exit = True
             pytest.fail(f"the API server did not start listening within {START_DEADLINE_S} s")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def page(server):
+@contextmanager
+def browser_page(server: str) -> Iterator[Any]:
+    """One headless Chromium page that may fetch only from `server` (page.outside_requests lists the rest)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -69,8 +74,22 @@ def page(server):
                       else (outside.append(route.request.url), route.abort()))
         page = context.new_page()
         page.outside_requests = outside  # type: ignore[attr-defined]
-        yield page
-        browser.close()
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(search_collection, tiny_backbone):
+    with serve(Settings(home=search_collection["home"], api_read_key=KEY), tiny_backbone) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with browser_page(server) as opened:
+        yield opened
 
 
 def test_upload_search_shows_the_top_k_with_values(page, server, search_collection, tmp_path) -> None:
