@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from dermground.platform.demo import SMALL, Stage, plan_stages, run_stages
 
 
