@@ -162,6 +162,7 @@ def train_adapter(
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import check_model_dir
     from dermground.train.dataset import build_training_set, tuples_to_rows
+    from dermground.train.out_folder import require_writable_folder
 
     config = config or TrainConfig()
     base = check_model_dir(base_dir)
@@ -170,6 +171,7 @@ def train_adapter(
         # its model card is overwritten and loaders then take the base for an adapter of itself.
         raise ValueError(f"--out {out_dir} is the base model's folder ({base}); write the adapter to a folder of "
                          f"its own, e.g. --out {base.parent / (base.name + '-adapter')}")
+    require_writable_folder(out_dir)  # before the image checks and Ray: a read-only --out fails in seconds
     # Every image is checked here, on the driver: the workers get only rows whose image passed.
     training_set = build_training_set(data_dir, w=config.w, seed=config.seed, multi_attribute=config.multi_attribute,
                                       max_images=max_images, model_dir=base, progress=progress)
