@@ -66,6 +66,22 @@ def start_line(desc: str, resumed_from: int | None, total: int, run_folder: Path
             f"(a re-run of the same command resumes from {run_folder})")
 
 
+def show_progress(bar, item: dict, desc: str, run_folder: Path, progress: bool) -> None:  # noqa: ANN001 - a tqdm bar
+    """Show one update from rank 0 (train.loop._Progress: a start, a step or the end) on the driver's bar."""
+    bar.total = item["total"]
+    if "start" in item:
+        # Rate and ETA count this run's steps from its first one: not the steps a resumed run starts
+        # with, nor Ray's start-up and the model load before it.
+        bar.initial = bar.n = bar.last_print_n = item["start"]
+        bar.start_t = bar.last_print_t = time.time()
+        if progress:
+            bar.write(start_line(desc, item["resumed_from"], item["total"], run_folder), file=sys.stderr)
+    if "loss" in item:
+        bar.n = item["step"]
+        bar.set_postfix(loss=f"{item['loss']:.4f}", refresh=False)
+        bar.refresh()
+
+
 def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | PretrainConfig, *,
         cpus_per_worker: int | None, ray_address: str | None, progress: bool, desc: str,
         cache_mb: int | None = None) -> tuple[dict, Path]:
@@ -118,13 +134,7 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
             item = queue.get(timeout=0.5)
         except Empty:
             continue
-        bar.total = item["total"]
-        if "start" in item and progress:
-            bar.write(start_line(desc, item["resumed_from"], item["total"], storage / name), file=sys.stderr)
-        if "loss" in item:
-            bar.n = item["step"]
-            bar.set_postfix(loss=f"{item['loss']:.4f}", refresh=False)
-            bar.refresh()
+        show_progress(bar, item, desc, storage / name, progress)
     bar.close()
     thread.join()
     queue.shutdown()
