@@ -75,13 +75,24 @@ def test_rerun_says_at_its_start_that_it_resumes(trained, tiny_model_dir):
 
     from dermground.platform.cli import cli
 
+    import os
+    import shutil
+
     out, _, _ = trained
     data_dir = json.loads((out / "dermground_adapter.json").read_text())["data_dir"]
+    # What a run killed while writing a checkpoint leaves: a folder Ray's snapshot does not name (test_train_run_checkpoints.py).
+    run_folder = next((out / "checkpoints").glob("run-*"))
+    unfinished = run_folder / "checkpoint_2000-01-01_00-00-00.000000"
+    shutil.copytree(sorted(p for p in run_folder.glob("checkpoint_*") if p.is_dir())[-1], unfinished)
+    os.utime(unfinished, (0, 0))
+    for path in unfinished.rglob("*"):
+        os.utime(path, (0, 0))
     result = CliRunner().invoke(cli, ["train", "--data", data_dir, "--base", str(tiny_model_dir), "--out", str(out), "--batch-size", "4",
                                       "--lr", "0.005", "--checkpoint-every", "1", "--seed", "0", "--max-steps", "4",
                                       "--cpus-per-worker", "2"])
     assert result.exit_code == 0, result.output
     assert "train: resuming from step 4 of 4 (checkpoint in" in result.stderr  # with the progress lines
+    assert not unfinished.exists() and f"unfinished checkpoint folder(s) of an interrupted run from {run_folder}" in result.stderr
 
 
 def test_trained_adapter_changes_the_outputs(trained, tiny_model_dir, tiny_backbone):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dermground.platform.model.prompts import PROMPT_VERSION
 from dermground.train.config import PretrainConfig, TrainConfig, WorkerJob
+from dermground.train.run_checkpoints import hold_storage_lock, remove_unfinished_checkpoints
 
 METADATA_FILE = "dermground_adapter.json"
 CHECKPOINT_FOLDER = "checkpoints"  # inside the output folder: Ray Train's storage for this run
@@ -92,22 +93,40 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
     DEFAULT_CACHE_MB); it changes speed and memory, not the result, so it is not part of the run's
     identity and a resumed run may use another value.
     """
+    from ray.util.queue import Queue
+
+    from dermground.platform.ray_runtime import ensure_ray
+    from dermground.train.loop import DEFAULT_CACHE_MB
+
+    storage = Path(storage).resolve()
+    name = run_name(run_identity(config, base_dir, rows))
+    lock = hold_storage_lock(storage)  # before Ray starts; held until the run ends: one live run per folder
+    try:
+        removed = remove_unfinished_checkpoints(storage / name, lock)
+        if removed.names:
+            print(f"{desc}: {removed.describe(storage / name)}", file=sys.stderr)
+        cpus = cpus_per_worker or default_cpus_per_worker(config.workers)
+        ensure_ray(ray_address, ray_data=False)
+        queue = Queue(actor_options={"num_cpus": 0})
+        job = WorkerJob(config=config, base_dir=str(Path(base_dir).resolve()), rows=rows, threads=cpus,
+                        cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb, progress_queue=queue)
+        return _run_trainer(job, storage, name, cpus, progress, desc)
+    finally:
+        lock.release()
+
+
+def _run_trainer(job: WorkerJob, storage: Path, name: str, cpus: int, progress: bool,
+                 desc: str) -> tuple[dict, Path]:
+    """fit's TorchTrainer run, with the storage folder's lock held."""
     import torch
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Empty
 
-    from dermground.platform.ray_runtime import ensure_ray
-    from dermground.train.loop import DEFAULT_CACHE_MB, FINAL_DIR, JOB_KEY, STATE_FILE, train_loop_per_worker
+    from dermground.train.loop import FINAL_DIR, JOB_KEY, STATE_FILE, train_loop_per_worker
 
+    config, queue = job.config, job.progress_queue
     workers = config.workers
-    cpus = cpus_per_worker or default_cpus_per_worker(workers)
-    ensure_ray(ray_address, ray_data=False)
-    queue = Queue(actor_options={"num_cpus": 0})
-    job = WorkerJob(config=config, base_dir=str(Path(base_dir).resolve()), rows=rows, threads=cpus,
-                    cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb, progress_queue=queue)
-    storage = Path(storage).resolve()
-    name = run_name(run_identity(config, base_dir, rows))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={JOB_KEY: job},

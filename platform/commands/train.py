@@ -67,9 +67,10 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker:
     """Fine-tune the vision encoder and decoder with LoRA to answer the 16 attribute questions."""
     from dermground.platform.model.checkpoint_check import require_usable_checkpoint
     from dermground.platform.model.loading import BackboneError
-    from dermground.train.out_folder import OutFolderError, require_writable_folder
     from dermground.train.config import TrainConfig
+    from dermground.train.out_folder import OutFolderError, require_writable_folder
     from dermground.train.ray_train import METADATA_FILE, train_adapter
+    from dermground.train.run_checkpoints import RunBusyError
 
     base = base_dir or current_settings().base_model_dir
     try:
@@ -79,7 +80,7 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker:
         require_usable_checkpoint(base, data_dir)  # before Ray starts: a bad folder fails in seconds
         result = train_adapter(data_dir, base, out_dir, config, cpus_per_worker=cpus_per_worker,
                                ray_address=ray_address, progress=True, cache_mb=cache_mb)
-    except (BackboneError, OutFolderError) as exc:
+    except (BackboneError, OutFolderError, RunBusyError) as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nCheck --data (make one with `dermground synth`) and the flags.") from None
