@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dermground.platform.model.prompts import PROMPT_VERSION
 from dermground.train.config import PretrainConfig, TrainConfig, WorkerJob
-from dermground.train.run_checkpoints import hold_storage_lock, remove_unfinished_checkpoints
+from dermground.train.run_checkpoints import StorageLock, hold_storage_lock, remove_unfinished_checkpoints
 
 METADATA_FILE = "dermground_adapter.json"
 CHECKPOINT_FOLDER = "checkpoints"  # inside the output folder: Ray Train's storage for this run
@@ -85,13 +85,14 @@ def show_progress(bar, item: dict, desc: str, run_folder: Path, progress: bool) 
 
 def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | PretrainConfig, *,
         cpus_per_worker: int | None, ray_address: str | None, progress: bool, desc: str,
-        cache_mb: int | None = None) -> tuple[dict, Path]:
+        cache_mb: int | None = None, lock: StorageLock | None = None) -> tuple[dict, Path]:
     """Run train_loop_per_worker under a TorchTrainer; returns (final state, folder of the final weights).
 
     The returned folder is a local copy (under `storage`/_final) of the last checkpoint's weights.
     `cache_mb` bounds each worker's cache of encoded examples (train.loop.ExampleCache; default
     DEFAULT_CACHE_MB); it changes speed and memory, not the result, so it is not part of the run's
-    identity and a resumed run may use another value.
+    identity and a resumed run may use another value. `lock`: a run lock the caller holds over
+    `storage` (e.g. over the whole output folder); without it fit holds the storage folder's own.
     """
     from ray.util.queue import Queue
 
@@ -100,7 +101,9 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
 
     storage = Path(storage).resolve()
     name = run_name(run_identity(config, base_dir, rows))
-    lock = hold_storage_lock(storage)  # before Ray starts; held until the run ends: one live run per folder
+    own_lock = lock is None
+    # Taken before Ray starts, held until the run ends: one live run per folder.
+    lock = hold_storage_lock(storage) if lock is None else lock
     try:
         removed = remove_unfinished_checkpoints(storage / name, lock)
         if removed.names:
@@ -112,7 +115,8 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
                         cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb, progress_queue=queue)
         return _run_trainer(job, storage, name, cpus, progress, desc)
     finally:
-        lock.release()
+        if own_lock:
+            lock.release()
 
 
 def _run_trainer(job: WorkerJob, storage: Path, name: str, cpus: int, progress: bool,
@@ -191,7 +195,10 @@ def train_adapter(
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import check_model_dir
     from dermground.train.dataset import build_training_set, tuples_to_rows
-    from dermground.train.out_folder import require_writable_folder
+    from dermground.platform.model.adapter_fit import require_adapter_fits
+    from dermground.train.adapter_swap import lock_file, recover_interrupted_swap, swap_in_adapter
+    from dermground.train.out_folder import require_swappable_out
+    from dermground.train.run_checkpoints import hold_run_lock
 
     config = config or TrainConfig()
     base = check_model_dir(base_dir)
@@ -200,35 +207,46 @@ def train_adapter(
         # its model card is overwritten and loaders then take the base for an adapter of itself.
         raise ValueError(f"--out {out_dir} is the base model's folder ({base}); write the adapter to a folder of "
                          f"its own, e.g. --out {base.parent / (base.name + '-adapter')}")
-    require_writable_folder(out_dir)  # before the image checks and Ray: a read-only --out fails in seconds
+    require_swappable_out(out_dir)  # before the image checks and Ray: a read-only --out fails in seconds
     # Every image is checked here, on the driver: the workers get only rows whose image passed.
     training_set = build_training_set(data_dir, w=config.w, seed=config.seed, multi_attribute=config.multi_attribute,
                                       max_images=max_images, model_dir=base, progress=progress)
     hyper = config.hyperparameters()
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # named by its parent and its own name: the staging folder and lock go next to it
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    state, final = fit(tuples_to_rows(training_set.tuples), base, out / CHECKPOINT_FOLDER, config,
-                       cpus_per_worker=cpus_per_worker, ray_address=ray_address, progress=progress, desc="train",
-                       cache_mb=cache_mb)
-    for item in final.iterdir():
-        shutil.copy2(item, out / item.name)
-    shutil.rmtree(final)
-    loss_curve = [(int(s), float(v)) for s, v in state["loss_curve"]]
-    result = TrainResult(
-        out_dir=out, steps=int(state["step"]), resumed_from_step=state.get("resumed_from"),
-        final_loss=loss_curve[-1][1] if loss_curve else float("nan"), loss_curve=loss_curve,
-        seconds=time.perf_counter() - started, data_fingerprint=training_set.fingerprint,
-        base_fingerprint=fingerprint(base), n_tuples=len(training_set), hyperparameters=hyper,
-        left_out=training_set.left_out,
-    )
-    metadata = {
-        "hyperparameters": hyper, "base_model_dir": str(base.resolve()), "base_fingerprint": result.base_fingerprint,
-        "adapter_fingerprint": fingerprint(base, out), "data_dir": str(Path(data_dir).resolve()),
-        "data_fingerprint": training_set.fingerprint, "n_images": training_set.n_images, "n_tuples": len(training_set),
-        "prompt_version": PROMPT_VERSION, "steps": result.steps, "resumed_from_step": result.resumed_from_step,
-        "seconds": round(result.seconds, 2), "loss_curve": loss_curve,
-        "n_left_out": len(training_set.left_out), "left_out": [item.as_dict() for item in training_set.left_out],
-    }
-    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    lock = hold_run_lock(lock_file(out), out)  # over the checkpoints and the swap: one live run per --out
+    try:
+        for line in recover_interrupted_swap(out):
+            print(f"train: {line}", file=sys.stderr)
+        started = time.perf_counter()
+        state, final = fit(tuples_to_rows(training_set.tuples), base, out / CHECKPOINT_FOLDER, config,
+                           cpus_per_worker=cpus_per_worker, ray_address=ray_address, progress=progress, desc="train",
+                           cache_mb=cache_mb, lock=lock)
+        loss_curve = [(int(s), float(v)) for s, v in state["loss_curve"]]
+        result = TrainResult(
+            out_dir=Path(out_dir), steps=int(state["step"]), resumed_from_step=state.get("resumed_from"),
+            final_loss=loss_curve[-1][1] if loss_curve else float("nan"), loss_curve=loss_curve,
+            seconds=time.perf_counter() - started, data_fingerprint=training_set.fingerprint,
+            base_fingerprint=fingerprint(base), n_tuples=len(training_set), hyperparameters=hyper,
+            left_out=training_set.left_out,
+        )
+
+        def write(folder: Path) -> None:
+            shutil.copytree(final, folder, dirs_exist_ok=True)
+            metadata = {
+                "hyperparameters": hyper, "base_model_dir": str(base.resolve()),
+                "base_fingerprint": result.base_fingerprint, "adapter_fingerprint": fingerprint(base, folder),
+                "data_dir": str(Path(data_dir).resolve()), "data_fingerprint": training_set.fingerprint,
+                "n_images": training_set.n_images, "n_tuples": len(training_set), "prompt_version": PROMPT_VERSION,
+                "steps": result.steps, "resumed_from_step": result.resumed_from_step,
+                "seconds": round(result.seconds, 2), "loss_curve": loss_curve, "n_left_out": len(training_set.left_out),
+                "left_out": [item.as_dict() for item in training_set.left_out],
+            }
+            (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+        # Staged next to --out and checked against the base before the old adapter is touched.
+        swap_in_adapter(out, write, lambda folder: require_adapter_fits(folder, base))
+        shutil.rmtree(out / CHECKPOINT_FOLDER / final.name, ignore_errors=True)  # the copy fit made
+    finally:
+        lock.release()
     return result

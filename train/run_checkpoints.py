@@ -48,24 +48,29 @@ class StorageLock:
         self.handle.close()  # closing drops the lock; the file stays (removing it would race a new holder)
 
 
-def hold_storage_lock(storage: Path) -> StorageLock:
-    """Take the storage folder's lock, or RunBusyError naming the live run that holds it."""
-    storage.mkdir(parents=True, exist_ok=True)
-    path = storage / LOCK_FILE
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's lifetime
+def hold_run_lock(lock_file: Path, writes: Path) -> StorageLock:
+    """Take a run's lock file (its pid is written in), or RunBusyError naming the live run that holds it
+    and `writes`, the folder it writes."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_file, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's lifetime
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "?"
         handle.close()
-        raise RunBusyError(f"another training run (pid {holder}) is writing checkpoints in {storage}; wait for it "
-                           f"to finish (a re-run of the same command then resumes it) or pass another --out") from None
+        raise RunBusyError(f"another training run (pid {holder}) is writing {writes}; wait for it to finish "
+                           f"(a re-run of the same command then resumes it) or pass another --out") from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
     handle.flush()
-    return StorageLock(path, handle)
+    return StorageLock(lock_file, handle)
+
+
+def hold_storage_lock(storage: Path) -> StorageLock:
+    """Take the lock of a storage folder (the run folders' parent) whose run holds no other lock."""
+    return hold_run_lock(storage / LOCK_FILE, storage)
 
 
 def listed_checkpoints(run_folder: Path) -> set[str] | None:

@@ -67,8 +67,9 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker:
     """Fine-tune the vision encoder and decoder with LoRA to answer the 16 attribute questions."""
     from dermground.platform.model.checkpoint_check import require_usable_checkpoint
     from dermground.platform.model.loading import BackboneError
+    from dermground.train.adapter_swap import AdapterNotSavedError
     from dermground.train.config import TrainConfig
-    from dermground.train.out_folder import OutFolderError, require_writable_folder
+    from dermground.train.out_folder import OutFolderError, require_swappable_out
     from dermground.train.ray_train import METADATA_FILE, train_adapter
     from dermground.train.run_checkpoints import RunBusyError
 
@@ -76,11 +77,11 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker:
     try:
         # Every other option is named after its TrainConfig field (tests/test_train_config.py checks that).
         config = TrainConfig(**hyperparameters, modules_to_save=("lm_head",) if train_lm_head else None)
-        require_writable_folder(out_dir)  # before anything is read: a read-only --out fails in seconds
+        require_swappable_out(out_dir)  # before anything is read: a read-only --out fails in seconds
         require_usable_checkpoint(base, data_dir)  # before Ray starts: a bad folder fails in seconds
         result = train_adapter(data_dir, base, out_dir, config, cpus_per_worker=cpus_per_worker,
                                ray_address=ray_address, progress=True, cache_mb=cache_mb)
-    except (BackboneError, OutFolderError, RunBusyError) as exc:
+    except (AdapterNotSavedError, BackboneError, OutFolderError, RunBusyError) as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nCheck --data (make one with `dermground synth`) and the flags.") from None
