@@ -97,6 +97,7 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
     from ray.util.queue import Queue
 
     from dermground.platform.ray_runtime import ensure_ray
+    from dermground.train.cluster_room import require_room
     from dermground.train.loop import DEFAULT_CACHE_MB
 
     storage = Path(storage).resolve()
@@ -110,6 +111,9 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
             print(f"{desc}: {removed.describe(storage / name)}", file=sys.stderr)
         cpus = cpus_per_worker or default_cpus_per_worker(config.workers)
         ensure_ray(ray_address, ray_data=False)
+        waiting = require_room(config.workers, cpus, config.use_gpu, joined=ray_address is not None)
+        if waiting:
+            print(f"{desc}: {waiting}", file=sys.stderr)
         queue = Queue(actor_options={"num_cpus": 0})
         job = WorkerJob(config=config, base_dir=str(Path(base_dir).resolve()), rows=rows, threads=cpus,
                         cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb, progress_queue=queue)
