@@ -20,7 +20,12 @@ from pathlib import Path
 
 from dermground.platform.model.prompts import PROMPT_VERSION
 from dermground.train.config import PretrainConfig, TrainConfig, WorkerJob
-from dermground.train.run_checkpoints import StorageLock, hold_storage_lock, remove_unfinished_checkpoints
+from dermground.train.run_checkpoints import (
+    StorageLock,
+    hold_storage_lock,
+    latest_step,
+    remove_unfinished_checkpoints,
+)
 
 METADATA_FILE = "dermground_adapter.json"
 CHECKPOINT_FOLDER = "checkpoints"  # inside the output folder: Ray Train's storage for this run
@@ -83,6 +88,20 @@ def show_progress(bar, item: dict, desc: str, run_folder: Path, progress: bool) 
         bar.refresh()
 
 
+def require_not_past_the_end(run_folder: Path, total: int, max_steps: int | None) -> None:
+    """ValueError when the run's checkpoint is already past the `total` steps asked for.
+
+    Steps cannot be undone: such a re-run saved the longer run's adapter while its metadata said
+    the shorter --max-steps.
+    """
+    step = latest_step(run_folder)
+    if step is not None and step > total:
+        asked = f"--max-steps {max_steps}" if max_steps is not None else "--epochs"
+        raise ValueError(f"the checkpoint of this configuration in {run_folder} is at step {step}, past the {total} "
+                         f"steps asked for ({asked}); pass --max-steps {step} (or more) to save the adapter of that "
+                         f"checkpoint, or another --out to train {total} steps from the start")
+
+
 def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | PretrainConfig, *,
         cpus_per_worker: int | None, ray_address: str | None, progress: bool, desc: str,
         cache_mb: int | None = None, lock: StorageLock | None = None) -> tuple[dict, Path]:
@@ -109,6 +128,7 @@ def fit(rows: list[dict], base_dir: Path, storage: Path, config: TrainConfig | P
         removed = remove_unfinished_checkpoints(storage / name, lock)
         if removed.names:
             print(f"{desc}: {removed.describe(storage / name)}", file=sys.stderr)
+        require_not_past_the_end(storage / name, config.total_steps(len(rows)), config.max_steps)
         cpus = cpus_per_worker or default_cpus_per_worker(config.workers)
         ensure_ray(ray_address, ray_data=False)
         waiting = require_room(config.workers, cpus, config.use_gpu, joined=ray_address is not None)

@@ -86,6 +86,16 @@ def listed_checkpoints(run_folder: Path) -> set[str] | None:
     return set(_dir_names(state))
 
 
+def latest_step(run_folder: Path) -> int | None:
+    """The step of the run's latest listed checkpoint (the one a re-run resumes from), or None."""
+    try:
+        latest = json.loads((run_folder / SNAPSHOT_FILE).read_text()).get("latest_checkpoint_result") or {}
+        step = (latest.get("metrics") or {}).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
 def _dir_names(node: Any) -> Iterator[str]:
     """Every checkpoint folder name in Ray's snapshot (results, latest, pending and validation lists)."""
     if isinstance(node, dict):
