@@ -14,6 +14,7 @@ from dermground.platform.model.adapter_fit import require_adapter_fits
 from dermground.train.adapter_swap import (
     CARRIED_FILE,
     AdapterNotSavedError,
+    check_new_adapter,
     recover_interrupted_swap,
     staging_folder,
     swap_in_adapter,
@@ -92,3 +93,27 @@ def test_a_swap_interrupted_while_carrying_the_checkpoints_is_undone_at_the_next
     done = recover_interrupted_swap(out)
     assert _contents(out) == before and not staging.exists()
     assert done and "checkpoints" in done[0]
+
+
+def test_a_diverged_runs_nan_adapter_does_not_replace_the_old_one(adapters, tiny_model_dir, tmp_path):
+    """`train --lr 1e12` ended with loss nan and wrote an adapter whose 52,224 weights were all NaN,
+    'adapter written to ...', over whatever adapter was there. Now the check refuses non-finite weights,
+    says the run diverged and what to change, and the old adapter stays."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    old, new = adapters
+    out = _out_with_old_adapter(tmp_path, old)
+    before = _contents(out)
+
+    def write_diverged(folder: Path) -> None:
+        _writer(new)(folder)
+        weights = load_file(folder / "adapter_model.safetensors")
+        first = sorted(weights)[0]
+        weights[first] = torch.full_like(weights[first], float("nan"))
+        save_file(weights, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+
+    with pytest.raises(AdapterNotSavedError, match=rf"1 of its \d+ weight tensors hold NaN.*lower --lr.*{out} is unchanged"):
+        swap_in_adapter(out, write_diverged, lambda folder: check_new_adapter(folder, tiny_model_dir))
+    assert _contents(out) == before and not staging_folder(out).exists()
+    check_new_adapter(new, tiny_model_dir)  # a trained adapter passes

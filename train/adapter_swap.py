@@ -84,6 +84,9 @@ def swap_in_adapter(out: Path, write: Callable[[Path], None], verify: Callable[[
         staging.mkdir()
         write(staging)
         verify(staging)
+    except AdapterNotSavedError as exc:  # the check's own verdict, with its own next step
+        shutil.rmtree(staging, ignore_errors=True)
+        raise AdapterNotSavedError(f"{exc}; the adapter in {out} is unchanged") from None
     except Exception as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise AdapterNotSavedError(
@@ -108,6 +111,24 @@ def swap_in_adapter(out: Path, write: Callable[[Path], None], verify: Callable[[
                                    "(it saves again), or pass an --out on a local disk") from None
     (out / CARRIED_FILE).unlink()
     shutil.rmtree(staging)  # the old adapter
+
+
+def check_new_adapter(folder: Path, base: Path) -> None:
+    """The check a new adapter passes before it replaces the old one: whole files, shapes that fit `base`
+    (a BackboneError otherwise), and finite weights (AdapterNotSavedError: a diverged run's are NaN)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dermground.platform.model.adapter_fit import require_adapter_fits
+
+    require_adapter_fits(folder, base)
+    weights = load_file(folder / "adapter_model.safetensors")
+    bad = sorted(name for name, tensor in weights.items() if not torch.isfinite(tensor).all())
+    if bad:
+        raise AdapterNotSavedError(
+            f"the new adapter was not saved: {len(bad)} of its {len(weights)} weight tensors hold NaN or infinite "
+            f"values (e.g. {bad[0]}): the training diverged; train again with a lower --lr (a new configuration "
+            f"starts from step 0; resuming this one resumes the diverged weights)")
 
 
 def _reason(exc: Exception) -> str:

@@ -219,8 +219,7 @@ def train_adapter(
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import check_model_dir
     from dermground.train.dataset import build_training_set, tuples_to_rows
-    from dermground.platform.model.adapter_fit import require_adapter_fits
-    from dermground.train.adapter_swap import lock_file, recover_interrupted_swap, swap_in_adapter
+    from dermground.train.adapter_swap import check_new_adapter, lock_file, recover_interrupted_swap, swap_in_adapter
     from dermground.train.out_folder import require_swappable_out
     from dermground.train.run_checkpoints import hold_run_lock
 
@@ -269,7 +268,7 @@ def train_adapter(
             (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
         # Staged next to --out and checked against the base before the old adapter is touched.
-        swap_in_adapter(out, write, lambda folder: require_adapter_fits(folder, base))
+        swap_in_adapter(out, write, lambda folder: check_new_adapter(folder, base))
         shutil.rmtree(out / CHECKPOINT_FOLDER / final.name, ignore_errors=True)  # the copy fit made
     finally:
         lock.release()
