@@ -16,7 +16,8 @@ from dermground.platform.settings import MAX_VIEWS
 @click.option("--base", "base_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Base Qwen2-VL checkpoint folder [default: the settings' base model dir].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Adapter folder to write (re-running the same command resumes from its checkpoints).")
+              help="Adapter folder to write (re-running the same command resumes from its checkpoints). The new "
+                   "adapter is staged next to it and swapped in once checked: its parent folder must be writable.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Ray Train workers (DDP when more than one).")
 @click.option("--gpu", "use_gpu", is_flag=True, help="One GPU per worker.")
