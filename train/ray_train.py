@@ -218,8 +218,8 @@ def train_adapter(
     """
     from dermground.platform.model.fingerprint import fingerprint
     from dermground.platform.model.loading import check_model_dir
-    from dermground.train.dataset import build_training_set, tuples_to_rows
     from dermground.train.adapter_swap import check_new_adapter, lock_file, recover_interrupted_swap, swap_in_adapter
+    from dermground.train.dataset import build_training_set, tuples_to_rows
     from dermground.train.out_folder import require_swappable_out
     from dermground.train.run_checkpoints import hold_run_lock
 
