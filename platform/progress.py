@@ -75,7 +75,7 @@ class LineProgress(tqdm):
     @staticmethod
     def format_meter(n: float, total: float | None, elapsed: float, **kwargs: Any) -> str:  # type: ignore[override]
         unit = kwargs.get("unit") or "it"
-        rate = kwargs.get("rate") or (n / elapsed if elapsed > 0 else None)
+        rate = kwargs.get("rate") or ((n - kwargs.get("initial", 0)) / elapsed if elapsed > 0 else None)  # as tqdm's
         known = total is not None and total > 0
         remaining = (total - n) / rate if known and rate else None
         postfix = kwargs.get("postfix")

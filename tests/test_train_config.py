@@ -49,6 +49,7 @@ def test_saved_hyperparameters_are_json_and_give_back_the_config():
     ({"batch_size": 6, "workers": 4}, "--workers"), ({"augment_views": 9}, "--augment-views"),
     ({"precision": "fp16"}, "--precision"), ({"number_loss": float("nan")}, "--number-loss"),
     ({"w": 17}, "--w"), ({"dropout": 1.0}, "--dropout"), ({"micro_batch_size": 0}, "--micro-batch-size"),
+    ({"seed": 2**64}, "--seed"),  # torch.manual_seed's overflow, inside a Ray worker after Ray started
 ])
 def test_bad_training_settings_are_refused_naming_the_flag(fields, flag):
     with pytest.raises(ValueError, match=flag):
@@ -60,6 +61,8 @@ def test_bad_pretraining_settings_are_refused_naming_the_flag():
         PretrainConfig(tower_steps=-1)
     with pytest.raises(ValueError, match="--questions-per-image"):
         PretrainConfig(questions_per_image=11)
+    with pytest.raises(ValueError, match="--seed"):
+        PretrainConfig(seed=-(2**63) - 1)
 
 
 def test_derived_numbers():

@@ -92,13 +92,37 @@ def test_rerun_says_at_its_start_that_it_resumes(trained, tiny_model_dir):
 
     from dermground.platform.cli import cli
 
+    import os
+    import shutil
+
     out, _, _ = trained
     data_dir = json.loads((out / "dermground_adapter.json").read_text())["data_dir"]
+    # What a run killed while writing a checkpoint leaves: a folder Ray's snapshot does not name (test_train_run_checkpoints.py).
+    run_folder = next((out / "checkpoints").glob("run-*"))
+    unfinished = run_folder / "checkpoint_2000-01-01_00-00-00.000000"
+    shutil.copytree(sorted(p for p in run_folder.glob("checkpoint_*") if p.is_dir())[-1], unfinished)
+    os.utime(unfinished, (0, 0))
+    for path in unfinished.rglob("*"):
+        os.utime(path, (0, 0))
     result = CliRunner().invoke(cli, ["train", "--data", data_dir, "--base", str(tiny_model_dir), "--out", str(out), "--batch-size", "4",
                                       "--lr", "0.005", "--checkpoint-every", "1", "--seed", "0", "--max-steps", "4",
                                       "--cpus-per-worker", "2"])
     assert result.exit_code == 0, result.output
     assert "train: resuming from step 4 of 4 (checkpoint in" in result.stderr  # with the progress lines
+    assert not unfinished.exists() and f"unfinished checkpoint folder(s) of an interrupted run from {run_folder}" in result.stderr
+
+
+def test_a_rerun_asking_for_fewer_steps_than_its_checkpoint_has_is_refused(trained, small_data, tiny_model_dir):
+    """The run is at step 4; a re-run with --max-steps 2 saved the 4-step adapter while its metadata said
+    max_steps 2. It is refused before Ray starts, with the two ways out, and the adapter is left as it was."""
+    from dermground.train.ray_train import train_adapter
+
+    out, _, second = trained
+    before = (out / "adapter_model.safetensors").read_bytes()
+    shorter = TrainConfig(batch_size=4, lr=5e-3, checkpoint_every=1, seed=0, max_steps=2)
+    with pytest.raises(ValueError, match=r"at step 4, past the 2 steps asked for \(--max-steps 2\); pass --max-steps 4"):
+        train_adapter(small_data, tiny_model_dir, out, shorter, progress=False, cpus_per_worker=2)
+    assert (out / "adapter_model.safetensors").read_bytes() == before and second.steps == 4
 
 
 def test_trained_adapter_changes_the_outputs(trained, tiny_model_dir, tiny_backbone):

@@ -28,6 +28,11 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _require_seed(seed: int) -> None:
+    # torch.manual_seed's range: a larger seed failed inside a Ray worker, after Ray had started, with a traceback.
+    _require(-(2**63) <= seed < 2**64, f"--seed must be between {-(2**63)} and {2**64 - 1}, got {seed}")
+
+
 class _Schedule:
     """Derived numbers of a run, shared by both configurations (fields: epochs, batch_size, max_steps)."""
 
@@ -121,6 +126,7 @@ class TrainConfig(_Schedule):
                  f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(self.number_loss >= 0 and math.isfinite(self.number_loss),
                  f"--number-loss must be a finite weight >= 0 (0: cross-entropy only), got {self.number_loss}")
+        _require_seed(self.seed)
 
     def hyperparameters(self) -> dict[str, Any]:
         """The JSON form saved beside the adapter (dermground_adapter.json's "hyperparameters")."""
@@ -196,6 +202,7 @@ class PretrainConfig(_Schedule):
         _require(self.max_images is None or self.max_images >= 1, f"max_images must be >= 1, got {self.max_images}")
         _require(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         _require(self.tower_steps >= 0, f"--tower-steps must be 0 (skip) or more, got {self.tower_steps}")
+        _require_seed(self.seed)
 
     @property
     def freeze_vision(self) -> bool:

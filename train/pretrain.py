@@ -137,12 +137,14 @@ def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
     from dermground.platform.model.loading import check_model_dir
     from dermground.train.dataset import data_fingerprint, rows_to_tuples
     from dermground.train.ray_train import CHECKPOINT_FOLDER, fit
+    from dermground.train.out_folder import require_writable_folder
 
     config = config or PretrainConfig()
     base = check_model_dir(base_dir)
     out = Path(out_dir)
     if out.resolve() == base.resolve():
         raise ValueError("--out must differ from --base: pre-training writes a new model folder")
+    require_writable_folder(out)  # before the image checks and Ray
     left_out: list = []  # records the image checks refused (each named in a warning)
     rows = build_pretraining_rows(data_dir, config.questions_per_image, config.seed, config.max_images, model_dir=base,
                                   left_out=left_out)

@@ -37,14 +37,16 @@ def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, ray_address: 
     """Teach the random tiny model generic image-statistics answers (not the 16 attributes)."""
     from dermground.platform.model.loading import BackboneError
     from dermground.train.config import PretrainConfig
+    from dermground.train.out_folder import OutFolderError
     from dermground.train.pretrain import PRETRAIN_METADATA_FILE, pretrain_base
+    from dermground.train.run_checkpoints import RunBusyError
 
     base = base_dir or current_settings().base_model_dir
     try:
         # Every other option is named after its PretrainConfig field (tests/test_train_config.py checks that).
         config = PretrainConfig(**hyperparameters)
         meta = pretrain_base(data_dir, base, out_dir, config, ray_address=ray_address, progress=True)
-    except BackboneError as exc:
+    except (BackboneError, OutFolderError, RunBusyError) as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nCheck --data / --base / --out.") from None

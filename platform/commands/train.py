@@ -17,7 +17,8 @@ from dermground.platform.settings import MAX_VIEWS
 @click.option("--base", "base_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Base Qwen2-VL checkpoint folder [default: DERMGROUND_MODEL_DIR or HOME/models/base].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Adapter folder to write (re-running the same command resumes from its checkpoints).")
+              help="Adapter folder to write (re-running the same command resumes from its checkpoints). The new "
+                   "adapter is staged next to it and swapped in once checked: its parent folder must be writable.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Ray Train workers (DDP when more than one).")
 @click.option("--gpu", "use_gpu", is_flag=True, help="One GPU per worker.")
@@ -68,17 +69,21 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker:
     """Fine-tune the vision encoder and decoder with LoRA to answer the 16 attribute questions."""
     from dermground.platform.model.checkpoint_check import require_usable_checkpoint
     from dermground.platform.model.loading import BackboneError
+    from dermground.train.adapter_swap import AdapterNotSavedError
     from dermground.train.config import TrainConfig
+    from dermground.train.out_folder import OutFolderError, require_swappable_out
     from dermground.train.ray_train import METADATA_FILE, train_adapter
+    from dermground.train.run_checkpoints import RunBusyError
 
     base = base_dir or current_settings().base_model_dir
     try:
         # Every other option is named after its TrainConfig field (tests/test_train_config.py checks that).
         config = TrainConfig(**hyperparameters, modules_to_save=("lm_head",) if train_lm_head else None)
+        require_swappable_out(out_dir)  # before anything is read: a read-only --out fails in seconds
         require_usable_checkpoint(base, data_dir)  # before Ray starts: a bad folder fails in seconds
         result = train_adapter(data_dir, base, out_dir, config, cpus_per_worker=cpus_per_worker,
                                ray_address=ray_address, progress=True, cache_mb=cache_mb)
-    except BackboneError as exc:
+    except (AdapterNotSavedError, BackboneError, OutFolderError, RunBusyError) as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nCheck --data (make one with `{next_command('synth')}`) "
