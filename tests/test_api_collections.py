@@ -23,10 +23,10 @@ READ = "read-key-live"
 REMOVED = 5
 
 
-@pytest.fixture
-def home(search_collection, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def golden_home(search_collection, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """v0: the 40-point search collection; v1: the same minus 5 points, built and ready."""
-    home = tmp_path / "home"
+    home = tmp_path_factory.mktemp("api_versions") / "home"
     (home / "qdrant").mkdir(parents=True)
     copy_sparse(search_collection["store_root"], home / "qdrant" / "lesions")
     cols = EdgeCollections(home / "qdrant")
@@ -36,6 +36,13 @@ def home(search_collection, tmp_path: Path) -> Path:
         store.delete([point_id(r.isic_id) for r in search_collection["records"][:REMOVED]])
     cols.write_meta("lesions", version, VersionMeta(source="test", adapter="adapter-2", state=READY, points=35))
     return home
+
+
+@pytest.fixture
+def home(golden_home: Path, tmp_path: Path) -> Path:
+    """A copy of golden_home for one test (built once: a 17-vector version costs seconds on a busy machine)."""
+    copy_sparse(golden_home, tmp_path / "home")
+    return tmp_path / "home"
 
 
 def _serve(app) -> tuple[uvicorn.Server, threading.Thread, str]:  # noqa: ANN001

@@ -20,6 +20,7 @@ from dermground.platform.catalog import Catalog
 from dermground.platform.records import LesionRecord, read_records
 from dermground.platform.settings import load_settings
 from dermground.platform.store import DEFAULT_VECTOR_NAMES, SchemaMismatchError, open_store, point_id
+from tests.store_copies import copy_store
 
 N_IMAGES = 32
 PARTITION = 8
@@ -40,9 +41,7 @@ def ingested_home(dataset, tiny_model_dir, ray_session, tmp_path_factory: pytest
 
 
 def _copy_of(ingested_home, tmp_path: Path) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(ingested_home[0], tmp_path / "home"))
+    return copy_store(ingested_home[0], tmp_path / "home")
 
 
 def _settings(home: Path):

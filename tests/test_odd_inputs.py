@@ -12,6 +12,7 @@ import pytest
 from dermground.ingest.synth import generate_dataset
 from dermground.platform import isic_format as fmt
 from dermground.platform.records import LesionRecord, RejectedRecord, assign_split, read_records
+from tests.store_copies import copy_store
 
 
 def _ids(folder: Path) -> list[str]:
@@ -96,7 +97,7 @@ def eval_home_with_lost_images(tmp_path: Path, search_collection) -> tuple[Path,
     from dermground.platform.store import open_store, point_id
 
     home = tmp_path / "home"
-    shutil.copytree(search_collection["store_root"], home / "qdrant" / "lesions")
+    copy_store(search_collection["store_root"], home / "qdrant" / "lesions")
     records = search_collection["records"]
     train = next(r.isic_id for r in records if r.split == "train")
     test = next(r.isic_id for r in records if r.split == "test")
@@ -248,7 +249,7 @@ def test_the_api_addresses_every_id_the_reader_ingests(search_collection, tiny_b
     from dermground.platform.store import StorePoint, open_store, point_id
 
     home = tmp_path / "home"
-    shutil.copytree(search_collection["store_root"], home / "qdrant" / "lesions")
+    copy_store(search_collection["store_root"], home / "qdrant" / "lesions")
     twin_of = search_collection["records"][0].isic_id
     odd_ids = ["ISIC_0000001.v2", "Läsion #7 (rechts)", "x" * 200]
     with open_store(load_settings(home=home), "lesions") as store:
@@ -446,7 +447,7 @@ def test_eval_retrieval_refuses_a_k_above_the_train_split(search_collection, tmp
     from dermground.platform.commands import context
 
     home = tmp_path / "home"
-    shutil.copytree(search_collection["store_root"], home / "qdrant" / "lesions")
+    copy_store(search_collection["store_root"], home / "qdrant" / "lesions")
     monkeypatch.setattr(context, "_current", None)
     n_train = sum(r.split == "train" for r in search_collection["records"])
     result = CliRunner().invoke(cli, ["--home", str(home), "eval", "retrieval", "--collection", "lesions",

@@ -59,6 +59,20 @@ def _ingested_home(home: Path) -> None:
                                           "n_points": N, "ids_hash": ids_hash(ISIC_IDS)}], name=f"{NAME}--p000000-x")
 
 
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """_ingested_home built once for the module; each test works on a copy (`_copy_of`)."""
+    home = tmp_path_factory.mktemp("ingested") / "home"
+    _ingested_home(home)
+    return home
+
+
+def _copy_of(ingested: Path, home: Path) -> None:
+    from dermground.platform.store.edge_versions import copy_sparse
+
+    copy_sparse(ingested, home)
+
+
 def _view_rows(home: Path, sql: str) -> list[tuple]:
     con = connect(home / "catalog")
     try:
@@ -86,9 +100,9 @@ def _facts(home: Path, collection: str) -> tuple[tuple, tuple, int]:
     return facts, versions, history[0]
 
 
-def test_a_restored_version_is_named_in_every_view_as_collections_list_names_it(tmp_path: Path) -> None:
+def test_a_restored_version_is_named_in_every_view_as_collections_list_names_it(ingested: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    _ingested_home(home)
+    _copy_of(ingested, home)
     source = _facts(home, NAME)
     assert source == ((N, 1, 1, 1, 1, "r1", "done"), (FP, 1, 1, N, N), 2)
     source_runs = _view_rows(home, f"SELECT * FROM ingest_runs WHERE collection = '{NAME}'")
@@ -117,11 +131,11 @@ def test_a_restored_version_is_named_in_every_view_as_collections_list_names_it(
     assert "store and catalog agree" in _cli(fresh, "check", "--collection", NAME)
 
 
-def test_a_seeded_version_gets_its_own_copy_of_the_runs_its_rows_came_from(tmp_path: Path) -> None:
+def test_a_seeded_version_gets_its_own_copy_of_the_runs_its_rows_came_from(ingested: Path, tmp_path: Path) -> None:
     """What an ingest into a served collection does before it writes the new version
     (ingest/targets.py): copy the live version's rows under the new version's name."""
     home = tmp_path / "home"
-    _ingested_home(home)
+    _copy_of(ingested, home)
     source = _facts(home, NAME)
     copy_collection_rows(Catalog(home / "catalog"), NAME, f"{NAME}__v1")
     views = {r[0] for r in _view_rows(home, "SELECT collection FROM collection_versions")}
@@ -130,12 +144,12 @@ def test_a_seeded_version_gets_its_own_copy_of_the_runs_its_rows_came_from(tmp_p
     assert _facts(home, NAME) == source
 
 
-def test_a_version_restored_without_its_runs_still_counts_its_lesions_in_collection_versions(tmp_path: Path) -> None:
+def test_a_version_restored_without_its_runs_still_counts_its_lesions_in_collection_versions(ingested: Path, tmp_path: Path) -> None:
     """A same-home restore by a release before runs were keyed by collection wrote the version's
     lesions and ledger but no ingest_runs rows: collection_versions left the version out (its
     current_lesions summed to less than `collections` counts)."""
     home = tmp_path / "home"
-    _ingested_home(home)
+    _copy_of(ingested, home)
     catalog = Catalog(home / "catalog")
     restored = f"{NAME}__v1"
     for table in ("lesions", "ingest_partitions"):  # what that release's install_files wrote
@@ -149,7 +163,7 @@ def test_a_version_restored_without_its_runs_still_counts_its_lesions_in_collect
     assert _facts(home, NAME) == ((N, 1, 1, 1, 1, "r1", "done"), (FP, 1, 1, N, N), 2)  # the source is unchanged
 
 
-def test_a_catalog_compacted_by_a_release_without_row_origins_still_checks_and_restores(tmp_path: Path) -> None:
+def test_a_catalog_compacted_by_a_release_without_row_origins_still_checks_and_restores(ingested: Path, tmp_path: Path) -> None:
     """A compaction before `_source_file`/`_source_row` left merged files that say nothing of the
     partition each row came from: `check` counts those rows together, by number, and a snapshot
     restored from such a catalog checks too (no false finding, no wrong count in the views)."""
@@ -160,7 +174,7 @@ def test_a_catalog_compacted_by_a_release_without_row_origins_still_checks_and_r
                                                    live_parts)
 
     home = tmp_path / "home"
-    _ingested_home(home)
+    _copy_of(ingested, home)
     compact(home / "catalog")
     for folder in (home / "catalog").iterdir():  # the merged files as that release wrote them
         for path in live_parts(folder).all if folder.is_dir() else []:

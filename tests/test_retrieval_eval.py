@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,14 @@ from dermground.platform.commands import context
 from dermground.platform.settings import load_settings
 from dermground.eval.retrieval import FIGURE_FILE, RESULT_FILE, TABLE_FILE, evaluate_retrieval
 from dermground.eval.retrieval_metrics import box_stats, percentile_ranks
+from tests.store_copies import copy_store
 
 
 @pytest.fixture()
 def eval_home(tmp_path: Path, search_collection) -> Path:
     home = tmp_path / "home"
-    shutil.copytree(search_collection["store_root"], home / "qdrant" / "lesions")
-    shutil.copytree(search_collection["image_only_root"], home / "qdrant" / "untuned")
+    copy_store(search_collection["store_root"], home / "qdrant" / "lesions")
+    copy_store(search_collection["image_only_root"], home / "qdrant" / "untuned")
     return home
 
 

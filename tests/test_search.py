@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from dermground.platform.search_request import (
 from dermground.platform.settings import Settings
 from dermground.platform.store import Range, SearchFilter, point_id
 from dermground.platform.store.edge import EdgeStore
+from tests.store_copies import copy_store
 
 AREA = "areaMM2"
 
@@ -63,8 +63,7 @@ def _ids(response) -> list[str]:
 
 def _copy(root, tmp_path):
     target = tmp_path / "copy" / "lesions"
-    shutil.copytree(root, target)
-    return target
+    return copy_store(root, target)
 
 
 def test_image_mode_by_upload_equals_brute_force_on_h_im(store, provider, settings, data) -> None:

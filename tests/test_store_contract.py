@@ -71,11 +71,27 @@ def _open(backend: str, tmp_path: Path) -> VectorStore:
     return ServerStore("lesions", ":memory:")
 
 
-@pytest.fixture(params=["edge", "server"])
-def store(request: pytest.FixtureRequest, tmp_path: Path):
-    with _open(request.param, tmp_path) as s:
+@pytest.fixture(scope="module")
+def edge_golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The edge store of the `store` fixture, written once for the module (closed): creating a
+    17-vector collection and writing its 300 points takes seconds on a busy machine."""
+    folder = tmp_path_factory.mktemp("contract")
+    with _open("edge", folder) as s:
         s.ensure_collection(SPEC)
         s.upsert(_points())
+    return folder / "store"
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "edge":  # each test opens its own copy of the same store
+        from dermground.platform.store.edge_versions import copy_sparse
+
+        copy_sparse(request.getfixturevalue("edge_golden"), tmp_path / "store")
+    with _open(request.param, tmp_path) as s:
+        s.ensure_collection(SPEC)
+        if request.param == "server":
+            s.upsert(_points())
         yield s
 
 
