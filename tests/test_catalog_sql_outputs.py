@@ -295,3 +295,19 @@ def test_out_files_of_a_join_that_repeats_names_write_intervals_and_lists(tmp_pa
         assert pq.read_table(out).to_pylist() == [{"id": 1, "took": "01:30:00", "xs": [1, 2], "id_1": 1}]
     else:
         assert out.read_text().splitlines() == ['"id","took","xs","id"', '1,"01:30:00","[1,2]",1']
+
+
+def test_post_sql_answers_an_interval_in_a_list_as_duckdb_text(tmp_path: Path) -> None:
+    """POST /sql answered a top-level interval as DuckDB's text ('1 day') but one in a list or a
+    struct as Python's ('1 day, 0:00:00'), so a client met two spellings of one type."""
+    from fastapi.testclient import TestClient
+
+    from dermground.platform.api.app import create_app
+    from dermground.platform.settings import Settings
+
+    settings = Settings(home=tmp_path, api_read_key="r" * 16, api_admin_key="a" * 16)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/sql", headers={"X-API-Key": "a" * 16}, json={"query": TIMES})
+    assert response.status_code == 200, response.text
+    assert dict(zip(response.json()["columns"], response.json()["rows"][0], strict=True)) == TIMES_WRITTEN
+

@@ -4,7 +4,7 @@ store is thread-safe and the model is serialised by EmbedderProvider."""
 from __future__ import annotations
 
 import time
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -182,6 +182,10 @@ def _json_cell(value: object) -> object:
         return value.isoformat()
     if isinstance(value, Decimal):
         return float(value)
+    if isinstance(value, timedelta):  # in a list or struct: as DuckDB's text, like a top-level interval
+        from dermground.platform.analyst import interval_text
+
+        return interval_text(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):  # a list() or a struct: JSON arrays and objects, not Python's repr
