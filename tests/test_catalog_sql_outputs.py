@@ -311,3 +311,16 @@ def test_post_sql_answers_an_interval_in_a_list_as_duckdb_text(tmp_path: Path) -
     assert response.status_code == 200, response.text
     assert dict(zip(response.json()["columns"], response.json()["rows"][0], strict=True)) == TIMES_WRITTEN
 
+
+def test_out_with_max_rows_says_when_it_stopped_at_the_limit(tmp_path: Path) -> None:
+    """`--out` with --max-rows wrote the first rows and said 'wrote 2 rows' as if that were the
+    whole result; the printed formats say '(stopped at 2 rows ...)'."""
+    out = tmp_path / "r.csv"
+    cut = _sql(tmp_path, "SELECT range AS n FROM range(5)", "--max-rows", "2", "--out", str(out))
+    assert cut.exit_code == 0, cut.output
+    assert pcsv.read_csv(out).to_pylist() == [{"n": 0}, {"n": 1}]
+    assert "stopped at 2 rows" in cut.stderr and "--max-rows" in cut.stderr
+    whole = _sql(tmp_path, "SELECT range AS n FROM range(2)", "--max-rows", "2", "--out", str(out))
+    assert whole.exit_code == 0, whole.output
+    assert "wrote 2 rows" in whole.stderr and "stopped" not in whole.stderr
+
