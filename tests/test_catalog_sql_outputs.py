@@ -324,3 +324,12 @@ def test_out_with_max_rows_says_when_it_stopped_at_the_limit(tmp_path: Path) -> 
     assert whole.exit_code == 0, whole.output
     assert "wrote 2 rows" in whole.stderr and "stopped" not in whole.stderr
 
+
+def test_sql_shell_schema_takes_a_view_ended_by_a_semicolon(tmp_path: Path) -> None:
+    """`.schema lesions;` (the semicolon typed as after every statement) said "no view 'lesions;'",
+    and `.tables;` "unknown command .tables;"."""
+    context._current = None
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "sql"], input=".schema quarantine;\n.tables;\n")
+    assert result.exit_code == 0, result.output
+    assert "quarantine: Records that ingest refused" in result.stdout
+    assert "collections  collection_versions" in result.stdout
