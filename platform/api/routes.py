@@ -165,6 +165,7 @@ def predict(request: Request, file: Annotated[UploadFile, File(description="the 
 def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
     """One read-only SELECT over the catalog views (the same guard as `dermground sql`)."""
     from dermground.platform.catalog import SqlRejected, run_readonly_sql
+    from dermground.platform.catalog_files import MissingCatalogFile
 
     settings = _settings(request)
     max_rows = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
@@ -172,6 +173,8 @@ def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
         result = run_readonly_sql(settings.catalog_dir, body.query, max_rows=max_rows, timeout_s=settings.sql_timeout_s)
     except SqlRejected as exc:
         raise HTTPException(400, detail=str(exc)) from None
+    except MissingCatalogFile as exc:  # the server's catalog is damaged, not the request
+        raise HTTPException(503, detail=str(exc)) from None
     return schemas.SqlResult(columns=result.columns, rows=[[_json_cell(v) for v in row] for row in result.rows],
                              truncated=result.truncated)
 
