@@ -333,3 +333,12 @@ def test_sql_shell_schema_takes_a_view_ended_by_a_semicolon(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     assert "quarantine: Records that ingest refused" in result.stdout
     assert "collections  collection_versions" in result.stdout
+
+
+def test_sql_shell_schema_takes_a_view_name_in_any_case(tmp_path: Path) -> None:
+    """`.schema Quarantine` said "no view 'Quarantine'" while `SELECT * FROM Quarantine` reads it:
+    DuckDB's unquoted names are case-insensitive."""
+    context._current = None
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "sql"], input=".schema Quarantine\n")
+    assert result.exit_code == 0, result.output
+    assert "quarantine: Records that ingest refused" in result.stdout

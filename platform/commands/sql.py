@@ -192,7 +192,8 @@ def _shell(catalog_dir: Path, fmt: str, max_rows: int, timeout_s: float, home: P
 
     def schema(view: str | None) -> str:
         views = dictionary()
-        chosen = [v for v in views if view is None or v.name == view]
+        # Unquoted SQL names are case-insensitive: `.schema Lesions` is the view `FROM Lesions` reads.
+        chosen = [v for v in views if view is None or v.name.lower() == view.lower()]
         if not chosen:
             raise ValueError(f"no view {view!r}; .tables lists them")
         return render_text(chosen).rstrip("\n")
