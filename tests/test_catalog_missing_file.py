@@ -1,6 +1,7 @@
 """A catalog missing one of its compacted files (a copy or a restore that left out a `_compacted/`
 folder, a file deleted by hand): every reader names the file and the next step, instead of DuckDB's
-bare 'No files found that match the pattern' (a traceback from `dermground sql` and `check`)."""
+bare 'No files found that match the pattern' (a traceback from `dermground sql`, `check` and
+`catalog compact`)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_a_missing_compacted_file_is_named_with_the_next_step(tmp_path: Path) ->
         return CliRunner().invoke(cli, ["--home", str(tmp_path), *args])
 
     for args in (["sql", "SELECT count(*) FROM lesions"], ["sql", "SELECT 1", "--out", str(tmp_path / "r.csv")],
-                 ["check", "--collection", "c1"]):
+                 ["check", "--collection", "c1"], ["catalog", "compact"]):
         result = dermground(*args)
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.output)
         assert named in result.output and "from a backup" in result.output, (args, result.output)

@@ -18,7 +18,6 @@ def check(collection: str, qdrant_url: str | None) -> None:
     vector or payload key, ledger partitions, counts. Exits 1 on any finding. While `serve` holds
     the live version of the embedded store, a copy of it is checked."""
     from dermground.ingest.consistency import check_collection
-    from dermground.platform.catalog_files import MissingCatalogFile
     from dermground.platform.store import StoreError
 
     settings = current_settings()
@@ -26,7 +25,7 @@ def check(collection: str, qdrant_url: str | None) -> None:
         settings = settings.model_copy(update={"qdrant_url": qdrant_url})
     try:
         report = check_collection(settings, collection)
-    except (StoreError, MissingCatalogFile) as exc:
+    except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"collection {collection}: store {report.store_points} points, catalog {report.catalog_rows} rows, "
                f"ledger {report.ledger_partitions} partitions / {report.ledger_points} points")

@@ -80,15 +80,6 @@ def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out
       dermground sql                      # shell: statements end with ';', .help for commands
       dermground sql < queries.sql        # run a file of statements
     """
-    from dermground.platform.catalog_files import MissingCatalogFile
-
-    try:
-        _run(query, fmt, max_rows, timeout_s, out, schema)
-    except MissingCatalogFile as exc:  # a damaged catalog: no query can help, the message says what does
-        raise click.ClickException(str(exc)) from None
-
-
-def _run(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out: Path | None, schema: bool) -> None:
     from dermground.platform.catalog import SqlRejected, run_readonly_sql
 
     settings = current_settings()
