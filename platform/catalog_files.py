@@ -182,9 +182,22 @@ class LiveParts:
         return ([self.current] if self.current else []) + self.older + self.recent
 
 
+class MissingCatalogFile(FileNotFoundError):
+    """A compacted file the table's manifest names is gone: the rows merged into it cannot be read."""
+
+
 def live_parts(folder: Path) -> LiveParts:
-    """The live files of a table folder, by part (see LiveParts)."""
+    """The live files of a table folder, by part (see LiveParts). MissingCatalogFile when a
+    compacted file the manifest names is missing (a compaction never deletes a live one)."""
     manifest = Manifest.read(folder)  # first the manifest, then the listing: see the module docstring
+    missing = [name for name in manifest.compacted if not (folder / name).is_file()]
+    if missing:
+        shown = ", ".join(f"{folder.name}/{name}" for name in missing)
+        raise MissingCatalogFile(
+            f"the catalog at {folder.parent} is missing {shown}, a compacted file that {folder.name}/{MANIFEST} "
+            f"names: the rows merged into it cannot be read, and no view of the catalog opens without it. "
+            f"Restore the catalog folder from a backup that holds its {COMPACTED_DIR}/ folders (a copy of a "
+            f"catalog must take them along), then run `dermground check`")
     recent = _listed(folder, manifest)
     current = folder / manifest.current if manifest.current else None
     older = [folder / name for name in manifest.compacted if name != manifest.current]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -48,6 +49,17 @@ class LazyGroup(click.Group):
             module = importlib.import_module(f"dermground.platform.commands.{module_name}")
             return getattr(module, attr)
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except FileNotFoundError as exc:
+            # A catalog missing a compacted file (catalog_files.MissingCatalogFile), under any command
+            # that reads it: its message names the file and what to do; a traceback would bury it.
+            files = sys.modules.get("dermground.platform.catalog_files")  # loaded by whoever raised it
+            if files is not None and isinstance(exc, files.MissingCatalogFile):
+                raise click.ClickException(str(exc)) from None
+            raise
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

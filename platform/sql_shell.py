@@ -72,7 +72,8 @@ def run(items: Iterable[str], *, execute: Callable[[str], str], views: Callable[
     status = 0
     for item in items:
         if item.startswith("."):
-            command, _, argument = item.partition(" ")
+            # `.schema lesions;`: users end a dot command with ';' as they end every statement.
+            command, _, argument = item.rstrip().rstrip(";").partition(" ")
             if command in (".quit", ".exit"):
                 break
             if command == ".help":

@@ -295,3 +295,50 @@ def test_out_files_of_a_join_that_repeats_names_write_intervals_and_lists(tmp_pa
         assert pq.read_table(out).to_pylist() == [{"id": 1, "took": "01:30:00", "xs": [1, 2], "id_1": 1}]
     else:
         assert out.read_text().splitlines() == ['"id","took","xs","id"', '1,"01:30:00","[1,2]",1']
+
+
+def test_post_sql_answers_an_interval_in_a_list_as_duckdb_text(tmp_path: Path) -> None:
+    """POST /sql answered a top-level interval as DuckDB's text ('1 day') but one in a list or a
+    struct as Python's ('1 day, 0:00:00'), so a client met two spellings of one type."""
+    from fastapi.testclient import TestClient
+
+    from dermground.platform.api.app import create_app
+    from dermground.platform.settings import Settings
+
+    settings = Settings(home=tmp_path, api_read_key="r" * 16, api_admin_key="a" * 16)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/sql", headers={"X-API-Key": "a" * 16}, json={"query": TIMES})
+    assert response.status_code == 200, response.text
+    assert dict(zip(response.json()["columns"], response.json()["rows"][0], strict=True)) == TIMES_WRITTEN
+
+
+def test_out_with_max_rows_says_when_it_stopped_at_the_limit(tmp_path: Path) -> None:
+    """`--out` with --max-rows wrote the first rows and said 'wrote 2 rows' as if that were the
+    whole result; the printed formats say '(stopped at 2 rows ...)'."""
+    out = tmp_path / "r.csv"
+    cut = _sql(tmp_path, "SELECT range AS n FROM range(5)", "--max-rows", "2", "--out", str(out))
+    assert cut.exit_code == 0, cut.output
+    assert pcsv.read_csv(out).to_pylist() == [{"n": 0}, {"n": 1}]
+    assert "stopped at 2 rows" in cut.stderr and "--max-rows" in cut.stderr
+    whole = _sql(tmp_path, "SELECT range AS n FROM range(2)", "--max-rows", "2", "--out", str(out))
+    assert whole.exit_code == 0, whole.output
+    assert "wrote 2 rows" in whole.stderr and "stopped" not in whole.stderr
+
+
+def test_sql_shell_schema_takes_a_view_ended_by_a_semicolon(tmp_path: Path) -> None:
+    """`.schema lesions;` (the semicolon typed as after every statement) said "no view 'lesions;'",
+    and `.tables;` "unknown command .tables;"."""
+    context._current = None
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "sql"], input=".schema quarantine;\n.tables;\n")
+    assert result.exit_code == 0, result.output
+    assert "quarantine: Records that ingest refused" in result.stdout
+    assert "collections  collection_versions" in result.stdout
+
+
+def test_sql_shell_schema_takes_a_view_name_in_any_case(tmp_path: Path) -> None:
+    """`.schema Quarantine` said "no view 'Quarantine'" while `SELECT * FROM Quarantine` reads it:
+    DuckDB's unquoted names are case-insensitive."""
+    context._current = None
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "sql"], input=".schema Quarantine\n")
+    assert result.exit_code == 0, result.output
+    assert "quarantine: Records that ingest refused" in result.stdout

@@ -4,7 +4,7 @@ store is thread-safe and the model is serialised by EmbedderProvider."""
 from __future__ import annotations
 
 import time
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -169,6 +169,7 @@ def predict(request: Request, file: Annotated[UploadFile, File(description="the 
 def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
     """One read-only SELECT over the catalog views (the same guard as `dermground sql`)."""
     from dermground.platform.catalog import SqlRejected, run_readonly_sql
+    from dermground.platform.catalog_files import MissingCatalogFile
 
     settings = _settings(request)
     max_rows = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
@@ -176,6 +177,8 @@ def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
         result = run_readonly_sql(settings.catalog_dir, body.query, max_rows=max_rows, timeout_s=settings.sql_timeout_s)
     except SqlRejected as exc:
         raise HTTPException(400, detail=str(exc)) from None
+    except MissingCatalogFile as exc:  # the server's catalog is damaged, not the request
+        raise HTTPException(503, detail=str(exc)) from None
     return schemas.SqlResult(columns=result.columns, rows=[[_json_cell(v) for v in row] for row in result.rows],
                              truncated=result.truncated)
 
@@ -186,6 +189,10 @@ def _json_cell(value: object) -> object:
         return value.isoformat()
     if isinstance(value, Decimal):
         return float(value)
+    if isinstance(value, timedelta):  # in a list or struct: as DuckDB's text, like a top-level interval
+        from dermground.platform.analyst import interval_text
+
+        return interval_text(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):  # a list() or a struct: JSON arrays and objects, not Python's repr

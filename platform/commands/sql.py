@@ -148,12 +148,18 @@ def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, t
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--out") from None
     try:
-        table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=max_rows,
+        # One row past the limit tells a result cut short from one that fits exactly.
+        table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=None if max_rows is None else max_rows + 1,
                             out_format=out.suffix.lower())
     except SqlRejected as exc:
         raise _sql_error(exc) from None
+    truncated = max_rows is not None and table.num_rows > max_rows
+    if truncated:
+        table = table.slice(0, max_rows)
     write_table(table, out)
     click.echo(f"wrote {table.num_rows} rows x {table.num_columns} columns to {out}", err=True)
+    if truncated:
+        click.echo(f"(stopped at {max_rows} rows; the query has more: raise --max-rows or add LIMIT/WHERE)", err=True)
 
 
 def _shell(catalog_dir: Path, fmt: str, max_rows: int, timeout_s: float, home: Path) -> None:
@@ -177,7 +183,8 @@ def _shell(catalog_dir: Path, fmt: str, max_rows: int, timeout_s: float, home: P
 
     def schema(view: str | None) -> str:
         views = dictionary()
-        chosen = [v for v in views if view is None or v.name == view]
+        # Unquoted SQL names are case-insensitive: `.schema Lesions` is the view `FROM Lesions` reads.
+        chosen = [v for v in views if view is None or v.name.lower() == view.lower()]
         if not chosen:
             raise ValueError(f"no view {view!r}; .tables lists them")
         return render_text(chosen).rstrip("\n")

@@ -54,7 +54,11 @@ def open_store(settings: Settings, collection: str | None = None) -> VectorStore
                             on_disk=settings.qdrant_on_disk, quantization=settings.qdrant_quantization,
                             max_request_mb=settings.qdrant_max_request_mb)
         # Resolved here, on the store's own client (":memory:" is one database per client).
-        store.collection = ServerCollections(store._client, owns_client=False).resolve(name)
+        try:
+            store.collection = ServerCollections(store._client, owns_client=False).resolve(name)
+        except BaseException:
+            store.close()  # the error's traceback keeps this frame: its client must not stay open
+            raise
         return store
     from dermground.platform.store.edge import EdgeStore
 

@@ -313,6 +313,12 @@ class VectorStore(abc.ABC):
         """All point ids (matching the filter)."""
         return [p.id for p in self.iter_points(filter, page_size=2000, with_payload=False)]
 
+    def points_missing_vector(self, name: str) -> list[StorePoint]:
+        """Points (payload: isic_id only, no vectors) that lack the named vector. This reads the one
+        vector of every point; a backend whose engine filters on a vector's presence reads none."""
+        return [StorePoint(p.id, {}, {k: v for k, v in (p.payload or {}).items() if k == "isic_id"})
+                for p in self.iter_points(with_payload=True, with_vectors=[name]) if name not in (p.vectors or {})]
+
     def missing_payload_indexes(self) -> list[str]:
         """Payload fields of the schema's indexes (schema.PAYLOAD_INDEXES) the collection lacks;
         ensure_collection creates them. A backend whose create cannot stop half-way keeps none missing."""

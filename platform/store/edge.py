@@ -282,6 +282,18 @@ class EdgeStore(VectorStore):
         points = [store_point(r) for r in records]
         return points, None if next_offset is None else str(next_offset)
 
+    def points_missing_vector(self, name: str) -> list[StorePoint]:
+        """The engine's has-vector filter: only the points lacking it, read without vectors."""
+        lacking = qe.Filter(must_not=[qe.HasVectorCondition(vector=name)])
+        points: list[StorePoint] = []
+        offset: object = None
+        while True:
+            records, offset = self._require_shard().scroll(qe.ScrollRequest(
+                limit=1000, offset=offset, filter=lacking, with_payload=["isic_id"], with_vector=False))
+            points += [store_point(r) for r in records]
+            if offset is None:
+                return points
+
     def count(self, filter: SearchFilter | None = None) -> int:
         return int(self._require_shard().count(qe.CountRequest(exact=True, filter=edge_filter(filter))))
 

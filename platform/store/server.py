@@ -389,6 +389,19 @@ class ServerStore(VectorStore):
         return points, None if next_offset is None else str(next_offset)
 
     @_missing_collection_is_a_store_error
+    def points_missing_vector(self, name: str) -> list[StorePoint]:
+        """Qdrant's has-vector filter: the server sends only the points lacking it, with no vector."""
+        lacking = models.Filter(must_not=[models.HasVectorCondition(has_vector=name)])
+        points: list[StorePoint] = []
+        offset: models.ExtendedPointId | None = None
+        while True:
+            records, offset = self._client.scroll(self.collection, scroll_filter=lacking, limit=1000, offset=offset,
+                                                  with_payload=["isic_id"], with_vectors=False)
+            points += [store_point(r) for r in records]
+            if offset is None:
+                return points
+
+    @_missing_collection_is_a_store_error
     def count(self, filter: SearchFilter | None = None) -> int:
         return int(self._client.count(self.collection, count_filter=server_filter(filter), exact=True).count)
 
