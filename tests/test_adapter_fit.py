@@ -205,7 +205,7 @@ def test_an_adapter_trained_on_another_base_of_the_same_shape_is_refused(tiny_mo
     with pytest.raises(BackboneError, match="it was trained on other base weights") as error:
         load_backbone(other, adapter, device="cpu", dtype="float32")
     message = str(error.value)
-    assert f"adapter {adapter} does not fit base model {other}" in message and "Next: pass --model" in message
+    assert f"adapter {adapter} does not fit base model {other}" in message and "Next: point --model or DERMGROUND_MODEL_DIR at the base" in message
     require_adapter_fits(adapter, tiny_model_dir)  # its own base
     # ... also saved again in bfloat16, in shards: the same weights.
     resaved = tmp_path / "bf16"

@@ -188,6 +188,8 @@ def test_the_page_works_from_the_keyboard_with_labelled_controls(hpage, hostile_
     hpage.keyboard.press("Enter")
     first = hpage.locator("#examples img").nth(0)
     assert hpage.input_value("#isic") == first.get_attribute("data-isic")
+    # the example's alt text comes with its thumbnail (fetched after the list): wait for it, with playwright's deadline
+    hpage.wait_for_function("() => !!document.querySelector('#examples img').alt")
     assert first.get_attribute("alt")
     hpage.select_option("#mode", "image")
     held = []  # the thumbnails, held back: while they load no card may show a broken-image icon
