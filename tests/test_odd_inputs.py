@@ -91,7 +91,6 @@ def test_eval_predict_skips_what_ingest_quarantines_and_counts_it(hdf5_data: Pat
 def eval_home_with_lost_images(tmp_path: Path, search_collection) -> tuple[Path, str, str]:
     """The search collection copied into a HOME, one train and one test point's image gone (a
     collection restored from a backup without its data folder, or a file since overwritten)."""
-    import shutil
 
     from dermground.platform.settings import load_settings
     from dermground.platform.store import open_store, point_id
@@ -239,7 +238,6 @@ def test_the_api_addresses_every_id_the_reader_ingests(search_collection, tiny_b
     """An id the reader takes (any plain file name: a dot, a space, a '#', non-ASCII letters) can be
     searched by and its image fetched through the API, as with `dermground search --id` (the API
     allowed only [A-Za-z0-9_-]{1,64}: a 422 for a lesion it had just listed as a hit)."""
-    import shutil
     from urllib.parse import quote
 
     from fastapi.testclient import TestClient
@@ -439,7 +437,6 @@ def test_eval_retrieval_refuses_a_k_above_the_train_split(search_collection, tmp
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """--k above the number of train images: a message saying so (random ended in numpy's "Cannot
     take a larger sample than population", the other methods scored the whole split as top-k)."""
-    import shutil
 
     from click.testing import CliRunner
 
