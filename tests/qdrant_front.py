@@ -17,9 +17,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from qdrant_client import QdrantClient, models
+
+
+_Server = TypeVar("_Server", bound=http.server.HTTPServer)
 
 
 @dataclass
@@ -191,14 +194,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def qdrant_front() -> Iterator[QdrantFront]:
-    """A running front; shut down on exit."""
-    front = QdrantFront()
-    thread = threading.Thread(target=front.serve_forever, daemon=True)
+def served(server: _Server) -> Iterator[_Server]:
+    """`server` (any stand-in HTTP server of the tests) answering on its own thread; shut down on exit."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield front
+        yield server
     finally:
-        front.shutdown()
-        front.server_close()
+        server.shutdown()
+        server.server_close()
         thread.join(10)
+
+
+@contextmanager
+def qdrant_front() -> Iterator[QdrantFront]:
+    """A running front; shut down on exit."""
+    with served(QdrantFront()) as front:
+        yield front

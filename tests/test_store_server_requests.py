@@ -22,7 +22,7 @@ from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionSpec, StoreError, StorePoint, open_store, point_id
 from dermground.platform.store.schema import DEFAULT_VECTOR_NAMES
 from dermground.platform.store.server import ServerStore
-from tests.qdrant_front import qdrant_front
+from tests.qdrant_front import qdrant_front, served
 
 DIM, N = 32, 300
 LIMIT_MB = 1
@@ -102,12 +102,8 @@ class _Front(http.server.BaseHTTPRequestHandler):
 def qdrant() -> Iterator[_LimitedQdrant]:
     server = _LimitedQdrant(LIMIT_MB * 2**20)
     ServerStore("lesions", client=server.engine).ensure_collection(SPEC)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with served(server):
+        yield server
 
 
 def _points() -> list[StorePoint]:
