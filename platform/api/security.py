@@ -2,7 +2,8 @@
 The analyst key (DERMGROUND_API_ANALYST_KEY) opens /sql only: read-only SQL without admin rights.
 
 The admin key also opens the read endpoints. With no read key configured the read endpoints are
-open and `dermground serve` binds to loopback only; /sql always needs the admin key.
+open and `dermground serve` binds to loopback only; /sql always needs the admin or the analyst key
+(closed when neither is configured).
 Keys are compared with hmac.compare_digest (constant time).
 """
 
