@@ -147,3 +147,17 @@ def test_init_tiny_refuses_an_image_size_below_28(tmp_path, size):
                                       str(tmp_path / "m"), "--image-size", size])
     assert result.exit_code == 1 and not (tmp_path / "m" / "config.json").exists()
     assert f"image_size must be a positive multiple of 28 (patch 14 x merge 2), got {size}" in result.output
+
+
+def test_init_tiny_under_a_file_is_a_clear_error_naming_out(tmp_path):
+    # Before: a NotADirectoryError traceback out of pathlib's mkdir.
+    from click.testing import CliRunner
+
+    from dermground.platform.cli import cli
+
+    (tmp_path / "afile").write_text("not a folder")
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "model", "init-tiny", "--out",
+                                      str(tmp_path / "afile" / "m")])
+    assert result.exit_code == 1 and not isinstance(result.exception, NotADirectoryError), result.exception
+    assert f"--out {tmp_path / 'afile' / 'm'}: cannot write the model there (Not a directory)" in result.output
+    assert (tmp_path / "afile").read_text() == "not a folder"

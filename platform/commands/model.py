@@ -48,6 +48,9 @@ def init_tiny(out: Path | None, seed: int, preset: str, image_size: int | None, 
             path = save_tiny_model(target, seed=seed, preset=preset, image_size=image_size, family=family)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # a file where a folder of --out should be, a read-only or full disk
+        raise click.ClickException(f"--out {target}: cannot write the model there ({exc.strerror or exc}); pass a "
+                                   "folder on a writable disk whose parents are folders") from None
     click.echo(f"wrote {preset} {family} model (seed {seed}) to {path}")
     click.echo(f"fingerprint {fingerprint(path)}")
 
