@@ -43,6 +43,13 @@ class CheckReport:
     ledger_partitions: int = 0
     ledger_points: int = 0
     findings: list[str] = field(default_factory=list)
+    store_missing: bool = False  # the store has no such collection
+
+    @property
+    def unknown_collection(self) -> bool:
+        """Neither the store nor the catalog knows the collection: a wrong name, not a disagreement."""
+        return (self.store_missing and self.catalog_rows == 0 and self.ledger_partitions == 0
+                and len(self.findings) == 1)
 
     @property
     def ok(self) -> bool:
@@ -121,6 +128,7 @@ def _check_store(store: VectorStore, collection: str, report: CheckReport) -> se
     other_model: list[str] = []
     spec = store.describe()
     if spec is None:
+        report.store_missing = True
         report.findings.append(f"collection {collection!r} does not exist in the store")
         return set()
     report.store_points = store.count()

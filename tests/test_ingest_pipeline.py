@@ -328,3 +328,20 @@ def test_an_ingest_compacts_the_catalog_tables_it_fragmented(dataset, tiny_model
     assert live_parts(catalog_dir / "lesions").recent == [] and live_parts(catalog_dir / "ingest_partitions").recent == []
     assert Catalog(catalog_dir).query("SELECT count(*) AS n FROM lesions")[0]["n"] == N_IMAGES
     assert check_collection(settings, "lesions").ok  # the ledger still agrees with the store
+
+
+def test_check_of_a_collection_nobody_knows_says_so_and_one_the_store_lost_is_a_finding(ingested_home, tmp_path):
+    # Before: a misspelt name was reported as "FINDING collection 'lesons' does not exist in the store"
+    # with "If an ingest was interrupted, rerun it to resume".
+    import shutil
+
+    from dermground.platform.cli import cli
+
+    home = _copy_of(ingested_home, tmp_path)
+    result = CliRunner().invoke(cli, ["--home", str(home), "check", "--collection", "lesons"])
+    assert result.exit_code == 1 and "FINDING" not in result.output
+    assert (f"no collection 'lesons' in the store or the catalog: check the name (`dermground --home {home} "
+            "collections list` shows the collections)") in result.output
+    shutil.rmtree(_settings(home).store_dir / "lesions")  # the catalog still has its rows: a real disagreement
+    result = CliRunner().invoke(cli, ["--home", str(home), "check", "--collection", "lesions"])
+    assert result.exit_code == 1 and "FINDING collection 'lesions' does not exist in the store" in result.output

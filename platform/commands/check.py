@@ -25,6 +25,11 @@ def check(collection: str, qdrant_url: str | None) -> None:
         report = check_collection(settings, collection)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
+    if report.unknown_collection:
+        from dermground.platform.next_step import next_command
+
+        raise click.ClickException(f"no collection {collection!r} in the store or the catalog: check the name "
+                                   f"(`{next_command('collections list')}` shows the collections)")
     click.echo(f"collection {collection}: store {report.store_points} points, catalog {report.catalog_rows} rows, "
                f"ledger {report.ledger_partitions} partitions / {report.ledger_points} points")
     for finding in report.findings:
