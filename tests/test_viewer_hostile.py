@@ -141,6 +141,16 @@ def test_typing_an_isic_id_after_an_upload_searches_that_lesion(hpage, hostile_s
     assert hpage.input_value("#file") == ""  # the page no longer offers the upload as the query
 
 
+def test_an_empty_b_box_leaves_b_to_the_server(hpage, hostile_server, search_collection) -> None:
+    # Before: the empty box was sent as b = 0 and every search, direct ones too, got a 422 about b.
+    _open(hpage, hostile_server)
+    hpage.fill("#isic", search_collection["records"][0].isic_id)
+    hpage.fill("#b", "")
+    for mode in ("image_text", "hierarchical"):
+        hpage.select_option("#mode", mode)
+        assert "results" in _searched(hpage), mode
+
+
 def test_hit_values_carry_their_units(hpage, hostile_server, search_collection) -> None:
     _open(hpage, hostile_server)
     records = {r.isic_id: r for r in search_collection["records"]}
