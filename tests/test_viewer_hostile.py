@@ -151,6 +151,25 @@ def test_an_empty_b_box_leaves_b_to_the_server(hpage, hostile_server, search_col
         assert "results" in _searched(hpage), mode
 
 
+def test_a_failed_prediction_of_the_upload_is_said_beside_the_results(hpage, hostile_server, search_collection,
+                                                                      tmp_path) -> None:
+    # Before: the results came, and the query's values showed "–" with no word of why.
+    _open(hpage, hostile_server)
+    upload = tmp_path / "upload.jpg"
+    upload.write_bytes(search_collection["records"][2].image_bytes())
+    hpage.set_input_files("#file", str(upload))
+    hpage.select_option("#mode", "image_text")
+    hpage.route("**/predict", lambda route: route.fulfill(  # the server's answer when its model work is full
+        status=503, content_type="application/json", headers={"Retry-After": "5"},
+        body='{"detail": "the model is busy", "rule": "model_busy"}'))
+    try:
+        text = _searched(hpage)
+    finally:
+        hpage.unroute("**/predict")
+    assert "results" in text and hpage.locator("#grid .hit").count() > 0
+    assert "the uploaded image's attribute values could not be predicted: 503" in text and "model is busy" in text
+
+
 def test_hit_values_carry_their_units(hpage, hostile_server, search_collection) -> None:
     _open(hpage, hostile_server)
     records = {r.isic_id: r for r in search_collection["records"]}
