@@ -27,11 +27,12 @@ _Server = TypeVar("_Server", bound=http.server.HTTPServer)
 
 @dataclass
 class Request:
-    """One request the front answered: method, path (no query string), JSON body, answer size."""
+    """One request the front answered: method, path (no query string), JSON body, its size, answer size."""
 
     method: str
     path: str
     body: dict[str, Any]
+    body_bytes: int = 0
     answer_bytes: int = 0
 
 
@@ -48,6 +49,9 @@ class QdrantFront(http.server.ThreadingHTTPServer):
         # Set: a reverse proxy's body limit in front of the server (nginx's client_max_body_size),
         # answered as nginx does, with 413 and an HTML page.
         self.proxy_body_limit: int | None = None
+        # Set: the server's own request-size limit (service.max_request_size_mb), answered as Qdrant
+        # does, with 400 "Payload error"; a refused request is not recorded.
+        self.body_limit: int | None = None
         # False: a server older than Qdrant 1.16, which ignores collection metadata in requests.
         self.keeps_metadata = True
 
@@ -96,8 +100,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(page)
             return
+        if self.server.body_limit is not None and length > self.server.body_limit:  # Qdrant's answer, word for word
+            self._send(400, {"status": {"error": f"Payload error: JSON payload ({length} bytes) is larger than "
+                                                 f"allowed (limit: {self.server.body_limit} bytes)."}})
+            return
         body = json.loads(raw) if length else {}
-        request = Request(self.command, path, body)
+        request = Request(self.command, path, body, body_bytes=length)
         with self.server.lock:
             self.server.requests.append(request)
             try:
