@@ -127,12 +127,14 @@ def test_an_older_search_answering_late_does_not_replace_newer_results(hpage, ho
     assert "results" in hpage.inner_text("#status")
 
 
-def test_typing_an_isic_id_after_an_upload_searches_that_lesion(hpage, hostile_server, search_collection,
-                                                               tmp_path) -> None:
+def _upload(page, record) -> None:
+    """Choose `record`'s image in the page's file box, as a user picking upload.jpg from disk."""
+    page.set_input_files("#file", {"name": "upload.jpg", "mimeType": "image/jpeg", "buffer": record.image_bytes()})
+
+
+def test_typing_an_isic_id_after_an_upload_searches_that_lesion(hpage, hostile_server, search_collection) -> None:
     _open(hpage, hostile_server)
-    upload = tmp_path / "upload.jpg"
-    upload.write_bytes(search_collection["records"][3].image_bytes())
-    hpage.set_input_files("#file", str(upload))
+    _upload(hpage, search_collection["records"][3])
     typed = search_collection["records"][1].isic_id
     hpage.fill("#isic", typed)
     hpage.select_option("#mode", "image")
@@ -151,13 +153,10 @@ def test_an_empty_b_box_leaves_b_to_the_server(hpage, hostile_server, search_col
         assert "results" in _searched(hpage), mode
 
 
-def test_a_failed_prediction_of_the_upload_is_said_beside_the_results(hpage, hostile_server, search_collection,
-                                                                      tmp_path) -> None:
+def test_a_failed_prediction_of_the_upload_is_said_beside_the_results(hpage, hostile_server, search_collection) -> None:
     # Before: the results came, and the query's values showed "–" with no word of why.
     _open(hpage, hostile_server)
-    upload = tmp_path / "upload.jpg"
-    upload.write_bytes(search_collection["records"][2].image_bytes())
-    hpage.set_input_files("#file", str(upload))
+    _upload(hpage, search_collection["records"][2])
     hpage.select_option("#mode", "image_text")
     hpage.route("**/predict", lambda route: route.fulfill(  # the server's answer when its model work is full
         status=503, content_type="application/json", headers={"Retry-After": "5"},
