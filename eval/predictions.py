@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermground.eval.output_folder import check_output_folder
+from dermground.platform.out_folder import require_writable_folder
 from dermground.platform.attributes import ATTRIBUTE_NAMES, get_attribute
 
 PREDICTION_FILE = "prediction.json"
@@ -123,7 +123,8 @@ def evaluate_predictions(
     from dermground.platform.model.loading import load_backbone
     from dermground.platform.predict import greedy_prediction, predict_attributes
 
-    out = check_output_folder(out_dir)  # before any work: a bad --out must not cost the whole run
+    require_writable_folder(out_dir)  # before any work: a bad --out must not cost the whole run
+    out = Path(out_dir)
     names = list(attributes or ATTRIBUTE_NAMES)
     for name in names:
         get_attribute(name)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermground.eval.output_folder import check_output_folder
+from dermground.platform.out_folder import require_writable_folder
 from dermground.eval.retrieval_metrics import percentile_ranks
 from dermground.eval.retrieval_report import medians_table, plot_boxplots, summarize, write_summary
 from dermground.platform.attributes import ATTRIBUTE_NAMES, resolve_attributes
@@ -127,7 +127,7 @@ def evaluate_retrieval(settings: Settings, collection: str, out_dir: Path, *,
     """Run the retrieval evaluation; write retrieval.json, the boxplots and the medians table."""
     from dermground.platform.progress import progress_bar
 
-    check_output_folder(out_dir)  # before any work: a bad --out must not cost the whole run
+    require_writable_folder(out_dir)  # before any work: a bad --out must not cost the whole run
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")

@@ -31,7 +31,7 @@ def test_an_unwritable_out_is_refused_before_the_image_checks_naming_the_folder(
 
 
 def test_the_check_leaves_no_folder_behind_and_refuses_a_file(tmp_path):
-    from dermground.train.out_folder import OutFolderError, require_writable_folder
+    from dermground.platform.out_folder import OutFolderError, require_writable_folder
 
     require_writable_folder(tmp_path / "a" / "b")
     assert list(tmp_path.iterdir()) == []  # the folders it made to probe are gone again

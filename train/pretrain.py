@@ -137,7 +137,7 @@ def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
     from dermground.platform.model.loading import check_model_dir
     from dermground.train.dataset import data_fingerprint, rows_to_tuples
     from dermground.train.ray_train import CHECKPOINT_FOLDER, fit
-    from dermground.train.out_folder import require_writable_folder
+    from dermground.platform.out_folder import require_writable_folder
 
     config = config or PretrainConfig()
     base = check_model_dir(base_dir)

@@ -48,7 +48,7 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
     import statistics
 
     from dermground.platform.model.loading import BackboneError
-    from dermground.eval.output_folder import OutputFolderError
+    from dermground.platform.out_folder import OutFolderError
     from dermground.eval.predictions import FIGURE_FILE, PREDICTION_FILE, evaluate_predictions
 
     settings = current_settings()
@@ -60,7 +60,7 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
             views=settings.predict_views if views is None else views,
             pool=pool or settings.predict_pool, seed=settings.seed if seed is None else seed, device=settings.device,
             progress=True)
-    except (BackboneError, OutputFolderError) as exc:
+    except (BackboneError, OutFolderError) as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nCheck --data (make one with `{next_command('synth')}`).") from None

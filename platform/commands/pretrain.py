@@ -37,7 +37,7 @@ def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, ray_address: 
     """Teach the random tiny model generic image-statistics answers (not the 16 attributes)."""
     from dermground.platform.model.loading import BackboneError
     from dermground.train.config import PretrainConfig
-    from dermground.train.out_folder import OutFolderError
+    from dermground.platform.out_folder import OutFolderError
     from dermground.train.pretrain import PRETRAIN_METADATA_FILE, pretrain_base
     from dermground.train.run_checkpoints import RunBusyError
 

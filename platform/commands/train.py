@@ -71,7 +71,8 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker:
     from dermground.platform.model.loading import BackboneError
     from dermground.train.adapter_swap import AdapterNotSavedError
     from dermground.train.config import TrainConfig
-    from dermground.train.out_folder import OutFolderError, require_swappable_out
+    from dermground.platform.out_folder import OutFolderError
+    from dermground.train.out_folder import require_swappable_out
     from dermground.train.ray_train import METADATA_FILE, train_adapter
     from dermground.train.run_checkpoints import RunBusyError
 
