@@ -127,6 +127,30 @@ def test_an_older_search_answering_late_does_not_replace_newer_results(hpage, ho
     assert "results" in hpage.inner_text("#status")
 
 
+def test_examples_loading_late_do_not_replace_a_search_status(hpage, hostile_server, search_collection) -> None:
+    # The key box's change reloads the examples; a search clicked before they answer owns the status.
+    _open(hpage, hostile_server)
+    held = []
+    hpage.route("**/examples*", lambda route: held.append(route))
+    try:
+        hpage.fill("#apikey", KEY)
+        hpage.dispatch_event("#apikey", "change")
+        hpage.wait_for_function("() => true")  # one round trip: the change handler has run
+        assert held, "the key change did not ask for the examples"
+        hpage.fill("#isic", search_collection["records"][0].isic_id)
+        hpage.dispatch_event("#isic", "input")
+        hpage.select_option("#mode", "image")
+        hpage.fill("#k", "5")
+        status = _searched(hpage)
+        assert "results" in status, status
+        with hpage.expect_response("**/examples*"):
+            held[0].continue_()
+        hpage.wait_for_function("() => document.querySelectorAll('#examples img').length > 0")
+    finally:
+        hpage.unroute("**/examples*")
+    assert hpage.inner_text("#status") == status
+
+
 def _upload(page, record) -> None:
     """Choose `record`'s image in the page's file box, as a user picking upload.jpg from disk."""
     page.set_input_files("#file", {"name": "upload.jpg", "mimeType": "image/jpeg", "buffer": record.image_bytes()})
