@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dermground.platform.model.families import FAMILIES, REFUSED_FAMILIES
+from dermground.platform.model.hub_cache import cache_snapshot
 
 # The backbone is --model for most commands, --base for train and pretrain, and only the setting for
 # the commands without either flag (search, eval retrieval).
@@ -80,10 +81,10 @@ def file_problems(model_dir: str | Path) -> list[CheckpointProblem]:
     config_file = path / "config.json"
     if not config_file.is_file():
         # The hub cache's folder of a repo (models--Org--Name) holds the checkpoint in snapshots/<revision>/.
-        snapshots = sorted(path.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
-        if snapshots:
+        snapshot = cache_snapshot(path, "config.json")
+        if snapshot is not None:
             return [CheckpointProblem("config.json", f"{path} is a Hugging Face cache folder, not a checkpoint",
-                                      f"point --model at its snapshot folder {snapshots[-1].parent} {MODEL_FLAG_NOTE}")]
+                                      f"{snapshot.hint('--model')} {MODEL_FLAG_NOTE}")]
         if (path / "adapter_config.json").is_file():
             base = _recorded_base(path / "adapter_config.json")
             return [CheckpointProblem("config.json", f"{path} is a LoRA adapter folder (adapter_config.json), not a base "
@@ -280,9 +281,9 @@ def dangling_links(path: Path) -> CheckpointProblem | None:
 
 def _adapter_elsewhere(path: Path) -> str | None:
     """Where the adapter is when `path` is a folder around it (hub cache, trainer output) or a whole model."""
-    snapshots = sorted(path.glob("snapshots/*/adapter_config.json"), key=lambda p: p.stat().st_mtime)
-    if snapshots:  # `huggingface-cli download ORG/ADAPTER` without --local-dir: models--ORG--ADAPTER/snapshots/<rev>/
-        return f"it is a Hugging Face cache folder: point --adapter at its snapshot folder {snapshots[-1].parent}"
+    snapshot = cache_snapshot(path, "adapter_config.json")
+    if snapshot is not None:  # `huggingface-cli download ORG/ADAPTER` without --local-dir: models--ORG--ADAPTER/
+        return f"it is a Hugging Face cache folder: {snapshot.hint('--adapter')}"
     steps = {int(p.parent.name.removeprefix("checkpoint-")): p.parent
              for p in path.glob("checkpoint-*/adapter_config.json") if p.parent.name[11:].isdigit()}
     if steps:  # a transformers/TRL Trainer output_dir saves the adapter per checkpoint-<step>/
