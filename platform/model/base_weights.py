@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 # Written by `dermground train` beside the adapter (train/ray_train.py: METADATA_FILE).
@@ -34,13 +35,28 @@ def base_weights_digest(model_dir: str | Path) -> str:
 
 
 def weights_digest(files: list[Path]) -> str:
-    """base_weights_digest of the weights stored in `files` (safetensors or torch-pickled)."""
+    """base_weights_digest of the weights stored in `files` (safetensors or torch-pickled).
+
+    One training run asks for its base's digest three times (the run's record, the adapter's
+    metadata, the new adapter's check): the files are read once per process while their
+    (path, size, mtime_ns, inode) stay the same, so a rewritten or replaced file is read again.
+    """
+    return _digest_of_files(tuple(_file_identity(Path(file)) for file in files))
+
+
+def _file_identity(file: Path) -> tuple[str, int, int, int]:
+    stat = file.stat()
+    return str(file.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+@lru_cache(maxsize=64)
+def _digest_of_files(identities: tuple[tuple[str, int, int, int], ...]) -> str:
     import torch
 
     from dermground.platform.model.hub_layout import hub_tensor_name
 
     samples: dict[str, tuple[list[int], bytes]] = {}
-    for file in files:
+    for file in (Path(identity[0]) for identity in identities):
         for name, shape, values in _tensor_samples(file):
             name = hub_tensor_name(name)
             if name not in _SKIPPED_TENSORS:
