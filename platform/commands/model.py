@@ -121,10 +121,11 @@ def check(model_dir: Path | None, data_dir: Path | None, adapter_dir: Path | Non
             require_adapter_fits(adapter_dir, path, warn_unrecorded=False)  # said below, on stdout
         except BackboneError as exc:
             raise click.ClickException(str(exc)) from None
-        from dermground.platform.model.base_weights import recorded_base_weights, unrecorded_note
+        from dermground.platform.model.base_weights import unchecked_base_note
 
-        if recorded_base_weights(adapter_dir) is None:
-            click.echo(f"adapter      {adapter_dir} fits by its shapes; {unrecorded_note(adapter_dir)}")
+        note = unchecked_base_note(adapter_dir, path)
+        if note is not None:
+            click.echo(f"adapter      {adapter_dir} fits by its shapes; {note}")
         else:
             click.echo(f"adapter      {adapter_dir} fits (shapes, and the base weights it was trained on)")
     click.echo(f"ok: {path} can be used")

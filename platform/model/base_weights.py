@@ -21,6 +21,7 @@ from pathlib import Path
 # Written by `dermground train` beside the adapter (train/ray_train.py: METADATA_FILE).
 ADAPTER_METADATA_FILE = "dermground_adapter.json"
 BASE_WEIGHTS_KEY = "base_weights_digest"
+BASE_FINGERPRINT_KEY = "base_fingerprint"  # platform/model/fingerprint.py of the base, recorded by every version
 SAMPLE_VALUES = 256  # values read per tensor (the start of its first row)
 # The output embedding is tied to the input one in the 2B/3B checkpoints: stored by some savers, not by others.
 _SKIPPED_TENSORS = ("lm_head.weight",)
@@ -126,24 +127,67 @@ def base_mismatch(adapter_dir: str | Path, model_dir: str | Path) -> str | None:
 
 
 def warn_if_unrecorded(adapter_dir: str | Path, model_dir: str | Path) -> bool:
-    """Log once per adapter and base that the adapter does not say which base weights it was trained on; True then."""
-    if recorded_base_weights(adapter_dir) is not None:
+    """Log once per adapter and base that the adapter's base weights could not be checked; True then.
+
+    An adapter of an older dermground records no weights digest, but its base_fingerprint: when the base's
+    files are byte for byte the ones it was trained on, that checks it, and nothing is logged.
+    """
+    note = unchecked_base_note(adapter_dir, model_dir)
+    if note is None:
         return False
     key = (str(Path(adapter_dir).resolve()), str(Path(model_dir).resolve()))
     if key not in _warned:
         _warned.add(key)
-        log.warning("%s", unrecorded_note(adapter_dir))
+        log.warning("%s", note)
     return True
 
 
+def unchecked_base_note(adapter_dir: str | Path, model_dir: str | Path) -> str | None:
+    """What is left unchecked about the base weights an adapter was trained on, or None when they were checked
+    (a recorded weights digest, or an older adapter's base_fingerprint that matches the base's files)."""
+    if recorded_base_weights(adapter_dir) is not None:
+        return None
+    meta = _adapter_metadata(adapter_dir)
+    recorded = meta.get(BASE_FINGERPRINT_KEY)
+    if not isinstance(recorded, str):
+        return unrecorded_note(adapter_dir)
+    from dermground.platform.model.fingerprint import fingerprint
+    from dermground.platform.model.prompts import PROMPT_VERSION
+
+    # The fingerprint hashes the base's files (weights, config, tokenizer, image settings) and the prompt version
+    # of the run: equal means the very files it was trained on; different may still be the same weights re-saved.
+    actual = fingerprint(model_dir, prompt_version=str(meta.get("prompt_version", PROMPT_VERSION)))
+    if actual == recorded:
+        return None
+    return (f"adapter {adapter_dir} was saved by an older dermground that recorded no {BASE_WEIGHTS_KEY}, and the "
+            f"{BASE_FINGERPRINT_KEY} {recorded} its {ADAPTER_METADATA_FILE} records does not match the files of "
+            f"{model_dir} ({actual}): the base's weights, config.json, tokenizer or image settings differ from the "
+            "ones it was trained on. Only its shapes were checked; on another base of the same size (e.g. Qwen2-VL-2B "
+            "instead of -Instruct) it loads and gives wrong vectors" + _named_base(adapter_dir)
+            + f": make sure --model is that base (its {ADAPTER_METADATA_FILE} names base_model_dir "
+            f"{meta.get('base_model_dir', '?')}), or train the adapter again: a new adapter records its base weights "
+            "and is checked")
+
+
 def unrecorded_note(adapter_dir: str | Path) -> str:
-    """What an adapter without a recorded base weights digest leaves unchecked."""
+    """What an adapter without a recorded base weights digest (nor base fingerprint) leaves unchecked."""
+    return (f"adapter {adapter_dir} does not record which base weights it was trained on (no {BASE_WEIGHTS_KEY} in "
+            f"{ADAPTER_METADATA_FILE}: saved by peft or an older dermground), so only its shapes were checked; "
+            "on another base of the same size (e.g. Qwen2-VL-2B instead of -Instruct) it loads and gives wrong "
+            "vectors" + _named_base(adapter_dir) + ": make sure --model is that base")
+
+
+def _named_base(adapter_dir: str | Path) -> str:
     try:
         named = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
     except (OSError, ValueError, AttributeError):
         named = None
-    return (f"adapter {adapter_dir} does not record which base weights it was trained on (no {BASE_WEIGHTS_KEY} in "
-            f"{ADAPTER_METADATA_FILE}: saved by peft or an older dermground), so only its shapes were checked; "
-            "on another base of the same size (e.g. Qwen2-VL-2B instead of -Instruct) it loads and gives wrong "
-            "vectors" + (f". Its adapter_config.json names the base {named}" if named else "")
-            + ": make sure --model is that base")
+    return f". Its adapter_config.json names the base {named}" if named else ""
+
+
+def _adapter_metadata(adapter_dir: str | Path) -> dict:
+    try:
+        meta = json.loads((Path(adapter_dir) / ADAPTER_METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
