@@ -10,6 +10,7 @@ would then record the second base alone. The run folder keeps the digest of the 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from dermground.platform.model.base_weights import BASE_WEIGHTS_KEY, base_weights_digest
@@ -27,7 +28,7 @@ def require_same_base(run_folder: Path, base_dir: Path) -> None:
     digest = base_weights_digest(base_dir)
     record = Path(run_folder) / RUN_BASE_FILE
     if record.is_file():
-        started_on = json.loads(record.read_text()).get(BASE_WEIGHTS_KEY)
+        started_on = _recorded_digest(record, run_folder, base_dir)
         if started_on != digest:
             raise BackboneError(
                 f"the checkpoints in {run_folder} were trained on other base weights ({started_on}) than {base_dir} "
@@ -36,4 +37,25 @@ def require_same_base(run_folder: Path, base_dir: Path) -> None:
                 f"{run_folder} to start this run over on the new base")
         return
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({BASE_WEIGHTS_KEY: digest, "base_dir": str(Path(base_dir).resolve())}, indent=2))
+    # Written whole or not at all: a half-written record (a full disk, a kill) would stop every later resume.
+    partial = record.with_name(f".{record.name}.partial")
+    partial.write_text(json.dumps({BASE_WEIGHTS_KEY: digest, "base_dir": str(Path(base_dir).resolve())}, indent=2))
+    os.replace(partial, record)
+
+
+def _recorded_digest(record: Path, run_folder: Path, base_dir: Path) -> object:
+    """The digest a run folder's record holds; BackboneError naming the file when it cannot be read."""
+    from dermground.platform.model.loading import BackboneError
+
+    try:
+        content = json.loads(record.read_text())
+    except (OSError, ValueError) as exc:
+        content, reason = None, f"{type(exc).__name__}: {exc}"
+    else:
+        reason = f"no {BASE_WEIGHTS_KEY} in it"
+    if isinstance(content, dict) and BASE_WEIGHTS_KEY in content:
+        return content[BASE_WEIGHTS_KEY]
+    raise BackboneError(
+        f"{record}: the record of the base weights this run started on cannot be read ({reason}), so it is unknown "
+        f"whether {base_dir} still holds them. Next: if {base_dir} holds the base the run started on, delete {record} "
+        f"(the re-run records it again and resumes); otherwise delete {run_folder} to start this run over")
