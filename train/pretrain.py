@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dermground.platform.crash_points import maybe_crash
 from dermground.train.config import PretrainConfig
-
-PRETRAIN_METADATA_FILE = "dermground_pretrain.json"
+from dermground.train.model_swap import PRETRAIN_METADATA_FILE
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
     from dermground.train.dataset import data_fingerprint, rows_to_tuples
     from dermground.train.ray_train import CHECKPOINT_FOLDER, fit
     from dermground.platform.out_folder import require_writable_folder
+    from dermground.train.model_swap import require_replaceable_out, swap_in_model
 
     config = config or PretrainConfig()
     base = check_model_dir(base_dir)
@@ -145,6 +147,9 @@ def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
     if out.resolve() == base.resolve():
         raise ValueError("--out must differ from --base: pre-training writes a new model folder")
     require_writable_folder(out)  # before the image checks and Ray
+    # Resolved: a symbolic link as --out is followed, so the folder it names is replaced, not the link.
+    for line in require_replaceable_out(out.resolve()):
+        print(f"pretrain: {line}", file=sys.stderr)
     left_out: list = []  # records the image checks refused (each named in a warning)
     rows = build_pretraining_rows(data_dir, config.questions_per_image, config.seed, config.max_images, model_dir=base,
                                   left_out=left_out)
@@ -154,21 +159,29 @@ def pretrain_base(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
     start_from = base if tower is None else work / "tower"
     state, final = fit(rows, start_from, work / CHECKPOINT_FOLDER, config, cpus_per_worker=cpus_per_worker,
                        ray_address=ray_address, progress=progress, desc="pretrain")
-    out.mkdir(parents=True, exist_ok=True)
-    for item in final.iterdir():
-        shutil.copy2(item, out / item.name)
-    shutil.rmtree(final)
     metadata = {
         "what": "generic image-statistics pre-training of the tiny model (not the 16 attributes)",
         "questions": {s.key: s.question for s in STATISTICS}, "hyperparameters": config.hyperparameters(),
         "questions_per_image": config.questions_per_image, "n_tuples": len(rows),
         "data_fingerprint": data_fingerprint(rows_to_tuples(rows)), "from_base": str(base.resolve()),
-        "from_fingerprint": fingerprint(base), "fingerprint": fingerprint(out), "steps": int(state["step"]),
+        "from_fingerprint": fingerprint(base), "steps": int(state["step"]),
         "loss_curve": state["loss_curve"], "seconds": round(time.perf_counter() - started, 2),
         "tower": tower,
         "n_left_out": len(left_out), "left_out": [item.as_dict() for item in left_out],
     }
-    (out / PRETRAIN_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+    def write(folder: Path) -> None:
+        items = sorted(final.iterdir())
+        for number, item in enumerate(items, start=1):
+            shutil.copy2(item, folder / item.name)
+            if number == len(items) // 2:
+                maybe_crash("pretrain_half_copied")  # test hook: a kill in the middle of saving the new model
+        metadata["fingerprint"] = fingerprint(folder)  # of the files alone: the same once the folder is --out
+        (folder / PRETRAIN_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+    # Staged next to --out and checked before the old model there is touched (train/model_swap.py).
+    swap_in_model(out.resolve(), write)
+    shutil.rmtree(final)
     return metadata
 
 

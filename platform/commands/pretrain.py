@@ -38,6 +38,7 @@ def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, ray_address: 
     from dermground.platform.model.loading import BackboneError
     from dermground.train.config import PretrainConfig
     from dermground.platform.out_folder import OutFolderError
+    from dermground.train.model_swap import ModelNotSavedError
     from dermground.train.pretrain import PRETRAIN_METADATA_FILE, pretrain_base
     from dermground.train.run_checkpoints import RunBusyError
 
@@ -46,7 +47,7 @@ def pretrain(data_dir: Path, base_dir: Path | None, out_dir: Path, ray_address: 
         # Every other option is named after its PretrainConfig field (tests/test_train_config.py checks that).
         config = PretrainConfig(**hyperparameters)
         meta = pretrain_base(data_dir, base, out_dir, config, ray_address=ray_address, progress=True)
-    except (BackboneError, OutFolderError, RunBusyError) as exc:
+    except (BackboneError, OutFolderError, RunBusyError, ModelNotSavedError) as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nCheck --data / --base / --out.") from None
