@@ -46,3 +46,68 @@ def test_a_query_naming_a_non_ascii_id_runs_in_every_output(tmp_path: Path) -> N
         rows = (pq.read_table(out).to_pylist() if suffix == ".parquet" else pcsv.read_csv(out).to_pylist()
                 if suffix == ".csv" else [json.loads(line) for line in out.read_text("utf-8").splitlines()])
         assert rows == expected, suffix
+
+
+# A BLOB with a NUL, a byte past ASCII and a quote, booleans, times with and without a fraction or
+# an offset, a BIT, and a NULL of each.
+TYPED = ("SELECT '\\x00a\\xAA\\x22'::BLOB AS b, true AS t, false AS f, TIME '10:11:12.5' AS tm, TIME '10:00:00' AS tm0, "
+         "TIMETZ '10:11:12-05:30' AS tz, BIT '0101' AS bits, NULL::BLOB AS nb, NULL::BOOLEAN AS nt, NULL::TIME AS ntm")
+TYPED_TEXT = {"b": "\\x00a\\xAA\\x22", "t": "true", "f": "false", "tm": "10:11:12.500000", "tm0": "10:00:00",
+              "tz": "10:11:12-05:30", "bits": "0101"}
+
+
+def test_every_text_output_writes_blobs_booleans_and_times_alike(tmp_path: Path) -> None:
+    """A BLOB printed as Python's repr (b'\\x00a\\xaa"') in the table, CSV and JSON outputs, and
+    `--out x.csv` failed on it ('Invalid UTF8 payload', a traceback); booleans read True in the
+    table and CSV but true in `--out x.csv`; a whole-second TIME read 10:00:00.000000 in `--out
+    x.csv` only, a TIME WITH TIME ZONE lost its offset in the --out files, and a BIT was written
+    as its internal bytes (b'\\x04\\xf5'). Now one text form per type, in every output."""
+    nulls = {"nb": "", "nt": "", "ntm": ""}
+
+    def from_csv(text: str) -> dict:
+        (row,) = list(csv.DictReader(io.StringIO(text)))
+        return row
+
+    printed = {fmt: _sql(tmp_path, TYPED, "--format", fmt) for fmt in ("table", "csv", "json")}
+    assert all(r.exit_code == 0 for r in printed.values()), {f: r.output for f, r in printed.items()}
+    header, _, cells = printed["table"].stdout.splitlines()
+    assert dict(zip(header.split(), cells.split(), strict=True)) == {**TYPED_TEXT, "nb": "NULL", "nt": "NULL",
+                                                                    "ntm": "NULL"}
+    assert from_csv(printed["csv"].stdout) == {**TYPED_TEXT, **nulls}
+    as_json = {**TYPED_TEXT, "t": True, "f": False, "nb": None, "nt": None, "ntm": None}
+    assert json.loads(printed["json"].stdout) == [as_json]
+    for suffix in (".csv", ".json"):
+        out = tmp_path / f"typed{suffix}"
+        done = _sql(tmp_path, TYPED, "--out", str(out))
+        assert done.exit_code == 0, (suffix, done.output)
+        text = out.read_text("utf-8")
+        assert (from_csv(text) if suffix == ".csv" else json.loads(text)) == (
+            {**TYPED_TEXT, **nulls} if suffix == ".csv" else as_json), suffix
+    parquet = tmp_path / "typed.parquet"  # keeps its types: the bytes and booleans as they are
+    assert _sql(tmp_path, TYPED, "--out", str(parquet)).exit_code == 0
+    (row,) = pq.read_table(parquet).to_pylist()
+    assert row["b"] == b"\x00a\xaa\x22" and row["t"] is True and row["bits"] == "0101"
+
+
+def test_blob_text_is_the_text_duckdb_writes_for_every_byte() -> None:
+    import duckdb
+
+    from dermground.platform.sql_text import blob_text
+
+    every = bytes(range(256))
+    assert blob_text(every) == duckdb.execute("SELECT CAST(?::BLOB AS VARCHAR)", [every]).fetchone()[0]
+
+
+def test_post_sql_answers_a_blob_as_duckdb_writes_it(tmp_path: Path) -> None:
+    """POST /sql answered a BLOB as Python's repr ("b'\\x00a'")."""
+    from fastapi.testclient import TestClient
+
+    from dermground.platform.api.app import create_app
+    from dermground.platform.settings import Settings
+
+    settings = Settings(home=tmp_path, api_read_key="r" * 16, api_admin_key="a" * 16)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/sql", headers={"X-API-Key": "a" * 16}, json={"query": TYPED})
+    assert response.status_code == 200, response.text
+    answered = dict(zip(response.json()["columns"], response.json()["rows"][0], strict=True))
+    assert answered == {**TYPED_TEXT, "t": True, "f": False, "nb": None, "nt": None, "ntm": None}

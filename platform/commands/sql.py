@@ -18,6 +18,10 @@ from dermground.platform.commands.context import current_settings, from_settings
 
 
 def _cell(value: object) -> object:
+    if isinstance(value, bool | bytes | bytearray | memoryview):  # true / false, a BLOB as DuckDB writes it
+        from dermground.platform.sql_text import scalar_text
+
+        return scalar_text(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, timedelta):  # inside a list or struct: top-level intervals come as DuckDB's text
@@ -62,7 +66,8 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
               help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it. "
                    "JSON writes NaN and infinities as null; times are ISO 8601 text in CSV and JSON and intervals "
                    "text as DuckDB writes them ('1 month 2 days 03:00:00'), as --format prints them; CSV writes "
-                   "lists, structs and maps as JSON text.")
+                   "lists, structs and maps as JSON text. Booleans are true/false, BLOBs as DuckDB writes "
+                   "them (ab\\x00c) in every text output.")
 @click.option("--schema", "schema", is_flag=True,
               help="Print every view and column with type, unit and meaning (the data dictionary) and exit.")
 def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out: Path | None, schema: bool) -> None:
