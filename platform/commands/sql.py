@@ -152,6 +152,12 @@ def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, t
         refuse_out_in_catalog(catalog_dir, out)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--out") from None
+    from dermground.platform.out_folder import OutFolderError, require_writable_folder
+
+    try:  # before the query, which may run for minutes
+        require_writable_folder(out.parent, flag=f"the folder of --out {out},")
+    except OutFolderError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     try:
         # One row past the limit tells a result cut short from one that fits exactly.
         table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=None if max_rows is None else max_rows + 1,
@@ -161,7 +167,11 @@ def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, t
     truncated = max_rows is not None and table.num_rows > max_rows
     if truncated:
         table = table.slice(0, max_rows)
-    write_table(table, out)
+    try:
+        write_table(table, out)
+    except OSError as exc:  # a full disk, a folder gone read-only since the check
+        raise click.ClickException(f"could not write --out {out} ({exc.strerror or exc}); a file that was there "
+                                   "is unchanged: free space or pick another place, then run the query again") from None
     click.echo(f"wrote {table.num_rows} rows x {table.num_columns} columns to {out}", err=True)
     if truncated:
         click.echo(f"(stopped at {max_rows} rows; the query has more: raise --max-rows or add LIMIT/WHERE)", err=True)
