@@ -39,6 +39,7 @@ from dermground.platform.attributes import ATTRIBUTE_NAMES
 from dermground.platform.catalog_files import LiveParts, live_files, live_parts
 from dermground.platform.catalog_views import create_analyst_views
 from dermground.platform.metadata_fields import STORED_FIELDS
+from dermground.platform.sql_tokens import token_starts
 
 _TS = pa.timestamp("us", tz="UTC")
 # Arrow type of a metadata field's column, by the field's kind.
@@ -282,32 +283,16 @@ def without_closing_semicolon(sql: str) -> str:
     """One statement's text without its closing `;` and the comments after it: a relation built on
     it (a LIMIT, a projection) wraps it in a subquery, where `SELECT 1; -- why` does not parse."""
     try:
-        tokens = [start for start, kind in _tokens(sql) if kind != duckdb.token_type.comment]
+        tokens = [start for start, kind in token_starts(sql) if kind != duckdb.token_type.comment]
     except duckdb.Error:
         return sql
     return sql[:tokens[-1]] if tokens and sql[tokens[-1]] == ";" else sql
 
 
-def _tokens(sql: str) -> list[tuple[int, duckdb.token_type]]:
-    """duckdb.tokenize's tokens with their start as an index into `sql`: DuckDB counts UTF-8
-    bytes, so after a non-ASCII character ('Zürich', an accented patient id) its offsets point
-    past the characters they mean."""
-    tokens = duckdb.tokenize(sql)
-    if sql.isascii():
-        return tokens
-    char_at: dict[int, int] = {}  # byte offset of each character's start -> its index
-    offset = 0
-    for index, char in enumerate(sql):
-        char_at[offset] = index
-        offset += len(char.encode("utf-8"))
-    char_at[offset] = len(sql)
-    return [(char_at[start], kind) for start, kind in tokens]
-
-
 def _says_pivot(sql: str) -> bool:
     """Whether the statement uses the PIVOT keyword (not in a string, comment or name)."""
     try:
-        tokens = _tokens(sql)
+        tokens = token_starts(sql)
     except duckdb.Error:
         return False
     return any(kind == duckdb.token_type.keyword and sql[start:start + 5].lower() == "pivot"

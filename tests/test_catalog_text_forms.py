@@ -111,3 +111,18 @@ def test_post_sql_answers_a_blob_as_duckdb_writes_it(tmp_path: Path) -> None:
     assert response.status_code == 200, response.text
     answered = dict(zip(response.json()["columns"], response.json()["rows"][0], strict=True))
     assert answered == {**TYPED_TEXT, "t": True, "f": False, "nb": None, "nt": None, "ntm": None}
+
+
+def test_the_shell_ends_a_statement_holding_non_ascii_text_at_its_semicolon(tmp_path: Path) -> None:
+    """The shell read DuckDB's token offsets (UTF-8 bytes) as character indexes: `SELECT 'Zoë';`
+    did not end at its ';' (at a terminal the shell kept prompting for more), and a longer non-ASCII
+    string ended the shell with an IndexError traceback."""
+    from dermground.platform.sql_shell import complete, statements
+
+    assert complete("SELECT 'Zoë' AS p;\n") and complete("SELECT 'Zoë' AS p; -- l'été\n")
+    assert not complete("SELECT 'Zoë;' AS p\n")
+    lines = iter(["SELECT 'Zoë' AS p;\n", "SELECT 2;\n"])
+    assert next(statements(lines)) == "SELECT 'Zoë' AS p" and next(lines) == "SELECT 2;\n"  # ended at line 1
+    context._current = None
+    piped = CliRunner().invoke(cli, ["--home", str(tmp_path), "sql"], input="SELECT 'ëëëëëëëë' AS p;\n")
+    assert piped.exit_code == 0 and "ëëëëëëëë\n(1 row)" in piped.stdout, piped.output
