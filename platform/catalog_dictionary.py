@@ -274,6 +274,8 @@ def render_markdown(views: list[View]) -> str:
              "`--out` .csv and .json, POST /sql) writes a BOOLEAN as `true` / `false` (JSON: its booleans), a",
              "BLOB as DuckDB does (`ab\\x00c`: printable ASCII as is, other bytes as `\\xHH`), a BIT as",
              "`0101` and a TIME as `10:11:12` or `10:11:12.500000` (with its offset: `10:11:12+02:00`).",
+             "The table format keeps each row on one line (a line break or tab in a value shows as `\\n`,",
+             "`\\t`) and aligns wide (CJK) characters by the columns they take.",
              "Each of these connections has",
              "2 GB of memory and does not spill to disk, and its settings are fixed: DuckDB's advice on an",
              "out-of-memory error (`SET memory_limit`, `temp_directory`, `threads`) cannot be taken there;",

@@ -46,3 +46,28 @@ def iso_time_sql(column: str, kind_id: str) -> str | None:
     sign = f"CASE WHEN {hours} < 0 OR {minutes} < 0 THEN '-' ELSE '+' END"
     return (f"{clock} || {sign} || lpad(CAST(abs({hours}) AS VARCHAR), 2, '0') || ':' || "
             f"lpad(CAST(abs({minutes}) AS VARCHAR), 2, '0')")
+
+
+def table_text(text: str) -> str:
+    """A cell of the table format on one line: a line break or tab inside a value (a quarantine
+    reason, someone's note) as \\n, \\r, \\t, so that each row stays one line of the grid."""
+    if text.isprintable():
+        return text
+    return "".join(_ESCAPES.get(c, c if c.isprintable() else f"\\x{ord(c):02X}" if ord(c) < 0x100 else c)
+                   for c in text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def display_width(text: str) -> int:
+    """The columns `text` takes in a terminal: a wide character (CJK, most emoji) two, a combining
+    mark none; len() counts characters, so a column of such ids was padded short."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def pad(text: str, width: int) -> str:
+    """`text` padded with spaces to `width` terminal columns (display_width)."""
+    return text + " " * (width - display_width(text))

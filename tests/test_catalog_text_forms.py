@@ -50,7 +50,8 @@ def test_a_query_naming_a_non_ascii_id_runs_in_every_output(tmp_path: Path) -> N
 
 # A BLOB with a NUL, a byte past ASCII and a quote, booleans, times with and without a fraction or
 # an offset, a BIT, and a NULL of each.
-TYPED = ("SELECT '\\x00a\\xAA\\x22'::BLOB AS b, true AS t, false AS f, TIME '10:11:12.5' AS tm, TIME '10:00:00' AS tm0, "
+TYPED = ("SELECT '\\x00a\\xAA\\x22'::BLOB AS b, true AS t, false AS f, TIME '10:11:12.5' AS tm, "
+         "TIME '10:00:00' AS tm0, "
          "TIMETZ '10:11:12-05:30' AS tz, BIT '0101' AS bits, NULL::BLOB AS nb, NULL::BOOLEAN AS nt, NULL::TIME AS ntm")
 TYPED_TEXT = {"b": "\\x00a\\xAA\\x22", "t": "true", "f": "false", "tm": "10:11:12.500000", "tm0": "10:00:00",
               "tz": "10:11:12-05:30", "bits": "0101"}
@@ -126,3 +127,21 @@ def test_the_shell_ends_a_statement_holding_non_ascii_text_at_its_semicolon(tmp_
     context._current = None
     piped = CliRunner().invoke(cli, ["--home", str(tmp_path), "sql"], input="SELECT 'ëëëëëëëë' AS p;\n")
     assert piped.exit_code == 0 and "ëëëëëëëë\n(1 row)" in piped.stdout, piped.output
+
+
+def test_the_table_format_keeps_each_row_on_one_line_and_aligned(tmp_path: Path) -> None:
+    """A line break in a value (a quarantine reason) broke a row over two lines of the table, and
+    the padding counted characters: a CJK patient id (two columns a character) or an accent typed
+    as a combining mark shifted every column after it."""
+    Catalog(tmp_path / "catalog").append("quarantine", [
+        {"collection": "c1", "run_id": "r1", "isic_id": "ISIC_患者一号", "field": "image",
+         "reason": "cannot decode:\nline 2"},
+        {"collection": "c1", "run_id": "r1", "isic_id": "ISIC_Rene\u0301", "field": "image", "reason": "tab\there"},
+        {"collection": "c1", "run_id": "r1", "isic_id": "ISIC_1", "field": "patient_id", "reason": "missing"}])
+    printed = _sql(tmp_path, "SELECT isic_id, reason, field FROM quarantine ORDER BY field, isic_id")
+    assert printed.exit_code == 0, printed.output
+    lines = printed.stdout.splitlines()
+    assert len(lines) == 5, lines  # header, rule, three rows
+    assert lines[2:] == ["ISIC_Rene\u0301" + " " * 6 + "tab\\there" + " " * 15 + "image",
+                         "ISIC_患者一号" + " " * 2 + "cannot decode:\\nline 2" + " " * 2 + "image",
+                         "ISIC_1" + " " * 9 + "missing" + " " * 17 + "patient_id"]
