@@ -239,7 +239,9 @@ def _write_json_lines(table: pa.Table, path: Path) -> None:
     names = unique_names(table.column_names)
     with open(path, "w", encoding="utf-8") as out:
         for batch in table.to_batches(max_chunksize=65_536):
-            columns = [column.to_pylist() for column in batch.columns]  # by position: names may repeat
+            # By position: names may repeat. A MAP (what histogram() gives) as an object, as --format
+            # json prints it, not as a list of [key, value] pairs.
+            columns = [column.to_pylist(maps_as_pydicts="lossy") for column in batch.columns]
             for row in zip(*columns, strict=True):
                 out.write(json.dumps({k: json_value(v) for k, v in zip(names, row, strict=True)},
                                      default=json_default, allow_nan=False) + "\n")

@@ -145,3 +145,19 @@ def test_the_table_format_keeps_each_row_on_one_line_and_aligned(tmp_path: Path)
     assert lines[2:] == ["ISIC_Rene\u0301" + " " * 6 + "tab\\there" + " " * 15 + "image",
                          "ISIC_患者一号" + " " * 2 + "cannot decode:\\nline 2" + " " * 2 + "image",
                          "ISIC_1" + " " * 9 + "missing" + " " * 17 + "patient_id"]
+
+
+def test_out_json_writes_a_map_as_the_object_format_json_prints(tmp_path: Path) -> None:
+    """`--out x.json` wrote a MAP (histogram(split), an everyday aggregate) as a list of [key, value]
+    pairs, [["test", 1], ["train", 2]], where `--format json` prints {"test": 1, "train": 2}."""
+    Catalog(tmp_path / "catalog").append("lesions", [
+        {"isic_id": f"ISIC_{i}", "split": split, "collection": "c1"}
+        for i, split in enumerate(("train", "train", "test"))])
+    query = "SELECT histogram(split) AS splits, [MAP {'n': 1}] AS maps, {'m': MAP {2: 'b'}} AS nested FROM lesions"
+    expected = {"splits": {"test": 1, "train": 2}, "maps": [{"n": 1}], "nested": {"m": {"2": "b"}}}
+    printed = _sql(tmp_path, query, "--format", "json")
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout) == [expected]
+    out = tmp_path / "splits.json"
+    assert _sql(tmp_path, query, "--out", str(out)).exit_code == 0
+    assert json.loads(out.read_text("utf-8")) == expected
