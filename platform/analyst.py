@@ -210,8 +210,18 @@ def json_value(value: object) -> object:
     if isinstance(value, list | tuple):
         return [json_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: json_value(v) for k, v in value.items()}
+        return {_json_key(k): json_value(v) for k, v in value.items()}
     return value
+
+
+def _json_key(key: object) -> object:
+    """A MAP's key as a JSON object's name: histogram(written_at::DATE) has dates for keys, which
+    json.dumps refuses (TypeError); they are written as their values are ('2026-01-01')."""
+    key = json_value(key)
+    if key is None or isinstance(key, str | int | float | bool):
+        return key
+    text = json_default(key)
+    return text if isinstance(text, str) else str(text)
 
 
 def unique_names(columns: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.csv as pcsv
@@ -159,5 +160,25 @@ def test_out_json_writes_a_map_as_the_object_format_json_prints(tmp_path: Path) 
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.stdout) == [expected]
     out = tmp_path / "splits.json"
+    assert _sql(tmp_path, query, "--out", str(out)).exit_code == 0
+    assert json.loads(out.read_text("utf-8")) == expected
+
+
+def test_a_map_keyed_by_dates_prints_in_every_output(tmp_path: Path) -> None:
+    """histogram(written_at::DATE) (lesions per day) is a MAP with DATE keys: every text output
+    failed with 'TypeError: keys must be str, int, float, bool or None, not date' (a traceback).
+    A key is now written as its value is."""
+    Catalog(tmp_path / "catalog").append("lesions", [
+        {"isic_id": f"ISIC_{i}", "collection": "c1", "written_at": datetime(2026, 1, 1 + i // 2, tzinfo=UTC)}
+        for i in range(3)])
+    query = "SELECT histogram(written_at::DATE) AS per_day, MAP {1.5::DECIMAL(3,1): true} AS by_decimal FROM lesions"
+    expected = {"per_day": {"2026-01-01": 2, "2026-01-02": 1}, "by_decimal": {"1.5": True}}
+    printed = {fmt: _sql(tmp_path, query, "--format", fmt) for fmt in ("json", "csv", "table")}
+    assert all(r.exit_code == 0 for r in printed.values()), {f: r.output for f, r in printed.items()}
+    assert json.loads(printed["json"].stdout) == [expected]
+    (row,) = list(csv.DictReader(io.StringIO(printed["csv"].stdout)))
+    assert {k: json.loads(v) for k, v in row.items()} == expected
+    assert '{"2026-01-01": 2, "2026-01-02": 1}' in printed["table"].stdout
+    out = tmp_path / "per_day.json"
     assert _sql(tmp_path, query, "--out", str(out)).exit_code == 0
     assert json.loads(out.read_text("utf-8")) == expected
