@@ -11,6 +11,9 @@ Times, dates and intervals: platform/analyst.py (json_value, interval_text, writ
 
 from __future__ import annotations
 
+import functools
+import unicodedata
+
 # Bytes DuckDB writes as themselves when it casts a BLOB to text: printable ASCII but the quotes
 # and the backslash (measured with duckdb 2.0 over all 256 bytes).
 _PLAIN = frozenset(range(0x20, 0x7F)) - {0x22, 0x27, 0x5C}
@@ -63,11 +66,12 @@ _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 def display_width(text: str) -> int:
     """The columns `text` takes in a terminal: a wide character (CJK, most emoji) two, a combining
     mark none; len() counts characters, so a column of such ids was padded short."""
-    import unicodedata
+    if text.isascii():
+        return len(text)
+    return len(text) + sum((_char_width(c) - 1) * text.count(c) for c in set(text) if ord(c) > 0x7F)
 
-    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
+@functools.lru_cache(maxsize=4096)
+def _char_width(char: str) -> int:
+    return 0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
 
-def pad(text: str, width: int) -> str:
-    """`text` padded with spaces to `width` terminal columns (display_width)."""
-    return text + " " * (width - display_width(text))

@@ -46,16 +46,17 @@ def _csv_cell(value: object) -> object:
 
 
 def _table(columns: list[str], rows: list[tuple]) -> str:
-    from dermground.platform.sql_text import display_width, pad, table_text
+    from dermground.platform.sql_text import display_width, table_text
 
     # One line per row, padded by terminal columns: a line break in a value, a wide (CJK) or
     # combining character in an id broke the grid.
-    columns = [table_text(c) for c in columns]
-    text = [[("NULL" if v is None else table_text(str(_cell(v)))) for v in row] for row in rows]
-    widths = [max([display_width(c)] + [display_width(r[i]) for r in text]) for i, c in enumerate(columns)]
-    lines = ["  ".join(pad(c, w) for c, w in zip(columns, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(pad(v, w) for v, w in zip(r, widths, strict=True)) for r in text]
+    cells = [[table_text(c) for c in columns]]
+    cells += [[("NULL" if v is None else table_text(str(_cell(v)))) for v in row] for row in rows]
+    spans = [[display_width(v) for v in row] for row in cells]
+    widths = [max(row[i] for row in spans) for i in range(len(columns))]
+    lines = ["  ".join(v + " " * (w - n) for v, n, w in zip(row, used, widths, strict=True))
+             for row, used in zip(cells, spans, strict=True)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
 
 
