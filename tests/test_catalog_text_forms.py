@@ -182,3 +182,18 @@ def test_a_map_keyed_by_dates_prints_in_every_output(tmp_path: Path) -> None:
     out = tmp_path / "per_day.json"
     assert _sql(tmp_path, query, "--out", str(out)).exit_code == 0
     assert json.loads(out.read_text("utf-8")) == expected
+
+
+def test_csv_printed_quotes_a_value_holding_a_carriage_return(tmp_path: Path) -> None:
+    """`--format csv` wrote a value holding a carriage return (a reason copied from a Windows text)
+    unquoted: Python's csv reader refused the output ('new-line character seen in unquoted field')
+    and other readers split the row. It is quoted now, as `--out x.csv` quotes it."""
+    query = "SELECT 'cannot decode' || chr(13) || chr(10) || 'JPEG' AS reason, 'x' || chr(13) || 'y' AS r, 2 AS n"
+    printed = _sql(tmp_path, query, "--format", "csv")
+    assert printed.exit_code == 0, printed.output
+    text = printed.stdout_bytes.decode("utf-8")  # .stdout turns every \r\n into \n
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [
+        ["reason", "r", "n"], ["cannot decode\r\nJPEG", "x\ry", "2"]]
+    out = tmp_path / "r.csv"
+    assert _sql(tmp_path, query, "--out", str(out)).exit_code == 0
+    assert pcsv.read_csv(out).to_pylist() == [{"reason": "cannot decode\r\nJPEG", "r": "x\ry", "n": 2}]

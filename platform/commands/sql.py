@@ -140,11 +140,18 @@ def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
         records = [{c: json_value(v) for c, v in zip(names, row, strict=True)} for row in rows]
         return json.dumps(records, indent=2, default=json_default, allow_nan=False)
     if fmt == "csv":
+        # Python's writer quotes a field holding a character of its line terminator: with "\n" a
+        # carriage return in a value went out bare and split the row for every CSV reader. It
+        # writes each row ended by "\r\n", which then becomes the "\n" --out x.csv ends rows with.
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[_csv_cell(v) for v in row] for row in rows])
-        return buffer.getvalue()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        lines = []
+        for row in [columns, *([_csv_cell(v) for v in row] for row in rows)]:
+            buffer.seek(0)
+            buffer.truncate()
+            writer.writerow(row)
+            lines.append(buffer.getvalue()[:-2] + "\n")
+        return "".join(lines)
     return _table(columns, rows)
 
 
