@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from dermground.platform.catalog import _create_views, guarded_select, lock_down, without_closing_semicolon
 from dermground.platform.catalog_readonly_fs import PREFIX, ReadOnlyCatalogFileSystem
+from dermground.platform.sql_text import iso_time_sql
 
 
 def connect(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -79,7 +80,9 @@ _ISO_ZONE = {"timestamp with time zone": "+00:00", "timestamp": ""}
 def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duckdb.DuckDBPyRelation:
     """`relation` with the columns `out_format` has no type for as text: an INTERVAL (what
     `finished_at - started_at` is) as DuckDB writes it ('1 day 02:00:00'), for CSV a time as the
-    printed formats write it (ISO 8601: '2026-01-01T10:00:00+00:00'), for Parquet and CSV a
+    printed formats write it (ISO 8601: '2026-01-01T10:00:00+00:00'; for CSV and JSON a TIME
+    too, and for CSV a BLOB as DuckDB writes it, platform/sql_text.py), a BIT as DuckDB writes it
+    ('0101'), for Parquet and CSV a
     UNION or a nested value holding an interval as JSON, and for CSV every list, struct or map as
     JSON. Other columns, and every column of a relation that needs none of this, stay as they are."""
     def quoted(name: str) -> str:
@@ -88,6 +91,12 @@ def writable_columns(relation: duckdb.DuckDBPyRelation, out_format: str) -> duck
     def text(column: str, kind: duckdb.DuckDBPyType) -> str | None:
         if kind.id == "interval":
             return f"CAST({column} AS VARCHAR)"
+        # A BIT as DuckDB writes it ('0101'; Arrow holds its internal bytes), in CSV a BLOB too
+        # (a CSV file holds text), and a time as the printed formats write it (platform/sql_text.py).
+        if kind.id == "bit" or (out_format == ".csv" and kind.id == "blob"):
+            return f"CAST({column} AS VARCHAR)"
+        if out_format in (".csv", ".json") and (iso := iso_time_sql(column, kind.id)) is not None:
+            return iso
         if out_format == ".csv" and kind.id in _ISO_ZONE:  # ISO 8601 as the printed formats write it
             whole, zone = "'%Y-%m-%dT%H:%M:%S", _ISO_ZONE[kind.id] + "'"
             return (f"CASE WHEN microsecond({column}) % 1000000 = 0 THEN strftime({column}, {whole}{zone}) "
@@ -194,11 +203,25 @@ def json_value(value: object) -> object:
         return value.isoformat()
     if isinstance(value, timedelta | pa.MonthDayNano):  # before tuple: a MonthDayNano is one
         return interval_text(value)
+    if isinstance(value, bytes | bytearray | memoryview):  # a BLOB as DuckDB writes it, not Python's b'...'
+        from dermground.platform.sql_text import blob_text
+
+        return blob_text(value)
     if isinstance(value, list | tuple):
         return [json_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: json_value(v) for k, v in value.items()}
+        return {_json_key(k): json_value(v) for k, v in value.items()}
     return value
+
+
+def _json_key(key: object) -> object:
+    """A MAP's key as a JSON object's name: histogram(written_at::DATE) has dates for keys, which
+    json.dumps refuses (TypeError); they are written as their values are ('2026-01-01')."""
+    key = json_value(key)
+    if key is None or isinstance(key, str | int | float | bool):
+        return key
+    text = json_default(key)
+    return text if isinstance(text, str) else str(text)
 
 
 def unique_names(columns: list[str]) -> list[str]:
@@ -226,7 +249,9 @@ def _write_json_lines(table: pa.Table, path: Path) -> None:
     names = unique_names(table.column_names)
     with open(path, "w", encoding="utf-8") as out:
         for batch in table.to_batches(max_chunksize=65_536):
-            columns = [column.to_pylist() for column in batch.columns]  # by position: names may repeat
+            # By position: names may repeat. A MAP (what histogram() gives) as an object, as --format
+            # json prints it, not as a list of [key, value] pairs.
+            columns = [column.to_pylist(maps_as_pydicts="lossy") for column in batch.columns]
             for row in zip(*columns, strict=True):
                 out.write(json.dumps({k: json_value(v) for k, v in zip(names, row, strict=True)},
                                      default=json_default, allow_nan=False) + "\n")

@@ -39,6 +39,7 @@ from dermground.platform.attributes import ATTRIBUTE_NAMES
 from dermground.platform.catalog_files import LiveParts, live_files, live_parts
 from dermground.platform.catalog_views import create_analyst_views
 from dermground.platform.metadata_fields import STORED_FIELDS
+from dermground.platform.sql_tokens import token_starts
 
 _TS = pa.timestamp("us", tz="UTC")
 # Arrow type of a metadata field's column, by the field's kind.
@@ -282,7 +283,7 @@ def without_closing_semicolon(sql: str) -> str:
     """One statement's text without its closing `;` and the comments after it: a relation built on
     it (a LIMIT, a projection) wraps it in a subquery, where `SELECT 1; -- why` does not parse."""
     try:
-        tokens = [start for start, kind in duckdb.tokenize(sql) if kind != duckdb.token_type.comment]
+        tokens = [start for start, kind in token_starts(sql) if kind != duckdb.token_type.comment]
     except duckdb.Error:
         return sql
     return sql[:tokens[-1]] if tokens and sql[tokens[-1]] == ";" else sql
@@ -291,7 +292,7 @@ def without_closing_semicolon(sql: str) -> str:
 def _says_pivot(sql: str) -> bool:
     """Whether the statement uses the PIVOT keyword (not in a string, comment or name)."""
     try:
-        tokens = duckdb.tokenize(sql)
+        tokens = token_starts(sql)
     except duckdb.Error:
         return False
     return any(kind == duckdb.token_type.keyword and sql[start:start + 5].lower() == "pivot"

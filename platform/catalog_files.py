@@ -313,7 +313,10 @@ def rows_by_source(folder: Path, columns: Sequence[str] | None = None, prefix: s
     the last write's rows count, as when the file itself is read: a live file wins over merged
     rows, and of rows merged from several writes (compacted, written again, compacted again) the
     latest write's (SOURCE_WRITTEN_COLUMN; merged before it existed counts as older)."""
+    from dermground.platform.catalog import _STAMP  # catalog imports this module
+
     wanted = list(columns) if columns is not None else None
+    stamp = _STAMP.get(folder.name)
     found: dict[str, list[pa.Table]] = {}
     parts = live_parts(folder)
     for path in ([parts.current] if parts.current else []) + parts.older:
@@ -323,26 +326,47 @@ def rows_by_source(folder: Path, columns: Sequence[str] | None = None, prefix: s
                 found.setdefault(path.stem, []).append(pq.read_table(path, columns=wanted))
             continue
         written = [SOURCE_WRITTEN_COLUMN] if SOURCE_WRITTEN_COLUMN in names else []
+        # The write stamp tells writes apart where the merge did not record them (_latest_write).
+        stamped = [stamp] if stamp in names and wanted is not None and stamp not in wanted else []
         data = pq.read_table(path, columns=None if wanted is None else [*wanted, SOURCE_COLUMN, SOURCE_ROW_COLUMN,
-                                                                          *written])
+                                                                          *written, *stamped])
         if not written:
             data = data.append_column(SOURCE_WRITTEN_COLUMN, pa.array([0] * data.num_rows, pa.int64()))
         sources = data.column(SOURCE_COLUMN)
         for stem in pc.unique(sources).to_pylist():
             if stem is not None and stem.startswith(prefix):
                 found.setdefault(stem, []).append(data.filter(pc.equal(sources, stem)))
-    merged = {stem: _in_written_order(pa.concat_tables(tables)) for stem, tables in found.items()}
+    merged = {stem: _in_written_order(pa.concat_tables(tables), stamp,
+                                      drop=[stamp] if wanted is not None and stamp not in wanted else [])
+              for stem, tables in found.items()}
     for path in parts.recent:
         if path.stem.startswith(prefix):
             merged[path.stem] = pq.read_table(path, columns=wanted)
     return merged
 
 
-def _in_written_order(rows: pa.Table) -> pa.Table:
+def _in_written_order(rows: pa.Table, stamp: str | None, drop: Sequence[str] = ()) -> pa.Table:
     """Merged rows of one source file, of its latest write only, back in that file's order and
-    without the source columns."""
+    without the source columns (nor the columns in `drop`)."""
     if SOURCE_ROW_COLUMN not in rows.column_names:
-        return rows
+        return rows.drop_columns([c for c in drop if c in rows.column_names])
     written = rows.column(SOURCE_WRITTEN_COLUMN)
     rows = rows.filter(pc.equal(written, pc.max(written)))
-    return rows.sort_by(SOURCE_ROW_COLUMN).drop_columns([SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_WRITTEN_COLUMN])
+    if pc.max(written).as_py() == 0 and stamp is not None and stamp in rows.column_names:
+        rows = _latest_write(rows, stamp)
+    return rows.sort_by(SOURCE_ROW_COLUMN).drop_columns([SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_WRITTEN_COLUMN,
+                                                         *(c for c in drop if c in rows.column_names)])
+
+
+def _latest_write(rows: pa.Table, stamp: str) -> pa.Table:
+    """Of one file's rows merged without the write they came from (SOURCE_WRITTEN_COLUMN: every
+    compaction by a release before it), those of its latest write. A file written again under its
+    name (a partition committed again) and merged again shows as repeated places in the file; each
+    write stamps all its rows with its own time, so the latest write is the rows of the latest
+    stamp, when those fill the places 0..n-1 once each. Anything else is kept as it is."""
+    places = rows.column(SOURCE_ROW_COLUMN)
+    if pc.count_distinct(places).as_py() == rows.num_rows:
+        return rows  # one write
+    latest = rows.filter(pc.equal(rows.column(stamp), pc.max(rows.column(stamp))))
+    own = sorted(latest.column(SOURCE_ROW_COLUMN).to_pylist())
+    return latest if own == list(range(len(own))) else rows

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import duckdb
 
+from dermground.platform.sql_tokens import token_starts
+
 PROMPT, CONTINUE = "sql> ", "  -> "
 HELP = """Statements end with ';' and may span several lines. Only SELECT (and WITH ... SELECT) runs.
   .tables          list the views
@@ -35,7 +37,7 @@ def complete(buffer: str) -> bool:
     """True when the buffered text is one or more statements ended by `;`: a comment may follow it
     (`SELECT 1; -- why`), and a `;` in a comment or a string does not count."""
     try:
-        tokens = [start for start, kind in duckdb.tokenize(buffer) if kind != duckdb.token_type.comment]
+        tokens = [start for start, kind in token_starts(buffer) if kind != duckdb.token_type.comment]
     except duckdb.Error:
         return buffer.rstrip().endswith(";")
     return bool(tokens) and buffer[tokens[-1]] == ";"

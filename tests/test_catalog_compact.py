@@ -322,3 +322,28 @@ def test_a_connection_older_than_the_grace_period_says_to_connect_again(cat: Cat
                                            r"as they were when it was made.*Connect again"):
         early.execute("SELECT count(*) FROM lesions_history").fetchone()
     assert connect(cat.dir).execute("SELECT count(*) FROM lesions_history").fetchone() == (19,)
+
+
+def test_a_partition_committed_again_between_two_compactions_of_an_earlier_release_is_found_once(
+        cat: Catalog) -> None:
+    """Both compactions made by a release before _source_written (the merged rows name their file
+    and place, not the write): the rows of both writes of p0001 were given to it, and `dermground
+    check` said 'p0001 (lesions file differs from the ledger)'. The latest write is now told by its
+    rows' write stamp."""
+    from dermground.platform.catalog_files import rows_by_source
+
+    compact(cat.dir)
+    _as_an_earlier_release_compacted(cat.dir, source_written=False)
+    again = [{"isic_id": f"ISIC_001{j}", "split": "train", "collection": "c1", "areaMM2": 1.0,
+              "written_at": T0 + timedelta(days=2)} for j in (0, 1, 2, 3)]  # the fixed record is the 4th
+    cat.append("lesions", again, name="c1--p0001")
+    compact(cat.dir)
+    _as_an_earlier_release_compacted(cat.dir, source_written=False)
+    compact(cat.dir, keep_s=0)  # the written file itself is gone: only the merged rows are left
+    assert not (cat.dir / "lesions" / "c1--p0001.parquet").exists()
+    for columns in (["isic_id"], None):  # `check` reads the ids, a collection copy every column
+        rows = rows_by_source(cat.dir / "lesions", columns, prefix="c1--")
+        assert rows["c1--p0001"].column("isic_id").to_pylist() == ["ISIC_0010", "ISIC_0011", "ISIC_0012",
+                                                                   "ISIC_0013"], columns
+        assert rows["c1--p0002"].column("isic_id").to_pylist() == ["ISIC_0020", "ISIC_0021", "ISIC_0022"]
+    assert rows_by_source(cat.dir / "lesions", ["isic_id"], prefix="c1--")["c1--p0001"].column_names == ["isic_id"]

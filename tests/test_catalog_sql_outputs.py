@@ -342,3 +342,27 @@ def test_sql_shell_schema_takes_a_view_name_in_any_case(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "sql"], input=".schema Quarantine\n")
     assert result.exit_code == 0, result.output
     assert "quarantine: Records that ingest refused" in result.stdout
+
+
+def test_out_where_nothing_can_be_written_is_refused_before_the_query_and_keeps_the_old_file(
+        tmp_path: Path) -> None:
+    """`--out` under a file or in /proc ended in a FileExistsError / FileNotFoundError traceback,
+    and only after the query had run; a write that failed midway (a full disk) did too. The folder
+    is now checked first (exit 2, naming --out), and a failed write says so and that a file that
+    was there is unchanged."""
+    import os
+
+    (tmp_path / "afile").write_text("not a folder")
+    for out in (tmp_path / "afile" / "r.csv", Path("/proc/r.parquet")):
+        refused = _sql(tmp_path, "SELECT 1 AS a", "--out", str(out))
+        assert refused.exit_code == 2 and "--out" in refused.output and "Traceback" not in refused.output, (
+            out, refused.output)
+        assert isinstance(refused.exception, SystemExit), out
+    out = tmp_path / "kept.parquet"
+    assert _sql(tmp_path, "SELECT 1 AS a", "--out", str(out)).exit_code == 0
+    before = out.read_bytes()
+    (tmp_path / f".{out.name}.{os.getpid()}.tmp").mkdir()  # where write_table puts the new file: cannot
+    failed = _sql(tmp_path, "SELECT 2 AS a", "--out", str(out))
+    assert failed.exit_code == 1 and isinstance(failed.exception, SystemExit), failed.output
+    assert f"could not write --out {out}" in failed.output and "unchanged" in failed.output
+    assert out.read_bytes() == before

@@ -199,6 +199,10 @@ def _json_cell(value: object) -> object:
         return [_json_cell(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _json_cell(v) for k, v in value.items()}
+    if isinstance(value, bytes | bytearray | memoryview):  # a BLOB as DuckDB writes it, as `dermground sql` does
+        from dermground.platform.sql_text import blob_text
+
+        return blob_text(value)
     return str(value)
 
 

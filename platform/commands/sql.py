@@ -18,6 +18,10 @@ from dermground.platform.commands.context import current_settings, from_settings
 
 
 def _cell(value: object) -> object:
+    if isinstance(value, bool | bytes | bytearray | memoryview):  # true / false, a BLOB as DuckDB writes it
+        from dermground.platform.sql_text import scalar_text
+
+        return scalar_text(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, timedelta):  # inside a list or struct: top-level intervals come as DuckDB's text
@@ -42,11 +46,17 @@ def _csv_cell(value: object) -> object:
 
 
 def _table(columns: list[str], rows: list[tuple]) -> str:
-    text = [[("NULL" if v is None else str(_cell(v))) for v in row] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in text]
+    from dermground.platform.sql_text import display_width, table_text
+
+    # One line per row, padded by terminal columns: a line break in a value, a wide (CJK) or
+    # combining character in an id broke the grid.
+    cells = [[table_text(c) for c in columns]]
+    cells += [[("NULL" if v is None else table_text(str(_cell(v)))) for v in row] for row in rows]
+    spans = [[display_width(v) for v in row] for row in cells]
+    widths = [max(row[i] for row in spans) for i in range(len(columns))]
+    lines = ["  ".join(v + " " * (w - n) for v, n, w in zip(row, used, widths, strict=True))
+             for row, used in zip(cells, spans, strict=True)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -62,7 +72,8 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
               help="Write the result to FILE.parquet, FILE.csv or FILE.json (JSON lines) instead of printing it. "
                    "JSON writes NaN and infinities as null; times are ISO 8601 text in CSV and JSON and intervals "
                    "text as DuckDB writes them ('1 month 2 days 03:00:00'), as --format prints them; CSV writes "
-                   "lists, structs and maps as JSON text.")
+                   "lists, structs and maps as JSON text. Booleans are true/false, BLOBs as DuckDB writes "
+                   "them (ab\\x00c) in every text output.")
 @click.option("--schema", "schema", is_flag=True,
               help="Print every view and column with type, unit and meaning (the data dictionary) and exit.")
 def sql(query: str | None, fmt: str, max_rows: int | None, timeout_s: float, out: Path | None, schema: bool) -> None:
@@ -129,11 +140,18 @@ def _render(columns: list[str], rows: list[tuple], fmt: str) -> str:
         records = [{c: json_value(v) for c, v in zip(names, row, strict=True)} for row in rows]
         return json.dumps(records, indent=2, default=json_default, allow_nan=False)
     if fmt == "csv":
+        # Python's writer quotes a field holding a character of its line terminator: with "\n" a
+        # carriage return in a value went out bare and split the row for every CSV reader. It
+        # writes each row ended by "\r\n", which then becomes the "\n" --out x.csv ends rows with.
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[_csv_cell(v) for v in row] for row in rows])
-        return buffer.getvalue()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        lines = []
+        for row in [columns, *([_csv_cell(v) for v in row] for row in rows)]:
+            buffer.seek(0)
+            buffer.truncate()
+            writer.writerow(row)
+            lines.append(buffer.getvalue()[:-2] + "\n")
+        return "".join(lines)
     return _table(columns, rows)
 
 
@@ -147,6 +165,12 @@ def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, t
         refuse_out_in_catalog(catalog_dir, out)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--out") from None
+    from dermground.platform.out_folder import OutFolderError, require_writable_folder
+
+    try:  # before the query, which may run for minutes
+        require_writable_folder(out.parent, flag=f"the folder of --out {out},")
+    except OutFolderError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     try:
         # One row past the limit tells a result cut short from one that fits exactly.
         table = query_arrow(catalog_dir, query, timeout_s=timeout_s, max_rows=None if max_rows is None else max_rows + 1,
@@ -156,7 +180,11 @@ def _write_out(catalog_dir: Path, query: str, out: Path, max_rows: int | None, t
     truncated = max_rows is not None and table.num_rows > max_rows
     if truncated:
         table = table.slice(0, max_rows)
-    write_table(table, out)
+    try:
+        write_table(table, out)
+    except OSError as exc:  # a full disk, a folder gone read-only since the check
+        raise click.ClickException(f"could not write --out {out} ({exc.strerror or exc}); a file that was there "
+                                   "is unchanged: free space or pick another place, then run the query again") from None
     click.echo(f"wrote {table.num_rows} rows x {table.num_columns} columns to {out}", err=True)
     if truncated:
         click.echo(f"(stopped at {max_rows} rows; the query has more: raise --max-rows or add LIMIT/WHERE)", err=True)
