@@ -1,0 +1,73 @@
+"""Hostile request bodies at the API: JSON that pydantic's lax mode would read as something else,
+bodies that are not text, and bodies at the edge of the size limits. Each is answered with a 4xx
+naming its rule and field, or served correctly; never a 500 or a silent reading."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from dermground.platform.api import create_app
+from dermground.platform.api.errors import ErrorBody
+from dermground.platform.settings import Settings
+
+READ, ADMIN = "read-bodies", "admin-bodies"
+READ_JSON = {"X-API-Key": READ, "Content-Type": "application/json"}
+
+
+def _png(size: tuple[int, int] = (64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (150, 90, 60)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(search_collection, tiny_backbone):
+    settings = Settings(home=search_collection["home"], api_read_key=READ, api_admin_key=ADMIN)
+    with TestClient(create_app(settings, backbone=tiny_backbone), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def _refused(response, field: str) -> None:
+    assert response.status_code == 422, response.text
+    body = ErrorBody.model_validate(response.json())
+    assert (body.rule, body.field) == ("validation", field), response.text
+    assert "boolean" in body.detail[0].msg  # type: ignore[union-attr]
+
+
+# (field as named, JSON body with a boolean, the same body with the number it was read as)
+_SEARCH_BOOLEANS = [
+    ("k", {"k": True}, {"k": 1}),
+    ("b", {"mode": "hierarchical", "attributes": ["areaMM2"], "k": 1, "b": True},
+     {"mode": "hierarchical", "attributes": ["areaMM2"], "k": 1, "b": 1}),
+    ("filters.ranges.areaMM2.gte", {"filters": {"ranges": {"areaMM2": {"gte": False}}}},
+     {"filters": {"ranges": {"areaMM2": {"gte": 0}}}}),
+    ("filters.ranges.areaMM2.lte", {"filters": {"ranges": {"areaMM2": {"lte": True}}}},
+     {"filters": {"ranges": {"areaMM2": {"lte": 1000}}}}),
+    ("filters.target", {"filters": {"target": False}}, {"filters": {"target": 0}}),
+]
+
+
+@pytest.mark.parametrize(("field", "with_boolean", "with_number"), _SEARCH_BOOLEANS,
+                         ids=[case[0] for case in _SEARCH_BOOLEANS])
+def test_a_boolean_where_a_search_number_belongs_is_a_422_naming_the_field(
+        client, search_collection, field: str, with_boolean: dict, with_number: dict) -> None:
+    """pydantic's lax mode read `"k": true` as k=1 (and false as 0, for b, a range bound and the
+    target code alike), so a client's mistake searched silently for something else."""
+    query = {"isic_id": search_collection["records"][0].isic_id}
+    _refused(client.post("/search", headers=READ_JSON, content=json.dumps({**query, **with_boolean})), field)
+    assert client.post("/search", headers=READ_JSON, json={**query, **with_number}).status_code == 200
+
+
+def test_a_boolean_in_the_upload_form_and_in_sql_is_a_422_naming_the_field(client) -> None:
+    upload = client.post("/search/upload", headers={"X-API-Key": READ}, files={"file": ("q.png", _png())},
+                         data={"request": json.dumps({"k": True})})
+    _refused(upload, "request.k")
+    sql = client.post("/sql", headers={"X-API-Key": ADMIN}, json={"query": "SELECT 1 AS one", "max_rows": True})
+    _refused(sql, "max_rows")
+    assert client.post("/sql", headers={"X-API-Key": ADMIN},
+                       json={"query": "SELECT 1 AS one", "max_rows": 1}).json()["rows"] == [[1]]
