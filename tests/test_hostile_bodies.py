@@ -71,3 +71,30 @@ def test_a_boolean_in_the_upload_form_and_in_sql_is_a_422_naming_the_field(clien
     _refused(sql, "max_rows")
     assert client.post("/sql", headers={"X-API-Key": ADMIN},
                        json={"query": "SELECT 1 AS one", "max_rows": 1}).json()["rows"] == [[1]]
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (b'{"isic_id": "\xff"}', "not UTF-8 text (byte 0xff at position 13)"),  # Latin-1 'ÿ', or a binary file
+    (b'{"isic_id": "ISIC_1", "filters": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    (b'{"isic_id": "ISIC_1", "k": 1' + b"0" * 5000 + b"}", "4300 digits"),
+], ids=["not-utf8", "deep-nesting", "huge-number"])
+def test_a_json_body_that_cannot_be_read_is_a_422_naming_the_body_like_any_other_non_json(
+        client, content: bytes, said: str) -> None:
+    """FastAPI answered these with a 400 "There was an error parsing the body": no rule, no field,
+    no reason, where every other refusal (`{nope` included) names them."""
+    response = client.post("/search", headers=READ_JSON, content=content)
+    assert response.status_code == 422, response.text
+    body = ErrorBody.model_validate(response.json())
+    assert (body.rule, body.field) == ("validation", "body")
+    assert said in body.detail[0].msg and "set_int_max_str_digits" not in response.text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("path", ["/search/upload", "/predict"])
+def test_a_multipart_body_that_cannot_be_split_is_a_400_naming_the_rule(client, path: str) -> None:
+    for content_type, content in [("multipart/form-data", b"--x\r\n"),  # no boundary declared
+                                  ("multipart/form-data; boundary=xyz", b"not a part at all")]:
+        response = client.post(path, headers={"X-API-Key": READ, "Content-Type": content_type}, content=content)
+        assert response.status_code == 400, response.text
+        body = ErrorBody.model_validate(response.json())
+        assert (body.rule, body.field) == ("multipart", "body")
+        assert str(body.detail).startswith("the multipart body cannot be read: ")

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dermground.platform.api.errors import document_errors, error_content, validation_content
+from dermground.platform.api.errors import document_errors, error_content, unreadable_body, validation_content
 from dermground.platform.api.images import ThumbnailCache
 from dermground.platform.api.limits import BodyReadLimits, BodySizeLimit
 from dermground.platform.api.routes import router
@@ -116,6 +116,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unreadable = unreadable_body(exc)
+        if unreadable is not None:
+            return JSONResponse(unreadable[1], status_code=unreadable[0])
         return JSONResponse(error_content(exc), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RuntimeError)  # torch.OutOfMemoryError is one (torch is imported with the model only)
