@@ -132,3 +132,21 @@ def test_an_image_just_under_the_limit_in_wrapped_base64_is_searched_and_a_large
                             content=json.dumps({"image_base64": base64.b64encode(photo * 2).decode()}))
     assert (over_body.status_code, over_body.json()["rule"]) == (413, "body_limit"), over_body.text
     assert f"one image of at most {MAX_UPLOAD} bytes" in over_body.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/search/upload", "/predict"])
+def test_a_form_field_sent_twice_is_a_422_naming_it_not_one_of_them_picked(client, path: str) -> None:
+    """Two images in `file` (a form that allows several, a script's loop): the endpoint answered for
+    the last one and said nothing, so a client could not know which image its results were for. The
+    same for two `request` parameter sets. Either is refused naming the field; one of each is served."""
+    two_images = [("file", ("a.png", _png((64, 64)))), ("file", ("b.png", _png((80, 64))))]
+    refused = client.post(path, headers={"X-API-Key": READ}, files=two_images)
+    assert refused.status_code == 422, refused.text[:300]
+    body = ErrorBody.model_validate(refused.json())
+    assert (body.rule, body.field) == ("repeated_field", "file") and "2 " in str(body.detail)
+    if path == "/search/upload":
+        twice = client.post(path, headers={"X-API-Key": READ}, files=[("file", ("a.png", _png()))],
+                            data={"request": [json.dumps({"k": 1}), json.dumps({"k": 3})]})
+        assert (twice.status_code, twice.json()["field"]) == (422, "request"), twice.text[:300]
+    served = client.post(path, headers={"X-API-Key": READ}, files=two_images[:1])
+    assert served.status_code == 200, served.text

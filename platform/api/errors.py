@@ -43,7 +43,8 @@ class ErrorBody(BaseModel):
                                                "aspect_ratio, min_side; base64; rate_limit; body_limit, "
                                                "body_timeout, unfinished_bodies, content_length, multipart; "
                                                "validation: the request does not fit its schema; "
-                                               "one_query, search_request)")
+                                               "one_query, search_request; repeated_field: a form "
+                                               "field sent twice)")
     field: str | None = Field(None, description="the request field at fault, when one is (every 422 names it "
                                                 "where the request has one; dotted for nested fields)")
 

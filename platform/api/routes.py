@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from dermground.platform.api import schemas
 from dermground.platform.api.errors import SEARCH_REQUEST_RULE, RefusedError
+from dermground.platform.api.form_fields import single_form_values
 from dermground.platform.api.images import (
     UploadError,
     UploadTooLargeError,
@@ -107,7 +108,8 @@ def search_json(request: Request, body: schemas.SearchBody) -> schemas.SearchRes
         return _run_search(request, body, image)
 
 
-@router.post("/search/upload", response_model=schemas.SearchResult, dependencies=read, tags=["search"])
+@router.post("/search/upload", response_model=schemas.SearchResult, tags=["search"],
+             dependencies=[*read, Depends(single_form_values("file", "request"))])
 def search_upload(request: Request, file: Annotated[UploadFile, File(description="the query image")],
                   params: Annotated[str, Form(alias="request", max_length=100_000,
                                               description="SearchParams as JSON")] = "{}") -> schemas.SearchResult:
@@ -142,7 +144,8 @@ def image(request: Request, isic_id: IsicId, size: Literal["thumb", "full"] = "t
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.post("/predict", response_model=schemas.PredictResult, dependencies=read, tags=["predict"])
+@router.post("/predict", response_model=schemas.PredictResult, tags=["predict"],
+             dependencies=[*read, Depends(single_form_values("file"))])
 def predict(request: Request, file: Annotated[UploadFile, File(description="the lesion image")]) -> schemas.PredictResult:
     """The model's answer to each of the 16 questions for an uploaded image."""
     from dermground.platform.predict import predict_attributes
