@@ -59,6 +59,9 @@ def open_hdf5(path: Path) -> Any:
         return _open_files[key]
 
 
+# The largest HDF5 image entry read: above an uncompressed 16-bit RGBA image of the default 40 MP
+# pixel limit (320 MB); ISIC's encoded crops are tens of KB.
+MAX_IMAGE_ENTRY_BYTES = 512 * 2**20
 # HDF5's own limit on soft links followed in one lookup (H5L's default nlinks).
 _MAX_LINK_HOPS = 16
 
@@ -139,6 +142,13 @@ def load_image_bytes(image_ref: str) -> bytes:
         if not isinstance(getattr(entry, "shape", None), tuple):
             raise ValueError(f"{isic_id!r} in {path} is {'a group' if hasattr(entry, 'keys') else 'empty'}, "
                              "not a dataset of encoded image bytes")
+        # The dataset's declared size is read in one piece: a file of a few KB can declare a chunked,
+        # never-written dataset of a terabyte (MemoryError, which stopped the whole read) or of gigabytes
+        # (allocated and inflated from fill values). Refused before a byte is read.
+        declared = entry.size * entry.dtype.itemsize
+        if declared > MAX_IMAGE_ENTRY_BYTES:
+            raise ValueError(f"{isic_id!r} in {path} declares {declared} bytes, more than any image file the gate takes "
+                             f"({MAX_IMAGE_ENTRY_BYTES}): not a dataset of encoded image bytes")
         value = entry[()]
         # Real files store scalar bytes strings; ours store opaque (np.void); some use uint8 arrays.
         if isinstance(value, bytes):

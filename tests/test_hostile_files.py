@@ -186,3 +186,27 @@ def test_hdf5_entries_that_read_from_outside_the_image_group_are_quarantined_nam
     for name in ids[:4]:  # a stored reference to such an entry is refused alike (training, thumbnails)
         with pytest.raises(ValueError, match=f"'{name}' in "):
             load_image_bytes(hdf5_image_ref(data / fmt.HDF5_FILE, name))
+
+
+def test_an_hdf5_entry_declaring_a_terabyte_is_quarantined_before_it_is_read(tmp_path: Path) -> None:
+    """A chunked dataset that is declared 1 TiB and never written takes a few KB on disk: the reader
+    allocated its declared size to read it, and the MemoryError stopped the whole read (ingest and
+    `check_images`) at that record. It is refused by its key now, unread, and the rest is read."""
+    import h5py
+
+    from dermground.ingest.synth import generate_dataset
+    from dermground.platform import isic_format as fmt
+    from dermground.platform.records import LesionRecord, RejectedRecord, read_records
+
+    data = tmp_path / "data"
+    generate_dataset(data, patients=2, images=3, seed=12, size=64, layout="hdf5", progress=False, workers=1)
+    with h5py.File(data / fmt.HDF5_FILE, "a") as h5:
+        name = sorted(h5)[0]
+        del h5[name]
+        h5.create_dataset(name, shape=(2**40,), dtype=np.uint8, chunks=(2**20,), compression="gzip")
+    assert (data / fmt.HDF5_FILE).stat().st_size < 100_000
+    records = list(read_records(data, check_images=True))
+    refused = [r for r in records if isinstance(r, RejectedRecord)]
+    assert [(r.isic_id, r.field) for r in refused] == [(name, "image")]
+    assert f"{name!r} in " in refused[0].reason and f"declares {2**40} bytes" in refused[0].reason
+    assert sum(isinstance(r, LesionRecord) for r in records) == 2
