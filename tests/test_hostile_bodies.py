@@ -150,3 +150,13 @@ def test_a_form_field_sent_twice_is_a_422_naming_it_not_one_of_them_picked(clien
         assert (twice.status_code, twice.json()["field"]) == (422, "request"), twice.text[:300]
     served = client.post(path, headers={"X-API-Key": READ}, files=two_images[:1])
     assert served.status_code == 200, served.text
+
+
+def test_a_refused_sql_query_names_the_rule_and_the_field(client) -> None:
+    """POST /sql's refusals (the read-only guard, DuckDB's own error) were the one 400 with neither a
+    rule nor a field: a client could not tell them from a malformed request."""
+    for query in ("DROP TABLE lesions", "SELECT 1; SELECT 2", "SELECT no_such_column FROM lesions"):
+        response = client.post("/sql", headers={"X-API-Key": ADMIN}, json={"query": query})
+        assert response.status_code == 400, response.text
+        body = ErrorBody.model_validate(response.json())
+        assert (body.rule, body.field) == ("sql", "query") and body.detail, response.text

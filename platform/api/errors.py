@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field
 VALIDATION_RULE = "validation"
 # The rule of a 422 whose request fits its schema but not the search (b below k, an unknown attribute, ...).
 SEARCH_REQUEST_RULE = "search_request"
+# The rule of a 400 whose SQL the read-only guard refuses or DuckDB cannot run (POST /sql).
+SQL_RULE = "sql"
 # Where pydantic puts a field: the part of the request, then the field's path inside it.
 _REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
 
@@ -44,7 +46,7 @@ class ErrorBody(BaseModel):
                                                "body_timeout, unfinished_bodies, content_length, multipart; "
                                                "validation: the request does not fit its schema; "
                                                "one_query, search_request; repeated_field: a form "
-                                               "field sent twice)")
+                                               "field sent twice; sql: a query POST /sql refuses)")
     field: str | None = Field(None, description="the request field at fault, when one is (every 422 names it "
                                                 "where the request has one; dotted for nested fields)")
 

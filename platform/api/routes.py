@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from dermground.platform.api import schemas
-from dermground.platform.api.errors import SEARCH_REQUEST_RULE, RefusedError
+from dermground.platform.api.errors import SEARCH_REQUEST_RULE, SQL_RULE, RefusedError
 from dermground.platform.api.form_fields import single_form_values
 from dermground.platform.api.images import (
     UploadError,
@@ -178,8 +178,8 @@ def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
     max_rows = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
     try:
         result = run_readonly_sql(settings.catalog_dir, body.query, max_rows=max_rows, timeout_s=settings.sql_timeout_s)
-    except SqlRejected as exc:
-        raise HTTPException(400, detail=str(exc)) from None
+    except SqlRejected as exc:  # the guard's refusal or DuckDB's error: the query is at fault
+        raise RefusedError(400, str(exc), rule=SQL_RULE, field="query") from None
     except MissingCatalogFile as exc:  # the server's catalog is damaged, not the request
         raise HTTPException(503, detail=str(exc)) from None
     return schemas.SqlResult(columns=result.columns, rows=[[_json_cell(v) for v in row] for row in result.rows],
