@@ -59,6 +59,63 @@ def open_hdf5(path: Path) -> Any:
         return _open_files[key]
 
 
+# The largest HDF5 image entry read: above an uncompressed 16-bit RGBA image of the default 40 MP
+# pixel limit (320 MB); ISIC's encoded crops are tens of KB.
+MAX_IMAGE_ENTRY_BYTES = 512 * 2**20
+# HDF5's own limit on soft links followed in one lookup (H5L's default nlinks).
+_MAX_LINK_HOPS = 16
+
+
+class OutsideImageLinkError(ValueError):
+    """An HDF5 image entry that is a link leading out of the file's root group of images (another
+    file, a group inside), or a dataset whose bytes live in other files."""
+
+
+def image_entry_name(h5: Any, name: str, path: Path | str) -> str | None:
+    """The root-group dataset name holding the image `name` of the open HDF5 file `h5` (at `path`):
+    `name` itself, or the root entry a soft link in the root leads to; None when there is no such link.
+
+    Checked link by link without following one: `name in h5` already opens the file an external
+    link names. OutsideImageLinkError for an external link (anywhere on the way), a soft link out of
+    the root group or in a chain of more than 16, and a dataset whose bytes live elsewhere."""
+    from h5py import h5l
+
+    links, current = h5.id.links, name
+    for _ in range(_MAX_LINK_HOPS):
+        key = current.encode("utf-8", "surrogateescape")
+        if not links.exists(key):
+            return None
+        kind = links.get_info(key).type
+        if kind == h5l.TYPE_HARD:
+            _check_stored_inside(h5[current], name, path)
+            return current
+        if kind == h5l.TYPE_EXTERNAL:
+            file_name, target = (part.decode("utf-8", "replace") for part in links.get_val(key))
+            raise OutsideImageLinkError(f"{name!r} in {path} is an external link to {target!r} in {file_name}: an image "
+                                        "file's entries must hold their own image bytes; copy the image into it")
+        if kind != h5l.TYPE_SOFT:
+            raise OutsideImageLinkError(f"{name!r} in {path} is a user-defined HDF5 link (type {kind}), not a dataset "
+                                        "of image bytes")
+        target = links.get_val(key).decode("utf-8", "replace")
+        inside = target[1:] if target.startswith("/") else target
+        if not inside or "/" in inside or inside in (".", ".."):
+            raise OutsideImageLinkError(f"{name!r} in {path} is a soft link to {target!r}, outside the file's root group "
+                                        "of images: store the image under its own name at the root")
+        current = inside
+    raise OutsideImageLinkError(f"{name!r} in {path} starts a chain of more than {_MAX_LINK_HOPS} soft links")
+
+
+def _check_stored_inside(entry: Any, name: str, path: Path | str) -> None:
+    """OutsideImageLinkError when a dataset's bytes are read from other files (external storage, a
+    virtual dataset): reading it would open whatever files it names."""
+    if not hasattr(entry, "id") or not hasattr(entry, "is_virtual"):
+        return  # a group: refused by its reader as holding no bytes
+    if entry.is_virtual or entry.id.get_create_plist().get_external_count() > 0:
+        kind = "a virtual dataset" if entry.is_virtual else "a dataset with external storage"
+        raise OutsideImageLinkError(f"{name!r} in {path} is {kind}: its bytes are read from other files; an image "
+                                    "file's entries must hold their own image bytes")
+
+
 def _split_hdf5_ref(location: str) -> tuple[str, str]:
     """(file path, dataset name) of `<path>#<isic_id>`. Either side may hold a '#' itself (an id is
     any plain file name): the split is at the '#' whose left side is an existing file, else at the
@@ -76,14 +133,22 @@ def load_image_bytes(image_ref: str) -> bytes:
     if image_ref.startswith(HDF5_PREFIX):
         path, isic_id = _split_hdf5_ref(image_ref[len(HDF5_PREFIX):])
         h5 = open_hdf5(Path(path))
-        if isic_id not in h5:
+        stored = image_entry_name(h5, isic_id, path)
+        if stored is None:
             raise KeyError(f"no image {isic_id!r} in {path}")
-        entry = h5[isic_id]
+        entry = h5[stored]
         # A group or an empty (null-shaped) dataset holds no bytes: refused like a bad image, naming
         # the entry, instead of h5py's TypeError/AttributeError, which no caller quarantines.
         if not isinstance(getattr(entry, "shape", None), tuple):
             raise ValueError(f"{isic_id!r} in {path} is {'a group' if hasattr(entry, 'keys') else 'empty'}, "
                              "not a dataset of encoded image bytes")
+        # The dataset's declared size is read in one piece: a file of a few KB can declare a chunked,
+        # never-written dataset of a terabyte (MemoryError, which stopped the whole read) or of gigabytes
+        # (allocated and inflated from fill values). Refused before a byte is read.
+        declared = entry.size * entry.dtype.itemsize
+        if declared > MAX_IMAGE_ENTRY_BYTES:
+            raise ValueError(f"{isic_id!r} in {path} declares {declared} bytes, more than any image file the gate takes "
+                             f"({MAX_IMAGE_ENTRY_BYTES}): not a dataset of encoded image bytes")
         value = entry[()]
         # Real files store scalar bytes strings; ours store opaque (np.void); some use uint8 arrays.
         if isinstance(value, bytes):

@@ -27,7 +27,13 @@ from PIL import Image
 
 from dermground.platform import isic_format as fmt
 from dermground.platform.attributes import get_attribute
-from dermground.platform.image_sources import hdf5_image_ref, load_image_bytes, open_hdf5
+from dermground.platform.image_sources import (
+    OutsideImageLinkError,
+    hdf5_image_ref,
+    image_entry_name,
+    load_image_bytes,
+    open_hdf5,
+)
 from dermground.platform.images import DEFAULT_MAX_PIXELS, INPUT_ERRORS, decode_image, rejection_reason
 from dermground.platform.metadata_fields import METADATA_FIELDS, MetadataField
 from dermground.platform.names import InvalidNameError, check_plain_file_name, unicode_spellings
@@ -265,7 +271,12 @@ def read_records(data_dir: Path, split: str | None = None,
                 yield rejected
                 continue
             if h5 is not None:
-                entry = next((name for name in unicode_spellings(isic_id) if name in h5), None)
+                try:  # `name in h5` would already open the file an external link names
+                    entry = next((name for name in unicode_spellings(isic_id)
+                                  if image_entry_name(h5, name, fmt.HDF5_FILE) is not None), None)
+                except OutsideImageLinkError as exc:
+                    yield RejectedRecord(isic_id, "image", str(exc))
+                    continue
                 if entry is None:
                     yield RejectedRecord(isic_id, "image", f"no image {isic_id!r} in {fmt.HDF5_FILE}")
                     continue

@@ -140,3 +140,73 @@ def test_an_id_whose_image_is_named_in_the_other_unicode_normal_form_is_read(tmp
     assert all(isinstance(r, LesionRecord) for r in records), records
     assert {r.isic_id for r in records} == {row["isic_id"] for row in rows}  # the ids as the CSV spells them
     assert all(r.load_image().size == (64, 64) for r in records)
+
+
+def test_hdf5_entries_that_read_from_outside_the_image_group_are_quarantined_naming_the_key(tmp_path: Path) -> None:
+    """An input train-image.hdf5 whose entries are an external link to another HDF5 file, a soft link
+    to a dataset in a group of its own, a dataset stored in an outside raw file or a virtual dataset
+    made the reader open whatever file they named (its bytes became the lesion's image). Each is now
+    refused by its key and why, without the other file being read; a soft link to another image of
+    the root group is still an image, and the other records are read."""
+    import h5py
+
+    from dermground.ingest.synth import generate_dataset
+    from dermground.platform import isic_format as fmt
+    from dermground.platform.image_sources import hdf5_image_ref, load_image_bytes
+    from dermground.platform.records import LesionRecord, RejectedRecord, read_records
+
+    data = tmp_path / "data"
+    generate_dataset(data, patients=3, images=6, seed=12, size=64, layout="hdf5", progress=False, workers=1)
+    outside_h5, outside_raw = tmp_path / "outside.hdf5", tmp_path / "outside.jpg"
+    with h5py.File(data / fmt.HDF5_FILE, "a") as h5:
+        ids = sorted(h5)
+        jpeg = h5[ids[5]][()].tobytes()
+        with h5py.File(outside_h5, "w") as other:
+            other["secret"] = np.void(jpeg)
+        outside_raw.write_bytes(jpeg)
+        for name in ids[:5]:
+            del h5[name]
+        h5[ids[0]] = h5py.ExternalLink(str(outside_h5), "secret")
+        h5.create_group("elsewhere")["image"] = np.void(jpeg)
+        h5[ids[1]] = h5py.SoftLink("/elsewhere/image")
+        h5.create_dataset(ids[2], shape=(len(jpeg),), dtype=np.uint8, external=[(str(outside_raw), 0, len(jpeg))])
+        layout = h5py.VirtualLayout(shape=(len(jpeg),), dtype=np.uint8)
+        layout[:] = h5py.VirtualSource(str(outside_h5), "raw", shape=(len(jpeg),))
+        with h5py.File(outside_h5, "a") as other:
+            other["raw"] = np.frombuffer(jpeg, np.uint8)
+        h5.create_virtual_dataset(ids[3], layout)
+        h5[ids[4]] = h5py.SoftLink(f"/{ids[5]}")  # the same image twice: inside the file, so read
+    records = {r.isic_id: r for r in read_records(data, check_images=True)}
+    refused = {key: (r.field, r.reason) for key, r in records.items() if isinstance(r, RejectedRecord)}
+    assert set(refused) == set(ids[:4]), refused
+    assert all(field == "image" and f"{key!r} in {fmt.HDF5_FILE}" in reason for key, (field, reason) in refused.items())
+    assert "external link to 'secret' in" in refused[ids[0]][1] and "outside" in refused[ids[1]][1]
+    assert "external storage" in refused[ids[2]][1] and "virtual dataset" in refused[ids[3]][1]
+    assert isinstance(records[ids[4]], LesionRecord) and records[ids[4]].load_image().size == (64, 64)
+    for name in ids[:4]:  # a stored reference to such an entry is refused alike (training, thumbnails)
+        with pytest.raises(ValueError, match=f"'{name}' in "):
+            load_image_bytes(hdf5_image_ref(data / fmt.HDF5_FILE, name))
+
+
+def test_an_hdf5_entry_declaring_a_terabyte_is_quarantined_before_it_is_read(tmp_path: Path) -> None:
+    """A chunked dataset that is declared 1 TiB and never written takes a few KB on disk: the reader
+    allocated its declared size to read it, and the MemoryError stopped the whole read (ingest and
+    `check_images`) at that record. It is refused by its key now, unread, and the rest is read."""
+    import h5py
+
+    from dermground.ingest.synth import generate_dataset
+    from dermground.platform import isic_format as fmt
+    from dermground.platform.records import LesionRecord, RejectedRecord, read_records
+
+    data = tmp_path / "data"
+    generate_dataset(data, patients=2, images=3, seed=12, size=64, layout="hdf5", progress=False, workers=1)
+    with h5py.File(data / fmt.HDF5_FILE, "a") as h5:
+        name = sorted(h5)[0]
+        del h5[name]
+        h5.create_dataset(name, shape=(2**40,), dtype=np.uint8, chunks=(2**20,), compression="gzip")
+    assert (data / fmt.HDF5_FILE).stat().st_size < 100_000
+    records = list(read_records(data, check_images=True))
+    refused = [r for r in records if isinstance(r, RejectedRecord)]
+    assert [(r.isic_id, r.field) for r in refused] == [(name, "image")]
+    assert f"{name!r} in " in refused[0].reason and f"declares {2**40} bytes" in refused[0].reason
+    assert sum(isinstance(r, LesionRecord) for r in records) == 2

@@ -340,7 +340,7 @@ def test_the_servers_own_error_bodies_match_the_documented_shape(client) -> None
     _assert_error_body(client.get("/examples"), 401)
     _assert_error_body(client.post("/search", headers=READ, json={"isic_id": "ISIC_9999999"}), 404)
     _assert_error_body(client.post("/search", headers={**READ, "Content-Length": "nope"}, content=b"{}"), 400)
-    too_big = client.post("/search", headers=READ, content=b"x" * 500_000)
+    too_big = client.post("/search", headers=READ, content=b"x" * 600_000)
     _assert_error_body(too_big, 413)
     assert too_big.json()["rule"] == "body_limit"
     _assert_error_body(client.post("/sql", headers={"X-API-Key": "admin-24"}, json={"query": "DROP TABLE x"}), 400)

@@ -7,6 +7,7 @@ loaded on first use. Errors come back as JSON with a reason and never with a sta
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dermground.platform.api.errors import document_errors, error_content, validation_content
+from dermground.platform.api.errors import document_errors, error_content, unreadable_body, validation_content
 from dermground.platform.api.images import ThumbnailCache
 from dermground.platform.api.limits import BodyReadLimits, BodySizeLimit
 from dermground.platform.api.routes import router
@@ -30,13 +31,19 @@ from dermground.platform.settings import Settings
 from dermground.platform.store import CollectionMissingError, StoreError, StoreLockedError, VectorStore, open_live_store
 
 log = logging.getLogger("dermground.api")
-# A base64 image is 4/3 of its bytes; the rest of a JSON body is small.
+# A base64 image is 4/3 of its bytes, and the text around its characters can add an eighth more:
+# lines as short as 64 characters (PEM, openssl) ending in CRLF, which a JSON string writes as the 4
+# characters \r\n (6.25%), and encoders that escape '/' as '\/' (PHP's json_encode; 1 in 64 base64
+# characters on average). The image's own limit is checked exactly once its base64 is decoded.
+_BASE64_TEXT_ROOM = 9 / 8
+# The rest of a JSON body is small: the other fields, a data: URL prefix.
 _BODY_OVERHEAD = 64 * 1024
 
 
 def body_limit(settings: Settings) -> int:
-    """The largest request body accepted: one upload of max_upload_bytes as base64, plus the fields."""
-    return (settings.max_upload_bytes + 2) // 3 * 4 + _BODY_OVERHEAD
+    """The largest request body accepted: one upload of max_upload_bytes as base64, wrapped in lines
+    and escaped as JSON encoders do, plus the other fields."""
+    return math.ceil((settings.max_upload_bytes + 2) // 3 * 4 * _BASE64_TEXT_ROOM) + _BODY_OVERHEAD
 
 
 def _model_loader(settings: Settings):  # noqa: ANN202
@@ -98,7 +105,7 @@ def create_app(settings: Settings, *, store: VectorStore | None = None, backbone
     else:
         # Follows the live version's adapter too: a switch to a re-embedded version needs no restart.
         app.state.embedder = EmbedderProvider(_model_loader(settings), find=_model_finder(settings))
-    app.add_middleware(BodySizeLimit, max_bytes=body_limit(settings))
+    app.add_middleware(BodySizeLimit, max_bytes=body_limit(settings), image_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyReadLimits, timeout_s=settings.api_body_timeout_s,
                        max_unfinished=settings.api_max_unfinished_bodies)
     app.state.model_work = ClientWorkLimiter(settings.api_model_work_per_client)
@@ -116,6 +123,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unreadable = unreadable_body(exc)
+        if unreadable is not None:
+            return JSONResponse(unreadable[1], status_code=unreadable[0])
         return JSONResponse(error_content(exc), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RuntimeError)  # torch.OutOfMemoryError is one (torch is imported with the model only)

@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field
 VALIDATION_RULE = "validation"
 # The rule of a 422 whose request fits its schema but not the search (b below k, an unknown attribute, ...).
 SEARCH_REQUEST_RULE = "search_request"
+# The rule of a 400 whose SQL the read-only guard refuses or DuckDB cannot run (POST /sql).
+SQL_RULE = "sql"
 # Where pydantic puts a field: the part of the request, then the field's path inside it.
 _REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
 
@@ -41,9 +43,10 @@ class ErrorBody(BaseModel):
     rule: str | None = Field(None, description="the named check that refused the input, when one did "
                                                "(image gate: empty, byte_limit, format, pixel_limit, decode, "
                                                "aspect_ratio, min_side; base64; rate_limit; body_limit, "
-                                               "body_timeout, unfinished_bodies, content_length; "
+                                               "body_timeout, unfinished_bodies, content_length, multipart; "
                                                "validation: the request does not fit its schema; "
-                                               "one_query, search_request)")
+                                               "one_query, search_request; repeated_field: a form "
+                                               "field sent twice; sql: a query POST /sql refuses)")
     field: str | None = Field(None, description="the request field at fault, when one is (every 422 names it "
                                                 "where the request has one; dotted for nested fields)")
 
@@ -89,6 +92,43 @@ def validation_content(errors: Sequence[Mapping[str, Any]]) -> dict[str, object]
     if issues:
         body["field"] = issues[0]["field"]
     return body
+
+
+# FastAPI's answer to a body that its JSON reader raised on with anything but a JSONDecodeError.
+_UNPARSED_BODY = "There was an error parsing the body"
+# The rule of a 400 whose multipart body cannot be split into its parts (no boundary, cut short, ...).
+MULTIPART_RULE = "multipart"
+
+
+def unreadable_body(exc: HTTPException) -> tuple[int, dict[str, object]] | None:
+    """(status, ErrorBody) of a body that cannot be read at all, else None.
+
+    A JSON body that is not UTF-8, nested deeper than the reader recurses or holding a number of more
+    than 4300 digits is not JSON, like `{nope`: 422 `validation` naming the field `body` and what is
+    wrong (FastAPI said only "There was an error parsing the body", with no rule). A multipart body
+    that cannot be split into parts: 400 `multipart`, field `body`, with the parser's reason."""
+    from starlette.formparsers import MultiPartException
+
+    cause = exc.__cause__
+    if exc.status_code == 400 and exc.detail == _UNPARSED_BODY and cause is not None:
+        issue = {"loc": ("body",), "msg": _unreadable_json(cause), "type": "json_invalid"}
+        return 422, validation_content([issue])
+    if exc.status_code == 400 and isinstance(exc.__context__, MultiPartException):
+        return 400, {"detail": f"the multipart body cannot be read: {exc.detail} Send multipart/form-data with the "
+                               "boundary its Content-Type names (curl -F does)",
+                     "rule": MULTIPART_RULE, "field": "body"}
+    return None
+
+
+def _unreadable_json(cause: BaseException) -> str:
+    """Why a JSON body could not be read, and what to send instead."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"the body is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at position {cause.start}): "
+                "send the JSON encoded as UTF-8")
+    if isinstance(cause, RecursionError):
+        return "the JSON is nested too deeply to read: no request nests more than a few levels"
+    # The reason's first clause: a number's digit limit goes on to name a Python call, the server's business.
+    return f"the body cannot be read as JSON: {str(cause).split(';')[0] or type(cause).__name__}"
 
 
 _REASONS = {

@@ -14,17 +14,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 class BodyTooLargeError(HTTPException):
     rule = "body_limit"  # the error body's `rule` (platform/api/errors.py)
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, detail=f"request body over the limit of {limit} bytes")
+    def __init__(self, limit: int, image_bytes: int | None = None) -> None:
+        detail = f"request body over the limit of {limit} bytes"
+        if image_bytes is not None:  # the limit a user can act on: a body this large carries a larger image
+            detail += (f", which holds one image of at most {image_bytes} bytes (DERMGROUND_MAX_UPLOAD_BYTES) as a "
+                       "file or as base64, and the request's other fields: send a smaller image")
+        super().__init__(413, detail=detail)
 
 
 class BodySizeLimit:
     """Refuses bodies over `max_bytes`: by Content-Length up front, and by counting what arrives
-    (a chunked body has no Content-Length)."""
+    (a chunked body has no Content-Length). `image_bytes`, the image limit the body limit is made
+    for, is named in the refusal."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, image_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.image_bytes = image_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,7 +44,7 @@ class BodySizeLimit:
                 await _reply(send, 400, "invalid Content-Length header", rule="content_length")
                 return
             if too_large:
-                await _reply_error(send, BodyTooLargeError(self.max_bytes))
+                await _reply_error(send, BodyTooLargeError(self.max_bytes, self.image_bytes))
                 return
         received = 0
 
@@ -48,7 +54,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)
+                    raise BodyTooLargeError(self.max_bytes, self.image_bytes)
             return message
 
         await _run_answering(BodyTooLargeError, self.app, scope, counting_receive, send)

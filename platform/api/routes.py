@@ -15,7 +15,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from dermground.platform.api import schemas
-from dermground.platform.api.errors import SEARCH_REQUEST_RULE, RefusedError
+from dermground.platform.api.errors import SEARCH_REQUEST_RULE, SQL_RULE, RefusedError
+from dermground.platform.api.form_fields import single_form_values
 from dermground.platform.api.images import (
     UploadError,
     UploadTooLargeError,
@@ -107,7 +108,8 @@ def search_json(request: Request, body: schemas.SearchBody) -> schemas.SearchRes
         return _run_search(request, body, image)
 
 
-@router.post("/search/upload", response_model=schemas.SearchResult, dependencies=read, tags=["search"])
+@router.post("/search/upload", response_model=schemas.SearchResult, tags=["search"],
+             dependencies=[*read, Depends(single_form_values("file", "request"))])
 def search_upload(request: Request, file: Annotated[UploadFile, File(description="the query image")],
                   params: Annotated[str, Form(alias="request", max_length=100_000,
                                               description="SearchParams as JSON")] = "{}") -> schemas.SearchResult:
@@ -142,7 +144,8 @@ def image(request: Request, isic_id: IsicId, size: Literal["thumb", "full"] = "t
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.post("/predict", response_model=schemas.PredictResult, dependencies=read, tags=["predict"])
+@router.post("/predict", response_model=schemas.PredictResult, tags=["predict"],
+             dependencies=[*read, Depends(single_form_values("file"))])
 def predict(request: Request, file: Annotated[UploadFile, File(description="the lesion image")]) -> schemas.PredictResult:
     """The model's answer to each of the 16 questions for an uploaded image."""
     from dermground.platform.predict import predict_attributes
@@ -175,8 +178,8 @@ def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
     max_rows = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
     try:
         result = run_readonly_sql(settings.catalog_dir, body.query, max_rows=max_rows, timeout_s=settings.sql_timeout_s)
-    except SqlRejected as exc:
-        raise HTTPException(400, detail=str(exc)) from None
+    except SqlRejected as exc:  # the guard's refusal or DuckDB's error: the query is at fault
+        raise RefusedError(400, str(exc), rule=SQL_RULE, field="query") from None
     except MissingCatalogFile as exc:  # the server's catalog is damaged, not the request
         raise HTTPException(503, detail=str(exc)) from None
     return schemas.SqlResult(columns=result.columns, rows=[[_json_cell(v) for v in row] for row in result.rows],

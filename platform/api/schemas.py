@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 import math
+import types
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from dermground.platform.attributes import ATTRIBUTE_NAMES
 from dermground.platform.metadata_fields import ANY_OF_FILTERS, EQUALS_FILTERS
@@ -29,6 +32,27 @@ _TEXT = Field(min_length=1, max_length=128)
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic's lax mode reads JSON true/false as 1/0 for an int or float field: `"k": true`
+        # searched with k=1. A boolean where a number belongs is a mistake to name, not a number.
+        if isinstance(value, bool) and info.field_name is not None \
+                and _is_number(cls.model_fields[info.field_name].annotation):
+            raise PydanticCustomError("number_type", "Input should be a number, not a boolean ({value})",
+                                      {"value": str(value).lower()})
+        return value
+
+
+def _is_number(annotation: object) -> bool:
+    """Whether a field's type is int, float or a Literal of ints (or one of them | None): never bool itself."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_number(arg) for arg in args)
+    if origin is Literal:  # an equals filter's vocabulary of codes (target: 0 or 1)
+        return all(isinstance(arg, int) and not isinstance(arg, bool) for arg in args)
+    return annotation in (int, float)
 
 
 class NumericRange(_Strict):
