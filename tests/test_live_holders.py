@@ -1,5 +1,6 @@
 """The records that name the process holding something (an embedded store's owner file), as the
-commands that run beside it read them: a holder that died is never taken for a running one."""
+commands that run beside it read them: a holder that died is never taken for a running one, and a
+holder that reads for a moment (`snapshot create`, `check`) is waited for by a `serve` started meanwhile."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from dermground.platform.store import CollectionSpec, VersionMeta
+import pytest
+from fastapi.testclient import TestClient
+
+from dermground.platform.api import create_app
+from dermground.platform.collection_ops import create_snapshot
+from dermground.platform.commands.serve import open_served_store
+from dermground.platform.settings import load_settings
+from dermground.platform.store import CollectionSpec, StoreLockedError, VersionMeta
 from dermground.platform.store.edge_versions import EdgeCollections
 from dermground.platform.store.versions import READY, physical_name
+from tests.store_holder import held_by_another_process
+from tests.version_homes import home_with_versions
 
 DIM = 8
 
@@ -51,3 +62,47 @@ def test_a_dead_holder_whose_pid_now_names_another_process_is_not_taken_for_a_ho
     # The record itself still counts while its process runs: this process holding the version.
     with cols.open_version("c", version):
         assert cols.holder("c", version) is not None
+
+
+def test_serve_started_while_a_snapshot_reads_the_live_version_waits_for_it_then_serves(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    home_with_versions(home, 1)
+    settings = load_settings(home=home).model_copy(update={"collection": "lesions"})
+    folder = settings.store_dir / "lesions__v1"
+    with held_by_another_process(folder, "lesions__v1", brief="snapshot create") as snapshot:
+        store = open_served_store(settings)  # it said "in use by pid ... Stop that process" and exited
+        try:
+            client = TestClient(create_app(settings, store=store))
+            waiting = client.get("/health")
+            assert waiting.status_code == 503, waiting.text
+            assert f"pid {snapshot.pid}" in waiting.json()["detail"] and "as soon as" in waiting.json()["detail"]
+            said = capsys.readouterr().err
+            assert f"`dermground snapshot create` (pid {snapshot.pid}" in said and "503" in said, said
+        except BaseException:
+            store.close()
+            raise
+    try:
+        deadline = time.monotonic() + 60
+        while (served := client.get("/health")).status_code != 200:  # the watcher opens it once let go
+            assert time.monotonic() < deadline, served.text
+            time.sleep(0.1)
+        assert served.json()["points"] == 1
+    finally:
+        store.close()
+    # Another serve holding the live version is refused as before, naming it.
+    with held_by_another_process(folder, "lesions__v1") as other_serve:
+        with pytest.raises(StoreLockedError, match=f"pid {other_serve.pid}"):
+            open_served_store(settings)
+
+
+def test_snapshot_create_marks_its_hold_of_the_live_version_as_brief(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home_with_versions(home, 1)
+    settings = load_settings(home=home)
+    owner_file = settings.store_dir / "lesions__v1" / "owner.json"
+    seen: list[dict[str, object]] = []
+    create_snapshot(settings, "lesions", progress=lambda _n: seen.append(json.loads(owner_file.read_text())))
+    assert seen and all(o["pid"] == os.getpid() and o["brief"] == "snapshot create" for o in seen), seen
+    assert not owner_file.exists()  # let go
+

@@ -37,6 +37,7 @@ from dermground.platform.store.base import (
     store_point,
     vector_selection,
 )
+from dermground.platform.store.brief_hold import brief_purpose
 from dermground.platform.store.indexing import optimizer_config, search_params
 from dermground.platform.store.schema import PAYLOAD_INDEXES
 
@@ -140,6 +141,9 @@ class EdgeStore(VectorStore):
         # `started` tells this process from a later one given the same pid (store/versions.process_alive).
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid()),
                  "command": " ".join(sys.argv)[:500], "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        purpose = brief_purpose()
+        if purpose:  # a reader that lets go in a moment: a `serve` started meanwhile waits for it
+            owner["brief"] = purpose
         _write_json(self.root / OWNER_FILE, owner)
 
     def _require_shard(self) -> qe.EdgeShard:
