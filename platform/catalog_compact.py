@@ -19,9 +19,13 @@ One compaction at a time per catalog (a lock file); writers are never blocked.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +47,7 @@ from dermground.platform.catalog_files import (
     is_superseded,
     live_parts,
 )
+from dermground.platform.next_step import next_command
 
 LOCK_FILE = ".compact.lock"
 SMALL_BYTES = 64 * 1024 * 1024  # files at least this large are already compact
@@ -73,6 +78,39 @@ class CompactionBusy(RuntimeError):
     """Another compaction of the same catalog is running."""
 
 
+@contextmanager
+def hold_compaction_lock(catalog_dir: Path) -> Iterator[None]:
+    """Hold the catalog's compaction lock for the block (its record names this process: pid,
+    command, since); CompactionBusy naming the process that holds it, which may be an ingest
+    compacting at its finish as well as an admin's `dermground catalog compact`."""
+    with open(Path(catalog_dir) / LOCK_FILE, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            try:
+                holder = json.loads(lock.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            holder = holder if isinstance(holder, dict) else {}
+            raise CompactionBusy(
+                f"the catalog at {catalog_dir} is being compacted by pid {holder.get('pid', '?')} "
+                f"(`{holder.get('command', '?')}`, since {holder.get('since', '?')}): one compaction runs at a "
+                f"time. Wait for it to finish, then run `{next_command('catalog compact')}` again if files are "
+                "left to merge") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:300],
+                               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        lock.flush()
+        try:
+            yield
+        finally:  # emptied first: the next holder's record is never mistaken for this one's
+            lock.seek(0)
+            lock.truncate()
+            lock.flush()  # closing the file then drops the lock
+
+
 def compact(catalog_dir: Path, *, tables: list[str] | None = None, small_bytes: int = SMALL_BYTES,
             keep_s: float = KEEP_S, min_files: int = 2) -> CompactSummary:
     """Compact the catalog's tables (all by default); returns what was merged and deleted."""
@@ -84,12 +122,7 @@ def compact(catalog_dir: Path, *, tables: list[str] | None = None, small_bytes: 
     summary = CompactSummary()
     if not catalog_dir.is_dir():
         return summary
-    with open(catalog_dir / LOCK_FILE, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CompactionBusy(f"another `dermground catalog compact` is running on {catalog_dir}; "
-                                 "wait for it to finish") from None
+    with hold_compaction_lock(catalog_dir):
         for table in names:
             folder = catalog_dir / table
             if folder.is_dir():

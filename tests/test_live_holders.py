@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from dermground.platform.api import create_app
+from dermground.platform.catalog_compact import hold_compaction_lock
+from dermground.platform.cli import cli
 from dermground.platform.collection_ops import create_snapshot
 from dermground.platform.commands.serve import open_served_store
 from dermground.platform.settings import load_settings
@@ -106,3 +109,18 @@ def test_snapshot_create_marks_its_hold_of_the_live_version_as_brief(tmp_path: P
     assert seen and all(o["pid"] == os.getpid() and o["brief"] == "snapshot create" for o in seen), seen
     assert not owner_file.exists()  # let go
 
+
+@pytest.mark.usefixtures("fresh_cli_settings")
+def test_a_compaction_refused_while_another_runs_names_the_process_and_the_next_step(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    catalog_dir = load_settings(home=home).catalog_dir
+    catalog_dir.mkdir(parents=True)
+    # The holder may be an ingest compacting at its finish: the refusal said "another `dermground
+    # catalog compact` is running" without a pid.
+    with hold_compaction_lock(catalog_dir):
+        refused = CliRunner().invoke(cli, ["--home", str(home), "catalog", "compact"])
+    assert refused.exit_code == 1, refused.output
+    assert f"being compacted by pid {os.getpid()} (`" in refused.output, refused.output
+    assert "Wait for it to finish" in refused.output and f"--home {home} catalog compact" in refused.output
+    done = CliRunner().invoke(cli, ["--home", str(home), "catalog", "compact"])  # the lock went with its holder
+    assert done.exit_code == 0, done.output
