@@ -18,10 +18,7 @@ One compaction at a time per catalog (a lock file); writers are never blocked.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,6 +44,7 @@ from dermground.platform.catalog_files import (
     is_superseded,
     live_parts,
 )
+from dermground.platform.lock_file import LockBusy, hold_lock
 from dermground.platform.next_step import next_command
 
 LOCK_FILE = ".compact.lock"
@@ -80,35 +78,22 @@ class CompactionBusy(RuntimeError):
 
 @contextmanager
 def hold_compaction_lock(catalog_dir: Path) -> Iterator[None]:
-    """Hold the catalog's compaction lock for the block (its record names this process: pid,
-    command, since); CompactionBusy naming the process that holds it, which may be an ingest
-    compacting at its finish as well as an admin's `dermground catalog compact`."""
-    with open(Path(catalog_dir) / LOCK_FILE, "a+", encoding="utf-8") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            try:
-                holder = json.loads(lock.read() or "{}")
-            except json.JSONDecodeError:
-                holder = {}
-            holder = holder if isinstance(holder, dict) else {}
-            raise CompactionBusy(
-                f"the catalog at {catalog_dir} is being compacted by pid {holder.get('pid', '?')} "
-                f"(`{holder.get('command', '?')}`, since {holder.get('since', '?')}): one compaction runs at a "
-                f"time. Wait for it to finish, then run `{next_command('catalog compact')}` again if files are "
-                "left to merge") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:300],
-                               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
-        lock.flush()
-        try:
-            yield
-        finally:  # emptied first: the next holder's record is never mistaken for this one's
-            lock.seek(0)
-            lock.truncate()
-            lock.flush()  # closing the file then drops the lock
+    """Hold the catalog's compaction lock for the block (its record names this process);
+    CompactionBusy naming the process that holds it, which may be an ingest compacting at its
+    finish as well as an admin's `dermground catalog compact`."""
+    try:
+        lock = hold_lock(Path(catalog_dir) / LOCK_FILE)
+    except LockBusy as busy:
+        holder = busy.holder
+        raise CompactionBusy(
+            f"the catalog at {catalog_dir} is being compacted by pid {holder.get('pid', '?')} "
+            f"(`{holder.get('command', '?')}`, since {holder.get('since', '?')}): one compaction runs at a "
+            f"time. Wait for it to finish, then run `{next_command('catalog compact')}` again if files are "
+            "left to merge") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def compact(catalog_dir: Path, *, tables: list[str] | None = None, small_bytes: int = SMALL_BYTES,

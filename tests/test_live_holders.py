@@ -19,6 +19,8 @@ from dermground.platform.api import create_app
 from dermground.platform.catalog_compact import hold_compaction_lock
 from dermground.platform.cli import cli
 from dermground.platform.collection_ops import create_snapshot
+from dermground.platform.lock_file import LockBusy, held_by, hold_lock, record_if_free
+from dermground.platform.processes import process_start
 from dermground.platform.commands.serve import open_served_store
 from dermground.platform.settings import load_settings
 from dermground.platform.store import CollectionSpec, StoreLockedError, VersionMeta
@@ -124,3 +126,18 @@ def test_a_compaction_refused_while_another_runs_names_the_process_and_the_next_
     assert "Wait for it to finish" in refused.output and f"--home {home} catalog compact" in refused.output
     done = CliRunner().invoke(cli, ["--home", str(home), "catalog", "compact"])  # the lock went with its holder
     assert done.exit_code == 0, done.output
+
+
+def test_a_lock_file_names_its_holder_only_while_it_is_held(tmp_path: Path) -> None:
+    path = tmp_path / "locks" / "x.lock"
+    held = hold_lock(path, purpose="test")
+    with pytest.raises(LockBusy) as busy:
+        hold_lock(path)
+    assert busy.value.holder["pid"] == os.getpid() and busy.value.holder["purpose"] == "test"
+    assert busy.value.holder["started"] == process_start(os.getpid())
+    assert held_by(path) == held.record and record_if_free(path) is None
+    held.release()
+    assert held_by(path) is None and record_if_free(path) == {}  # released: no record is left to mislead
+    killed = hold_lock(path)
+    killed.handle.close()  # what the kernel does when its process dies: the record stays, the lock goes
+    assert held_by(path) is None and record_if_free(path) == killed.record
