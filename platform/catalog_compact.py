@@ -81,8 +81,13 @@ def hold_compaction_lock(catalog_dir: Path) -> Iterator[None]:
     """Hold the catalog's compaction lock for the block (its record names this process);
     CompactionBusy naming the process that holds it, which may be an ingest compacting at its
     finish as well as an admin's `dermground catalog compact`."""
+    path = Path(catalog_dir) / LOCK_FILE
     try:
-        lock = hold_lock(Path(catalog_dir) / LOCK_FILE)
+        lock = hold_lock(path)
+    except OSError as exc:  # a read-only catalog (a backup's mount, an analyst's copy)
+        raise CatalogError(f"cannot take the compaction lock {path} ({exc.strerror}): compacting writes merged "
+                           f"files into the catalog folder, so run `{next_command('catalog compact')}` where "
+                           "the catalog is writable. Nothing was changed") from None
     except LockBusy as busy:
         holder = busy.holder
         raise CompactionBusy(

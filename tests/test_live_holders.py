@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from dermground.platform.api import create_app
-from dermground.platform.catalog_compact import hold_compaction_lock
+from dermground.platform.catalog import CatalogError
+from dermground.platform.catalog_compact import compact, hold_compaction_lock
 from dermground.platform.cli import cli
 from dermground.platform.collection_ops import create_snapshot
 from dermground.platform.lock_file import LockBusy, held_by, hold_lock, record_if_free
@@ -141,3 +142,11 @@ def test_a_lock_file_names_its_holder_only_while_it_is_held(tmp_path: Path) -> N
     killed = hold_lock(path)
     killed.handle.close()  # what the kernel does when its process dies: the record stays, the lock goes
     assert held_by(path) is None and record_if_free(path) == killed.record
+
+
+def test_a_compaction_where_its_lock_file_cannot_be_written_says_so_instead_of_a_traceback() -> None:
+    readonly = Path("/sys/kernel")  # a folder nobody may create a file in, root included (a read-only mount)
+    if not readonly.is_dir():
+        pytest.skip("no /sys/kernel on this machine")
+    with pytest.raises(CatalogError, match=r"cannot take the compaction lock /sys/kernel/\.compact\.lock .*writable"):
+        compact(readonly)
