@@ -24,7 +24,7 @@ from dermground.platform.lock_file import LockBusy, held_by, hold_lock, record_i
 from dermground.platform.processes import process_start
 from dermground.platform.commands.serve import open_served_store
 from dermground.platform.settings import load_settings
-from dermground.platform.store import CollectionSpec, StoreLockedError, VersionMeta
+from dermground.platform.store import CollectionSpec, VersionMeta
 from dermground.platform.store.edge_versions import EdgeCollections
 from dermground.platform.store.versions import READY, physical_name
 from tests.store_holder import held_by_another_process
@@ -70,6 +70,7 @@ def test_a_dead_holder_whose_pid_now_names_another_process_is_not_taken_for_a_ho
         assert cols.holder("c", version) is not None
 
 
+@pytest.mark.usefixtures("fresh_cli_settings")
 def test_serve_started_while_a_snapshot_reads_the_live_version_waits_for_it_then_serves(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "home"
@@ -96,10 +97,12 @@ def test_serve_started_while_a_snapshot_reads_the_live_version_waits_for_it_then
         assert served.json()["points"] == 1
     finally:
         store.close()
-    # Another serve holding the live version is refused as before, naming it.
+    # Another serve holding the live version is refused as before, naming it; the refusal said "`dermground
+    # serve` and `dermground ingest` cannot share an embedded store", but an ingest runs beside a serve.
     with held_by_another_process(folder, "lesions__v1") as other_serve:
-        with pytest.raises(StoreLockedError, match=f"pid {other_serve.pid}"):
-            open_served_store(settings)
+        refused = CliRunner().invoke(cli, ["--home", str(home), "serve", "--collection", "lesions"])
+    assert refused.exit_code == 1 and f"pid {other_serve.pid}" in refused.output, refused.output
+    assert "cannot share" not in refused.output and "a second `dermground serve`" in refused.output, refused.output
 
 
 def test_snapshot_create_marks_its_hold_of_the_live_version_as_brief(tmp_path: Path) -> None:

@@ -91,7 +91,10 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
         # Opened here, so a held store stops us with a clear message; it follows `collections switch`.
         store = open_served_store(settings)
     except StoreLockedError as exc:
-        raise click.ClickException(f"{exc}\n(`dermground serve` and `dermground ingest` cannot share an embedded store.)") from None
+        raise click.ClickException(
+            f"{exc}\n(One process at a time opens a version of the embedded store: a second `dermground serve` of a "
+            "collection cannot start beside the first. An ingest, `check` or `snapshot create` does run beside a "
+            "serve: it works on a copy.)") from None
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     try:
