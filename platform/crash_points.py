@@ -10,7 +10,8 @@ import os
 import signal
 
 KILL_ENV = "DERMGROUND_TEST_KILL_AT"
-KILL_POINTS = ("restore_loaded", "restore_catalogued", "alias_written", "snapshot_written", "drop_moved")
+KILL_POINTS = ("restore_loaded", "restore_catalogued", "alias_written", "snapshot_written", "drop_moved",
+               "compact_merged")
 
 
 def maybe_crash(point: str) -> None:

@@ -16,10 +16,11 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from dermground.platform.api import create_app
-from dermground.platform.catalog import CatalogError
+from dermground.platform.catalog import Catalog, CatalogError
 from dermground.platform.catalog_compact import compact, hold_compaction_lock
 from dermground.platform.cli import cli
 from dermground.platform.collection_ops import create_snapshot
+from dermground.platform.crash_points import KILL_ENV
 from dermground.platform.lock_file import LockBusy, held_by, hold_lock, record_if_free
 from dermground.platform.processes import process_start
 from dermground.platform.commands.serve import open_served_store
@@ -153,3 +154,21 @@ def test_a_compaction_where_its_lock_file_cannot_be_written_says_so_instead_of_a
         pytest.skip("no /sys/kernel on this machine")
     with pytest.raises(CatalogError, match=r"cannot take the compaction lock /sys/kernel/\.compact\.lock .*writable"):
         compact(readonly)
+
+
+def test_a_compaction_killed_before_its_swap_leaves_no_file_behind_after_the_next_one(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    catalog = Catalog(load_settings(home=home).catalog_dir)
+    for i in range(3):
+        catalog.append("lesions", [{"isic_id": f"ISIC_{i:07d}", "split": "train", "collection": "c"}])
+    rows = catalog.query("SELECT isic_id FROM lesions ORDER BY isic_id")
+    killed = subprocess.run([sys.executable, "-m", "dermground", "--home", str(home), "catalog", "compact"],
+                            env={**os.environ, KILL_ENV: "compact_merged"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    merged = catalog.dir / "lesions" / "_compacted"
+    left = sorted(p.name for p in merged.iterdir())
+    assert left and catalog.query("SELECT isic_id FROM lesions ORDER BY isic_id") == rows  # the merged file is not live
+    compact(catalog.dir)
+    # The next compaction swapped in its own merged file and deleted the killed one's, which no view read.
+    assert not set(left) & {p.name for p in merged.iterdir()}
+    assert catalog.query("SELECT isic_id FROM lesions ORDER BY isic_id") == rows
