@@ -172,3 +172,24 @@ def test_a_compaction_killed_before_its_swap_leaves_no_file_behind_after_the_nex
     # The next compaction swapped in its own merged file and deleted the killed one's, which no view read.
     assert not set(left) & {p.name for p in merged.iterdir()}
     assert catalog.query("SELECT isic_id FROM lesions ORDER BY isic_id") == rows
+
+
+@pytest.mark.usefixtures("fresh_cli_settings")
+def test_a_version_the_engine_cannot_load_is_listed_and_can_be_dropped(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home_with_versions(home, 2)
+    # v2's files are damaged (a copy cut short by a full disk, say): the engine cannot load it.
+    (load_settings(home=home).store_dir / "lesions__v2" / "shard" / "edge_config.json").write_text("garbage")
+    listed = CliRunner().invoke(cli, ["--home", str(home), "collections", "list"])
+    # It was: "Error: cannot open the embedded store .../lesions__v2: ...", no version listed, exit 1.
+    assert listed.exit_code == 0, listed.output
+    assert "* lesions v1 (lesions__v1): 1 points" in listed.output, listed.output
+    assert "lesions v2" in listed.output and "cannot be opened" in listed.output
+    assert f"--home {home} collections drop lesions v2" in listed.output
+    refused = CliRunner().invoke(cli, ["--home", str(home), "collections", "switch", "lesions", "v2"])
+    assert refused.exit_code == 1 and "cannot be opened" in refused.output, refused.output  # live, it would fail
+    dropped = CliRunner().invoke(cli, ["--home", str(home), "collections", "drop", "lesions", "v2", "--yes"])
+    assert dropped.exit_code == 0, dropped.output
+    assert not (load_settings(home=home).store_dir / "lesions__v2").exists()
+    after = CliRunner().invoke(cli, ["--home", str(home), "collections", "list"])
+    assert after.exit_code == 0 and "v2" not in after.output and "lesions v1" in after.output, after.output
