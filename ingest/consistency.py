@@ -27,6 +27,7 @@ from dermground.platform.catalog_files import foreign_files, live_files, rows_by
 from dermground.platform.ingest_activity import active_ingests
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, VectorStore, open_collections, open_store, point_id
+from dermground.platform.store.brief_hold import held_briefly
 from dermground.platform.store.versions import BUILDING, Collections, VersionMeta, split_physical
 from dermground.platform.store.schema import PAYLOAD_KEYS
 
@@ -66,7 +67,7 @@ def check_collection(settings: Settings, collection: str) -> CheckReport:
     """Compare the store's collection with the catalog's lesions rows and ingest ledger."""
     report = CheckReport(collection)
     catalog = Catalog(settings.catalog_dir)
-    with open_collections(settings) as collections:
+    with held_briefly("check"), open_collections(settings) as collections:
         collection = collections.resolve(collection)  # the live version: the catalog names it so
         _refuse_while_ingesting(settings, catalog, collection)
         try:

@@ -10,18 +10,17 @@ driver) is stopped. A Ray cluster joined by address is never touched.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dermground.platform.catalog import Catalog
 from dermground.platform.ingest_activity import dead_lock_info, run_lock_path
+from dermground.platform.lock_file import HeldLock, hold_lock
 from dermground.platform.processes import pid_alive
 
 DIED = "died"
@@ -35,35 +34,24 @@ _active: RunLock | None = None  # this process's run, for note_ray_session
 class RunLock:
     """The lock file of the run this process drives (held until `release`)."""
 
-    path: Path
     run_id: str
-    handle: object
-    info: dict[str, object] = field(default_factory=dict)
+    held: HeldLock
 
-    def write(self) -> None:
-        handle = self.handle
-        handle.seek(0)  # type: ignore[attr-defined]
-        handle.truncate()  # type: ignore[attr-defined]
-        handle.write(json.dumps(self.info))  # type: ignore[attr-defined]
-        handle.flush()  # type: ignore[attr-defined]
+    @property
+    def path(self) -> Path:
+        return self.held.path
 
     def release(self) -> None:
         global _active
         if _active is self:
             _active = None
-        self.path.unlink(missing_ok=True)
-        self.handle.close()  # type: ignore[attr-defined]  # closing drops the lock
+        self.held.release(remove=True)  # a run's lock file is its own: nobody else locks that name
 
 
 def hold_run_lock(home: Path, run_id: str) -> RunLock:
     """Take the lock of a new run (this process's pid and host are written into it)."""
     global _active
-    path = run_lock_path(home, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's lifetime
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    lock = RunLock(path, run_id, handle, {"pid": os.getpid(), "host": socket.gethostname()})
-    lock.write()
+    lock = RunLock(run_id, hold_lock(run_lock_path(home, run_id)))
     _active = lock
     return lock
 
@@ -71,8 +59,7 @@ def hold_run_lock(home: Path, run_id: str) -> RunLock:
 def note_ray_session(session_dir: str) -> None:
     """Record in this process's run lock the Ray session it started (stopped if the run dies)."""
     if _active is not None:
-        _active.info["ray_session"] = session_dir
-        _active.write()
+        _active.held.update(ray_session=session_dir)
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,17 @@ are ~1,600 files per table, and every query then opens them all. Compaction, per
 3. deletes superseded files only after `keep_s` seconds (a query or connection that listed them
    before the swap can still read them), on a later run.
 
-One compaction at a time per catalog (a lock file); writers are never blocked.
+One compaction at a time per catalog (a lock file); writers are never blocked. A compaction killed
+before its swap leaves merged files no view reads (their inputs are still live): the next one deletes them.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +45,9 @@ from dermground.platform.catalog_files import (
     is_superseded,
     live_parts,
 )
+from dermground.platform.crash_points import maybe_crash
+from dermground.platform.lock_file import LockBusy, hold_lock
+from dermground.platform.next_step import next_command
 
 LOCK_FILE = ".compact.lock"
 SMALL_BYTES = 64 * 1024 * 1024  # files at least this large are already compact
@@ -73,6 +78,31 @@ class CompactionBusy(RuntimeError):
     """Another compaction of the same catalog is running."""
 
 
+@contextmanager
+def hold_compaction_lock(catalog_dir: Path) -> Iterator[None]:
+    """Hold the catalog's compaction lock for the block (its record names this process);
+    CompactionBusy naming the process that holds it, which may be an ingest compacting at its
+    finish as well as an admin's `dermground catalog compact`."""
+    path = Path(catalog_dir) / LOCK_FILE
+    try:
+        lock = hold_lock(path)
+    except OSError as exc:  # a read-only catalog (a backup's mount, an analyst's copy)
+        raise CatalogError(f"cannot take the compaction lock {path} ({exc.strerror}): compacting writes merged "
+                           f"files into the catalog folder, so run `{next_command('catalog compact')}` where "
+                           "the catalog is writable. Nothing was changed") from None
+    except LockBusy as busy:
+        holder = busy.holder
+        raise CompactionBusy(
+            f"the catalog at {catalog_dir} is being compacted by pid {holder.get('pid', '?')} "
+            f"(`{holder.get('command', '?')}`, since {holder.get('since', '?')}): one compaction runs at a "
+            f"time. Wait for it to finish, then run `{next_command('catalog compact')}` again if files are "
+            "left to merge") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def compact(catalog_dir: Path, *, tables: list[str] | None = None, small_bytes: int = SMALL_BYTES,
             keep_s: float = KEEP_S, min_files: int = 2) -> CompactSummary:
     """Compact the catalog's tables (all by default); returns what was merged and deleted."""
@@ -84,12 +114,7 @@ def compact(catalog_dir: Path, *, tables: list[str] | None = None, small_bytes: 
     summary = CompactSummary()
     if not catalog_dir.is_dir():
         return summary
-    with open(catalog_dir / LOCK_FILE, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CompactionBusy(f"another `dermground catalog compact` is running on {catalog_dir}; "
-                                 "wait for it to finish") from None
+    with hold_compaction_lock(catalog_dir):
         for table in names:
             folder = catalog_dir / table
             if folder.is_dir():
@@ -117,7 +142,7 @@ def compact_if_fragmented(catalog_dir: Path, min_recent_files: int) -> CompactSu
 
 def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, min_files: int) -> TableCompaction:
     result = TableCompaction(table)
-    result.files_deleted = _delete_expired(folder, keep_s)
+    result.files_deleted = _delete_expired(folder, keep_s) + _delete_unswapped(folder)
     _add_missing_digests(folder)
     parts = live_parts(folder)
     latest_by = _LATEST_BY.get(table)
@@ -159,6 +184,7 @@ def _compact_table(folder: Path, table: str, small_bytes: int, keep_s: float, mi
         # [size, mtime_ns, superseded_at, digest of the bytes merged]: readers compare the first two
         # (the digest when only the mtime differs: a copied catalog), deletion reads the third
         manifest.superseded[path.relative_to(folder).as_posix()] = [*identity, int(now), read[path][1]]
+    maybe_crash("compact_merged")  # test hook: a kill between the merged files and the swap
     manifest.write(folder)  # the one atomic step that makes the merged files live
     result.files_merged, result.files_written, result.rows = len(inputs), len(written), merged.num_rows
     return result
@@ -232,6 +258,26 @@ def _add_missing_digests(folder: Path) -> None:
             pass
     if added:
         manifest.write(folder)
+
+
+def _delete_unswapped(folder: Path) -> int:
+    """Delete what a compaction killed before its manifest swap left in _compacted/ (called with the
+    compaction lock held, so no compaction is writing there): merged files the manifest never named,
+    whose rows are still live in the files they merged (the swap that would have superseded those
+    never happened), and temporary files of a write cut short. Hidden from every view, they would
+    hold their disk space for good."""
+    out_dir = folder / COMPACTED_DIR
+    if not out_dir.is_dir():
+        return 0
+    manifest = Manifest.read(folder)
+    named = set(manifest.compacted) | set(manifest.superseded)
+    deleted = 0
+    for path in out_dir.iterdir():
+        unswapped = path.suffix == ".parquet" and f"{COMPACTED_DIR}/{path.name}" not in named
+        if path.is_file() and (unswapped or path.name.endswith(".tmp")):
+            path.unlink(missing_ok=True)
+            deleted += 1
+    return deleted
 
 
 def _delete_expired(folder: Path, keep_s: float) -> int:

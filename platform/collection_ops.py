@@ -25,6 +25,7 @@ from dermground.platform.ingest_activity import active_ingests, runs_of
 from dermground.platform.next_step import next_command
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreError, StoreLockedError, open_collections
+from dermground.platform.store.brief_hold import held_briefly
 from dermground.platform.store.indexing import build_index_if_large
 from dermground.platform.store.snapshots import VerifiedSnapshot, load_snapshot, open_snapshot, write_snapshot
 from dermground.platform.store.versions import (
@@ -52,7 +53,7 @@ def snapshot_dir(settings: Settings, name: str) -> Path:
 def create_snapshot(settings: Settings, name: str, version: str | None = None,
                     progress: Progress | None = None) -> Path:
     """Export a version (default: the live one) with its catalog rows; returns the tar."""
-    with open_collections(settings) as collections:
+    with held_briefly("snapshot create"), open_collections(settings) as collections:
         version = version or collections.live_version(name)
         if version is None:
             raise VersionError(f"collection {name!r} does not exist; see `{next_command('collections list')}`")

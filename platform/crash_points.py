@@ -11,7 +11,7 @@ import signal
 
 KILL_ENV = "DERMGROUND_TEST_KILL_AT"
 KILL_POINTS = ("restore_loaded", "restore_catalogued", "alias_written", "snapshot_written", "drop_moved",
-               "pretrain_half_copied")
+               "pretrain_half_copied", "compact_merged")
 
 
 def maybe_crash(point: str) -> None:

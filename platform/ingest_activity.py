@@ -10,12 +10,11 @@ it writes any point. A `running` row whose lock is held is a live writer; one wh
 
 from __future__ import annotations
 
-import fcntl
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from dermground.platform.catalog import Catalog
+from dermground.platform.lock_file import held_by, record_if_free
 
 RUN_LOCK_DIR = "ingest-runs"
 
@@ -27,19 +26,7 @@ def run_lock_path(home: Path, run_id: str) -> Path:
 
 def dead_lock_info(path: Path) -> dict[str, object] | None:
     """The lock file's content when no process holds it (or {} when it is gone); None while held."""
-    try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115
-    except FileNotFoundError:
-        return {}  # a run from before lock files, or one whose file was removed: nobody holds it
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        try:
-            return json.loads(handle.read() or "{}")
-        except json.JSONDecodeError:
-            return {}
+    return record_if_free(path)
 
 
 @dataclass(frozen=True)
@@ -65,12 +52,9 @@ def active_ingests(catalog: Catalog, home: Path, collection: str) -> list[Active
     found = []
     for row in rows:
         path = run_lock_path(home, str(row["run_id"]))
-        if dead_lock_info(path) is not None:
+        holder = held_by(path)
+        if holder is None:
             continue  # its driver is gone: the next ingest marks it `died`
-        try:
-            holder = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except (OSError, json.JSONDecodeError):
-            holder = {}
         found.append(ActiveIngest(str(row["run_id"]), collection, row["source"], row["started_at"],
                                   holder.get("pid", "?"), holder.get("host", "?")))
     return found

@@ -11,9 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _HOLDER = """
-import sys
+import contextlib, sys
+from dermground.platform.store.brief_hold import held_briefly
 from dermground.platform.store.edge import EdgeStore
-store = EdgeStore(sys.argv[1], sys.argv[2])
+with held_briefly(sys.argv[3]) if len(sys.argv) > 3 else contextlib.nullcontext():
+    store = EdgeStore(sys.argv[1], sys.argv[2])
 print("ready", flush=True)
 sys.stdin.readline()
 store.close()
@@ -21,9 +23,11 @@ store.close()
 
 
 @contextmanager
-def held_by_another_process(folder: Path, collection: str) -> Iterator[subprocess.Popen]:
-    """The store folder held open by another process until the block ends (it is told to let go, then awaited)."""
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder), collection], stdin=subprocess.PIPE,
+def held_by_another_process(folder: Path, collection: str, brief: str | None = None) -> Iterator[subprocess.Popen]:
+    """The store folder held open by another process until the block ends (it is told to let go, then
+    awaited). brief: hold it as that command's moment of reading does ("snapshot create", "check")."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder), collection, *([brief] if brief else [])],
+                              stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"

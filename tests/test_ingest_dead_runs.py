@@ -36,7 +36,7 @@ def test_a_run_whose_lock_is_free_is_marked_died_and_a_live_one_is_left_alone(tm
         _running_row(catalog, "old-run")  # no lock file: a run from before lock files, or a lost one
         dead = hold_run_lock(tmp_path, "dead-run")
         _running_row(catalog, "dead-run")
-        dead.handle.close()  # what the kernel does when the process dies: the lock is free, the file stays
+        dead.held.handle.close()  # what the kernel does when the process dies: the lock is free, the file stays
         reaped = reap_dead_runs(catalog, tmp_path)
         assert sorted(r.run_id for r in reaped) == ["dead-run", "old-run"]
         assert _statuses(catalog) == {"live-run": "running", "old-run": DIED, "dead-run": DIED}

@@ -17,7 +17,6 @@ next run's start, and the run says so.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -26,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dermground.platform.lock_file import HeldLock, LockBusy, hold_lock
 
 LOCK_FILE = ".dermground-run.lock"  # in the storage folder (the run folders' parent)
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
@@ -37,35 +38,21 @@ class RunBusyError(ValueError):
     """Another live training run holds the storage folder."""
 
 
-@dataclass
-class StorageLock:
-    """The lock a training driver holds on its storage folder while it runs (released by `release`)."""
-
-    path: Path
-    handle: Any
-
-    def release(self) -> None:
-        self.handle.close()  # closing drops the lock; the file stays (removing it would race a new holder)
+# The lock a training driver holds on its storage folder while it runs (released by `release`;
+# the file stays: removing it would race a new holder).
+StorageLock = HeldLock
 
 
 def hold_run_lock(lock_file: Path, writes: Path) -> StorageLock:
     """Take a run's lock file (its pid is written in), or RunBusyError naming the live run that holds it
     and `writes`, the folder it writes."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_file, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's lifetime
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
-        raise RunBusyError(f"another training run (pid {holder}) is writing {writes}; wait for it to finish "
+        return hold_lock(lock_file)
+    except LockBusy as busy:
+        holder = busy.holder
+        raise RunBusyError(f"another training run (pid {holder.get('pid', '?')}, `{holder.get('command', '?')}`, "
+                           f"since {holder.get('since', '?')}) is writing {writes}; wait for it to finish "
                            f"(a re-run of the same command then resumes it) or pass another --out") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return StorageLock(lock_file, handle)
 
 
 def hold_storage_lock(storage: Path) -> StorageLock:

@@ -50,7 +50,8 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
     DERMGROUND_API_ADMIN_KEY. The model loads on the first request that needs it. The API follows
     `dermground collections switch` (and an ingest or restore that switches) without a restart;
     an ingest while it serves the embedded store writes a new version and switches to it. Started
-    while an ingest writes the live version in place, it answers 503 until that ingest finishes.
+    while an ingest writes the live version in place, it answers 503 until that ingest finishes (and
+    while `snapshot create` or `check` reads it, until that lets go).
     """
     import uvicorn
 
@@ -90,7 +91,10 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
         # Opened here, so a held store stops us with a clear message; it follows `collections switch`.
         store = open_served_store(settings)
     except StoreLockedError as exc:
-        raise click.ClickException(f"{exc}\n(`dermground serve` and `dermground ingest` cannot share an embedded store.)") from None
+        raise click.ClickException(
+            f"{exc}\n(One process at a time opens a version of the embedded store: a second `dermground serve` of a "
+            "collection cannot start beside the first. An ingest, `check` or `snapshot create` does run beside a "
+            "serve: it works on a copy.)") from None
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     try:
@@ -106,8 +110,9 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
 
 def open_served_store(settings: Settings) -> LiveStore:
     """The live store `serve` searches. While an ingest writes the live version of the embedded store
-    in place (it holds the version's folder), the API starts anyway: it answers 503 naming the ingest
-    until the ingest lets go, then serves the version without a restart (store/live.py)."""
+    in place (it holds the version's folder), or `snapshot create` or `check` reads it for a moment,
+    the API starts anyway: it answers 503 naming the holder until the holder lets go, then serves the
+    version without a restart (store/live.py). Another holder (another `serve`) is refused."""
     from dermground.ingest.collection_lock import collection_lock_holder
     from dermground.platform.store import StoreLockedError, open_collections
     from dermground.platform.store.live import LiveStore
@@ -115,18 +120,28 @@ def open_served_store(settings: Settings) -> LiveStore:
     try:
         return LiveStore(open_collections(settings), settings.collection)
     except StoreLockedError:
-        ingest = None if settings.qdrant_url else collection_lock_holder(settings.home, settings.collection)
+        if settings.qdrant_url:
+            raise
+        ingest = collection_lock_holder(settings.home, settings.collection)
         with open_collections(settings) as collections:
             live = collections.live_version(settings.collection)
             owner = collections.holder(settings.collection, live) if live is not None else None
-        if ingest is None or owner is None or owner.get("pid") != ingest.get("pid"):
+        if owner is None:  # let go meanwhile (a brief hold): open it now, or say who holds it
+            return LiveStore(open_collections(settings), settings.collection)
+        in_place = ingest is not None and owner.get("pid") == ingest.get("pid")
+        if not in_place and not owner.get("brief"):
             raise  # another serve (an ingest then writes a copy), a restore, ...: say who, as before
     notify = lambda line: click.echo(line, err=True)  # noqa: E731 - the console, beside uvicorn's lines
     store = LiveStore(open_collections(settings), settings.collection, wait_while_held=True, notify=notify)
-    if store.waiting is not None:
+    if store.waiting is not None and in_place:
         notify(f"An ingest (pid {ingest.get('pid', '?')}, `{ingest.get('command', '?')}`, since "
                f"{ingest.get('since', '?')}) is adding images to collection {settings.collection!r} in place, so its "
                "live version cannot be opened yet. The API starts now and answers searches with 503 (naming that "
                "ingest) until it finishes, then serves the collection without a restart. (Start `dermground serve` "
                "before an ingest and the ingest writes a copy and switches to it, so the API answers throughout.)")
+    elif store.waiting is not None:
+        notify(f"`dermground {owner['brief']}` (pid {owner.get('pid', '?')}, since {owner.get('since', '?')}) is "
+               f"reading the live version of collection {settings.collection!r} for a moment, so it cannot be "
+               "opened yet. The API starts now, answers searches with 503 (naming it) until it lets go, then "
+               "serves the collection without a restart.")
     return store

@@ -3,7 +3,7 @@
 Folder layout (one per collection, under settings.store_dir):
     <root>/shard/            the EdgeShard (segments, WAL; the WAL lock makes it single-owner)
     <root>/collection.json   CollectionSpec (dim, fingerprint, vector names, schema version)
-    <root>/owner.json        pid + command of the process holding the shard (names it in errors)
+    <root>/owner.json        pid, start time + command of the process holding the shard (names it in errors)
 The engine never indexes in the background: search is exact brute force until optimize().
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as qe
 
+from dermground.platform.processes import process_start
 from dermground.platform.store.base import (
     CollectionSpec,
     Hit,
@@ -36,6 +37,7 @@ from dermground.platform.store.base import (
     store_point,
     vector_selection,
 )
+from dermground.platform.store.brief_hold import brief_purpose
 from dermground.platform.store.indexing import optimizer_config, search_params
 from dermground.platform.store.schema import PAYLOAD_INDEXES
 
@@ -136,8 +138,12 @@ class EdgeStore(VectorStore):
                     f"{_read_owner(self.root)}. Stop that process, or run both against a Qdrant server "
                     "(set DERMGROUND_QDRANT_URL, e.g. from docker/compose.yaml).") from None
             raise StoreError(f"cannot open the embedded store {self.root}: {exc}") from exc
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
-                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        # `started` tells this process from a later one given the same pid (store/versions.process_alive).
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid()),
+                 "command": " ".join(sys.argv)[:500], "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        purpose = brief_purpose()
+        if purpose:  # a reader that lets go in a moment: a `serve` started meanwhile waits for it
+            owner["brief"] = purpose
         _write_json(self.root / OWNER_FILE, owner)
 
     def _require_shard(self) -> qe.EdgeShard:

@@ -31,6 +31,7 @@ from dermground.platform.store.base import CollectionSpec, StoreError, StoreLock
 from dermground.platform.store.versions import (
     LEGACY_VERSION,
     READY,
+    UNOPENABLE,
     Collections,
     VersionError,
     check_name,
@@ -294,14 +295,25 @@ class EdgeCollections(Collections):
                 with self.open_version(name, version):
                     return
             except StoreLockedError as exc:
-                if time.monotonic() >= deadline:
-                    holder = str(exc).split(" is in use by ", 1)[-1].split(". Stop", 1)[0]
-                    raise StoreLockedError(
-                        f"version {version} of {name!r} is still open in {holder}. A `dermground serve` lets go of "
-                        "the version it served before a switch once its requests on it have finished: run the drop "
-                        "again in a moment. Any other process (an ingest or a restore building it): stop it "
-                        "first.") from None
+                holder = str(exc).split(" is in use by ", 1)[-1].split(". Stop", 1)[0]
+            except StoreError:
+                owner = self.holder(name, version)
+                if owner is None:
+                    return  # the engine cannot load it (damaged files) and no process has it open
+                holder = f"pid {owner.get('pid', '?')} ({owner.get('command', '?')})"
+            if time.monotonic() >= deadline:
+                raise StoreLockedError(
+                    f"version {version} of {name!r} is still open in {holder}. A `dermground serve` lets go of "
+                    "the version it served before a switch once its requests on it have finished: run the drop "
+                    "again in a moment. Any other process (an ingest or a restore building it): stop it "
+                    "first.") from None
             time.sleep(0.2)
+
+    def _read_alias_quietly(self, name: str) -> str | None:
+        try:
+            return self.live_version(name)
+        except StoreError:
+            return None
 
     def _clear_dropped(self) -> None:
         """Delete what drops killed mid-delete left: hidden from every listing, it would hold its
@@ -327,6 +339,10 @@ class EdgeCollections(Collections):
                     points = store.count() if store.describe() is not None else 0
             except StoreLockedError as exc:
                 note = "in use by " + str(exc).split(" is in use by ", 1)[-1].split(". Stop", 1)[0]
+            except StoreError as exc:  # files the engine cannot load (a damaged copy): listed, not fatal to the list
+                note = (f"{UNOPENABLE}: {str(exc).splitlines()[0]}; "
+                        + (f"drop it with `{next_command(f'collections drop {name} {version}')}`"
+                           if self._read_alias_quietly(name) != version else "switch to another version first"))
         if note is None and not (held and physical in held) and not self._held(name, version):
             note = interrupted_note(name, version, meta)  # a building version whose process is gone
         try:

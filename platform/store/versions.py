@@ -160,6 +160,9 @@ def building_elsewhere(name: str, version: str, meta: VersionMeta, builder_gone:
             f"`{next_command(f'collections drop {name} {version} --builder-gone')}`")
 
 
+# How a listing notes a version the backend cannot open (damaged files): never switched to.
+UNOPENABLE = "cannot be opened"
+
 # The sources of the scratch copies `snapshot create` and `check` make of a version another process
 # holds (the embedded engine has one opener); they are dropped when the command ends.
 SCRATCH_SOURCES = ("snapshot of ", "check of ")
@@ -373,6 +376,8 @@ class Collections(abc.ABC):
                                "did not finish): " + (interrupted or "finish it first, or drop it"))
         if info.spec is None:
             raise VersionError(f"version {version} of {name!r} holds no collection yet")
+        if info.note and info.note.startswith(UNOPENABLE):  # live, it would fail every request
+            raise VersionError(f"version {version} of {name!r} {info.note}")
         return info.spec
 
     # --- lifetime ------------------------------------------------------------------------
