@@ -3,8 +3,10 @@
 Clients (search, the API, `check`) address the name; a re-index or a restore writes a new physical
 version beside the live one, and one atomic alias operation switches every reader over. An old
 version stays until `dermground collections drop` removes it. Physical names are
-`<name>__v<N>`; `v0` is a collection stored under the bare name (created before versions existed,
-or by code that opens a store directly), which a switch can leave like any other version.
+`<name>__v<N>`; `v0` is a collection stored under the bare name: a new collection's first version on
+the embedded store (a server starts at v1: an alias cannot share a collection's name), a collection
+made before versions existed, or one made by code that opens a store directly. A switch can leave
+it like any other version.
 
 Backends: store/edge_versions.py (an alias record file the embedded backend resolves) and
 store/server_versions.py (Qdrant's own aliases). Both follow this interface and one contract suite
