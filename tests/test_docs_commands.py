@@ -334,3 +334,62 @@ def test_every_suggested_next_step_parses() -> None:
     assert len(steps) > 30, steps
     problems = [f"{where}: {line!r}: {problem}" for where, line in steps if (problem := usage_problem(line))]
     assert not problems, "\n".join(problems)
+
+
+def settings_table_defaults(text: str) -> dict[str, str]:
+    """{variable: its default as written} from every `| variable | default | meaning |` table."""
+    found: dict[str, str] = {}
+    for table in re.findall(r"^\| variable \| default \| meaning \|\n\|[-| ]+\|\n((?:\|.*\|\n?)+)", text, flags=re.M):
+        for row in table.splitlines():
+            cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+            names = re.findall(r"DERMGROUND_[A-Z0-9_]+", cells[0])
+            defaults = [part.strip() for part in cells[1].split(" / ")]
+            for i, name in enumerate(names):
+                found[name] = defaults[i] if len(defaults) == len(names) else cells[1]
+    return found
+
+
+def matches_default(written: str, default: object) -> bool:
+    """Whether a table's default cell states the field's default (`10485760` (10 MiB) for 10485760)."""
+    from pathlib import PurePath
+
+    value = written.split(" (", 1)[0].strip().strip("`")
+    if default is None:
+        return bool(value)  # unset, none, all CPUs, HOME/models/base: said in words
+    if isinstance(default, bool):
+        return value.lower() == str(default).lower()
+    if isinstance(default, int | float):
+        try:
+            return float(value) == float(default)
+        except ValueError:
+            return False
+    if isinstance(default, PurePath):
+        return PurePath(value) == default
+    return value == str(default)
+
+
+def test_every_setting_has_a_table_row_with_its_default() -> None:
+    """DERMGROUND_COLLECTION (default `lesions`) and the four Qdrant collection settings were named in
+    prose only, with no default anywhere: each setting now has a row in README's table or
+    docs/DEPLOY.md section 9, and the default written there is the code's."""
+    from dermground.platform.settings import ENV_PREFIX, Settings
+
+    rows = settings_table_defaults((ROOT / "README.md").read_text(encoding="utf-8"))
+    rows |= settings_table_defaults((ROOT / "docs/DEPLOY.md").read_text(encoding="utf-8"))
+    problems = []
+    for field, info in Settings.model_fields.items():
+        variable = ENV_PREFIX + field.upper()
+        if variable not in rows:
+            problems.append(f"{variable}: no row in a `| variable | default | meaning |` table")
+        elif not matches_default(rows[variable], info.default):
+            problems.append(f"{variable}: the table says {rows[variable]!r}, the code's default is {info.default!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_default_check_tells_a_wrong_default() -> None:
+    assert matches_default("`10485760` (10 MiB)", 10 * 1024 * 1024) and matches_default("`10`", 10.0)
+    assert not matches_default("`20`", 10.0) and not matches_default("`true`", False)
+    assert not matches_default("`demo`", "lesions") and not matches_default("", None)
+    assert settings_table_defaults("| variable | default | meaning |\n|---|---|---|\n"
+                                   "| `DERMGROUND_A` / `DERMGROUND_B` | `1` / `2` | x |\n") == {
+        "DERMGROUND_A": "`1`", "DERMGROUND_B": "`2`"}
