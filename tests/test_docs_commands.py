@@ -18,8 +18,11 @@ from dermground.platform.cli import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def usage_problem(command_line: str) -> str | None:
-    """Why `command_line` (starting with `dermground`) does not parse, or None when it does."""
+def usage_problem(command_line: str, complete: bool = False) -> str | None:
+    """Why `command_line` (starting with `dermground`) does not parse, or None when it does.
+
+    complete: also a required option or argument it leaves out (a next step to copy and run, where
+    prose may name `dermground eval predict` alone)."""
     argv = shlex.split(command_line)
     assert argv[0] == "dermground", command_line
     try:
@@ -37,7 +40,7 @@ def usage_problem(command_line: str) -> str | None:
         # the parser alone: it knows the options and arguments, and does not judge the values
         # (DIR, N, a folder that is not here) or whether a required option is given
         leaf = click.Context(command, parent=ctx, info_name=command.name)
-        _, left_over, _ = command.make_parser(leaf).parse_args(list(rest))
+        given, left_over, _ = command.make_parser(leaf).parse_args(list(rest))
     except (click.exceptions.Exit, click.exceptions.NoArgsIsHelpError):
         return None  # --help, --version; a group named alone (`dermground model ...`)
     except click.BadOptionUsage as exc:
@@ -48,6 +51,9 @@ def usage_problem(command_line: str) -> str | None:
         return f"{type(exc).__name__}: {exc.format_message()}"
     if left_over:
         return f"unexpected extra arguments {left_over}"
+    missing = [param.opts[0] for param in command.params if param.required and param.name not in given]
+    if complete and missing:
+        return f"missing required {missing}"
     return None
 
 
@@ -57,6 +63,8 @@ def test_the_parse_check_tells_a_wrong_command_line() -> None:
     assert "extra argument" in (usage_problem("dermground check lesions") or "")
     assert "No such option" in (usage_problem("dermground ingest --data DIR --colection x") or "")
     assert "No such command" in (usage_problem("dermground collections remove lesions v1") or "")
+    assert usage_problem("dermground synth", complete=True) == "missing required ['--out']"
+    assert usage_problem("dermground synth --out DIR", complete=True) is None
 
 
 def backticked_commands(text: str) -> list[str]:
@@ -330,9 +338,14 @@ def suggested_command_lines() -> list[tuple[str, str]]:
 
 
 def test_every_suggested_next_step_parses() -> None:
+    """Complete too: `collections list` on an empty home said "create one with `dermground ingest`",
+    and a data folder that is none said "run `dermground synth`": each failed as written with
+    "Missing option '--data'" / "'--out'" (so did `train`, `model export --merge` and the rerun of
+    an interrupted seeded ingest)."""
     steps = suggested_command_lines()
     assert len(steps) > 30, steps
-    problems = [f"{where}: {line!r}: {problem}" for where, line in steps if (problem := usage_problem(line))]
+    problems = [f"{where}: {line!r}: {problem}" for where, line in steps
+                if (problem := usage_problem(line, complete=True))]
     assert not problems, "\n".join(problems)
 
 
@@ -393,3 +406,28 @@ def test_the_default_check_tells_a_wrong_default() -> None:
     assert settings_table_defaults("| variable | default | meaning |\n|---|---|---|\n"
                                    "| `DERMGROUND_A` / `DERMGROUND_B` | `1` / `2` | x |\n") == {
         "DERMGROUND_A": "`1`", "DERMGROUND_B": "`2`"}
+
+
+def test_the_next_steps_of_an_empty_listing_and_of_interrupted_copies_run_as_written(tmp_path: Path,
+                                                                                   fresh_cli_settings) -> None:
+    from click.testing import CliRunner
+
+    from dermground.platform.store.versions import BUILDING, VersionMeta, interrupted_note
+
+    for args, collection in ((["collections", "list"], "lesions"), (["collections", "list", "derm2"], "derm2")):
+        listed = CliRunner().invoke(cli, ["--home", str(tmp_path), *args])
+        assert listed.exit_code == 0, listed.output
+        (step,) = backticked_commands(listed.output)
+        assert usage_problem(step, complete=True) is None, step
+        argv = shlex.split(step)
+        assert argv[argv.index("--collection") + 1] == collection, step
+    data = tmp_path / "new images"
+    for meta in (VersionMeta(source=f"v1 + ingest {data}", adapter="/m/a", state=BUILDING, builder=dead_builder()),
+                 VersionMeta(source=f"v1 + ingest {data}", adapter="/m/a", state=BUILDING, builder=dead_builder(),
+                             seed_copied=5)):
+        note = interrupted_note("lesions", "v2", meta)
+        assert note is not None
+        (rerun,) = [step for step in backticked_commands(note) if " ingest " in step]
+        assert usage_problem(rerun, complete=True) is None, note
+        argv = shlex.split(rerun)
+        assert argv[argv.index("--data") + 1] == str(data) and "--version" not in argv, rerun
