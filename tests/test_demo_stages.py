@@ -85,16 +85,14 @@ def test_a_stale_demo_collection_is_removed_with_every_version(tmp_path: Path) -
 
     planned = next(stage for stage in plan_stages(tmp_path, SMALL) if stage.name == "ingest-tuned")
     rebuild = replace(planned, args=["attributes", "--json"], outputs=[])  # its clean-up, a quick command
-    upstream = Stage("upstream", ["attributes"], [])
-    assert run_stages(tmp_path, [upstream, rebuild], echo=lambda _: None) == ["upstream", "ingest-tuned"]
     cols = EdgeCollections(tmp_path / "qdrant")
-    for name in (TUNED, TUNED, "other"):  # what the stage built (v1), then a restore (v2, live); another collection
-        version = cols.create_version(name, VersionMeta(state=READY))
-        with cols.open_version(name, version) as store:
-            store.ensure_collection(CollectionSpec(dim=4, fingerprint="fp-old", vector_names=("image",)))
-        cols.switch(name, version)
-    assert run_stages(tmp_path, [upstream, rebuild], echo=lambda _: None) == ["ingest-tuned"]  # a resume (it always runs) removes nothing
-    assert cols.names() == [TUNED, "other"] and cols.live_version(TUNED) == "v2"
-    changed = Stage("upstream", ["attributes", "--json"], [])  # e.g. a new adapter
-    assert run_stages(tmp_path, [changed, rebuild], echo=lambda _: None) == ["upstream", "ingest-tuned"]
+    cols.create_version("other", VersionMeta(state=READY))  # another collection: kept
+    cols.create_version(TUNED, VersionMeta(state=READY))  # what the stage built, then a restore (v2, live)
+    restored = cols.create_version(TUNED, VersionMeta(state=READY))
+    with cols.open_version(TUNED, restored) as store:
+        store.ensure_collection(CollectionSpec(dim=4, fingerprint="fp-old", vector_names=("image",)))
+    cols.switch(TUNED, restored)
+    assert cols.live_version(TUNED) == "v2"
+    upstream = Stage("upstream", ["attributes"], [])  # ran: e.g. a new adapter, so the collection is stale
+    assert run_stages(tmp_path, [upstream, rebuild], echo=lambda _: None) == ["upstream", "ingest-tuned"]
     assert cols.names() == ["other"] and cols.live_version(TUNED) is None
