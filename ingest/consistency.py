@@ -25,6 +25,7 @@ from dermground.ingest.writer import catalog_file_name
 from dermground.platform.catalog import Catalog
 from dermground.platform.catalog_files import foreign_files, live_files, rows_by_source
 from dermground.platform.ingest_activity import active_ingests
+from dermground.platform.next_step import next_command
 from dermground.platform.settings import Settings
 from dermground.platform.store import StoreLockedError, VectorStore, open_collections, open_store, point_id
 from dermground.platform.store.brief_hold import held_briefly
@@ -104,8 +105,9 @@ def _refuse_while_ingesting(settings: Settings, catalog: Catalog, physical: str)
         name, version = split_physical(physical)
         raise StoreLockedError(
             f"version {version} of {name!r} is being written by {'; '.join(w.describe() for w in writers)}: a "
-            "check now would report the partition it is writing as findings. Run `dermground check` again once "
-            "that ingest has finished (it says \"ingested N, ...\").")
+            f"check now would report the partition it is writing as findings. Run "
+            f"`{next_command(f'check --collection {name}')}` again once that ingest has finished (it says "
+            "\"ingested N, ...\").")
 
 
 def _check_copy(collections: Collections, physical: str, report: CheckReport) -> set[str]:
@@ -138,7 +140,8 @@ def _check_store(store: VectorStore, collection: str, report: CheckReport) -> se
         report.findings.append(
             f"payload indexes missing on {len(unindexed)} field(s): {', '.join(unindexed[:_MAX_LISTED])}"
             f"{' ...' if len(unindexed) > _MAX_LISTED else ''} (its creation was interrupted; filtered searches "
-            "scan every point): run `dermground ingest` into this collection again, which creates them")
+            f"scan every point): run `{next_command(f'ingest --data DIR --collection {split_physical(collection)[0]}')}` "
+            "again, which creates them")
     # No vectors here: the store names the points missing one (read every vector of 400k points of the
     # 2B model and the answers of a Qdrant server add up to tens of GB of JSON).
     for point in store.iter_points(page_size=1000, with_payload=True):

@@ -1,7 +1,7 @@
 """Which physical version an ingest writes, opened before any image is embedded.
 
 - a new collection: its first version (v0 under the bare name on the embedded store, v1 behind
-  an alias on a server), live at once;
+  an alias on a server), live at once, recording its source and adapter like any other version;
 - `--new-version`: a new version beside the live one, left for `collections switch` (the usual path
   after training a new adapter); live at the end only when nothing else is;
 - `--version vN`: that version (to resume an interrupted `--new-version`);
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from dermground.ingest.collection_lock import CollectionLock, hold_collection_lock
 from dermground.platform.catalog import Catalog
@@ -25,6 +26,7 @@ from dermground.platform.next_step import next_command
 from dermground.platform.store import CollectionSpec, StoreLockedError, VectorStore, open_collections
 from dermground.platform.store.versions import (
     BUILDING,
+    LEGACY_VERSION,
     READY,
     Collections,
     VersionMeta,
@@ -48,6 +50,10 @@ class IngestTarget:
     lock: CollectionLock | None = None  # the collection's ingest lock, when this run writes the live version
     note: str | None = None  # set by finished() when the planned switch was not made, with the next step
     wrote_live: bool = False  # the version written was the live one when the run began
+    # A new collection's v0 (embedded store): what to record once its folder holds the collection.
+    # Without it v0 said "adapter none", and an API that followed a switch back to v0 (after an
+    # ingest --new-version with another adapter) could not find the adapter its vectors need.
+    record_on_start: VersionMeta | None = None
 
     @property
     def physical(self) -> str:
@@ -55,6 +61,9 @@ class IngestTarget:
 
     def started(self) -> None:
         """Called once the collection exists in the version (ensure_collection)."""
+        if self.record_on_start is not None:
+            self.collections.write_meta(self.name, self.version, self.record_on_start)
+            self.record_on_start = None
         if self.switch_before:
             self.collections.switch(self.name, self.version)
 
@@ -132,10 +141,12 @@ def _open(collections: Collections, name: str, catalog: Catalog, source: str, ad
         return IngestTarget(collections, name, created, collections.open_version(name, created),
                             switch_after=live is None)
     if live is None:
-        first = "v0" if collections.fresh_version_is_bare else collections.create_version(
-            name, replace(building, state=READY), taken)
-        return IngestTarget(collections, name, first, collections.open_version(name, first),
-                            switch_before=first != "v0")
+        first_meta = replace(building, state=READY, created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        if collections.fresh_version_is_bare:
+            return IngestTarget(collections, name, LEGACY_VERSION, collections.open_version(name, LEGACY_VERSION),
+                                record_on_start=first_meta)
+        first = collections.create_version(name, first_meta, taken)
+        return IngestTarget(collections, name, first, collections.open_version(name, first), switch_before=True)
     seeded = replace(building, source=f"{live} + ingest {source}")
     resumed = _interrupted_copy(collections, name, seeded, spec)
     if resumed is not None:

@@ -35,6 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dermground.platform.next_step import next_command
+
 MANIFEST = "_manifest.json"
 COMPACTED_DIR = "_compacted"
 # In a compacted file: the stem of the file each row was written in. A writer's file name carries
@@ -197,7 +199,7 @@ def live_parts(folder: Path) -> LiveParts:
             f"the catalog at {folder.parent} is missing {shown}, a compacted file that {folder.name}/{MANIFEST} "
             f"names: the rows merged into it cannot be read, and no view of the catalog opens without it. "
             f"Restore the catalog folder from a backup that holds its {COMPACTED_DIR}/ folders (a copy of a "
-            f"catalog must take them along), then run `dermground check`")
+            f"catalog must take them along), then run `{next_command('check')}`")
     recent = _listed(folder, manifest)
     current = folder / manifest.current if manifest.current else None
     older = [folder / name for name in manifest.compacted if name != manifest.current]

@@ -7,6 +7,7 @@ then does one alias switch make it live. The replaced version stays until `colle
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,8 +126,8 @@ def switch_collection(settings: Settings, name: str, version: str) -> str | None
             raise VersionError(
                 f"version {version} of {name!r} is being written by {'; '.join(w.describe() for w in writers)}: "
                 "made live now, it would serve a version still missing images and catalog rows. Switch once that "
-                "ingest has finished (it says \"ingested N, ...\"; `dermground sql \"SELECT * FROM ingest_runs\"` "
-                "shows its status).")
+                "ingest has finished (it says \"ingested N, ...\"; "
+                f"`{next_command('sql ' + shlex.quote('SELECT * FROM ingest_runs'))}` shows its status).")
         return collections.switch(name, version)
 
 

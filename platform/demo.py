@@ -60,6 +60,10 @@ class Stage:
     outputs: list[Path] = field(default_factory=list)
     # Removed before the stage runs again because an earlier stage changed (not on a resume).
     stale_when_upstream_changes: list[Path] = field(default_factory=list)
+    # Collections of the embedded store removed then, every version and the alias record: removing
+    # the bare folder alone left a version made since (a `snapshot restore`, an `ingest
+    # --new-version`) live, and the stage's ingest then met the old model's vectors there.
+    stale_collections: list[str] = field(default_factory=list)
     # Runs every time: it resumes by itself (ingest's ledger) and is cheap when there is nothing to
     # do, so a collection lost since the last run is rebuilt instead of trusted from a marker. Such
     # a run alone does not make later stages stale (it rebuilds the same content).
@@ -90,9 +94,9 @@ def plan_stages(home: Path, size: DemoSize) -> list[Stage]:
               [evals / "predict" / "prediction.json"]),
         Stage("ingest-tuned", ["ingest", "--data", str(data), "--collection", TUNED, "--model", str(base),
                                "--adapter", str(adapter), "--split", "all", *INGEST_ARGS],
-              stale_when_upstream_changes=[home / "qdrant" / TUNED], idempotent=True),
+              stale_collections=[TUNED], idempotent=True),
         Stage("ingest-untuned", ["ingest", "--data", str(data), "--collection", UNTUNED, "--model", str(base),
-                                 "--split", "all", *INGEST_ARGS], stale_when_upstream_changes=[home / "qdrant" / UNTUNED],
+                                 "--split", "all", *INGEST_ARGS], stale_collections=[UNTUNED],
               idempotent=True),
         Stage("check", ["check", "--collection", TUNED], idempotent=True),
         Stage("check-untuned", ["check", "--collection", UNTUNED], idempotent=True),
@@ -116,6 +120,19 @@ def serve_command(home: Path, port: int) -> list[str]:
 
 def _marker(home: Path, stage: Stage) -> Path:
     return home / "demo" / "stages" / f"{stage.name}.json"
+
+
+def remove_collection(home: Path, name: str) -> None:
+    """Every version of a demo collection in the embedded store under `home`, and its alias record
+    (its catalog rows stay, as after `collections drop`: the demo's rebuild writes its own)."""
+    from dermground.platform.settings import load_settings
+    from dermground.platform.store.edge_versions import ALIAS_DIR, EdgeCollections
+    from dermground.platform.store.versions import physical_name
+
+    store_dir = load_settings(home=home).store_dir
+    for version in EdgeCollections(store_dir).versions(name):
+        shutil.rmtree(store_dir / physical_name(name, version), ignore_errors=True)
+    (store_dir / ALIAS_DIR / f"{name}.json").unlink(missing_ok=True)
 
 
 def _recorded_command(marker: Path) -> list[str] | None:
@@ -151,6 +168,8 @@ def run_stages(home: Path, stages: list[Stage], echo: Callable[[str], None] = pr
         if stale:  # not a resume: earlier results are stale
             for stale_path in stage.stale_when_upstream_changes:
                 shutil.rmtree(stale_path, ignore_errors=True)
+            for name in stage.stale_collections:
+                remove_collection(home, name)
             marker.unlink(missing_ok=True)
         echo(f"[demo] {stage.name}: {' '.join(command[2:])}")
         started = time.perf_counter()

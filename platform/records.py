@@ -109,7 +109,7 @@ def _open_image_file(path: Path):  # noqa: ANN202 - an h5py.File
     except OSError as exc:  # h5py's "truncated file", "file signature not found", ...
         raise UnreadableImageFileError(f"{path} cannot be opened as HDF5 ({exc}); it may be truncated or still being "
                                        "copied: copy it again "
-                                       f"(or regenerate it with `{next_command('synth')}`)") from None
+                                       f"(or regenerate it with `{next_command('synth --out DIR')}`)") from None
 
 
 def detect_layout(data_dir: Path) -> str:
@@ -120,13 +120,13 @@ def detect_layout(data_dir: Path) -> str:
     if (data_dir / fmt.IMAGE_FOLDER).is_dir():
         return "folder"
     raise FileNotFoundError(f"{data_dir} has neither {fmt.HDF5_FILE} nor {fmt.IMAGE_FOLDER}/; "
-                            f"point at an ISIC 2024 data folder or run `{next_command('synth')}`")
+                            f"point at an ISIC 2024 data folder or run `{next_command('synth --out DIR')}`")
 
 
 def _csv_path(data_dir: Path) -> Path:
     path = Path(data_dir) / fmt.METADATA_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; point at an ISIC 2024 data folder or run `{next_command('synth')}`")
+        raise FileNotFoundError(f"{path} not found; point at an ISIC 2024 data folder or run `{next_command('synth --out DIR')}`")
     return path
 
 

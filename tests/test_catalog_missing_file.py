@@ -43,6 +43,8 @@ def test_a_missing_compacted_file_is_named_with_the_next_step(tmp_path: Path) ->
         result = dermground(*args)
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.output)
         assert named in result.output and "from a backup" in result.output, (args, result.output)
+        # The check to run next is of this home (it said `dermground check`: the default home's catalog).
+        assert f"then run `dermground --home {tmp_path} check`" in result.output, (args, result.output)
         assert "No files found" not in result.output and "--schema" not in result.output, (args, result.output)
     settings = Settings(home=tmp_path, api_read_key="r" * 16, api_admin_key="a" * 16)
     with TestClient(create_app(settings)) as client:

@@ -529,3 +529,47 @@ def test_a_version_resumed_with_version_names_its_new_builder(tmp_path: Path) ->
             cols.drop("c", killed)
     finally:
         resuming.communicate("\n", timeout=60)
+
+
+def test_a_new_collections_first_version_records_its_source_and_adapter(tmp_path: Path) -> None:
+    """A fresh embedded collection is v0 under its bare name, and it recorded nothing: `collections
+    list` said "adapter none" for an ingest with --adapter, and an API that followed a switch back to
+    v0 after an `ingest --new-version` with another adapter found no adapter for v0's vectors."""
+    settings = Settings(home=tmp_path)
+    target = open_target(settings, "c", Catalog(settings.catalog_dir), source="/data/batch-a",
+                         adapter="/models/adapter-a")
+    try:
+        assert target.version == "v0"
+        target.store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        target.started()  # what the pipeline calls once the collection exists
+        target.store.upsert(_points(3, "fp-1", 0))
+        points = target.store.count()
+        target.store.close()
+        assert target.finished(points) is None
+    finally:
+        target.close()
+    with EdgeCollections(settings.store_dir) as cols:
+        (info,) = cols.list("c")
+    assert (info.version, info.physical, info.live, info.points) == ("v0", "c", True, 3)
+    assert (info.meta.adapter, info.meta.source, info.meta.state) == ("/models/adapter-a", "ingest /data/batch-a", READY)
+    assert info.meta.created_at is not None
+
+
+def test_a_home_from_before_versions_is_read_as_v0(tmp_path: Path) -> None:
+    """A collection folder with no version record (made before versions existed) stays readable:
+    listed as the live v0 with its points, and an ingest writes it in place."""
+    settings = Settings(home=tmp_path)
+    with open_store(settings, "c") as store:  # what an old release wrote: the bare folder, no version.json
+        store.ensure_collection(CollectionSpec(dim=DIM, fingerprint="fp-1"))
+        store.upsert(_points(4, "fp-1", 0))
+    assert not (settings.store_dir / "c" / "version.json").exists()
+    with EdgeCollections(settings.store_dir) as cols:
+        (info,) = cols.list("c")
+    assert (info.version, info.live, info.points, info.meta.state) == ("v0", True, 4, READY)
+    assert info.meta.adapter is None and info.meta.created_at is not None  # the folder's time
+    target = open_target(settings, "c", Catalog(settings.catalog_dir), source="/data/more", adapter=None)
+    try:
+        assert (target.version, target.record_on_start) == ("v0", None)  # in place: nothing made up for it
+    finally:
+        target.store.close()
+        target.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dermground.platform.demo import SMALL, Stage, plan_stages, run_stages
+from dermground.platform.store.versions import READY, VersionMeta
 
 
 def test_plan_covers_the_whole_pipeline(tmp_path: Path) -> None:
@@ -70,3 +71,28 @@ def test_an_idempotent_stage_runs_every_time_without_making_later_stages_stale(t
     (tmp_path / "demo" / "stages" / "repairable.json").unlink()  # it failed half-way last time
     assert run_stages(tmp_path, stages, echo=lambda _: None) == ["repairable", "last"]
     assert not stale.exists(), "after a repairable stage that had not finished, later results are stale"
+
+
+def test_a_stale_demo_collection_is_removed_with_every_version(tmp_path: Path) -> None:
+    """The demo removed only HOME/qdrant/demo_tuned when an upstream stage changed: after a
+    `snapshot restore` (or `ingest --new-version`) the collection lived on as its new version, and
+    the rebuilt ingest met the old model's vectors there ("created for other vectors", exit 1)."""
+    from dataclasses import replace
+
+    from dermground.platform.demo import TUNED
+    from dermground.platform.store import CollectionSpec
+    from dermground.platform.store.edge_versions import EdgeCollections
+
+    planned = next(stage for stage in plan_stages(tmp_path, SMALL) if stage.name == "ingest-tuned")
+    rebuild = replace(planned, args=["attributes", "--json"], outputs=[])  # its clean-up, a quick command
+    cols = EdgeCollections(tmp_path / "qdrant")
+    cols.create_version("other", VersionMeta(state=READY))  # another collection: kept
+    cols.create_version(TUNED, VersionMeta(state=READY))  # what the stage built, then a restore (v2, live)
+    restored = cols.create_version(TUNED, VersionMeta(state=READY))
+    with cols.open_version(TUNED, restored) as store:
+        store.ensure_collection(CollectionSpec(dim=4, fingerprint="fp-old", vector_names=("image",)))
+    cols.switch(TUNED, restored)
+    assert cols.live_version(TUNED) == "v2"
+    upstream = Stage("upstream", ["attributes"], [])  # ran: e.g. a new adapter, so the collection is stale
+    assert run_stages(tmp_path, [upstream, rebuild], echo=lambda _: None) == ["upstream", "ingest-tuned"]
+    assert cols.names() == ["other"] and cols.live_version(TUNED) is None

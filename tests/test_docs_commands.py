@@ -18,8 +18,11 @@ from dermground.platform.cli import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def usage_problem(command_line: str) -> str | None:
-    """Why `command_line` (starting with `dermground`) does not parse, or None when it does."""
+def usage_problem(command_line: str, complete: bool = False) -> str | None:
+    """Why `command_line` (starting with `dermground`) does not parse, or None when it does.
+
+    complete: also a required option or argument it leaves out (a next step to copy and run, where
+    prose may name `dermground eval predict` alone)."""
     argv = shlex.split(command_line)
     assert argv[0] == "dermground", command_line
     try:
@@ -37,7 +40,7 @@ def usage_problem(command_line: str) -> str | None:
         # the parser alone: it knows the options and arguments, and does not judge the values
         # (DIR, N, a folder that is not here) or whether a required option is given
         leaf = click.Context(command, parent=ctx, info_name=command.name)
-        _, left_over, _ = command.make_parser(leaf).parse_args(list(rest))
+        given, left_over, _ = command.make_parser(leaf).parse_args(list(rest))
     except (click.exceptions.Exit, click.exceptions.NoArgsIsHelpError):
         return None  # --help, --version; a group named alone (`dermground model ...`)
     except click.BadOptionUsage as exc:
@@ -48,6 +51,9 @@ def usage_problem(command_line: str) -> str | None:
         return f"{type(exc).__name__}: {exc.format_message()}"
     if left_over:
         return f"unexpected extra arguments {left_over}"
+    missing = [param.opts[0] for param in command.params if param.required and param.name not in given]
+    if complete and missing:
+        return f"missing required {missing}"
     return None
 
 
@@ -57,6 +63,8 @@ def test_the_parse_check_tells_a_wrong_command_line() -> None:
     assert "extra argument" in (usage_problem("dermground check lesions") or "")
     assert "No such option" in (usage_problem("dermground ingest --data DIR --colection x") or "")
     assert "No such command" in (usage_problem("dermground collections remove lesions v1") or "")
+    assert usage_problem("dermground synth", complete=True) == "missing required ['--out']"
+    assert usage_problem("dermground synth --out DIR", complete=True) is None
 
 
 def backticked_commands(text: str) -> list[str]:
@@ -330,7 +338,96 @@ def suggested_command_lines() -> list[tuple[str, str]]:
 
 
 def test_every_suggested_next_step_parses() -> None:
+    """Complete too: `collections list` on an empty home said "create one with `dermground ingest`",
+    and a data folder that is none said "run `dermground synth`": each failed as written with
+    "Missing option '--data'" / "'--out'" (so did `train`, `model export --merge` and the rerun of
+    an interrupted seeded ingest)."""
     steps = suggested_command_lines()
     assert len(steps) > 30, steps
-    problems = [f"{where}: {line!r}: {problem}" for where, line in steps if (problem := usage_problem(line))]
+    problems = [f"{where}: {line!r}: {problem}" for where, line in steps
+                if (problem := usage_problem(line, complete=True))]
     assert not problems, "\n".join(problems)
+
+
+def settings_table_defaults(text: str) -> dict[str, str]:
+    """{variable: its default as written} from every `| variable | default | meaning |` table."""
+    found: dict[str, str] = {}
+    for table in re.findall(r"^\| variable \| default \| meaning \|\n\|[-| ]+\|\n((?:\|.*\|\n?)+)", text, flags=re.M):
+        for row in table.splitlines():
+            cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+            names = re.findall(r"DERMGROUND_[A-Z0-9_]+", cells[0])
+            defaults = [part.strip() for part in cells[1].split(" / ")]
+            for i, name in enumerate(names):
+                found[name] = defaults[i] if len(defaults) == len(names) else cells[1]
+    return found
+
+
+def matches_default(written: str, default: object) -> bool:
+    """Whether a table's default cell states the field's default (`10485760` (10 MiB) for 10485760)."""
+    from pathlib import PurePath
+
+    value = written.split(" (", 1)[0].strip().strip("`")
+    if default is None:
+        return bool(value)  # unset, none, all CPUs, HOME/models/base: said in words
+    if isinstance(default, bool):
+        return value.lower() == str(default).lower()
+    if isinstance(default, int | float):
+        try:
+            return float(value) == float(default)
+        except ValueError:
+            return False
+    if isinstance(default, PurePath):
+        return PurePath(value) == default
+    return value == str(default)
+
+
+def test_every_setting_has_a_table_row_with_its_default() -> None:
+    """DERMGROUND_COLLECTION (default `lesions`) and the four Qdrant collection settings were named in
+    prose only, with no default anywhere: each setting now has a row in README's table or
+    docs/DEPLOY.md section 9, and the default written there is the code's."""
+    from dermground.platform.settings import ENV_PREFIX, Settings
+
+    rows = settings_table_defaults((ROOT / "README.md").read_text(encoding="utf-8"))
+    rows |= settings_table_defaults((ROOT / "docs/DEPLOY.md").read_text(encoding="utf-8"))
+    problems = []
+    for field, info in Settings.model_fields.items():
+        variable = ENV_PREFIX + field.upper()
+        if variable not in rows:
+            problems.append(f"{variable}: no row in a `| variable | default | meaning |` table")
+        elif not matches_default(rows[variable], info.default):
+            problems.append(f"{variable}: the table says {rows[variable]!r}, the code's default is {info.default!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_default_check_tells_a_wrong_default() -> None:
+    assert matches_default("`10485760` (10 MiB)", 10 * 1024 * 1024) and matches_default("`10`", 10.0)
+    assert not matches_default("`20`", 10.0) and not matches_default("`true`", False)
+    assert not matches_default("`demo`", "lesions") and not matches_default("", None)
+    assert settings_table_defaults("| variable | default | meaning |\n|---|---|---|\n"
+                                   "| `DERMGROUND_A` / `DERMGROUND_B` | `1` / `2` | x |\n") == {
+        "DERMGROUND_A": "`1`", "DERMGROUND_B": "`2`"}
+
+
+def test_the_next_steps_of_an_empty_listing_and_of_interrupted_copies_run_as_written(tmp_path: Path,
+                                                                                   fresh_cli_settings) -> None:
+    from click.testing import CliRunner
+
+    from dermground.platform.store.versions import BUILDING, VersionMeta, interrupted_note
+
+    for args, collection in ((["collections", "list"], "lesions"), (["collections", "list", "derm2"], "derm2")):
+        listed = CliRunner().invoke(cli, ["--home", str(tmp_path), *args])
+        assert listed.exit_code == 0, listed.output
+        (step,) = backticked_commands(listed.output)
+        assert usage_problem(step, complete=True) is None, step
+        argv = shlex.split(step)
+        assert argv[argv.index("--collection") + 1] == collection, step
+    data = tmp_path / "new images"
+    for meta in (VersionMeta(source=f"v1 + ingest {data}", adapter="/m/a", state=BUILDING, builder=dead_builder()),
+                 VersionMeta(source=f"v1 + ingest {data}", adapter="/m/a", state=BUILDING, builder=dead_builder(),
+                             seed_copied=5)):
+        note = interrupted_note("lesions", "v2", meta)
+        assert note is not None
+        (rerun,) = [step for step in backticked_commands(note) if " ingest " in step]
+        assert usage_problem(rerun, complete=True) is None, note
+        argv = shlex.split(rerun)
+        assert argv[argv.index("--data") + 1] == str(data) and "--version" not in argv, rerun

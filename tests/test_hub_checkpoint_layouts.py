@@ -132,7 +132,7 @@ def test_model_check_data_that_is_no_data_folder_is_a_clear_error(hub_dir, tmp_p
                                       str(tmp_path / "photos")])
     assert result.exit_code == 1 and not isinstance(result.exception, FileNotFoundError), result.exception
     assert f"Error: --data {tmp_path / 'photos'}: {tmp_path / 'photos' / 'train-metadata.csv'} not found; point at " \
-           f"an ISIC 2024 data folder or run `dermground --home {tmp_path / 'home'} synth`" in result.output
+           f"an ISIC 2024 data folder or run `dermground --home {tmp_path / 'home'} synth --out DIR`" in result.output
 
 
 def test_an_adapter_inside_the_model_folder_is_refused(hub_dir, make_tiny_adapter, tmp_path):

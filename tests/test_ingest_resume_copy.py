@@ -108,7 +108,7 @@ def test_a_copy_whose_ingest_was_killed_while_copying_is_reported_with_drop_and_
     # It said "resume it with `dermground ingest ... --version v1`": into part of v0's points without
     # their catalog rows, which would stay as phantom points.
     assert f"--version {copy}" not in note, note
-    assert f"collections drop {NAME} {copy}" in note and "rerun the same `dermground ingest`" in note, note
+    assert f"collections drop {NAME} {copy}" in note and f"rerun the same `dermground ingest --data /data/new --collection {NAME}`" in note, note
 
 
 def _exited_pid() -> int:

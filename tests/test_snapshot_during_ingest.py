@@ -166,6 +166,8 @@ def test_switch_refuses_a_version_an_ingest_writes_with_version(tmp_path: Path) 
         assert refused.exit_code == 1, refused.output
         assert "ingest run r7" in refused.output and "/data/more" in refused.output, refused.output
         assert "finished" in refused.output, refused.output  # the next step
+        # ... of this home: it said `dermground sql "..."`, which reads the default home's catalog.
+        assert f"`dermground --home {home} sql 'SELECT * FROM ingest_runs'`" in refused.output, refused.output
         with open_collections(load_settings(home=home)) as cols:
             assert cols.live_version("lesions") == "v1"
     finally:
@@ -250,5 +252,7 @@ def test_check_of_a_version_an_ingest_is_writing_names_the_ingest_instead_of_rep
         # It reported the partition in progress as phantom points of "an interrupted ingest: rerun it".
         assert "FINDING" not in checked.output and "interrupted" not in checked.output, checked.output
         assert "ingest run r3" in checked.output and "once that ingest has finished" in checked.output
+        # It said "Run `dermground check` again": the default home's default collection.
+        assert f"Run `dermground --home {home} check --collection {NAME}` again" in checked.output, checked.output
     finally:
         lock.release()

@@ -147,7 +147,7 @@ class TrainingImages:
         """The error for a data set none of whose training-split records can be used, with a next step."""
         if not self.left_out:
             return ValueError(f"{self.data_dir} has no training-split images; check the data folder "
-                              f"(`{next_command('synth')}` makes one)")
+                              f"(`{next_command('synth --out DIR')}` makes one)")
         return ValueError(f"{self.data_dir}: all {len(self.left_out)} training-split records were left out "
                           f"(first: {self.left_out[0].isic_id or '(no isic_id)'}: field {self.left_out[0].field}: "
                           f"{self.left_out[0].reason}); fix or replace the images the warnings above name, "

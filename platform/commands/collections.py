@@ -52,7 +52,9 @@ def list_(name: str | None, as_json: bool) -> None:
         click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
         return
     if not infos:
-        click.echo(f"no collections yet; create one with `{next_command('ingest')}`")
+        what = f"no collection {name!r} yet" if name else "no collections yet"
+        create = next_command(f"ingest --data DIR --collection {name or current_settings().collection}")
+        click.echo(f"{what}; create one with `{create}`")
     for info in infos:
         click.echo(_line(info))
 

@@ -63,7 +63,7 @@ def predict(data_dir: Path, model_dir: Path | None, adapter_dir: Path | None, ou
     except (BackboneError, OutFolderError) as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"{exc}\nCheck --data (make one with `{next_command('synth')}`).") from None
+        raise click.ClickException(f"{exc}\nCheck --data (make one with `{next_command('synth --out DIR')}`).") from None
     click.echo(f"{'attribute':<24}{'R2':>8}{'parsed':>8}{'n':>6}")
     for name, row in report.items():
         click.echo(f"{name:<24}{row['r2']:>8.3f}{row['parse_rate']:>8.3f}{row['n']:>6}")

@@ -87,7 +87,7 @@ def train(data_dir: Path, base_dir: Path | None, out_dir: Path, cpus_per_worker:
     except (AdapterNotSavedError, BackboneError, OutFolderError, RunBusyError) as exc:
         raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"{exc}\nCheck --data (make one with `{next_command('synth')}`) "
+        raise click.ClickException(f"{exc}\nCheck --data (make one with `{next_command('synth --out DIR')}`) "
                                    "and the flags.") from None
     if result.resumed_from_step is not None:
         click.echo(f"resumed from step {result.resumed_from_step}")

@@ -60,7 +60,7 @@ def adapter_fit_problem(adapter_dir: str | Path, model_dir: str | Path) -> str |
         return (f"it is a {kind} adapter, which adds virtual tokens to every prompt; dermground embeds with adapters "
                 "that change the layers' weights (LoRA, and peft's LoHa, LoKr, IA3), because its shared-prefix "
                 "embedder reuses the prompt's cache across questions. "
-                f"Train a LoRA adapter (`{next_command('train')}`)")
+                f"Train a LoRA adapter (`{next_command('train --data DIR --out ADAPTER')}`)")
     family = family_for(json.loads((model_path / "config.json").read_text()).get("model_type"))
     config = family.config_class.from_pretrained(model_path, local_files_only=True)
     with torch.device("meta"):

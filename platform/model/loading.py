@@ -171,7 +171,7 @@ def load_backbone(
                                       if unused else "")
             + "; the folder holds another model, was saved from a wrapper (a 'module.' or 'base_model.model.' "
             f"prefix) or is incomplete: save it again with save_pretrained of the {model_class.__name__} "
-            f"(`{next_command('model export --merge')}` for base + adapter) or " + REDOWNLOAD
+            f"(`{next_command('model export --merge --adapter ADAPTER --out DIR')}` for base + adapter) or " + REDOWNLOAD
         )
     if vision_attention == "batched":
         batch_vision_attention(model)

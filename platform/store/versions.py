@@ -3,8 +3,10 @@
 Clients (search, the API, `check`) address the name; a re-index or a restore writes a new physical
 version beside the live one, and one atomic alias operation switches every reader over. An old
 version stays until `dermground collections drop` removes it. Physical names are
-`<name>__v<N>`; `v0` is a collection stored under the bare name (created before versions existed,
-or by code that opens a store directly), which a switch can leave like any other version.
+`<name>__v<N>`; `v0` is a collection stored under the bare name: a new collection's first version on
+the embedded store (a server starts at v1: an alias cannot share a collection's name), a collection
+made before versions existed, or one made by code that opens a store directly. A switch can leave
+it like any other version.
 
 Backends: store/edge_versions.py (an alias record file the embedded backend resolves) and
 store/server_versions.py (Qdrant's own aliases). Both follow this interface and one contract suite
@@ -175,14 +177,16 @@ def is_scratch_in_use(meta: VersionMeta) -> bool:
             and process_alive(meta.builder) is not False)
 
 
-def resume_command(name: str, version: str, meta: VersionMeta) -> str:
+def resume_command(name: str, version: str | None, meta: VersionMeta) -> str:
     """The ingest that resumes an interrupted build: the data folder and adapter it was built
-    from (its `source` is "ingest FOLDER" or "vN + ingest FOLDER"), as a command line to copy."""
+    from (its `source` is "ingest FOLDER" or "vN + ingest FOLDER"), as a command line to copy.
+    version None: the same ingest again, into whatever is live (it finds the copy it was filling)."""
     _, found, folder = (meta.source or "").partition("ingest ")
     parts = ["ingest", "--data", shlex.quote(folder) if found and folder else "DIR"]
     if meta.adapter:
         parts += ["--adapter", shlex.quote(meta.adapter)]
-    return next_command(" ".join([*parts, "--collection", name, "--version", version]))
+    parts += ["--collection", name]
+    return next_command(" ".join([*parts, "--version", version] if version else parts))
 
 
 def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
@@ -200,7 +204,7 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
         step = (f"a scratch copy left by `{'snapshot create' if source.startswith('snapshot') else 'check'}`: drop "
                 f"it with `{next_command(f'collections drop {name} {version}')}`")
     elif meta.seed_copied is not None:  # a copy of the served version (ingest/targets.py)
-        step = (f"rerun the same `{next_command('ingest')}` while {source.split(' ', 1)[0]} is live: "
+        step = (f"rerun the same `{resume_command(name, None, meta)}` while {source.split(' ', 1)[0]} is live: "
                 "it resumes here and "
                 f"switches when complete; or drop it with `{next_command(f'collections drop {name} {version}')}`")
     elif (seeded := _SEEDED_SOURCE.match(source)) is not None:
@@ -208,7 +212,7 @@ def interrupted_note(name: str, version: str, meta: VersionMeta) -> str | None:
         # ingest resumed into it would keep the part as points no catalog row accounts for.
         step = (f"it was stopped while copying {seeded.group(1)}, so it holds part of {seeded.group(1)}'s points "
                 f"and none of its catalog rows: drop it with `{next_command(f'collections drop {name} {version}')}` "
-                f"and rerun the same `{next_command('ingest')}` (it copies {seeded.group(1)} again)")
+                f"and rerun the same `{resume_command(name, None, meta)}` (it copies {seeded.group(1)} again)")
     else:
         step = (f"resume it with `{resume_command(name, version, meta)}`, or drop it "
                 f"with `{next_command(f'collections drop {name} {version}')}`")
