@@ -136,6 +136,26 @@ def test_a_live_store_follows_the_alias_on_both_backends(cols: Collections) -> N
     live.close()
 
 
+def test_a_request_after_a_switch_waits_for_a_check_already_under_way(tmp_path: Path) -> None:
+    # The watcher thread may be mid-check (holding the refresh lock) when the switch lands; a request
+    # made after the switch must not be answered from the old version because of that.
+    cols = EdgeCollections(tmp_path / "qdrant")
+    build_version(cols, "c", 5, seed=7)
+    build_version(cols, "c", 7, seed=8)
+    cols.switch("c", "v1")
+    live = LiveStore(cols, "c", refresh_s=0.0)
+    answers: list[int] = []
+    with live._refreshing:  # the watcher's hold, taken at the moment of the switch
+        cols.switch("c", "v2")
+        request = threading.Thread(target=lambda: answers.append(live.count()))
+        request.start()
+        request.join(timeout=2.0)
+        assert request.is_alive() and not answers, f"answered {answers} from the old version during the check"
+    request.join(timeout=60.0)
+    assert answers == [7] and live.physical == "c__v2"
+    live.close()
+
+
 def test_a_live_store_started_before_its_collection_exists_finds_it(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     live = LiveStore(EdgeCollections(settings.store_dir), "later", refresh_s=0.0)

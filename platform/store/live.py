@@ -116,7 +116,13 @@ class LiveStore(VectorStore):
         if not due and (empty or not self._collections.stamp_is_cheap):
             return
         if not self._refreshing.acquire(blocking=force):
-            return  # another request is switching; this one uses the current version
+            # Another thread (the watcher, or another request) is checking the alias. If the alias
+            # has moved, that thread is switching to what this request must see: wait for it, or a
+            # request made after a switch finished could still be answered from the old version.
+            if not (self._collections.stamp_is_cheap
+                    and self._collections.alias_stamp(self.collection) != self._stamp):
+                return  # nothing moved: this one uses the current version
+            self._refreshing.acquire()
         try:
             if self._closed.is_set():
                 return  # closed: open nothing more
