@@ -1,0 +1,101 @@
+"""The web viewer over a long session, against a server with limits of its own (max_k 7, max_b 300):
+the page follows the server's limits, offers every filter the API takes, lets go of the pictures it
+no longer shows, and keeps its results when a click is throttled. One served copy of the test
+collection and one browser page for the whole module; every wait is for the condition then asserted."""
+
+from __future__ import annotations
+
+import pytest
+
+from dermground.platform.settings import Settings
+from tests.test_viewer import KEY, browser_page, serve
+
+pytestmark = pytest.mark.browser
+
+MAX_K, MAX_B = 7, 300
+# Counts the blob URLs the page holds (made by URL.createObjectURL, let go by URL.revokeObjectURL)
+# and the answers still on their way (a fetch whose body has not been read yet).
+COUNT_BLOBS = """
+(() => {
+  const live = new Set();
+  const create = URL.createObjectURL.bind(URL), revoke = URL.revokeObjectURL.bind(URL);
+  URL.createObjectURL = (o) => { const u = create(o); live.add(u); return u; };
+  URL.revokeObjectURL = (u) => { live.delete(u); revoke(u); };
+  window.liveBlobUrls = () => live;
+  let coming = 0;  // requests made whose answer has not been read yet
+  const unread = new Set(), done = (r) => { if (unread.delete(r)) coming--; };
+  const fetch_ = window.fetch.bind(window), blob = Response.prototype.blob, json = Response.prototype.json;
+  window.fetch = (url, options) => {
+    coming++;
+    return fetch_(url, options).then((r) => { unread.add(r); return r; }, (e) => { coming--; throw e; });
+  };
+  Response.prototype.blob = function () { return blob.call(this).finally(() => done(this)); };
+  Response.prototype.json = function () { return json.call(this).finally(() => done(this)); };
+  window.answersComing = () => coming;
+})();
+"""
+
+
+@pytest.fixture(scope="module")
+def session_server(search_collection, tiny_backbone):
+    with serve(Settings(home=search_collection["home"], api_read_key=KEY, max_k=MAX_K, max_b=MAX_B),
+               tiny_backbone) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def spage(session_server):
+    with browser_page(session_server) as opened:
+        opened.add_init_script(COUNT_BLOBS)
+        yield opened
+
+
+def _open(page, server: str) -> None:
+    """The page freshly loaded with the key entered: attributes and examples shown."""
+    page.goto(server + "/")
+    page.fill("#apikey", KEY)
+    page.dispatch_event("#apikey", "change")
+    page.wait_for_selector("#attrs input[data-attribute=areaMM2]")
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('pick an example')")
+
+
+def _searched(page) -> str:
+    """Click Search and wait until the status leaves 'searching…'; the status text."""
+    page.click("#go")
+    page.wait_for_function("() => !document.querySelector('#status').textContent.startsWith('searching')")
+    return page.inner_text("#status")
+
+
+def _thumbnails_settled(page) -> None:
+    """Wait until no answer is on its way and every one on the page has its image or its '(no image)' alt."""
+    page.wait_for_function("() => window.answersComing() === 0 && [...document.querySelectorAll('#examples img, #query img, #grid img')]"
+                           ".every(i => (i.getAttribute('src') && i.complete) || i.alt.endsWith('(no image)'))")
+
+
+def _blobs_shown_and_held(page) -> tuple[int, int, int]:
+    """(pictures on the page, those shown from a blob URL still held, blob URLs the page holds)."""
+    _thumbnails_settled(page)
+    return page.evaluate("""() => {
+        const imgs = [...document.querySelectorAll('#examples img, #query img, #grid img')];
+        return [imgs.length, imgs.filter(i => window.liveBlobUrls().has(i.getAttribute('src'))).length,
+                window.liveBlobUrls().size];
+    }""")
+
+
+def test_a_long_session_holds_only_the_pictures_it_shows(spage, session_server, search_collection) -> None:
+    # Before: every examples load kept its thumbnails' blob URLs for good (48 held for 16 shown
+    # after three loads), and a search let go of the examples' URLs while they were still shown.
+    _open(spage, session_server)
+    spage.select_option("#mode", "image")
+    spage.select_option("#split", "")
+    for _ in range(2):
+        spage.click("#load-examples")
+        spage.wait_for_function("() => document.querySelector('#status').textContent.startsWith('pick an example')")
+    pictures, shown, held = _blobs_shown_and_held(spage)
+    assert pictures == shown == held == spage.locator("#examples img").count() > 0
+    for record in search_collection["records"][:3]:
+        spage.fill("#isic", record.isic_id)
+        spage.dispatch_event("#isic", "input")
+        assert "results" in _searched(spage)
+    pictures, shown, held = _blobs_shown_and_held(spage)
+    assert pictures == shown == held == spage.locator("#examples img").count() + 1 + spage.locator("#grid img").count()
