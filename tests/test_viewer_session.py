@@ -99,3 +99,18 @@ def test_a_long_session_holds_only_the_pictures_it_shows(spage, session_server, 
         assert "results" in _searched(spage)
     pictures, shown, held = _blobs_shown_and_held(spage)
     assert pictures == shown == held == spage.locator("#examples img").count() + 1 + spage.locator("#grid img").count()
+
+
+def test_the_k_and_b_boxes_follow_the_server_limits(spage, session_server, search_collection) -> None:
+    # Before: the k box said max 100 whatever the server took (here 7: k 8 to 100 were refused).
+    _open(spage, session_server)
+    spage.wait_for_function(f"() => $('k').max === '{MAX_K}' && $('b').max === '{MAX_B}'")
+    spage.fill("#isic", search_collection["records"][0].isic_id)
+    spage.dispatch_event("#isic", "input")
+    spage.select_option("#mode", "image")
+    spage.select_option("#split", "")
+    spage.fill("#k", str(MAX_K))
+    assert f"{MAX_K} results" in _searched(spage)
+    spage.fill("#k", str(MAX_K + 1))
+    assert spage.evaluate("() => $('k').validity.rangeOverflow")  # the box itself says it is over
+    assert f"between 1 and {MAX_K}" in _searched(spage)
