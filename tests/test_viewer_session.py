@@ -114,3 +114,24 @@ def test_the_k_and_b_boxes_follow_the_server_limits(spage, session_server, searc
     spage.fill("#k", str(MAX_K + 1))
     assert spage.evaluate("() => $('k').validity.rangeOverflow")  # the box itself says it is over
     assert f"between 1 and {MAX_K}" in _searched(spage)
+
+
+def test_the_tile_and_diagnosis_filters_reach_the_search(spage, session_server, search_collection) -> None:
+    # Before: the API took tbp_tile_type and target but the page had no control for either.
+    _open(spage, session_server)
+    records = {r.isic_id: r for r in search_collection["records"]}
+    spage.fill("#isic", search_collection["records"][0].isic_id)
+    spage.dispatch_event("#isic", "input")
+    spage.select_option("#mode", "image")
+    spage.select_option("#split", "")
+    spage.uncheck("#exclude")
+    spage.fill("#k", str(MAX_K))
+    for tile, target in (("3D: XP", "1"), ("3D: white", "0")):
+        spage.select_option("#tile", tile)
+        spage.select_option("#target", target)
+        assert "results" in _searched(spage)
+        shown = [records[spage.locator("#grid .hit").nth(i).get_attribute("data-isic")]
+                 for i in range(spage.locator("#grid .hit").count())]
+        assert shown, (tile, target)
+        assert all(r.metadata["tbp_tile_type"] == tile and str(r.metadata["target"]) == target for r in shown)
+    assert spage.get_by_label("Tile lighting").count() == 1 and spage.get_by_label("Diagnosis").count() == 1
