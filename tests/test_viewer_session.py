@@ -5,6 +5,9 @@ collection and one browser page for the whole module; every wait is for the cond
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from dermground.platform.settings import Settings
@@ -13,6 +16,7 @@ from tests.test_viewer import KEY, browser_page, serve
 pytestmark = pytest.mark.browser
 
 MAX_K, MAX_B = 7, 300
+ROUTE_DEADLINE_S = 60  # how long a request the test holds may take to reach the test's route
 # Counts the blob URLs the page holds (made by URL.createObjectURL, let go by URL.revokeObjectURL)
 # and the answers still on their way (a fetch whose body has not been read yet).
 COUNT_BLOBS = """
@@ -64,6 +68,15 @@ def _searched(page) -> str:
     page.click("#go")
     page.wait_for_function("() => !document.querySelector('#status').textContent.startsWith('searching')")
     return page.inner_text("#status")
+
+
+def _until_routed(page, held: list) -> None:
+    """Let the page run until its request reached the test's route (`held` has it); Playwright
+    delivers routes while the page is being waited on."""
+    deadline = time.monotonic() + ROUTE_DEADLINE_S
+    while not held:
+        assert time.monotonic() < deadline, "the page's request did not reach the test's route"
+        page.wait_for_timeout(20)
 
 
 def _thumbnails_settled(page) -> None:
@@ -135,3 +148,35 @@ def test_the_tile_and_diagnosis_filters_reach_the_search(spage, session_server, 
         assert shown, (tile, target)
         assert all(r.metadata["tbp_tile_type"] == tile and str(r.metadata["target"]) == target for r in shown)
     assert spage.get_by_label("Tile lighting").count() == 1 and spage.get_by_label("Diagnosis").count() == 1
+
+
+def test_a_throttled_click_keeps_the_results_and_says_when_to_retry(spage, session_server, search_collection) -> None:
+    # Before: the refused click took over from the search still running (whose answer was then
+    # dropped), and the status said "retry after 3 s (retry in 3 s)".
+    first, uploaded = search_collection["records"][0], search_collection["records"][5]
+    _open(spage, session_server)
+    spage.select_option("#mode", "image")
+    spage.select_option("#split", "")
+    spage.fill("#k", "5")
+    spage.fill("#isic", first.isic_id)
+    spage.dispatch_event("#isic", "input")
+    assert "results" in _searched(spage)
+    spage.set_input_files("#file", {"name": "upload.jpg", "mimeType": "image/jpeg", "buffer": uploaded.image_bytes()})
+    throttled = {"detail": "this client already has 2 uploads in the model (the limit is 2): retry after 3 s",
+                 "rule": "rate_limit"}  # the server's own 429 (platform/api/throttle.py)
+    held: list = []
+    spage.route("**/search/upload", lambda route: held.append(route) if not held else route.fulfill(
+        status=429, content_type="application/json", headers={"Retry-After": "3"}, body=json.dumps(throttled)))
+    try:
+        spage.click("#go")  # this search runs (held here, as if the model were busy with it)
+        _until_routed(spage, held)
+        spage.click("#go")  # the next quick click is refused
+        spage.wait_for_function("() => document.querySelector('#status').textContent.startsWith('429')")
+        text = spage.inner_text("#status")
+        assert "retry" in text and "3 s" in text and text.count("retry") == 1, text
+        assert first.isic_id in spage.inner_text("#query") and spage.locator("#grid .hit").count() == 5
+        held[0].continue_()  # the search still running answers: its results are shown
+        spage.wait_for_function("() => document.querySelector('#query').textContent.includes('uploaded image')")
+    finally:
+        spage.unroute("**/search/upload")
+    assert spage.locator("#grid .hit").count() == 5 and "results" in spage.inner_text("#status")
