@@ -180,3 +180,26 @@ def test_a_throttled_click_keeps_the_results_and_says_when_to_retry(spage, sessi
     finally:
         spage.unroute("**/search/upload")
     assert spage.locator("#grid .hit").count() == 5 and "results" in spage.inner_text("#status")
+
+
+def test_a_page_opened_while_the_server_was_down_works_once_it_is_back(spage, session_server) -> None:
+    # Before: the attributes (and k/b limits) were asked for once, at load; with the server down
+    # then, the key or the examples button later loaded the examples and said "pick an example",
+    # but the attribute list stayed empty and every search said "choose at least one attribute".
+    down = ("**/health", "**/attributes", "**/examples*")
+    for path in down:
+        spage.route(path, lambda route: route.abort())
+    try:
+        spage.goto(session_server + "/")
+        spage.wait_for_function("() => document.querySelector('#status').textContent.includes('did not answer')")
+    finally:
+        for path in down:
+            spage.unroute(path)
+    spage.fill("#apikey", KEY)
+    spage.dispatch_event("#apikey", "change")  # the server is back: entering the key tries again
+    spage.wait_for_selector("#attrs input[data-attribute=areaMM2]")
+    spage.wait_for_function("() => document.querySelector('#status').textContent.startsWith('pick an example')")
+    spage.wait_for_function(f"() => $('k').max === '{MAX_K}'")
+    assert spage.locator("#attrs input").count() == 16
+    assert spage.locator("#range-field option").count() == 1 + 16  # "none" and each attribute once
+
