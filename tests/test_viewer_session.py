@@ -203,3 +203,27 @@ def test_a_page_opened_while_the_server_was_down_works_once_it_is_back(spage, se
     assert spage.locator("#attrs input").count() == 16
     assert spage.locator("#range-field option").count() == 1 + 16  # "none" and each attribute once
 
+
+
+def test_an_older_examples_answer_does_not_replace_a_newer_one(spage, session_server) -> None:
+    # Before: a key typed wrong then corrected asked twice; the first (401) answering last put
+    # "401 ... enter the read key" under a page that had the right key and its examples.
+    _open(spage, session_server)
+    held: list = []
+    spage.route("**/examples*", lambda route: held.append(route) if not held else route.continue_())
+    try:
+        spage.fill("#apikey", "wrong")
+        spage.dispatch_event("#apikey", "change")
+        _until_routed(spage, held)
+        spage.fill("#apikey", KEY)
+        spage.dispatch_event("#apikey", "change")
+        # the right key's examples (and their pictures) have answered: only the held request is left
+        spage.wait_for_function("() => window.answersComing() === 1")
+        shown = spage.inner_text("#status")
+        assert shown.startswith("pick an example"), shown
+        held[0].continue_()
+        spage.wait_for_function("() => window.answersComing() === 0")  # the wrong key's 401 has been read
+    finally:
+        spage.unroute("**/examples*")
+    assert spage.inner_text("#status") == shown
+    assert spage.get_attribute("#status", "class") != "error"
