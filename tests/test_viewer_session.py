@@ -201,7 +201,7 @@ def test_a_page_opened_while_the_server_was_down_works_once_it_is_back(spage, se
     spage.wait_for_function("() => document.querySelector('#status').textContent.startsWith('pick an example')")
     spage.wait_for_function(f"() => $('k').max === '{MAX_K}'")
     assert spage.locator("#attrs input").count() == 16
-    assert spage.locator("#range-field option").count() == 1 + 16  # "none" and each attribute once
+    assert spage.locator("#range-field option").count() == 2 + 16  # "none", age and each attribute once
 
 
 
