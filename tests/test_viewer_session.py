@@ -229,3 +229,17 @@ def test_an_older_examples_answer_does_not_replace_a_newer_one(spage, session_se
         spage.unroute("**/examples*")
     assert spage.inner_text("#status") == shown
     assert spage.get_attribute("#status", "class") != "error"
+
+
+def test_range_bounds_without_a_field_are_not_dropped_silently(spage, session_server, search_collection) -> None:
+    # Before: min/max typed with the range field left at "none" were left out of the search, and
+    # the unfiltered results came back as if the filter had been applied.
+    _open(spage, session_server)
+    spage.fill("#isic", search_collection["records"][0].isic_id)
+    spage.dispatch_event("#isic", "input")
+    spage.select_option("#mode", "image")
+    spage.select_option("#range-field", "")
+    spage.fill("#range-gte", "1000000")
+    text = _searched(spage)
+    assert "range filter" in text and "no field" in text, text
+    assert spage.get_attribute("#status", "class") == "error" and spage.locator("#grid .hit").count() == 0
