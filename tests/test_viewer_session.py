@@ -243,3 +243,17 @@ def test_range_bounds_without_a_field_are_not_dropped_silently(spage, session_se
     text = _searched(spage)
     assert "range filter" in text and "no field" in text, text
     assert spage.get_attribute("#status", "class") == "error" and spage.locator("#grid .hit").count() == 0
+
+
+def test_the_picked_example_stays_marked_when_the_examples_reload(spage, session_server) -> None:
+    # Before: entering the key again (or the examples button) redrew the list without the mark,
+    # while the isic box and the next search still used the picked lesion.
+    _open(spage, session_server)
+    spage.wait_for_selector("#examples[aria-busy=false] img")
+    picked = spage.locator("#examples img").nth(1).get_attribute("data-isic")
+    spage.locator("#examples img").nth(1).click()
+    spage.dispatch_event("#apikey", "change")  # the examples load again
+    spage.wait_for_function("(id) => { const list = document.querySelector('#examples[aria-busy=false]');"
+                            " const marked = list ? [...list.querySelectorAll('img.picked')] : [];"
+                            " return marked.length === 1 && marked[0].dataset.isic === id; }", arg=picked)
+    assert spage.input_value("#isic") == picked
