@@ -257,3 +257,18 @@ def test_the_picked_example_stays_marked_when_the_examples_reload(spage, session
                             " const marked = list ? [...list.querySelectorAll('img.picked')] : [];"
                             " return marked.length === 1 && marked[0].dataset.isic === id; }", arg=picked)
     assert spage.input_value("#isic") == picked
+
+
+def test_the_mark_leaves_the_example_when_another_query_is_chosen(spage, session_server, search_collection) -> None:
+    # Before: typing another id, or choosing a file, left the example marked as the query.
+    _open(spage, session_server)
+    spage.wait_for_selector("#examples[aria-busy=false] img")
+    listed = {spage.locator("#examples img").nth(i).get_attribute("data-isic")
+              for i in range(spage.locator("#examples img").count())}
+    spage.locator("#examples img").nth(1).click()
+    spage.fill("#isic", next(r.isic_id for r in search_collection["records"] if r.isic_id not in listed))
+    assert spage.locator("#examples img.picked").count() == 0
+    spage.locator("#examples img").nth(1).click()
+    spage.set_input_files("#file", {"name": "upload.jpg", "mimeType": "image/jpeg",
+                                    "buffer": search_collection["records"][2].image_bytes()})
+    assert spage.locator("#examples img.picked").count() == 0
