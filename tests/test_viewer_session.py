@@ -81,7 +81,8 @@ def _until_routed(page, held: list) -> None:
 
 def _thumbnails_settled(page) -> None:
     """Wait until no answer is on its way and every one on the page has its image or its '(no image)' alt."""
-    page.wait_for_function("() => window.answersComing() === 0 && [...document.querySelectorAll('#examples img, #query img, #grid img')]"
+    page.wait_for_function("() => window.answersComing() === 0"
+                           " && [...document.querySelectorAll('#examples img, #query img, #grid img')]"
                            ".every(i => (i.getAttribute('src') && i.complete) || i.alt.endsWith('(no image)'))")
 
 
