@@ -135,7 +135,7 @@ def test_pick_an_example_and_filter_by_split(page, server, search_collection) ->
     page.fill("#apikey", KEY)
     page.dispatch_event("#apikey", "change")
     page.click("#load-examples")
-    page.wait_for_selector("#examples img")
+    page.wait_for_selector("#examples[aria-busy=false] img")  # this click's list, not an earlier one
     picked = page.locator("#examples img").nth(2).get_attribute("data-isic")
     page.locator("#examples img").nth(2).click()
     assert page.input_value("#isic") == picked

@@ -71,7 +71,8 @@ def health(request: Request) -> schemas.Health:
         points = store.count()
     settings = _settings(request)
     return schemas.Health(status="ok", collection=settings.collection, points=points,
-                          model_loaded=request.app.state.embedder._embedder is not None, auth=auth_mode(settings))
+                          model_loaded=request.app.state.embedder._embedder is not None, auth=auth_mode(settings),
+                          max_k=settings.max_k, max_b=settings.max_b)
 
 
 @router.get("/attributes", response_model=list[schemas.AttributeInfo], tags=["meta"])

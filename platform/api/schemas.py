@@ -204,6 +204,9 @@ class Health(BaseModel):
     points: int | None
     model_loaded: bool
     auth: Literal["keys", "open (loopback only)"]
+    # The request limits this server checks (DERMGROUND_MAX_K / _MAX_B): the viewer's k and b boxes follow them.
+    max_k: int | None = None
+    max_b: int | None = None
 
 
 class CollectionVersion(BaseModel):
