@@ -271,3 +271,51 @@ def test_entering_the_key_loads_the_examples(hpage, hostile_server) -> None:
     hpage.wait_for_selector("#examples img")  # without another click
     assert hpage.get_attribute("#status", "class") != "error"
     assert "example" in hpage.inner_text("#status")
+
+
+def _until(page, condition, what: str, deadline_s: float = 60.0) -> None:
+    """Let playwright deliver its events (route handlers run then) until `condition()` holds."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"{what} within {deadline_s:.0f} s"
+        page.wait_for_timeout(20)
+
+
+_COUNT_EXAMPLES_READ = """() => {  // how many /examples answers the page has read (json parsed)
+  window.examplesRead = 0;
+  const json = Response.prototype.json;
+  Response.prototype.json = async function () {
+    try { return await json.call(this); } finally { if (this.url.includes("/examples")) window.examplesRead += 1; }
+  };
+}"""
+
+
+def test_examples_asked_with_an_older_key_answering_late_do_not_replace_the_newer_keys_refusal(
+        hpage, hostile_server) -> None:
+    # Before: the page load's (or the old key's) examples answered after the wrong key's 401 and
+    # wrote "pick an example or upload an image" over it (test_viewer.py::test_wrong_key_shows_the_error
+    # read that under load). Every examples request is held here and answered in the late order.
+    held = []
+    hpage.route("**/examples*", lambda route: held.append(route))
+    try:
+        hpage.goto(hostile_server + "/")
+        hpage.evaluate(_COUNT_EXAMPLES_READ)
+        hpage.fill("#apikey", KEY)
+        hpage.dispatch_event("#apikey", "change")  # the page load's examples and these: both with the right key
+        _until(hpage, lambda: len(held) == 2, "the page load and the key change did not both ask for the examples")
+        hpage.fill("#apikey", "wrong")
+        hpage.dispatch_event("#apikey", "change")
+        _until(hpage, lambda: len(held) == 3, "the wrong key did not ask for the examples")
+        held[2].continue_()
+        hpage.wait_for_function("() => window.examplesRead === 1")
+        refused = hpage.inner_text("#status")
+        assert refused.startswith("401") and "API key box" in refused, refused
+        for route in held[:2]:
+            route.continue_()
+        hpage.wait_for_function("() => window.examplesRead === 3")  # both late answers read
+    finally:
+        hpage.unroute("**/examples*")
+    assert hpage.inner_text("#status") == refused
+    assert hpage.locator("#examples img").count() == 0  # the old key's list is not offered under the new key
