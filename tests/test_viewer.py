@@ -134,8 +134,9 @@ def test_pick_an_example_and_filter_by_split(page, server, search_collection) ->
     page.goto(server + "/")
     page.fill("#apikey", KEY)
     page.dispatch_event("#apikey", "change")
+    page.wait_for_selector("#attrs input[data-attribute=areaMM2]")  # prefetch needs a checked attribute
     page.click("#load-examples")
-    page.wait_for_selector("#examples img")
+    page.wait_for_selector('#examples[aria-busy="false"] img')  # the click's list, not one re-drawn later
     picked = page.locator("#examples img").nth(2).get_attribute("data-isic")
     page.locator("#examples img").nth(2).click()
     assert page.input_value("#isic") == picked

@@ -51,6 +51,9 @@ def _open(page, server: str) -> None:
     page.fill("#apikey", KEY)
     page.dispatch_event("#apikey", "change")
     page.wait_for_selector("#attrs input[data-attribute=areaMM2]")
+    # The page load's and the key change's example loads have answered: none re-draws the list
+    # (or writes the status) while the test acts.
+    page.wait_for_selector('#examples[aria-busy="false"] img')
 
 
 def _searched(page) -> str:
@@ -109,8 +112,10 @@ def test_an_older_search_answering_late_does_not_replace_newer_results(hpage, ho
     hpage.select_option("#mode", "image")
     hpage.select_option("#split", "")
     hpage.uncheck("#exclude")
-    held = []  # the first search's request, answered only after the second search is shown
-    hpage.route("**/search", lambda route: held.append(route) if not held else route.continue_())
+    held = []  # the first search's request (picked by its body), answered only after the second search is shown
+    hpage.route("**/search", lambda route: held.append(route) if first.isic_id in (route.request.post_data or "")
+                else route.continue_())
+    hpage.evaluate(_COUNT_ANSWERS_READ)
     try:
         for record in (first, second):
             hpage.fill("#isic", record.isic_id)
@@ -118,9 +123,8 @@ def test_an_older_search_answering_late_does_not_replace_newer_results(hpage, ho
             hpage.click("#go")
         hpage.wait_for_function("() => document.querySelector('#status').textContent.includes('results')")
         assert second.isic_id in hpage.inner_text("#query")
-        with hpage.expect_response("**/search"):
-            held[0].continue_()
-        hpage.wait_for_timeout(500)  # let the late answer reach the page (it must change nothing)
+        held[0].continue_()
+        hpage.wait_for_function("() => window.answersRead['/search'] === 2")  # the late answer reached the page
     finally:
         hpage.unroute("**/search")
     assert second.isic_id in hpage.inner_text("#query") and first.isic_id not in hpage.inner_text("#query")
@@ -135,8 +139,7 @@ def test_examples_loading_late_do_not_replace_a_search_status(hpage, hostile_ser
     try:
         hpage.fill("#apikey", KEY)
         hpage.dispatch_event("#apikey", "change")
-        hpage.wait_for_function("() => true")  # one round trip: the change handler has run
-        assert held, "the key change did not ask for the examples"
+        _until(hpage, lambda: held, "the key change did not ask for the examples")
         hpage.fill("#isic", search_collection["records"][0].isic_id)
         hpage.dispatch_event("#isic", "input")
         hpage.select_option("#mode", "image")
@@ -234,7 +237,7 @@ def test_the_page_works_from_the_keyboard_with_labelled_controls(hpage, hostile_
     assert hpage.get_by_role("group", name="Attributes").count() == 1
     assert hpage.get_by_role("status").count() == 1  # messages are announced to screen readers
     hpage.click("#load-examples")
-    hpage.wait_for_selector("#examples img")
+    hpage.wait_for_selector('#examples[aria-busy="false"] img')  # the click's list: no re-draw takes the focus
     hpage.focus("#load-examples")
     hpage.keyboard.press("Tab")  # the first example is the next stop, and Enter picks it
     hpage.keyboard.press("Enter")
@@ -283,11 +286,17 @@ def _until(page, condition, what: str, deadline_s: float = 60.0) -> None:
         page.wait_for_timeout(20)
 
 
-_COUNT_EXAMPLES_READ = """() => {  // how many /examples answers the page has read (json parsed)
-  window.examplesRead = 0;
+# How many answers of each path the page has read (its JSON parsed), as answersRead[path]. The code
+# awaiting that JSON runs in the same microtask checkpoint, so a wait_for_function that sees the
+# count (a later task) comes after the page has acted on the answer: an exact condition, not a pause.
+_COUNT_ANSWERS_READ = """() => {
+  window.answersRead = {};
   const json = Response.prototype.json;
   Response.prototype.json = async function () {
-    try { return await json.call(this); } finally { if (this.url.includes("/examples")) window.examplesRead += 1; }
+    try { return await json.call(this); } finally {
+      const path = new URL(this.url).pathname;
+      window.answersRead[path] = (window.answersRead[path] || 0) + 1;
+    }
   };
 }"""
 
@@ -301,7 +310,7 @@ def test_examples_asked_with_an_older_key_answering_late_do_not_replace_the_newe
     hpage.route("**/examples*", lambda route: held.append(route))
     try:
         hpage.goto(hostile_server + "/")
-        hpage.evaluate(_COUNT_EXAMPLES_READ)
+        hpage.evaluate(_COUNT_ANSWERS_READ)
         hpage.fill("#apikey", KEY)
         hpage.dispatch_event("#apikey", "change")  # the page load's examples and these: both with the right key
         _until(hpage, lambda: len(held) == 2, "the page load and the key change did not both ask for the examples")
@@ -309,12 +318,12 @@ def test_examples_asked_with_an_older_key_answering_late_do_not_replace_the_newe
         hpage.dispatch_event("#apikey", "change")
         _until(hpage, lambda: len(held) == 3, "the wrong key did not ask for the examples")
         held[2].continue_()
-        hpage.wait_for_function("() => window.examplesRead === 1")
+        hpage.wait_for_function("() => window.answersRead['/examples'] === 1")
         refused = hpage.inner_text("#status")
         assert refused.startswith("401") and "API key box" in refused, refused
         for route in held[:2]:
             route.continue_()
-        hpage.wait_for_function("() => window.examplesRead === 3")  # both late answers read
+        hpage.wait_for_function("() => window.answersRead['/examples'] === 3")  # both late answers read
     finally:
         hpage.unroute("**/examples*")
     assert hpage.inner_text("#status") == refused
