@@ -22,25 +22,19 @@ READ = "read-key-limits"
 DEADLINE_S = 60  # how long a test waits for an answer before it fails
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     """A real uvicorn server (raw sockets need one) with short body limits and no collection."""
     settings = Settings(home=tmp_path_factory.mktemp("limits"), api_body_timeout_s=1.0, api_max_unfinished_bodies=2)
-    port = _free_port()
-    instance = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    # Port 0: bound by the server itself, so no other process can take it between a pick and the bind.
+    instance = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + DEADLINE_S
     while not instance.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield port
+    yield instance.servers[0].sockets[0].getsockname()[1]
     instance.should_exit = True
     thread.join(timeout=DEADLINE_S)
 

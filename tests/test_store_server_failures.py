@@ -93,8 +93,14 @@ def _closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def _settings(home: Path, url: str, key: str | None = API_KEY) -> Settings:
-    return Settings(home=home, qdrant_url=url, qdrant_api_key=key, qdrant_timeout_s=1, api_read_key=READ)
+# How long a client waits for a stand-in that answers: long, because the stand-in is a thread of this
+# busy process (with 1 s, a starved answer read as "did not answer within 1 s" and named the timeout
+# setting instead of the one under test). Only the "hang" stand-in is meant to hit a timeout: 1 s.
+ANSWER_TIMEOUT_S = 60
+
+
+def _settings(home: Path, url: str, key: str | None = API_KEY, timeout_s: int = ANSWER_TIMEOUT_S) -> Settings:
+    return Settings(home=home, qdrant_url=url, qdrant_api_key=key, qdrant_timeout_s=timeout_s, api_read_key=READ)
 
 
 def _assert_says_what_to_do(message: str, url: str, setting: str) -> None:
@@ -113,7 +119,7 @@ CASES = [("500", "log"), ("503", "log"), ("401", "DERMGROUND_QDRANT_API_KEY"), (
 @pytest.mark.parametrize(("stand_in", "setting"), CASES, indirect=["stand_in"], ids=[c[0] for c in CASES])
 def test_a_failing_server_is_a_store_error_naming_url_and_setting(stand_in: _StandIn, setting: str,
                                                                   tmp_path: Path) -> None:
-    settings = _settings(tmp_path, stand_in.url)
+    settings = _settings(tmp_path, stand_in.url, timeout_s=1 if stand_in.mode == "hang" else ANSWER_TIMEOUT_S)
     with pytest.raises(StoreUnavailableError) as raised:
         open_store(settings, "lesions")
     _assert_says_what_to_do(str(raised.value), stand_in.url, setting)

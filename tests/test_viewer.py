@@ -4,7 +4,6 @@ upload a query image, search, see the top-k with attribute values; a screenshot 
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,12 +25,6 @@ KEY = "viewer-read-key"
 START_DEADLINE_S = 120  # how long the API server may take to start listening
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(settings: Settings, backbone) -> Iterator[str]:  # noqa: ANN001 - the tiny backbone
     """The API (and the viewer) on a free loopback port in a thread; yields its base URL."""
@@ -40,8 +33,9 @@ def serve(settings: Settings, backbone) -> Iterator[str]:  # noqa: ANN001 - the 
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium (`make browser` installs it)")
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(settings, backbone=backbone), host="127.0.0.1", port=port,
+    # Port 0: the server binds a free port itself (a port picked here and bound later may be taken
+    # in between by another process: the other pytest worker, Ray, a browser).
+    uv = uvicorn.Server(uvicorn.Config(create_app(settings, backbone=backbone), host="127.0.0.1", port=0,
                                        log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -53,6 +47,7 @@ def serve(settings: Settings, backbone) -> Iterator[str]:  # noqa: ANN001 - the 
             uv.should_exit = True
             pytest.fail(f"the API server did not start listening within {START_DEADLINE_S} s")
         time.sleep(0.05)
+    port = uv.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -134,6 +129,7 @@ def test_pick_an_example_and_filter_by_split(page, server, search_collection) ->
     page.goto(server + "/")
     page.fill("#apikey", KEY)
     page.dispatch_event("#apikey", "change")
+    page.wait_for_selector("#attrs input[data-attribute=areaMM2]")  # prefetch needs a checked attribute
     page.click("#load-examples")
     page.wait_for_selector("#examples[aria-busy=false] img")  # this click's list, not an earlier one
     picked = page.locator("#examples img").nth(2).get_attribute("data-isic")

@@ -50,7 +50,13 @@ def _open(page, server: str) -> None:
     page.goto(server + "/")
     page.fill("#apikey", KEY)
     page.dispatch_event("#apikey", "change")
+    # Leave the box as a user does: when the key is new to the page, the box's own change event (and
+    # its example load) comes now, not when a test later moves the focus (with held /examples routes).
+    page.locator("#apikey").blur()
     page.wait_for_selector("#attrs input[data-attribute=areaMM2]")
+    # The page load's and the key change's example loads have answered: none re-draws the list
+    # (or writes the status) while the test acts.
+    page.wait_for_selector('#examples[aria-busy="false"] img')
 
 
 def _searched(page) -> str:
@@ -109,8 +115,10 @@ def test_an_older_search_answering_late_does_not_replace_newer_results(hpage, ho
     hpage.select_option("#mode", "image")
     hpage.select_option("#split", "")
     hpage.uncheck("#exclude")
-    held = []  # the first search's request, answered only after the second search is shown
-    hpage.route("**/search", lambda route: held.append(route) if not held else route.continue_())
+    held = []  # the first search's request (picked by its body), answered only after the second search is shown
+    hpage.route("**/search", lambda route: held.append(route) if first.isic_id in (route.request.post_data or "")
+                else route.continue_())
+    hpage.evaluate(_COUNT_ANSWERS_READ)
     try:
         for record in (first, second):
             hpage.fill("#isic", record.isic_id)
@@ -118,9 +126,8 @@ def test_an_older_search_answering_late_does_not_replace_newer_results(hpage, ho
             hpage.click("#go")
         hpage.wait_for_function("() => document.querySelector('#status').textContent.includes('results')")
         assert second.isic_id in hpage.inner_text("#query")
-        with hpage.expect_response("**/search"):
-            held[0].continue_()
-        hpage.wait_for_timeout(500)  # let the late answer reach the page (it must change nothing)
+        held[0].continue_()
+        hpage.wait_for_function("() => window.answersRead['/search'] === 2")  # the late answer reached the page
     finally:
         hpage.unroute("**/search")
     assert second.isic_id in hpage.inner_text("#query") and first.isic_id not in hpage.inner_text("#query")
@@ -135,17 +142,16 @@ def test_examples_loading_late_do_not_replace_a_search_status(hpage, hostile_ser
     try:
         hpage.fill("#apikey", KEY)
         hpage.dispatch_event("#apikey", "change")
-        hpage.wait_for_function("() => true")  # one round trip: the change handler has run
-        assert held, "the key change did not ask for the examples"
+        _until(hpage, lambda: held, "the key change did not ask for the examples")
         hpage.fill("#isic", search_collection["records"][0].isic_id)
         hpage.dispatch_event("#isic", "input")
         hpage.select_option("#mode", "image")
         hpage.fill("#k", "5")
         status = _searched(hpage)
         assert "results" in status, status
-        with hpage.expect_response("**/examples*"):
-            held[0].continue_()
-        hpage.wait_for_function("() => document.querySelectorAll('#examples img').length > 0")
+        held[0].continue_()
+        # _open's list is still shown: wait for the held load's own answer (the newest load, it ends the busy state)
+        hpage.wait_for_selector('#examples[aria-busy="false"] img')
     finally:
         hpage.unroute("**/examples*")
     assert hpage.inner_text("#status") == status
@@ -272,3 +278,57 @@ def test_entering_the_key_loads_the_examples(hpage, hostile_server) -> None:
     hpage.wait_for_selector("#examples img")  # without another click
     assert hpage.get_attribute("#status", "class") != "error"
     assert "example" in hpage.inner_text("#status")
+
+
+def _until(page, condition, what: str, deadline_s: float = 60.0) -> None:
+    """Let playwright deliver its events (route handlers run then) until `condition()` holds."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"{what} within {deadline_s:.0f} s"
+        page.wait_for_timeout(20)
+
+
+# How many answers of each path the page has read (its JSON parsed), as answersRead[path]. The code
+# awaiting that JSON runs in the same microtask checkpoint, so a wait_for_function that sees the
+# count (a later task) comes after the page has acted on the answer: an exact condition, not a pause.
+_COUNT_ANSWERS_READ = """() => {
+  window.answersRead = {};
+  const json = Response.prototype.json;
+  Response.prototype.json = async function () {
+    try { return await json.call(this); } finally {
+      const path = new URL(this.url).pathname;
+      window.answersRead[path] = (window.answersRead[path] || 0) + 1;
+    }
+  };
+}"""
+
+
+def test_examples_asked_with_an_older_key_answering_late_do_not_replace_the_newer_keys_refusal(
+        hpage, hostile_server) -> None:
+    # Before: the page load's (or the old key's) examples answered after the wrong key's 401 and
+    # wrote "pick an example or upload an image" over it (test_viewer.py::test_wrong_key_shows_the_error
+    # read that under load). Every examples request is held here and answered in the late order.
+    held = []
+    hpage.route("**/examples*", lambda route: held.append(route))
+    try:
+        hpage.goto(hostile_server + "/")
+        hpage.evaluate(_COUNT_ANSWERS_READ)
+        hpage.fill("#apikey", KEY)
+        hpage.dispatch_event("#apikey", "change")  # the page load's examples and these: both with the right key
+        _until(hpage, lambda: len(held) == 2, "the page load and the key change did not both ask for the examples")
+        hpage.fill("#apikey", "wrong")
+        hpage.dispatch_event("#apikey", "change")
+        _until(hpage, lambda: len(held) == 3, "the wrong key did not ask for the examples")
+        held[2].continue_()
+        hpage.wait_for_function("() => window.answersRead['/examples'] === 1")
+        refused = hpage.inner_text("#status")
+        assert refused.startswith("401") and "API key box" in refused, refused
+        for route in held[:2]:
+            route.continue_()
+        hpage.wait_for_function("() => window.answersRead['/examples'] === 3")  # both late answers read
+    finally:
+        hpage.unroute("**/examples*")
+    assert hpage.inner_text("#status") == refused
+    assert hpage.locator("#examples img").count() == 0  # the old key's list is not offered under the new key
