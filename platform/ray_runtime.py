@@ -62,10 +62,15 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
 
     if ray.is_initialized():
         return None
+    address = cluster_address(address)
     if address:
         ray.init(address=address, log_to_driver=False)
         return None
     kwargs: dict[str, object] = {
+        # "local", not None: left unset, ray.init joins whatever cluster /tmp/ray/ray_current_cluster
+        # names (the last `ray start --head` on this machine, or a test's ray.cluster_utils.Cluster)
+        # and then refuses our num_cpus; the docs promise a session of our own.
+        "address": "local",
         "num_cpus": num_cpus or os.cpu_count() or 1,
         "include_dashboard": False,
         "object_store_memory": object_store_mb * 1024 * 1024,
@@ -82,6 +87,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
     if preload and ray_data:
         _start_ray_data_helpers_off_the_warm_workers()
     return str(context.address_info.get("session_dir") or "") or None
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: `address` (--ray-address / DERMGROUND_RAY_ADDRESS), else Ray's own
+    RAY_ADDRESS (which `ray job submit` sets for the driver it runs on the head), else None: start
+    a local session. A cluster merely running on this machine is not joined unasked."""
+    return address or os.environ.get("RAY_ADDRESS") or None
 
 
 def _start_ray_data_helpers_off_the_warm_workers() -> None:

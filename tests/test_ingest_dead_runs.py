@@ -70,7 +70,11 @@ time.sleep(600)
 
 def test_the_ray_processes_of_a_killed_run_are_stopped_at_the_next_start(tmp_path: Path) -> None:
     ray_dir = Path(tempfile.mkdtemp(prefix="rayd", dir="/tmp"))  # short: Ray's socket paths
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # A cluster someone started on this machine (`ray start --head` writes its address there): a run
+    # without --ray-address starts its own session anyway, instead of joining it (and refusing num_cpus).
+    (ray_dir / "ray_current_cluster").write_text("127.0.0.1:9")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
     driver = subprocess.Popen([sys.executable, "-c", _KILLED_DRIVER, str(tmp_path), str(ray_dir)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

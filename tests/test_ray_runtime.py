@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dermground.platform.ray_runtime import WORKER_PRELOAD, wait_for_warm_workers
+from dermground.platform.ray_runtime import WORKER_PRELOAD, cluster_address, wait_for_warm_workers
 from dermground.platform.ray_warm_start import (
     WARM_DIR_ENV,
     WARM_MODULES_ENV,
@@ -65,3 +65,13 @@ def test_the_preloaded_modules_import_in_a_plain_process():
 
     for name in WORKER_PRELOAD:
         assert importlib.import_module(name) is sys.modules[name]
+
+
+def test_the_cluster_joined_is_the_one_named_else_ray_address_else_none(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address(None) is None  # a local session of our own, whatever else runs here
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")  # what `ray job submit` gives the driver it runs
+    assert cluster_address(None) == "head:6379"
+    assert cluster_address("other:6379") == "other:6379"  # --ray-address / DERMGROUND_RAY_ADDRESS first
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    assert cluster_address("") is None
