@@ -12,6 +12,7 @@ import pytest
 
 from dermground.platform.settings import Settings
 from tests.test_viewer import KEY, browser_page, serve
+from tests.test_viewer_hostile import _searched
 
 pytestmark = pytest.mark.browser
 
@@ -59,15 +60,10 @@ def _open(page, server: str) -> None:
     page.goto(server + "/")
     page.fill("#apikey", KEY)
     page.dispatch_event("#apikey", "change")
+    page.locator("#apikey").blur()  # the box's own change event (a key new to the page) comes now, not later
     page.wait_for_selector("#attrs input[data-attribute=areaMM2]")
     page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('pick an example')")
-
-
-def _searched(page) -> str:
-    """Click Search and wait until the status leaves 'searching…'; the status text."""
-    page.click("#go")
-    page.wait_for_function("() => !document.querySelector('#status').textContent.startsWith('searching')")
-    return page.inner_text("#status")
+    page.wait_for_selector('#examples[aria-busy="false"] img')  # no example load still on its way
 
 
 def _until_routed(page, held: list) -> None:
