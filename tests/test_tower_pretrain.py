@@ -135,3 +135,38 @@ def test_tower_pretraining_of_a_sharded_hub_checkpoint_writes_a_loadable_model(s
     assert not (out / "model.safetensors.index.json").exists() or all(
         (out / shard).is_file() for shard in json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].values())
     assert load_backbone(out, device="cpu", dtype="float32").fingerprint == meta["fingerprint"]
+
+
+def test_the_tower_marker_is_written_whole_and_a_cut_short_one_reads_as_not_finished(tmp_path):
+    """A kill or a full disk while the marker was written in place left it cut short, and the next
+    `pretrain` stopped with a JSON error. It is now renamed into place whole; one that cannot be read
+    says the stage did not finish."""
+    from dermground.train.tower_pretrain import read_tower_marker, write_tower_marker
+
+    record = {"hyperparameters": {"steps": 6}, "statistics": list(STATISTIC_NAMES), "from_fingerprint": "a",
+              "fingerprint": "b"}
+    write_tower_marker(tmp_path, record)
+    assert [p.name for p in tmp_path.iterdir()] == [TOWER_METADATA_FILE]  # no temporary file left
+    assert read_tower_marker(tmp_path / TOWER_METADATA_FILE) == (record, "")
+    text = (tmp_path / TOWER_METADATA_FILE).read_text()
+    (tmp_path / TOWER_METADATA_FILE).write_text(text[: len(text) // 2])  # what a kill mid-write left before
+    done, why = read_tower_marker(tmp_path / TOWER_METADATA_FILE)
+    assert done is None and "JSONDecodeError" in why
+    (tmp_path / TOWER_METADATA_FILE).write_text("[]")
+    assert read_tower_marker(tmp_path / TOWER_METADATA_FILE)[0] is None
+    assert read_tower_marker(tmp_path / "absent.json") == (None, "missing")
+
+
+def test_pretrain_runs_the_tower_stage_again_after_a_cut_short_marker(small_data, tiny_model_dir, tmp_path, capsys):
+    """The tower stage alone (it runs in this process, no Ray): a cut-short marker is redone, said once."""
+    from dermground.train.pretrain import _tower_stage
+
+    tower_dir = tmp_path / ".pretrained.pretrain" / "tower"
+    tower_dir.mkdir(parents=True)
+    (tower_dir / TOWER_METADATA_FILE).write_text('{"what": "vision-tower pre-tr')
+    config = PretrainConfig(batch_size=4, tower_steps=1, max_images=4)
+    done = _tower_stage(small_data, tiny_model_dir, tower_dir, config, progress=False)
+    assert done["hyperparameters"]["steps"] == 1
+    assert json.loads((tower_dir / TOWER_METADATA_FILE).read_text())["fingerprint"] == done["fingerprint"]
+    said = capsys.readouterr().err
+    assert said.count("cannot be read") == 1 and "running the vision-tower stage again" in said

@@ -189,18 +189,22 @@ def _tower_stage(data_dir: str | Path, base: Path, tower_dir: Path, config: Pret
                  progress: bool) -> dict | None:
     """Run (or, after an interruption, reuse) the vision-tower stage; its metadata, or None when skipped."""
     from dermground.platform.model.fingerprint import fingerprint
-    from dermground.train.tower_pretrain import STATISTIC_NAMES, TOWER_METADATA_FILE, pretrain_tower
+    from dermground.train.tower_pretrain import (STATISTIC_NAMES, TOWER_METADATA_FILE, pretrain_tower,
+                                                 read_tower_marker)
 
     if config.tower_steps == 0:
         return None
     marker = tower_dir / TOWER_METADATA_FILE
     wanted = config.tower_hyperparameters()
     if marker.is_file():  # written last, so its presence means the stage finished
-        done = json.loads(marker.read_text())
+        done, unreadable = read_tower_marker(marker)
+        if done is None:
+            print(f"pretrain: {marker} cannot be read ({unreadable}); running the vision-tower stage again",
+                  file=sys.stderr)
         # A tower trained on another set of statistics (an older version of the stage) is not reused.
-        same = ({k: done["hyperparameters"].get(k) for k in wanted} == wanted
-                and done.get("statistics") == list(STATISTIC_NAMES))
-        if same and done["from_fingerprint"] == fingerprint(base) and done["fingerprint"] == fingerprint(tower_dir):
+        elif ({k: done["hyperparameters"].get(k) for k in wanted} == wanted
+              and done.get("statistics") == list(STATISTIC_NAMES)
+              and done["from_fingerprint"] == fingerprint(base) and done["fingerprint"] == fingerprint(tower_dir)):
             return done
         shutil.rmtree(tower_dir)
     return pretrain_tower(data_dir, base, tower_dir, config, progress=progress)

@@ -22,6 +22,7 @@ question stage that follows runs on Ray Train.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -133,8 +134,37 @@ def pretrain_tower(data_dir: str | Path, base_dir: str | Path, out_dir: str | Pa
         "fingerprint": fingerprint(out), "loss_curve": curve, "final_loss": curve[-1][1],
         "seconds": round(time.perf_counter() - started, 2),
     }
-    (out / TOWER_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_tower_marker(out, metadata)
     return metadata
+
+
+def write_tower_marker(out: Path, metadata: dict) -> None:
+    """Write the stage's metadata to `out`, whole or not at all: it is the "stage finished" marker.
+
+    Through a temporary file and a rename, so a kill or a full disk while writing leaves no marker
+    (the stage is redone) instead of a cut-short one."""
+    marker = Path(out) / TOWER_METADATA_FILE
+    partial = marker.with_name(f".{marker.name}.partial")
+    partial.write_text(json.dumps(metadata, indent=2) + "\n")
+    os.replace(partial, marker)
+
+
+def read_tower_marker(marker: Path) -> tuple[dict | None, str]:
+    """The metadata of a finished tower stage, or (None, why not) when `marker` is missing or cannot be read.
+
+    A marker that cannot be read (cut short by a kill before it was written atomically, or edited)
+    means the stage is not known to have finished: the caller runs it again rather than stopping."""
+    try:
+        content = json.loads(Path(marker).read_text())
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    needed = ("hyperparameters", "statistics", "from_fingerprint", "fingerprint")
+    if not isinstance(content, dict) or not all(key in content for key in needed) \
+            or not isinstance(content["hyperparameters"], dict):
+        return None, f"not a tower-stage record (it needs {', '.join(needed)})"
+    return content, ""
 
 
 def _standardised(raw_targets: np.ndarray) -> torch.Tensor:
