@@ -40,6 +40,14 @@ _PATIENT_STREAM, _IMAGE_STREAM, _ASSIGN_STREAM = 1, 2, 3
 _THETA_BINS = 1024  # the radial profile is tabulated, then looked up per pixel
 
 
+class DataSetExistsError(FileExistsError):
+    """`out` already holds a data set and overwrite was not asked for; `found` is the first file found there."""
+
+    def __init__(self, out: Path, found: str) -> None:
+        super().__init__(f"{out} already holds a data set ({found}); pass overwrite=True or choose an empty folder")
+        self.out, self.found = out, found
+
+
 @dataclass(frozen=True)
 class Patient:
     """What stays the same across one simulated patient's lesions."""
@@ -274,8 +282,7 @@ def generate_dataset(out: Path, patients: int, images: int, seed: int, size: int
     csv_path, h5_path, image_dir = out / fmt.METADATA_FILE, out / fmt.HDF5_FILE, out / fmt.IMAGE_FOLDER
     existing = [p for p in (csv_path, h5_path, image_dir) if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a data set ({existing[0].name}); pass overwrite=True "
-                              "or choose an empty folder")
+        raise DataSetExistsError(out, existing[0].name)
     out.mkdir(parents=True, exist_ok=True)
     if layout == "folder":
         image_dir.mkdir(parents=True, exist_ok=True)

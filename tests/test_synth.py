@@ -102,3 +102,20 @@ def test_cli_writes_a_data_set_and_refuses_to_overwrite(tmp_path: Path) -> None:
     again = CliRunner().invoke(cli, args)
     assert again.exit_code != 0 and "--overwrite" in again.output
     assert CliRunner().invoke(cli, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_cli_refusal_to_overwrite_speaks_cli_and_names_the_command_to_replace(tmp_path: Path) -> None:
+    """It said "pass overwrite=True" (the Python API's words) and then "Use --overwrite or another --out."."""
+    import re
+    import shlex
+
+    out = tmp_path / "taken dir"
+    args = ["synth", "--out", str(out), "--patients", "2", "--images", "4", "--size", "64", "--workers", "1"]
+    generate_dataset(out, patients=2, images=4, seed=0, size=64, progress=False, workers=1)
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "overwrite=True" not in refused.output and "Use --overwrite" not in refused.output
+    assert fmt.METADATA_FILE in refused.output and "or give another --out" in refused.output
+    suggested = shlex.split(re.search(r"`([^`]+)`", refused.output).group(1))
+    assert suggested == ["dermground", *args, "--overwrite"]  # the user's options, quoted, plus --overwrite
+    assert CliRunner().invoke(cli, suggested[1:]).exit_code == 0

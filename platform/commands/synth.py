@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -28,14 +29,17 @@ from dermground.platform.commands.context import from_settings
 def synth(out: Path, patients: int, images: int, seed: int, size: int, layout: str,
           workers: int | None, overwrite: bool) -> None:
     """Generate simulated patients' lesion crops with attributes measured from the pixels."""
-    from dermground.ingest.synth import generate_dataset
+    from dermground.ingest.synth import DataSetExistsError, generate_dataset
+    from dermground.platform.next_step import next_command
     from dermground.platform.attributes import get_attribute
 
     try:
         summary = generate_dataset(out, patients=patients, images=images, seed=seed, size=size,
                                    layout=layout, progress=True, workers=workers, overwrite=overwrite)
-    except FileExistsError as exc:
-        raise click.ClickException(f"{exc}\nUse --overwrite or another --out.") from None
+    except DataSetExistsError as exc:
+        raise click.ClickException(
+            f"{exc.out} already holds a data set ({exc.found}): replace it with "
+            f"`{next_command(_given_arguments() + ' --overwrite')}`, or give another --out") from None
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"could not write the data set: {exc}") from None
 
@@ -48,3 +52,14 @@ def synth(out: Path, patients: int, images: int, seed: int, size: int, layout: s
     for name, (low, median, high) in summary.attribute_stats.items():
         d = get_attribute(name).decimals
         click.echo(f"{name:<24}{low:>10.{d}f}{median:>10.{d}f}{high:>10.{d}f}")
+
+
+def _given_arguments() -> str:
+    """`synth` with the options this run was given on the command line, quoted: the command to repeat."""
+    context = click.get_current_context()
+    words = ["synth"]
+    for param in context.command.params:
+        if context.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE \
+                and not getattr(param, "is_flag", False):
+            words += [param.opts[0], shlex.quote(str(context.params[param.name]))]
+    return " ".join(words)
