@@ -167,6 +167,12 @@ def feret_widths(mask: np.ndarray) -> np.ndarray:
     k, m = np.nonzero(level[:-1, :] * level[1:, :] < 0)
     y_cross = k + level[k, m] / (level[k, m] - level[k + 1, m])
     points = np.concatenate([np.stack([x_cross, i], axis=1), np.stack([m, y_cross], axis=1)])
+    if not len(points):
+        # A lesion of a few pixels (a small --size in synth) blurs to under 0.5 everywhere: no contour.
+        # Its widths are then those of its pixel squares, measured at their corners.
+        ys, xs = np.nonzero(mask)
+        corners = [(dx, dy) for dx in (-0.5, 0.5) for dy in (-0.5, 0.5)]
+        points = np.concatenate([np.stack([xs + dx, ys + dy], axis=1) for dx, dy in corners])
     projections = points.astype(np.float64) @ _DIRECTIONS
     return projections.max(axis=0) - projections.min(axis=0)
 

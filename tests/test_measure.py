@@ -151,3 +151,19 @@ def test_every_attribute_is_the_same_in_all_eight_turns_and_mirror_images(seed: 
     for name in ATTRIBUTE_NAMES:
         for view in views:
             assert view[name] == pytest.approx(reference[name], rel=1e-6, abs=1e-9), name
+
+
+def test_feret_widths_of_a_lesion_of_a_few_pixels_are_those_of_its_pixel_squares():
+    """A 5-pixel plus blurs to under 0.5 everywhere, so the contour had no point and the widths raised
+    "zero-size array" (16% of `dermground synth --size 32` images)."""
+    from dermground.platform.attribute_measure import feret_widths, measure
+
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[7, 6:9] = mask[6:9, 7] = True
+    widths = feret_widths(mask)  # one per degree
+    assert widths[0] == pytest.approx(3.0) and widths[90] == pytest.approx(3.0)  # the arms, corner to corner
+    assert widths[45] == pytest.approx(2 * math.sqrt(2)) == widths.min()  # across the cut corners
+    assert widths.max() < 3 * math.sqrt(2)  # under the bounding square's diagonal
+    rgb = np.full((16, 16, 3), 200, dtype=np.uint8)
+    rgb[mask] = (90, 60, 50)
+    assert measure(rgb, mask, 0.5).attributes["clin_size_long_diam_mm"] == pytest.approx(widths.max() * 0.5)

@@ -119,3 +119,14 @@ def test_cli_refusal_to_overwrite_speaks_cli_and_names_the_command_to_replace(tm
     suggested = shlex.split(re.search(r"`([^`]+)`", refused.output).group(1))
     assert suggested == ["dermground", *args, "--overwrite"]  # the user's options, quoted, plus --overwrite
     assert CliRunner().invoke(cli, suggested[1:]).exit_code == 0
+
+
+def test_cli_writes_the_smallest_size_it_accepts(tmp_path: Path) -> None:
+    """--size 32 stopped with "could not write the data set: zero-size array to reduction operation
+    maximum" when a lesion of a few pixels had no contour to take its Feret widths from."""
+    out = tmp_path / "small"
+    args = ["synth", "--out", str(out), "--patients", "2", "--images", "4", "--seed", "0", "--size", "32"]
+    result = CliRunner().invoke(cli, [*args, "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    records = list(read_records(out))
+    assert len(records) == 4 and all(isinstance(r, LesionRecord) for r in records)
