@@ -326,6 +326,10 @@ def generate_dataset(out: Path, patients: int, images: int, seed: int, size: int
             pool.join()
         if h5 is not None:
             h5.close()
+    if layout == "folder" and h5_path.exists():
+        # The replaced data set's images: readers take train-image.hdf5 before train-image/ (records.detect_layout),
+        # so left here it would give the new rows the old images. Removed once the new ones are all written.
+        h5_path.unlink()
     seconds = time.perf_counter() - started
     stats = {name: (min(v), statistics.median(v), max(v)) for name, v in values.items()}
     files = (csv_path, h5_path if layout == "hdf5" else image_dir)

@@ -130,3 +130,20 @@ def test_cli_writes_the_smallest_size_it_accepts(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     records = list(read_records(out))
     assert len(records) == 4 and all(isinstance(r, LesionRecord) for r in records)
+
+
+def test_overwriting_an_hdf5_data_set_with_the_folder_layout_reads_the_new_images(tmp_path: Path) -> None:
+    """The old train-image.hdf5 stayed next to the new train-image/ folder, and readers (which take the
+    HDF5 file first) gave the new rows the old data set's images under the same ids."""
+    from PIL import Image
+
+    out = tmp_path / "data"
+    generate_dataset(out, patients=2, images=3, seed=1, size=64, progress=False, workers=1)
+    generate_dataset(out, patients=2, images=3, seed=2, size=64, layout="folder", progress=False, workers=1,
+                     overwrite=True)
+    records = [r for r in read_records(out) if isinstance(r, LesionRecord)]
+    assert len(records) == 3
+    for record in records:
+        written = Image.open(out / fmt.IMAGE_FOLDER / f"{record.isic_id}.jpg").convert("RGB")
+        assert np.array_equal(np.asarray(record.load_image()), np.asarray(written)), record.isic_id
+    assert not (out / fmt.HDF5_FILE).exists()
