@@ -147,3 +147,12 @@ def test_overwriting_an_hdf5_data_set_with_the_folder_layout_reads_the_new_image
         written = Image.open(out / fmt.IMAGE_FOLDER / f"{record.isic_id}.jpg").convert("RGB")
         assert np.array_equal(np.asarray(record.load_image()), np.asarray(written)), record.isic_id
     assert not (out / fmt.HDF5_FILE).exists()
+
+
+def test_cli_out_under_a_file_is_refused_with_a_next_step(tmp_path: Path) -> None:
+    """It said only "could not write the data set: [Errno 20] Not a directory: '...'"."""
+    (tmp_path / "a-file").write_text("not a folder")
+    refused = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path / "a-file" / "data"), "--images", "2"])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "cannot write there (Not a directory)" in refused.output and "pass a folder on a writable disk" in refused.output
+    assert (tmp_path / "a-file").read_text() == "not a folder"

@@ -33,13 +33,18 @@ def synth(out: Path, patients: int, images: int, seed: int, size: int, layout: s
     from dermground.platform.next_step import next_command
     from dermground.platform.attributes import get_attribute
 
+    from dermground.platform.out_folder import OutFolderError, require_writable_folder
+
     try:
+        require_writable_folder(out)  # a clear error with a next step (--out under a file, a read-only disk)
         summary = generate_dataset(out, patients=patients, images=images, seed=seed, size=size,
                                    layout=layout, progress=True, workers=workers, overwrite=overwrite)
     except DataSetExistsError as exc:
         raise click.ClickException(
             f"{exc.out} already holds a data set ({exc.found}): replace it with "
             f"`{next_command(_given_arguments() + ' --overwrite')}`, or give another --out") from None
+    except OutFolderError as exc:
+        raise click.ClickException(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"could not write the data set: {exc}") from None
 
