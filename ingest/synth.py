@@ -291,7 +291,9 @@ def generate_dataset(out: Path, patients: int, images: int, seed: int, size: int
 
     started = time.perf_counter()
     owners = assign_patients(seed, patients, images)
-    table = [make_patient(seed, p) for p in range(patients)]
+    # Only the patients that get an image (all of them unless --patients exceeds --images): building a
+    # table of millions for a handful of images took minutes.
+    table = [make_patient(seed, p) for p in range(min(patients, images))]
     workers = max(1, min(workers or os.cpu_count() or 1, math.ceil(images / CHUNK)))
     tasks = _chunks(seed, size, owners, table)
 
