@@ -154,7 +154,8 @@ def test_cli_out_under_a_file_is_refused_with_a_next_step(tmp_path: Path) -> Non
     (tmp_path / "a-file").write_text("not a folder")
     refused = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path / "a-file" / "data"), "--images", "2"])
     assert refused.exit_code == 1 and "Traceback" not in refused.output
-    assert "cannot write there (Not a directory)" in refused.output and "pass a folder on a writable disk" in refused.output
+    assert "cannot write there (Not a directory)" in refused.output
+    assert "pass a folder on a writable disk" in refused.output
     assert (tmp_path / "a-file").read_text() == "not a folder"
 
 
