@@ -13,6 +13,7 @@ DuckDB is only the query engine, over views:
     quarantine         rejected records with the field and reason
     evaluations        metrics of evaluation runs
     retrieval_hits     per retrieval-evaluation query, method and attribute: the hits and their percentiles
+    collection_drops   one row per dropped collection version
 
 Analyst views built on these (prediction_errors, attributes_long, collections, ...) live in
 platform/catalog_views.py; what every column means is in platform/catalog_dictionary.py.
@@ -84,11 +85,14 @@ TABLES: dict[str, pa.Schema] = {
         ("attribute", pa.string()), ("query_isic_id", pa.string()), ("rank", pa.int64()),
         ("hit_isic_id", pa.string()), ("query_value", pa.float64()), ("hit_value", pa.float64()),
         ("difference", pa.float64()), ("percentile", pa.float64()), ("written_at", _TS)),
+    # One row per `dermground collections drop`: the version's rows stay, the `collections` view marks it dropped.
+    "collection_drops": _schema(
+        ("collection", pa.string()), ("name", pa.string()), ("version", pa.string()), ("dropped_at", _TS)),
 }
 # The timestamp column filled with "now" when a writer leaves it out.
 _STAMP = {"lesions": "written_at", "predictions": "written_at", "ingest_runs": "written_at",
           "ingest_partitions": "committed_at", "quarantine": "at", "evaluations": "written_at",
-          "retrieval_hits": "written_at"}
+          "retrieval_hits": "written_at", "collection_drops": "dropped_at"}
 # Tables whose view keeps only the latest row per key (the full history stays readable).
 # A run is keyed by its collection too: a restored or seeded version carries copies of its runs.
 _LATEST_BY = {"lesions": ("collection", "isic_id"), "ingest_runs": ("collection", "run_id")}

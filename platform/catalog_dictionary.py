@@ -37,6 +37,8 @@ VIEWS: dict[str, str] = {
     "retrieval_hits": "Every hit of a retrieval evaluation: per run, method, attribute and test query, the top-k "
                       "train images with their attribute difference to the query and its percentile rank "
                       "(paper §4.2). Written by `dermground eval retrieval`.",
+    "collection_drops": "One row per version removed by `dermground collections drop`. The version's catalog rows "
+                        "stay (its history); the `collections` view marks it dropped (dropped_at).",
     "attributes": "The 16 quantitative attributes (paper Table 1): label, unit, meaning, plausible range.",
     "attributes_long": "`lesions` in long form: one row per lesion and measured attribute (missing measurements "
                        "have no row).",
@@ -45,7 +47,8 @@ VIEWS: dict[str, str] = {
                          "lesions on (collection, isic_id) for the body site and the other attributes.",
     "collections": "One row per collection: lesions and patients, ingest runs by status, committed partitions, "
                    "quarantined records and the latest run. Built from what the catalog records (ingest runs, "
-                   "ledger, lesions, quarantine).",
+                   "ledger, lesions, quarantine). A version `dermground collections drop` removed keeps its row, "
+                   "marked by dropped_at.",
     "collection_versions": "One row per collection and model fingerprint (a version of the collection's vectors): "
                            "its ingest runs and how many current lesions it wrote.",
 }
@@ -136,6 +139,12 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "percentile": ("0-100", "Percentile rank of the squared difference among the squared differences to "
                                 "all train images: 0 = no train image is closer, 50 = random, lower is better."),
     },
+    "collection_drops": {
+        "collection": ("", "Physical collection dropped: `<name>__v<N>` for version N, the bare name for version v0."),
+        "name": ("", "The collection name clients use."),
+        "version": ("", "The version dropped (v0, v1, ...); version numbers are never reused."),
+        "dropped_at": ("UTC", "When the drop finished."),
+    },
     "attributes": {
         "attribute": ("", "Attribute name (the lesions column and the predictions.attribute value)."),
         "label": ("", "Short human label."),
@@ -189,6 +198,9 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "last_fingerprint": ("", "Its model fingerprint."),
         "last_finished_at": ("UTC", "When the last finished run ended."),
         "last_written_at": ("UTC", "When the newest current lesion row was written."),
+        "dropped_at": ("UTC", "When `dermground collections drop` removed this version from the store (NULL: "
+                              "not dropped; `collections list` shows exactly the versions with NULL here, "
+                              "among those with catalog rows)."),
     },
     "collection_versions": {
         "collection": ("", "Physical collection: `<name>__v<N>` for version N, the bare name for version v0."),

@@ -3,7 +3,7 @@
     attributes          the 16 attributes: label, unit, meaning, plausible range (the registry)
     attributes_long     lesions in long form: one row per lesion and measured attribute
     prediction_errors   per prediction run, image and attribute: measured, predicted, spread, error
-    collections         per collection: lesions, patients, ingest health, the latest run
+    collections         per collection: lesions, patients, ingest health, the latest run, when it was dropped
     collection_versions per collection and model fingerprint: what each model version ingested
 
 The SQL only reads other views, so it works on an empty catalog (typed, no rows) and on any
@@ -84,6 +84,9 @@ WITH names AS (
     SELECT collection, count(DISTINCT fingerprint) AS fingerprints
     FROM (SELECT collection, fingerprint FROM ingest_runs UNION SELECT collection, fingerprint FROM lesions)
     GROUP BY collection
+), drop_facts AS (
+    -- version numbers are never reused (catalog_copy.versions_in_catalog), so a drop marks its rows for good
+    SELECT collection, max(dropped_at) AS dropped_at FROM collection_drops GROUP BY collection
 )
 SELECT n.collection,
        CASE WHEN regexp_matches(n.collection, '__v[1-9][0-9]*$') THEN regexp_extract(n.collection, '^(.*)__v[0-9]+$', 1) ELSE n.collection END AS name,
@@ -95,13 +98,14 @@ SELECT n.collection,
        coalesce(r.runs_died, 0) AS runs_died,
        coalesce(p.partitions, 0) AS partitions, coalesce(q.quarantined, 0) AS quarantined,
        coalesce(f.fingerprints, 0) AS fingerprints, r.last_run_id, r.last_run_status, r.last_fingerprint,
-       r.last_finished_at, l.last_written_at
+       r.last_finished_at, l.last_written_at, d.dropped_at
 FROM names n
 LEFT JOIN lesion_facts l USING (collection)
 LEFT JOIN run_facts r USING (collection)
 LEFT JOIN partition_facts p USING (collection)
 LEFT JOIN quarantine_facts q USING (collection)
 LEFT JOIN fingerprint_facts f USING (collection)
+LEFT JOIN drop_facts d USING (collection)
 """
 
 

@@ -11,10 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _HOLDER = """
-import contextlib, sys
+import contextlib, os, sys
 from dermground.platform.store.brief_hold import held_briefly
 from dermground.platform.store.edge import EdgeStore
-with held_briefly(sys.argv[3]) if len(sys.argv) > 3 else contextlib.nullcontext():
+from dermground.platform.store.serving_hold import serving_at
+url = os.environ.get("DERMGROUND_TEST_SERVES")
+with held_briefly(sys.argv[3]) if len(sys.argv) > 3 else contextlib.nullcontext(), \\
+        serving_at(url) if url else contextlib.nullcontext():
     store = EdgeStore(sys.argv[1], sys.argv[2])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -23,12 +26,15 @@ store.close()
 
 
 @contextmanager
-def held_by_another_process(folder: Path, collection: str, brief: str | None = None) -> Iterator[subprocess.Popen]:
+def held_by_another_process(folder: Path, collection: str, brief: str | None = None,
+                            serves: str | None = None) -> Iterator[subprocess.Popen]:
     """The store folder held open by another process until the block ends (it is told to let go, then
-    awaited). brief: hold it as that command's moment of reading does ("snapshot create", "check")."""
+    awaited). brief: hold it as that command's moment of reading does ("snapshot create", "check");
+    serves: hold it as a `dermground serve` answering at that URL does."""
+    env = {**os.environ, **({"DERMGROUND_TEST_SERVES": serves} if serves else {})}
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder), collection, *([brief] if brief else [])],
                               stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+                              stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         yield holder

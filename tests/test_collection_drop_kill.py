@@ -73,3 +73,20 @@ def test_a_drop_of_a_version_another_process_keeps_open_says_what_to_do(tmp_path
     assert f"pid {holder.pid}" in str(refused.value) and "run the drop again in a moment" in str(refused.value)
     with open_collections(load_settings(home=home)) as cols:
         assert cols.versions("lesions") == ["v1", "v2"]
+
+
+def test_a_drop_that_waited_in_vain_on_a_brief_holder_says_it_finishes_on_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(edge_versions, "DROP_WAIT_S", 0.5)
+    home = tmp_path / "home"
+    home_with_versions(home, 2)
+    with held_by_another_process(home / "qdrant" / "lesions__v2", "lesions__v2", brief="check") as check:
+        dropped = CliRunner().invoke(cli, ["--home", str(home), "collections", "drop", "lesions", "v2", "--yes"])
+    assert dropped.exit_code == 1, dropped.output
+    # It said "Any other process (an ingest or a restore building it): stop it first."
+    assert f"pid {check.pid}" in dropped.output and "`dermground check` reads it for a moment" in dropped.output
+    assert "run the drop again in a moment" in dropped.output and "stop it first" not in dropped.output
+    again = CliRunner().invoke(cli, ["--home", str(home), "collections", "drop", "lesions", "v2", "--yes"])
+    assert again.exit_code == 0, again.output  # the check let go
+    with open_collections(load_settings(home=home)) as cols:
+        assert cols.versions("lesions") == ["v1"]

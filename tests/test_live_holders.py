@@ -27,6 +27,7 @@ from dermground.platform.commands.serve import open_served_store
 from dermground.platform.settings import load_settings
 from dermground.platform.store import CollectionSpec, VersionMeta
 from dermground.platform.store.edge_versions import EdgeCollections
+from dermground.platform.store.serving_hold import local_url
 from dermground.platform.store.versions import READY, physical_name
 from tests.store_holder import held_by_another_process
 from tests.version_homes import home_with_versions
@@ -193,3 +194,26 @@ def test_a_version_the_engine_cannot_load_is_listed_and_can_be_dropped(tmp_path:
     assert not (load_settings(home=home).store_dir / "lesions__v2").exists()
     after = CliRunner().invoke(cli, ["--home", str(home), "collections", "list"])
     assert after.exit_code == 0 and "v2" not in after.output and "lesions v1" in after.output, after.output
+
+
+@pytest.mark.usefixtures("fresh_cli_settings")
+def test_a_cli_search_refused_by_a_running_serve_points_to_its_api_instead_of_stopping_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home_with_versions(home, 1)
+    folder = load_settings(home=home).store_dir / "lesions__v1"
+    url = local_url("0.0.0.0", 8123)  # nothing listens: the address is only read from the owner record
+    assert url == "http://127.0.0.1:8123/" and local_url("::1", 8123) == "http://[::1]:8123/"
+    with held_by_another_process(folder, "lesions__v1", serves=url) as serve:
+        refused = CliRunner().invoke(cli, ["--home", str(home), "search", "--id", "ISIC_0000001", "--k", "3",
+                                           "--collection", "lesions"])
+    assert refused.exit_code == 1, refused.output
+    # It said "in use by pid ... Stop that process, or run both against a Qdrant server".
+    assert f"`dermground serve` (pid {serve.pid}" in refused.output, refused.output
+    assert ("curl -X POST http://127.0.0.1:8123/search -H 'Content-Type: application/json' -d "
+            '\'{"mode": "image_text", "k": 3, "isic_id": "ISIC_0000001"}\'') in refused.output, refused.output
+    assert f"open {url} in a browser" in refused.output and "Stop that process" not in refused.output
+    # A holder that is no serve (an ingest writing in place, a restore) is still named, to be stopped.
+    with held_by_another_process(folder, "lesions__v1") as other:
+        still = CliRunner().invoke(cli, ["--home", str(home), "search", "--id", "ISIC_0000001",
+                                         "--collection", "lesions"])
+    assert still.exit_code == 1 and f"pid {other.pid}" in still.output and "Stop that process" in still.output

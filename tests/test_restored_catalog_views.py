@@ -22,6 +22,7 @@ from dermground.platform.cli import cli
 from dermground.platform.commands import context
 from dermground.platform.settings import load_settings
 from dermground.platform.store import DEFAULT_VECTOR_NAMES, CollectionSpec, StorePoint, build_payload, open_store, point_id
+from tests.version_homes import home_with_versions
 
 N, DIM, FP, NAME = 4, 8, "fp-views", "snap"
 ISIC_IDS = [f"ISIC_{i:07d}" for i in range(N)]
@@ -204,3 +205,24 @@ def test_check_names_a_file_someone_dropped_into_the_catalog_and_checks_the_rest
             "the catalog folder): 1: notes.parquet (not a Parquet file") in result.output
     assert f"store {N} points, catalog {N} rows, ledger 1 partitions / {N} points" in result.output
     assert result.output.count("FINDING") == 1
+
+
+
+def test_a_dropped_version_stays_in_the_collections_view_marked_dropped_as_collections_list_leaves_it_out(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home_with_versions(home, 2)  # lesions v1 (live) and v2 in the store
+    catalog = Catalog(load_settings(home=home).catalog_dir)
+    for physical in ("lesions__v1", "lesions__v2"):
+        catalog.append("ingest_runs", [{"run_id": "r1", "collection": physical, "fingerprint": FP, "status": "done"}])
+        catalog.append("lesions", [{"isic_id": i, "collection": physical, "fingerprint": FP, "run_id": "r1"}
+                                   for i in ISIC_IDS])
+    where = "FROM collections WHERE name = 'lesions'"
+    assert _view_rows(home, f"SELECT version, dropped_at {where} ORDER BY version") == [("v1", None), ("v2", None)]
+    assert _cli(home, "collections", "drop", "lesions", "v2", "--yes").strip() == "dropped lesions v2"
+    listed = {v["version"] for v in json.loads(_cli(home, "collections", "list", "lesions", "--json"))}
+    # The view listed v2 as if it were still there; its history stays, marked dropped.
+    kept = _view_rows(home, f"SELECT version {where} AND dropped_at IS NULL")
+    assert listed == {r[0] for r in kept} == {"v1"}
+    (dropped,) = _view_rows(home, f"SELECT lesions, last_run_status, dropped_at IS NOT NULL {where} AND version = 'v2'")
+    assert dropped == (N, "done", True)

@@ -114,4 +114,20 @@ def drop(name: str, version: str, yes: bool, builder_gone: bool) -> None:
             cols.drop(name, version, builder_gone=builder_gone)
         except (StoreError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
+    _record_drop(name, version)
     click.echo(f"dropped {name} {version}")
+
+
+def _record_drop(name: str, version: str) -> None:
+    """Mark the dropped version in the catalog (the `collections` view's dropped_at), once it is gone
+    from the store; its catalog rows stay as its history. A catalog that cannot be written is named,
+    the drop itself stands."""
+    from dermground.platform.catalog import Catalog, CatalogError
+    from dermground.platform.store.versions import physical_name
+
+    try:
+        Catalog(current_settings().catalog_dir).append(
+            "collection_drops", [{"collection": physical_name(name, version), "name": name, "version": version}])
+    except (OSError, CatalogError) as exc:
+        click.echo(f"warning: {name} {version} was dropped, but the catalog could not record it ({exc}): the "
+                   "`collections` view still shows it without dropped_at.", err=True)

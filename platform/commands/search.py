@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -121,6 +122,9 @@ def search(image_path: Path | None, isic_id: str | None, mode: str, attributes: 
         with open_store(settings) as store:
             response = run_search(request, store=store, embedder=EmbedderProvider(load_model), settings=settings)
     except StoreLockedError as exc:
+        url = exc.owner.get("serves") if exc.owner else None
+        if isinstance(url, str):  # a `serve` holds it: its API answers the same search
+            raise click.ClickException(_use_the_api(exc.owner or {}, url, collection, request, image_path)) from None
         raise click.ClickException(str(exc)) from None
     except (SearchError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -133,6 +137,27 @@ def search(image_path: Path | None, isic_id: str | None, mode: str, attributes: 
                       "attribute_scores": h.attribute_scores} for h in response.hits]}, indent=2))
         return
     _print_table(response)
+
+
+def _use_the_api(owner: dict[str, object], url: str, collection: str, request, image_path: Path | None) -> str:  # noqa: ANN001 - SearchRequest
+    """The refusal of a search whose collection a running `dermground serve` holds: the same search
+    through that server's API (or its viewer), and only then stopping it."""
+    params: dict[str, object] = {"mode": request.mode.value, "k": request.k}
+    if request.attributes:
+        params["attributes"] = list(request.attributes)
+    if request.b is not None:
+        params["b"] = request.b
+    if image_path is None:
+        body = json.dumps({**params, "isic_id": request.isic_id})
+        call = f"curl -X POST {url}search -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    else:
+        call = (f"curl -X POST {url}search/upload -F {shlex.quote(f'file=@{image_path}')} "
+                f"-F {shlex.quote('request=' + json.dumps(params))}")
+    return (f"collection {collection!r} is being served by `dermground serve` (pid {owner.get('pid', '?')}, since "
+            f"{owner.get('since', '?')}) at {url}, which holds its embedded store. Search through that server "
+            f"instead:\n  {call}\n(add -H 'X-API-Key: KEY' where DERMGROUND_API_READ_KEY is set; filters go in "
+            f"\"filters\", see {url}docs), or open {url} in a browser to use the viewer. To search from the command "
+            "line, stop that serve first, or run both against a Qdrant server (set DERMGROUND_QDRANT_URL).")
 
 
 def _print_table(response) -> None:  # noqa: ANN001 - SearchResponse

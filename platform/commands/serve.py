@@ -53,11 +53,6 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
     while an ingest writes the live version in place, it answers 503 until that ingest finishes (and
     while `snapshot create` or `check` reads it, until that lets go).
     """
-    import uvicorn
-
-    from dermground.platform.api import create_app
-    from dermground.platform.store import StoreError, StoreLockedError
-
     overrides: dict[str, object] = {"collection": collection}
     if model_dir is not None:
         overrides["model_dir"] = model_dir
@@ -87,6 +82,19 @@ def serve(host: str, port: int, collection: str, model_dir: Path | None, adapter
     except BackboneError as exc:
         raise click.ClickException(f"{exc}\nPass --model DIR or set DERMGROUND_MODEL_DIR "
                                    f"(`{next_command('model check DIR')}` checks a folder).") from None
+    from dermground.platform.store.serving_hold import local_url, serving_at
+
+    with serving_at(local_url(host, port)):  # in the owner record: a `dermground search` refused points here
+        _open_and_serve(settings, host, port, collection, log_level)
+
+
+def _open_and_serve(settings: Settings, host: str, port: int, collection: str, log_level: str) -> None:
+    """Open the live store and run uvicorn on it until it stops."""
+    import uvicorn
+
+    from dermground.platform.api import create_app
+    from dermground.platform.store import StoreError, StoreLockedError
+
     try:
         # Opened here, so a held store stops us with a clear message; it follows `collections switch`.
         store = open_served_store(settings)

@@ -47,6 +47,8 @@ class SchemaMismatchError(StoreError):
 class StoreLockedError(StoreError):
     """The embedded store folder is held by another process."""
 
+    owner: dict[str, object] | None = None  # the holder's owner record, where the embedded store has one
+
 
 class CollectionMissingError(StoreError):
     """The collection an operation addressed is not there (on a server: a version dropped while a

@@ -39,6 +39,7 @@ from dermground.platform.store.base import (
 )
 from dermground.platform.store.brief_hold import brief_purpose
 from dermground.platform.store.indexing import optimizer_config, search_params
+from dermground.platform.store.serving_hold import served_url
 from dermground.platform.store.schema import PAYLOAD_INDEXES
 
 SHARD_DIR = "shard"
@@ -99,6 +100,15 @@ def float_rows(spec: CollectionSpec, named: Sequence[Mapping[str, np.ndarray]],
     return ({name: memoryview(next(rows)) for name in vectors} for vectors in named)
 
 
+def read_owner_record(root: Path) -> dict[str, object] | None:
+    """The owner record of a store folder as written (see _open), or None where there is none."""
+    try:
+        owner = json.loads((root / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
 def _read_owner(root: Path) -> str:
     try:
         owner = json.loads((root / OWNER_FILE).read_text())
@@ -133,10 +143,12 @@ class EdgeStore(VectorStore):
             self._shard = opener(str(self.root / SHARD_DIR))
         except Exception as exc:  # the engine raises bare Exception
             if "WouldBlock" in str(exc):
-                raise StoreLockedError(
+                refusal = StoreLockedError(
                     f"the embedded vector store of collection {self.collection!r} ({self.root}) is in use by "
                     f"{_read_owner(self.root)}. Stop that process, or run both against a Qdrant server "
-                    "(set DERMGROUND_QDRANT_URL, e.g. from docker/compose.yaml).") from None
+                    "(set DERMGROUND_QDRANT_URL, e.g. from docker/compose.yaml).")
+                refusal.owner = read_owner_record(self.root)  # what a command may offer instead (a serve's URL)
+                raise refusal from None
             raise StoreError(f"cannot open the embedded store {self.root}: {exc}") from exc
         # `started` tells this process from a later one given the same pid (store/versions.process_alive).
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid()),
@@ -144,6 +156,9 @@ class EdgeStore(VectorStore):
         purpose = brief_purpose()
         if purpose:  # a reader that lets go in a moment: a `serve` started meanwhile waits for it
             owner["brief"] = purpose
+        url = served_url()
+        if url:  # a `serve`: a `dermground search` refused this version points to its API
+            owner["serves"] = url
         _write_json(self.root / OWNER_FILE, owner)
 
     def _require_shard(self) -> qe.EdgeShard:

@@ -302,6 +302,11 @@ class EdgeCollections(Collections):
                     return  # the engine cannot load it (damaged files) and no process has it open
                 holder = f"pid {owner.get('pid', '?')} ({owner.get('command', '?')})"
             if time.monotonic() >= deadline:
+                owner = self.holder(name, version)
+                if owner is not None and owner.get("brief"):  # `snapshot create`, `check`: never to be stopped
+                    raise StoreLockedError(
+                        f"version {version} of {name!r} is still open in {holder}: `dermground {owner['brief']}` "
+                        "reads it for a moment and finishes on its own: run the drop again in a moment.") from None
                 raise StoreLockedError(
                     f"version {version} of {name!r} is still open in {holder}. A `dermground serve` lets go of "
                     "the version it served before a switch once its requests on it have finished: run the drop "
