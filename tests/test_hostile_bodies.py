@@ -15,6 +15,7 @@ from PIL import Image
 
 from dermground.platform.api import create_app
 from dermground.platform.api.errors import ErrorBody
+from dermground.platform.api.images import UploadTooLargeError, read_upload_bytes
 from dermground.platform.settings import Settings
 
 READ, ADMIN = "read-bodies", "admin-bodies"
@@ -160,3 +161,25 @@ def test_a_refused_sql_query_names_the_rule_and_the_field(client) -> None:
         assert response.status_code == 400, response.text
         body = ErrorBody.model_validate(response.json())
         assert (body.rule, body.field) == ("sql", "query") and body.detail, response.text
+
+
+@pytest.mark.parametrize("path", ["/search/upload", "/predict"])
+def test_an_upload_over_the_limit_is_refused_with_its_real_size_not_the_limit_plus_one(client, path: str) -> None:
+    """The upload was read up to the limit plus one byte and that count was reported as its size:
+    a file of MAX_UPLOAD + 1,000 bytes "had" MAX_UPLOAD + 1. The refusal names the file's size now."""
+    oversized = _png() + bytes(MAX_UPLOAD + 1_000 - len(_png()))
+    response = client.post(path, headers={"X-API-Key": READ}, files={"file": ("q.png", oversized, "image/png")})
+    assert response.status_code == 413, response.text
+    body = ErrorBody.model_validate(response.json())
+    assert (body.rule, body.field) == ("byte_limit", "file"), response.text
+    assert f"the image has {MAX_UPLOAD + 1_000} bytes, over the limit of {MAX_UPLOAD}" in str(body.detail), response.text
+
+
+def test_an_upload_of_unknown_size_over_the_limit_is_said_to_be_more_than_the_limit() -> None:
+    """Where the size is not known (no form part size), the count read is the limit plus one: the
+    refusal says "more than" the limit, not that wrong number."""
+    with pytest.raises(UploadTooLargeError) as refused:
+        read_upload_bytes(io.BytesIO(bytes(5_002)), 4_096)
+    assert (str(refused.value), refused.value.rule) == (
+        "the image has more than 4096 bytes, over the limit of 4096", "byte_limit")
+    assert read_upload_bytes(io.BytesIO(bytes(4_096)), 4_096) == bytes(4_096)

@@ -22,6 +22,7 @@ from dermground.platform.api.images import (
     UploadTooLargeError,
     decode_base64,
     decode_upload,
+    read_upload_bytes,
 )
 from dermground.platform.api.security import auth_mode, require_read, require_sql
 from dermground.platform.api.throttle import client_key
@@ -227,8 +228,8 @@ def _model_work(request: Request):  # noqa: ANN202 - a context manager
 
 def _read_upload(request: Request, file: UploadFile) -> Image.Image:
     settings = _settings(request)
-    data = file.file.read(settings.max_upload_bytes + 1)
-    return _decode(lambda: decode_upload(data, settings.max_upload_bytes, settings.max_image_pixels))
+    return _decode(lambda: decode_upload(read_upload_bytes(file.file, settings.max_upload_bytes, file.size),
+                                         settings.max_upload_bytes, settings.max_image_pixels))
 
 
 def _search_filter(filters: schemas.SearchFilters) -> SearchFilter:
