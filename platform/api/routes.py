@@ -25,6 +25,7 @@ from dermground.platform.api.images import (
     read_upload_bytes,
 )
 from dermground.platform.api.security import auth_mode, require_read, require_sql
+from dermground.platform.api.sql_answer import SQL_ANSWER_RULE, SqlAnswer, SqlAnswerTooLarge
 from dermground.platform.api.throttle import client_key
 from dermground.platform.api.viewer import STATIC_DIR
 from dermground.platform.attributes import ATTRIBUTES, get_attribute
@@ -178,14 +179,17 @@ def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
 
     settings = _settings(request)
     max_rows = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
+    answer = SqlAnswer(settings.sql_max_answer_bytes, max_rows, _json_cell)
     try:
-        result = run_readonly_sql(settings.catalog_dir, body.query, max_rows=max_rows, timeout_s=settings.sql_timeout_s)
+        result = run_readonly_sql(settings.catalog_dir, body.query, max_rows=max_rows, timeout_s=settings.sql_timeout_s,
+                                  check_row=answer.add)
     except SqlRejected as exc:  # the guard's refusal or DuckDB's error: the query is at fault
         raise RefusedError(400, str(exc), rule=SQL_RULE, field="query") from None
+    except SqlAnswerTooLarge as exc:  # reading stopped at the cap: the query asks for too much
+        raise RefusedError(400, str(exc), rule=SQL_ANSWER_RULE, field="query") from None
     except MissingCatalogFile as exc:  # the server's catalog is damaged, not the request
         raise HTTPException(503, detail=str(exc)) from None
-    return schemas.SqlResult(columns=result.columns, rows=[[_json_cell(v) for v in row] for row in result.rows],
-                             truncated=result.truncated)
+    return schemas.SqlResult(columns=result.columns, rows=answer.rows, truncated=result.truncated)
 
 
 # --- helpers -------------------------------------------------------------------------------------
