@@ -26,7 +26,7 @@ import select
 import signal
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -356,9 +356,11 @@ def _guarded_database(catalog_dir: Path) -> duckdb.DuckDBPyConnection:
         return con
 
 
-def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeout_s: float = 10.0) -> SqlResult:
+def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeout_s: float = 10.0,
+                     check_row: Callable[[tuple], None] | None = None) -> SqlResult:
     """Run one analyst SELECT over the catalog views: no writes, no files outside the catalog,
-    at most max_rows rows, interrupted after timeout_s. Raises SqlRejected with the reason."""
+    at most max_rows rows, interrupted after timeout_s. Raises SqlRejected with the reason.
+    `check_row` sees each row as it is read and may raise to stop reading (POST /sql's byte cap)."""
     catalog_dir = Path(catalog_dir).resolve()
     con = _guarded_database(catalog_dir).cursor()  # a cursor: its own query state, the shared views
     try:
@@ -374,14 +376,35 @@ def run_readonly_sql(catalog_dir: Path, sql: str, max_rows: int = 10_000, timeou
                 # much as running it on an uncompacted catalog: the others do not pay for it).
                 cursor.abort()  # the connection takes no other statement while a result is pending
                 relation = writable_columns(con.sql(without_closing_semicolon(sql)), ".json")
+                # A relation keeps no result to fetch from in parts: its rows are checked once read.
                 rows = relation.limit(max_rows + 1).fetchall()
+                for row in rows if check_row is not None else ():
+                    check_row(row)
             else:
-                rows = cursor.fetchmany(max_rows + 1)
+                rows = _fetch_rows(cursor, max_rows + 1, check_row)
         return SqlResult(columns, [tuple(r) for r in rows[:max_rows]], len(rows) > max_rows)
     finally:
         con.close()
 
 
+def _fetch_rows(source: duckdb.DuckDBPyConnection, count: int,
+                check_row: Callable[[tuple], None] | None) -> list:
+    """Up to `count` rows of a pending result; with `check_row`, read in batches and checked as they
+    come, so that a refusal stops reading before the whole result is held."""
+    if check_row is None:
+        return source.fetchmany(count)
+    rows: list = []
+    while len(rows) < count:
+        batch = source.fetchmany(min(_FETCH_BATCH, count - len(rows)))
+        if not batch:
+            break
+        for row in batch:
+            check_row(row)
+        rows.extend(batch)
+    return rows
+
+
+_FETCH_BATCH = 256
 _INTERRUPTED = "the query was interrupted (Ctrl-C)"
 
 

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     max_b: int = Field(2000, ge=1)
     sql_max_rows: int = Field(10_000, ge=1)
     sql_timeout_s: float = Field(10.0, gt=0)
+    # The largest answer POST /sql sends, in bytes of its rows' JSON (else 400, rule sql_answer_limit).
+    sql_max_answer_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     # A numeric prediction (API and `eval predict`) is the mean of the answers to the image in
     # `predict_views` of its 8 turns and mirror images, `predict_samples` sampled answers per view
     # (platform/predict.py). Samples 0: each view's greedy answer; views 1: the image as given.

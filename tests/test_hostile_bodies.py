@@ -15,6 +15,7 @@ from PIL import Image
 
 from dermground.platform.api import create_app
 from dermground.platform.api.errors import ErrorBody
+from dermground.platform.api.images import UploadTooLargeError, read_upload_bytes
 from dermground.platform.settings import Settings
 
 READ, ADMIN = "read-bodies", "admin-bodies"
@@ -160,3 +161,69 @@ def test_a_refused_sql_query_names_the_rule_and_the_field(client) -> None:
         assert response.status_code == 400, response.text
         body = ErrorBody.model_validate(response.json())
         assert (body.rule, body.field) == ("sql", "query") and body.detail, response.text
+
+
+@pytest.mark.parametrize("path", ["/search/upload", "/predict"])
+def test_an_upload_over_the_limit_is_refused_with_its_real_size_not_the_limit_plus_one(client, path: str) -> None:
+    """The upload was read up to the limit plus one byte and that count was reported as its size:
+    a file of MAX_UPLOAD + 1,000 bytes "had" MAX_UPLOAD + 1. The refusal names the file's size now."""
+    oversized = _png() + bytes(MAX_UPLOAD + 1_000 - len(_png()))
+    response = client.post(path, headers={"X-API-Key": READ}, files={"file": ("q.png", oversized, "image/png")})
+    assert response.status_code == 413, response.text
+    body = ErrorBody.model_validate(response.json())
+    assert (body.rule, body.field) == ("byte_limit", "file"), response.text
+    assert f"the image has {MAX_UPLOAD + 1_000} bytes, over the limit of {MAX_UPLOAD}" in str(body.detail), response.text
+
+
+def test_an_upload_of_unknown_size_over_the_limit_is_said_to_be_more_than_the_limit() -> None:
+    """Where the size is not known (no form part size), the count read is the limit plus one: the
+    refusal says "more than" the limit, not that wrong number."""
+    with pytest.raises(UploadTooLargeError) as refused:
+        read_upload_bytes(io.BytesIO(bytes(5_002)), 4_096)
+    assert (str(refused.value), refused.value.rule) == (
+        "the image has more than 4096 bytes, over the limit of 4096", "byte_limit")
+    assert read_upload_bytes(io.BytesIO(bytes(4_096)), 4_096) == bytes(4_096)
+
+
+SQL_ANSWER_CAP = 4_096
+
+
+@pytest.fixture(scope="module")
+def capped_sql_client(tmp_path_factory, tiny_backbone):
+    # A home of its own: the module's client holds the test collection's embedded store.
+    settings = Settings(home=tmp_path_factory.mktemp("capped_sql"), api_read_key=READ, api_admin_key=ADMIN,
+                        sql_max_answer_bytes=SQL_ANSWER_CAP)
+    with TestClient(create_app(settings, backbone=tiny_backbone), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT repeat('x', 100000) AS text",  # one huge cell
+    "SELECT range AS n, repeat('y', 100) AS text FROM range(1000000)",  # many rows, each small
+    "SELECT INTERVAL 1 DAY AS i, repeat('z', 100000) AS text",  # the path that converts intervals
+], ids=["one-cell", "many-rows", "interval"])
+def test_a_sql_answer_over_the_byte_cap_is_a_400_naming_the_cap_and_the_way_out(capped_sql_client, query: str) -> None:
+    """POST /sql capped rows, not bytes: SELECT repeat('x', 100000000) was a 100 MB answer with 200.
+    An answer over DERMGROUND_SQL_MAX_ANSWER_BYTES is refused now, reading stopped at the row that
+    passed it, and the refusal names the cap and the CLI export."""
+    response = capped_sql_client.post("/sql", headers={"X-API-Key": ADMIN}, json={"query": query})
+    assert response.status_code == 400, response.text[:300]
+    body = ErrorBody.model_validate(response.json())
+    assert (body.rule, body.field) == ("sql_answer_limit", "query"), response.text[:300]
+    detail = str(body.detail)
+    assert f"limit of {SQL_ANSWER_CAP} bytes" in detail and "--out" in detail and "LIMIT" in detail, detail
+    passed_at = int(detail.split("passed at row ")[1].split(":")[0])
+    assert passed_at <= SQL_ANSWER_CAP // 100, detail  # stopped near the cap, not after 10,000 rows
+
+
+def test_a_sql_answer_under_the_byte_cap_is_served_whole(capped_sql_client) -> None:
+    """The cap counts only rows that are sent: a LIMIT that fits is served, and the row read past
+    max_rows (to learn that the answer is truncated) does not count towards it."""
+    fits = capped_sql_client.post("/sql", headers={"X-API-Key": ADMIN},
+                                  json={"query": "SELECT repeat('x', 3000) AS text"})
+    assert fits.status_code == 200, fits.text[:300]
+    assert fits.json()["rows"] == [["x" * 3000]]
+    truncated = capped_sql_client.post("/sql", headers={"X-API-Key": ADMIN}, json={
+        "query": "SELECT repeat('x', 3000) AS text FROM range(2)", "max_rows": 1})
+    assert truncated.status_code == 200, truncated.text[:300]
+    assert (truncated.json()["rows"], truncated.json()["truncated"]) == ([["x" * 3000]], True)

@@ -269,3 +269,31 @@ def test_the_mark_leaves_the_example_when_another_query_is_chosen(spage, session
     spage.set_input_files("#file", {"name": "upload.jpg", "mimeType": "image/jpeg",
                                     "buffer": search_collection["records"][2].image_bytes()})
     assert spage.locator("#examples img.picked").count() == 0
+
+
+def _answering(code: int, body: str):  # noqa: ANN202 - a route handler (one argument: Playwright passes the request to a second)
+    return lambda route: route.fulfill(status=code, content_type="application/json", body=body)
+
+
+def test_a_5xx_that_names_its_own_next_step_gets_no_generic_advice(spage, session_server, search_collection) -> None:
+    # Before: a 503 whose detail said what to run (an empty collection: "run `dermground ingest ...`
+    # first") had "(retry in a moment; if it persists, tell the administrator)" appended. A 500
+    # without a next step of its own keeps that advice.
+    _open(spage, session_server)
+    spage.select_option("#mode", "image")
+    spage.select_option("#split", "")
+    spage.fill("#isic", search_collection["records"][0].isic_id)
+    spage.dispatch_event("#isic", "input")
+    answers = {503: "collection 'lesions' does not exist; run `dermground ingest --data DIR --collection lesions` first",
+               500: "internal error (id 0123456789ab); the server log has the details"}
+    shown = {}
+    for code, detail in answers.items():
+        spage.route("**/search", _answering(code, json.dumps({"detail": detail})))
+        try:
+            spage.click("#go")
+            spage.wait_for_function(f"() => document.querySelector('#status').textContent.startsWith('{code}:')")
+            shown[code] = spage.inner_text("#status")
+        finally:
+            spage.unroute("**/search")
+    assert shown[503] == f"503: {answers[503]}", shown
+    assert shown[500] == f"500: {answers[500]} (retry in a moment; if it persists, tell the administrator)", shown

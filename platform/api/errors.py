@@ -46,7 +46,8 @@ class ErrorBody(BaseModel):
                                                "body_timeout, unfinished_bodies, content_length, multipart; "
                                                "validation: the request does not fit its schema; "
                                                "one_query, search_request; repeated_field: a form "
-                                               "field sent twice; sql: a query POST /sql refuses)")
+                                               "field sent twice; sql: a query POST /sql refuses; "
+                                               "sql_answer_limit: its answer is over the byte cap)")
     field: str | None = Field(None, description="the request field at fault, when one is (every 422 names it "
                                                 "where the request has one; dotted for nested fields)")
 

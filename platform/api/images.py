@@ -14,11 +14,19 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from threading import Lock
+from typing import BinaryIO
 
 from PIL import Image
 
 from dermground.platform.image_sources import load_image_bytes
-from dermground.platform.images import ImageRejected, decode_checked, decode_image, encode_jpeg, encode_thumbnail
+from dermground.platform.images import (
+    RULE_BYTES,
+    ImageRejected,
+    decode_checked,
+    decode_image,
+    encode_jpeg,
+    encode_thumbnail,
+)
 
 
 _ASCII_WHITESPACE = re.compile(r"[\t\n\f\r ]+")
@@ -65,6 +73,17 @@ def _base64_fault(text: str) -> str:
         return (f"the character {stray.group()!r} at position {stray.start()} is not in the base64 alphabet "
                 f"(A-Z, a-z, 0-9, '+', '/', '=' padding){hint}")
     return f"{len(text)} characters where whole groups of 4 (with '=' padding) were expected; the text may be cut short"
+
+
+def read_upload_bytes(stream: BinaryIO, max_bytes: int, size: int | None = None) -> bytes:
+    """An uploaded file's bytes, reading at most one byte past `max_bytes`; UploadTooLargeError over
+    the limit, naming `size` (the form part's size, when known) or else "more than" the limit."""
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        # The read stopped at the limit plus one: that count is not the file's size.
+        held = f"{size} bytes" if size is not None and size > max_bytes else f"more than {max_bytes} bytes"
+        raise UploadTooLargeError(f"the image has {held}, over the limit of {max_bytes}", RULE_BYTES)
+    return data
 
 
 def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:

@@ -22,8 +22,10 @@ from dermground.platform.api.images import (
     UploadTooLargeError,
     decode_base64,
     decode_upload,
+    read_upload_bytes,
 )
 from dermground.platform.api.security import auth_mode, require_read, require_sql
+from dermground.platform.api.sql_answer import SQL_ANSWER_RULE, SqlAnswer, SqlAnswerTooLarge
 from dermground.platform.api.throttle import client_key
 from dermground.platform.api.viewer import STATIC_DIR
 from dermground.platform.attributes import ATTRIBUTES, get_attribute
@@ -177,14 +179,17 @@ def sql(request: Request, body: schemas.SqlBody) -> schemas.SqlResult:
 
     settings = _settings(request)
     max_rows = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
+    answer = SqlAnswer(settings.sql_max_answer_bytes, max_rows, _json_cell)
     try:
-        result = run_readonly_sql(settings.catalog_dir, body.query, max_rows=max_rows, timeout_s=settings.sql_timeout_s)
+        result = run_readonly_sql(settings.catalog_dir, body.query, max_rows=max_rows, timeout_s=settings.sql_timeout_s,
+                                  check_row=answer.add)
     except SqlRejected as exc:  # the guard's refusal or DuckDB's error: the query is at fault
         raise RefusedError(400, str(exc), rule=SQL_RULE, field="query") from None
+    except SqlAnswerTooLarge as exc:  # reading stopped at the cap: the query asks for too much
+        raise RefusedError(400, str(exc), rule=SQL_ANSWER_RULE, field="query") from None
     except MissingCatalogFile as exc:  # the server's catalog is damaged, not the request
         raise HTTPException(503, detail=str(exc)) from None
-    return schemas.SqlResult(columns=result.columns, rows=[[_json_cell(v) for v in row] for row in result.rows],
-                             truncated=result.truncated)
+    return schemas.SqlResult(columns=result.columns, rows=answer.rows, truncated=result.truncated)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -227,8 +232,8 @@ def _model_work(request: Request):  # noqa: ANN202 - a context manager
 
 def _read_upload(request: Request, file: UploadFile) -> Image.Image:
     settings = _settings(request)
-    data = file.file.read(settings.max_upload_bytes + 1)
-    return _decode(lambda: decode_upload(data, settings.max_upload_bytes, settings.max_image_pixels))
+    return _decode(lambda: decode_upload(read_upload_bytes(file.file, settings.max_upload_bytes, file.size),
+                                         settings.max_upload_bytes, settings.max_image_pixels))
 
 
 def _search_filter(filters: schemas.SearchFilters) -> SearchFilter:
