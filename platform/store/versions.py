@@ -346,14 +346,25 @@ class Collections(abc.ABC):
             for version in self.versions(n):
                 if is_scratch_in_use(self.read_meta(n, version)):
                     continue  # a copy `snapshot create` or `check` is reading: gone when it ends
-                try:
-                    found.append(self.info(n, version, held, count))
-                except VersionError:
-                    if version in self.versions(n):
-                        raise
-                    # Dropped since it was listed (another admin, or the scratch copy of a
-                    # `snapshot create` or `check`): no longer a version to show.
+                listed = self._info_if_still_there(n, version, held, count)
+                if listed is not None:
+                    found.append(listed)
         return found
+
+    def _info_if_still_there(self, name: str, version: str, held: Mapping[str, VectorStore] | None,
+                             count: bool, tries: int = 5) -> VersionInfo | None:
+        """info(), or None for a version dropped since it was listed (another admin, or the scratch
+        copy of a `snapshot create` or `check`). A version dropped and made again under the same
+        name meanwhile (the next scratch copy) is looked at again, not taken for an error."""
+        for attempt in range(tries):
+            try:
+                return self.info(name, version, held, count)
+            except VersionError:
+                if version not in self.versions(name):
+                    return None
+                if attempt == tries - 1:
+                    raise
+        return None
 
     def copy_points(self, name: str, source: str, target: str, page_size: int = 512) -> int:
         """Seed version `target` (created, empty) with every point of `source`; returns the count."""
