@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,3 +43,13 @@ def held_by_another_process(folder: Path, collection: str, brief: str | None = N
         holder.stdin.write("\n")  # type: ignore[union-attr]
         holder.stdin.flush()  # type: ignore[union-attr]
         holder.wait(timeout=60)
+
+
+def health_once_served(client, deadline_s: float = 60.0) -> dict:
+    """GET /health until the API serves its store (the watcher opens it once its holder lets go);
+    the served health, or an assertion naming the last refusal after `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    while (served := client.get("/health")).status_code != 200:
+        assert time.monotonic() < deadline, served.text
+        time.sleep(0.1)
+    return served.json()

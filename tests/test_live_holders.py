@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from dermground.platform.store import CollectionSpec, VersionMeta
 from dermground.platform.store.edge_versions import EdgeCollections
 from dermground.platform.store.serving_hold import local_url
 from dermground.platform.store.versions import READY, physical_name
-from tests.store_holder import held_by_another_process
+from tests.store_holder import health_once_served, held_by_another_process
 from tests.version_homes import home_with_versions
 
 DIM = 8
@@ -92,11 +91,7 @@ def test_serve_started_while_a_snapshot_reads_the_live_version_waits_for_it_then
             store.close()
             raise
     try:
-        deadline = time.monotonic() + 60
-        while (served := client.get("/health")).status_code != 200:  # the watcher opens it once let go
-            assert time.monotonic() < deadline, served.text
-            time.sleep(0.1)
-        assert served.json()["points"] == 1
+        assert health_once_served(client)["points"] == 1
     finally:
         store.close()
     # Another serve holding the live version is refused as before, naming it; the refusal said "`dermground

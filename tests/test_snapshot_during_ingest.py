@@ -7,7 +7,6 @@ version an ingest writes (refused), and `serve` started while an ingest writes t
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from dermground.platform.store import (
     point_id,
 )
 from dermground.platform.store.versions import VersionError
-from tests.store_holder import held_by_another_process
+from tests.store_holder import health_once_served, held_by_another_process
 from tests.version_homes import home_with_versions
 
 DIM, FP, NAME = 8, "fp-snap", "snap"
@@ -226,11 +225,7 @@ def test_serve_started_while_an_ingest_writes_the_live_version_in_place_serves_i
     finally:
         ingest.communicate("\n", timeout=60)
     try:
-        deadline = time.monotonic() + 60
-        while (served := client.get("/health")).status_code != 200:  # the watcher opens it once let go
-            assert time.monotonic() < deadline, served.text
-            time.sleep(0.1)
-        assert served.json()["points"] == 5
+        assert health_once_served(client)["points"] == 5
     finally:
         store.close()
 
