@@ -10,9 +10,9 @@ would then record the second base alone. The run folder keeps the digest of the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from dermground.platform.durable_json import durable_write_json
 from dermground.platform.model.base_weights import BASE_WEIGHTS_KEY, base_weights_digest
 
 RUN_BASE_FILE = "dermground_run_base.json"
@@ -36,11 +36,8 @@ def require_same_base(run_folder: Path, base_dir: Path) -> None:
                 f"continue one base's training on another. Next: put the first base back in {base_dir}, or delete "
                 f"{run_folder} to start this run over on the new base")
         return
-    record.parent.mkdir(parents=True, exist_ok=True)
     # Written whole or not at all: a half-written record (a full disk, a kill) would stop every later resume.
-    partial = record.with_name(f".{record.name}.partial")
-    partial.write_text(json.dumps({BASE_WEIGHTS_KEY: digest, "base_dir": str(Path(base_dir).resolve())}, indent=2))
-    os.replace(partial, record)
+    durable_write_json(record, {BASE_WEIGHTS_KEY: digest, "base_dir": str(Path(base_dir).resolve())})
 
 
 def _recorded_digest(record: Path, run_folder: Path, base_dir: Path) -> object:

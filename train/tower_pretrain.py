@@ -22,7 +22,6 @@ question stage that follows runs on Ray Train.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dermground.platform.durable_json import durable_write_json
 from dermground.train.config import PretrainConfig
 
 TOWER_METADATA_FILE = "dermground_tower_pretrain.json"
@@ -143,10 +143,7 @@ def write_tower_marker(out: Path, metadata: dict) -> None:
 
     Through a temporary file and a rename, so a kill or a full disk while writing leaves no marker
     (the stage is redone) instead of a cut-short one."""
-    marker = Path(out) / TOWER_METADATA_FILE
-    partial = marker.with_name(f".{marker.name}.partial")
-    partial.write_text(json.dumps(metadata, indent=2) + "\n")
-    os.replace(partial, marker)
+    durable_write_json(Path(out) / TOWER_METADATA_FILE, metadata)
 
 
 def read_tower_marker(marker: Path) -> tuple[dict | None, str]:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dermground.platform.crash_points import maybe_crash
+from dermground.platform.durable_json import durable_write_json
 from dermground.platform.names import check_collection_name
 from dermground.platform.next_step import next_command
 from dermground.platform.store.base import CollectionSpec, StoreError, StoreLockedError, VectorStore
@@ -56,24 +57,6 @@ DROP_WAIT_S = 10.0
 _DROPPED = ".dropped-"  # a dropped version's folder, renamed out of the listings until it is deleted
 # Copied when a version is seeded from another; owner.json names a process that does not hold the copy.
 _SKIP_ON_COPY = {"owner.json", VERSION_FILE, "temp_segments"}
-
-
-def durable_write_json(path: Path, data: Mapping[str, object], crash_point: str | None = None) -> None:
-    """Replace `path` with `data` atomically and durably (temp file, fsync, rename, fsync folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(data, indent=2))
-        handle.flush()
-        os.fsync(handle.fileno())
-    if crash_point:
-        maybe_crash(crash_point)  # test hook: a kill between the new file and the rename
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def disk_usage(path: Path) -> int:
