@@ -103,7 +103,7 @@ def swap_in_adapter(out: Path, write: Callable[[Path], None], verify: Callable[[
     try:
         for name in carried:
             os.rename(out / name, staging / name)
-        _exchange(staging, out)
+        exchange_folders(staging, out)
     except OSError as exc:
         recover_interrupted_swap(out)  # everything carried goes back; the old adapter stays
         raise AdapterNotSavedError(f"the new adapter could not be swapped into {out} ({exc}); the adapter there is "
@@ -139,7 +139,7 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _exchange(new: Path, out: Path) -> None:
+def exchange_folders(new: Path, out: Path) -> None:
     """Swap the two folders' names in one step, or in two renames where the file system cannot."""
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)

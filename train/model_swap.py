@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dermground.platform.out_folder import OutFolderError
-from dermground.train.adapter_swap import _exchange, lock_file, recover_interrupted_swap, staging_folder
+from dermground.train.adapter_swap import exchange_folders, lock_file, recover_interrupted_swap, staging_folder
 from dermground.train.run_checkpoints import hold_run_lock
 
 PRETRAIN_METADATA_FILE = "dermground_pretrain.json"  # written last into every model pretrain saves
@@ -85,7 +85,7 @@ def _swap_in_model(out: Path, write: Callable[[Path], None]) -> None:
         raise ModelNotSavedError(f"the pre-trained model failed its check ({problems[0]}); {out} is unchanged")
     try:
         if out.exists():
-            _exchange(staging, out)
+            exchange_folders(staging, out)
         else:
             os.rename(staging, out)
     except OSError as exc:  # e.g. --out is a mount point, which cannot be renamed
